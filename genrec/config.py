@@ -1,0 +1,235 @@
+"""One typed config file describes a whole deployment.
+
+Every entrypoint (`genrec ...`, `python -m trainers.pretrain`, `python -m tuning.sweep`, the Serve app) reads the
+same YAML through :func:`load_config`; command-line flags only override fields (`--set train.workers=8`). The schema
+is pydantic (already a Ray Serve dependency) with unknown keys forbidden, so a typo is refused with its dotted path
+instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the file and the dotted key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StorageConfig(_Section):
+    # Shards, checkpoints, Tune results and winner manifests all live under this root. Relative paths are taken
+    # from the directory the command runs in (the repo root for `make demo` and `ray job submit`).
+    root: str = "genrec-runs"
+
+    def path(self, *parts: str) -> Path:
+        return Path(self.root).expanduser().resolve().joinpath(*parts)
+
+
+class SyntheticConfig(_Section):
+    users: int = Field(600, ge=2)
+    items: int = Field(400, ge=2)
+    events_per_user: int = Field(60, ge=2)
+    days: int = Field(120, ge=1)
+    genres: int = Field(12, ge=1)
+    new_item_share: float = Field(0.2, ge=0.0, le=1.0)
+    seed: int = 0
+
+
+class DataConfig(_Section):
+    source: Literal["synthetic", "movielens", "recbole", "parquet", "csv"] = "synthetic"
+    # Folder (movielens, recbole) or events file (parquet, csv); unused for synthetic.
+    path: str | None = None
+    items_path: str | None = None
+    # Generic loaders: canonical name -> column name in the file.
+    columns: dict[str, str] | None = None
+    synthetic: SyntheticConfig = SyntheticConfig()
+    # Time split: events before the cutoff train, events after it evaluate. Either a fixed Unix time or a
+    # quantile of all event timestamps (0.9 = the last 10% of time-ordered events evaluate).
+    cutoff_ts: int | None = None
+    cutoff_quantile: float = Field(0.9, gt=0.0, lt=1.0)
+    # Users with fewer training events than this are dropped from training (they still count in the vocabulary).
+    min_train_events: int = Field(2, ge=2)
+    # Target rows per Parquet shard file.
+    users_per_shard: int = Field(20_000, ge=1)
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> "DataConfig":
+        if self.source != "synthetic" and not self.path:
+            raise ValueError(f"data.source={self.source!r} needs data.path (a folder or file to read)")
+        return self
+
+
+PRESET_NAMES = ("2m", "8m", "32m", "100m", "300m", "1b")
+
+
+class ModelConfig(_Section):
+    # A named size preset (see `genrec presets`), or "custom" with layers/width/heads set explicitly.
+    preset: str = "2m"
+    layers: int | None = Field(None, ge=1)
+    width: int | None = Field(None, ge=8)
+    heads: int | None = Field(None, ge=1)
+    max_seq_len: int = Field(64, ge=2)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    # Sampled softmax: uniform negatives shared by the batch. The count is max(min_negatives,
+    # negatives_fraction * catalogue), capped at the catalogue; "full" scores every title (the reference).
+    decoding: Literal["sampled", "full"] = "sampled"
+    negatives_fraction: float = Field(0.01, gt=0.0, le=1.0)
+    min_negatives: int = Field(64, ge=1)
+    activation_checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _preset_known(self) -> "ModelConfig":
+        if self.preset == "custom":
+            missing = [k for k in ("layers", "width", "heads") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"preset 'custom' needs {', '.join('model.' + m for m in missing)}")
+        elif self.preset not in PRESET_NAMES:
+            raise ValueError(f"unknown preset {self.preset!r}; expected one of {', '.join(PRESET_NAMES)} or 'custom'")
+        return self
+
+
+class TrainConfig(_Section):
+    workers: int = Field(2, ge=1)
+    # Fractional CPUs let a small machine keep a core free for Ray Data read tasks, which otherwise starve.
+    cpus_per_worker: float = Field(0.5, gt=0.0)
+    gpus_per_worker: float = Field(0.0, ge=0.0)
+    zero_stage: Literal[0, 1, 2, 3] = 3
+    # "auto": bf16 on GPU, fp32 on CPU.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
+    lr: float = Field(2e-3, gt=0.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    warmup_steps: int = Field(20, ge=0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    seed: int = 0
+    # Cap on evaluation users per epoch (None = all); evaluation is full-catalogue ranking.
+    max_eval_users: int | None = Field(None, ge=1)
+    # Shuffle buffer (windows) for the streamed training data.
+    shuffle_buffer: int = Field(2048, ge=0)
+    torch_threads: int = Field(1, ge=1)
+    # CPUs each Ray Data read/window task asks for. Fractional, so that ingest still runs when training workers
+    # hold nearly every CPU of a small machine (read tasks asking for a whole CPU would starve and hang).
+    data_task_cpus: float = Field(0.25, gt=0.0)
+
+
+class TuneConfig(_Section):
+    presets: list[str] = ["2m"]
+    max_seq_len: list[int] = [32, 64]
+    metric: Literal["mrr", "hr@10", "ndcg@10", "loss"] = "mrr"
+    max_concurrent_trials: int = Field(1, ge=1)
+    # Override train.epochs for trials (None keeps train.epochs).
+    epochs: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _valid_grid(self) -> "TuneConfig":
+        bad = [p for p in self.presets if p not in PRESET_NAMES and p != "custom"]
+        if bad:
+            raise ValueError(f"unknown presets {bad}; expected names from {', '.join(PRESET_NAMES)}")
+        if not self.presets or not self.max_seq_len:
+            raise ValueError("tune.presets and tune.max_seq_len must each list at least one value")
+        return self
+
+
+class ServeConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    replicas: int = Field(1, ge=1)
+    default_k: int = Field(10, ge=1)
+    max_k: int = Field(1000, ge=1)
+    max_history: int = Field(10_000, ge=1)
+
+
+class TrackingConfig(_Section):
+    # wandb runs offline by default: nothing leaves the machine; `wandb sync` uploads later.
+    wandb: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "genrec"
+
+
+class GenrecConfig(_Section):
+    name: str = "local"
+    storage: StorageConfig = StorageConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    tune: TuneConfig = TuneConfig()
+    serve: ServeConfig = ServeConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    def shards_dir(self) -> Path:
+        return self.storage.path("shards", self.name)
+
+    def winner_path(self) -> Path:
+        return self.storage.path("winners", f"{self.name}.json")
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid config"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see configs/local.yaml for every key)"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (["a","b","c"], value parsed as YAML, so 8 is an int and [1,2] a list)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.workers=8")
+    key, raw = item.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from None
+    return path, value
+
+
+def _apply(tree: dict, path: list[str], value: Any, item: str) -> None:
+    node = tree
+    for part in path[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {item!r}: {part!r} is a value, not a section")
+        node = nxt
+    node[path[-1]] = value
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> GenrecConfig:
+    """Read a YAML config (or the defaults when `path` is None) and apply `--set` overrides, then validate."""
+    source = str(path) if path else "(defaults)"
+    tree: dict = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found (pass --config PATH, e.g. configs/local.yaml)")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections (storage, data, model, ...)")
+    for item in overrides or []:
+        keys, value = parse_override(item)
+        _apply(tree, keys, value, item)
+    try:
+        return GenrecConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+
+
+def dump_config(cfg: GenrecConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

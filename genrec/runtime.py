@@ -1,0 +1,85 @@
+"""Shared wiring for the entrypoints: connect to Ray, and make sure the shards a config asks for exist."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+from genrec.config import GenrecConfig
+from genrec.shards import ShardError, ShardSet, open_shards, resolve_cutoff, write_shards
+
+log = logging.getLogger("genrec")
+
+
+def init_ray(cfg: GenrecConfig | None = None, num_cpus: int | None = None) -> None:
+    """Join the cluster named by RAY_ADDRESS (as under `ray job submit`), or start an embedded local Ray.
+
+    Local Ray binds its services to 127.0.0.1 and runs without the dashboard, so nothing listens beyond this machine.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Quiet the per-epoch progress bars of Ray Data inside training workers; our own progress is the epoch table.
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=True, logging_level=logging.WARNING,
+                 _node_ip_address="127.0.0.1")
+
+
+def data_fingerprint(cfg: GenrecConfig) -> dict:
+    """The config fields that determine the shards: shards built from another set of them are rebuilt."""
+    return cfg.data.model_dump(mode="json", exclude={"users_per_shard"})
+
+
+def prepare_shards(cfg: GenrecConfig, rebuild: bool = False, echo=print) -> ShardSet:
+    """Load the configured data and write its time-split shards, unless identical shards already exist."""
+    root = cfg.shards_dir()
+    if not rebuild:
+        try:
+            existing = open_shards(root)
+            if existing.manifest.get("data_config") == data_fingerprint(cfg):
+                return existing
+            echo(f"shards at {root} were built from another data config; rebuilding")
+        except ShardError:
+            pass
+    from genrec.data.loaders import load
+
+    d = cfg.data
+    kwargs = d.synthetic.model_dump() if d.source == "synthetic" else {}
+    if d.source in ("parquet", "csv"):
+        kwargs = {"items_path": d.items_path, "columns": d.columns}
+    echo(f"loading {d.source} data{' from ' + d.path if d.path else ''} ...")
+    ds = load(d.source, d.path, **kwargs)
+    cutoff = resolve_cutoff(ds.events.column("timestamp").to_numpy(), d.cutoff_ts, d.cutoff_quantile)
+    shards = write_shards(ds, root, cutoff, d.min_train_events, d.users_per_shard,
+                          extra={"data_config": data_fingerprint(cfg)})
+    c = shards.manifest["counts"]
+    echo(f"shards: {c['train_users']} training users, {c['train_events']} training events, "
+         f"{c['eval_users']} evaluation users, {c['items']} titles "
+         f"({c['cold_start_items']} first seen after the cutoff) -> {root}")
+    return shards
+
+
+def print_table(rows: list[dict], columns: list[str], file=sys.stdout) -> None:
+    """A plain aligned text table (what a person reads in a terminal or a job log)."""
+
+    def fmt(v) -> str:
+        if isinstance(v, float):
+            return f"{v:.4f}" if abs(v) < 100 else f"{v:,.0f}"
+        return str(v)
+
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)), file=file)
+    print("  ".join("-" * w for w in widths), file=file)
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)), file=file)
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, indent=2, default=str)

@@ -1,0 +1,92 @@
+"""Fixed-length windows over per-user event sequences (pure numpy; used by Ray Data, evaluation and serving).
+
+Layout: right-padded with item index 0. A training window holds `max_seq_len + 1` events so that inputs are
+`w[:-1]` and next-event targets `w[1:]`; long sequences are cut from the end into windows that overlap by one event,
+so every event is a target exactly once and the most recent history is always a full window.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from genrec.model import NUM_ACTIONS, NUM_GAP_BUCKETS
+
+
+def gap_buckets(ts: np.ndarray) -> np.ndarray:
+    """Log2 time-gap buckets of a 1-d array of Unix seconds; the first event gets bucket 0.
+
+    bucket = 1 + floor(log2(1 + gap)), clipped to [1, NUM_GAP_BUCKETS - 1]: seconds apart -> 1..6, a day -> 17.
+    """
+    ts = np.asarray(ts, dtype=np.int64)
+    if ts.size == 0:
+        return np.zeros(0, dtype=np.int8)
+    gaps = np.clip(np.diff(ts, prepend=ts[:1]), 0, None)
+    b = 1 + np.floor(np.log2(1.0 + gaps)).astype(np.int64)
+    b = np.clip(b, 1, NUM_GAP_BUCKETS - 1)
+    b[0] = 0
+    return b.astype(np.int8)
+
+
+def window_bounds(n: int, max_seq_len: int) -> list[tuple[int, int]]:
+    """[start, end) slices of a length-n sequence into training windows of up to max_seq_len + 1 events,
+    cut from the end and overlapping by one event. Sequences shorter than 2 events give no window."""
+    if n < 2:
+        return []
+    span = max_seq_len + 1
+    bounds = []
+    end = n
+    while end >= 2:
+        start = max(0, end - span)
+        bounds.append((start, end))
+        if start == 0:
+            break
+        end = start + 1  # the first event of this window is the last input of the previous one
+    return bounds[::-1]
+
+
+def training_windows(batch: dict[str, np.ndarray], max_seq_len: int) -> dict[str, np.ndarray]:
+    """Ray Data `map_batches` UDF: a batch of user rows (list columns items/ts/actions) -> a batch of windows.
+
+    Output columns, each (n_windows, max_seq_len): items, actions, gaps (inputs) and targets (next item, 0 = none).
+    """
+    rows_items, rows_actions, rows_gaps = [], [], []
+    for items, ts, actions in zip(batch["items"], batch["ts"], batch["actions"]):
+        items = np.asarray(items, dtype=np.int32)
+        gaps = gap_buckets(ts)
+        actions = np.asarray(actions, dtype=np.int8)
+        for s, e in window_bounds(len(items), max_seq_len):
+            rows_items.append(items[s:e])
+            rows_actions.append(actions[s:e])
+            rows_gaps.append(gaps[s:e])
+    n = len(rows_items)
+    span = max_seq_len + 1
+    out_items = np.zeros((n, span), dtype=np.int32)
+    out_actions = np.zeros((n, span), dtype=np.int8)
+    out_gaps = np.zeros((n, span), dtype=np.int8)
+    for i, (it, ac, gp) in enumerate(zip(rows_items, rows_actions, rows_gaps)):
+        out_items[i, : len(it)] = it
+        out_actions[i, : len(ac)] = np.clip(ac, 0, NUM_ACTIONS - 1)
+        out_gaps[i, : len(gp)] = gp
+    return {
+        "items": out_items[:, :-1],
+        "actions": out_actions[:, :-1],
+        "gaps": out_gaps[:, :-1],
+        "targets": out_items[:, 1:],
+    }
+
+
+def context_window(items, ts, actions, max_seq_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The last `max_seq_len` events of a history as right-padded model inputs, plus the real length.
+
+    Gaps are taken on the whole history, as in :func:`training_windows`, so a window's first event keeps the gap to
+    its real predecessor."""
+    items = np.asarray(items, dtype=np.int64)
+    gaps = gap_buckets(ts)
+    actions = np.clip(np.asarray(actions, dtype=np.int64), 0, NUM_ACTIONS - 1)
+    n = min(len(items), max_seq_len)
+    out = np.zeros((3, max_seq_len), dtype=np.int64)
+    if n:
+        out[0, :n] = items[-n:]
+        out[1, :n] = actions[-n:]
+        out[2, :n] = gaps[-n:]
+    return out[0], out[1], out[2], n

@@ -1,0 +1,39 @@
+import numpy as np
+
+from genrec.windows import context_window, gap_buckets, training_windows, window_bounds
+
+
+def test_window_bounds_cover_every_target_once():
+    assert window_bounds(1, 4) == []
+    assert window_bounds(2, 4) == [(0, 2)]
+    assert window_bounds(5, 4) == [(0, 5)]
+    assert window_bounds(6, 4) == [(0, 2), (1, 6)]
+    for n in range(2, 40):
+        b = window_bounds(n, 4)
+        targets = [t for s, e in b for t in range(s + 1, e)]
+        assert targets == list(range(1, n)), n
+        assert len(b) == int(np.ceil((n - 1) / 4))  # what count_windows assumes
+
+
+def test_gap_buckets_by_hand():
+    ts = np.array([100, 100, 101, 103, 100 + 86_400])
+    # gaps 0,0,1,2,86297 -> 0 (first), 1+log2(1)=1, 1+floor(log2 2)=2, 1+floor(log2 3)=2, 1+16=17
+    assert gap_buckets(ts).tolist() == [0, 1, 2, 2, 17]
+
+
+def test_training_windows_shift_targets_and_pad_right():
+    batch = {"items": np.array([np.array([5, 6, 7, 8, 9, 10]), np.array([3, 4])], dtype=object),
+             "ts": np.array([np.arange(6) * 10, np.array([0, 1])], dtype=object),
+             "actions": np.array([np.zeros(6), np.array([1, 0])], dtype=object)}
+    out = training_windows(batch, max_seq_len=4)
+    assert out["items"].tolist() == [[5, 6, 0, 0], [6, 7, 8, 9], [3, 4, 0, 0]]  # last input has no target
+    assert out["targets"].tolist() == [[6, 0, 0, 0], [7, 8, 9, 10], [4, 0, 0, 0]]
+    assert out["actions"][2].tolist() == [1, 0, 0, 0]
+    assert out["gaps"][1].tolist() == gap_buckets(np.arange(6) * 10)[1:5].tolist()
+
+
+def test_context_window_keeps_the_most_recent_events():
+    items, actions, gaps, n = context_window([1, 2, 3, 4, 5], [0, 10, 20, 30, 40], [0] * 5, 3)
+    assert items.tolist() == [3, 4, 5] and n == 3
+    items, _, _, n = context_window([7], [0], [0], 3)
+    assert items.tolist() == [7, 0, 0] and n == 1
