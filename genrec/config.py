@@ -99,7 +99,7 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     workers: int = Field(2, ge=1)
     # Fractional CPUs let a small machine keep a core free for Ray Data read tasks, which otherwise starve.
-    cpus_per_worker: float = Field(0.5, gt=0.0)
+    cpus_per_worker: float = Field(0.45, gt=0.0)
     gpus_per_worker: float = Field(0.0, ge=0.0)
     zero_stage: Literal[0, 1, 2, 3] = 3
     # "auto": bf16 on GPU, fp32 on CPU.
@@ -117,8 +117,8 @@ class TrainConfig(_Section):
     # Shuffle buffer (windows) for the streamed training data.
     shuffle_buffer: int = Field(2048, ge=0)
     torch_threads: int = Field(1, ge=1)
-    # CPUs each Ray Data read/window task asks for. Fractional, so that ingest still runs when training workers
-    # hold nearly every CPU of a small machine (read tasks asking for a whole CPU would starve and hang).
+    # CPUs each Ray Data read/window task asks for. Ingest needs CPUs the training workers leave free: at least one
+    # whole CPU (Ray Data's file-listing step asks for 1 and cannot be told otherwise), else it waits forever.
     data_task_cpus: float = Field(0.25, gt=0.0)
 
 

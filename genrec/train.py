@@ -258,7 +258,7 @@ def build_trainer(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=
         raise ValueError(f"train.batch_size={t.batch_size} is larger than the {windows // t.workers} training "
                          f"windows each of the {t.workers} workers gets; lower train.batch_size or train.workers")
     train_ds = ray.data.read_parquet(shards.files("train"), columns=["items", "ts", "actions"],
-                                     ray_remote_args={"num_cpus": t.data_task_cpus}).map_batches(
+                                     num_cpus=t.data_task_cpus).map_batches(
         training_windows, fn_kwargs={"max_seq_len": cfg.model.max_seq_len}, batch_format="numpy", batch_size=256,
         num_cpus=t.data_task_cpus)
     use_gpu = t.gpus_per_worker > 0
@@ -277,3 +277,22 @@ def build_trainer(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=
                                            checkpoint_score_order="max")),
         datasets={"train": train_ds},
     )
+
+
+
+def check_ingest_room(cfg: GenrecConfig, reserved: float = 0.0) -> None:
+    """Refuse a run whose training workers would leave Ray Data no whole CPU: it would hang, not fail."""
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 0.0)
+    free = total - reserved - cfg.train.workers * cfg.train.cpus_per_worker
+    if free < 1.0:
+        raise ValueError(
+            f"train.workers={cfg.train.workers} x train.cpus_per_worker={cfg.train.cpus_per_worker} leaves "
+            f"{free:.2f} of the cluster's {total:g} CPUs for Ray Data, which needs at least 1 to read the shards; "
+            "lower train.cpus_per_worker or train.workers (or add CPU nodes)")
+
+
+def fit(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=None, reserved_cpus: float = 0.0):
+    check_ingest_room(cfg, reserved_cpus)
+    return build_trainer(cfg, shards, run_name, callbacks).fit()

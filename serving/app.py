@@ -6,7 +6,6 @@ explicit `checkpoint=` folder). Routes: `POST /recommend` (a user's recent event
 keeps serving.
 """
 
-from __future__ import annotations
 
 import json
 import os

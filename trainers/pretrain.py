@@ -24,14 +24,14 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 
 def run(cfg: GenrecConfig, run_name: str | None = None, rebuild: bool = False):
     from genrec.runtime import init_ray, prepare_shards, print_table
-    from genrec.train import build_trainer, history_path
+    from genrec.train import fit, history_path
 
     shards = prepare_shards(cfg, rebuild=rebuild)
     init_ray(cfg)
     run_name = run_name or f"pretrain-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"training {cfg.model.preset} (max_seq_len {cfg.model.max_seq_len}) on {cfg.train.workers} workers, "
           f"DeepSpeed ZeRO-{cfg.train.zero_stage}, {cfg.train.epochs} epochs -> {cfg.storage.path('runs', run_name)}")
-    result = build_trainer(cfg, shards, run_name).fit()
+    result = fit(cfg, shards, run_name)
     print_table(json.loads(history_path(cfg, run_name).read_text()), EPOCH_COLUMNS)
     best = result.get_best_checkpoint(metric="mrr", mode="max") or result.checkpoint
     print(f"best checkpoint: {best.path}")

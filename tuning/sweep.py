@@ -15,6 +15,8 @@ import time
 
 from genrec.config import ConfigError, GenrecConfig, load_config
 
+# The trial function only drives a TorchTrainer; Tune refuses an empty resource request.
+TRIAL_CPUS = 0.01
 TRIAL_COLUMNS = ["rank", "preset", "max_seq_len", "backbone_params", "mrr", "hr@10", "ndcg@10", "loss",
                  "best_epoch", "events_per_s", "wall_time_s", "status"]
 
@@ -34,11 +36,11 @@ def run_trial(config: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from genrec.shards import open_shards
-    from genrec.train import build_trainer
+    from genrec.train import fit
 
     cfg = trial_config(config["base"], config["preset"], config["max_seq_len"], config["epochs"])
     name = f"{config['sweep']}-{config['preset']}-len{config['max_seq_len']}-{ray.tune.get_context().get_trial_id()}"
-    build_trainer(cfg, open_shards(config["shards"]), name, callbacks=[TuneReportCallback()]).fit()
+    fit(cfg, open_shards(config["shards"]), name, callbacks=[TuneReportCallback()], reserved_cpus=TRIAL_CPUS)
 
 
 def summarize(results, metric: str) -> list[dict]:
@@ -55,7 +57,8 @@ def summarize(results, metric: str) -> list[dict]:
             continue
         best = df.loc[df[metric].idxmax() if higher_better else df[metric].idxmin()]
         last = df.iloc[-1]
-        row.update({k: best[k] for k in ("mrr", "hr@10", "ndcg@10", "loss", "backbone_params", "events_per_s")})
+        row.update({k: float(best[k]) for k in ("mrr", "hr@10", "ndcg@10", "loss", "events_per_s")})
+        row["backbone_params"] = int(best["backbone_params"])
         row.update(best_epoch=int(best["epoch"]), checkpoint=best.get("checkpoint_path"),
                    wall_time_s=float(last["wall_time_s"]), events_processed=int(last["events_processed"]),
                    trial_id=r.metrics.get("trial_id"))
@@ -106,9 +109,7 @@ def run(cfg: GenrecConfig, sweep: str | None = None, rebuild: bool = False) -> d
     print(f"sweep {sweep}: presets {t.presets} x max_seq_len {t.max_seq_len}, "
           f"{len(t.presets) * len(t.max_seq_len)} trials, ranked by {t.metric}")
     tuner = ray.tune.Tuner(
-        # The trial function only drives a TorchTrainer whose workers hold the CPUs and GPUs; Tune refuses an
-        # empty request, so the driver asks for a token 1% of a CPU.
-        ray.tune.with_resources(run_trial, {"cpu": 0.01}),
+        ray.tune.with_resources(run_trial, {"cpu": TRIAL_CPUS}),
         param_space={
             "base": cfg.model_dump(mode="json"), "shards": str(shards.root), "sweep": sweep, "epochs": t.epochs,
             "preset": ray.tune.grid_search(t.presets), "max_seq_len": ray.tune.grid_search(t.max_seq_len),

@@ -1,0 +1,96 @@
+"""Real Ray Data -> Ray Train (DeepSpeed ZeRO-3 on CPU, gloo) -> Ray Tune -> Ray Serve over HTTP on 127.0.0.1."""
+
+import json
+import urllib.request
+
+import pytest
+import torch
+
+from genrec.checkpoint import load_checkpoint
+from genrec.cli import post_json, sample_history
+from tests.conftest import tiny_config
+
+pytestmark = pytest.mark.integration
+
+
+def test_pretrain_two_workers_zero3_loss_falls(ray_local, storage):
+    from trainers.pretrain import run
+
+    cfg = tiny_config(storage, "train.workers=2", "train.cpus_per_worker=0.5", "train.zero_stage=3",
+                      "tracking.wandb=offline")
+    result = run(cfg, run_name="pretrain-test")
+    history = json.loads((storage / "runs" / "pretrain-test" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[-1]["loss"] < 0.8 * history[0]["loss"], history
+    for h in history:
+        assert 0 < h["mrr"] <= 1 and h["events_per_s"] > 0 and h["eval_users"] > 0
+    # wandb wrote an offline run beside the results
+    assert list((storage / "wandb").rglob("offline-run-*"))
+    # The checkpoint loads with plain torch (no DeepSpeed) and ranks the whole catalogue.
+    best = result.get_best_checkpoint(metric="mrr", mode="max")
+    loaded = load_checkpoint(best.path)
+    assert loaded.spec.layers == 2 and loaded.spec.num_items == loaded.items.num_rows
+    z = torch.zeros(1, 4, dtype=torch.long)
+    scores = loaded.model.score_last(torch.tensor([[1, 2, 3, 0]]), z, z, torch.tensor([3]))
+    assert scores.shape == (1, loaded.spec.num_items + 1) and torch.isfinite(scores[0, 1:]).all()
+
+
+@pytest.fixture(scope="module")
+def winner(ray_local, storage):
+    from tuning.sweep import run
+
+    cfg = tiny_config(storage, "train.workers=1", "train.cpus_per_worker=0.5", "train.epochs=2",
+                      "tune.presets=[custom]", "tune.max_seq_len=[8,16]")
+    return cfg, run(cfg, "sweep-test")
+
+
+def test_sweep_ranks_trials_and_writes_winner(winner):
+    cfg, manifest = winner
+    assert json.loads(cfg.winner_path().read_text()) == json.loads(json.dumps(manifest))
+    trials = manifest["trials"]
+    assert sorted(t["max_seq_len"] for t in trials) == [8, 16]
+    assert all(t["status"] == "ok" for t in trials)
+    assert trials[0]["mrr"] >= trials[1]["mrr"] and manifest["metrics"]["mrr"] == trials[0]["mrr"]
+    assert manifest["max_seq_len"] == trials[0]["max_seq_len"]
+    assert manifest["cost"]["events_processed"] > 0 and manifest["cost"]["wall_time_s"] > 0
+    assert load_checkpoint(manifest["checkpoint"]).spec.max_seq_len == manifest["max_seq_len"]
+
+
+def test_serve_answers_http_and_survives_bad_requests(winner):
+    from genrec.cli import start_serve
+
+    cfg, manifest = winner
+    url = start_serve(cfg)
+    assert url.startswith("http://127.0.0.1:")
+    health = json.loads(urllib.request.urlopen(f"{url}/healthz", timeout=30).read())
+    assert health["status"] == "ok" and health["titles"] == 80
+
+    history = sample_history(cfg)
+    status, body = post_json(f"{url}/recommend", {"history": history, "k": 5})
+    assert status == 200, body
+    assert len(body["items"]) == 5 and body["unknown_items"] == []
+    scores = [i["score"] for i in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    assert not {i["item_id"] for i in body["items"]} & {e["item_id"] for e in history}  # seen titles excluded
+
+    bad = [
+        ({"history": [], "k": 5}, "history"),
+        ({"history": [{"item_id": "abc"}]}, "item_id"),
+        ({"history": history, "k": 0}, "k"),
+        ({"history": history, "k": 10**6}, "k"),
+        ({"history": [{"item_id": 10**9}]}, "history"),
+        ({"histroy": history}, "histroy"),
+    ]
+    for req, field in bad:
+        status, err = post_json(f"{url}/recommend", req)
+        assert 400 <= status < 500 and field in json.dumps(err), (req, status, err)
+    # Not JSON at all
+    r = urllib.request.Request(f"{url}/recommend", data=b"{not json", headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(r, timeout=30)
+    assert e.value.code == 422
+    # Unknown titles are reported back, not silently dropped, and the rest still scores.
+    status, body = post_json(f"{url}/recommend", {"history": history + [{"item_id": 10**9}], "k": 3})
+    assert status == 200 and body["unknown_items"] == [10**9] and len(body["items"]) == 3
+    # ...and the server is still serving.
+    assert post_json(f"{url}/recommend", {"history": history, "k": 5})[0] == 200
