@@ -21,7 +21,8 @@ def test_pretrain_two_workers_zero3_loss_falls(ray_local, storage):
     result = run(cfg, run_name="pretrain-test")
     history = json.loads((storage / "runs" / "pretrain-test" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]
-    assert history[-1]["loss"] < 0.8 * history[0]["loss"], history
+    losses = [h["loss"] for h in history]
+    assert losses == sorted(losses, reverse=True) and losses[-1] < 0.9 * losses[0], losses
     for h in history:
         assert 0 < h["mrr"] <= 1 and h["events_per_s"] > 0 and h["eval_users"] > 0
     # wandb wrote an offline run beside the results
