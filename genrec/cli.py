@@ -125,9 +125,8 @@ def cmd_pipeline(args) -> int:
     from tuning.sweep import run as sweep
 
     t0 = time.perf_counter()
-    cfg = load_config(args.config, args.overrides)
-    if args.data:
-        cfg.data.source, cfg.data.path = args.source, args.data
+    data = [f"data.source={args.source}", f"data.path={args.data}"] if args.data else []
+    cfg = load_config(args.config, data + args.overrides)
     print(f"== 1/4 data: {cfg.data.source}")
     prepare_shards(cfg, rebuild=args.rebuild_shards)
     print("== 2/4 sweep (Ray Tune -> Ray Train + DeepSpeed over Ray Data)")
