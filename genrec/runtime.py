@@ -65,8 +65,9 @@ def prepare_shards(cfg: GenrecConfig, rebuild: bool = False, echo=print) -> Shar
     return shards
 
 
-def print_table(rows: list[dict], columns: list[str], file=sys.stdout) -> None:
+def print_table(rows: list[dict], columns: list[str], file=None) -> None:
     """A plain aligned text table (what a person reads in a terminal or a job log)."""
+    file = file or sys.stdout  # looked up per call: a default bound at import would outlive a redirected stdout
 
     def fmt(v) -> str:
         if isinstance(v, float):
