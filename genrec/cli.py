@@ -20,10 +20,36 @@ import urllib.request
 from genrec.config import ConfigError, load_config
 
 
-def _config_args(p: argparse.ArgumentParser) -> None:
-    from trainers.pretrain import add_config_args
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors that mean bad input: printed as one line naming the file/key, never as a traceback."""
+    from genrec.checkpoint import CheckpointError
+    from genrec.data.schema import DataError
+    from genrec.shards import ShardError
 
+    return ConfigError, FileNotFoundError, DataError, ShardError, CheckpointError
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="deployment YAML (default: built-in local defaults)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config field, e.g. --set train.workers=4 (repeatable)")
+
+
+def run_entrypoint(prog: str, doc: str, run, argv: list[str] | None = None) -> int:
+    """`python -m trainers.pretrain` / `python -m tuning.sweep`: config flags, then run(cfg, name, rebuild)."""
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(p)
+    p.add_argument("--name", default=None, help="run name (default: derived from the config name and the time)")
+    p.add_argument("--rebuild-shards", action="store_true", help="rebuild the shards even if they exist")
+    args = p.parse_args(argv)
+    try:
+        run(load_config(args.config, args.overrides), args.name, args.rebuild_shards)
+    except _user_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 
 
 def cmd_presets(args) -> int:
@@ -154,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="prepare shards or download data").add_subparsers(dest="data_cmd", required=True)
     s = data.add_parser("prepare", help="load the configured data and write Parquet shards")
-    _config_args(s)
+    add_config_args(s)
     s.add_argument("--rebuild", action="store_true", help="rebuild even if identical shards exist")
     s.set_defaults(fn=cmd_prepare)
     s = data.add_parser("download", help="download a MovieLens archive (needs network)")
@@ -165,18 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
     for name, fn, helptext in (("train", cmd_train, "pre-train one model"),
                                ("sweep", cmd_sweep, "Ray Tune sweep; writes the winner manifest")):
         s = sub.add_parser(name, help=helptext)
-        _config_args(s)
+        add_config_args(s)
         s.add_argument("--name", default=None, help="run name")
         s.add_argument("--rebuild-shards", action="store_true")
         s.set_defaults(fn=fn)
 
     s = sub.add_parser("serve", help="serve the winner checkpoint with Ray Serve")
-    _config_args(s)
+    add_config_args(s)
     s.add_argument("--checkpoint", default=None, help="serve this checkpoint folder instead of the winner")
     s.set_defaults(fn=cmd_serve)
 
     s = sub.add_parser("pipeline", help="data -> shards -> sweep -> winner -> serve, end to end")
-    _config_args(s)
+    add_config_args(s)
     s.add_argument("--data", default=None, help="a data folder or file instead of the synthetic default")
     s.add_argument("--source", default="movielens", choices=["movielens", "recbole", "parquet", "csv"],
                    help="layout of --data (default: movielens)")
@@ -186,14 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from genrec.checkpoint import CheckpointError
-    from genrec.data.schema import DataError
-    from genrec.shards import ShardError
-
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, DataError, ShardError, CheckpointError, FileNotFoundError) as exc:
+    except _user_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -6,20 +6,14 @@ the checkpoint path. Works the same under `ray job submit --working-dir . -- pyt
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 
-from genrec.config import ConfigError, GenrecConfig, load_config
+from genrec.cli import run_entrypoint
+from genrec.config import GenrecConfig
 
 EPOCH_COLUMNS = ["epoch", "loss", "mrr", "hr@10", "ndcg@10", "events_per_s", "epoch_time_s"]
-
-
-def add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, help="deployment YAML (default: built-in local defaults)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config field, e.g. --set train.workers=4 (repeatable)")
 
 
 def run(cfg: GenrecConfig, run_name: str | None = None, rebuild: bool = False):
@@ -39,19 +33,7 @@ def run(cfg: GenrecConfig, run_name: str | None = None, rebuild: bool = False):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainers.pretrain", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(p)
-    p.add_argument("--name", default=None, help="run name (default: pretrain-<config name>-<time>)")
-    p.add_argument("--rebuild-shards", action="store_true", help="rebuild the shards even if they exist")
-    args = p.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    run(cfg, args.name, args.rebuild_shards)
-    return 0
+    return run_entrypoint("python -m trainers.pretrain", __doc__, run, argv)
 
 
 if __name__ == "__main__":

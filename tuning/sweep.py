@@ -8,12 +8,12 @@ driver function, metrics come back through `TuneReportCallback`). Trials are ran
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
 
-from genrec.config import ConfigError, GenrecConfig, load_config
+from genrec.cli import run_entrypoint
+from genrec.config import GenrecConfig
 
 # The trial function only drives a TorchTrainer; Tune refuses an empty resource request.
 TRIAL_CPUS = 0.01
@@ -127,21 +127,7 @@ def run(cfg: GenrecConfig, sweep: str | None = None, rebuild: bool = False) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trainers.pretrain import add_config_args
-
-    p = argparse.ArgumentParser(prog="python -m tuning.sweep", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(p)
-    p.add_argument("--name", default=None, help="sweep name (default: sweep-<config name>-<time>)")
-    p.add_argument("--rebuild-shards", action="store_true", help="rebuild the shards even if they exist")
-    args = p.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    run(cfg, args.name, args.rebuild_shards)
-    return 0
+    return run_entrypoint("python -m tuning.sweep", __doc__, run, argv)
 
 
 if __name__ == "__main__":
