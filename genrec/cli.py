@@ -35,12 +35,17 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                    help="override one config field, e.g. --set train.workers=4 (repeatable)")
 
 
-def run_entrypoint(prog: str, doc: str, run, argv: list[str] | None = None) -> int:
-    """`python -m trainers.pretrain` / `python -m tuning.sweep`: config flags, then run(cfg, name, rebuild)."""
-    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """Flags of a training or sweep run: the config flags plus a run name and a shard rebuild."""
     add_config_args(p)
     p.add_argument("--name", default=None, help="run name (default: derived from the config name and the time)")
     p.add_argument("--rebuild-shards", action="store_true", help="rebuild the shards even if they exist")
+
+
+def run_entrypoint(prog: str, doc: str, run, argv: list[str] | None = None) -> int:
+    """`python -m trainers.pretrain` / `python -m tuning.sweep`: config flags, then run(cfg, name, rebuild)."""
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_args(p)
     args = p.parse_args(argv)
     try:
         run(load_config(args.config, args.overrides), args.name, args.rebuild_shards)
@@ -48,8 +53,6 @@ def run_entrypoint(prog: str, doc: str, run, argv: list[str] | None = None) -> i
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
-
-
 
 
 def cmd_presets(args) -> int:
@@ -191,9 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, fn, helptext in (("train", cmd_train, "pre-train one model"),
                                ("sweep", cmd_sweep, "Ray Tune sweep; writes the winner manifest")):
         s = sub.add_parser(name, help=helptext)
-        add_config_args(s)
-        s.add_argument("--name", default=None, help="run name")
-        s.add_argument("--rebuild-shards", action="store_true")
+        add_run_args(s)
         s.set_defaults(fn=fn)
 
     s = sub.add_parser("serve", help="serve the winner checkpoint with Ray Serve")

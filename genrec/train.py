@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from genrec.config import GenrecConfig
+from genrec.config import ConfigError, GenrecConfig
 from genrec.metrics import from_sums, rank_sums, target_ranks
 from genrec.model import GenRec, ModelSpec, resolve_shape
 from genrec.shards import ShardSet, atomic_write_json, open_shards
@@ -255,7 +255,7 @@ def build_trainer(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=
     t = cfg.train
     windows = count_windows(shards, cfg.model.max_seq_len)
     if windows // t.workers < t.batch_size:
-        raise ValueError(f"train.batch_size={t.batch_size} is larger than the {windows // t.workers} training "
+        raise ConfigError(f"train.batch_size={t.batch_size} is larger than the {windows // t.workers} training "
                          f"windows each of the {t.workers} workers gets; lower train.batch_size or train.workers")
     train_ds = ray.data.read_parquet(shards.files("train"), columns=["items", "ts", "actions"],
                                      num_cpus=t.data_task_cpus).map_batches(
@@ -279,7 +279,6 @@ def build_trainer(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=
     )
 
 
-
 def check_ingest_room(cfg: GenrecConfig, reserved: float = 0.0) -> None:
     """Refuse a run whose training workers would leave Ray Data no whole CPU: it would hang, not fail."""
     import ray
@@ -287,7 +286,7 @@ def check_ingest_room(cfg: GenrecConfig, reserved: float = 0.0) -> None:
     total = ray.cluster_resources().get("CPU", 0.0)
     free = total - reserved - cfg.train.workers * cfg.train.cpus_per_worker
     if free < 1.0:
-        raise ValueError(
+        raise ConfigError(
             f"train.workers={cfg.train.workers} x train.cpus_per_worker={cfg.train.cpus_per_worker} leaves "
             f"{free:.2f} of the cluster's {total:g} CPUs for Ray Data, which needs at least 1 to read the shards; "
             "lower train.cpus_per_worker or train.workers (or add CPU nodes)")
