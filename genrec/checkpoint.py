@@ -1,4 +1,9 @@
-"""Load a trained checkpoint without DeepSpeed or Ray: plain torch, weights only (no unpickling of objects)."""
+"""Load a trained checkpoint without DeepSpeed or Ray: plain torch, weights only (no unpickling of objects).
+
+A checkpoint folder holds the consolidated weights, the spec (with the semantic tower's feature vocabulary) and the
+item table with each title's training count. The catalogue a model ranks is rebuilt from that table, so titles can be
+added after training (:meth:`LoadedModel.add_items`): they have no trained id row and are scored from metadata alone.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from genrec.data.schema import DataError
 from genrec.model import GenRec, ModelSpec
-from genrec.train import CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS
+from genrec.train import CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS, TRAIN_COUNT, catalogue
 
 
 class CheckpointError(RuntimeError):
@@ -22,9 +29,44 @@ class CheckpointError(RuntimeError):
 class LoadedModel:
     model: GenRec
     spec: ModelSpec
-    items: pa.Table  # vocabulary: item_id, index, title, genres, ...
+    items: pa.Table  # vocabulary: item_id, index, title, genres, ..., train_count
     info: dict  # what the trainer wrote beside the weights (metrics, preset, dataset)
     path: Path
+
+    def refresh_catalogue(self) -> None:
+        index = self.items.column("index").to_numpy()
+        counts = np.zeros(int(index.max()) + 1, np.int64)
+        if TRAIN_COUNT in self.items.column_names:
+            counts[index] = self.items.column(TRAIN_COUNT).to_numpy()
+        else:  # a checkpoint without counts: every title of the training catalogue has an id row
+            counts[1:self.spec.num_items + 1] = 1
+        feats, known, _ = catalogue(self.spec, self.items, counts)
+        self.model.set_catalogue(feats, known)
+
+    def add_items(self, new_items: pa.Table) -> list[int]:
+        """Append titles (item_id, title, genres, year, launch_ts, text) to the catalogue without retraining.
+
+        They get the next indices and no trained id row, so the semantic tower alone places them. Returns the new
+        indices. Raises DataError for an item_id already in the catalogue."""
+        existing = set(self.items.column("item_id").to_pylist())
+        dup = [i for i in new_items.column("item_id").to_pylist() if i in existing]
+        if dup:
+            raise DataError(f"new items: item_id {dup[0]} is already in the catalogue; send only new titles")
+        start = int(self.items.column("index").to_numpy().max()) + 1
+        index = np.arange(start, start + new_items.num_rows, dtype=np.int32)
+        cols = {}
+        for name in self.items.column_names:
+            if name == "index":
+                cols[name] = pa.array(index, pa.int32())
+            elif name == TRAIN_COUNT:
+                cols[name] = pa.array(np.zeros(len(index), np.int64))
+            elif name in new_items.column_names:
+                cols[name] = new_items.column(name).cast(self.items.schema.field(name).type)
+            else:
+                cols[name] = pa.nulls(len(index), self.items.schema.field(name).type)
+        self.items = pa.concat_tables([self.items, pa.table(cols, schema=self.items.schema)])
+        self.refresh_catalogue()
+        return index.tolist()
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> LoadedModel:
@@ -33,10 +75,15 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> LoadedModel:
         if not (path / name).is_file():
             raise CheckpointError(f"{path / name}: missing; is {path} a genrec checkpoint folder?")
     info = json.loads((path / CHECKPOINT_SPEC).read_text())
-    spec = ModelSpec.from_dict(info["spec"])
+    try:
+        spec = ModelSpec.from_dict(info["spec"])
+    except TypeError as exc:
+        raise CheckpointError(f"{path / CHECKPOINT_SPEC}: not a spec this genrec can build ({exc}); retrain") from None
     state = torch.load(path / CHECKPOINT_WEIGHTS, map_location=device, weights_only=True)
     model = GenRec(spec)
     # bf16 training saves bf16 weights; serve in fp32 on CPU.
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     model.eval().to(device)
-    return LoadedModel(model, spec, pq.read_table(path / CHECKPOINT_ITEMS), info, path)
+    loaded = LoadedModel(model, spec, pq.read_table(path / CHECKPOINT_ITEMS), info, path)
+    loaded.refresh_catalogue()
+    return loaded

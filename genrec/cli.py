@@ -1,6 +1,8 @@
 """`genrec` command line: one typed config, every step of the pipeline.
 
     genrec presets                       size presets with their exact backbone parameter counts
+    genrec flops --layers 6 --width 1024 --seq-len 512 --items 1000000
+                                         training FLOPs per token: full vs sampled vs sampled + projected head
     genrec data prepare --config C       load the configured data and write time-split Parquet shards
     genrec data download NAME --dest D   fetch a MovieLens archive (needs network)
     genrec train --config C              pre-train one model (same as python -m trainers.pretrain)
@@ -66,6 +68,31 @@ def cmd_presets(args) -> int:
     print_table(rows, ["preset", "layers", "width", "heads", "head_dim", "backbone_params", "vs_name"])
     print("\nbackbone = transformer blocks + final norm (12 d^2 + 2d per block, + d); embeddings and decoding excluded")
     return 0
+
+
+def cmd_flops(args) -> int:
+    from genrec.flops import comparison
+    from genrec.runtime import print_table
+
+    rows = comparison(args.layers, args.width, args.seq_len, args.items, args.negatives_fraction,
+                      args.projection_ratio, args.convention)
+    print(f"training FLOPs per token: {args.layers} layers, width {args.width}, sequence length {args.seq_len}, "
+          f"{args.items:,} titles ({args.convention} convention)")
+    print_table([{"decoding": r["decoding"], "backbone": f"{r['backbone']:.3g}",
+                  "decoding_flops": f"{r['decoding_flops']:.3g}", "total": f"{r['total']:.3g}",
+                  "saving_vs_full": f"{r['vs_full']:.1f}x"} for r in rows],
+                ["decoding", "backbone", "decoding_flops", "total", "saving_vs_full"])
+    print("\nassumptions: 6 FLOPs per multiply-add per token (forward 2 + backward 4); elementwise work ignored; see "
+          "genrec/flops.py.\n'paper' = the arXiv 2605.23312 illustration (2x MLP, 12 FLOPs per scored title-dim); "
+          "'genrec' = genrec's own blocks (4x MLP, 6 per scored title-dim).")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be a positive integer")
+    return value
 
 
 def cmd_prepare(args) -> int:
@@ -180,6 +207,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("presets", help="list size presets and exact backbone parameter counts")
     s.set_defaults(fn=cmd_presets)
+
+    s = sub.add_parser("flops", help="training FLOPs per token for a model shape and catalogue size")
+    s.add_argument("--layers", type=_positive_int, required=True)
+    s.add_argument("--width", type=_positive_int, required=True)
+    s.add_argument("--seq-len", type=_positive_int, required=True)
+    s.add_argument("--items", type=_positive_int, required=True, help="catalogue size (titles)")
+    s.add_argument("--negatives-fraction", type=float, default=0.01, help="sampled negatives / catalogue (0.01)")
+    s.add_argument("--projection-ratio", type=_positive_int, default=8, help="decoding head d -> d/r (8)")
+    s.add_argument("--convention", choices=["paper", "genrec"], default="paper",
+                   help="paper: the paper's illustration; genrec: genrec's own blocks (default: paper)")
+    s.set_defaults(fn=cmd_flops)
 
     data = sub.add_parser("data", help="prepare shards or download data").add_subparsers(dest="data_cmd", required=True)
     s = data.add_parser("prepare", help="load the configured data and write Parquet shards")

@@ -51,8 +51,13 @@ class DataConfig(_Section):
     # Generic loaders: canonical name -> column name in the file.
     columns: dict[str, str] | None = None
     synthetic: SyntheticConfig = SyntheticConfig()
-    # Time split: events before the cutoff train, events after it evaluate. Either a fixed Unix time or a
-    # quantile of all event timestamps (0.9 = the last 10% of time-ordered events evaluate).
+    # How events are held out. "time": one global cutoff (below). "leave_one_out" (SASRec/HSTU, RecBole's LS
+    # valid_and_test): per user with 3+ events, the last event is the test target and the second-to-last the
+    # validation target; training sees everything before the last two. Users with fewer than 3 events are not
+    # evaluated and train on all their events.
+    split: Literal["time", "leave_one_out"] = "time"
+    # Time split only (ignored by leave_one_out): events before the cutoff train, events after it evaluate. Either
+    # a fixed Unix time or a quantile of all event timestamps (0.9 = the last 10% of time-ordered events evaluate).
     cutoff_ts: int | None = None
     cutoff_quantile: float = Field(0.9, gt=0.0, lt=1.0)
     # Users with fewer training events than this are dropped from training (they still count in the vocabulary).
@@ -78,12 +83,38 @@ class ModelConfig(_Section):
     heads: int | None = Field(None, ge=1)
     max_seq_len: int = Field(64, ge=2)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    # Sampled softmax: uniform negatives shared by the batch. The count is max(min_negatives,
-    # negatives_fraction * catalogue), capped at the catalogue; "full" scores every title (the reference).
-    decoding: Literal["sampled", "full"] = "sampled"
+    # Decoding. "full": softmax over the whole catalogue (the reference; fine for small catalogues). "sampled":
+    # uniform negatives shared by the batch, num_negatives of them or else max(min_negatives, negatives_fraction x
+    # catalogue), capped at the catalogue. "in_batch": the batch's other targets are the negatives.
+    decoding: Literal["sampled", "full", "in_batch"] = "sampled"
+    num_negatives: int | None = Field(None, ge=1)
     negatives_fraction: float = Field(0.01, gt=0.0, le=1.0)
     min_negatives: int = Field(64, ge=1)
+    # logQ correction: subtract log(draws x q(title)) from sampled negatives' logits (q: uniform for "sampled",
+    # training-target frequency for "in_batch"), so the sampled loss estimates the full-softmax one.
+    logq: bool = False
+    # Projected decoding head: GELU + linear d -> d / projection_ratio before scoring titles (1 = no projection).
+    projection_ratio: int = Field(8, ge=1)
+    # Semantic item tower (genres, year bucket, hashed title/text n-grams, text vectors when the items have them).
+    semantic: bool = True
+    text_buckets: int = Field(16384, ge=16)
+    # Collaborative-embedding masking: the probability that a title's id embedding is swapped for the learned OOV one
+    # in a training step. "auto" = the shards' observed cold-start rate (share of evaluation events on titles first
+    # seen after the cutoff); 0 turns it off.
+    id_mask_rate: float | Literal["auto"] = "auto"
+    # Multi-token prediction: one head, targets = the next mtp_k events, weighted utility x 2^(-dt / half-life).
+    # mtp_k = 1 is plain next-event prediction.
+    mtp_k: int = Field(1, ge=1, le=64)
+    mtp_half_life_h: float | None = Field(24.0, gt=0.0)
     activation_checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _mask_rate(self) -> "ModelConfig":
+        if self.id_mask_rate != "auto" and not 0.0 <= self.id_mask_rate < 1.0:
+            raise ValueError("model.id_mask_rate must be 'auto' or a probability in [0, 1)")
+        if self.width is not None and self.width // self.projection_ratio < 1:
+            raise ValueError(f"model.projection_ratio={self.projection_ratio} leaves no scoring width")
+        return self
 
     @model_validator(mode="after")
     def _preset_known(self) -> "ModelConfig":
@@ -114,6 +145,9 @@ class TrainConfig(_Section):
     seed: int = 0
     # Cap on evaluation users per epoch (None = all); evaluation is full-catalogue ranking.
     max_eval_users: int | None = Field(None, ge=1)
+    # Also evaluate with a stale context, as cached serving sees it: the model reads the history up to the cutoff and
+    # must rank the first new title at least this many hours later (reported as mrr@24h, ...).
+    eval_delays_h: list[float] = []
     # Shuffle buffer (windows) for the streamed training data.
     shuffle_buffer: int = Field(2048, ge=0)
     torch_threads: int = Field(1, ge=1)

@@ -1,7 +1,8 @@
 """The generative recommender: a causal transformer over event tokens.
 
-One token per event: item id embedding + action embedding + time-gap bucket embedding + learned position. Sequences
-are right-padded with item index 0, so a causal mask alone keeps real tokens from ever attending to padding and
+One token per event: title (id embedding + semantic tower) + action + utility bucket + time-gap bucket + learned
+position. Titles are scored through a projected decoding head (d -> d/r) against output-side title embeddings (id +
+tower), the same path in training, evaluation and serving. Sequences are right-padded with item index 0, so a causal mask alone keeps real tokens from ever attending to padding and
 `scaled_dot_product_attention(is_causal=True)` can use the flash kernels on GPU.
 
 Size presets count the **backbone** only (transformer blocks and the final norm), as the paper does; embeddings and
@@ -15,12 +16,16 @@ ZeRO-3 gathers a module's partitioned parameters in that module's forward hook.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from genrec.features import MAX_GENRES, MAX_TOKENS, YEAR_BUCKETS, FeatureVocab, ItemFeatures
+from genrec.objectives import (NEG_INF, full_softmax_loss, logq_correction, merge_duplicate_targets, mtp_targets,
+                               normalise, sampled_softmax_loss, utility_buckets)
 
 # name -> (layers, width, heads). Widths are multiples of 128 and head dims 32..128 so GPU kernels stay efficient.
 PRESETS: dict[str, tuple[int, int, int]] = {
@@ -35,6 +40,7 @@ PRESET_TARGETS = {"2m": 2e6, "8m": 8e6, "32m": 32e6, "100m": 100e6, "300m": 300e
 
 NUM_GAP_BUCKETS = 32  # bucket 0 = first event / padding; 1..31 = 1 + floor(log2(1 + gap seconds)), clipped
 NUM_ACTIONS = 8
+NUM_UTILITY_BUCKETS = 21  # half units: 0..10 (see objectives.utility_buckets)
 
 
 def backbone_params(layers: int, width: int) -> int:
@@ -46,17 +52,31 @@ def backbone_params(layers: int, width: int) -> int:
 class ModelSpec:
     """Everything needed to rebuild the network (saved beside every checkpoint)."""
 
-    num_items: int  # catalogue size; item indices run 1..num_items, 0 is padding
+    num_items: int  # titles with an id row (the training catalogue); indices 1..num_items, 0 is padding
     layers: int
     width: int
     heads: int
     max_seq_len: int
     dropout: float = 0.1
     activation_checkpointing: bool = False
+    # Projected decoding head: GELU + linear d -> d / projection_ratio before item scoring (1 = score at width d).
+    projection_ratio: int = 8
+    # Semantic item tower beside the id embedding (genres, year, hashed title/text n-grams, optional text vectors).
+    semantic: bool = True
+    features: dict = field(default_factory=dict)  # FeatureVocab.to_dict(): the tower's vocabulary
 
     @property
     def backbone_params(self) -> int:
         return backbone_params(self.layers, self.width)
+
+    @property
+    def out_dim(self) -> int:
+        """Width at which titles are scored."""
+        return max(1, self.width // max(1, self.projection_ratio))
+
+    @property
+    def tower_width(self) -> int:
+        return min(self.width, 256)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -116,88 +136,231 @@ class Backbone(nn.Module):
         return self.norm(x)
 
 
-class EventEmbedding(nn.Module):
+class SemanticTower(nn.Module):
+    """Metadata -> a hidden vector per title: mean genre embedding + year bucket + mean hashed n-gram embedding
+    (+ a projected text vector when the catalogue has one), then a GELU layer. Two linear heads map it to the input
+    width and to the scoring width, so the same metadata informs both sides of the model."""
+
+    def __init__(self, vocab: FeatureVocab, hidden: int, width: int, out_dim: int):
+        super().__init__()
+        self.genre = nn.Embedding(len(vocab.genres) + 1, hidden, padding_idx=0)
+        self.year = nn.Embedding(YEAR_BUCKETS, hidden)
+        self.text = nn.Embedding(vocab.text_buckets + 1, hidden, padding_idx=0)
+        self.dense = nn.Linear(vocab.text_dim, hidden, bias=False) if vocab.text_dim else None
+        self.mlp = nn.Linear(hidden, hidden)
+        self.to_input = nn.Linear(hidden, width, bias=False)
+        self.to_output = nn.Linear(hidden, out_dim, bias=False)
+
+    @staticmethod
+    def _mean(emb: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        n = (ids > 0).sum(-1, keepdim=True).clamp(min=1)
+        return emb.sum(-2) / n  # padding rows embed to zero (padding_idx)
+
+    def forward(self, genres: torch.Tensor, year: torch.Tensor, tokens: torch.Tensor,
+                dense: torch.Tensor | None) -> torch.Tensor:
+        h = self._mean(self.genre(genres), genres) + self.year(year) + self._mean(self.text(tokens), tokens)
+        if self.dense is not None and dense is not None:
+            h = h + self.dense(dense)
+        return F.gelu(self.mlp(h))
+
+
+class ItemEncoder(nn.Module):
+    """Title representations on the input side (width d) and the output side (scoring width d/r).
+
+    representation = id embedding + semantic tower. The id embedding is replaced by a learned out-of-vocabulary (OOV)
+    one for titles without a trained id row (launched after the cutoff, or added to the catalogue later) and, during
+    training, for the titles of the collaborative-embedding mask: the model learns to score titles from metadata.
+    """
+
     def __init__(self, spec: ModelSpec):
         super().__init__()
-        self.item = nn.Embedding(spec.num_items + 1, spec.width, padding_idx=0)
+        self.num_items = spec.num_items
+        self.id_in = nn.Embedding(spec.num_items + 1, spec.width, padding_idx=0)
+        self.id_out = nn.Embedding(spec.num_items + 1, spec.out_dim, padding_idx=0)
+        self.oov_in = nn.Embedding(1, spec.width)
+        self.oov_out = nn.Embedding(1, spec.out_dim)
+        vocab = FeatureVocab.from_dict(spec.features)
+        self.tower = SemanticTower(vocab, spec.tower_width, spec.width, spec.out_dim) if spec.semantic else None
+        # The catalogue: per-title features, which titles have a trained id row. Not saved with the weights: they are
+        # recomputed from the item table (see set_catalogue), so a catalogue can grow after training.
+        self.set_catalogue(item_features_placeholder(spec.num_items, vocab), None)
+
+    def set_catalogue(self, features: ItemFeatures, known: torch.Tensor | None) -> None:
+        n = len(features)
+        if known is None:
+            known = torch.ones(n, dtype=torch.bool)
+            known[self.num_items + 1:] = False
+        known = known.clone()
+        known[0] = True  # padding keeps its (zero) id row
+        known[self.num_items + 1:] = False  # no id row exists beyond the training catalogue
+        device = self.id_in.weight.device
+        for name, value in (("f_genres", features.genres), ("f_year", features.year), ("f_tokens", features.tokens),
+                            ("f_dense", features.dense), ("known", known)):
+            self.register_buffer(name, None if value is None else value.to(device), persistent=False)
+
+    @property
+    def catalogue_size(self) -> int:
+        """Titles that can be ranked (indices 1..catalogue_size)."""
+        return self.f_year.shape[0] - 1
+
+    def _ids(self, idx: torch.Tensor, table: nn.Embedding, oov: nn.Embedding, mask: torch.Tensor | None):
+        cold = ~self.known[idx]
+        if mask is not None:
+            cold = cold | mask[idx]
+        e = table(torch.where(cold, torch.zeros_like(idx), idx))
+        return torch.where(cold[..., None], oov(torch.zeros_like(idx)).to(e.dtype), e)
+
+    def _tower(self, idx: torch.Tensor) -> torch.Tensor:
+        flat = idx.reshape(-1)
+        uniq, inv = torch.unique(flat, return_inverse=True)  # a batch repeats titles; embed each once
+        h = self.tower(self.f_genres[uniq], self.f_year[uniq], self.f_tokens[uniq],
+                       None if self.f_dense is None else self.f_dense[uniq].to(self.tower.mlp.weight.dtype))
+        return h, inv, idx.shape
+
+    def encode_input(self, idx: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        e = self._ids(idx, self.id_in, self.oov_in, mask)
+        if self.tower is not None:
+            h, inv, shape = self._tower(idx)
+            e = e + self.tower.to_input(h)[inv].view(*shape, -1)
+        return e
+
+    def encode_output(self, idx: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        e = self._ids(idx, self.id_out, self.oov_out, mask)
+        if self.tower is not None:
+            h, inv, shape = self._tower(idx)
+            e = e + self.tower.to_output(h)[inv].view(*shape, -1)
+        return e
+
+
+def item_features_placeholder(num_items: int, vocab: FeatureVocab) -> ItemFeatures:
+    """An all-unknown catalogue of the right size, so a bare model runs (tests, FLOPs probes) before set_catalogue."""
+    return ItemFeatures(torch.zeros(num_items + 1, MAX_GENRES, dtype=torch.long),
+                        torch.zeros(num_items + 1, dtype=torch.long),
+                        torch.zeros(num_items + 1, MAX_TOKENS, dtype=torch.long),
+                        torch.zeros(num_items + 1, vocab.text_dim) if vocab.text_dim else None)
+
+
+class EventEmbedding(nn.Module):
+    """One token per event: title (id + metadata) + action + utility bucket + time-gap bucket + learned position."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
         self.action = nn.Embedding(NUM_ACTIONS, spec.width)
+        self.utility = nn.Embedding(NUM_UTILITY_BUCKETS, spec.width)
         self.gap = nn.Embedding(NUM_GAP_BUCKETS, spec.width)
         self.pos = nn.Embedding(spec.max_seq_len, spec.width)
         self.drop = nn.Dropout(spec.dropout)
 
-    def forward(self, items: torch.Tensor, actions: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
-        pos = torch.arange(items.shape[1], device=items.device)
-        x = self.item(items) + self.action(actions.clamp(0, NUM_ACTIONS - 1)) + self.gap(gaps) + self.pos(pos)[None]
+    def forward(self, item_emb, actions, gaps, utils) -> torch.Tensor:
+        pos = torch.arange(item_emb.shape[1], device=item_emb.device)
+        x = (item_emb + self.action(actions.clamp(0, NUM_ACTIONS - 1))
+             + self.utility(utility_buckets(utils, NUM_UTILITY_BUCKETS)) + self.gap(gaps) + self.pos(pos)[None])
         return self.drop(x)
 
 
-class ItemScorer(nn.Module):
-    """Output item embeddings; scores queries against sampled ids or the whole catalogue.
+@dataclass(frozen=True)
+class Objective:
+    """How the model is trained (not part of the architecture: a checkpoint serves the same whatever trained it).
 
-    One module for training, evaluation and serving, so all three rank titles the same way.
+    decoding: "full" softmax over the catalogue; "sampled": uniform negatives shared by the batch; "in_batch": the
+    batch's other targets are the negatives. logq: correct sampled logits by the sampler's log-probability.
+    mtp_k / half_life_s: multi-token targets over the next k events, time-decayed (None = no decay).
     """
 
-    def __init__(self, num_items: int, dim: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(num_items + 1, dim))
-
-    def forward(self, q: torch.Tensor, pos: torch.Tensor | None = None, neg: torch.Tensor | None = None):
-        if pos is None:
-            scores = q @ self.weight.t()
-            scores[..., 0] = float("-inf")  # padding is never a recommendation
-            return scores
-        pos_logits = (q * self.weight[pos]).sum(-1)
-        neg_logits = q @ self.weight[neg].t()
-        return pos_logits, neg_logits
+    decoding: str = "sampled"
+    logq: bool = False
+    mtp_k: int = 1
+    half_life_s: float | None = None
 
 
 class GenRec(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.spec = spec
+        self.items = ItemEncoder(spec)
         self.embed = EventEmbedding(spec)
         self.backbone = Backbone(spec.layers, spec.width, spec.heads, spec.dropout, spec.activation_checkpointing)
-        self.scorer = ItemScorer(spec.num_items, spec.width)
+        # Projected decoding head: scoring at d/r makes every candidate r times cheaper (see genrec.flops).
+        self.head = (nn.Sequential(nn.GELU(), nn.Linear(spec.width, spec.out_dim, bias=False))
+                     if spec.projection_ratio > 1 else nn.Identity())
+        self.objective = Objective()
+        # log q(title) of the sampler, for the logQ correction (uniform until the trainer sets item frequencies).
+        self.register_buffer("log_q", torch.full((spec.num_items + 1,), -math.log(max(spec.num_items, 1))),
+                             persistent=False)
         self.apply(self._init)
         for name, p in self.named_parameters():
             if name.endswith(("proj.weight", "fc2.weight")):  # GPT-2 style: residual branches scaled by depth
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * spec.layers))
+        if spec.projection_ratio > 1:
+            # Unit-variance queries: with 0.02 on both the query and the title side, logits start ~1e-3 and the
+            # two sides wait on each other for hundreds of steps.
+            nn.init.normal_(self.head[1].weight, std=1.0 / math.sqrt(spec.width))
 
     @staticmethod
     def _init(m: nn.Module) -> None:
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, std=0.02)
-        elif isinstance(m, ItemScorer):
-            nn.init.normal_(m.weight, std=0.02)
+            if isinstance(m, nn.Embedding) and m.padding_idx is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
 
-    def hidden(self, items: torch.Tensor, actions: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
-        return self.backbone(self.embed(items, actions, gaps))
+    def set_catalogue(self, features: ItemFeatures, known: torch.Tensor | None = None,
+                      log_q: torch.Tensor | None = None) -> None:
+        self.items.set_catalogue(features, known)
+        if log_q is not None:
+            self.register_buffer("log_q", log_q.to(self.items.known.device), persistent=False)
 
-    def forward(self, items, actions, gaps, targets, negatives) -> torch.Tensor:
-        """Sampled-softmax next-event loss. targets (B, T): next item index, 0 = no loss at that position;
-        negatives (S,): uniform negatives shared by the batch (accidental hits are masked)."""
-        h = self.hidden(items, actions, gaps)
-        mask = targets > 0
-        q = h[mask]
-        t = targets[mask]
-        if negatives is None:  # full softmax over the catalogue: the reference for small catalogues
-            logits = self.scorer(q)
-            return F.cross_entropy(logits.float(), t.long())
-        pos, neg = self.scorer(q, t, negatives)
-        neg = neg.masked_fill(negatives[None, :] == t[:, None], float("-inf"))
-        logits = torch.cat([pos[:, None], neg], dim=1).float()
-        return F.cross_entropy(logits, torch.zeros_like(t, dtype=torch.long))
+    def hidden(self, items, actions, gaps, utils, id_mask=None) -> torch.Tensor:
+        return self.backbone(self.embed(self.items.encode_input(items, id_mask), actions, gaps, utils))
+
+    def item_matrix(self, id_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Output embeddings of the whole catalogue (row 0 = padding): (catalogue + 1, out_dim)."""
+        idx = torch.arange(self.items.catalogue_size + 1, device=self.items.known.device)
+        return self.items.encode_output(idx, id_mask)
+
+    def forward(self, items, actions, gaps, utils, ts, negatives=None, id_mask=None) -> torch.Tensor:
+        """Training loss for windows of T + 1 events (B, T + 1), right-padded with item 0.
+
+        negatives (S,): uniform negative ids shared by the batch ("sampled"); id_mask: titles whose id embedding is
+        hidden this step (collaborative-embedding masking)."""
+        obj = self.objective
+        h = self.hidden(items[:, :-1], actions[:, :-1], gaps[:, :-1], utils[:, :-1], id_mask)
+        targets, weights = mtp_targets(items, ts, utils, obj.mtp_k, obj.half_life_s)
+        targets, weights = merge_duplicate_targets(targets.flatten(0, 1), weights.flatten(0, 1))
+        keep, weights = normalise(weights)
+        targets = targets[keep]
+        q = self.head(h.flatten(0, 1)[keep])
+        if obj.decoding == "full":
+            logits = q @ self.item_matrix(id_mask).t()
+            logits[:, 0] = NEG_INF
+            return full_softmax_loss(logits, targets, weights)
+        pos = (q[:, None, :] * self.items.encode_output(targets, id_mask)).sum(-1)
+        if obj.decoding == "in_batch":
+            negatives = torch.unique(targets[weights > 0])
+        neg = q @ self.items.encode_output(negatives, id_mask).t()
+        if obj.logq:
+            draws = negatives.numel() if obj.decoding == "sampled" else int((weights > 0).sum())
+            neg = logq_correction(neg, self.log_q[negatives], draws)
+        return sampled_softmax_loss(pos, targets, weights, neg, negatives)
 
     @torch.no_grad()
-    def score_last(self, items, actions, gaps, lengths) -> torch.Tensor:
-        """Scores (B, num_items + 1) for the event after each sequence's last real token."""
-        h = self.hidden(items, actions, gaps)
-        last = h[torch.arange(h.shape[0], device=h.device), lengths - 1]
-        return self.scorer(last)
+    def score_last(self, items, actions, gaps, utils, lengths, item_matrix: torch.Tensor | None = None):
+        """Scores (B, catalogue + 1) for the event after each sequence's last real token (column 0 = -inf)."""
+        h = self.hidden(items, actions, gaps, utils)
+        q = self.head(h[torch.arange(h.shape[0], device=h.device), lengths - 1])
+        m = self.item_matrix() if item_matrix is None else item_matrix
+        scores = q @ m.t()
+        scores[:, 0] = NEG_INF  # padding is never a recommendation
+        return scores
 
 
 def count_parameters(model: GenRec) -> dict[str, int]:
     def n(m: nn.Module) -> int:
         return sum(p.numel() for p in m.parameters())
 
-    return {"backbone": n(model.backbone), "embedding": n(model.embed), "decoding": n(model.scorer), "total": n(model)}
+    tower = n(model.items.tower) if model.items.tower is not None else 0
+    return {"backbone": n(model.backbone), "embedding": n(model.embed) + n(model.items.id_in)
+            + n(model.items.oov_in), "semantic_tower": tower,
+            "decoding": n(model.head) + n(model.items.id_out) + n(model.items.oov_out), "total": n(model)}

@@ -37,7 +37,8 @@ def data_fingerprint(cfg: GenrecConfig) -> dict:
 
 
 def prepare_shards(cfg: GenrecConfig, rebuild: bool = False, echo=print) -> ShardSet:
-    """Load the configured data and write its time-split shards, unless identical shards already exist."""
+    """Load the configured data and write its shards (time or leave-one-out split, `data.split`), unless identical
+    shards already exist."""
     root = cfg.shards_dir()
     if not rebuild:
         try:
@@ -55,13 +56,16 @@ def prepare_shards(cfg: GenrecConfig, rebuild: bool = False, echo=print) -> Shar
         kwargs = {"items_path": d.items_path, "columns": d.columns}
     echo(f"loading {d.source} data{' from ' + d.path if d.path else ''} ...")
     ds = load(d.source, d.path, **kwargs)
-    cutoff = resolve_cutoff(ds.events.column("timestamp").to_numpy(), d.cutoff_ts, d.cutoff_quantile)
+    cutoff = None  # leave_one_out holds out each user's last two events and needs no cutoff
+    if d.split == "time":
+        cutoff = resolve_cutoff(ds.events.column("timestamp").to_numpy(), d.cutoff_ts, d.cutoff_quantile)
     shards = write_shards(ds, root, cutoff, d.min_train_events, d.users_per_shard,
-                          extra={"data_config": data_fingerprint(cfg)})
+                          extra={"data_config": data_fingerprint(cfg)}, split=d.split)
     c = shards.manifest["counts"]
-    echo(f"shards: {c['train_users']} training users, {c['train_events']} training events, "
-         f"{c['eval_users']} evaluation users, {c['items']} titles "
-         f"({c['cold_start_items']} first seen after the cutoff) -> {root}")
+    cold = "first seen after the cutoff" if d.split == "time" else "in no training row"
+    valid = f"{c['valid_users']} validation users, " if "valid_users" in c else ""
+    echo(f"shards ({d.split} split): {c['train_users']} training users, {c['train_events']} training events, "
+         f"{valid}{c['eval_users']} evaluation users, {c['items']} titles ({c['cold_start_items']} {cold}) -> {root}")
     return shards
 
 

@@ -1,11 +1,21 @@
-"""Time split and per-user sequence shards in Parquet, written atomically, with a manifest.
+"""Time or leave-one-out split and per-user sequence shards in Parquet, written atomically, with a manifest.
 
 Layout of a shard set (one folder, renamed into place only once complete, so no half-written set is ever visible):
 
-    manifest.json          schema version, cutoff, counts, cold-start share, every file with rows and sha256
+    manifest.json          schema version, split, cutoff, counts, cold-start share, every file with rows and sha256
     items.parquet          the item vocabulary: item_id -> index (1..n; 0 is padding) plus metadata
     train/part-NNNNN.parquet   one row per user: events before the cutoff (items, ts, actions, utils lists)
     eval/part-NNNNN.parquet    one row per user with events on both sides: history before, targets after the cutoff
+    valid/part-NNNNN.parquet   leave_one_out only: like eval, one step earlier (see below)
+
+Splits (`split=`):
+
+- "time": one global cutoff; events before it train, events at or after it are evaluation targets.
+- "leave_one_out" (SASRec / HSTU, RecBole's LS valid_and_test): per user with 3+ events, the last event is the
+  eval (test) target with every earlier event as history, the second-to-last is the valid target with the events
+  before it as history, and training sees everything before the last two. Users with fewer than 3 events are not
+  evaluated; all their events train (as SASRec's data_partition does). Eval and valid rows have the time split's
+  eval schema with exactly one target each.
 
 Item indices are assigned over the whole catalogue, including titles that first appear after the cutoff (the
 cold-start titles), so evaluation and serving can rank them.
@@ -29,7 +39,7 @@ import pyarrow.parquet as pq
 
 from genrec.data.schema import Dataset
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: evaluation rows carry the history's utilities
 MANIFEST = "manifest.json"
 
 
@@ -53,6 +63,10 @@ class ShardSet:
     @property
     def eval_dir(self) -> Path:
         return self.root / "eval"
+
+    @property
+    def valid_dir(self) -> Path:
+        return self.root / "valid"
 
     @property
     def items_path(self) -> Path:
@@ -112,8 +126,34 @@ def _user_rows(users, items, ts, actions, utils, keep: np.ndarray) -> pa.Table:
     })
 
 
-def split_sequences(ds: Dataset, cutoff: int, min_train_events: int = 2):
-    """-> (vocab table, train rows, eval rows, stats). Pure: no I/O, so it is unit-tested directly."""
+def _eval_rows(hist: pa.Table, targets: pa.Table) -> pa.Table:
+    """History rows and target rows of the same users, in the same (user) order, as one evaluation table."""
+    return pa.table({
+        "user_id": hist.column("user_id"),
+        "items": hist.column("items"), "ts": hist.column("ts"), "actions": hist.column("actions"),
+        "utils": hist.column("utils"), "targets": targets.column("items"), "target_ts": targets.column("ts"),
+        "target_actions": targets.column("actions"), "target_utils": targets.column("utils"),
+    })
+
+
+SPLITS = ("time", "leave_one_out")
+
+
+def split_sequences(ds: Dataset, cutoff: int | None, min_train_events: int = 2, split: str = "time"):
+    """-> (vocab table, train rows, eval rows, stats). Pure: no I/O, so it is unit-tested directly.
+
+    leave_one_out also makes validation rows: :func:`split_tables` returns them."""
+    vocab, tables, stats = split_tables(ds, cutoff, min_train_events, split)
+    return vocab, tables["train"], tables["eval"], stats
+
+
+def split_tables(ds: Dataset, cutoff: int | None, min_train_events: int = 2, split: str = "time"):
+    """-> (vocab table, {split name: rows} in writing order, stats): "train", "eval", and for leave_one_out
+    "valid" too. `cutoff` is used by the time split only (leave_one_out ignores it; None is fine)."""
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
+    if split == "time" and cutoff is None:
+        raise ValueError("the time split needs a cutoff (see resolve_cutoff)")
     items = ds.items.sort_by("item_id")
     item_ids = items.column("item_id").to_numpy()
     vocab = items.append_column("index", pa.array(np.arange(1, len(item_ids) + 1), pa.int32()))
@@ -125,6 +165,8 @@ def split_sequences(ds: Dataset, cutoff: int, min_train_events: int = 2):
     ts = ev.column("timestamp").to_numpy()
     actions = ev.column("action").to_numpy().astype(np.int8)
     utils = ev.column("utility").to_numpy().astype(np.float32)
+    if split == "leave_one_out":
+        return vocab, *_leave_one_out(users, idx, ts, actions, utils, len(item_ids), min_train_events)
 
     before = ts < cutoff
     train_all = _user_rows(users, idx, ts, actions, utils, before)
@@ -138,12 +180,7 @@ def split_sequences(ds: Dataset, cutoff: int, min_train_events: int = 2):
     hist_users = train_all.column("user_id").to_numpy()
     hist = train_all.filter(pa.array(np.isin(hist_users, after_users)))
     after = after.filter(pa.array(np.isin(after_users, hist_users)))
-    eval_rows = pa.table({
-        "user_id": hist.column("user_id"),
-        "items": hist.column("items"), "ts": hist.column("ts"), "actions": hist.column("actions"),
-        "targets": after.column("items"), "target_ts": after.column("ts"),
-        "target_actions": after.column("actions"), "target_utils": after.column("utils"),
-    })
+    eval_rows = _eval_rows(hist, after)
 
     # Cold-start titles: first seen at or after the cutoff. Their share of evaluation events is the rate at
     # which collaborative-embedding masking should hide ids during training.
@@ -152,6 +189,7 @@ def split_sequences(ds: Dataset, cutoff: int, min_train_events: int = 2):
     cold = first_seen >= cutoff
     eval_events = int((~before).sum())
     stats = {
+        "split": "time",
         "cutoff": int(cutoff),
         "users": int(np.unique(users).size),
         "items": int(len(item_ids)),
@@ -163,17 +201,72 @@ def split_sequences(ds: Dataset, cutoff: int, min_train_events: int = 2):
         "cold_start_items": int(cold[1:].sum()),
         "cold_start_eval_share": float(cold[idx[~before]].mean()) if eval_events else 0.0,
     }
-    return vocab, train, eval_rows, stats
+    return vocab, {"train": train, "eval": eval_rows}, stats
 
 
-def write_shards(ds: Dataset, out_dir: str | Path, cutoff: int, min_train_events: int = 2,
-                 users_per_shard: int = 20_000, extra: dict | None = None) -> ShardSet:
+def _leave_one_out(users, idx, ts, actions, utils, num_items: int, min_train_events: int):
+    """Leave-one-out over events already sorted by (user, timestamp) -> ({split: rows}, stats).
+
+    "Last" follows that sort order, which is stable: events of one user in the same second keep the order the
+    loader gave them (file order, which validate() also keeps), so of several same-second final events the one
+    listed last in the source is the test target."""
+    n = users.size
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if n else np.zeros(0, np.int64)
+    counts = np.diff(np.r_[starts, n])
+    per_event_count = np.repeat(counts, counts)
+    from_end = per_event_count - 1 - (np.arange(n) - np.repeat(starts, counts))  # 0 = the user's last event
+    evaluated = per_event_count >= 3
+    test_ev = evaluated & (from_end == 0)
+    valid_ev = evaluated & (from_end == 1)
+    train_ev = ~(test_ev | valid_ev)
+
+    def rows(keep):
+        return _user_rows(users, idx, ts, actions, utils, keep)
+
+    train_all = rows(train_ev)
+    lengths = pc.list_value_length(train_all.column("items")).to_numpy()
+    train = train_all.filter(pa.array(lengths >= min_train_events))
+    # Every evaluated user has 1+ history events before each target, so the history and target tables hold the
+    # same users in the same order and line up row by row.
+    eval_rows = _eval_rows(rows(evaluated & (from_end >= 1)), rows(test_ev))
+    valid_rows = _eval_rows(rows(evaluated & (from_end >= 2)), rows(valid_ev))
+
+    # Cold-start titles: never in a training row (including titles with no events at all, as the time split
+    # counts them). Their share of test targets is the rate at which id masking should hide ids in training.
+    seen = np.zeros(num_items + 1, bool)
+    seen[train.column("items").combine_chunks().flatten().to_numpy()] = True
+    cold = ~seen
+    eval_events = int(test_ev.sum())
+    stats = {
+        "split": "leave_one_out",
+        "cutoff": None,
+        "users": int(starts.size),
+        "items": int(num_items),
+        "events": int(n),
+        "train_events": int(train_ev.sum()),
+        "train_users": train.num_rows,
+        "eval_events": eval_events,
+        "eval_users": eval_rows.num_rows,
+        "valid_events": int(valid_ev.sum()),
+        "valid_users": valid_rows.num_rows,
+        "cold_start_items": int(cold[1:].sum()),
+        "cold_start_eval_share": float(cold[idx[test_ev]].mean()) if eval_events else 0.0,
+    }
+    return {"train": train, "valid": valid_rows, "eval": eval_rows}, stats
+
+
+def write_shards(ds: Dataset, out_dir: str | Path, cutoff: int | None, min_train_events: int = 2,
+                 users_per_shard: int = 20_000, extra: dict | None = None, split: str = "time") -> ShardSet:
     """Split, write every file into a temporary sibling folder, then swap it into place.
 
-    `extra` is merged into the manifest (e.g. the data config the shards were built from)."""
+    `split` is "time" (needs `cutoff`) or "leave_one_out" (ignores it). `extra` is merged into the manifest (e.g.
+    the data config the shards were built from)."""
     out_dir = Path(out_dir).resolve()
-    vocab, train, eval_rows, stats = split_sequences(ds, cutoff, min_train_events)
-    if train.num_rows == 0:
+    vocab, tables, stats = split_tables(ds, cutoff, min_train_events, split)
+    if tables["train"].num_rows == 0:
+        if split == "leave_one_out":
+            raise ShardError(f"{ds.name}: leave-one-out left no training row (no user has {min_train_events}+ "
+                             "events before their last two); lower data.min_train_events or use data.split: time")
         raise ShardError(f"{ds.name}: no user has {min_train_events}+ events before the cutoff {cutoff}; "
                          "move the cutoff later (data.cutoff_quantile / data.cutoff_ts)")
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -189,9 +282,9 @@ def write_shards(ds: Dataset, out_dir: str | Path, cutoff: int, min_train_events
                           "sha256": sha256_file(path)})
 
         put(vocab, "items.parquet", "items")
-        for split, table in (("train", train), ("eval", eval_rows)):
+        for name, table in tables.items():
             for i, start in enumerate(range(0, max(table.num_rows, 1), users_per_shard)):
-                put(table.slice(start, users_per_shard), f"{split}/part-{i:05d}.parquet", split)
+                put(table.slice(start, users_per_shard), f"{name}/part-{i:05d}.parquet", name)
         manifest = {"schema_version": SCHEMA_VERSION, "dataset": ds.name, "created_at": time.time(),
                     "counts": stats, "files": files, **(extra or {})}
         atomic_write_json(tmp / MANIFEST, manifest)

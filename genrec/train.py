@@ -9,40 +9,85 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
 from genrec.config import ConfigError, GenrecConfig
+from genrec.features import FeatureVocab, build_vocab, item_features
 from genrec.metrics import from_sums, rank_sums, target_ranks
-from genrec.model import GenRec, ModelSpec, resolve_shape
+from genrec.model import GenRec, ModelSpec, Objective, resolve_shape
+from genrec.objectives import draw_id_mask
 from genrec.shards import ShardSet, atomic_write_json, open_shards
 from genrec.windows import context_window, training_windows
 
 CHECKPOINT_WEIGHTS = "model.pt"
 CHECKPOINT_SPEC = "model.json"
 CHECKPOINT_ITEMS = "items.parquet"
+TRAIN_COUNT = "train_count"  # items.parquet column in a checkpoint: training events of each title (0 = cold start)
 
 
-def model_spec(cfg: GenrecConfig, num_items: int) -> ModelSpec:
+def model_spec(cfg: GenrecConfig, shards: ShardSet) -> ModelSpec:
     m = cfg.model
     layers, width, heads = resolve_shape(m.preset, m.layers, m.width, m.heads)
-    return ModelSpec(num_items=num_items, layers=layers, width=width, heads=heads, max_seq_len=m.max_seq_len,
-                     dropout=m.dropout, activation_checkpointing=m.activation_checkpointing)
+    vocab = build_vocab(pq.read_table(shards.items_path), m.text_buckets) if m.semantic else FeatureVocab()
+    return ModelSpec(num_items=shards.num_items, layers=layers, width=width, heads=heads, max_seq_len=m.max_seq_len,
+                     dropout=m.dropout, activation_checkpointing=m.activation_checkpointing,
+                     projection_ratio=m.projection_ratio, semantic=m.semantic, features=vocab.to_dict())
+
+
+def objective(cfg: GenrecConfig) -> Objective:
+    m = cfg.model
+    return Objective(decoding=m.decoding, logq=m.logq, mtp_k=m.mtp_k,
+                     half_life_s=None if m.mtp_half_life_h is None else m.mtp_half_life_h * 3600.0)
 
 
 def num_negatives(cfg: GenrecConfig, num_items: int) -> int | None:
-    """Uniform negatives per batch for sampled softmax (None = full softmax)."""
-    if cfg.model.decoding == "full":
+    """Uniform negatives per batch for "sampled" decoding (None for full softmax and in-batch negatives)."""
+    if cfg.model.decoding != "sampled":
         return None
+    if cfg.model.num_negatives is not None:
+        return int(min(num_items, cfg.model.num_negatives))
     return int(min(num_items, max(cfg.model.min_negatives, round(cfg.model.negatives_fraction * num_items))))
+
+
+def id_mask_rate(cfg: GenrecConfig, shards: ShardSet) -> float:
+    """The collaborative-embedding masking rate: configured, or the shards' observed cold-start share."""
+    if cfg.model.id_mask_rate == "auto":
+        return float(shards.manifest["counts"].get("cold_start_eval_share", 0.0)) if cfg.model.semantic else 0.0
+    return float(cfg.model.id_mask_rate)
+
+
+def item_counts(shards: ShardSet) -> np.ndarray:
+    """Training events per item index (length num_items + 1): which titles have a trained id row, and q for logQ."""
+    counts = np.zeros(shards.num_items + 1, np.int64)
+    for path in shards.files("train"):
+        flat = pc.list_flatten(pq.read_table(path, columns=["items"]).column("items")).to_numpy()
+        counts += np.bincount(flat, minlength=shards.num_items + 1)[: shards.num_items + 1]
+    return counts
+
+
+def catalogue(spec: ModelSpec, items: pa.Table, counts: np.ndarray | None, decoding: str = "sampled"):
+    """(features, known, log_q) for GenRec.set_catalogue from an item table (with `index`) and training counts."""
+    feats = item_features(items, FeatureVocab.from_dict(spec.features))
+    n = len(feats) - 1
+    known = torch.zeros(n + 1, dtype=torch.bool)
+    if counts is not None:
+        m = min(len(counts), n + 1)
+        known[:m] = torch.from_numpy(counts[:m] > 0)
+    if decoding == "in_batch" and counts is not None:  # a batch's targets are drawn ~ training frequency
+        c = torch.from_numpy(counts.astype(np.float64))
+        log_q = torch.log((c + 1.0) / (c.sum() + len(c))).float()
+    else:
+        log_q = torch.full((spec.num_items + 1,), -math.log(max(spec.num_items, 1)))
+    return feats, known, log_q
 
 
 def count_windows(shards: ShardSet, max_seq_len: int) -> int:
@@ -82,66 +127,110 @@ def _lr_lambda(warmup: int, total: int):
     return f
 
 
-def eval_batches(shards: ShardSet, max_seq_len: int, rank: int, world: int, batch_size: int,
-                 max_users: int | None, seed: int = 0):
-    """This rank's evaluation batches for next-event ranking after the cutoff.
+def eval_probes(shards: ShardSet, delays_h: list[float], cold: np.ndarray) -> list[str]:
+    """What each evaluation user is scored on, from one forward pass over their history up to the cutoff:
+    "next" = the first title after the cutoff; "cold" = the first cold-start title (never in training) after it;
+    "24h", ... = the first title at least that long after the cutoff (a serving cache that stale)."""
+    probes = ["next"]
+    if cold[1:].any():
+        probes.append("cold")
+    if shards.manifest["counts"].get("cutoff") is not None:
+        probes += [f"{h:g}h" for h in delays_h]
+    return probes
 
-    Target = the first event after the cutoff whose title is not already in the history (seen titles are excluded
-    from the candidates). Every rank yields the same number of batches, padded with `valid=False` rows, because a
-    ZeRO-3 forward is a collective: a rank that stopped early would hang the others.
-    """
-    table = pq.read_table(shards.files("eval"), columns=["items", "ts", "actions", "targets"])
+
+def eval_rows(shards: ShardSet, probes: list[str], cold: np.ndarray, max_users: int | None, seed: int = 0):
+    """[(items, ts, actions, utils, {probe: target index})] for users with at least one probe target.
+
+    A target is never a title already in the history (seen titles are excluded from the candidates)."""
+    cutoff = shards.manifest["counts"].get("cutoff")
+    table = pq.read_table(shards.files("eval"))
+    has_utils = "utils" in table.column_names
+    cols = {c: table.column(c).to_pylist() for c in ("items", "ts", "actions", "targets", "target_ts")}
+    utils = table.column("utils").to_pylist() if has_utils else [None] * table.num_rows
     rows = []
-    for items, ts, actions, targets in zip(*(table.column(c).to_pylist() for c in table.column_names)):
+    for i in range(table.num_rows):
+        items, targets, target_ts = cols["items"][i], cols["targets"][i], cols["target_ts"][i]
         seen = set(items)
-        target = next((t for t in targets if t not in seen), None)
-        if target is not None:
-            rows.append((items, ts, actions, target))
+        fresh = [(t, ts) for t, ts in zip(targets, target_ts) if t not in seen]
+        chosen = {}
+        for p in probes:
+            if p == "next":
+                hit = fresh[0][0] if fresh else None
+            elif p == "cold":
+                hit = next((t for t, _ in fresh if cold[t]), None)
+            else:
+                later = cutoff + float(p[:-1]) * 3600
+                hit = next((t for t, ts in fresh if ts >= later), None)
+            if hit is not None:
+                chosen[p] = hit
+        if chosen:
+            rows.append((items, cols["ts"][i], cols["actions"][i], utils[i], chosen))
     if max_users is not None and len(rows) > max_users:
         keep = np.sort(np.random.default_rng(seed).choice(len(rows), max_users, replace=False))
         rows = [rows[i] for i in keep]
+    return rows
+
+
+def eval_batches(rows, probes: list[str], max_seq_len: int, rank: int, world: int, batch_size: int):
+    """This rank's evaluation batches. Every rank yields the same number of batches, padded with invalid rows,
+    because a ZeRO-3 forward is a collective: a rank that stopped early would hang the others."""
     per_rank = math.ceil(len(rows) / world)
     mine = rows[rank::world]
-    n_batches = math.ceil(per_rank / batch_size)
-    for b in range(n_batches):
+    for b in range(math.ceil(per_rank / batch_size)):
         chunk = mine[b * batch_size:(b + 1) * batch_size]
         n = max(len(chunk), 1)
         items = np.zeros((n, max_seq_len), np.int64)
-        actions = np.zeros_like(items)
-        gaps = np.zeros_like(items)
+        actions, gaps = np.zeros_like(items), np.zeros_like(items)
+        utils = np.zeros((n, max_seq_len), np.float32)
         lengths = np.ones(n, np.int64)
-        targets = np.ones(n, np.int64)
-        valid = np.zeros(n, bool)
+        targets = {p: np.ones(n, np.int64) for p in probes}
+        valid = {p: np.zeros(n, bool) for p in probes}
         exclude_rows, exclude_cols = [], []
-        for i, (h_items, h_ts, h_actions, target) in enumerate(chunk):
-            items[i], actions[i], gaps[i], lengths[i] = context_window(h_items, h_ts, h_actions, max_seq_len)
-            targets[i], valid[i] = target, True
+        for i, (h_items, h_ts, h_actions, h_utils, chosen) in enumerate(chunk):
+            items[i], actions[i], gaps[i], utils[i], lengths[i] = context_window(h_items, h_ts, h_actions,
+                                                                                 max_seq_len, h_utils)
+            for p, t in chosen.items():
+                targets[p][i], valid[p][i] = t, True
             exclude_rows += [i] * len(h_items)
             exclude_cols += h_items
-        yield {k: torch.from_numpy(v) for k, v in dict(
-            items=items, actions=actions, gaps=gaps, lengths=lengths, targets=targets, valid=valid,
-            exclude_rows=np.asarray(exclude_rows, np.int64), exclude_cols=np.asarray(exclude_cols, np.int64)).items()}
+        batch = dict(items=items, actions=actions, gaps=gaps, utils=utils, lengths=lengths,
+                     exclude_rows=np.asarray(exclude_rows, np.int64), exclude_cols=np.asarray(exclude_cols, np.int64))
+        batch |= {f"target_{p}": targets[p] for p in probes} | {f"valid_{p}": valid[p] for p in probes}
+        yield {k: torch.from_numpy(v) for k, v in batch.items()}
 
 
-def evaluate(model: GenRec, batches, device) -> torch.Tensor:
-    """Summed ranking statistics ([count, sum 1/r, hits@10, ndcg@10]) over this rank's batches."""
-    sums = torch.zeros(4, dtype=torch.float64)
-    for b in batches:
-        b = {k: v.to(device) for k, v in b.items()}
-        scores = model.score_last(b["items"], b["actions"], b["gaps"], b["lengths"]).float()
-        scores[b["exclude_rows"], b["exclude_cols"]] = float("-inf")
-        ranks = target_ranks(scores, b["targets"])[b["valid"]]
-        if ranks.numel():
-            sums += rank_sums(ranks.cpu())
+def evaluate(model: GenRec, batches, probes: list[str], device) -> torch.Tensor:
+    """Summed ranking statistics, (probes, 4) = [count, sum 1/r, hits@10, ndcg@10], over this rank's batches."""
+    sums = torch.zeros(len(probes), 4, dtype=torch.float64)
+    with torch.no_grad():
+        matrix = model.item_matrix()  # the catalogue's output embeddings, once per evaluation
+        for b in batches:
+            b = {k: v.to(device) for k, v in b.items()}
+            scores = model.score_last(b["items"], b["actions"], b["gaps"], b["utils"], b["lengths"], matrix).float()
+            scores[b["exclude_rows"], b["exclude_cols"]] = float("-inf")
+            for j, p in enumerate(probes):
+                ranks = target_ranks(scores, b[f"target_{p}"])[b[f"valid_{p}"]]
+                if ranks.numel():
+                    sums[j] += rank_sums(ranks.cpu())
     return sums
 
 
-def save_for_serving(engine, spec: ModelSpec, shards: ShardSet, out_dir: str, extra: dict, rank: int) -> None:
-    """Consolidated weights + spec + vocabulary: loads with plain torch (see `genrec.checkpoint`)."""
+def probe_metrics(sums: torch.Tensor, probes: list[str]) -> dict[str, float]:
+    """mrr, hr@10, ndcg@10, eval_users for "next"; the same suffixed by the probe for the others (mrr_cold)."""
+    out = {}
+    for j, p in enumerate(probes):
+        out |= {(k if p == "next" else f"{k}_{p}"): v for k, v in from_sums(sums[j]).items()}
+    return out
+
+
+def save_for_serving(engine, spec: ModelSpec, items: pa.Table, out_dir: str, extra: dict, rank: int) -> None:
+    """Consolidated weights + spec + the item table (with each title's training count): loads with plain torch
+    (see `genrec.checkpoint`)."""
     engine.save_16bit_model(out_dir, CHECKPOINT_WEIGHTS)  # collective under ZeRO-3: every rank must call it
     if rank == 0:
         Path(out_dir, CHECKPOINT_SPEC).write_text(json.dumps({"spec": spec.to_dict(), **extra}, indent=2))
-        shutil.copyfile(shards.items_path, Path(out_dir, CHECKPOINT_ITEMS))
+        pq.write_table(items, Path(out_dir, CHECKPOINT_ITEMS))
 
 
 def train_func(config: dict) -> None:
@@ -160,9 +249,19 @@ def train_func(config: dict) -> None:
     cfg = GenrecConfig.model_validate(config["cfg"])
     torch.set_num_threads(cfg.train.torch_threads)
     shards = open_shards(config["shards"])
-    spec = model_spec(cfg, shards.num_items)
+    spec = model_spec(cfg, shards)
+    counts = item_counts(shards)
+    items_table = pq.read_table(shards.items_path)
+    items_table = items_table.append_column(TRAIN_COUNT, pa.array(counts[items_table.column("index").to_numpy()]))
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     model = GenRec(spec)
+    model.objective = objective(cfg)
+    model.set_catalogue(*catalogue(spec, items_table, counts, cfg.model.decoding))
+    cold = ~model.items.known.numpy()
+    cold[0] = False
+    mask_rate = id_mask_rate(cfg, shards)
+    probes = eval_probes(shards, cfg.train.eval_delays_h, cold)
+    rows = eval_rows(shards, probes, cold, cfg.train.max_eval_users, cfg.train.seed)
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
 
     steps_per_epoch = max(1, config["windows"] // world // cfg.train.batch_size)
@@ -196,13 +295,14 @@ def train_func(config: dict) -> None:
         for batch in data.iter_torch_batches(batch_size=cfg.train.batch_size, drop_last=True,
                                              local_shuffle_buffer_size=cfg.train.shuffle_buffer or None,
                                              local_shuffle_seed=cfg.train.seed + epoch, device=str(device)):
-            items, actions, gaps, targets = (batch[k].long() for k in ("items", "actions", "gaps", "targets"))
+            items, actions, gaps, ts = (batch[k].long() for k in ("items", "actions", "gaps", "ts"))
             negatives = None if n_neg is None else torch.randint(
                 1, shards.num_items + 1, (n_neg,), device=device, generator=gen)
-            loss = engine(items, actions, gaps, targets, negatives)
+            id_mask = draw_id_mask(spec.num_items + 1, mask_rate, gen, device)
+            loss = engine(items, actions, gaps, batch["utils"].float(), ts, negatives, id_mask)
             engine.backward(loss)
             engine.step()
-            stats += torch.tensor([loss.item(), 1.0, float((targets > 0).sum())], dtype=torch.float64)
+            stats += torch.tensor([loss.item(), 1.0, float((items[:, 1:] > 0).sum())], dtype=torch.float64)
         train_time = time.perf_counter() - t0
         if torch.distributed.is_initialized():
             torch.distributed.all_reduce(stats)
@@ -210,7 +310,7 @@ def train_func(config: dict) -> None:
 
         engine.eval()
         eval_sums = evaluate(engine.module, eval_batches(
-            shards, spec.max_seq_len, rank, world, cfg.train.eval_batch_size, cfg.train.max_eval_users), device)
+            rows, probes, spec.max_seq_len, rank, world, cfg.train.eval_batch_size), probes, device)
         if torch.distributed.is_initialized():
             torch.distributed.all_reduce(eval_sums)
         metrics = {
@@ -223,7 +323,8 @@ def train_func(config: dict) -> None:
             "events_processed": events_seen,
             "backbone_params": spec.backbone_params,
             "lr": scheduler.get_last_lr()[0],
-            **from_sums(eval_sums),
+            "id_mask_rate": mask_rate,
+            **probe_metrics(eval_sums, probes),
         }
         if rank == 0:
             # The per-epoch history, also when Ray keeps only the best checkpoints' metrics.
@@ -234,7 +335,7 @@ def train_func(config: dict) -> None:
         if run is not None:
             run.log(metrics, step=epoch + 1)
         with tempfile.TemporaryDirectory() as tmp:
-            save_for_serving(engine, spec, shards, tmp, {"metrics": metrics, "preset": cfg.model.preset,
+            save_for_serving(engine, spec, items_table, tmp, {"metrics": metrics, "preset": cfg.model.preset,
                                                          "dataset": shards.manifest["dataset"]}, rank)
             ckpt = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
             ray.train.report(metrics, checkpoint=ckpt)
@@ -257,7 +358,7 @@ def build_trainer(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=
     if windows // t.workers < t.batch_size:
         raise ConfigError(f"train.batch_size={t.batch_size} is larger than the {windows // t.workers} training "
                          f"windows each of the {t.workers} workers gets; lower train.batch_size or train.workers")
-    train_ds = ray.data.read_parquet(shards.files("train"), columns=["items", "ts", "actions"],
+    train_ds = ray.data.read_parquet(shards.files("train"), columns=["items", "ts", "actions", "utils"],
                                      num_cpus=t.data_task_cpus).map_batches(
         training_windows, fn_kwargs={"max_seq_len": cfg.model.max_seq_len}, batch_format="numpy", batch_size=256,
         num_cpus=t.data_task_cpus)

@@ -45,48 +45,53 @@ def window_bounds(n: int, max_seq_len: int) -> list[tuple[int, int]]:
 
 
 def training_windows(batch: dict[str, np.ndarray], max_seq_len: int) -> dict[str, np.ndarray]:
-    """Ray Data `map_batches` UDF: a batch of user rows (list columns items/ts/actions) -> a batch of windows.
+    """Ray Data `map_batches` UDF: a batch of user rows (list columns items/ts/actions/utils) -> a batch of windows.
 
-    Output columns, each (n_windows, max_seq_len): items, actions, gaps (inputs) and targets (next item, 0 = none).
+    Output columns, each (n_windows, max_seq_len + 1): items, actions, gaps, utils, ts. The model reads the first
+    max_seq_len events as inputs and the events after each position as its (multi-token) targets.
     """
-    rows_items, rows_actions, rows_gaps = [], [], []
-    for items, ts, actions in zip(batch["items"], batch["ts"], batch["actions"]):
+    rows = []
+    utils_col = batch.get("utils")
+    for r, (items, ts, actions) in enumerate(zip(batch["items"], batch["ts"], batch["actions"])):
         items = np.asarray(items, dtype=np.int32)
+        ts = np.asarray(ts, dtype=np.int64)
         gaps = gap_buckets(ts)
         actions = np.asarray(actions, dtype=np.int8)
+        utils = (np.ones(len(items), np.float32) if utils_col is None
+                 else np.asarray(utils_col[r], dtype=np.float32))
         for s, e in window_bounds(len(items), max_seq_len):
-            rows_items.append(items[s:e])
-            rows_actions.append(actions[s:e])
-            rows_gaps.append(gaps[s:e])
-    n = len(rows_items)
-    span = max_seq_len + 1
-    out_items = np.zeros((n, span), dtype=np.int32)
-    out_actions = np.zeros((n, span), dtype=np.int8)
-    out_gaps = np.zeros((n, span), dtype=np.int8)
-    for i, (it, ac, gp) in enumerate(zip(rows_items, rows_actions, rows_gaps)):
-        out_items[i, : len(it)] = it
-        out_actions[i, : len(ac)] = np.clip(ac, 0, NUM_ACTIONS - 1)
-        out_gaps[i, : len(gp)] = gp
-    return {
-        "items": out_items[:, :-1],
-        "actions": out_actions[:, :-1],
-        "gaps": out_gaps[:, :-1],
-        "targets": out_items[:, 1:],
-    }
+            rows.append((items[s:e], actions[s:e], gaps[s:e], utils[s:e], ts[s:e]))
+    n, span = len(rows), max_seq_len + 1
+    out = {"items": np.zeros((n, span), np.int32), "actions": np.zeros((n, span), np.int8),
+           "gaps": np.zeros((n, span), np.int8), "utils": np.zeros((n, span), np.float32),
+           "ts": np.zeros((n, span), np.int64)}
+    for i, (it, ac, gp, ut, t) in enumerate(rows):
+        m = len(it)
+        out["items"][i, :m] = it
+        out["actions"][i, :m] = np.clip(ac, 0, NUM_ACTIONS - 1)
+        out["gaps"][i, :m] = gp
+        out["utils"][i, :m] = ut
+        out["ts"][i, :m] = t
+        if m:
+            out["ts"][i, m:] = t[-1]  # padding keeps the last time, so no dt is ever negative
+    return out
 
 
-def context_window(items, ts, actions, max_seq_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def context_window(items, ts, actions, max_seq_len: int, utils=None):
     """The last `max_seq_len` events of a history as right-padded model inputs, plus the real length.
 
-    Gaps are taken on the whole history, as in :func:`training_windows`, so a window's first event keeps the gap to
-    its real predecessor."""
+    Returns (items, actions, gaps, utils, length). Gaps are taken on the whole history, as in
+    :func:`training_windows`, so a window's first event keeps the gap to its real predecessor."""
     items = np.asarray(items, dtype=np.int64)
     gaps = gap_buckets(ts)
     actions = np.clip(np.asarray(actions, dtype=np.int64), 0, NUM_ACTIONS - 1)
+    utils = np.ones(len(items), np.float32) if utils is None else np.asarray(utils, dtype=np.float32)
     n = min(len(items), max_seq_len)
     out = np.zeros((3, max_seq_len), dtype=np.int64)
+    u = np.zeros(max_seq_len, dtype=np.float32)
     if n:
         out[0, :n] = items[-n:]
         out[1, :n] = actions[-n:]
         out[2, :n] = gaps[-n:]
-    return out[0], out[1], out[2], n
+        u[:n] = utils[-n:]
+    return out[0], out[1], out[2], u, n

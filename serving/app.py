@@ -29,6 +29,7 @@ class Event(BaseModel):
     item_id: int = Field(..., description="catalogue id of the title")
     timestamp: int | None = Field(None, ge=0, description="Unix seconds; omit when unknown")
     action: int = Field(0, ge=0, le=255, description="event type id (0 = play)")
+    utility: float = Field(1.0, ge=0.0, le=1e6, description="rating, watch fraction, ...; 1 when unknown")
 
 
 class RecommendRequest(BaseModel):
@@ -68,6 +69,8 @@ class Recommender:
             self.title_at[i] = t or ""
         self.default_k, self.max_k, self.max_history = default_k, max_k, max_history
         self.name = f"{self.loaded.info.get('preset', 'custom')}-len{self.loaded.spec.max_seq_len}"
+        with torch.no_grad():  # the catalogue's output embeddings do not depend on the request: computed once
+            self.item_matrix = self.loaded.model.item_matrix()
 
     @api.get("/healthz")
     def healthz(self) -> dict:
@@ -89,10 +92,12 @@ class Recommender:
         ts = np.zeros(len(known), np.int64) if any(e.timestamp is None for e in known) else \
             np.asarray([e.timestamp for e in known], np.int64)
         spec = self.loaded.spec
-        x_items, x_actions, x_gaps, n = context_window(items, ts, [e.action for e in known], spec.max_seq_len)
+        x_items, x_actions, x_gaps, x_utils, n = context_window(
+            items, ts, [e.action for e in known], spec.max_seq_len, [e.utility for e in known])
         with torch.no_grad():
-            scores = self.loaded.model.score_last(*(torch.from_numpy(a)[None] for a in (x_items, x_actions, x_gaps)),
-                                                  torch.tensor([n]))[0]
+            scores = self.loaded.model.score_last(
+                *(torch.from_numpy(a)[None] for a in (x_items, x_actions, x_gaps, x_utils)), torch.tensor([n]),
+                self.item_matrix)[0]
         if req.exclude_seen:
             scores[torch.tensor(items)] = float("-inf")
         k = min(k, int(torch.isfinite(scores).sum()))

@@ -32,6 +32,7 @@ def tiny_config(root, *overrides):
         f"storage.root={root}", "name=test",
         "data.synthetic.users=150", "data.synthetic.items=80", "data.synthetic.events_per_user=30",
         "model.preset=custom", "model.layers=2", "model.width=32", "model.heads=2", "model.max_seq_len=16",
+        "model.projection_ratio=4",
         "model.dropout=0.0", "train.epochs=3", "train.batch_size=16", "train.lr=0.01", "train.warmup_steps=2",
         "tracking.wandb=disabled", f"serve.port={free_port()}", *overrides])
 

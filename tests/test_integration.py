@@ -32,7 +32,7 @@ def test_pretrain_two_workers_zero3_loss_falls(ray_local, storage):
     loaded = load_checkpoint(best.path)
     assert loaded.spec.layers == 2 and loaded.spec.num_items == loaded.items.num_rows
     z = torch.zeros(1, 4, dtype=torch.long)
-    scores = loaded.model.score_last(torch.tensor([[1, 2, 3, 0]]), z, z, torch.tensor([3]))
+    scores = loaded.model.score_last(torch.tensor([[1, 2, 3, 0]]), z, z, torch.ones(1, 4), torch.tensor([3]))
     assert scores.shape == (1, loaded.spec.num_items + 1) and torch.isfinite(scores[0, 1:]).all()
 
 

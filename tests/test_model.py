@@ -1,7 +1,10 @@
+import pyarrow as pa
 import pytest
 import torch
 
-from genrec.model import PRESET_TARGETS, PRESETS, GenRec, ModelSpec, backbone_params, count_parameters
+from genrec.features import FeatureVocab, build_vocab, item_features
+from genrec.model import PRESET_TARGETS, PRESETS, GenRec, ModelSpec, Objective, backbone_params, count_parameters
+from genrec.objectives import draw_id_mask
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -23,54 +26,143 @@ def test_backbone_formula_by_hand():
     assert count_parameters(model)["backbone"] == 1576
 
 
-def _tiny(**kw):
+def test_projected_head_scores_at_width_over_ratio():
+    spec = ModelSpec(num_items=30, layers=1, width=64, heads=2, max_seq_len=4, projection_ratio=8)
+    model = GenRec(spec)
+    assert spec.out_dim == 8 and model.item_matrix().shape == (31, 8)
+    assert model.items.id_out.weight.shape == (31, 8)  # the output table shrinks by r as well
+    flat = GenRec(ModelSpec(num_items=30, layers=1, width=64, heads=2, max_seq_len=4, projection_ratio=1))
+    assert flat.item_matrix().shape == (31, 64) and isinstance(flat.head, torch.nn.Identity)
+
+
+CATALOGUE = pa.table({
+    "item_id": [10, 20, 30, 40], "title": ["Space War (1999)", "Space War II (2001)", "Love Boat", "Love Boat 2"],
+    "genres": [["Sci-Fi"], ["Sci-Fi", "Action"], ["Romance"], ["Romance"]], "year": [1999, 2001, None, 1980],
+    "launch_ts": [0, 0, 0, 0], "text": ["", "", "sea", "sea"], "index": pa.array([1, 2, 3, 4], pa.int32())})
+
+
+def _tiny(num_items=20, projection_ratio=2, **kw):
     torch.manual_seed(0)
-    return GenRec(ModelSpec(num_items=20, layers=2, width=16, heads=2, max_seq_len=6, dropout=0.0, **kw))
+    return GenRec(ModelSpec(num_items=num_items, layers=2, width=16, heads=2, max_seq_len=6, dropout=0.0,
+                            projection_ratio=projection_ratio, **kw))
+
+
+def _batch(items):
+    items = torch.as_tensor(items)
+    z = torch.zeros_like(items)
+    ts = torch.arange(items.shape[1]).expand_as(items) * 3600
+    return items, z, z, torch.ones(items.shape, dtype=torch.float32), ts
 
 
 def test_causal_and_right_padding():
     model = _tiny().eval()
-    items = torch.tensor([[3, 4, 5, 0, 0, 0]])
-    z = torch.zeros_like(items)
-    h1 = model.hidden(items, z, z)
+    items, z, _, utils, _ = _batch([[3, 4, 5, 0, 0, 0]])
+    h1 = model.hidden(items, z, z, utils)
     items2 = items.clone()
     items2[0, 4] = 7  # a change after position 2 must not affect positions 0..2
-    h2 = model.hidden(items2, z, z)
+    h2 = model.hidden(items2, z, z, utils)
     assert torch.allclose(h1[0, :3], h2[0, :3], atol=1e-6)
     assert not torch.allclose(h1[0, 4], h2[0, 4])
-    scores = model.score_last(items, z, z, torch.tensor([3]))
+    scores = model.score_last(items, z, z, utils, torch.tensor([3]))
     assert scores.shape == (1, 21) and scores[0, 0] == float("-inf")
-    assert torch.allclose(scores[0, 1:], model.scorer(h1[0, 2])[1:], atol=1e-6)
+    expected = model.head(h1[0, 2]) @ model.item_matrix().t()
+    assert torch.allclose(scores[0, 1:], expected[1:], atol=1e-5)
 
 
-def test_sampled_softmax_masks_accidental_hits_and_full_softmax_matches_cross_entropy():
+@pytest.mark.parametrize("decoding", ["full", "sampled", "in_batch"])
+def test_k1_losses_are_next_event_cross_entropy(decoding):
     model = _tiny()
-    items = torch.tensor([[1, 2, 3, 4, 5, 6]])
-    z = torch.zeros_like(items)
-    targets = torch.tensor([[2, 3, 4, 5, 6, 0]])  # last position has no target
-    full = model(items, z, z, targets, None)
-    h = model.hidden(items, z, z)[0, :5]
-    expected = torch.nn.functional.cross_entropy(model.scorer(h), targets[0, :5])
-    assert torch.allclose(full, expected, atol=1e-6)
-    # Negatives equal to every target: all masked, so the loss is 0 (only the positive remains).
-    negatives = torch.tensor([2, 3, 4, 5, 6])
-    sampled = model(items, z, z, targets, negatives[:1].repeat(1))
-    assert sampled > 0
-    only_hits = model(items, z, z, torch.tensor([[2, 2, 2, 2, 2, 0]]), torch.tensor([2, 2]))
-    assert torch.allclose(only_hits, torch.tensor(0.0), atol=1e-6)
+    model.objective = Objective(decoding=decoding)
+    items, a, g, u, ts = _batch([[1, 2, 3, 4, 5, 6, 0]])
+    h = model.head(model.hidden(items[:, :-1], a[:, :-1], g[:, :-1], u[:, :-1])[0, :5])  # position 5 has no target
+    targets = items[0, 1:6]
+    if decoding == "full":
+        logits = h @ model.item_matrix().t()
+        logits[:, 0] = float("-inf")
+        expected = torch.nn.functional.cross_entropy(logits, targets)
+        assert torch.allclose(model(items, a, g, u, ts), expected, atol=1e-5)
+    elif decoding == "sampled":
+        negatives = torch.tensor([7, 8, 3])  # 3 is an accidental hit for the position whose target is 3
+        cand = torch.cat([targets[:, None], negatives.expand(5, 3)], 1)
+        logits = (h[:, None, :] * model.items.encode_output(cand)).sum(-1)
+        logits[1, 3] = float("-inf")
+        expected = torch.nn.functional.cross_entropy(logits, torch.zeros(5, dtype=torch.long))
+        assert torch.allclose(model(items, a, g, u, ts, negatives), expected, atol=1e-5)
+    else:  # in-batch: every other target of the batch is a negative
+        logits = h @ model.items.encode_output(targets).t()
+        expected = torch.nn.functional.cross_entropy(logits, torch.arange(5))
+        assert torch.allclose(model(items, a, g, u, ts), expected, atol=1e-5)
 
 
-def test_training_step_reduces_loss():
+def test_mtp_k_gt_1_spreads_the_target():
+    model = _tiny()
+    items, a, g, u, ts = _batch([[1, 2, 3, 4, 5, 6, 0]])
+    model.objective = Objective(decoding="full", mtp_k=1)
+    k1 = model(items, a, g, u, ts)
+    model.objective = Objective(decoding="full", mtp_k=3, half_life_s=3600.0)
+    k3 = model(items, a, g, u, ts)
+    assert torch.isfinite(k3) and not torch.allclose(k1, k3)
+
+
+@pytest.mark.parametrize("decoding", ["full", "sampled", "in_batch"])
+def test_each_decoding_mode_trains(decoding):
     model = _tiny(activation_checkpointing=True)
+    model.objective = Objective(decoding=decoding, mtp_k=2, half_life_s=7200.0, logq=decoding == "in_batch")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    items = torch.randint(1, 21, (8, 6), generator=torch.Generator().manual_seed(1))
-    z = torch.zeros_like(items)
-    targets = torch.roll(items, -1, dims=1)
+    gen = torch.Generator().manual_seed(1)
+    items = torch.randint(1, 21, (8, 7), generator=gen)
+    batch = _batch(items)
     losses = []
-    for _ in range(30):
-        loss = model(items, z, z, targets, torch.arange(1, 21))
+    for _ in range(60):
+        negatives = torch.randint(1, 21, (10,), generator=gen) if decoding == "sampled" else None
+        loss = model(*batch, negatives, draw_id_mask(21, 0.1, gen))
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0]
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_masked_and_unknown_titles_use_the_oov_embedding():
+    model = _tiny(num_items=4, semantic=False).eval()
+    oov = model.items.oov_out.weight[0]
+    m = model.item_matrix()
+    assert not torch.allclose(m[2], oov)
+    mask = torch.tensor([False, False, True, False, False])
+    assert torch.allclose(model.item_matrix(mask)[2], oov) and torch.allclose(model.item_matrix(mask)[1], m[1])
+
+
+def test_cold_start_title_is_scored_from_metadata():
+    vocab = build_vocab(CATALOGUE, text_buckets=64)
+    spec = ModelSpec(num_items=4, layers=1, width=16, heads=2, max_seq_len=4, dropout=0.0, projection_ratio=2,
+                     features=vocab.to_dict())
+    torch.manual_seed(0)
+    model = GenRec(spec).eval()
+    known = torch.tensor([True, True, True, True, False])  # title 4 never appeared in training
+    model.set_catalogue(item_features(CATALOGUE, vocab), known)
+    m = model.item_matrix()
+    assert torch.isfinite(m).all()
+    # Its id row is never read: changing it changes nothing; changing its metadata does.
+    with torch.no_grad():
+        model.items.id_out.weight[4] += 5.0
+    assert torch.allclose(model.item_matrix()[4], m[4])
+    other = CATALOGUE.set_column(2, "genres", pa.array([["Sci-Fi"], ["Sci-Fi", "Action"], ["Romance"], ["Sci-Fi"]]))
+    model.set_catalogue(item_features(other, vocab), known)
+    assert not torch.allclose(model.item_matrix()[4], m[4])
+    # Two cold titles with the same metadata score the same; the OOV id alone could not tell them apart.
+    twins = pa.concat_tables([CATALOGUE, CATALOGUE.slice(3).set_column(6, "index", pa.array([5], pa.int32()))])
+    model.set_catalogue(item_features(twins, vocab), torch.tensor([True, True, True, True, False, False]))
+    m2 = model.item_matrix()
+    assert m2.shape[0] == 6 and torch.allclose(m2[4], m2[5])
+
+
+def test_item_features_by_hand():
+    vocab = build_vocab(CATALOGUE, text_buckets=64)
+    assert vocab.genres == ("Action", "Romance", "Sci-Fi")
+    f = item_features(CATALOGUE, vocab)
+    assert f.genres[2, :2].tolist() == [3, 1] and f.genres[0].sum() == 0
+    # 5-year buckets from 1900: 1999 -> 20, 2001 -> 21, no year -> launch_ts 0 = 1970 -> 15, 1980 -> 17
+    assert f.year.tolist() == [0, 20, 21, 15, 17]
+    # "Space War (1999)": the year is dropped; space, war, "space war" -> 3 hashed n-grams, all shared with part II
+    t1, t2 = set(f.tokens[1].tolist()) - {0}, set(f.tokens[2].tolist()) - {0}
+    assert len(t1) == 3 and t1 < t2 and len(t2) == 5

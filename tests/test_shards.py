@@ -1,4 +1,6 @@
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -6,7 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from genrec.data.schema import Dataset
-from genrec.shards import ShardError, open_shards, resolve_cutoff, split_sequences, write_shards
+from genrec.shards import (SCHEMA_VERSION, ShardError, open_shards, resolve_cutoff, split_sequences, split_tables,
+                           write_shards)
 
 
 def _dataset() -> Dataset:
@@ -58,7 +61,7 @@ def test_write_round_trip_and_atomic_replace(tmp_path):
     out = tmp_path / "shards"
     s = write_shards(_dataset(), out, cutoff=100, users_per_shard=1, extra={"data_config": {"a": 1}})
     m = json.loads((out / "manifest.json").read_text())
-    assert m["schema_version"] == 1 and m["counts"]["cutoff"] == 100 and m["data_config"] == {"a": 1}
+    assert m["schema_version"] == SCHEMA_VERSION and m["counts"]["cutoff"] == 100 and m["data_config"] == {"a": 1}
     assert len(s.files("train")) == 2 and len(s.files("eval")) == 2  # one user per file
     train = pq.read_table(s.files("train"))
     assert train.column("items").to_pylist() == [[1, 2, 3], [3, 2]]
@@ -98,3 +101,156 @@ def test_open_refuses_missing_and_foreign(tmp_path):
 def test_no_training_users_is_a_clear_error(tmp_path):
     with pytest.raises(ShardError, match="move the cutoff later"):
         write_shards(_dataset(), tmp_path / "s", cutoff=1)
+
+
+# ------------------------------------------------------------------------------------------- leave-one-out
+
+def _loo_dataset(rows=None) -> Dataset:
+    # (user, item, timestamp, action, utility), deliberately not in time order within a user.
+    # user 1: 5 events -> train 10, 20, 30; valid target 40 (after 10, 20, 30); test target 10 (after all four).
+    # user 2: 2 events -> too few to evaluate; both train.
+    # user 3: 3 events -> train 30 only (1 event < min_train_events, so no training row); valid target 20 (after
+    #         30); test target 50. Item 50 occurs only as this last event, 40 only as a valid target, 60 never.
+    rows = rows or [(1, 20, 20, 1, 0.2), (1, 10, 10, 0, 0.1), (1, 30, 30, 2, 0.3), (1, 10, 50, 4, 0.5),
+                    (1, 40, 40, 3, 0.4),
+                    (2, 20, 5, 0, 1.0), (2, 30, 6, 1, 1.0),
+                    (3, 30, 7, 0, 0.7), (3, 20, 8, 1, 0.8), (3, 50, 9, 2, 0.9)]
+    users, items, ts, actions, utils = (list(c) for c in zip(*rows))
+    events = pa.table({"user_id": pa.array(users, pa.int64()), "item_id": pa.array(items, pa.int64()),
+                       "timestamp": pa.array(ts, pa.int64()), "action": pa.array(actions, pa.int32()),
+                       "utility": pa.array(utils, pa.float32())})
+    ids = [10, 20, 30, 40, 50, 60]
+    items_t = pa.table({"item_id": pa.array(ids, pa.int64()), "title": [str(i) for i in ids],
+                        "genres": pa.array([[]] * 6, pa.list_(pa.string())),
+                        "year": pa.array([None] * 6, pa.int32()), "launch_ts": pa.array([None] * 6, pa.int64()),
+                        "text": [""] * 6})
+    return Dataset(events, items_t, "loo")
+
+
+def test_leave_one_out_by_hand():
+    # vocabulary: 10->1, 20->2, 30->3, 40->4, 50->5, 60->6; the cutoff is ignored (None is fine)
+    vocab, tables, stats = split_tables(_loo_dataset(), None, min_train_events=2, split="leave_one_out")
+    assert list(tables) == ["train", "valid", "eval"]
+    train, valid, ev = tables["train"], tables["valid"], tables["eval"]
+    assert train.column("user_id").to_pylist() == [1, 2]
+    assert train.column("items").to_pylist() == [[1, 2, 3], [2, 3]]
+    assert train.column("ts").to_pylist() == [[10, 20, 30], [5, 6]]
+    assert train.column("actions").to_pylist() == [[0, 1, 2], [0, 1]]
+    # user 2 (2 events) is not evaluated; user 3 is, though its 1-event history trains nothing
+    assert valid.column("user_id").to_pylist() == [1, 3]
+    assert valid.column("items").to_pylist() == [[1, 2, 3], [3]]
+    assert valid.column("targets").to_pylist() == [[4], [2]]
+    assert valid.column("target_ts").to_pylist() == [[40], [8]]
+    assert ev.column("user_id").to_pylist() == [1, 3]
+    assert ev.column("items").to_pylist() == [[1, 2, 3, 4], [3, 2]]
+    assert ev.column("ts").to_pylist() == [[10, 20, 30, 40], [7, 8]]
+    assert ev.column("actions").to_pylist() == [[0, 1, 2, 3], [0, 1]]
+    assert ev.column("targets").to_pylist() == [[1], [5]]
+    assert ev.column("target_ts").to_pylist() == [[50], [9]]
+    assert ev.column("target_actions").to_pylist() == [[4], [2]]
+    assert ev.column("target_utils").to_pylist() == [[pytest.approx(0.5)], [pytest.approx(0.9)]]
+    # same schema as the time split's eval rows, so evaluation reads either
+    _, _, time_ev, _ = split_sequences(_dataset(), cutoff=100)
+    assert ev.schema == valid.schema == time_ev.schema
+    assert stats == {"split": "leave_one_out", "cutoff": None, "users": 3, "items": 6, "events": 10,
+                     "train_events": 6, "train_users": 2, "eval_events": 2, "eval_users": 2,
+                     "valid_events": 2, "valid_users": 2,
+                     # 40 (valid target only), 50 (last event only), 60 (no events): in no training row
+                     "cold_start_items": 3,
+                     "cold_start_eval_share": 0.5}  # test targets 10 (trained) and 50 (cold)
+    # split_sequences gives the same train and eval rows (validation rows only through split_tables)
+    _, train2, ev2, stats2 = split_sequences(_loo_dataset(), None, 2, split="leave_one_out")
+    assert train2.equals(train) and ev2.equals(ev) and stats2 == stats
+
+
+def test_leave_one_out_min_train_events_and_ties():
+    _, tables, _ = split_tables(_loo_dataset(), None, min_train_events=3, split="leave_one_out")
+    assert tables["train"].column("user_id").to_pylist() == [1]  # user 2's 2 events are now too few
+    assert tables["eval"].column("user_id").to_pylist() == [1, 3]  # evaluation does not depend on it
+    # Same-second events keep their input order (the sort is stable): the one listed last is the test target.
+    rows = [(1, 10, 1, 0, 1.0), (1, 20, 2, 0, 1.0), (1, 40, 3, 0, 1.0), (1, 30, 3, 0, 1.0)]
+    _, tables, _ = split_tables(_loo_dataset(rows), None, 2, split="leave_one_out")
+    assert tables["eval"].column("targets").to_pylist() == [[3]]
+    assert tables["valid"].column("targets").to_pylist() == [[4]]
+    assert tables["train"].column("items").to_pylist() == [[1, 2]]
+
+
+def test_split_argument_checked():
+    with pytest.raises(ValueError, match="split 'random'"):
+        split_tables(_loo_dataset(), 5, split="random")
+    with pytest.raises(ValueError, match="needs a cutoff"):
+        split_sequences(_loo_dataset(), None)
+
+
+def test_leave_one_out_write_round_trip(tmp_path):
+    out = tmp_path / "shards"
+    s = write_shards(_loo_dataset(), out, None, users_per_shard=1, split="leave_one_out")
+    m = open_shards(out).manifest
+    assert m["counts"]["split"] == "leave_one_out" and m["counts"]["cutoff"] is None
+    assert [f["split"] for f in m["files"]] == ["items", "train", "train", "valid", "valid", "eval", "eval"]
+    assert len(s.files("valid")) == 2 and s.valid_dir == out / "valid"
+    _, tables, _ = split_tables(_loo_dataset(), None, split="leave_one_out")
+    for name in ("train", "valid", "eval"):
+        assert pq.read_table(s.files(name)).equals(tables[name])
+    # the time split writes no validation files and records its split too
+    s = write_shards(_dataset(), out, cutoff=100)
+    assert s.files("valid") == [] and s.manifest["counts"]["split"] == "time"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shards"]
+
+
+def test_leave_one_out_without_training_rows_is_a_clear_error(tmp_path):
+    with pytest.raises(ShardError, match="lower data.min_train_events or use data.split: time"):
+        write_shards(_loo_dataset(), tmp_path / "s", None, min_train_events=4, split="leave_one_out")
+    assert not (tmp_path / "s").exists()
+
+
+def test_prepare_shards_follows_data_split(tmp_path):
+    from genrec.config import load_config
+    from genrec.runtime import prepare_shards
+
+    overrides = [f"storage.root={tmp_path}", "data.synthetic.users=40", "data.synthetic.items=30",
+                 "data.synthetic.events_per_user=8"]
+    said = []
+    s = prepare_shards(load_config(None, [*overrides, "data.split=leave_one_out"]), echo=said.append)
+    assert s.manifest["counts"]["split"] == "leave_one_out" and s.manifest["data_config"]["split"] == "leave_one_out"
+    assert s.manifest["counts"]["eval_users"] == s.manifest["counts"]["valid_users"] > 0
+    assert "leave_one_out split" in said[-1] and "validation users" in said[-1]
+    # a config with the other split does not reuse these shards
+    s = prepare_shards(load_config(None, overrides), echo=said.append)
+    assert s.manifest["counts"]["split"] == "time" and s.files("valid") == []
+    assert any("built from another data config" in line for line in said)
+
+
+ML_LATEST_SMALL = Path(os.environ.get("GENREC_ML_LATEST_SMALL")
+                       or Path(__file__).resolve().parents[1].parent / "shared/data/ml-latest-small")
+
+
+@pytest.mark.skipif(not (ML_LATEST_SMALL / "ratings.csv").is_file(),
+                    reason=f"ml-latest-small not found at {ML_LATEST_SMALL} (set GENREC_ML_LATEST_SMALL)")
+def test_leave_one_out_on_ml_latest_small():
+    from genrec.data.loaders import load
+
+    ds = load("movielens", str(ML_LATEST_SMALL))
+    vocab, tables, stats = split_tables(ds, None, split="leave_one_out")
+    ev = ds.events
+    users, counts = np.unique(ev.column("user_id").to_numpy(), return_counts=True)
+    evaluated = users[counts >= 3]
+    eval_rows = tables["eval"]
+    assert eval_rows.column("user_id").to_pylist() == evaluated.tolist()
+    assert tables["valid"].column("user_id").to_pylist() == evaluated.tolist()
+    # every test target is its user's last event: the latest timestamp, and an item rated at that time
+    index_of = dict(zip(vocab.column("item_id").to_pylist(), vocab.column("index").to_pylist()))
+    last_ts, at_last = {}, {}
+    for u, i, t in zip(*(ev.column(c).to_pylist() for c in ("user_id", "item_id", "timestamp"))):
+        if t > last_ts.get(u, -1):
+            last_ts[u], at_last[u] = t, set()
+        if t == last_ts[u]:
+            at_last[u].add(index_of[i])
+    for u, targets, target_ts, hist_ts in zip(*(eval_rows.column(c).to_pylist()
+                                                for c in ("user_id", "targets", "target_ts", "ts"))):
+        assert len(targets) == 1 and target_ts == [last_ts[u]] and targets[0] in at_last[u]
+        assert max(hist_ts) <= last_ts[u]
+    n_eval = len(evaluated)
+    assert stats["eval_events"] == stats["valid_events"] == n_eval
+    assert stats["train_events"] == ev.num_rows - 2 * n_eval
+    assert 0.0 <= stats["cold_start_eval_share"] < 0.2

@@ -21,19 +21,27 @@ def test_gap_buckets_by_hand():
     assert gap_buckets(ts).tolist() == [0, 1, 2, 2, 17]
 
 
-def test_training_windows_shift_targets_and_pad_right():
+def test_training_windows_cut_spans_and_pad_right():
     batch = {"items": np.array([np.array([5, 6, 7, 8, 9, 10]), np.array([3, 4])], dtype=object),
              "ts": np.array([np.arange(6) * 10, np.array([0, 1])], dtype=object),
-             "actions": np.array([np.zeros(6), np.array([1, 0])], dtype=object)}
+             "actions": np.array([np.zeros(6), np.array([1, 0])], dtype=object),
+             "utils": np.array([np.arange(6) / 2, np.array([4.0, 5.0])], dtype=object)}
     out = training_windows(batch, max_seq_len=4)
-    assert out["items"].tolist() == [[5, 6, 0, 0], [6, 7, 8, 9], [3, 4, 0, 0]]  # last input has no target
-    assert out["targets"].tolist() == [[6, 0, 0, 0], [7, 8, 9, 10], [4, 0, 0, 0]]
-    assert out["actions"][2].tolist() == [1, 0, 0, 0]
-    assert out["gaps"][1].tolist() == gap_buckets(np.arange(6) * 10)[1:5].tolist()
+    # Windows of max_seq_len + 1 events: the model reads [:-1] and predicts what follows each position.
+    assert out["items"].tolist() == [[5, 6, 0, 0, 0], [6, 7, 8, 9, 10], [3, 4, 0, 0, 0]]
+    assert out["actions"][2].tolist() == [1, 0, 0, 0, 0]
+    assert out["gaps"][1].tolist() == gap_buckets(np.arange(6) * 10)[1:6].tolist()
+    assert out["utils"][1].tolist() == [0.5, 1.0, 1.5, 2.0, 2.5] and out["utils"][2].tolist() == [4, 5, 0, 0, 0]
+    # Padding repeats the last timestamp, so no time difference is negative.
+    assert out["ts"][0].tolist() == [0, 10, 10, 10, 10] and out["ts"][2].tolist() == [0, 1, 1, 1, 1]
+    # Rows without utilities (older shards) count every event as utility 1.
+    del batch["utils"]
+    assert training_windows(batch, max_seq_len=4)["utils"][2].tolist() == [1, 1, 0, 0, 0]
 
 
 def test_context_window_keeps_the_most_recent_events():
-    items, actions, gaps, n = context_window([1, 2, 3, 4, 5], [0, 10, 20, 30, 40], [0] * 5, 3)
-    assert items.tolist() == [3, 4, 5] and n == 3
-    items, _, _, n = context_window([7], [0], [0], 3)
-    assert items.tolist() == [7, 0, 0] and n == 1
+    items, actions, gaps, utils, n = context_window([1, 2, 3, 4, 5], [0, 10, 20, 30, 40], [0] * 5, 3,
+                                                    [1, 2, 3, 4, 5])
+    assert items.tolist() == [3, 4, 5] and n == 3 and utils.tolist() == [3, 4, 5]
+    items, _, _, utils, n = context_window([7], [0], [0], 3)
+    assert items.tolist() == [7, 0, 0] and n == 1 and utils.tolist() == [1, 0, 0]

@@ -1,0 +1,121 @@
+"""Item features for the semantic tower, computed from the item table alone (no download, no training state).
+
+A title is described by what exists the day it launches: its genres, its year, and its text (title + free text).
+The tower embeds these, so a title never seen in training still gets a representation from metadata.
+
+* genres: indices into a vocabulary fixed at training time (unknown genres of a later title are dropped);
+* year: 5-year buckets from 1900 (0 = unknown), falling back to the launch time's year;
+* text: word unigrams and bigrams of the title and text, hashed into `text_buckets` buckets with CRC32 (stable across
+  processes and machines, unlike Python's `hash`); a title's year in parentheses is dropped, the year bucket has it;
+* dense: an optional precomputed text embedding column (`text_embedding`, e.g. from a sentence-embedding model, see
+  `genrec data embed-text`), used when the item table has one.
+
+The vocabulary (:class:`FeatureVocab`) is saved with every checkpoint, so serving turns a new title's metadata into the
+same feature ids the model was trained on.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+YEAR_MIN, YEAR_STEP, YEAR_BUCKETS = 1900, 5, 32  # bucket 0 = unknown; 1..31 cover 1900..2054
+MAX_GENRES = 8
+MAX_TOKENS = 32
+TEXT_EMBEDDING = "text_embedding"
+_WORD = re.compile(r"[a-z0-9]+")
+_TRAILING_YEAR = re.compile(r"\(\s*\d{4}\s*\)\s*$")
+
+
+@dataclass(frozen=True)
+class FeatureVocab:
+    genres: tuple[str, ...] = ()
+    text_buckets: int = 16384
+    text_dim: int = 0  # width of the optional dense text embedding; 0 = none
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FeatureVocab":
+        return cls(genres=tuple(d.get("genres", ())), text_buckets=int(d.get("text_buckets", 16384)),
+                   text_dim=int(d.get("text_dim", 0)))
+
+
+@dataclass
+class ItemFeatures:
+    """Row i describes item index i (row 0 = padding, all zeros). Index tensors use 0 for 'none'."""
+
+    genres: torch.Tensor  # (n + 1, MAX_GENRES) int64, genre vocabulary index + 1
+    year: torch.Tensor  # (n + 1,) int64 year bucket
+    tokens: torch.Tensor  # (n + 1, MAX_TOKENS) int64 hashed n-gram bucket + 1
+    dense: torch.Tensor | None = field(default=None)  # (n + 1, text_dim) float32
+
+    def __len__(self) -> int:
+        return self.year.shape[0]
+
+    def to(self, device) -> "ItemFeatures":
+        return ItemFeatures(self.genres.to(device), self.year.to(device), self.tokens.to(device),
+                            None if self.dense is None else self.dense.to(device))
+
+
+def build_vocab(items: pa.Table, text_buckets: int = 16384) -> FeatureVocab:
+    """The genre vocabulary of a catalogue (sorted, so it does not depend on row order)."""
+    genres = sorted({g for gs in items.column("genres").to_pylist() for g in (gs or [])})
+    text_dim = 0
+    if TEXT_EMBEDDING in items.column_names:
+        first = next((v for v in items.column(TEXT_EMBEDDING).to_pylist() if v), None)
+        text_dim = len(first) if first else 0
+    return FeatureVocab(genres=tuple(genres), text_buckets=text_buckets, text_dim=text_dim)
+
+
+def year_bucket(year: int | None) -> int:
+    if year is None or year <= 0:
+        return 0
+    return int(np.clip((year - YEAR_MIN) // YEAR_STEP + 1, 1, YEAR_BUCKETS - 1))
+
+
+def text_tokens(text: str, buckets: int) -> list[int]:
+    """Hashed word unigrams then bigrams, 1..buckets (0 is padding), first MAX_TOKENS kept."""
+    words = _WORD.findall(_TRAILING_YEAR.sub("", text or "").lower())
+    grams = words + [f"{a} {b}" for a, b in zip(words, words[1:])]
+    return [zlib.crc32(g.encode()) % buckets + 1 for g in grams[:MAX_TOKENS]]
+
+
+def item_features(items: pa.Table, vocab: FeatureVocab) -> ItemFeatures:
+    """Features for an item table with an `index` column (1..n, as in a shard set's items.parquet)."""
+    index = items.column("index").to_numpy().astype(np.int64)
+    n = int(index.max()) if len(index) else 0
+    genre_ix = {g: i + 1 for i, g in enumerate(vocab.genres)}
+    genres = np.zeros((n + 1, MAX_GENRES), np.int64)
+    year = np.zeros(n + 1, np.int64)
+    tokens = np.zeros((n + 1, MAX_TOKENS), np.int64)
+    years = items.column("year").to_pylist()
+    launch = items.column("launch_ts").to_pylist() if "launch_ts" in items.column_names else [None] * len(index)
+    for row, (i, gs, title, text, y, lt) in enumerate(zip(
+            index, items.column("genres").to_pylist(), items.column("title").to_pylist(),
+            items.column("text").to_pylist(), years, launch)):
+        ids = [genre_ix[g] for g in (gs or []) if g in genre_ix][:MAX_GENRES]
+        genres[i, :len(ids)] = ids
+        if y is None and lt is not None:
+            y = int(np.datetime64(int(lt), "s").astype("datetime64[Y]").astype(int) + 1970)
+        year[i] = year_bucket(y)
+        toks = text_tokens(f"{title or ''} {text or ''}", vocab.text_buckets)
+        tokens[i, :len(toks)] = toks
+    dense = None
+    if vocab.text_dim:
+        dense = np.zeros((n + 1, vocab.text_dim), np.float32)
+        if TEXT_EMBEDDING in items.column_names:
+            for i, v in zip(index, items.column(TEXT_EMBEDDING).to_pylist()):
+                if v is not None:
+                    if len(v) != vocab.text_dim:
+                        raise ValueError(f"items: {TEXT_EMBEDDING} of index {i} has {len(v)} values, the model was "
+                                         f"trained with {vocab.text_dim}; embed new titles with the same model")
+                    dense[i] = v
+        dense = torch.from_numpy(dense)
+    return ItemFeatures(torch.from_numpy(genres), torch.from_numpy(year), torch.from_numpy(tokens), dense)

@@ -1,0 +1,127 @@
+"""The training objective as pure tensor functions: multi-token targets, (sampled) softmax, logQ, id masking.
+
+Kept apart from the network so each piece is tested on hand-computed cases (tests/test_objectives.py).
+
+Multi-token prediction (MTP): position t of a window is trained to put probability on each of the next k events,
+event t + j weighted by ``utility x exp(-ln2 x dt / half_life)`` with dt the time from event t (the context's last
+event) to event t + j. The weights of a position are normalised to sum to 1, so k = 1 is exactly next-token
+cross-entropy. A model trained this way ranks well even when serving reads a context that is a day or two stale.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+LN2 = math.log(2.0)
+NEG_INF = float("-inf")
+
+
+def mtp_targets(items: torch.Tensor, ts: torch.Tensor, utils: torch.Tensor, k: int,
+                half_life_s: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets and unnormalised weights for windows of T + 1 events (right-padded with item 0).
+
+    items, ts, utils: (B, T + 1). Returns targets (B, T, k) (0 = none) and weights (B, T, k) for the T input
+    positions: target j of position t is event t + 1 + j when it lies in the window.
+    """
+    b, span = items.shape
+    t = span - 1
+    targets = items.new_zeros(b, t, k)
+    weights = torch.zeros(b, t, k, dtype=torch.float32, device=items.device)
+    ctx_ts = ts[:, :t].double()
+    for j in range(k):
+        n = t - j  # positions whose (j + 1)-th next event is still inside the window
+        if n <= 0:
+            break
+        tgt = items[:, 1 + j:1 + j + n]
+        w = utils[:, 1 + j:1 + j + n].float().clamp(min=0.0)
+        if half_life_s:
+            dt = (ts[:, 1 + j:1 + j + n].double() - ctx_ts[:, :n]).clamp(min=0.0)
+            w = w * torch.exp(-LN2 * dt / half_life_s).float()
+        valid = (tgt > 0) & (items[:, :n] > 0)
+        targets[:, :n, j] = torch.where(valid, tgt, torch.zeros_like(tgt))
+        weights[:, :n, j] = torch.where(valid, w, torch.zeros_like(w))
+    return targets, weights
+
+
+def merge_duplicate_targets(targets: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A title that occurs twice among a position's k targets is one label with the summed weight.
+
+    targets, weights: (P, k). Later duplicates get target 0 and weight 0 (so a title enters the softmax once).
+    """
+    k = targets.shape[-1]
+    if k == 1:
+        return targets, weights
+    same = targets[:, :, None] == targets[:, None, :]  # (P, k, k): [p, i, j] target i == target j
+    earlier = torch.tril(torch.ones(k, k, dtype=torch.bool, device=targets.device), diagonal=-1)  # j < i
+    dup = (same & earlier).any(-1) | (targets == 0)  # i repeats an earlier target
+    # Weight of the first occurrence = sum of the weights of every occurrence of that title.
+    summed = (same.float() * weights[:, None, :]).sum(-1)
+    weights = torch.where(dup, torch.zeros_like(weights), summed)
+    targets = torch.where(dup, torch.zeros_like(targets), targets)
+    return targets, weights
+
+
+def normalise(weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P, k) weights -> (rows with any weight, weights of those rows summing to 1)."""
+    total = weights.sum(-1)
+    keep = total > 0
+    return keep, weights[keep] / total[keep, None]
+
+
+def multilabel_loss(pos_logits: torch.Tensor, weights: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """Mean over positions of -sum_j w_j log p_j, with log p_j = pos_logit_j - lse (lse: the log partition)."""
+    logp = pos_logits - lse[:, None]
+    return -(weights * torch.where(weights > 0, logp, torch.zeros_like(logp))).sum(-1).mean()
+
+
+def full_softmax_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """logits (P, n + 1) over the whole catalogue (column 0, padding, already -inf); targets/weights (P, k)."""
+    logits = logits.float()
+    return multilabel_loss(logits.gather(1, targets), weights, torch.logsumexp(logits, dim=-1))
+
+
+def logq_correction(neg_logits: torch.Tensor, log_q: torch.Tensor, num_draws: int) -> torch.Tensor:
+    """Negatives' logits minus log(expected draws) = log(num_draws x q): the importance weights that make the sampled
+    partition function an estimate of the full one (Bengio & Senecal 2008; Yi et al. 2019 for in-batch negatives).
+
+    With a uniform sampler over n titles this shifts every negative by log(n / num_draws): sampled softmax then
+    estimates the full-softmax loss instead of a much easier one.
+    """
+    return neg_logits - (log_q + math.log(num_draws))[None, :]
+
+
+def sampled_softmax_loss(pos_logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
+                         neg_logits: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    """pos_logits/targets/weights (P, k); neg_logits (P, S) for negative ids (S,) shared by the batch.
+
+    A negative that is one of the row's own targets (an accidental hit) is masked out, so a title is never pushed
+    down for being the answer. The partition runs over the row's targets and the negatives.
+    """
+    pos_logits = pos_logits.float()
+    hit = (negatives[None, :, None] == targets[:, None, :]).any(-1)  # (P, S)
+    neg = neg_logits.float().masked_fill(hit, NEG_INF)
+    pos_in = pos_logits.masked_fill(weights <= 0, NEG_INF)
+    lse = torch.logsumexp(torch.cat([pos_in, neg], dim=1), dim=-1)
+    return multilabel_loss(pos_logits, weights, lse)
+
+
+def draw_id_mask(num_rows: int, rate: float, generator: torch.Generator | None = None,
+                 device="cpu") -> torch.Tensor | None:
+    """Collaborative-embedding masking: a (num_rows,) bool mask, each title hidden with probability `rate`.
+
+    One draw per training step and per title (not per occurrence), so a masked title is cold everywhere in the
+    batch, on the input and the output side, as a title launched after the cutoff is. Row 0 (padding) is never masked.
+    """
+    if rate <= 0:
+        return None
+    mask = torch.rand(num_rows, generator=generator, device=device) < rate
+    mask[0] = False
+    return mask
+
+
+def utility_buckets(utils: torch.Tensor, num_buckets: int) -> torch.Tensor:
+    """Half-unit utility buckets: a 1-5 star rating -> 2..10, a watch fraction -> 0..2; clipped."""
+    return torch.round(utils.float().clamp(min=0.0) * 2).long().clamp(max=num_buckets - 1)
+

@@ -1,0 +1,107 @@
+import math
+
+import pytest
+import torch
+
+from genrec.flops import comparison, training_flops_per_token
+from genrec.objectives import (draw_id_mask, full_softmax_loss, logq_correction, merge_duplicate_targets,
+                               mtp_targets, normalise, sampled_softmax_loss, utility_buckets)
+
+HOUR = 3600.0
+
+
+def test_mtp_weights_on_a_hand_made_sequence():
+    # Events at 0 h, 1 h, 3 h, 3 h (utility 2), then padding. k = 3, half-life 2 h.
+    items = torch.tensor([[11, 12, 13, 14, 0]])
+    ts = torch.tensor([[0, 3600, 3 * 3600, 3 * 3600, 3 * 3600]])
+    utils = torch.tensor([[1.0, 1.0, 1.0, 2.0, 0.0]])
+    targets, weights = mtp_targets(items, ts, utils, k=3, half_life_s=2 * HOUR)
+    assert targets[0].tolist() == [[12, 13, 14], [13, 14, 0], [14, 0, 0], [0, 0, 0]]
+    w = weights[0]
+    # position 0 (t = 0 h): 1 h -> 2^-0.5; 3 h -> 2^-1.5; 3 h with utility 2 -> 2 * 2^-1.5
+    assert w[0].tolist() == pytest.approx([2 ** -0.5, 2 ** -1.5, 2 * 2 ** -1.5])
+    # position 1 (t = 1 h): 2 h -> 0.5; 2 h with utility 2 -> 1.0; nothing third
+    assert w[1].tolist() == pytest.approx([0.5, 1.0, 0.0])
+    assert w[2].tolist() == pytest.approx([2.0, 0.0, 0.0]) and w[3].tolist() == [0, 0, 0]
+    # k = 1 is next-event prediction: one target per position, weight normalised to 1
+    t1, w1 = mtp_targets(items, ts, utils, k=1, half_life_s=2 * HOUR)
+    keep, wn = normalise(w1.flatten(0, 1))
+    assert t1[0, :, 0].tolist() == [12, 13, 14, 0] and keep.tolist() == [True, True, True, False]
+    assert wn.flatten().tolist() == [1.0, 1.0, 1.0]
+
+
+def test_mtp_without_decay_and_duplicate_targets_merge():
+    items = torch.tensor([[1, 2, 2, 3]])
+    ts = torch.tensor([[0, 10, 20, 30]])
+    targets, weights = mtp_targets(items, ts, torch.ones(1, 4), k=3, half_life_s=None)
+    assert weights[0, 0].tolist() == [1, 1, 1]
+    t, w = merge_duplicate_targets(targets[0], weights[0])
+    assert t[0].tolist() == [2, 0, 3] and w[0].tolist() == [2.0, 0.0, 1.0]  # title 2 once, with both weights
+
+
+def test_full_softmax_multilabel_by_hand():
+    logits = torch.tensor([[float("-inf"), 1.0, 2.0, 0.0]])
+    targets, weights = torch.tensor([[1, 2]]), torch.tensor([[0.25, 0.75]])
+    lse = math.log(math.e + math.e ** 2 + 1)
+    expected = -(0.25 * (1 - lse) + 0.75 * (2 - lse))
+    assert full_softmax_loss(logits, targets, weights).item() == pytest.approx(expected)
+
+
+def test_sampled_softmax_masks_accidental_hits():
+    pos = torch.tensor([[2.0]])
+    neg = torch.tensor([[1.0, 5.0]])
+    negatives = torch.tensor([4, 7])
+    loss = sampled_softmax_loss(pos, torch.tensor([[7]]), torch.tensor([[1.0]]), neg, negatives)
+    # negative 7 is the target itself: only negative 4 competes
+    assert loss.item() == pytest.approx(-(2 - math.log(math.e ** 2 + math.e)))
+
+
+def test_logq_correction_makes_sampled_softmax_estimate_the_full_loss():
+    """A known, skewed sampler: with log(S q) subtracted the sampled loss estimates the full one; without, it is far
+    too optimistic."""
+    gen = torch.Generator().manual_seed(0)
+    n, draws = 1000, 50
+    logits = torch.randn(n, generator=gen)
+    q = torch.softmax(torch.randn(n, generator=gen), 0)  # the sampler's probabilities
+    target = 3
+    full = (torch.logsumexp(logits, 0) - logits[target]).item()
+    corrected, plain = [], []
+    for _ in range(400):
+        neg_ids = torch.multinomial(q, draws, replacement=True, generator=gen)
+        neg = logits[neg_ids][None]
+        args = (logits[target].view(1, 1), torch.tensor([[target]]), torch.ones(1, 1))
+        plain.append(sampled_softmax_loss(*args, neg, neg_ids).item())
+        corrected.append(sampled_softmax_loss(*args, logq_correction(neg, q[neg_ids].log(), draws), neg_ids).item())
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    assert abs(mean(corrected) - full) < 0.15, (mean(corrected), full)
+    assert full - mean(plain) > 1.0, (mean(plain), full)
+
+
+def test_id_mask_rate_over_many_draws():
+    gen = torch.Generator().manual_seed(0)
+    rates = [draw_id_mask(10_001, 0.12, gen).float()[1:].mean().item() for _ in range(50)]
+    assert sum(rates) / len(rates) == pytest.approx(0.12, abs=0.005)
+    assert not draw_id_mask(100, 0.9, gen)[0]  # padding never masked
+    assert draw_id_mask(100, 0.0, gen) is None
+
+
+def test_utility_buckets():
+    assert utility_buckets(torch.tensor([0.0, 0.5, 1.0, 4.5, 5.0, 100.0, -1.0]), 21).tolist() == [0, 1, 2, 9, 10, 20,
+                                                                                                     0]
+
+
+def test_flops_reproduce_the_paper_illustration():
+    full, sampled, projected = comparison(6, 1024, 512, 1_000_000, 0.01, 8, convention="paper")
+    assert full["total"] == pytest.approx(1.26e10, rel=0.10)
+    assert projected["total"] == pytest.approx(3.56e8, rel=0.10)
+    assert projected["vs_full"] == pytest.approx(35.5, rel=0.10)
+    assert full["total"] > sampled["total"] > projected["total"]
+
+
+def test_flops_by_hand_genrec_convention():
+    # 1 layer, d = 2, T = 3, 10 titles: backbone 6 * (4*4 + 2*4*4 + 2*3*2) = 6 * 60 = 360; full decoding 6 * 2 * 10
+    f = training_flops_per_token(1, 2, 3, 10, "full", convention="genrec")
+    assert (f.backbone, f.decoding) == (360.0, 120.0)
+    # sampled 20% with a d/2 head: projection 6 * 2 * 1 + scoring 6 * 1 * (1 + 2)
+    f = training_flops_per_token(1, 2, 3, 10, "sampled", 0.2, 2, convention="genrec")
+    assert f.decoding == pytest.approx(12 + 18)
