@@ -37,15 +37,17 @@ def ndcg(ranks, k: int) -> float:
 
 
 def rank_sums(ranks: torch.Tensor, k: int = 10) -> torch.Tensor:
-    """[count, sum 1/r, hits@k, sum ndcg@k] as float64, so shards of users can be all-reduced and divided later."""
+    """[count, sum 1/r, hits@k, sum ndcg@k, sum 1/r over r <= k] as float64, so shards of users can be all-reduced
+    and divided later."""
     r = ranks.double()
     hit = (r <= k).double()
     return torch.stack([torch.tensor(float(r.numel()), dtype=torch.float64), (1.0 / r).sum(), hit.sum(),
-                        (hit / torch.log2(r + 1.0)).sum()])
+                        (hit / torch.log2(r + 1.0)).sum(), (hit / r).sum()])
 
 
 def from_sums(sums, k: int = 10) -> dict[str, float]:
-    n, rr, hits, dcg = (float(x) for x in sums)
+    """MRR over the full ranking, HR@k, NDCG@k and MRR@k (the truncated MRR that RecBole reports)."""
+    n, rr, hits, dcg, rr_k = (float(x) for x in sums)
     if n == 0:
-        return {"mrr": math.nan, f"hr@{k}": math.nan, f"ndcg@{k}": math.nan, "eval_users": 0}
-    return {"mrr": rr / n, f"hr@{k}": hits / n, f"ndcg@{k}": dcg / n, "eval_users": int(n)}
+        return {"mrr": math.nan, f"hr@{k}": math.nan, f"ndcg@{k}": math.nan, f"mrr@{k}": math.nan, "eval_users": 0}
+    return {"mrr": rr / n, f"hr@{k}": hits / n, f"ndcg@{k}": dcg / n, f"mrr@{k}": rr_k / n, "eval_users": int(n)}

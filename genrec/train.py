@@ -201,8 +201,8 @@ def eval_batches(rows, probes: list[str], max_seq_len: int, rank: int, world: in
 
 
 def evaluate(model: GenRec, batches, probes: list[str], device) -> torch.Tensor:
-    """Summed ranking statistics, (probes, 4) = [count, sum 1/r, hits@10, ndcg@10], over this rank's batches."""
-    sums = torch.zeros(len(probes), 4, dtype=torch.float64)
+    """Summed ranking statistics (probes, 5) (see metrics.rank_sums) over this rank's batches."""
+    sums = torch.zeros(len(probes), 5, dtype=torch.float64)
     with torch.no_grad():
         matrix = model.item_matrix()  # the catalogue's output embeddings, once per evaluation
         for b in batches:

@@ -31,4 +31,6 @@ def test_sums_are_additive_across_shards():
     assert math.isclose(whole["mrr"], mrr(ranks.numpy()))
     assert math.isclose(whole["ndcg@10"], ndcg(ranks.numpy(), 10))
     assert whole["eval_users"] == 6
-    assert math.isnan(from_sums(np.zeros(4))["mrr"])
+    # MRR@10 drops the rank-20 user's 1/20: (1 + 1/2 + 1/4 + 1/3 + 1/7) / 6
+    assert math.isclose(whole["mrr@10"], (1 + 1 / 2 + 1 / 4 + 1 / 3 + 1 / 7) / 6)
+    assert math.isnan(from_sums(np.zeros(5))["mrr"])
