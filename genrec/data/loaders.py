@@ -248,6 +248,15 @@ def _number(values: pa.ChunkedArray, target: pa.DataType, origin: Origin, column
     return _finite(result, origin, column) if pa.types.is_floating(target) else result
 
 
+def _year(values: pa.ChunkedArray, origin: Origin) -> pa.ChunkedArray:
+    """An optional year column. Text that is not a number ("unknown", and ML-100K's own "unkonwn") is a missing
+    year, not an error: the year is optional metadata and such placeholders are common in real catalogues."""
+    if _is_text(values):
+        values = pc.if_else(pc.match_substring_regex(values, r"^\s*-?\d+(\.0*)?\s*$"), values,
+                            pa.scalar(None, pa.string()))
+    return _number(values, pa.int32(), origin, "year", "a year", nullable=True)
+
+
 def _ids(values: pa.ChunkedArray, origin: Origin, column: str) -> pa.ChunkedArray:
     """Ids as int64 (numeric columns) or trimmed text (text columns, numbered later by _numbered_ids)."""
     if _is_text(values):
@@ -669,7 +678,7 @@ def load_recbole(path: str | os.PathLike, name: str | None = None) -> Dataset:
         if "genres" in present:
             items["genres"] = _split_list(it[present["genres"]], None)
         if "year" in present:
-            items["year"] = _number(it[present["year"]], pa.int32(), items_origin, "year", "a year", nullable=True)
+            items["year"] = _year(it[present["year"]], items_origin)
     return _assemble(name, events, origin, items, items_origin)
 
 
@@ -742,7 +751,7 @@ def _load_table(events_path: str | os.PathLike, items_path: str | os.PathLike | 
         if "genres" in it_columns:
             items["genres"] = _genres(item_col("genres"), it_origin, "genres")
         if "year" in it_columns:
-            items["year"] = _number(item_col("year"), pa.int32(), it_origin, "year", "a year", nullable=True)
+            items["year"] = _year(item_col("year"), it_origin)
         if "launch_ts" in it_columns:
             items["launch_ts"] = _unix_seconds(item_col("launch_ts"), it_origin, "launch_ts", timestamp_format,
                                                nullable=True)
