@@ -27,8 +27,9 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from genrec.checkpoint import CheckpointError
     from genrec.data.schema import DataError
     from genrec.shards import ShardError
+    from genrec.text_embed import TextEmbeddingUnavailable
 
-    return ConfigError, FileNotFoundError, DataError, ShardError, CheckpointError
+    return ConfigError, FileNotFoundError, DataError, ShardError, CheckpointError, TextEmbeddingUnavailable
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:

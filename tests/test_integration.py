@@ -3,11 +3,13 @@
 import json
 import urllib.request
 
+import pyarrow as pa
 import pytest
 import torch
 
 from genrec.checkpoint import load_checkpoint
 from genrec.cli import post_json, sample_history
+from genrec.data.schema import DataError
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.integration
@@ -34,6 +36,15 @@ def test_pretrain_two_workers_zero3_loss_falls(ray_local, storage):
     z = torch.zeros(1, 4, dtype=torch.long)
     scores = loaded.model.score_last(torch.tensor([[1, 2, 3, 0]]), z, z, torch.ones(1, 4), torch.tensor([3]))
     assert scores.shape == (1, loaded.spec.num_items + 1) and torch.isfinite(scores[0, 1:]).all()
+    # A title launched after training joins the catalogue without retraining, scored from its metadata alone.
+    twin = loaded.items.slice(0, 1)
+    new = pa.table({"item_id": [10**9], "title": twin.column("title"), "genres": twin.column("genres"),
+                    "year": twin.column("year"), "launch_ts": twin.column("launch_ts"), "text": twin.column("text")})
+    assert loaded.add_items(new) == [loaded.spec.num_items + 1]
+    scores = loaded.model.score_last(torch.tensor([[1, 2, 3, 0]]), z, z, torch.ones(1, 4), torch.tensor([3]))
+    assert scores.shape == (1, loaded.spec.num_items + 2) and torch.isfinite(scores[0, -1])
+    with pytest.raises(DataError, match="already in the catalogue"):
+        loaded.add_items(new)
 
 
 @pytest.fixture(scope="module")
