@@ -143,22 +143,19 @@ class SemanticTower(nn.Module):
 
     def __init__(self, vocab: FeatureVocab, hidden: int, width: int, out_dim: int):
         super().__init__()
-        self.genre = nn.Embedding(len(vocab.genres) + 1, hidden, padding_idx=0)
+        # Bags (mean, padding excluded) never materialise a (titles, tokens, hidden) tensor: scoring a catalogue of
+        # 10^6 titles would otherwise need tens of GB.
+        self.genre = nn.EmbeddingBag(len(vocab.genres) + 1, hidden, mode="mean", padding_idx=0)
         self.year = nn.Embedding(YEAR_BUCKETS, hidden)
-        self.text = nn.Embedding(vocab.text_buckets + 1, hidden, padding_idx=0)
+        self.text = nn.EmbeddingBag(vocab.text_buckets + 1, hidden, mode="mean", padding_idx=0)
         self.dense = nn.Linear(vocab.text_dim, hidden, bias=False) if vocab.text_dim else None
         self.mlp = nn.Linear(hidden, hidden)
         self.to_input = nn.Linear(hidden, width, bias=False)
         self.to_output = nn.Linear(hidden, out_dim, bias=False)
 
-    @staticmethod
-    def _mean(emb: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        n = (ids > 0).sum(-1, keepdim=True).clamp(min=1)
-        return emb.sum(-2) / n  # padding rows embed to zero (padding_idx)
-
     def forward(self, genres: torch.Tensor, year: torch.Tensor, tokens: torch.Tensor,
                 dense: torch.Tensor | None) -> torch.Tensor:
-        h = self._mean(self.genre(genres), genres) + self.year(year) + self._mean(self.text(tokens), tokens)
+        h = self.genre(genres) + self.year(year) + self.text(tokens)  # a bag of only padding embeds to zero
         if self.dense is not None and dense is not None:
             h = h + self.dense(dense)
         return F.gelu(self.mlp(h))
@@ -298,9 +295,9 @@ class GenRec(nn.Module):
 
     @staticmethod
     def _init(m: nn.Module) -> None:
-        if isinstance(m, (nn.Linear, nn.Embedding)):
+        if isinstance(m, (nn.Linear, nn.Embedding, nn.EmbeddingBag)):
             nn.init.normal_(m.weight, std=0.02)
-            if isinstance(m, nn.Embedding) and m.padding_idx is not None:
+            if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.padding_idx is not None:
                 with torch.no_grad():
                     m.weight[m.padding_idx].zero_()
         if isinstance(m, nn.Linear) and m.bias is not None:

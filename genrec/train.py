@@ -22,6 +22,7 @@ import torch
 
 from genrec.config import ConfigError, GenrecConfig
 from genrec.features import FeatureVocab, build_vocab, item_features
+from genrec.flops import training_flops_per_token
 from genrec.metrics import from_sums, rank_sums, target_ranks
 from genrec.model import GenRec, ModelSpec, Objective, resolve_shape
 from genrec.objectives import draw_id_mask
@@ -273,6 +274,13 @@ def train_func(config: dict) -> None:
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=deepspeed_config(cfg, on_gpu))
     n_neg = num_negatives(cfg, shards.num_items)
+    # Model FLOPs per training token (genrec's own blocks; see genrec.flops): in-batch scores every target of the
+    # batch, sampled its shared negatives, full the whole catalogue. The semantic tower and embeddings are not counted.
+    flops_per_token = training_flops_per_token(
+        spec.layers, spec.width, spec.max_seq_len, shards.num_items,
+        "full" if cfg.model.decoding == "full" else "sampled", projection_ratio=spec.projection_ratio,
+        num_negatives=n_neg if n_neg is not None else cfg.train.batch_size * spec.max_seq_len * cfg.model.mtp_k,
+        convention="genrec").total
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed * 1000 + rank)
 
     run = None
@@ -322,6 +330,8 @@ def train_func(config: dict) -> None:
             "wall_time_s": time.perf_counter() - start,
             "events_processed": events_seen,
             "backbone_params": spec.backbone_params,
+            "flops_per_token": flops_per_token,
+            "model_tflops_per_s": flops_per_token * float(stats[2]) / max(train_time, 1e-9) / 1e12,
             "lr": scheduler.get_last_lr()[0],
             "id_mask_rate": mask_rate,
             **probe_metrics(eval_sums, probes),

@@ -47,6 +47,19 @@ def test_pretrain_two_workers_zero3_loss_falls(ray_local, storage):
         loaded.add_items(new)
 
 
+@pytest.mark.parametrize("decoding", ["full", "in_batch"])
+def test_other_decoding_modes_train_through_ray_and_deepspeed(ray_local, storage, decoding):
+    """Sampled softmax is the run above; full softmax and in-batch negatives (with logQ and 3-token MTP) also learn."""
+    from trainers.pretrain import run
+
+    cfg = tiny_config(storage, "train.workers=1", "train.cpus_per_worker=0.5", "train.epochs=2",
+                      f"model.decoding={decoding}", "model.logq=true", "model.mtp_k=3", f"name=test-{decoding}")
+    run(cfg, run_name=f"decoding-{decoding}")
+    history = json.loads((storage / "runs" / f"decoding-{decoding}" / "history.json").read_text())
+    assert history[1]["loss"] < history[0]["loss"] and history[1]["mrr"] > 0, history
+    assert history[0]["flops_per_token"] > 0 and history[0]["model_tflops_per_s"] > 0
+
+
 @pytest.fixture(scope="module")
 def winner(ray_local, storage):
     from tuning.sweep import run
