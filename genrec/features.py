@@ -39,7 +39,7 @@ class FeatureVocab:
     text_dim: int = 0  # width of the optional dense text embedding; 0 = none
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return asdict(self) | {"genres": list(self.genres)}  # JSON-shaped, so a reloaded spec compares equal
 
     @classmethod
     def from_dict(cls, d: dict) -> "FeatureVocab":
