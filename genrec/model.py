@@ -331,6 +331,9 @@ class GenRec(nn.Module):
         q = self.head(h.flatten(0, 1)[keep])
         if obj.decoding == "full":
             logits = q @ self.item_matrix(id_mask).t()
+            # Only titles with training events compete: one launched after the cutoff must not be trained down
+            # (nor the future catalogue leak into training). Padding (row 0) never competes.
+            logits = logits.masked_fill(~self.items.known, NEG_INF)
             logits[:, 0] = NEG_INF
             return full_softmax_loss(logits, targets, weights)
         pos = (q[:, None, :] * self.items.encode_output(targets, id_mask)).sum(-1)

@@ -129,48 +129,73 @@ def _lr_lambda(warmup: int, total: int):
 
 
 def eval_probes(shards: ShardSet, delays_h: list[float], cold: np.ndarray) -> list[str]:
-    """What each evaluation user is scored on, from one forward pass over their history up to the cutoff:
-    "next" = the first title after the cutoff; "cold" = the first cold-start title (never in training) after it;
-    "24h", ... = the first title at least that long after the cutoff (a serving cache that stale)."""
+    """What evaluation scores, as metric suffixes:
+
+    * "next": from the history up to the cutoff, the first title after it (plain names: mrr, hr@10, ...);
+    * "cold": from the same context, the first cold-start title (no training event) after the cutoff;
+    * with delays [24, 48]: "0h", "24h", "48h": one target per user (their last new title of the evaluation period)
+      scored from every event before it ("0h", a fresh context) and from only the events at least 24 h / 48 h older
+      than it (a serving cache that stale). Same users, same targets: the differences are the cost of staleness.
+    """
     probes = ["next"]
     if cold[1:].any():
         probes.append("cold")
-    if shards.manifest["counts"].get("cutoff") is not None:
-        probes += [f"{h:g}h" for h in delays_h]
+    if delays_h:
+        probes += ["0h", *(f"{h:g}h" for h in delays_h if h > 0)]
     return probes
 
 
-def eval_rows(shards: ShardSet, probes: list[str], cold: np.ndarray, max_users: int | None, seed: int = 0):
-    """[(items, ts, actions, utils, {probe: target index})] for users with at least one probe target.
+def _delay(probe: str) -> float | None:
+    return float(probe[:-1]) * 3600 if probe.endswith("h") else None
 
-    A target is never a title already in the history (seen titles are excluded from the candidates)."""
-    cutoff = shards.manifest["counts"].get("cutoff")
+
+def eval_rows(shards: ShardSet, probes: list[str], cold: np.ndarray, max_users: int | None, seed: int = 0):
+    """Evaluation sets [(probes, rows)], rows = [(items, ts, actions, utils, {probe: target index})].
+
+    The probes of one set share a context (one forward pass per user). A target is never a title already in its
+    context (seen titles are excluded from the candidates)."""
     table = pq.read_table(shards.files("eval"))
-    has_utils = "utils" in table.column_names
-    cols = {c: table.column(c).to_pylist() for c in ("items", "ts", "actions", "targets", "target_ts")}
-    utils = table.column("utils").to_pylist() if has_utils else [None] * table.num_rows
-    rows = []
-    for i in range(table.num_rows):
+    n = table.num_rows
+    cols = {c: table.column(c).to_pylist() for c in ("items", "ts", "actions", "targets", "target_ts",
+                                                     "target_actions", "target_utils")}
+    utils = table.column("utils").to_pylist() if "utils" in table.column_names else [[1.0] * len(x)
+                                                                                    for x in cols["items"]]
+    users = np.arange(n)
+    if max_users is not None and n > max_users:
+        users = np.sort(np.random.default_rng(seed).choice(n, max_users, replace=False))
+    cutoff_probes = [p for p in probes if p in ("next", "cold")]
+    delays = {p: _delay(p) for p in probes if _delay(p) is not None}
+    cutoff_rows, delay_rows = [], {p: [] for p in delays}
+    for i in users:
         items, targets, target_ts = cols["items"][i], cols["targets"][i], cols["target_ts"][i]
         seen = set(items)
         fresh = [(t, ts) for t, ts in zip(targets, target_ts) if t not in seen]
         chosen = {}
-        for p in probes:
-            if p == "next":
-                hit = fresh[0][0] if fresh else None
-            elif p == "cold":
-                hit = next((t for t, _ in fresh if cold[t]), None)
-            else:
-                later = cutoff + float(p[:-1]) * 3600
-                hit = next((t for t, ts in fresh if ts >= later), None)
+        for p in cutoff_probes:
+            hit = fresh[0][0] if p == "next" and fresh else next((t for t, _ in fresh if cold[t]), None)
             if hit is not None:
                 chosen[p] = hit
         if chosen:
-            rows.append((items, cols["ts"][i], cols["actions"][i], utils[i], chosen))
-    if max_users is not None and len(rows) > max_users:
-        keep = np.sort(np.random.default_rng(seed).choice(len(rows), max_users, replace=False))
-        rows = [rows[i] for i in keep]
-    return rows
+            cutoff_rows.append((items, cols["ts"][i], cols["actions"][i], utils[i], chosen))
+        if not delays:
+            continue
+        # The whole sequence (history + evaluation period), in time order; the target is its last new title.
+        seq_items = items + targets
+        seq_ts = cols["ts"][i] + target_ts
+        seq_actions = cols["actions"][i] + cols["target_actions"][i]
+        seq_utils = utils[i] + cols["target_utils"][i]
+        j = next((k for k in range(len(seq_items) - 1, len(items) - 1, -1)
+                  if seq_items[k] not in set(seq_items[:k])), None)
+        if j is None:
+            continue
+        ends = {p: int(np.searchsorted(seq_ts[:j], seq_ts[j] - d, side="right")) for p, d in delays.items()}
+        if min(ends.values()) == 0:
+            continue  # no event old enough for the stalest cache: the user is left out of every delay probe
+        for p, m in ends.items():
+            delay_rows[p].append((seq_items[:m], seq_ts[:m], seq_actions[:m], seq_utils[:m], {p: seq_items[j]}))
+    sets = [(cutoff_probes, cutoff_rows)]
+    sets += [([p], rows) for p, rows in delay_rows.items()]
+    return sets
 
 
 def eval_batches(rows, probes: list[str], max_seq_len: int, rank: int, world: int, batch_size: int):
@@ -201,27 +226,33 @@ def eval_batches(rows, probes: list[str], max_seq_len: int, rank: int, world: in
         yield {k: torch.from_numpy(v) for k, v in batch.items()}
 
 
-def evaluate(model: GenRec, batches, probes: list[str], device) -> torch.Tensor:
-    """Summed ranking statistics (probes, 5) (see metrics.rank_sums) over this rank's batches."""
-    sums = torch.zeros(len(probes), 5, dtype=torch.float64)
+def evaluate(model: GenRec, sets, rank: int, world: int, batch_size: int, max_seq_len: int, device
+             ) -> dict[str, torch.Tensor]:
+    """Summed ranking statistics per probe (see metrics.rank_sums) over this rank's share of every evaluation set."""
+    sums = {}
     with torch.no_grad():
         matrix = model.item_matrix()  # the catalogue's output embeddings, once per evaluation
-        for b in batches:
-            b = {k: v.to(device) for k, v in b.items()}
-            scores = model.score_last(b["items"], b["actions"], b["gaps"], b["utils"], b["lengths"], matrix).float()
-            scores[b["exclude_rows"], b["exclude_cols"]] = float("-inf")
-            for j, p in enumerate(probes):
-                ranks = target_ranks(scores, b[f"target_{p}"])[b[f"valid_{p}"]]
-                if ranks.numel():
-                    sums[j] += rank_sums(ranks.cpu())
+        for probes, rows in sets:
+            for p in probes:
+                sums[p] = torch.zeros(5, dtype=torch.float64)
+            for b in eval_batches(rows, probes, max_seq_len, rank, world, batch_size):
+                b = {k: v.to(device) for k, v in b.items()}
+                scores = model.score_last(b["items"], b["actions"], b["gaps"], b["utils"], b["lengths"],
+                                          matrix).float()
+                scores[b["exclude_rows"], b["exclude_cols"]] = float("-inf")
+                for p in probes:
+                    ranks = target_ranks(scores, b[f"target_{p}"])[b[f"valid_{p}"]]
+                    if ranks.numel():
+                        sums[p] += rank_sums(ranks.cpu())
     return sums
 
 
-def probe_metrics(sums: torch.Tensor, probes: list[str]) -> dict[str, float]:
-    """mrr, hr@10, ndcg@10, eval_users for "next"; the same suffixed by the probe for the others (mrr_cold)."""
+def probe_metrics(sums: dict[str, torch.Tensor]) -> dict[str, float]:
+    """mrr, hr@10, ndcg@10, mrr@10, eval_users for "next"; the same suffixed by the probe for the others
+    (mrr_cold, mrr_24h)."""
     out = {}
-    for j, p in enumerate(probes):
-        out |= {(k if p == "next" else f"{k}_{p}"): v for k, v in from_sums(sums[j]).items()}
+    for p, v in sums.items():
+        out |= {(k if p == "next" else f"{k}_{p}"): x for k, x in from_sums(v).items()}
     return out
 
 
@@ -262,7 +293,7 @@ def train_func(config: dict) -> None:
     cold[0] = False
     mask_rate = id_mask_rate(cfg, shards)
     probes = eval_probes(shards, cfg.train.eval_delays_h, cold)
-    rows = eval_rows(shards, probes, cold, cfg.train.max_eval_users, cfg.train.seed)
+    eval_sets = eval_rows(shards, probes, cold, cfg.train.max_eval_users, cfg.train.seed)
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
 
     steps_per_epoch = max(1, config["windows"] // world // cfg.train.batch_size)
@@ -273,7 +304,10 @@ def train_func(config: dict) -> None:
         optimizer, _lr_lambda(min(cfg.train.warmup_steps, max(1, total_steps // 10)), total_steps))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=deepspeed_config(cfg, on_gpu))
-    n_neg = num_negatives(cfg, shards.num_items)
+    # Negatives come from titles with training events only: a title launched after the cutoff would otherwise be
+    # pushed down as a negative at every step (and the future catalogue would leak into training).
+    trained = torch.from_numpy(np.flatnonzero(counts > 0)).to(device)
+    n_neg = num_negatives(cfg, len(trained))
     # Model FLOPs per training token (genrec's own blocks; see genrec.flops): in-batch scores every target of the
     # batch, sampled its shared negatives, full the whole catalogue. The semantic tower and embeddings are not counted.
     flops_per_token = training_flops_per_token(
@@ -304,8 +338,8 @@ def train_func(config: dict) -> None:
                                              local_shuffle_buffer_size=cfg.train.shuffle_buffer or None,
                                              local_shuffle_seed=cfg.train.seed + epoch, device=str(device)):
             items, actions, gaps, ts = (batch[k].long() for k in ("items", "actions", "gaps", "ts"))
-            negatives = None if n_neg is None else torch.randint(
-                1, shards.num_items + 1, (n_neg,), device=device, generator=gen)
+            negatives = None if n_neg is None else trained[
+                torch.randint(0, len(trained), (n_neg,), device=device, generator=gen)]
             id_mask = draw_id_mask(spec.num_items + 1, mask_rate, gen, device)
             loss = engine(items, actions, gaps, batch["utils"].float(), ts, negatives, id_mask)
             engine.backward(loss)
@@ -317,10 +351,11 @@ def train_func(config: dict) -> None:
         events_seen += int(stats[2])
 
         engine.eval()
-        eval_sums = evaluate(engine.module, eval_batches(
-            rows, probes, spec.max_seq_len, rank, world, cfg.train.eval_batch_size), probes, device)
+        eval_sums = evaluate(engine.module, eval_sets, rank, world, cfg.train.eval_batch_size, spec.max_seq_len,
+                             device)
         if torch.distributed.is_initialized():
-            torch.distributed.all_reduce(eval_sums)
+            for v in eval_sums.values():
+                torch.distributed.all_reduce(v)
         metrics = {
             "epoch": epoch + 1,
             "loss": float(stats[0] / max(stats[1], 1)),
@@ -334,7 +369,7 @@ def train_func(config: dict) -> None:
             "model_tflops_per_s": flops_per_token * float(stats[2]) / max(train_time, 1e-9) / 1e12,
             "lr": scheduler.get_last_lr()[0],
             "id_mask_rate": mask_rate,
-            **probe_metrics(eval_sums, probes),
+            **probe_metrics(eval_sums),
         }
         if rank == 0:
             # The per-epoch history, also when Ray keeps only the best checkpoints' metrics.

@@ -10,21 +10,25 @@ from tests.test_shards import _dataset
 
 
 def test_probes_by_hand(tmp_path):
-    # cutoff 100. user 1: history [10, 20, 30], then 40 at t=110 (cold: first seen after the cutoff), 10 at t=120.
-    # user 2: history [20], then 30 at t=150. Index: 10->1, 20->2, 30->3, 40->4, 50->5.
+    # cutoff 100. user 1: history [10@10, 20@20, 30@30], then 40@110 (cold: first seen after the cutoff), 10@120.
+    # user 2: history [20@50], then 30@150. Index: 10->1, 20->2, 30->3, 40->4, 50->5.
     shards = write_shards(_dataset(), tmp_path / "s", cutoff=100)
     counts = item_counts(shards)
     assert counts.tolist() == [0, 1, 2, 2, 0, 0]  # training rows only (user 2's single event has no row)
     cold = counts == 0
     cold[0] = False
-    probes = eval_probes(shards, [0.01, 1], cold)  # delays in hours: 36 s and 3600 s after the cutoff
-    assert probes == ["next", "cold", "0.01h", "1h"]
-    rows = {tuple(r[0]): r[4] for r in eval_rows(shards, probes, cold, None)}
-    # user 1: next new title = 40 (10 is already in the history); cold = 40; 36 s later (t >= 136): nothing new
-    # (10 at t=120 is seen and before 136); 1 h later: nothing.
-    assert rows[(1, 2, 3)] == {"next": 4, "cold": 4}
-    # user 2: 30 at t=150 is new; 30 had training events (user 1), so not cold; it is >= 36 s after the cutoff.
-    assert rows[(2,)] == {"next": 3, "0.01h": 3}
+    probes = eval_probes(shards, [0.025], cold)  # a 90 s stale cache
+    assert probes == ["next", "cold", "0h", "0.025h"]
+    sets = {tuple(p): [(r[0], r[4]) for r in rows] for p, rows in eval_rows(shards, probes, cold, None)}
+    # From the cutoff: user 1's next new title is 40 (cold); user 2's is 30 (trained through user 1, so not cold).
+    assert sets[("next", "cold")] == [([1, 2, 3], {"next": 4, "cold": 4}), ([2], {"next": 3})]
+    # Delays: the target is the last new title of the whole sequence (user 1: 40@110, as 10@120 is a repeat).
+    # Fresh context: everything before it; 90 s stale: only events at or before 110 - 90 = 20 (user 2: 150 - 90).
+    assert sets[("0h",)] == [([1, 2, 3], {"0h": 4}), ([2], {"0h": 3})]
+    assert sets[("0.025h",)] == [([1, 2], {"0.025h": 4}), ([2], {"0.025h": 3})]
+    # A delay longer than anyone's history leaves every user out of all delay probes (the sets stay paired).
+    sets = dict((tuple(p), rows) for p, rows in eval_rows(shards, eval_probes(shards, [0.025, 1], cold), cold, None))
+    assert sets[("0h",)] == [] and sets[("1h",)] == [] and len(sets[("next", "cold")]) == 2
 
 
 def test_catalogue_marks_untrained_titles_cold_and_mask_rate_defaults_to_the_shards(tmp_path):

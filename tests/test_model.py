@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from genrec.features import FeatureVocab, build_vocab, item_features
-from genrec.model import PRESET_TARGETS, PRESETS, GenRec, ModelSpec, Objective, backbone_params, count_parameters
+from genrec.model import (PRESET_TARGETS, PRESETS, GenRec, ModelSpec, Objective, backbone_params, count_parameters,
+                          item_features_placeholder)
 from genrec.objectives import draw_id_mask
 
 
@@ -166,3 +167,15 @@ def test_item_features_by_hand():
     # "Space War (1999)": the year is dropped; space, war, "space war" -> 3 hashed n-grams, all shared with part II
     t1, t2 = set(f.tokens[1].tolist()) - {0}, set(f.tokens[2].tolist()) - {0}
     assert len(t1) == 3 and t1 < t2 and len(t2) == 5
+
+
+def test_full_softmax_leaves_untrained_titles_out_of_the_partition():
+    model = _tiny(num_items=6)
+    model.objective = Objective(decoding="full")
+    known = torch.tensor([True, True, True, True, True, False, False])  # titles 5 and 6 have no training event
+    model.set_catalogue(item_features_placeholder(6, FeatureVocab()), known)
+    items, a, g, u, ts = _batch([[1, 2, 3, 4, 0]])
+    h = model.head(model.hidden(items[:, :-1], a[:, :-1], g[:, :-1], u[:, :-1])[0, :3])
+    logits = (h @ model.item_matrix().t())[:, 1:5]  # only titles 1..4 compete
+    expected = torch.nn.functional.cross_entropy(logits, items[0, 1:4] - 1)
+    assert torch.allclose(model(items, a, g, u, ts), expected, atol=1e-5)
