@@ -205,27 +205,38 @@ class ItemEncoder(nn.Module):
         if mask is not None:
             cold = cold | mask[idx]
         e = table(torch.where(cold, torch.zeros_like(idx), idx))
-        return torch.where(cold[..., None], oov(torch.zeros_like(idx)).to(e.dtype), e)
+        # One OOV row, broadcast: a (catalogue x d) copy of it would cost a GB per pass at 10^6 titles.
+        one = oov(torch.zeros(1, dtype=torch.long, device=idx.device))[0].to(e.dtype)
+        return torch.where(cold[..., None], one, e)
 
-    def _tower(self, idx: torch.Tensor) -> torch.Tensor:
+    def _tower(self, idx: torch.Tensor, distinct: bool = False):
+        """Tower outputs for idx: embedded once per distinct title (a batch repeats titles), unless the caller
+        says idx is already distinct (the whole catalogue)."""
         flat = idx.reshape(-1)
-        uniq, inv = torch.unique(flat, return_inverse=True)  # a batch repeats titles; embed each once
+        if distinct:
+            uniq, inv = flat, None
+        else:
+            uniq, inv = torch.unique(flat, return_inverse=True)
         h = self.tower(self.f_genres[uniq], self.f_year[uniq], self.f_tokens[uniq],
                        None if self.f_dense is None else self.f_dense[uniq].to(self.tower.mlp.weight.dtype))
         return h, inv, idx.shape
+
+    @staticmethod
+    def _spread(x: torch.Tensor, inv: torch.Tensor | None, shape) -> torch.Tensor:
+        return (x if inv is None else x[inv]).view(*shape, -1)
 
     def encode_input(self, idx: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         e = self._ids(idx, self.id_in, self.oov_in, mask)
         if self.tower is not None:
             h, inv, shape = self._tower(idx)
-            e = e + self.tower.to_input(h)[inv].view(*shape, -1)
+            e = e + self._spread(self.tower.to_input(h), inv, shape)
         return e
 
-    def encode_output(self, idx: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_output(self, idx: torch.Tensor, mask: torch.Tensor | None = None, distinct: bool = False):
         e = self._ids(idx, self.id_out, self.oov_out, mask)
         if self.tower is not None:
-            h, inv, shape = self._tower(idx)
-            e = e + self.tower.to_output(h)[inv].view(*shape, -1)
+            h, inv, shape = self._tower(idx, distinct)
+            e = e + self._spread(self.tower.to_output(h), inv, shape)
         return e
 
 
@@ -315,7 +326,7 @@ class GenRec(nn.Module):
     def item_matrix(self, id_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Output embeddings of the whole catalogue (row 0 = padding): (catalogue + 1, out_dim)."""
         idx = torch.arange(self.items.catalogue_size + 1, device=self.items.known.device)
-        return self.items.encode_output(idx, id_mask)
+        return self.items.encode_output(idx, id_mask, distinct=True)
 
     def forward(self, items, actions, gaps, utils, ts, negatives=None, id_mask=None) -> torch.Tensor:
         """Training loss for windows of T + 1 events (B, T + 1), right-padded with item 0.
@@ -333,7 +344,7 @@ class GenRec(nn.Module):
             logits = q @ self.item_matrix(id_mask).t()
             # Only titles with training events compete: one launched after the cutoff must not be trained down
             # (nor the future catalogue leak into training). Padding (row 0) never competes.
-            logits = logits.masked_fill(~self.items.known, NEG_INF)
+            logits.masked_fill_(~self.items.known, NEG_INF)  # in place: a copy is 2 GB at 10^6 titles x 512
             logits[:, 0] = NEG_INF
             return full_softmax_loss(logits, targets, weights)
         pos = (q[:, None, :] * self.items.encode_output(targets, id_mask)).sum(-1)
