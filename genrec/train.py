@@ -35,10 +35,11 @@ CHECKPOINT_ITEMS = "items.parquet"
 TRAIN_COUNT = "train_count"  # items.parquet column in a checkpoint: training events of each title (0 = cold start)
 
 
-def model_spec(cfg: GenrecConfig, shards: ShardSet) -> ModelSpec:
+def model_spec(cfg: GenrecConfig, shards: ShardSet, items: pa.Table | None = None) -> ModelSpec:
     m = cfg.model
     layers, width, heads = resolve_shape(m.preset, m.layers, m.width, m.heads)
-    vocab = build_vocab(pq.read_table(shards.items_path), m.text_buckets) if m.semantic else FeatureVocab()
+    items = pq.read_table(shards.items_path) if items is None and m.semantic else items
+    vocab = build_vocab(items, m.text_buckets) if m.semantic else FeatureVocab()
     return ModelSpec(num_items=shards.num_items, layers=layers, width=width, heads=heads, max_seq_len=m.max_seq_len,
                      dropout=m.dropout, activation_checkpointing=m.activation_checkpointing,
                      projection_ratio=m.projection_ratio, semantic=m.semantic, features=vocab.to_dict())
@@ -184,8 +185,10 @@ def eval_rows(shards: ShardSet, probes: list[str], cold: np.ndarray, max_users: 
         seq_ts = cols["ts"][i] + target_ts
         seq_actions = cols["actions"][i] + cols["target_actions"][i]
         seq_utils = utils[i] + cols["target_utils"][i]
-        j = next((k for k in range(len(seq_items) - 1, len(items) - 1, -1)
-                  if seq_items[k] not in set(seq_items[:k])), None)
+        first = {}  # title -> its first position: "new at k" is first[title] == k (linear, not a set per k)
+        for k, t in enumerate(seq_items):
+            first.setdefault(t, k)
+        j = next((k for k in range(len(seq_items) - 1, len(items) - 1, -1) if first[seq_items[k]] == k), None)
         if j is None:
             continue
         ends = {p: int(np.searchsorted(seq_ts[:j], seq_ts[j] - d, side="right")) for p, d in delays.items()}
@@ -281,9 +284,9 @@ def train_func(config: dict) -> None:
     cfg = GenrecConfig.model_validate(config["cfg"])
     torch.set_num_threads(cfg.train.torch_threads)
     shards = open_shards(config["shards"])
-    spec = model_spec(cfg, shards)
-    counts = item_counts(shards)
     items_table = pq.read_table(shards.items_path)
+    spec = model_spec(cfg, shards, items_table)
+    counts = item_counts(shards)
     items_table = items_table.append_column(TRAIN_COUNT, pa.array(counts[items_table.column("index").to_numpy()]))
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     model = GenRec(spec)
