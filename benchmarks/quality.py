@@ -11,9 +11,9 @@ shuffle; the data and its split stay the same):
   first title after the cutoff that has no training event) and MRR on the next event (`mrr`), mean +- std over the
   seeds, and the per-seed paired difference (on - off).
 * **mtp**: multi-token prediction `model.mtp_k=1` vs `model.mtp_k=5` (half-life from the config) with
-  `train.eval_delays_h=[24,48]`: per user, the last new title of the evaluation period is scored from every event
-  before it (`mrr_0h`, a fresh context) and from only the events at least 24 h / 48 h older than it (`mrr_24h`,
-  `mrr_48h`: a serving cache that stale); same users and targets at every delay. Mean +- std.
+  `eval.delays_h=[24,48]`: task B (the next new title at each request, genrec.tasks) scored from every event before
+  the request (`mrr_B`, a fresh context) and from only the events at least 24 h / 48 h older (`mrr_B_24h`,
+  `mrr_B_48h`: a serving cache that stale); same users and targets at every delay. Mean +- std.
 
 Every run evaluates all probes (next, cold, 0 h, 24 h, 48 h), so the run with masking on and
 mtp_k = 1 (the config default) is the shared baseline of both experiments: 3 trainings per seed, not 4.
@@ -38,7 +38,7 @@ from pathlib import Path
 from genrec.config import load_config
 from genrec.runtime import init_ray, prepare_shards
 from genrec.shards import open_shards
-from genrec.train import eval_batches, eval_rows, fit, history_path
+from genrec.train import fit, history_path
 
 REPO = Path(__file__).resolve().parent.parent
 DATASETS = {
@@ -78,19 +78,24 @@ def cold_rank_diagnostic(run_dir: Path, shards_root: Path) -> dict:
     cold[0] = False
     if not cold.any():
         return {}
-    rows = [r for _, rs in eval_rows(open_shards(shards_root), ["cold"], cold, None) for r in rs if "cold" in r[4]]
+    from genrec.config import TaskConfig, load_config
+    from genrec.tasks import build_plan, plan_batches
+
+    ecfg = load_config(None).eval.model_copy(update={"tasks": {"cold": TaskConfig(targets="cold")}, "primary": "cold",
+                                                     "delays_h": []})
+    plan = build_plan(open_shards(shards_root), ecfg, cold)
     cold_cols = torch.from_numpy(cold)
     target_pct, all_pct = [], []
     with torch.no_grad():
         matrix = model.item_matrix()
-        for b in eval_batches(rows, ["cold"], lm.spec.max_seq_len, 0, 1, 256):
+        for _, b in plan_batches(plan, 0.0, lm.spec.max_seq_len, 0, 1, 256):
             scores = model.score_last(b["items"], b["actions"], b["gaps"], b["utils"], b["lengths"], matrix).float()
             scores[b["exclude_rows"], b["exclude_cols"]] = float("-inf")
-            valid = b["valid_cold"]
+            valid = b["relvalid_cold"][:, 0]
             candidates = torch.isfinite(scores).sum(1, keepdim=True).float()  # the ranked titles of each row
             order = scores.argsort(dim=1, descending=True).argsort(dim=1).float()  # 0-based rank of every column
             pct = order / (candidates - 1).clamp(min=1)
-            target_pct += pct.gather(1, b["target_cold"][:, None])[valid, 0].tolist()
+            target_pct += pct.gather(1, b["rel_cold"][:, :1])[valid, 0].tolist()
             all_pct += pct[valid][:, cold_cols].mean(1).tolist()
     return {"checkpoint_epoch": epoch_of[path], "users": len(target_pct),
             "cold_target_pct": float(statistics.fmean(target_pct)) if target_pct else math.nan,
@@ -166,7 +171,7 @@ def summarise(dataset: str, runs: dict, seeds: list[int], experiments: list[str]
             "off": {k: mean_std([r[k] for r in off]) for k in ("mrr_cold", "ndcg@10_cold", "mrr")},
             "paired_diff_mrr_cold": {"per_seed": diff_cold, "mean_std": mean_std(diff_cold)},
             "paired_diff_mrr": {"per_seed": diff_next, "mean_std": mean_std(diff_next)},
-            "eval_users_cold": on[0].get("eval_users_cold"), "eval_users": on[0].get("eval_users"),
+            "requests_cold": on[0].get("requests_cold"), "requests": on[0].get("requests"),
             "cold_target_pct": {"on": mean_std([r.get("cold_target_pct", math.nan) for r in on]),
                                 "off": mean_std([r.get("cold_target_pct", math.nan) for r in off])},
         }
@@ -180,8 +185,8 @@ def summarise(dataset: str, runs: dict, seeds: list[int], experiments: list[str]
              pct(off, "cold_target_pct"), pct(off, "cold_titles_pct"), pm([r["mrr"] for r in off])],
             ["on − off (paired)", n, pm(diff_cold), "", pm(diff_pct, 2), "", pm(diff_next)],
         ]
-        md.append(f"**{dataset}: collaborative-embedding masking** ({on[0].get('eval_users_cold')} evaluation users "
-                  f"with a cold-start target, {on[0].get('eval_users')} with a next-event target; per-seed "
+        md.append(f"**{dataset}: collaborative-embedding masking** ({on[0].get('requests_cold')} requests "
+                  f"with a cold-start target, {on[0].get('requests')} with a next-event target; per-seed "
                   f"mrr_cold differences on − off: {', '.join(f'{d:+.4f}' for d in diff_cold)})\n")
         md.append(md_table(["masking", "seeds", "MRR cold", "NDCG@10 cold", "cold target rank pct",
                               "all cold titles rank pct", "MRR next"], rows))
@@ -189,18 +194,18 @@ def summarise(dataset: str, runs: dict, seeds: list[int], experiments: list[str]
     if "mtp" in experiments:
         k1 = [runs["base"][s] for s in seeds]
         k5 = [runs["mtp5"][s] for s in seeds]
-        keys = ("mrr_0h", "mrr_24h", "mrr_48h")
+        keys = ("mrr_B", "mrr_B_24h", "mrr_B_48h")
         diffs = {k: [a[k] - b[k] for a, b in zip(k5, k1)] for k in keys}
         summary["mtp"] = {
             "k1": {k: mean_std([r[k] for r in k1]) for k in keys},
             "k5": {k: mean_std([r[k] for r in k5]) for k in keys},
             "paired_diff_k5_minus_k1": {k: {"per_seed": v, "mean_std": mean_std(v)} for k, v in diffs.items()},
-            "eval_users": {k: k1[0].get(k.replace("mrr", "eval_users")) for k in keys},
+            "requests": {k: k1[0].get(k.replace("mrr", "requests")) for k in keys},
         }
         rows = [[f"k = {label}", n] + [pm([r[k] for r in rs]) for k in keys] for label, rs in (("1", k1), ("5", k5))]
         rows.append(["k5 − k1 (paired)", n] + [pm(diffs[k]) for k in keys])
-        users = [k1[0].get(k.replace("mrr", "eval_users")) for k in keys]
-        md.append(f"\n**{dataset}: multi-token prediction** ({users[0]} evaluation users; the same last new title "
+        users = [k1[0].get(k.replace("mrr", "requests")) for k in keys]
+        md.append(f"\n**{dataset}: multi-token prediction** ({users[0]} requests; the same next new title "
                   f"of each, scored from a fresh context and from one 24 h / 48 h stale)\n")
         md.append(md_table(["MTP", "seeds", "MRR fresh (0 h)", "MRR 24 h stale", "MRR 48 h stale"], rows))
     return summary, "\n".join(md)
@@ -247,7 +252,7 @@ def main() -> None:
         cutoff = args.synthetic_cutoff if dataset == "synthetic" else args.movielens_cutoff
         base = [f"storage.root={args.storage}", f"name=quality-{dataset}", *DATASETS[dataset],
                 f"data.cutoff_quantile={cutoff}", f"model.preset={args.preset}",
-                f"model.max_seq_len={args.max_seq_len}", f"train.epochs={args.epochs}", "train.eval_delays_h=[24,48]",
+                f"model.max_seq_len={args.max_seq_len}", f"train.epochs={args.epochs}", "eval.delays_h=[24,48]",
                 "tracking.wandb=disabled"]
         cfg = load_config(args.config, base + args.overrides)
         shards = prepare_shards(cfg)
@@ -269,14 +274,14 @@ def main() -> None:
                 hist = json.loads(history_path(cfg, name).read_text())
                 histories[name] = hist
                 last = hist[-1]
-                for k in ("mrr_cold", "ndcg@10_cold", "mrr_0h", "mrr_24h", "mrr_48h"):
+                for k in ("mrr_cold", "ndcg@10_cold", "mrr_B", "mrr_B_24h", "mrr_B_48h"):
                     last.setdefault(k, math.nan)  # a probe with no target (e.g. no cold-start title) is absent
                 add_diagnostic(last, cold_rank_diagnostic(cfg.storage.path("runs", name), shards.root))
                 runs[variant][seed] = last
                 print(f"[{dataset}] {variant} seed {seed}: {walls[name]:.0f} s; per epoch loss "
                       f"{[round(h['loss'], 3) for h in hist]} mrr {[round(h['mrr'], 4) for h in hist]}; final "
-                      f"mrr_cold {last.get('mrr_cold', math.nan):.4f} mrr_0h {last.get('mrr_0h', math.nan):.4f} mrr_24h {last.get('mrr_24h', math.nan):.4f} "
-                      f"mrr_48h {last.get('mrr_48h', math.nan):.4f}", flush=True)
+                      f"mrr_cold {last.get('mrr_cold', math.nan):.4f} mrr_B {last.get('mrr_B', math.nan):.4f} mrr_B_24h {last.get('mrr_B_24h', math.nan):.4f} "
+                      f"mrr_B_48h {last.get('mrr_B_48h', math.nan):.4f}", flush=True)
         summary, md = summarise(dataset, runs, seeds, experiments, counts)
         markdown.append(dataset_header(dataset, cutoff, counts) + "\n" + md)
         results["datasets"][dataset] = {"cutoff_quantile": cutoff, "counts": counts, "summary": summary,

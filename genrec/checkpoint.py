@@ -69,6 +69,17 @@ class LoadedModel:
         return index.tolist()
 
 
+def read_spec(path: str | Path) -> ModelSpec:
+    """The model spec saved beside a checkpoint's weights."""
+    f = Path(path) / CHECKPOINT_SPEC
+    if not f.is_file():
+        raise CheckpointError(f"{f}: missing; is {path} a genrec checkpoint folder?")
+    try:
+        return ModelSpec.from_dict(json.loads(f.read_text())["spec"])
+    except (TypeError, KeyError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{f}: not a spec this genrec can build ({exc}); retrain") from None
+
+
 def load_checkpoint(path: str | Path, device: str = "cpu") -> LoadedModel:
     path = Path(path)
     for name in (CHECKPOINT_WEIGHTS, CHECKPOINT_SPEC, CHECKPOINT_ITEMS):

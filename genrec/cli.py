@@ -7,8 +7,10 @@
     genrec data download NAME --dest D   fetch a MovieLens archive (needs network)
     genrec train --config C              pre-train one model (same as python -m trainers.pretrain)
     genrec sweep --config C              Ray Tune over max_seq_len x preset, writes the winner manifest
+    genrec report [RESULTS_DIR]          scaling fits, retrain cost vs stability, gains vs headroom (HTML + PNG)
+    genrec finetune --config C           continue a pre-trained checkpoint on a task (same as python -m trainers.finetune)
     genrec serve --config C              serve the winner with Ray Serve on the configured host:port
-    genrec pipeline --config C           all of the above, end to end, and one real HTTP answer
+    genrec pipeline --config C           data, sweep, report, serve: end to end, and one real HTTP answer
 """
 
 from __future__ import annotations
@@ -119,10 +121,28 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_finetune(args) -> int:
+    from trainers.finetune import run
+
+    run(load_config(args.config, args.overrides), args.name, args.rebuild_shards)
+    return 0
+
+
 def cmd_sweep(args) -> int:
     from tuning.sweep import run
 
     run(load_config(args.config, args.overrides), args.name, args.rebuild_shards)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from tuning.analysis import make_report
+    from tuning.sweep import latest_experiment
+
+    results = args.results_dir
+    if results is None:
+        results = latest_experiment(load_config(args.config, args.overrides))
+    make_report(results, args.out, args.budget_flops, args.bootstrap, command="genrec " + " ".join(sys.argv[1:]))
     return 0
 
 
@@ -184,11 +204,15 @@ def cmd_pipeline(args) -> int:
     t0 = time.perf_counter()
     data = [f"data.source={args.source}", f"data.path={args.data}"] if args.data else []
     cfg = load_config(args.config, data + args.overrides)
-    print(f"== 1/4 data: {cfg.data.source}")
+    print(f"== 1/5 data: {cfg.data.source}")
     prepare_shards(cfg, rebuild=args.rebuild_shards)
-    print("== 2/4 sweep (Ray Tune -> Ray Train + DeepSpeed over Ray Data)")
-    sweep(cfg)
-    print("== 3/4 serve the winner (Ray Serve)")
+    print("== 2/5 sweep (Ray Tune -> Ray Train + DeepSpeed over Ray Data)")
+    manifest = sweep(cfg)
+    print("== 3/5 report (scaling fits, retrain cost vs stability, gains vs headroom)")
+    from tuning.analysis import make_report
+
+    make_report(manifest["experiment"], args.report_dir, command="genrec " + " ".join(sys.argv[1:]))
+    print("== 4/5 serve the winner (Ray Serve)")
     url = start_serve(cfg)
     history = sample_history(cfg)
     body = {"history": history, "k": 5}
@@ -198,7 +222,7 @@ def cmd_pipeline(args) -> int:
     bad_status, bad = post_json(f"{url}/recommend", {"history": [], "k": 5})
     print(f"an invalid request (empty history) -> {bad_status}: {json.dumps(bad)[:200]}")
     serve.shutdown()
-    print(f"== 4/4 done in {time.perf_counter() - t0:.0f} s")
+    print(f"== 5/5 done in {time.perf_counter() - t0:.0f} s")
     return 0 if status == 200 else 1
 
 
@@ -231,10 +255,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_download)
 
     for name, fn, helptext in (("train", cmd_train, "pre-train one model"),
+                               ("finetune", cmd_finetune, "continue a pre-trained checkpoint on one task"),
                                ("sweep", cmd_sweep, "Ray Tune sweep; writes the winner manifest")):
         s = sub.add_parser(name, help=helptext)
         add_run_args(s)
         s.set_defaults(fn=fn)
+
+    s = sub.add_parser("report", help="scaling fits, cost vs stability, gains vs headroom: HTML + PNG report",
+                       description="Analyse a sweep's Tune results (storage.root/tune/<sweep>) and write report.html "
+                                   "(self-contained), report.md and PNG plots.")
+    s.add_argument("results_dir", nargs="?", default=None,
+                   help="the sweep's results folder (default: the newest sweep under the config's storage)")
+    add_config_args(s)
+    s.add_argument("--out", default=None, help="folder for the report (default: RESULTS_DIR/report)")
+    s.add_argument("--budget-flops", type=float, default=None,
+                   help="training FLOPs of one retrain for the compute-optimal pick (default: report.budget_flops, "
+                        "else the median measured)")
+    s.add_argument("--bootstrap", type=_positive_int, default=None, help="bootstrap resamples per fit")
+    s.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("serve", help="serve the winner checkpoint with Ray Serve")
     add_config_args(s)
@@ -247,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--source", default="movielens", choices=["movielens", "recbole", "parquet", "csv"],
                    help="layout of --data (default: movielens)")
     s.add_argument("--rebuild-shards", action="store_true")
+    s.add_argument("--report-dir", default=None, help="where the report goes (default: the sweep's folder/report)")
     s.set_defaults(fn=cmd_pipeline)
     return p
 

@@ -75,7 +75,7 @@ class DataConfig(_Section):
         return self
 
 
-PRESET_NAMES = ("2m", "8m", "32m", "100m", "300m", "1b")
+PRESET_NAMES = ("100k", "250k", "500k", "1m", "2m", "8m", "32m", "100m", "300m", "1b")
 
 
 class ModelConfig(_Section):
@@ -140,23 +140,116 @@ class TrainConfig(_Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     epochs: int = Field(2, ge=1)
     batch_size: int = Field(64, ge=1)
-    eval_batch_size: int = Field(256, ge=1)
     lr: float = Field(2e-3, gt=0.0)
     weight_decay: float = Field(0.01, ge=0.0)
     warmup_steps: int = Field(20, ge=0)
     grad_clip: float = Field(1.0, gt=0.0)
     seed: int = 0
-    # Cap on evaluation users per epoch (None = all); evaluation is full-catalogue ranking.
-    max_eval_users: int | None = Field(None, ge=1)
-    # Also evaluate with a stale context, as cached serving sees it: the model reads the history up to the cutoff and
-    # must rank the first new title at least this many hours later (reported as mrr@24h, ...).
-    eval_delays_h: list[float] = []
+    # The training window (time split only). Retraining "a day later" is a window moved forward in time: with
+    # window_shift_h = 48 the model trains only on events older than cutoff - 48 h (as if trained two days before the
+    # cutoff) and is evaluated on the same requests as every other retrain. window_days (None = all history) also
+    # drops events older than window_days before the window's end.
+    window_shift_h: float = Field(0.0, ge=0.0)
+    window_days: float | None = Field(None, gt=0.0)
     # Shuffle buffer (windows) for the streamed training data.
     shuffle_buffer: int = Field(2048, ge=0)
     torch_threads: int = Field(1, ge=1)
     # CPUs each Ray Data read/window task asks for. Ingest needs CPUs the training workers leave free: at least one
     # whole CPU (Ray Data's file-listing step asks for 1 and cannot be told otherwise), else it waits forever.
     data_task_cpus: float = Field(0.25, gt=0.0)
+    # Build the training windows once per run and keep them in Ray's object store ("materialize"), or re-read and
+    # re-window the shards every epoch ("stream", for data larger than the object store). "auto" materializes when
+    # the windows take under a quarter of the object store. Re-streaming costs seconds per epoch on small data.
+    ingest: Literal["auto", "stream", "materialize"] = "auto"
+
+
+class TaskConfig(_Section):
+    """One downstream task: which future events are the targets, which titles are candidates (the serving delay is
+    `eval.delays_h`, applied to every task). Requests are made at the user's session starts after the cutoff."""
+
+    # next: the first title after the request that is not in the context (B, next event).
+    # horizon: every title engaged with in [request + start_h, request + end_h), after the next `skip` events
+    #   (A, long-horizon taste); MRR is the reciprocal rank of the best-ranked of them.
+    # cold: the first title after the request with no training event (cold start, scored from metadata).
+    targets: Literal["next", "horizon", "cold"] = "next"
+    # all: the whole catalogue (titles in the context excluded). popular: the pool_size most-watched titles of the
+    # days [request day - window_days, request day + window_days] that had launched by the request (C,
+    # time/availability-driven); requests whose target is outside the pool are not scored.
+    candidates: Literal["all", "popular"] = "all"
+    start_h: float = Field(24.0, ge=0.0)
+    end_h: float = Field(720.0, gt=0.0)
+    skip: int = Field(3, ge=0)
+    pool_size: int = Field(50, ge=1)
+    window_days: int = Field(7, ge=0)
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _window(self) -> "TaskConfig":
+        if self.end_h <= self.start_h:
+            raise ValueError(f"end_h={self.end_h} must be after start_h={self.start_h}")
+        return self
+
+
+def _default_tasks() -> dict[str, TaskConfig]:
+    return {
+        "B": TaskConfig(targets="next", description="next event"),
+        "A": TaskConfig(targets="horizon", description="long-horizon taste: titles 1-30 days later"),
+        "C": TaskConfig(targets="next", candidates="popular", description="next title among the week's popular"),
+        "cold": TaskConfig(targets="cold", description="first cold-start title"),
+    }
+
+
+class EvalConfig(_Section):
+    # Downstream tasks by name; every epoch scores each of them (metrics mrr_<task>, hr@10_<task>, ...).
+    tasks: dict[str, TaskConfig] = Field(default_factory=_default_tasks)
+    # The task also reported without a suffix (mrr, hr@10, ...): what Tune ranks trials by and checkpoints keep.
+    primary: str = "B"
+    # Serving delays: the context ends this many hours before the request (a cache that stale); 0 is always scored.
+    # Reported as mrr_<task>_24h, ...
+    delays_h: list[float] = []
+    # Requests per user: the first event after the cutoff and the next session starts (an event at least
+    # session_gap_h after the previous one), up to this many. Leave-one-out shards give one request (the last event).
+    requests_per_user: int = Field(3, ge=1)
+    session_gap_h: float = Field(1.0, gt=0.0)
+    # Cap on evaluation users (None = all), drawn with eval.seed: every retrain scores the same requests.
+    max_users: int | None = Field(None, ge=1)
+    seed: int = 0
+    batch_size: int = Field(256, ge=1)
+    # Top-k list kept per request (delay 0, full catalogue) for the retrain-stability analysis.
+    topk: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _primary_known(self) -> "EvalConfig":
+        if not self.tasks:
+            raise ValueError("eval.tasks must name at least one task")
+        if self.primary not in self.tasks:
+            raise ValueError(f"eval.primary={self.primary!r} is not one of eval.tasks ({', '.join(self.tasks)})")
+        bad = [t for t in self.tasks if not t.replace("_", "").replace("-", "").isalnum()]
+        if bad:
+            raise ValueError(f"task names {bad}: use letters, digits, '-' and '_' (they become metric names)")
+        if any(d < 0 for d in self.delays_h):
+            raise ValueError("eval.delays_h: delays are hours >= 0")
+        return self
+
+
+class FinetuneConfig(_Section):
+    # A pre-trained checkpoint folder to continue from ("winner": the checkpoint of this config's winner manifest).
+    checkpoint: str | None = None
+    # Which eval task's objective to train on (next/cold targets: next-event; horizon: its future window).
+    task: str = "A"
+    # head: backbone, embeddings and item tower frozen, a freshly initialised decoding head trained; full: all.
+    mode: Literal["head", "full"] = "head"
+    # horizon tasks: at most this many future events per position are targets.
+    horizon_targets: int = Field(16, ge=1, le=64)
+    epochs: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0.0)
+
+
+class ReportConfig(_Section):
+    # Compute budget (training FLOPs of one retrain) for the compute-optimal pick; None = the median measured cost.
+    budget_flops: float | None = Field(None, gt=0.0)
+    bootstrap: int = Field(1000, ge=50)
+    seed: int = 0
 
 
 class TuneConfig(_Section):
@@ -166,6 +259,10 @@ class TuneConfig(_Section):
     max_concurrent_trials: int = Field(1, ge=1)
     # Override train.epochs for trials (None keeps train.epochs).
     epochs: int | None = Field(None, ge=1)
+    # Retrains per (preset, max_seq_len), for the cost-vs-stability analysis: every seed x every training window
+    # shift (hours before the cutoff that the training window ends; 0 = the freshest).
+    seeds: list[int] = [0]
+    window_shifts_h: list[float] = [0.0]
 
     @model_validator(mode="after")
     def _valid_grid(self) -> "TuneConfig":
@@ -174,6 +271,10 @@ class TuneConfig(_Section):
             raise ValueError(f"unknown presets {bad}; expected names from {', '.join(PRESET_NAMES)}")
         if not self.presets or not self.max_seq_len:
             raise ValueError("tune.presets and tune.max_seq_len must each list at least one value")
+        if not self.seeds or not self.window_shifts_h:
+            raise ValueError("tune.seeds and tune.window_shifts_h must each list at least one value")
+        if any(h < 0 for h in self.window_shifts_h):
+            raise ValueError("tune.window_shifts_h: shifts are hours >= 0 before the cutoff")
         return self
 
 
@@ -198,9 +299,23 @@ class GenrecConfig(_Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
     tune: TuneConfig = TuneConfig()
+    report: ReportConfig = ReportConfig()
     serve: ServeConfig = ServeConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "GenrecConfig":
+        if self.finetune.task not in self.eval.tasks:
+            raise ValueError(f"finetune.task={self.finetune.task!r} is not one of eval.tasks "
+                             f"({', '.join(self.eval.tasks)})")
+        if self.data.split == "leave_one_out" and (self.train.window_shift_h or self.train.window_days
+                                                  or any(self.tune.window_shifts_h)):
+            raise ValueError("training-window shifts (train.window_shift_h, train.window_days, "
+                             "tune.window_shifts_h) need data.split: time")
+        return self
 
     def shards_dir(self) -> Path:
         return self.storage.path("shards", self.name)

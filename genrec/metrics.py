@@ -1,8 +1,9 @@
 """Ranking metrics over a full candidate set (pure functions, tested on hand-computed rankings).
 
 A rank is 1-based: 1 + the number of candidates scored strictly higher than the target. MRR here is the mean
-reciprocal rank over the full catalogue (no cut-off), the paper's headline metric; HR@k and NDCG@k (one relevant
-title, so IDCG = 1) sit beside it.
+reciprocal rank over the full candidate set (no cut-off), the paper's headline metric; HR@k and NDCG@k sit beside it.
+With several relevant titles (a long-horizon task), MRR and HR@k read the best-ranked one and NDCG@k is binary-relevance
+DCG over the top k divided by the ideal DCG of min(relevant, k) titles; with one relevant title that is 1/log2(1 + r).
 """
 
 from __future__ import annotations
@@ -45,9 +46,36 @@ def rank_sums(ranks: torch.Tensor, k: int = 10) -> torch.Tensor:
                         (hit / torch.log2(r + 1.0)).sum(), (hit / r).sum()])
 
 
+def relevant_ranks(scores: torch.Tensor, relevant: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """scores (B, V) (excluded candidates -inf), relevant (B, R) column indices, valid (B, R) -> 1-based ranks
+    (B, R) as float64, +inf where not valid. One sort per row, so R relevant titles cost no (B, R, V) tensor."""
+    negated = torch.sort(-scores.float(), dim=1).values  # ascending; -score < -s  <=>  score > s
+    s = scores.float().gather(1, relevant.long())
+    greater = torch.searchsorted(negated.contiguous(), (-s).contiguous(), side="left")
+    ranks = (greater + 1).double()
+    return ranks.masked_fill(~valid.bool(), math.inf)
+
+
+def multi_rank_sums(ranks: torch.Tensor, k: int = 10) -> torch.Tensor:
+    """ranks (B, R) of each row's relevant titles (+inf = padding; every row has one finite rank) -> the same five
+    sums as rank_sums: [count, sum 1/best, hits@k, sum ndcg@k, sum 1/best over best <= k]."""
+    r = ranks.double()
+    if r.numel() == 0:
+        return torch.zeros(5, dtype=torch.float64)
+    best = r.min(dim=1).values
+    n_rel = torch.isfinite(r).sum(dim=1)
+    hit = (best <= k).double()
+    dcg = torch.where(r <= k, 1.0 / torch.log2(r.clamp(max=1e18) + 1.0), torch.zeros_like(r)).sum(dim=1)
+    discounts = 1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float64))
+    ideal = torch.cumsum(discounts, 0)[(n_rel.clamp(min=1, max=k) - 1)]
+    return torch.stack([torch.tensor(float(r.shape[0]), dtype=torch.float64), (1.0 / best).sum(), hit.sum(),
+                        (dcg / ideal).sum(), (hit / best).sum()])
+
+
 def from_sums(sums, k: int = 10) -> dict[str, float]:
-    """MRR over the full ranking, HR@k, NDCG@k and MRR@k (the truncated MRR that RecBole reports)."""
+    """MRR over the full ranking, HR@k, NDCG@k, MRR@k (the truncated MRR that RecBole reports) and the number of
+    scored requests."""
     n, rr, hits, dcg, rr_k = (float(x) for x in sums)
     if n == 0:
-        return {"mrr": math.nan, f"hr@{k}": math.nan, f"ndcg@{k}": math.nan, f"mrr@{k}": math.nan, "eval_users": 0}
-    return {"mrr": rr / n, f"hr@{k}": hits / n, f"ndcg@{k}": dcg / n, f"mrr@{k}": rr_k / n, "eval_users": int(n)}
+        return {"mrr": math.nan, f"hr@{k}": math.nan, f"ndcg@{k}": math.nan, f"mrr@{k}": math.nan, "requests": 0}
+    return {"mrr": rr / n, f"hr@{k}": hits / n, f"ndcg@{k}": dcg / n, f"mrr@{k}": rr_k / n, "requests": int(n)}

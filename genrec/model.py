@@ -27,8 +27,13 @@ from genrec.features import MAX_GENRES, MAX_TOKENS, YEAR_BUCKETS, FeatureVocab, 
 from genrec.objectives import (NEG_INF, full_softmax_loss, logq_correction, merge_duplicate_targets, mtp_targets,
                                normalise, sampled_softmax_loss, utility_buckets)
 
-# name -> (layers, width, heads). Widths are multiples of 128 and head dims 32..128 so GPU kernels stay efficient.
+# name -> (layers, width, heads). From 2m up, widths are multiples of 128 and head dims 32..128 so GPU kernels stay
+# efficient. The sub-2M ladder (head dim 32) exists for scaling-law fits on one CPU box: a fit needs several sizes.
 PRESETS: dict[str, tuple[int, int, int]] = {
+    "100k": (2, 64, 2),
+    "250k": (5, 64, 2),
+    "500k": (5, 96, 3),
+    "1m": (5, 128, 4),
     "2m": (10, 128, 4),
     "8m": (10, 256, 4),
     "32m": (10, 512, 8),
@@ -36,7 +41,7 @@ PRESETS: dict[str, tuple[int, int, int]] = {
     "300m": (24, 1024, 16),
     "1b": (20, 2048, 16),
 }
-PRESET_TARGETS = {"2m": 2e6, "8m": 8e6, "32m": 32e6, "100m": 100e6, "300m": 300e6, "1b": 1e9}
+PRESET_TARGETS = {"100k": 1e5, "250k": 2.5e5, "500k": 5e5, "1m": 1e6, "2m": 2e6, "8m": 8e6, "32m": 32e6, "100m": 100e6, "300m": 300e6, "1b": 1e9}
 
 NUM_GAP_BUCKETS = 32  # bucket 0 = first event / padding; 1..31 = 1 + floor(log2(1 + gap seconds)), clipped
 NUM_ACTIONS = 8
@@ -279,6 +284,10 @@ class Objective:
     logq: bool = False
     mtp_k: int = 1
     half_life_s: float | None = None
+    # A long-horizon task's objective (fine-tuning): skip the next events, keep targets min_dt_s <= dt < max_dt_s.
+    skip: int = 0
+    min_dt_s: float = 0.0
+    max_dt_s: float | None = None
 
 
 class GenRec(nn.Module):
@@ -328,6 +337,14 @@ class GenRec(nn.Module):
         idx = torch.arange(self.items.catalogue_size + 1, device=self.items.known.device)
         return self.items.encode_output(idx, id_mask, distinct=True)
 
+    def new_head(self) -> None:
+        """A freshly initialised decoding head (fine-tuning a task on a frozen backbone)."""
+        if self.spec.projection_ratio <= 1:
+            raise ValueError("a new decoding head needs a projected head (model.projection_ratio > 1)")
+        self.head = nn.Sequential(nn.GELU(), nn.Linear(self.spec.width, self.spec.out_dim, bias=False))
+        self.head.to(self.items.known.device)
+        nn.init.normal_(self.head[1].weight, std=1.0 / math.sqrt(self.spec.width))
+
     def forward(self, items, actions, gaps, utils, ts, negatives=None, id_mask=None) -> torch.Tensor:
         """Training loss for windows of T + 1 events (B, T + 1), right-padded with item 0.
 
@@ -335,7 +352,8 @@ class GenRec(nn.Module):
         hidden this step (collaborative-embedding masking)."""
         obj = self.objective
         h = self.hidden(items[:, :-1], actions[:, :-1], gaps[:, :-1], utils[:, :-1], id_mask)
-        targets, weights = mtp_targets(items, ts, utils, obj.mtp_k, obj.half_life_s)
+        targets, weights = mtp_targets(items, ts, utils, obj.mtp_k, obj.half_life_s, obj.skip, obj.min_dt_s,
+                                       obj.max_dt_s)
         targets, weights = merge_duplicate_targets(targets.flatten(0, 1), weights.flatten(0, 1))
         keep, weights = normalise(weights)
         targets = targets[keep]

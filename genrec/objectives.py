@@ -19,11 +19,13 @@ NEG_INF = float("-inf")
 
 
 def mtp_targets(items: torch.Tensor, ts: torch.Tensor, utils: torch.Tensor, k: int,
-                half_life_s: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+                half_life_s: float | None, skip: int = 0, min_dt_s: float = 0.0,
+                max_dt_s: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Targets and unnormalised weights for windows of T + 1 events (right-padded with item 0).
 
     items, ts, utils: (B, T + 1). Returns targets (B, T, k) (0 = none) and weights (B, T, k) for the T input
-    positions: target j of position t is event t + 1 + j when it lies in the window.
+    positions: target j of position t is event t + 1 + skip + j when it lies in the window. A long-horizon task's
+    objective skips the next `skip` events and keeps only events with min_dt_s <= dt < max_dt_s (dt from event t).
     """
     b, span = items.shape
     t = span - 1
@@ -31,15 +33,20 @@ def mtp_targets(items: torch.Tensor, ts: torch.Tensor, utils: torch.Tensor, k: i
     weights = torch.zeros(b, t, k, dtype=torch.float32, device=items.device)
     ctx_ts = ts[:, :t].double()
     for j in range(k):
-        n = t - j  # positions whose (j + 1)-th next event is still inside the window
+        o = 1 + skip + j  # offset of this target from its position
+        n = t + 1 - o  # positions whose target is still inside the window
         if n <= 0:
             break
-        tgt = items[:, 1 + j:1 + j + n]
-        w = utils[:, 1 + j:1 + j + n].float().clamp(min=0.0)
+        tgt = items[:, o:o + n]
+        w = utils[:, o:o + n].float().clamp(min=0.0)
+        dt = (ts[:, o:o + n].double() - ctx_ts[:, :n]).clamp(min=0.0)
         if half_life_s:
-            dt = (ts[:, 1 + j:1 + j + n].double() - ctx_ts[:, :n]).clamp(min=0.0)
             w = w * torch.exp(-LN2 * dt / half_life_s).float()
         valid = (tgt > 0) & (items[:, :n] > 0)
+        if min_dt_s > 0:
+            valid &= dt >= min_dt_s
+        if max_dt_s is not None:
+            valid &= dt < max_dt_s
         targets[:, :n, j] = torch.where(valid, tgt, torch.zeros_like(tgt))
         weights[:, :n, j] = torch.where(valid, w, torch.zeros_like(w))
     return targets, weights

@@ -23,11 +23,11 @@ import torch
 from genrec.config import ConfigError, GenrecConfig
 from genrec.features import FeatureVocab, build_vocab, item_features
 from genrec.flops import training_flops_per_token
-from genrec.metrics import from_sums, rank_sums, target_ranks
 from genrec.model import GenRec, ModelSpec, Objective, resolve_shape
 from genrec.objectives import draw_id_mask
-from genrec.shards import ShardSet, atomic_write_json, open_shards
-from genrec.windows import context_window, training_windows
+from genrec.shards import ShardSet, atomic_write_bytes, atomic_write_json, open_shards
+from genrec.tasks import build_plan, evaluate_plan, model_scorer, plan_metrics
+from genrec.windows import in_window, training_windows
 
 CHECKPOINT_WEIGHTS = "model.pt"
 CHECKPOINT_SPEC = "model.json"
@@ -45,10 +45,31 @@ def model_spec(cfg: GenrecConfig, shards: ShardSet, items: pa.Table | None = Non
                      projection_ratio=m.projection_ratio, semantic=m.semantic, features=vocab.to_dict())
 
 
-def objective(cfg: GenrecConfig) -> Objective:
+def objective(cfg: GenrecConfig, task: str | None = None) -> Objective:
+    """The training objective: pre-training's (next events, MTP), or a task's when fine-tuning on it. A horizon task
+    trains on its own future window; next-event, cold-start and popular-pool tasks on next-event prediction."""
     m = cfg.model
-    return Objective(decoding=m.decoding, logq=m.logq, mtp_k=m.mtp_k,
+    base = Objective(decoding=m.decoding, logq=m.logq, mtp_k=m.mtp_k,
                      half_life_s=None if m.mtp_half_life_h is None else m.mtp_half_life_h * 3600.0)
+    t = cfg.eval.tasks[task] if task is not None else None
+    if t is None or t.targets != "horizon":
+        return base
+    return Objective(decoding=m.decoding, logq=m.logq, mtp_k=cfg.finetune.horizon_targets, half_life_s=None,
+                     skip=t.skip, min_dt_s=t.start_h * 3600.0, max_dt_s=t.end_h * 3600.0)
+
+
+def train_window(cfg: GenrecConfig, shards: ShardSet) -> tuple[int | None, int | None]:
+    """[ts_min, ts_max) of the training events (None = unbounded): the window moved back by train.window_shift_h
+    and cut to train.window_days. Time split only (the config refuses shifts on leave-one-out)."""
+    t = cfg.train
+    if not t.window_shift_h and not t.window_days:
+        return None, None
+    cutoff = shards.manifest["counts"].get("cutoff")
+    if cutoff is None:
+        raise ConfigError("train.window_shift_h / train.window_days need time-split shards (data.split: time)")
+    ts_max = int(cutoff - t.window_shift_h * 3600) if t.window_shift_h else None
+    ts_min = int((ts_max if ts_max is not None else cutoff) - t.window_days * 86400) if t.window_days else None
+    return ts_min, ts_max
 
 
 def num_negatives(cfg: GenrecConfig, num_items: int) -> int | None:
@@ -67,11 +88,15 @@ def id_mask_rate(cfg: GenrecConfig, shards: ShardSet) -> float:
     return float(cfg.model.id_mask_rate)
 
 
-def item_counts(shards: ShardSet) -> np.ndarray:
-    """Training events per item index (length num_items + 1): which titles have a trained id row, and q for logQ."""
+def item_counts(shards: ShardSet, window: tuple[int | None, int | None] = (None, None)) -> np.ndarray:
+    """Training events per item index (length num_items + 1) inside the training window: which titles have a
+    trained id row, and q for logQ."""
     counts = np.zeros(shards.num_items + 1, np.int64)
     for path in shards.files("train"):
-        flat = pc.list_flatten(pq.read_table(path, columns=["items"]).column("items")).to_numpy()
+        t = pq.read_table(path, columns=["items", "ts"])
+        flat = pc.list_flatten(t.column("items")).to_numpy()
+        if window != (None, None):
+            flat = flat[in_window(pc.list_flatten(t.column("ts")).to_numpy(), *window)]
         counts += np.bincount(flat, minlength=shards.num_items + 1)[: shards.num_items + 1]
     return counts
 
@@ -92,11 +117,16 @@ def catalogue(spec: ModelSpec, items: pa.Table, counts: np.ndarray | None, decod
     return feats, known, log_q
 
 
-def count_windows(shards: ShardSet, max_seq_len: int) -> int:
-    """Training windows per epoch: a user with n events gives ceil((n - 1) / max_seq_len) (see window_bounds)."""
+def count_windows(shards: ShardSet, max_seq_len: int, window: tuple[int | None, int | None] = (None, None)) -> int:
+    """Training windows per epoch: a user with n events in the window gives ceil((n - 1) / max_seq_len) (see
+    window_bounds)."""
     total = 0
     for path in shards.files("train"):
-        n = pc.list_value_length(pq.read_table(path, columns=["items"]).column("items")).to_numpy()
+        t = pq.read_table(path, columns=["ts"]).column("ts")
+        if window == (None, None):
+            n = pc.list_value_length(t).to_numpy()
+        else:
+            n = np.array([int(in_window(np.asarray(ts, np.int64), *window).sum()) for ts in t.to_pylist()], np.int64)
         total += int(np.sum(np.ceil(np.clip(n - 1, 0, None) / max_seq_len)))
     return total
 
@@ -129,136 +159,6 @@ def _lr_lambda(warmup: int, total: int):
     return f
 
 
-def eval_probes(shards: ShardSet, delays_h: list[float], cold: np.ndarray) -> list[str]:
-    """What evaluation scores, as metric suffixes:
-
-    * "next": from the history up to the cutoff, the first title after it (plain names: mrr, hr@10, ...);
-    * "cold": from the same context, the first cold-start title (no training event) after the cutoff;
-    * with delays [24, 48]: "0h", "24h", "48h": one target per user (their last new title of the evaluation period)
-      scored from every event before it ("0h", a fresh context) and from only the events at least 24 h / 48 h older
-      than it (a serving cache that stale). Same users, same targets: the differences are the cost of staleness.
-    """
-    probes = ["next"]
-    if cold[1:].any():
-        probes.append("cold")
-    if delays_h:
-        probes += ["0h", *(f"{h:g}h" for h in delays_h if h > 0)]
-    return probes
-
-
-def _delay(probe: str) -> float | None:
-    return float(probe[:-1]) * 3600 if probe.endswith("h") else None
-
-
-def eval_rows(shards: ShardSet, probes: list[str], cold: np.ndarray, max_users: int | None, seed: int = 0):
-    """Evaluation sets [(probes, rows)], rows = [(items, ts, actions, utils, {probe: target index})].
-
-    The probes of one set share a context (one forward pass per user). A target is never a title already in its
-    context (seen titles are excluded from the candidates)."""
-    table = pq.read_table(shards.files("eval"))
-    n = table.num_rows
-    cols = {c: table.column(c).to_pylist() for c in ("items", "ts", "actions", "targets", "target_ts",
-                                                     "target_actions", "target_utils")}
-    utils = table.column("utils").to_pylist() if "utils" in table.column_names else [[1.0] * len(x)
-                                                                                    for x in cols["items"]]
-    users = np.arange(n)
-    if max_users is not None and n > max_users:
-        users = np.sort(np.random.default_rng(seed).choice(n, max_users, replace=False))
-    cutoff_probes = [p for p in probes if p in ("next", "cold")]
-    delays = {p: _delay(p) for p in probes if _delay(p) is not None}
-    cutoff_rows, delay_rows = [], {p: [] for p in delays}
-    for i in users:
-        items, targets, target_ts = cols["items"][i], cols["targets"][i], cols["target_ts"][i]
-        seen = set(items)
-        fresh = [(t, ts) for t, ts in zip(targets, target_ts) if t not in seen]
-        chosen = {}
-        for p in cutoff_probes:
-            hit = fresh[0][0] if p == "next" and fresh else next((t for t, _ in fresh if cold[t]), None)
-            if hit is not None:
-                chosen[p] = hit
-        if chosen:
-            cutoff_rows.append((items, cols["ts"][i], cols["actions"][i], utils[i], chosen))
-        if not delays:
-            continue
-        # The whole sequence (history + evaluation period), in time order; the target is its last new title.
-        seq_items = items + targets
-        seq_ts = cols["ts"][i] + target_ts
-        seq_actions = cols["actions"][i] + cols["target_actions"][i]
-        seq_utils = utils[i] + cols["target_utils"][i]
-        first = {}  # title -> its first position: "new at k" is first[title] == k (linear, not a set per k)
-        for k, t in enumerate(seq_items):
-            first.setdefault(t, k)
-        j = next((k for k in range(len(seq_items) - 1, len(items) - 1, -1) if first[seq_items[k]] == k), None)
-        if j is None:
-            continue
-        ends = {p: int(np.searchsorted(seq_ts[:j], seq_ts[j] - d, side="right")) for p, d in delays.items()}
-        if min(ends.values()) == 0:
-            continue  # no event old enough for the stalest cache: the user is left out of every delay probe
-        for p, m in ends.items():
-            delay_rows[p].append((seq_items[:m], seq_ts[:m], seq_actions[:m], seq_utils[:m], {p: seq_items[j]}))
-    sets = [(cutoff_probes, cutoff_rows)]
-    sets += [([p], rows) for p, rows in delay_rows.items()]
-    return sets
-
-
-def eval_batches(rows, probes: list[str], max_seq_len: int, rank: int, world: int, batch_size: int):
-    """This rank's evaluation batches. Every rank yields the same number of batches, padded with invalid rows,
-    because a ZeRO-3 forward is a collective: a rank that stopped early would hang the others."""
-    per_rank = math.ceil(len(rows) / world)
-    mine = rows[rank::world]
-    for b in range(math.ceil(per_rank / batch_size)):
-        chunk = mine[b * batch_size:(b + 1) * batch_size]
-        n = max(len(chunk), 1)
-        items = np.zeros((n, max_seq_len), np.int64)
-        actions, gaps = np.zeros_like(items), np.zeros_like(items)
-        utils = np.zeros((n, max_seq_len), np.float32)
-        lengths = np.ones(n, np.int64)
-        targets = {p: np.ones(n, np.int64) for p in probes}
-        valid = {p: np.zeros(n, bool) for p in probes}
-        exclude_rows, exclude_cols = [], []
-        for i, (h_items, h_ts, h_actions, h_utils, chosen) in enumerate(chunk):
-            items[i], actions[i], gaps[i], utils[i], lengths[i] = context_window(h_items, h_ts, h_actions,
-                                                                                 max_seq_len, h_utils)
-            for p, t in chosen.items():
-                targets[p][i], valid[p][i] = t, True
-            exclude_rows += [i] * len(h_items)
-            exclude_cols += h_items
-        batch = dict(items=items, actions=actions, gaps=gaps, utils=utils, lengths=lengths,
-                     exclude_rows=np.asarray(exclude_rows, np.int64), exclude_cols=np.asarray(exclude_cols, np.int64))
-        batch |= {f"target_{p}": targets[p] for p in probes} | {f"valid_{p}": valid[p] for p in probes}
-        yield {k: torch.from_numpy(v) for k, v in batch.items()}
-
-
-def evaluate(model: GenRec, sets, rank: int, world: int, batch_size: int, max_seq_len: int, device
-             ) -> dict[str, torch.Tensor]:
-    """Summed ranking statistics per probe (see metrics.rank_sums) over this rank's share of every evaluation set."""
-    sums = {}
-    with torch.no_grad():
-        matrix = model.item_matrix()  # the catalogue's output embeddings, once per evaluation
-        for probes, rows in sets:
-            for p in probes:
-                sums[p] = torch.zeros(5, dtype=torch.float64)
-            for b in eval_batches(rows, probes, max_seq_len, rank, world, batch_size):
-                b = {k: v.to(device) for k, v in b.items()}
-                scores = model.score_last(b["items"], b["actions"], b["gaps"], b["utils"], b["lengths"],
-                                          matrix).float()
-                scores[b["exclude_rows"], b["exclude_cols"]] = float("-inf")
-                for p in probes:
-                    ranks = target_ranks(scores, b[f"target_{p}"])[b[f"valid_{p}"]]
-                    if ranks.numel():
-                        sums[p] += rank_sums(ranks.cpu())
-    return sums
-
-
-def probe_metrics(sums: dict[str, torch.Tensor]) -> dict[str, float]:
-    """mrr, hr@10, ndcg@10, mrr@10, eval_users for "next"; the same suffixed by the probe for the others
-    (mrr_cold, mrr_24h)."""
-    out = {}
-    for p, v in sums.items():
-        out |= {(k if p == "next" else f"{k}_{p}"): x for k, x in from_sums(v).items()}
-    return out
-
-
 def save_for_serving(engine, spec: ModelSpec, items: pa.Table, out_dir: str, extra: dict, rank: int) -> None:
     """Consolidated weights + spec + the item table (with each title's training count): loads with plain torch
     (see `genrec.checkpoint`)."""
@@ -266,6 +166,79 @@ def save_for_serving(engine, spec: ModelSpec, items: pa.Table, out_dir: str, ext
     if rank == 0:
         Path(out_dir, CHECKPOINT_SPEC).write_text(json.dumps({"spec": spec.to_dict(), **extra}, indent=2))
         pq.write_table(items, Path(out_dir, CHECKPOINT_ITEMS))
+
+
+ARCHITECTURE = ("num_items", "layers", "width", "heads", "max_seq_len", "projection_ratio", "semantic", "features")
+
+
+def finetune_setup(cfg: GenrecConfig, shards: ShardSet) -> tuple[GenrecConfig, dict]:
+    """The config of a fine-tuning run and the trainer's `finetune` argument.
+
+    The model's shape comes from the checkpoint (`finetune.checkpoint`: a folder, or "winner" for the winner
+    manifest's); epochs and learning rate from `finetune.*` where set. The checkpoint must rank the same catalogue
+    as the shards (same titles, same order)."""
+    from genrec.checkpoint import read_spec
+
+    ft = cfg.finetune
+    path = ft.checkpoint
+    if path is None:
+        raise ConfigError("finetune.checkpoint: set a pre-trained checkpoint folder, or 'winner' (after a sweep)")
+    if path == "winner":
+        if not cfg.winner_path().is_file():
+            raise ConfigError(f"finetune.checkpoint=winner: no winner manifest at {cfg.winner_path()}; run a sweep "
+                              "first or name a checkpoint folder")
+        path = json.loads(cfg.winner_path().read_text())["checkpoint"]
+    spec = read_spec(path)
+    ckpt_items = pq.read_table(Path(path, CHECKPOINT_ITEMS), columns=["item_id"]).column("item_id")
+    shard_items = pq.read_table(shards.items_path, columns=["item_id"]).column("item_id")
+    if not ckpt_items.equals(shard_items):
+        raise ConfigError(f"finetune.checkpoint={path}: its catalogue ({len(ckpt_items)} titles) is not the one of "
+                          f"the shards at {shards.root} ({len(shard_items)}); fine-tune on the data it was trained on")
+    out = cfg.model_copy(deep=True)
+    out.model.preset, out.model.layers, out.model.width, out.model.heads = "custom", spec.layers, spec.width, spec.heads
+    out.model.max_seq_len, out.model.projection_ratio = spec.max_seq_len, spec.projection_ratio
+    out.model.semantic = spec.semantic
+    if ft.epochs:
+        out.train.epochs = ft.epochs
+    if ft.lr:
+        out.train.lr = ft.lr
+    if ft.mode == "head" and spec.projection_ratio <= 1:
+        raise ConfigError("finetune.mode=head trains a new projected decoding head; the checkpoint has none "
+                          "(projection_ratio 1): use finetune.mode=full")
+    return out, {"checkpoint": str(path), "task": ft.task, "mode": ft.mode}
+
+
+def _load_pretrained(model: GenRec, spec: ModelSpec, path: str) -> None:
+    """Fine-tuning: start from a checkpoint's consolidated weights (weights only: nothing is unpickled)."""
+    from genrec.checkpoint import read_spec
+
+    ckpt_spec = read_spec(path)
+    diff = [f for f in ARCHITECTURE if getattr(ckpt_spec, f) != getattr(spec, f)]
+    if diff:
+        raise ConfigError(f"{path}: the checkpoint's model differs from the run's in {', '.join(diff)}")
+    state = torch.load(Path(path, CHECKPOINT_WEIGHTS), map_location="cpu", weights_only=True)
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+
+
+def _gather_rows(rows: list, world: int) -> list:
+    if world == 1 or not torch.distributed.is_initialized():
+        return rows
+    parts = [None] * world
+    torch.distributed.all_gather_object(parts, rows)
+    return [r for part in parts for r in part]
+
+
+def write_topk(path: Path, rows: list) -> None:
+    """Each request's top-k titles (item indices) at delay 0, for the retrain-stability analysis."""
+    import io
+
+    rows = sorted(rows)
+    table = pa.table({"user_id": pa.array([r[0] for r in rows], pa.int64()),
+                      "ts": pa.array([r[1] for r in rows], pa.int64()),
+                      "items": pa.array([r[2] for r in rows], pa.list_(pa.int32()))})
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def train_func(config: dict) -> None:
@@ -282,27 +255,33 @@ def train_func(config: dict) -> None:
     import deepspeed
 
     cfg = GenrecConfig.model_validate(config["cfg"])
+    finetune = config.get("finetune")  # {"checkpoint", "task", "mode"} when continuing a pre-trained model
     torch.set_num_threads(cfg.train.torch_threads)
     shards = open_shards(config["shards"])
     items_table = pq.read_table(shards.items_path)
     spec = model_spec(cfg, shards, items_table)
-    counts = item_counts(shards)
+    window = train_window(cfg, shards)
+    counts = item_counts(shards, window)
     items_table = items_table.append_column(TRAIN_COUNT, pa.array(counts[items_table.column("index").to_numpy()]))
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     model = GenRec(spec)
-    model.objective = objective(cfg)
+    model.objective = objective(cfg, finetune["task"] if finetune else None)
     model.set_catalogue(*catalogue(spec, items_table, counts, cfg.model.decoding))
+    if finetune:
+        _load_pretrained(model, spec, finetune["checkpoint"])
+        if finetune["mode"] == "head":  # linear-probe style: only a fresh decoding head learns
+            model.requires_grad_(False)
+            model.new_head()
     cold = ~model.items.known.numpy()
     cold[0] = False
     mask_rate = id_mask_rate(cfg, shards)
-    probes = eval_probes(shards, cfg.train.eval_delays_h, cold)
-    eval_sets = eval_rows(shards, probes, cold, cfg.train.max_eval_users, cfg.train.seed)
+    plan = build_plan(shards, cfg.eval, cold)
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
 
     steps_per_epoch = max(1, config["windows"] // world // cfg.train.batch_size)
     total_steps = steps_per_epoch * cfg.train.epochs
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
-                                  betas=(0.9, 0.98))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr,
+                                  weight_decay=cfg.train.weight_decay, betas=(0.9, 0.98))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(min(cfg.train.warmup_steps, max(1, total_steps // 10)), total_steps))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
@@ -329,10 +308,28 @@ def train_func(config: dict) -> None:
         run = wandb.init(project=cfg.tracking.project, name=config["run_name"], mode=cfg.tracking.wandb,
                          dir=str(wandb_dir), config=cfg.model_dump(mode="json"), reinit="finish_previous")
 
+    def run_eval(last: bool) -> dict:
+        """Every task at every delay over this rank's share of the requests, all-reduced; rank 0 writes top-k."""
+        engine.eval()
+        with torch.no_grad():
+            scorer = model_scorer(engine.module, engine.module.item_matrix())
+            sums, top = evaluate_plan(plan, scorer, spec.max_seq_len, rank, world, cfg.eval.batch_size, device,
+                                      topk=cfg.eval.topk if last else 0)
+        if torch.distributed.is_initialized():
+            for v in sums.values():
+                torch.distributed.all_reduce(v)
+        if last:
+            top = _gather_rows(top, world)
+            if rank == 0:
+                write_topk(Path(config["topk"]), top)
+        return plan_metrics(sums, cfg.eval.primary)
+
+    history: list[dict] = []
+    if finetune:  # the pre-trained model on the task, before any fine-tuning step: the transfer baseline
+        history.append({"epoch": 0, **run_eval(False)})
     data = ray.train.get_dataset_shard("train")
     start = time.perf_counter()
     events_seen = 0
-    history: list[dict] = []
     for epoch in range(cfg.train.epochs):
         engine.train()
         t0 = time.perf_counter()
@@ -353,12 +350,7 @@ def train_func(config: dict) -> None:
             torch.distributed.all_reduce(stats)
         events_seen += int(stats[2])
 
-        engine.eval()
-        eval_sums = evaluate(engine.module, eval_sets, rank, world, cfg.train.eval_batch_size, spec.max_seq_len,
-                             device)
-        if torch.distributed.is_initialized():
-            for v in eval_sums.values():
-                torch.distributed.all_reduce(v)
+        task_metrics = run_eval(epoch == cfg.train.epochs - 1)
         metrics = {
             "epoch": epoch + 1,
             "loss": float(stats[0] / max(stats[1], 1)),
@@ -369,10 +361,14 @@ def train_func(config: dict) -> None:
             "events_processed": events_seen,
             "backbone_params": spec.backbone_params,
             "flops_per_token": flops_per_token,
+            # Training FLOPs so far (model FLOPs per token x target events): the cost of one retrain at its end.
+            "train_flops": flops_per_token * events_seen,
             "model_tflops_per_s": flops_per_token * float(stats[2]) / max(train_time, 1e-9) / 1e12,
             "lr": scheduler.get_last_lr()[0],
             "id_mask_rate": mask_rate,
-            **probe_metrics(eval_sums),
+            "seed": cfg.train.seed,
+            "window_shift_h": cfg.train.window_shift_h,
+            **task_metrics,
         }
         if rank == 0:
             # The per-epoch history, also when Ray keeps only the best checkpoints' metrics.
@@ -391,31 +387,51 @@ def train_func(config: dict) -> None:
         run.finish()
 
 
+
 def history_path(cfg: GenrecConfig, run_name: str) -> Path:
     return cfg.storage.path("runs", run_name, "history.json")
 
 
-def build_trainer(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=None):
-    """A TorchTrainer for `train_func` over the shard set's training split, streamed by Ray Data."""
+def topk_path(cfg: GenrecConfig, run_name: str) -> Path:
+    return cfg.storage.path("runs", run_name, "topk.parquet")
+
+
+WINDOW_BYTES_PER_EVENT = 18  # items int32 + actions int8 + gaps int8 + utils float32 + ts int64
+
+
+def build_trainer(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=None, finetune: dict | None = None):
+    """A TorchTrainer for `train_func` over the shard set's training split, streamed by Ray Data.
+
+    `finetune` ({"checkpoint", "task", "mode"}) continues a pre-trained checkpoint on a task's objective."""
+    import ray
     import ray.data
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     t = cfg.train
-    windows = count_windows(shards, cfg.model.max_seq_len)
+    window = train_window(cfg, shards)
+    windows = count_windows(shards, cfg.model.max_seq_len, window)
     if windows // t.workers < t.batch_size:
         raise ConfigError(f"train.batch_size={t.batch_size} is larger than the {windows // t.workers} training "
-                         f"windows each of the {t.workers} workers gets; lower train.batch_size or train.workers")
+                         f"windows each of the {t.workers} workers gets; lower train.batch_size or train.workers"
+                         + (" (or the training-window shift)" if window != (None, None) else ""))
     train_ds = ray.data.read_parquet(shards.files("train"), columns=["items", "ts", "actions", "utils"],
                                      num_cpus=t.data_task_cpus).map_batches(
-        training_windows, fn_kwargs={"max_seq_len": cfg.model.max_seq_len}, batch_format="numpy", batch_size=256,
-        num_cpus=t.data_task_cpus)
+        training_windows, fn_kwargs={"max_seq_len": cfg.model.max_seq_len, "ts_min": window[0], "ts_max": window[1]},
+        batch_format="numpy", batch_size=256, num_cpus=t.data_task_cpus)
+    window_bytes = windows * (cfg.model.max_seq_len + 1) * WINDOW_BYTES_PER_EVENT
+    store = ray.cluster_resources().get("object_store_memory", 0.0)
+    if t.ingest == "materialize" or (t.ingest == "auto" and window_bytes < 0.25 * store):
+        # Windowed once, kept in the object store: each epoch then only shuffles and splits blocks, instead of
+        # re-reading and re-windowing the shards (seconds per epoch on a small box).
+        train_ds = train_ds.materialize()
     use_gpu = t.gpus_per_worker > 0
     resources = {"CPU": t.cpus_per_worker} | ({"GPU": t.gpus_per_worker} if use_gpu else {})
     return TorchTrainer(
         train_func,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "shards": str(shards.root), "run_name": run_name,
-                           "windows": windows, "history": str(history_path(cfg, run_name))},
+                           "windows": windows, "history": str(history_path(cfg, run_name)),
+                           "topk": str(topk_path(cfg, run_name)), "finetune": finetune},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=t.workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
@@ -441,6 +457,7 @@ def check_ingest_room(cfg: GenrecConfig, reserved: float = 0.0) -> None:
             "lower train.cpus_per_worker or train.workers (or add CPU nodes)")
 
 
-def fit(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=None, reserved_cpus: float = 0.0):
+def fit(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=None, reserved_cpus: float = 0.0,
+        finetune: dict | None = None):
     check_ingest_room(cfg, reserved_cpus)
-    return build_trainer(cfg, shards, run_name, callbacks).fit()
+    return build_trainer(cfg, shards, run_name, callbacks, finetune).fit()

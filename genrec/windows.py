@@ -44,21 +44,36 @@ def window_bounds(n: int, max_seq_len: int) -> list[tuple[int, int]]:
     return bounds[::-1]
 
 
-def training_windows(batch: dict[str, np.ndarray], max_seq_len: int) -> dict[str, np.ndarray]:
+def in_window(ts: np.ndarray, ts_min: int | None, ts_max: int | None) -> np.ndarray:
+    """Which events fall in the training window [ts_min, ts_max) (None = unbounded)."""
+    keep = np.ones(len(ts), bool)
+    if ts_min is not None:
+        keep &= ts >= ts_min
+    if ts_max is not None:
+        keep &= ts < ts_max
+    return keep
+
+
+def training_windows(batch: dict[str, np.ndarray], max_seq_len: int, ts_min: int | None = None,
+                     ts_max: int | None = None) -> dict[str, np.ndarray]:
     """Ray Data `map_batches` UDF: a batch of user rows (list columns items/ts/actions/utils) -> a batch of windows.
 
     Output columns, each (n_windows, max_seq_len + 1): items, actions, gaps, utils, ts. The model reads the first
-    max_seq_len events as inputs and the events after each position as its (multi-token) targets.
+    max_seq_len events as inputs and the events after each position as its (multi-token) targets. Events outside
+    the training window [ts_min, ts_max) are dropped first (a retrain on a window moved in time).
     """
     rows = []
     utils_col = batch.get("utils")
     for r, (items, ts, actions) in enumerate(zip(batch["items"], batch["ts"], batch["actions"])):
         items = np.asarray(items, dtype=np.int32)
         ts = np.asarray(ts, dtype=np.int64)
-        gaps = gap_buckets(ts)
         actions = np.asarray(actions, dtype=np.int8)
         utils = (np.ones(len(items), np.float32) if utils_col is None
                  else np.asarray(utils_col[r], dtype=np.float32))
+        if ts_min is not None or ts_max is not None:
+            keep = in_window(ts, ts_min, ts_max)
+            items, ts, actions, utils = items[keep], ts[keep], actions[keep], utils[keep]
+        gaps = gap_buckets(ts)
         for s, e in window_bounds(len(items), max_seq_len):
             rows.append((items[s:e], actions[s:e], gaps[s:e], utils[s:e], ts[s:e]))
     n, span = len(rows), max_seq_len + 1

@@ -12,7 +12,7 @@ def run(*args):
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("module", ["genrec.cli", "trainers.pretrain", "tuning.sweep"])
+@pytest.mark.parametrize("module", ["genrec.cli", "trainers.pretrain", "trainers.finetune", "tuning.sweep"])
 def test_help(module):
     r = run("-m", module, "--help")
     assert r.returncode == 0, r.stderr

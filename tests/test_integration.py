@@ -26,7 +26,7 @@ def test_pretrain_two_workers_zero3_loss_falls(ray_local, storage):
     losses = [h["loss"] for h in history]
     assert losses == sorted(losses, reverse=True) and losses[-1] < 0.9 * losses[0], losses
     for h in history:
-        assert 0 < h["mrr"] <= 1 and h["events_per_s"] > 0 and h["eval_users"] > 0
+        assert 0 < h["mrr"] <= 1 and h["events_per_s"] > 0 and h["requests"] > 0
     # wandb wrote an offline run beside the results
     assert list((storage / "wandb").rglob("offline-run-*"))
     # The checkpoint loads with plain torch (no DeepSpeed) and ranks the whole catalogue.
@@ -64,8 +64,10 @@ def test_other_decoding_modes_train_through_ray_and_deepspeed(ray_local, storage
 def winner(ray_local, storage):
     from tuning.sweep import run
 
-    cfg = tiny_config(storage, "train.workers=1", "train.cpus_per_worker=0.5", "train.epochs=2",
-                      "tune.presets=[custom]", "tune.max_seq_len=[8,16]")
+    # 2 lengths x 2 retrains (a training window ending at the cutoff, and one ending 48 h before), two at a time.
+    cfg = tiny_config(storage, "train.workers=1", "train.cpus_per_worker=0.45", "train.epochs=2",
+                      "tune.presets=[custom]", "tune.max_seq_len=[8,16]", "tune.max_concurrent_trials=2",
+                      "tune.seeds=[0]", "tune.window_shifts_h=[0,48]")
     return cfg, run(cfg, "sweep-test")
 
 
@@ -73,12 +75,59 @@ def test_sweep_ranks_trials_and_writes_winner(winner):
     cfg, manifest = winner
     assert json.loads(cfg.winner_path().read_text()) == json.loads(json.dumps(manifest))
     trials = manifest["trials"]
-    assert sorted(t["max_seq_len"] for t in trials) == [8, 16]
+    assert sorted((t["max_seq_len"], t["window_shift_h"]) for t in trials) == [(8, 0), (8, 48), (16, 0), (16, 48)]
     assert all(t["status"] == "ok" for t in trials)
-    assert trials[0]["mrr"] >= trials[1]["mrr"] and manifest["metrics"]["mrr"] == trials[0]["mrr"]
-    assert manifest["max_seq_len"] == trials[0]["max_seq_len"]
+    assert [t["mrr"] for t in trials] == sorted((t["mrr"] for t in trials), reverse=True)
+    # The winner is the best of the freshest retrains (trained up to the cutoff), ready to serve.
+    fresh = [t for t in trials if t["window_shift_h"] == 0]
+    assert manifest["metrics"]["mrr"] == fresh[0]["mrr"] and manifest["max_seq_len"] == fresh[0]["max_seq_len"]
     assert manifest["cost"]["events_processed"] > 0 and manifest["cost"]["wall_time_s"] > 0
     assert load_checkpoint(manifest["checkpoint"]).spec.max_seq_len == manifest["max_seq_len"]
+    # A retrain on the window that ends 48 h earlier saw fewer events.
+    seen = {(t["max_seq_len"], t["window_shift_h"]): t["events_processed"] for t in trials}
+    assert seen[(8, 48)] < seen[(8, 0)] and seen[(16, 48)] < seen[(16, 0)]
+
+
+def test_report_from_the_sweep(winner, tmp_path):
+    """`genrec report` on the Tune results the sweep wrote: every trial, the retrains' top-10 overlap, the generator
+    oracle per task, a self-contained HTML page and PNG plots."""
+    import base64
+
+    from genrec.cli import main
+
+    cfg, manifest = winner
+    out = tmp_path / "report"
+    assert main(["report", manifest["experiment"], "--out", str(out), "--bootstrap", "50"]) == 0
+    md = (out / "report.md").read_text()
+    assert md.count("| custom | 25k |") == 4 + 2  # every trial, every (size, length) cell
+    assert "Not answered: it needs three or more" in md  # one size only: no fit, no correlation; said so
+    page = (out / "report.html").read_text()
+    png = base64.b64decode(page.split('src="data:image/png;base64,')[1].split('"')[0])
+    assert png.startswith(b"\x89PNG") and (out / "stability.png").is_file() and (out / "curves.png").is_file()
+    analysis = json.loads((out / "analysis.json").read_text())
+    cells = analysis["stability"]["cells"]
+    assert [c["retrains"] for c in cells] == [2, 2] and all(0 <= c["topk_overlap"] <= 1 for c in cells)
+    oracle = analysis["oracle"]  # synthetic data: the generator's own ranking, on the same requests
+    assert set(oracle) == set(cfg.eval.tasks) and all(0 < o["mrr"] <= 1 for o in oracle.values())
+    assert oracle["B"]["mrr"] > max(t["mrr"] for t in manifest["trials"])
+
+
+def test_finetune_a_task_on_a_frozen_backbone(winner):
+    from genrec.checkpoint import load_checkpoint as load
+    from trainers.finetune import run
+
+    cfg, manifest = winner
+    cfg = cfg.model_copy(deep=True)
+    cfg.finetune.checkpoint, cfg.finetune.task, cfg.finetune.mode, cfg.finetune.epochs = "winner", "A", "head", 1
+    result = run(cfg, "finetune-test")
+    history = json.loads((cfg.storage.path("runs", "finetune-test", "history.json")).read_text())
+    # Epoch 0 is the pre-trained model on every task, before any step: the transfer baseline.
+    assert [h["epoch"] for h in history] == [0, 1] and history[0]["requests_A"] > 0 and "loss" not in history[0]
+    before, after = load(manifest["checkpoint"]), load(result.checkpoint.path)
+    b, a = before.model.state_dict(), after.model.state_dict()
+    # Frozen: every backbone and embedding weight is the pre-trained one; the new head is not.
+    assert all(torch.equal(b[k], a[k]) for k in b if not k.startswith("head."))
+    assert not torch.equal(b["head.1.weight"], a["head.1.weight"])
 
 
 def test_serve_answers_http_and_survives_bad_requests(winner):

@@ -3,7 +3,8 @@ import math
 import numpy as np
 import torch
 
-from genrec.metrics import from_sums, hit_rate, mrr, ndcg, rank_sums, target_ranks
+from genrec.metrics import (from_sums, hit_rate, mrr, multi_rank_sums, ndcg, rank_sums, relevant_ranks,
+                            target_ranks)
 
 
 def test_ranks_by_hand():
@@ -30,7 +31,37 @@ def test_sums_are_additive_across_shards():
     assert whole == parts
     assert math.isclose(whole["mrr"], mrr(ranks.numpy()))
     assert math.isclose(whole["ndcg@10"], ndcg(ranks.numpy(), 10))
-    assert whole["eval_users"] == 6
+    assert whole["requests"] == 6
     # MRR@10 drops the rank-20 user's 1/20: (1 + 1/2 + 1/4 + 1/3 + 1/7) / 6
     assert math.isclose(whole["mrr@10"], (1 + 1 / 2 + 1 / 4 + 1 / 3 + 1 / 7) / 6)
     assert math.isnan(from_sums(np.zeros(5))["mrr"])
+
+
+def test_relevant_ranks_match_single_target_ranks_and_handle_several():
+    inf = float("-inf")
+    scores = torch.tensor([[inf, 0.9, 0.5, 0.1, 0.5],
+                           [inf, 0.2, 0.3, 0.4, 0.1]])
+    rel = torch.tensor([[2, 3, 4], [1, 0, 0]])
+    valid = torch.tensor([[True, True, True], [True, False, False]])
+    ranks = relevant_ranks(scores, rel, valid)
+    # Row 0: 0.5 has one score above it (rank 2, its tie too); 0.1 has three (-inf is below). Row 1: 0.2 is third.
+    assert ranks.tolist() == [[2.0, 4.0, 2.0], [3.0, math.inf, math.inf]]
+    single = target_ranks(scores, rel[:, 0])
+    assert ranks[:, 0].tolist() == single.double().tolist()
+
+
+def test_multi_relevant_sums_by_hand():
+    inf = math.inf
+    ranks = torch.tensor([[2.0, 5.0, 11.0], [3.0, inf, inf], [12.0, 20.0, inf]])
+    n, rr, hits, dcg, rr_k = multi_rank_sums(ranks, k=10).tolist()
+    assert n == 3
+    assert math.isclose(rr, 1 / 2 + 1 / 3 + 1 / 12)
+    assert hits == 2
+    # Row 0: relevant at 2 and 5 inside the top 10 (11 outside); ideal: 3 relevant at ranks 1, 2, 3.
+    ndcg0 = (1 / math.log2(3) + 1 / math.log2(6)) / (1 + 1 / math.log2(3) + 1 / math.log2(4))
+    ndcg1 = 1 / math.log2(4)  # one relevant title at rank 3: the single-target NDCG
+    assert math.isclose(dcg, ndcg0 + ndcg1)
+    assert math.isclose(rr_k, 1 / 2 + 1 / 3)
+    # One relevant title per row: the same sums as the single-target path.
+    single = torch.tensor([1, 2, 4, 20, 3, 7])
+    assert torch.allclose(multi_rank_sums(single[:, None].double()), rank_sums(single))

@@ -39,6 +39,19 @@ def test_mtp_without_decay_and_duplicate_targets_merge():
     assert t[0].tolist() == [2, 0, 3] and w[0].tolist() == [2.0, 0.0, 1.0]  # title 2 once, with both weights
 
 
+def test_horizon_objective_skips_the_next_events_and_keeps_its_time_window():
+    # Events at 0, 1, 2, 30, 50, 80 h; a task looking 24-72 h ahead, after skipping the next event.
+    items = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    ts = torch.tensor([[0, 1, 2, 30, 50, 80]]) * HOUR
+    targets, weights = mtp_targets(items, ts, torch.ones(1, 6), k=3, half_life_s=None, skip=1,
+                                   min_dt_s=24 * HOUR, max_dt_s=72 * HOUR)
+    # Position 0 (0 h): skips 2; 3 (2 h) is too soon, 4 (30 h) and 5 (50 h) count. Position 1 (1 h): skips 3; 4, 5
+    # count, 6 (79 h later) is too late. Position 2 (2 h): skips 4; 5 counts, 6 (78 h) too late. Position 3 (30 h):
+    # skips 5; 6 (50 h later) counts. Position 4: nothing after the skip.
+    assert targets[0].tolist() == [[0, 4, 5], [4, 5, 0], [5, 0, 0], [6, 0, 0], [0, 0, 0]]
+    assert weights[0].tolist() == [[0, 1, 1], [1, 1, 0], [1, 0, 0], [1, 0, 0], [0, 0, 0]]
+
+
 def test_full_softmax_multilabel_by_hand():
     logits = torch.tensor([[float("-inf"), 1.0, 2.0, 0.0]])
     targets, weights = torch.tensor([[1, 2]]), torch.tensor([[0.25, 0.75]])

@@ -39,6 +39,16 @@ def test_training_windows_cut_spans_and_pad_right():
     assert training_windows(batch, max_seq_len=4)["utils"][2].tolist() == [1, 1, 0, 0, 0]
 
 
+def test_training_windows_drop_events_outside_the_training_window():
+    batch = {"items": np.array([np.array([5, 6, 7, 8, 9])], dtype=object),
+             "ts": np.array([np.array([0, 10, 20, 30, 40])], dtype=object),
+             "actions": np.array([np.zeros(5)], dtype=object), "utils": np.array([np.ones(5)], dtype=object)}
+    out = training_windows(batch, max_seq_len=4, ts_min=10, ts_max=40)
+    assert out["items"].tolist() == [[6, 7, 8, 0, 0]] and out["ts"][0].tolist() == [10, 20, 30, 30, 30]
+    assert out["gaps"][0, 0] == 0  # the window's first event starts the sequence
+    assert training_windows(batch, max_seq_len=4, ts_max=10)["items"].shape == (0, 5)  # one event: no window
+
+
 def test_context_window_keeps_the_most_recent_events():
     items, actions, gaps, utils, n = context_window([1, 2, 3, 4, 5], [0, 10, 20, 30, 40], [0] * 5, 3,
                                                     [1, 2, 3, 4, 5])

@@ -17,29 +17,42 @@ from genrec.config import GenrecConfig
 
 # The trial function only drives a TorchTrainer; Tune refuses an empty resource request.
 TRIAL_CPUS = 0.01
-TRIAL_COLUMNS = ["rank", "preset", "max_seq_len", "backbone_params", "mrr", "hr@10", "ndcg@10", "loss",
-                 "best_epoch", "events_per_s", "wall_time_s", "status"]
+TRIAL_COLUMNS = ["rank", "preset", "max_seq_len", "seed", "window_shift_h", "backbone_params", "mrr", "hr@10",
+                 "ndcg@10", "loss", "best_epoch", "events_per_s", "wall_time_s", "status"]
+RUN_FILE = "genrec_run.json"  # in each Tune trial folder: which genrec run (history, top-k lists) the trial is
 
 
-def trial_config(base: dict, preset: str, max_seq_len: int, epochs: int | None) -> GenrecConfig:
+def trial_config(base: dict, preset: str, max_seq_len: int, epochs: int | None, seed: int | None = None,
+                 window_shift_h: float | None = None) -> GenrecConfig:
     cfg = GenrecConfig.model_validate(base)
     cfg.model.preset = preset
     cfg.model.max_seq_len = max_seq_len
     if epochs:
         cfg.train.epochs = epochs
+    if seed is not None:
+        cfg.train.seed = seed
+    if window_shift_h is not None:
+        cfg.train.window_shift_h = window_shift_h
     return cfg
 
 
 def run_trial(config: dict) -> None:
-    """Tune function trainable: one distributed training run for one (preset, max_seq_len)."""
+    """Tune function trainable: one distributed training run for one (preset, max_seq_len, seed, window shift)."""
+    from pathlib import Path
+
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from genrec.shards import open_shards
-    from genrec.train import fit
+    from genrec.shards import atomic_write_json, open_shards
+    from genrec.train import fit, history_path, topk_path
 
-    cfg = trial_config(config["base"], config["preset"], config["max_seq_len"], config["epochs"])
-    name = f"{config['sweep']}-{config['preset']}-len{config['max_seq_len']}-{ray.tune.get_context().get_trial_id()}"
+    cfg = trial_config(config["base"], config["preset"], config["max_seq_len"], config["epochs"], config["seed"],
+                       config["window_shift_h"])
+    ctx = ray.tune.get_context()
+    name = (f"{config['sweep']}-{config['preset']}-len{config['max_seq_len']}-s{config['seed']}"
+            f"-w{config['window_shift_h']:g}-{ctx.get_trial_id()}")
+    atomic_write_json(Path(ctx.get_trial_dir(), RUN_FILE),
+                      {"run": name, "history": str(history_path(cfg, name)), "topk": str(topk_path(cfg, name))})
     fit(cfg, open_shards(config["shards"]), name, callbacks=[TuneReportCallback()], reserved_cpus=TRIAL_CPUS)
 
 
@@ -49,7 +62,8 @@ def summarize(results, metric: str) -> list[dict]:
     rows = []
     for r in results:
         cfg = r.config
-        row = {"preset": cfg["preset"], "max_seq_len": cfg["max_seq_len"], "status": "ok", "error": None}
+        row = {"preset": cfg["preset"], "max_seq_len": cfg["max_seq_len"], "seed": cfg.get("seed", 0),
+               "window_shift_h": cfg.get("window_shift_h", 0.0), "status": "ok", "error": None}
         df = r.metrics_dataframe
         if r.error is not None or df is None or metric not in df or df[metric].isna().all():
             row.update(status="failed", error=str(r.error) if r.error else "no metrics reported")
@@ -73,18 +87,22 @@ def summarize(results, metric: str) -> list[dict]:
 def write_winner(cfg: GenrecConfig, sweep: str, rows: list[dict]) -> dict:
     from genrec.shards import atomic_write_json
 
-    best = rows[0]
+    # Serving wants the freshest model: the winner is the best trial among those trained up to the cutoff.
+    freshest = min(r["window_shift_h"] for r in rows)
+    best = next((r for r in rows if r["window_shift_h"] == freshest), rows[0])
     if best["status"] != "ok" or not best.get("checkpoint"):
         raise RuntimeError("every trial failed; no winner to write:\n" +
                            "\n".join(f"  {r['preset']}/len{r['max_seq_len']}: {r['error']}" for r in rows))
-    winner_cfg = trial_config(cfg.model_dump(mode="json"), best["preset"], best["max_seq_len"], None)
+    winner_cfg = trial_config(cfg.model_dump(mode="json"), best["preset"], best["max_seq_len"], None, best["seed"])
     manifest = {
         "sweep": sweep,
+        "experiment": str(experiment_dir(cfg, sweep)),
         "created_at": time.time(),
         "metric": cfg.tune.metric,
         "checkpoint": best["checkpoint"],
         "preset": best["preset"],
         "max_seq_len": best["max_seq_len"],
+        "seed": best["seed"],
         "metrics": {k: best[k] for k in ("mrr", "hr@10", "ndcg@10", "loss", "best_epoch")},
         # Training cost of the winning trial. FLOPs: 6 x backbone parameters per processed event (forward +
         # backward of the transformer blocks), the standard dense estimate; attention and decoding excluded.
@@ -106,13 +124,16 @@ def run(cfg: GenrecConfig, sweep: str | None = None, rebuild: bool = False) -> d
     init_ray(cfg)
     sweep = sweep or f"sweep-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     t = cfg.tune
-    print(f"sweep {sweep}: presets {t.presets} x max_seq_len {t.max_seq_len}, "
-          f"{len(t.presets) * len(t.max_seq_len)} trials, ranked by {t.metric}")
+    n = len(t.presets) * len(t.max_seq_len) * len(t.seeds) * len(t.window_shifts_h)
+    retrains = f" x {len(t.seeds) * len(t.window_shifts_h)} retrains" if n > len(t.presets) * len(t.max_seq_len) else ""
+    print(f"sweep {sweep}: presets {t.presets} x max_seq_len {t.max_seq_len}{retrains}, {n} trials, "
+          f"ranked by {t.metric} -> {experiment_dir(cfg, sweep)}")
     tuner = ray.tune.Tuner(
         ray.tune.with_resources(run_trial, {"cpu": TRIAL_CPUS}),
         param_space={
             "base": cfg.model_dump(mode="json"), "shards": str(shards.root), "sweep": sweep, "epochs": t.epochs,
             "preset": ray.tune.grid_search(t.presets), "max_seq_len": ray.tune.grid_search(t.max_seq_len),
+            "seed": ray.tune.grid_search(t.seeds), "window_shift_h": ray.tune.grid_search(t.window_shifts_h),
         },
         tune_config=ray.tune.TuneConfig(max_concurrent_trials=t.max_concurrent_trials),
         run_config=ray.tune.RunConfig(name=sweep, storage_path=str(cfg.storage.path("tune")), verbose=0),
@@ -126,9 +147,25 @@ def run(cfg: GenrecConfig, sweep: str | None = None, rebuild: bool = False) -> d
     return manifest
 
 
+def experiment_dir(cfg: GenrecConfig, sweep: str):
+    """Where Tune writes the sweep's results (what `genrec report` reads)."""
+    return cfg.storage.path("tune", sweep)
+
+
 def main(argv: list[str] | None = None) -> int:
     return run_entrypoint("python -m tuning.sweep", __doc__, run, argv)
 
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def latest_experiment(cfg: GenrecConfig):
+    """The newest sweep folder under the config's storage (for `genrec report` without a folder)."""
+    from genrec.config import ConfigError
+
+    root = cfg.storage.path("tune")
+    sweeps = sorted((d for d in root.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime) if root.is_dir() else []
+    if not sweeps:
+        raise ConfigError(f"{root}: no sweep results; run `genrec sweep --config ...` first, or pass RESULTS_DIR")
+    return sweeps[-1]

@@ -107,12 +107,29 @@ def generate(users: int = 600, items: int = 400, events_per_user: int = 60, days
     new_item_share: share of titles launched during the span (uniformly in time); the others exist from the
         start. At least one title always exists from the start, so the first sessions have something to watch.
     """
+    return simulate(users, items, events_per_user, days, genres, seed, start_ts, new_item_share)[0]
+
+
+@dataclass
+class Latent:
+    """The generator's hidden state: enough to score any (user, time) as the generator draws (see Oracle)."""
+
+    cat: _Catalogue
+    taste: np.ndarray  # (users, genres)
+    popularity: np.ndarray  # (days, items)
+    start_ts: int
+
+
+def simulate(users: int = 600, items: int = 400, events_per_user: int = 60, days: int = 120, genres: int = 12,
+             seed: int = 0, start_ts: int = 1_700_000_000, new_item_share: float = 0.2) -> tuple[Dataset, Latent]:
+    """`generate`, plus the latent state the events were drawn from."""
     _check(users=users, items=items, events_per_user=events_per_user, days=days, genres=genres)
     if not 0.0 <= new_item_share <= 1.0:
         raise DataError(f"synthetic: argument 'new_item_share': {new_item_share} is not in [0, 1]; pass a share")
     rng = np.random.default_rng(seed)
     cat = _catalogue(rng, items, genres, days, start_ts, new_item_share)
-    user, item, ts, utility, action = _interactions(rng, cat, users, events_per_user, days, start_ts)
+    user, item, ts, utility, action, taste, popularity = _interactions(rng, cat, users, events_per_user, days,
+                                                                       start_ts)
     events = pa.table({
         "user_id": pa.array(user + 1, pa.int64()),
         "item_id": pa.array(item + 1, pa.int64()),
@@ -129,7 +146,7 @@ def generate(users: int = 600, items: int = 400, events_per_user: int = 60, days
         "launch_ts": pa.array(cat.launch, pa.int64()),
         "text": pa.array(cat.texts, pa.string()),
     }, schema=ITEM_SCHEMA)
-    return validate(Dataset(events, item_table, "synthetic"), "synthetic")
+    return validate(Dataset(events, item_table, "synthetic"), "synthetic"), Latent(cat, taste, popularity, start_ts)
 
 
 def _check(**counts: int) -> None:
@@ -234,7 +251,8 @@ def _popularity(cat: _Catalogue, days: int, start_ts: int) -> np.ndarray:
 
 def _interactions(rng: np.random.Generator, cat: _Catalogue, users: int, events_per_user: int, days: int,
                   start_ts: int) -> tuple[np.ndarray, ...]:
-    """-> (user, item, timestamp, utility, action) arrays (0-based user and item), sorted by user and time."""
+    """-> (user, item, timestamp, utility, action) arrays (0-based user and item), sorted by user and time, then
+    the users' tastes (users, genres) and the titles' popularity (days, items) they were drawn from."""
     genres = len(cat.genre_names)
     taste = rng.dirichlet(TASTE_CONCENTRATION * cat.genre_weight + 1e-3, users)
     activity = rng.lognormal(-ACTIVITY_SIGMA**2 / 2, ACTIVITY_SIGMA, users)
@@ -262,7 +280,8 @@ def _interactions(rng: np.random.Generator, cat: _Catalogue, users: int, events_
                              _draw_rows(taste, session_user, rng))
     ts = np.floor(session_start[session] + offset).astype(np.int64)
 
-    fresh = _fresh_titles(rng, cat, _popularity(cat, days, start_ts), session_genre[session], session_day[session])
+    popularity = _popularity(cat, days, start_ts)
+    fresh = _fresh_titles(rng, cat, popularity, session_genre[session], session_day[session])
     item = _follow_series(rng, cat, fresh, position, ts)
 
     # Watch fraction: higher when the title carries the user's favourite genres.
@@ -270,7 +289,7 @@ def _interactions(rng: np.random.Generator, cat: _Catalogue, users: int, events_
     mean = 0.2 + 0.7 * match
     utility = np.clip(rng.beta(mean * UTILITY_CONCENTRATION, (1 - mean) * UTILITY_CONCENTRATION), 0.01, 1.0)
     action = (rng.random(n) < RATE_SHARE[0] + RATE_SHARE[1] * utility).astype(np.int32)
-    return user, item, ts, utility, action
+    return user, item, ts, utility, action, taste, popularity
 
 
 def _session_starts(rng: np.random.Generator, session_user: np.ndarray, duration: np.ndarray, users: int,
@@ -326,3 +345,64 @@ def _follow_series(rng: np.random.Generator, cat: _Catalogue, fresh: np.ndarray,
         ok = goes_on[idx] & cat.has_next[prev] & (cat.launch[nxt] <= ts[idx])
         item[idx] = np.where(ok, nxt, fresh[idx])
     return item
+
+
+class Oracle:
+    """The generator's own probabilities: a reference ceiling for each task on synthetic data.
+
+    At a request by user u at time r (day d), the generator's next event opens a session with probability close to
+    1 (sessions are hours to days apart): a genre g drawn from (1 - EXPLORE_SHARE) x taste_u + EXPLORE_SHARE /
+    genres, then a title of g by its popularity on day d (any title by popularity when g has none launched). Within
+    a session (the context's last event under an hour old) the next part of the last title's series comes first
+    with probability SERIES_CONTINUE. Ranking titles by that probability is the Bayes-optimal next-event ranking
+    (the "next" and "cold" targets; the popular pool restricts the same scores). For a horizon task the oracle
+    ranks by the mean of the day-by-day session probabilities over the horizon's days: the expected share of the
+    user's future sessions that pick the title (series continuations aside), a near-optimal ranking for "any of
+    them"."""
+
+    def __init__(self, latent: Latent):
+        self.lat = latent
+        cat = latent.cat
+        pop = latent.popularity  # (days, items)
+        has = cat.has_genre.astype(np.float64)  # (items, genres)
+        z = pop @ has  # (days, genres): total popularity of each genre's launched titles
+        total = pop.sum(axis=1, keepdims=True)
+        # P(title | genre, day), with the generator's fallback for a genre with nothing launched yet.
+        self.by_genre = np.where(z[:, None, :] > 0, pop[:, :, None] * has[None] / np.where(z > 0, z, 1)[:, None, :],
+                                 pop[:, :, None] / np.where(total > 0, total, 1)[:, :, None])  # (days, items, g)
+        genres = len(cat.genre_names)
+        self.weights = (1 - EXPLORE_SHARE) * latent.taste + EXPLORE_SHARE / genres  # (users, genres)
+
+    def _day(self, ts) -> np.ndarray:
+        days = self.lat.popularity.shape[0]
+        return np.clip((np.asarray(ts, np.int64) - self.lat.start_ts) // DAY, 0, days - 1)
+
+    def session(self, users, ts) -> np.ndarray:
+        """(B, items): P(title) for a session started by each 1-based user at each time."""
+        u = np.asarray(users, np.int64) - 1
+        d = self._day(ts)
+        return np.einsum("big,bg->bi", self.by_genre[d], self.weights[u])
+
+    def next_event(self, users, ts, last_items, last_ts) -> np.ndarray:
+        """(B, items): P(next title) given the context's last event (1-based item id, 0 = none)."""
+        p = self.session(users, ts)
+        cat = self.lat.cat
+        last = np.asarray(last_items, np.int64) - 1
+        nxt = np.minimum(last + 1, len(cat.launch) - 1)
+        ts = np.asarray(ts, np.int64)
+        cont = ((last >= 0) & (ts - np.asarray(last_ts, np.int64) < 3600) & cat.has_next[np.maximum(last, 0)]
+                & (cat.launch[nxt] <= ts))
+        rows = np.flatnonzero(cont)
+        p[rows] *= 1 - SERIES_CONTINUE
+        p[rows, nxt[rows]] += SERIES_CONTINUE
+        return p
+
+    def horizon(self, users, ts, start_s: float, end_s: float) -> np.ndarray:
+        """(B, items): mean session probability over the days of [ts + start_s, ts + end_s) inside the span."""
+        ts = np.asarray(ts, np.int64)
+        out = np.zeros((len(ts), len(self.lat.cat.launch)))
+        for b, (u, r) in enumerate(zip(users, ts)):
+            d0, d1 = self._day(r + start_s), self._day(r + end_s - 1)
+            days = np.arange(d0, d1 + 1)
+            out[b] = self.by_genre[days].mean(axis=0) @ self.weights[int(u) - 1]
+        return out

@@ -1,0 +1,437 @@
+"""The sweep report: one self-contained HTML page (plots inlined) and a Markdown twin with PNG files beside it.
+
+`write_report(analysis, out_dir, meta)` takes the dict of `tuning.analysis.analyse` and writes:
+
+    report.html        self-contained: tables and the plots as inline PNG
+    report.md          the same tables, linking the PNG files
+    fits.png           per task: MRR against backbone size, the offset power-law fit, P0 and its interval,
+                       the log-linear fit, and (synthetic data) the generator's ceiling
+    stability.png      retrain cost against top-k overlap and MRR spread across retrains, with Spearman's rho
+    gains.png          each task's gain from the smallest to the largest backbone, as a share of the next-event gain,
+                       against the task's headroom
+    curves.png         loss and primary-task MRR per epoch of every fresh retrain
+    analysis.json      the numbers behind it all
+
+Plots are matplotlib with the Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from genrec.shards import atomic_write_bytes
+
+
+def _fmt(v, digits: int = 4) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, (int, np.integer)):
+        return f"{v:,}"
+    if isinstance(v, (float, np.floating)):
+        if not math.isfinite(v):
+            return "n/a"
+        if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
+            return f"{v:.3g}"
+        return f"{v:.{digits}f}" if abs(v) < 100 else f"{v:,.0f}"
+    return str(v)
+
+
+def _params(n) -> str:
+    n = float(n)
+    if not math.isfinite(n):
+        return "n/a"
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
+
+
+class Table:
+    def __init__(self, columns: list[str], rows: list[list]):
+        self.columns, self.rows = columns, [[_fmt(c) if not isinstance(c, str) else c for c in r] for r in rows]
+
+    def markdown(self) -> str:
+        lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
+        lines += ["| " + " | ".join(r) + " |" for r in self.rows]
+        return "\n".join(lines)
+
+    def html(self) -> str:
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in self.rows)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+# --------------------------------------------------------------------------------------------------- plots
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_fits(a: dict, path: Path, oracle: dict | None) -> bool:
+    tasks = list(a["tasks"])
+    fits = a["fits"]
+    if not any(len(f["n"]) for f in fits):
+        return False
+    plt = _plt()
+    cols = min(len(tasks), 2)
+    rows = math.ceil(len(tasks) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.2 * rows), squeeze=False)
+    lengths = sorted({f["max_seq_len"] for f in fits})
+    colors = {L: plt.cm.viridis(i / max(len(lengths) - 1, 1) * 0.85) for i, L in enumerate(lengths)}
+    for ax, task in zip(axes.flat, tasks):
+        all_n = np.concatenate([f["n"] for f in fits if f["task"] == task] or [np.zeros(0)])
+        if all_n.size == 0:
+            ax.set_visible(False)
+            continue
+        grid = np.geomspace(all_n.min() / 1.5, all_n.max() * 1.5, 200)
+        for f in (f for f in fits if f["task"] == task):
+            c = colors[f["max_seq_len"]]
+            ax.scatter(f["n"], f["p"], color=c, s=18, alpha=0.75, label=f"len {f['max_seq_len']}")
+            fit = f["fit"]
+            if fit is not None:
+                ax.plot(grid, fit.predict(grid), color=c, lw=1.6)
+                ax.axhline(fit.p0, color=c, lw=0.9, ls="--")
+                boot = f["boot"]
+                if boot and math.isfinite(boot["p0"].low):
+                    ax.axhspan(boot["p0"].low, min(boot["p0"].high, 1.0), color=c, alpha=0.08)
+            if f["loglinear"] is not None:
+                ax.plot(grid, f["loglinear"].predict(grid), color=c, lw=0.9, ls=":")
+        if oracle and task in oracle:
+            ax.axhline(oracle[task]["mrr"], color="black", lw=1.0, ls="-.", label="generator oracle")
+        ax.set_xscale("log")
+        ax.set_xlabel("backbone parameters")
+        ax.set_ylabel("MRR")
+        desc = a["tasks"][task].get("description") or ""
+        ax.set_title(f"task {task}" + (f": {desc}" if desc else ""), fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.set_visible(False)
+    fig.suptitle("P(N) = P0 - (N/N0)^-a per task (solid), P0 and its 95% interval (dashed, band), "
+                 "log-linear (dotted)", fontsize=10)
+    _save(fig, path)
+    return True
+
+
+def plot_stability(a: dict, path: Path) -> bool:
+    st = a["stability"]
+    cells = [c for c in st["cells"] if c["retrains"] > 1]
+    if not cells:
+        return False
+    plt = _plt()
+    primary = a["primary"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for ax, key, label in ((axes[0], "topk_overlap", f"top-{st['k']} overlap between retrains (same requests)"),
+                           (axes[1], f"mrr_{primary}_std", f"std of MRR (task {primary}) across retrains")):
+        x = [c["train_flops"] for c in cells]
+        y = [c[key] for c in cells]
+        sc = ax.scatter(x, y, c=[math.log10(c["backbone_params"]) for c in cells], cmap="viridis", s=40)
+        for c, xi, yi in zip(cells, x, y):
+            ax.annotate(f"{c['preset']}/{c['max_seq_len']}", (xi, yi), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+        corr = st["correlations"].get(("train_flops", key))
+        title = label
+        if corr:
+            title += f"\nSpearman rho {corr['rho']:+.2f} [{corr['interval'].low:+.2f}, {corr['interval'].high:+.2f}]"
+        ax.set_title(title, fontsize=9)
+        ax.set_xscale("log")
+        ax.set_xlabel("training FLOPs per retrain")
+        ax.grid(alpha=0.3)
+        fig.colorbar(sc, ax=ax, label="log10 backbone parameters")
+    _save(fig, path)
+    return True
+
+
+def plot_gains(a: dict, path: Path) -> bool:
+    g = a["gains"]
+    rows = [r for r in g.get("rows", []) if math.isfinite(r["gain_vs_next"]) and math.isfinite(r["headroom_small"])]
+    if not rows:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.2, 4.2))
+    ax.scatter([r["headroom_small"] for r in rows], [r["gain_vs_next"] for r in rows], s=40)
+    for r in rows:
+        ax.annotate(r["task"], (r["headroom_small"], r["gain_vs_next"]), xytext=(4, 3), textcoords="offset points")
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel(f"headroom P0 - P(N) at the smallest backbone ({_params(g['small'])})")
+    ax.set_ylabel("task MRR gain / next-event MRR gain")
+    ax.set_title(f"gain {_params(g['small'])} -> {_params(g['large'])} (max_seq_len {g['max_seq_len']})",
+                 fontsize=10)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+    return True
+
+
+def plot_curves(curves: list[dict], primary: str, path: Path) -> bool:
+    if not curves:
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    sizes = sorted({c["n"] for c in curves})
+    for c in curves:
+        color = plt.cm.viridis(sizes.index(c["n"]) / max(len(sizes) - 1, 1) * 0.85)
+        style = "-" if c["max_seq_len"] == max(x["max_seq_len"] for x in curves) else "--"
+        label = f"{c['preset']}/len {c['max_seq_len']}"
+        axes[0].plot(c["epochs"], c["loss"], style, color=color, label=label)
+        axes[1].plot(c["epochs"], c["mrr"], style, color=color, label=label)
+    axes[0].set_ylabel("training loss")
+    axes[1].set_ylabel(f"MRR (task {primary})")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, ncol=2)
+    _save(fig, path)
+    return True
+
+
+# --------------------------------------------------------------------------------------------------- text
+
+def answers(a: dict) -> list[str]:
+    """The two open questions, answered in words from this sweep's numbers (never fixed text)."""
+    out = []
+    st = a["stability"]
+    corr = st["correlations"].get(("train_flops", "topk_overlap"))
+    corr_std = st["correlations"].get(("train_flops", f"mrr_{a['primary']}_std"))
+    n_cells = sum(c["retrains"] > 1 for c in st["cells"])
+    if corr:
+        lo, hi = corr["interval"].low, corr["interval"].high
+        verdict = ("more expensive retrains serve more stable top lists" if lo > 0 else
+                   "more expensive retrains serve less stable top lists" if hi < 0 else
+                   "the sweep cannot tell: the interval includes 0")
+        text = (f"**Does repeated-training cost track score stability?** Across {n_cells} (size, max_seq_len) cells "
+                f"with several retrains, Spearman's rho between training FLOPs per retrain and the top-{st['k']} "
+                f"overlap of retrains is {corr['rho']:+.2f} (95% bootstrap interval {lo:+.2f} to {hi:+.2f}): "
+                f"{verdict}.")
+        if corr_std:
+            text += (f" Against the spread of task {a['primary']}'s MRR across retrains: rho {corr_std['rho']:+.2f} "
+                     f"({corr_std['interval'].low:+.2f} to {corr_std['interval'].high:+.2f}).")
+        out.append(text)
+    else:
+        out.append("**Does repeated-training cost track score stability?** Not answered: it needs three or more "
+                   "(size, max_seq_len) cells with two or more retrains each (tune.seeds, tune.window_shifts_h).")
+    g = a["gains"]
+    rows = [r for r in g.get("rows", []) if math.isfinite(r["gain_vs_next"])]
+    if rows and math.isfinite(g.get("next_gain", math.nan)):
+        parts = ", ".join(f"{r['task']} {r['gain']:+.0%} (x{r['gain_vs_next']:.2f} of next-event, headroom "
+                          f"{_fmt(r['headroom_small'])})" for r in rows)
+        text = (f"**How much do pre-training gains shrink on tasks with little headroom?** From {_params(g['small'])} "
+                f"to {_params(g['large'])} (max_seq_len {g['max_seq_len']}), pre-training loss improves by "
+                f"{g['loss_gain']:+.1%} and next-event MRR (task {g['primary']}) by {g['next_gain']:+.0%}; per task: "
+                f"{parts}.")
+        h = [(r["headroom_small"], r["gain_vs_next"]) for r in rows if math.isfinite(r["headroom_small"])]
+        if len(h) >= 3:
+            from genrec.analysis import spearman
+
+            rho = spearman(*zip(*h))
+            text += (f" Across the {len(h)} tasks, Spearman's rho between headroom and the gain ratio is {rho:+.2f} "
+                     "(few tasks: read it as a direction, not a test).")
+        out.append(text)
+    else:
+        out.append("**How much do pre-training gains shrink on tasks with little headroom?** Not answered: it needs "
+                   "two or more backbone sizes.")
+    return out
+
+
+def fit_table(a: dict, oracle: dict | None) -> Table:
+    cols = ["task", "max_seq_len", "points", "sizes", "P0", "P0 95% interval", "N0", "a", "RMSE offset law",
+            "RMSE log-linear"] + (["generator oracle MRR"] if oracle else [])
+    rows = []
+    for f in a["fits"]:
+        fit, boot, ll = f["fit"], f["boot"], f["loglinear"]
+        row = [f["task"], f["max_seq_len"], f["points"], f["sizes"]]
+        if fit is None:
+            row += ["needs 3+ sizes", "", "", "", "", _fmt(ll.rmse) if ll else ""]
+        else:
+            row += [fit.p0, f"[{_fmt(boot['p0'].low)}, {_fmt(boot['p0'].high)}]", _params(fit.n0) if fit.n0 else
+                    "flat", fit.a, fit.rmse, ll.rmse if ll else None]
+        if oracle:
+            row.append(oracle.get(f["task"], {}).get("mrr"))
+        rows.append(row)
+    return Table(cols, rows)
+
+
+def headroom_table(a: dict) -> Table:
+    cols = ["task", "max_seq_len", "backbone", "measured MRR", "fitted P(N)", "headroom P0 - P(N)"]
+    rows = [[f["task"], f["max_seq_len"], _params(s["n"]), s["measured"], s["predicted"], s["headroom"]]
+            for f in a["fits"] if f["fit"] is not None for s in f["per_size"]]
+    return Table(cols, rows)
+
+
+def stability_table(a: dict) -> Table:
+    tasks = list(a["tasks"])
+    st = a["stability"]
+    cols = (["preset", "backbone", "max_seq_len", "retrains", "train FLOPs", "wall s", "events",
+             f"top-{st['k']} overlap"] + [f"MRR {t} mean ± std" for t in tasks])
+    rows = [[c["preset"], _params(c["backbone_params"]), c["max_seq_len"], c["retrains"], c["train_flops"],
+             c["wall_time_s"], c["events_processed"], c["topk_overlap"]]
+            + [f"{_fmt(c[f'mrr_{t}_mean'])} ± {_fmt(c[f'mrr_{t}_std'])}" for t in tasks] for c in st["cells"]]
+    return Table(cols, rows)
+
+
+def correlation_table(a: dict) -> Table:
+    rows = [[cost, stab, c["n"], c["rho"], f"[{_fmt(c['interval'].low)}, {_fmt(c['interval'].high)}]"]
+            for (cost, stab), c in a["stability"]["correlations"].items()]
+    return Table(["cost", "stability", "cells", "Spearman rho", "95% interval"], rows)
+
+
+def gains_table(a: dict) -> Table:
+    rows = [[r["task"], r["mrr_small"], r["mrr_large"], r["gain"], r["gain_vs_next"], r["gain_vs_loss"], r["p0"],
+             r["headroom_small"], r["relative_headroom_small"]] for r in a["gains"].get("rows", [])]
+    return Table(["task", "MRR smallest", "MRR largest", "relative gain", "gain / next-event gain",
+                  "gain / loss gain", "P0", "headroom at smallest", "headroom / P0"], rows)
+
+
+def optimal_table(a: dict) -> Table:
+    o = a["optimal"]
+    rows = [[r["key"], _params(r["n"]) + (" (clipped to the sizes measured)" if r["clipped"] else ""),
+             r["cost"], r["affordable"], r["predicted"]] for r in o.get("rows", [])]
+    return Table(["max_seq_len", "largest affordable backbone", "predicted train FLOPs", "within budget",
+                  f"predicted MRR (task {o.get('task', '')})"], rows)
+
+
+def trials_table(a: dict) -> Table:
+    tasks = list(a["tasks"])
+    cols = (["preset", "backbone", "max_seq_len", "seed", "window shift h", "status", "epochs", "loss"]
+            + [f"MRR {t}" for t in tasks] + ["wall s", "events", "train FLOPs"])
+    rows = []
+    for r in a["trials"]:
+        rows.append([r["preset"], _params(r["backbone_params"]) if r["backbone_params"] else "", r["max_seq_len"],
+                     r["seed"], r["window_shift_h"], r["status"] + (f": {r['error']}" if r.get("error") else ""),
+                     r["epochs"], r["loss"]] + [r.get(f"mrr_{t}") for t in tasks]
+                    + [r["wall_time_s"], r["events_processed"], r["train_flops"]])
+    return Table(cols, rows)
+
+
+def task_table(a: dict) -> Table:
+    rows = []
+    for name, t in a["tasks"].items():
+        target = {"next": "first title after the request not in the context",
+                  "horizon": f"titles {t['start_h']:g}-{t['end_h']:g} h after the request, after the next "
+                             f"{t['skip']} events",
+                  "cold": "first title with no training event"}[t["targets"]]
+        cand = ("whole catalogue" if t["candidates"] == "all" else
+                f"top {t['pool_size']} titles of ±{t['window_days']} days, launched by the request")
+        rows.append([name, t.get("description", ""), target, cand])
+    return Table(["task", "description", "targets", "candidates"], rows)
+
+
+# --------------------------------------------------------------------------------------------------- page
+
+def _jsonable(x):
+    from genrec.analysis import CostModel, Interval, LogLinearFit, PowerLawFit
+
+    if isinstance(x, dict):
+        return {(k if isinstance(k, str) else " / ".join(map(str, k)) if isinstance(k, tuple) else str(k)):
+                _jsonable(v) for k, v in x.items() if k not in ("p0_samples",)}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (PowerLawFit, LogLinearFit, Interval, CostModel)):
+        return {k: _jsonable(v) for k, v in x.__dict__.items()}
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def write_report(a: dict, out_dir: str | Path, meta: dict, oracle: dict | None = None,
+                 curves: list[dict] | None = None) -> dict[str, Path]:
+    """Write report.html, report.md, the PNG plots and analysis.json into out_dir; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = {}
+    for name, fn in (("fits", lambda p: plot_fits(a, p, oracle)), ("stability", lambda p: plot_stability(a, p)),
+                     ("gains", lambda p: plot_gains(a, p)),
+                     ("curves", lambda p: plot_curves(curves or [], a["primary"], p))):
+        path = out / f"{name}.png"
+        if fn(path):
+            plots[name] = path
+        elif path.exists():
+            path.unlink()  # a stale plot from an earlier report of the same folder would mislead
+
+    o = a["optimal"]
+    sections = [
+        ("Tasks", [task_table(a)], None),
+        ("Answers", [], "\n\n".join(answers(a))),
+        ("Scaling fits per task", [fit_table(a, oracle), headroom_table(a)], "fits"),
+        ("Repeated-training cost vs score stability", [stability_table(a), correlation_table(a)], "stability"),
+        ("Pre-training gain vs downstream gain", [gains_table(a)], "gains"),
+        ("Compute-optimal pick", [optimal_table(a)],
+         (f"Budget: {_fmt(o['budget_flops'])} training FLOPs per retrain ({o['budget_source']}; "
+          f"`--budget-flops` sets it). " +
+          (f"Best measured cell within it: {o['grid_best']['preset']} / max_seq_len {o['grid_best']['max_seq_len']} "
+           f"(MRR {_fmt(o['grid_best']['mrr'])} at {_fmt(o['grid_best']['cost'])} FLOPs). "
+           if o.get("grid_best") else "No measured cell fits the budget. ") +
+          "The fits' pick: for each max_seq_len the largest backbone the budget buys (log-log cost model per length) "
+          "and the metric its fit predicts there.") if o else "No trial reported training FLOPs."),
+        ("Training curves", [], "curves"),
+        ("Every trial", [trials_table(a)], None),
+    ]
+    intro = [f"**Results:** `{meta.get('experiment', '')}`",
+             f"**Data:** {meta.get('dataset', '')} ({meta.get('counts', '')})",
+             f"**Sweep:** {meta.get('grid', '')}",
+             f"**Made by:** `{meta.get('command', '')}` on {meta.get('date', '')}"]
+    if oracle:
+        intro.append("**Generator oracle:** on synthetic data each task is also scored by the generator's own "
+                     "probabilities (same requests and candidates): the ceiling the data allow.")
+
+    md = [f"# genrec sweep report: {meta.get('name', '')}", "", *[f"- {line}" for line in intro], ""]
+    page = [f"<h1>genrec sweep report: {html.escape(str(meta.get('name', '')))}</h1><ul>"]
+    page += [f"<li>{_md_inline(line)}</li>" for line in intro] + ["</ul>"]
+    for title, tables, extra in sections:
+        md += [f"## {title}", ""]
+        page.append(f"<h2>{html.escape(title)}</h2>")
+        if extra in plots:
+            md += [f"![{extra}]({plots[extra].name})", ""]
+            data = base64.b64encode(plots[extra].read_bytes()).decode()
+            page.append(f'<img alt="{extra}" src="data:image/png;base64,{data}">')
+        elif extra and extra not in ("fits", "stability", "gains", "curves"):
+            md += [extra, ""]
+            page += [f"<p>{_md_inline(p)}</p>" for p in extra.split("\n\n")]
+        elif extra:
+            md += ["(no plot: too few trials for it)", ""]
+            page.append("<p>(no plot: too few trials for it)</p>")
+        for t in tables:
+            md += [t.markdown(), ""]
+            page.append(t.html())
+    style = ("body{font-family:system-ui,sans-serif;max-width:1250px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:0.8em 0;font-size:13px}td,th{border:1px solid #ccc;"
+             "padding:3px 7px;text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
+             "img{max-width:100%;border:1px solid #eee}code{background:#f5f5f5;padding:1px 4px}")
+    doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>genrec report {html.escape(str(meta.get('name')))}"
+           f"</title><style>{style}</style></head><body>{''.join(page)}</body></html>")
+    paths = {"html": out / "report.html", "md": out / "report.md", "json": out / "analysis.json", **plots}
+    atomic_write_bytes(paths["html"], doc.encode())
+    atomic_write_bytes(paths["md"], "\n".join(md).encode())
+    atomic_write_bytes(paths["json"], json.dumps(_jsonable({"meta": meta, "oracle": oracle, **a}), indent=1).encode())
+    return paths
+
+
+def _md_inline(text: str) -> str:
+    """**bold** and `code` of our own sentences, escaped."""
+    import re
+
+    t = html.escape(text)
+    t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", t)

@@ -1,0 +1,301 @@
+"""Downstream tasks: requests, targets, candidate sets and serving delays over the evaluation shards.
+
+A **request** is a user arriving at time r: the first event after the training cutoff, then the user's next session
+starts (an event at least `eval.session_gap_h` after the previous one), up to `eval.requests_per_user` of them. On
+leave-one-out shards the one request is the held-out last event (the SASRec/HSTU protocol).
+
+For every request and every **serving delay** d (`eval.delays_h`, 0 always), the model reads the user's events up
+to r - d (for d = 0: every event before the request), as a cache that stale would. Targets are fixed per request
+(from the fresh context), so the delays score the same targets and differ only in what the model saw.
+
+A **task** (`eval.tasks`, see `genrec.config.TaskConfig`) says which future events are relevant and which titles
+compete:
+
+* targets "next": the first title at or after r that is not in the context (task B);
+* targets "horizon": every title engaged with in [r + start_h, r + end_h) after the next `skip` events (task A);
+* targets "cold": the first title at or after r with no training event (cold start);
+* candidates "all": the whole catalogue minus the titles in the context (the context actually given, so a stale
+  cache may recommend what the user watched since);
+* candidates "popular": the `pool_size` most-watched titles over the days [day(r) - window_days,
+  day(r) + window_days] that had launched by r (task C); requests whose target is not in that pool are not scored.
+  Popularity counts every event in the shards (training rows and evaluation rows) at day granularity.
+
+MRR is the reciprocal rank of the best-ranked relevant title in the task's candidate set; HR@k and NDCG@k (binary
+relevance, ideal DCG over min(relevant, k) titles) sit beside it (see `genrec.metrics.multi_rank_sums`).
+
+Everything here is numpy/torch on one process: the trainer, the report's generator oracle and the tests share it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from genrec.config import EvalConfig, TaskConfig
+from genrec.metrics import from_sums, multi_rank_sums, relevant_ranks
+from genrec.shards import ShardSet
+from genrec.windows import context_window
+
+DAY = 86_400
+HOUR = 3_600
+
+
+@dataclass
+class Request:
+    user: int  # user_id
+    ts: int  # request time r (Unix seconds)
+    seq: int  # index of the user's whole sequence in EvalPlan.seqs
+    ends: dict[float, int]  # delay (hours) -> end (exclusive) of the context in the sequence
+    targets: dict[str, np.ndarray] = field(default_factory=dict)  # task -> relevant item indices (never empty)
+    pools: dict[str, np.ndarray] = field(default_factory=dict)  # task -> candidate item indices (popular tasks)
+
+
+@dataclass
+class EvalPlan:
+    tasks: dict[str, TaskConfig]
+    delays: list[float]  # hours, 0 first
+    seqs: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]  # (items, ts, actions, utils) per user
+    requests: list[Request]
+
+    def counts(self) -> dict[str, int]:
+        return {t: sum(t in r.targets for r in self.requests) for t in self.tasks}
+
+
+def delay_suffix(delay_h: float) -> str:
+    return "" if delay_h == 0 else f"_{delay_h:g}h"
+
+
+class PopularPools:
+    """The most-watched titles of a time window, at day granularity, restricted to titles launched by the request."""
+
+    def __init__(self, items: np.ndarray, ts: np.ndarray, launch: np.ndarray):
+        order = np.argsort(ts, kind="stable")
+        self.items, self.days = items[order], ts[order] // DAY
+        self.launch = launch  # per item index; +inf-like for titles never available
+        self._ranked: dict[tuple[int, int], np.ndarray] = {}
+
+    def ranked(self, day: int, window_days: int) -> np.ndarray:
+        """Titles with events in [day - w, day + w], most events first (ties: lower index first)."""
+        key = (day, window_days)
+        if key not in self._ranked:
+            lo, hi = np.searchsorted(self.days, [day - window_days, day + window_days + 1])
+            counts = np.bincount(self.items[lo:hi], minlength=len(self.launch))
+            counts[0] = 0
+            nz = np.flatnonzero(counts)
+            self._ranked[key] = nz[np.lexsort((nz, -counts[nz]))]
+        return self._ranked[key]
+
+    def pool(self, r: int, size: int, window_days: int) -> np.ndarray:
+        ranked = self.ranked(int(r // DAY), window_days)
+        return ranked[self.launch[ranked] <= r][:size]
+
+
+def _all_events(shards: ShardSet, eval_table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Every event in the shards once: training rows, plus evaluation histories of users without a training row
+    (too few events to train), plus every evaluation target."""
+    parts_i, parts_t = [], []
+    train_users = set()
+    for path in shards.files("train"):
+        t = pq.read_table(path, columns=["user_id", "items", "ts"])
+        train_users.update(t.column("user_id").to_pylist())
+        parts_i.append(pc.list_flatten(t.column("items")).to_numpy())
+        parts_t.append(pc.list_flatten(t.column("ts")).to_numpy())
+    extra = eval_table.filter(pa.array([u not in train_users for u in eval_table.column("user_id").to_pylist()],
+                                       pa.bool_()))
+    for table, (ci, ct) in ((extra, ("items", "ts")), (eval_table, ("targets", "target_ts"))):
+        parts_i.append(pc.list_flatten(table.column(ci)).to_numpy())
+        parts_t.append(pc.list_flatten(table.column(ct)).to_numpy())
+    return (np.concatenate(parts_i).astype(np.int64) if parts_i else np.zeros(0, np.int64),
+            np.concatenate(parts_t).astype(np.int64) if parts_t else np.zeros(0, np.int64))
+
+
+def launch_times(shards: ShardSet, items: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Launch time per item index: the catalogue's launch_ts, else the title's first event (never: int64 max)."""
+    never = np.iinfo(np.int64).max
+    first = np.full(shards.num_items + 1, never, np.int64)
+    if items.size:
+        np.minimum.at(first, items, ts)
+    vocab = pq.read_table(shards.items_path)
+    if "launch_ts" in vocab.column_names:
+        col = vocab.column("launch_ts")
+        known = col.is_valid().to_numpy(zero_copy_only=False)
+        idx = vocab.column("index").to_numpy()[known]
+        first[idx] = np.minimum(first[idx], col.fill_null(0).to_numpy()[known].astype(np.int64))
+    return first
+
+
+def request_positions(ts: np.ndarray, start: int, gap_s: float, limit: int) -> list[int]:
+    """The first event at or after `start` and the following session starts (gap >= gap_s), at most `limit`."""
+    if start >= len(ts):
+        return []
+    later = np.flatnonzero(np.diff(ts[start:]) >= gap_s) + start + 1
+    return [start, *later.tolist()][:limit]
+
+
+def task_targets(task: TaskConfig, items: np.ndarray, ts: np.ndarray, pos: int, seen: set, cold: np.ndarray
+                 ) -> np.ndarray:
+    """Relevant item indices of one request at sequence position `pos` (empty: the task does not score it)."""
+    if task.targets == "horizon":
+        r = ts[pos]
+        sel = np.flatnonzero((ts[pos + task.skip:] >= r + task.start_h * HOUR)
+                             & (ts[pos + task.skip:] < r + task.end_h * HOUR)) + pos + task.skip
+        out = [t for t in dict.fromkeys(items[sel].tolist()) if t not in seen]
+        return np.asarray(out, np.int64)
+    for k in range(pos, len(items)):
+        t = int(items[k])
+        if t not in seen and (task.targets == "next" or cold[t]):
+            return np.asarray([t], np.int64)
+    return np.zeros(0, np.int64)
+
+
+def build_plan(shards: ShardSet, ecfg: EvalConfig, cold: np.ndarray) -> EvalPlan:
+    """Every request of the evaluation shards with its per-delay contexts and per-task targets and pools.
+
+    `cold` (per item index): titles with no training event in this run's training window. Users are sampled with
+    eval.seed only, so retrains with other seeds or windows score the same requests."""
+    table = pq.read_table(shards.files("eval"))
+    n = table.num_rows
+    users = np.arange(n)
+    if ecfg.max_users is not None and n > ecfg.max_users:
+        users = np.sort(np.random.default_rng(ecfg.seed).choice(n, ecfg.max_users, replace=False))
+    delays = [0.0, *sorted({float(d) for d in ecfg.delays_h if d > 0})]
+    pools = None
+    if any(t.candidates == "popular" for t in ecfg.tasks.values()):
+        ev_items, ev_ts = _all_events(shards, table)
+        pools = PopularPools(ev_items, ev_ts, launch_times(shards, ev_items, ev_ts))
+    cols = {c: table.column(c).to_pylist() for c in ("user_id", "items", "ts", "actions", "utils", "targets",
+                                                     "target_ts", "target_actions", "target_utils")}
+    seqs, requests = [], []
+    for i in users:
+        items = np.asarray(cols["items"][i] + cols["targets"][i], np.int64)
+        ts = np.asarray(cols["ts"][i] + cols["target_ts"][i], np.int64)
+        actions = np.asarray(cols["actions"][i] + cols["target_actions"][i], np.int64)
+        utils = np.asarray(cols["utils"][i] + cols["target_utils"][i], np.float32)
+        start = len(cols["items"][i])
+        mine = []
+        for pos in request_positions(ts, start, ecfg.session_gap_h * HOUR, ecfg.requests_per_user):
+            r = int(ts[pos])
+            ends = {d: pos if d == 0 else int(np.searchsorted(ts[:pos], r - d * HOUR, side="right"))
+                    for d in delays}
+            if min(ends.values()) == 0:
+                continue  # nothing old enough for the stalest cache: left out of every delay, so they stay paired
+            seen = set(items[:pos].tolist())
+            req = Request(int(cols["user_id"][i]), r, len(seqs), ends)
+            for name, task in ecfg.tasks.items():
+                rel = task_targets(task, items, ts, pos, seen, cold)
+                if rel.size and task.candidates == "popular":
+                    pool = pools.pool(r, task.pool_size, task.window_days)
+                    rel = rel[np.isin(rel, pool)]
+                    if rel.size:
+                        req.pools[name] = pool
+                if rel.size:
+                    req.targets[name] = rel
+            if req.targets:
+                mine.append(req)
+        if mine:
+            seqs.append((items, ts, actions, utils))
+            requests.extend(mine)
+    return EvalPlan(dict(ecfg.tasks), delays, seqs, requests)
+
+
+def plan_batches(plan: EvalPlan, delay: float, max_seq_len: int, rank: int, world: int, batch_size: int
+                 ) -> Iterator[tuple[list[Request], dict[str, torch.Tensor]]]:
+    """This rank's batches of requests at one delay, as model inputs plus per-task targets and pools.
+
+    Every rank yields the same number of batches (padded with empty ones), because a ZeRO-3 forward is a collective:
+    a rank that stopped early would hang the others."""
+    per_rank = math.ceil(len(plan.requests) / world)
+    mine = plan.requests[rank::world]
+    for b in range(math.ceil(per_rank / batch_size)):
+        chunk = mine[b * batch_size:(b + 1) * batch_size]
+        n = max(len(chunk), 1)
+        items = np.zeros((n, max_seq_len), np.int64)
+        actions, gaps = np.zeros_like(items), np.zeros_like(items)
+        utils = np.zeros((n, max_seq_len), np.float32)
+        lengths = np.ones(n, np.int64)
+        ex_rows, ex_cols = [], []
+        for i, req in enumerate(chunk):
+            s_items, s_ts, s_actions, s_utils = plan.seqs[req.seq]
+            end = req.ends[delay]
+            items[i], actions[i], gaps[i], utils[i], lengths[i] = context_window(
+                s_items[:end], s_ts[:end], s_actions[:end], max_seq_len, s_utils[:end])
+            ex_rows += [i] * end
+            ex_cols += s_items[:end].tolist()
+        batch = dict(items=items, actions=actions, gaps=gaps, utils=utils, lengths=lengths,
+                     exclude_rows=np.asarray(ex_rows, np.int64), exclude_cols=np.asarray(ex_cols, np.int64))
+        for name, task in plan.tasks.items():
+            width = max([len(r.targets.get(name, ())) for r in chunk] + [1])
+            rel = np.zeros((n, width), np.int64)
+            valid = np.zeros((n, width), bool)
+            for i, req in enumerate(chunk):
+                t = req.targets.get(name)
+                if t is not None:
+                    rel[i, :len(t)], valid[i, :len(t)] = t, True
+            batch[f"rel_{name}"], batch[f"relvalid_{name}"] = rel, valid
+            if task.candidates == "popular":
+                rows = [i for i, req in enumerate(chunk) for _ in req.pools.get(name, ())]
+                cols = [c for req in chunk for c in req.pools.get(name, ())]
+                batch[f"pool_rows_{name}"] = np.asarray(rows, np.int64)
+                batch[f"pool_cols_{name}"] = np.asarray(cols, np.int64)
+        yield chunk, {k: torch.from_numpy(v) for k, v in batch.items()}
+
+
+Scorer = Callable[[list[Request], float, dict[str, torch.Tensor]], torch.Tensor]
+
+
+def evaluate_plan(plan: EvalPlan, scorer: Scorer, max_seq_len: int, rank: int = 0, world: int = 1,
+                  batch_size: int = 256, device="cpu", topk: int = 0, k: int = 10):
+    """-> ({(task, delay): summed rank statistics (5,) float64}, top-k rows at delay 0 for this rank's requests).
+
+    `scorer(requests, delay, batch)` returns scores (B, catalogue + 1) for the batch's requests (padding rows
+    included); excluded titles are set to -inf here. Top-k rows: (user, request ts, [item indices])."""
+    sums = {(t, d): torch.zeros(5, dtype=torch.float64) for t in plan.tasks for d in plan.delays}
+    top_rows = []
+    for delay in plan.delays:
+        for chunk, batch in plan_batches(plan, delay, max_seq_len, rank, world, batch_size):
+            batch = {key: v.to(device) for key, v in batch.items()}
+            scores = scorer(chunk, delay, batch).float()
+            scores[batch["exclude_rows"], batch["exclude_cols"]] = float("-inf")
+            scores[:, 0] = float("-inf")
+            if delay == 0 and topk and chunk:
+                best = scores[:len(chunk)].topk(min(topk, scores.shape[1] - 1), dim=1)
+                for r, v, i in zip(chunk, best.values.cpu(), best.indices.cpu()):
+                    top_rows.append((r.user, r.ts, i[torch.isfinite(v)].tolist()))  # fewer when few candidates
+            for name, task in plan.tasks.items():
+                s = scores
+                if task.candidates == "popular":
+                    allowed = torch.zeros_like(scores, dtype=torch.bool)
+                    allowed[batch[f"pool_rows_{name}"], batch[f"pool_cols_{name}"]] = True
+                    s = scores.masked_fill(~allowed, float("-inf"))
+                valid = batch[f"relvalid_{name}"]
+                rows = valid.any(1)
+                if rows.any():
+                    ranks = relevant_ranks(s[rows], batch[f"rel_{name}"][rows], valid[rows])
+                    sums[(name, delay)] += multi_rank_sums(ranks.cpu(), k)
+    return sums, top_rows
+
+
+def plan_metrics(sums: dict, primary: str, k: int = 10) -> dict[str, float]:
+    """Metric names: mrr_<task>, hr@10_<task>, ndcg@10_<task>, mrr@10_<task>, requests_<task>, suffixed _24h for a
+    delay; the primary task at delay 0 is also reported unsuffixed (mrr, hr@10, ...)."""
+    out = {}
+    for (task, delay), v in sums.items():
+        m = from_sums(v, k)
+        out |= {f"{name}_{task}{delay_suffix(delay)}": x for name, x in m.items()}
+        if task == primary and delay == 0:
+            out |= m
+    return out
+
+
+def model_scorer(model, item_matrix: torch.Tensor) -> Scorer:
+    def score(_requests, _delay, b):
+        return model.score_last(b["items"], b["actions"], b["gaps"], b["utils"], b["lengths"], item_matrix)
+
+    return score

@@ -1,0 +1,374 @@
+"""From a Tune experiment to the answers: scaling fits per task, retrain cost vs stability, gains vs headroom.
+
+`load_experiment(DIR)` reads what Tune wrote for a `tuning.sweep` run (one folder per trial: `params.json`, the
+trial's `genrec_run.json` naming its genrec run, `error.txt` when it failed) and each run's per-epoch history and
+top-k lists. `analyse(...)` turns the trials into the report's tables with the pure functions of `genrec.analysis`:
+
+* every metric is read at a run's **final epoch** (a retrain delivers its last model; no selection on the
+  evaluation requests);
+* scaling fits use the retrains trained up to the cutoff (window shift 0; every seed is one observation);
+* stability uses every retrain of a (preset, max_seq_len) cell: seeds and shifted training windows alike.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from genrec.analysis import (bootstrap_power_law, compute_optimal, fit_cost, fit_log_linear, fit_offset_power_law,
+                             mean_pairwise_overlap, relative_gain, spearman_with_interval)
+from genrec.config import ConfigError, GenrecConfig
+from tuning.sweep import RUN_FILE
+
+
+@dataclass
+class Trial:
+    preset: str
+    max_seq_len: int
+    seed: int
+    window_shift_h: float
+    status: str
+    error: str | None
+    history: list[dict]
+    run: str | None = None
+    topk_path: str | None = None
+    folder: str = ""
+
+    @property
+    def final(self) -> dict:
+        return self.history[-1] if self.history else {}
+
+    @property
+    def params(self) -> float:
+        return float(self.final.get("backbone_params", math.nan))
+
+
+@dataclass
+class Experiment:
+    path: Path
+    config: GenrecConfig
+    shards: str
+    trials: list[Trial] = field(default_factory=list)
+
+    @property
+    def ok(self) -> list[Trial]:
+        return [t for t in self.trials if t.status == "ok"]
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Read a Tune experiment folder written by `tuning.sweep` (storage/tune/<sweep>)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ConfigError(f"{path}: no such folder; pass a sweep's results folder (storage.root/tune/<sweep>)")
+    folders = sorted(d for d in path.iterdir() if (d / "params.json").is_file())
+    if not folders:
+        raise ConfigError(f"{path}: no Tune trial folders (with params.json) in it; pass a sweep's results folder "
+                          "(storage.root/tune/<sweep>, printed by `genrec sweep`)")
+    trials, base, shards = [], None, None
+    for d in folders:
+        params = json.loads((d / "params.json").read_text())
+        base, shards = base or params.get("base"), shards or params.get("shards")
+        run = json.loads((d / RUN_FILE).read_text()) if (d / RUN_FILE).is_file() else {}
+        history = []
+        if run.get("history") and Path(run["history"]).is_file():
+            history = json.loads(Path(run["history"]).read_text())
+        elif (d / "result.json").is_file():  # the metrics Tune received, when the run's own history is gone
+            history = [json.loads(line) for line in (d / "result.json").read_text().splitlines() if line.strip()]
+        error = (d / "error.txt").read_text().strip() if (d / "error.txt").is_file() else None
+        status = "ok" if history and not error else "failed"
+        trials.append(Trial(params["preset"], int(params["max_seq_len"]), int(params.get("seed", 0)),
+                            float(params.get("window_shift_h", 0.0)), status,
+                            error or (None if history else "no metrics reported"), history, run.get("run"),
+                            run.get("topk"), d.name))
+    if base is None:
+        raise ConfigError(f"{path}: the trials' params.json hold no 'base' config; not a genrec sweep")
+    return Experiment(path, GenrecConfig.model_validate(base), shards, trials)
+
+
+def read_topk(path: str | None) -> dict:
+    """(user_id, request ts) -> top-k item indices, from a run's topk.parquet (empty when missing)."""
+    import pyarrow.parquet as pq
+
+    if not path or not Path(path).is_file():
+        return {}
+    t = pq.read_table(path).to_pydict()
+    return {(u, ts): items for u, ts, items in zip(t["user_id"], t["ts"], t["items"])}
+
+
+def _metric(task: str, delay: float = 0.0, name: str = "mrr") -> str:
+    return f"{name}_{task}" + ("" if delay == 0 else f"_{delay:g}h")
+
+
+def _mean(xs) -> float:
+    xs = [x for x in xs if x is not None and np.isfinite(x)]
+    return float(np.mean(xs)) if xs else math.nan
+
+
+def _std(xs) -> float:
+    xs = [x for x in xs if x is not None and np.isfinite(x)]
+    return float(np.std(xs, ddof=1)) if len(xs) > 1 else math.nan
+
+
+def trial_rows(exp: Experiment) -> list[dict]:
+    tasks = list(exp.config.eval.tasks)
+    rows = []
+    for t in exp.trials:
+        f = t.final
+        row = {"preset": t.preset, "backbone_params": int(f["backbone_params"]) if "backbone_params" in f else None,
+               "max_seq_len": t.max_seq_len, "seed": t.seed, "window_shift_h": t.window_shift_h, "status": t.status,
+               "epochs": f.get("epoch"), "loss": f.get("loss"), "wall_time_s": f.get("wall_time_s"),
+               "events_processed": f.get("events_processed"), "train_flops": f.get("train_flops")}
+        row |= {_metric(k): f.get(_metric(k)) for k in tasks}
+        if t.status != "ok":
+            row["error"] = (t.error or "").splitlines()[-1][:200] if t.error else ""
+        rows.append(row)
+    rows.sort(key=lambda r: (r["backbone_params"] or 0, r["max_seq_len"], r["window_shift_h"], r["seed"]))
+    return rows
+
+
+def scaling_fits(exp: Experiment, resamples: int, seed: int) -> list[dict]:
+    """One offset power-law fit per (task, max_seq_len) over the fresh retrains, with its bootstrap intervals, the
+    log-linear fit beside it, and the measured mean and the headroom P0 - P(N) at each size."""
+    fresh = min((t.window_shift_h for t in exp.ok), default=0.0)
+    out = []
+    for task in exp.config.eval.tasks:
+        for seq_len in sorted({t.max_seq_len for t in exp.ok}):
+            obs = [(t.params, t.final.get(_metric(task))) for t in exp.ok
+                   if t.max_seq_len == seq_len and t.window_shift_h == fresh]
+            obs = [(n, p) for n, p in obs if p is not None and np.isfinite(p) and np.isfinite(n)]
+            n = np.array([o[0] for o in obs])
+            p = np.array([o[1] for o in obs])
+            row = {"task": task, "max_seq_len": seq_len, "points": len(obs), "sizes": len(set(n.tolist())),
+                   "fit": None, "loglinear": None, "boot": None, "n": n, "p": p, "per_size": []}
+            fit = fit_offset_power_law(n, p, p0_max=1.0) if len(obs) else None
+            row["loglinear"] = fit_log_linear(n, p) if len(obs) else None
+            if fit is not None:
+                row["fit"] = fit
+                row["boot"] = bootstrap_power_law(n, p, fit, resamples, seed, p0_max=1.0)
+            for size in sorted(set(n.tolist())):
+                measured = float(p[n == size].mean())
+                row["per_size"].append({"n": size, "measured": measured,
+                                        "predicted": float(fit.predict(size)) if fit else math.nan,
+                                        "headroom": float(fit.headroom(size)) if fit else math.nan})
+            out.append(row)
+    return out
+
+
+def stability(exp: Experiment, k: int, resamples: int, seed: int) -> dict:
+    """Per (preset, max_seq_len): retrains, mean cost (FLOPs, wall time, events), each task's MRR spread and the
+    mean pairwise top-k overlap; and Spearman's rho of cost against stability across the cells."""
+    cells = {}
+    for t in exp.ok:
+        cells.setdefault((t.preset, t.max_seq_len), []).append(t)
+    tasks = list(exp.config.eval.tasks)
+    rows = []
+    for (preset, seq_len), trials in sorted(cells.items(), key=lambda kv: (kv[1][0].params, kv[0][1])):
+        tops = [read_topk(t.topk_path) for t in trials]
+        tops = [x for x in tops if x]
+        row = {"preset": preset, "backbone_params": trials[0].params, "max_seq_len": seq_len,
+               "retrains": len(trials), "train_flops": _mean(t.final.get("train_flops") for t in trials),
+               "wall_time_s": _mean(t.final.get("wall_time_s") for t in trials),
+               "events_processed": _mean(t.final.get("events_processed") for t in trials),
+               "topk_overlap": mean_pairwise_overlap(tops, k) if len(tops) > 1 else math.nan}
+        for task in tasks:
+            vals = [t.final.get(_metric(task)) for t in trials]
+            row[f"mrr_{task}_mean"] = _mean(vals)
+            row[f"mrr_{task}_std"] = _std(vals)
+        rows.append(row)
+    primary = exp.config.eval.primary
+    usable = [r for r in rows if r["retrains"] > 1]
+    corr = {}
+    if len(usable) >= 3:
+        for cost in ("train_flops", "wall_time_s"):
+            for stab in ("topk_overlap", f"mrr_{primary}_std"):
+                pairs = [(r[cost], r[stab]) for r in usable if np.isfinite(r[cost]) and np.isfinite(r[stab])]
+                if len(pairs) >= 3:
+                    x, y = zip(*pairs)
+                    corr[(cost, stab)] = spearman_with_interval(x, y, resamples, seed)
+    return {"cells": rows, "correlations": corr, "k": k}
+
+
+def gains(exp: Experiment, fits: list[dict]) -> dict:
+    """Relative gain of the largest over the smallest backbone (fresh retrains, the longest max_seq_len, mean over
+    seeds) in pre-training loss, in next-event MRR (the primary task) and in each task's MRR; each task's gain as a
+    share of the next-event gain, beside its headroom at the smallest size."""
+    fresh = min((t.window_shift_h for t in exp.ok), default=0.0)
+    ok = [t for t in exp.ok if t.window_shift_h == fresh]
+    if not ok:
+        return {}
+    seq_len = max(t.max_seq_len for t in ok)
+    ok = [t for t in ok if t.max_seq_len == seq_len]
+    sizes = sorted({t.params for t in ok})
+    if len(sizes) < 2:
+        return {"max_seq_len": seq_len, "rows": [], "note": "needs two or more backbone sizes"}
+    small = [t for t in ok if t.params == sizes[0]]
+    large = [t for t in ok if t.params == sizes[-1]]
+    primary = exp.config.eval.primary
+
+    def mean_of(trials, key):
+        return _mean(t.final.get(key) for t in trials)
+
+    loss_gain = relative_gain(mean_of(small, "loss"), mean_of(large, "loss"), higher_is_better=False)
+    next_gain = relative_gain(mean_of(small, _metric(primary)), mean_of(large, _metric(primary)))
+    by_task = {(f["task"], f["max_seq_len"]): f for f in fits}
+    rows = []
+    for task in exp.config.eval.tasks:
+        g = relative_gain(mean_of(small, _metric(task)), mean_of(large, _metric(task)))
+        f = by_task.get((task, seq_len), {}).get("fit")
+        head_small = float(f.headroom(sizes[0])) if f else math.nan
+        rows.append({"task": task, "mrr_small": mean_of(small, _metric(task)),
+                     "mrr_large": mean_of(large, _metric(task)), "gain": g,
+                     "gain_vs_next": g / next_gain if next_gain and np.isfinite(next_gain) else math.nan,
+                     "gain_vs_loss": g / loss_gain if loss_gain and np.isfinite(loss_gain) else math.nan,
+                     "p0": f.p0 if f else math.nan, "headroom_small": head_small,
+                     "relative_headroom_small": head_small / f.p0 if f and f.p0 > 0 else math.nan})
+    return {"max_seq_len": seq_len, "small": sizes[0], "large": sizes[-1], "loss_gain": loss_gain,
+            "next_gain": next_gain, "primary": primary, "rows": rows}
+
+
+def optimal(exp: Experiment, fits: list[dict], budget: float | None) -> dict:
+    """The compute-optimal (size, max_seq_len) for one retrain's budget of training FLOPs, by the primary task's
+    fits and a per-length cost model (log-log fit of FLOPs against backbone size)."""
+    primary = exp.config.eval.primary
+    fresh = min((t.window_shift_h for t in exp.ok), default=0.0)
+    ok = [t for t in exp.ok if t.window_shift_h == fresh and t.final.get("train_flops")]
+    if not ok:
+        return {}
+    measured = [t.final["train_flops"] for t in ok]
+    source = "given" if budget else "median measured retrain"
+    budget = float(budget) if budget else float(np.median(measured))
+    per_len = {f["max_seq_len"]: f["fit"] for f in fits if f["task"] == primary}
+    costs = {L: fit_cost([t.params for t in ok if t.max_seq_len == L],
+                         [t.final["train_flops"] for t in ok if t.max_seq_len == L]) for L in per_len}
+    sizes = [t.params for t in ok]
+    rows = compute_optimal(per_len, costs, budget, (min(sizes), max(sizes)))
+    # The measured grid's own answer: the best mean primary MRR among cells whose mean cost fits the budget.
+    cells = {}
+    for t in ok:
+        cells.setdefault((t.preset, t.params, t.max_seq_len), []).append(t)
+    grid = [{"preset": p, "n": n, "max_seq_len": L, "cost": _mean(t.final["train_flops"] for t in ts),
+             "mrr": _mean(t.final.get(_metric(primary)) for t in ts)} for (p, n, L), ts in cells.items()]
+    affordable = [g for g in grid if g["cost"] <= budget and np.isfinite(g["mrr"])]
+    best_grid = max(affordable, key=lambda g: g["mrr"]) if affordable else None
+    return {"budget_flops": budget, "budget_source": source, "task": primary, "rows": rows, "grid_best": best_grid,
+            "cost_models": {L: c for L, c in costs.items() if c is not None}}
+
+
+def analyse(exp: Experiment, budget_flops: float | None = None, resamples: int | None = None,
+            seed: int | None = None) -> dict:
+    rcfg = exp.config.report
+    resamples = resamples or rcfg.bootstrap
+    seed = rcfg.seed if seed is None else seed
+    budget_flops = budget_flops or rcfg.budget_flops
+    fits = scaling_fits(exp, resamples, seed)
+    return {"trials": trial_rows(exp), "fits": fits, "stability": stability(exp, exp.config.eval.topk, resamples,
+                                                                           seed),
+            "gains": gains(exp, fits), "optimal": optimal(exp, fits, budget_flops),
+            "tasks": {k: v.model_dump() for k, v in exp.config.eval.tasks.items()},
+            "primary": exp.config.eval.primary, "delays": exp.config.eval.delays_h}
+
+
+def oracle_metrics(config: GenrecConfig, shards_root: str) -> dict | None:
+    """Synthetic data only: each task's metrics when titles are ranked by the generator's own probabilities
+    (`genrec.data.synthetic.Oracle`), on the same requests, targets and candidate pools as the models (delay 0).
+    The ceiling a model could reach on that data: the generator says how predictable each task is."""
+    if config.data.source != "synthetic":
+        return None
+    import pyarrow.parquet as pq
+    import torch
+
+    from genrec.data.synthetic import Oracle, simulate
+    from genrec.shards import open_shards
+    from genrec.tasks import EvalPlan, build_plan, evaluate_plan, plan_metrics
+    from genrec.train import item_counts
+
+    shards = open_shards(shards_root)
+    _, latent = simulate(**config.data.synthetic.model_dump())
+    oracle = Oracle(latent)
+    counts = item_counts(shards)
+    cold = counts == 0
+    cold[0] = False
+    plan = build_plan(shards, config.eval.model_copy(update={"delays_h": []}), cold)
+    vocab = pq.read_table(shards.items_path, columns=["item_id", "index"])
+    index = torch.from_numpy(vocab.column("index").to_numpy().astype(np.int64))
+    column = vocab.column("item_id").to_numpy() - 1  # synthetic item ids are 1..items
+
+    def scorer(task):
+        def score(requests, _delay, batch):
+            out = torch.full((batch["items"].shape[0], shards.num_items + 1), float("-inf"))
+            if not requests:
+                return out
+            users, ts = [r.user for r in requests], [r.ts for r in requests]
+            if task.targets == "horizon":
+                p = oracle.horizon(users, ts, task.start_h * 3600, task.end_h * 3600)
+            else:
+                last = [plan.seqs[r.seq][0][r.ends[0.0] - 1] for r in requests]
+                last_ts = [plan.seqs[r.seq][1][r.ends[0.0] - 1] for r in requests]
+                ids = vocab.column("item_id").to_numpy()
+                p = oracle.next_event(users, ts, [ids[i - 1] for i in last], last_ts)
+            out[:len(requests), index] = torch.from_numpy(p[:, column]).float()
+            return out
+
+        return score
+
+    out = {}
+    for name, task in plan.tasks.items():
+        sub = EvalPlan({name: task}, [0.0], plan.seqs, plan.requests)
+        sums, _ = evaluate_plan(sub, scorer(task), max_seq_len=1)
+        m = plan_metrics(sums, primary=name)
+        out[name] = {k: m[k] for k in ("mrr", "hr@10", "ndcg@10", "requests")}
+    return out
+
+
+def training_curves(exp: Experiment) -> list[dict]:
+    """Loss and primary MRR per epoch of the fresh retrains of the first seed (one curve per cell)."""
+    fresh = min((t.window_shift_h for t in exp.ok), default=0.0)
+    seed = min((t.seed for t in exp.ok), default=0)
+    primary = exp.config.eval.primary
+    return [{"preset": t.preset, "n": t.params, "max_seq_len": t.max_seq_len,
+             "epochs": [h["epoch"] for h in t.history if h.get("epoch", 0) > 0],
+             "loss": [h.get("loss") for h in t.history if h.get("epoch", 0) > 0],
+             "mrr": [h.get(_metric(primary)) for h in t.history if h.get("epoch", 0) > 0]}
+            for t in sorted(exp.ok, key=lambda t: (t.params, t.max_seq_len))
+            if t.window_shift_h == fresh and t.seed == seed]
+
+
+def make_report(results_dir: str | Path, out_dir: str | Path | None = None, budget_flops: float | None = None,
+                resamples: int | None = None, command: str = "", echo=print) -> dict:
+    """Read a sweep's Tune results, analyse them and write the report (HTML + Markdown + PNG) -> the paths."""
+    import time
+
+    from genrec.report import write_report
+    from genrec.shards import ShardError, open_shards
+
+    exp = load_experiment(results_dir)
+    out = Path(out_dir) if out_dir else exp.path / "report"
+    echo(f"report: {len(exp.ok)} of {len(exp.trials)} trials usable in {exp.path}; bootstrap "
+         f"{resamples or exp.config.report.bootstrap} resamples per fit ...")
+    a = analyse(exp, budget_flops, resamples)
+    counts, dataset, oracle = "", exp.config.data.source, None
+    try:
+        shards = open_shards(exp.shards)
+        c = shards.manifest["counts"]
+        dataset = shards.manifest.get("dataset", dataset)
+        counts = (f"{c['split']} split, {c['users']:,} users, {c['items']:,} titles, {c['events']:,} events; "
+                  f"{c['train_events']:,} training events, {c['eval_users']:,} evaluation users")
+        oracle = oracle_metrics(exp.config, exp.shards)
+    except ShardError as exc:
+        echo(f"note: the sweep's shards are gone ({exc}); the report has no data counts and no oracle")
+    t = exp.config.tune
+    presets = sorted({(tr.params, tr.preset) for tr in exp.trials if math.isfinite(tr.params)})
+    meta = {"name": exp.path.name, "experiment": str(exp.path), "dataset": dataset, "counts": counts,
+            "grid": (f"presets {', '.join(p for _, p in presets) or t.presets} x max_seq_len "
+                     f"{sorted({tr.max_seq_len for tr in exp.trials})} x seeds {sorted({tr.seed for tr in exp.trials})}"
+                     f" x training-window shifts {sorted({tr.window_shift_h for tr in exp.trials})} h: "
+                     f"{len(exp.trials)} trials, {len(exp.ok)} usable, "
+                     f"{max((tr.final.get('epoch', 0) for tr in exp.ok), default=0)} epochs"),
+            "command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    paths = write_report(a, out, meta, oracle, training_curves(exp))
+    echo(f"report -> {paths['html']} (and report.md, {len(paths) - 3} plots)")
+    return paths
