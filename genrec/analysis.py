@@ -5,7 +5,7 @@
   a the model is linear in (P0, c = N0^a), so a 1-d search over a finds the global least-squares optimum (no
   starting point to guess, unlike a generic curve fit), with c >= 0 and optionally P0 <= p0_max (MRR <= 1).
 * **Bootstrap intervals** for P0, N0 and a: resampling the deviations of each size's retrains from their mean when
-  every size has two or more, else the residuals of the fit.
+  every size has four or more, else the pooled residuals of the fit.
 * A **log-linear** fit P = b ln N + c beside it, and both fits' RMSE.
 * **Spearman's rank correlation** with a percentile bootstrap interval; **top-k overlap** between the lists two
   retrains serve the same request; **relative gains**; a **compute-optimal pick** under a budget.
@@ -143,18 +143,19 @@ def percentile_interval(samples, level: float = 0.95) -> Interval:
 
 
 def bootstrap_power_law(n, p, fit: PowerLawFit, resamples: int = 1000, seed: int = 0,
-                        p0_max: float | None = None, level: float = 0.95) -> dict:
+                        p0_max: float | None = None, level: float = 0.95, min_per_size: int = 4) -> dict:
     """Percentile intervals for p0, n0 and a.
 
-    Every size observed twice or more (retrains): each size's mean plus its own resampled deviations (the noise of
-    each size as measured, and no assumption that the law fits the means). Otherwise: the fit's predictions plus
-    resampled residuals."""
+    Every size observed min_per_size times or more (retrains): each size's mean plus its own resampled deviations
+    (the noise of each size as measured, and no assumption that the law fits the means). Otherwise: the fit's
+    predictions plus resampled residuals (pooled over sizes)."""
     n = np.asarray(n, dtype=np.float64)
     p = np.asarray(p, dtype=np.float64)
     rng = np.random.default_rng(seed)
     sizes, inverse = np.unique(n, return_inverse=True)
     groups = [np.flatnonzero(inverse == g) for g in range(len(sizes))]
-    stratified = all(len(g) >= 2 for g in groups)
+    # Two or three retrains per size say little about each size's noise: pool the fit's residuals instead.
+    stratified = all(len(g) >= min_per_size for g in groups)
     fitted = fit.predict(n)
     resid = p - fitted
     # Resampled deviations are inflated by sqrt(m / (m - d)) (m values, d fitted: the group mean, or the law's 3

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -28,6 +28,13 @@ class StorageConfig(_Section):
     # Shards, checkpoints, Tune results and winner manifests all live under this root. Relative paths are taken
     # from the directory the command runs in (the repo root for `make demo` and `ray job submit`).
     root: str = "genrec-runs"
+
+    @field_validator("root")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        # Resolved once, where the config is loaded: Ray Tune runs each trial in a working directory of its own
+        # (under /tmp/ray), where a relative root would silently put checkpoints and histories in a temporary tree.
+        return v if "://" in v else str(Path(v).expanduser().resolve())
 
     def path(self, *parts: str) -> Path:
         return Path(self.root).expanduser().resolve().joinpath(*parts)
@@ -222,11 +229,11 @@ class EvalConfig(_Section):
     def _primary_known(self) -> "EvalConfig":
         if not self.tasks:
             raise ValueError("eval.tasks must name at least one task")
-        if self.primary not in self.tasks:
-            raise ValueError(f"eval.primary={self.primary!r} is not one of eval.tasks ({', '.join(self.tasks)})")
         bad = [t for t in self.tasks if not t.replace("_", "").replace("-", "").isalnum()]
         if bad:
             raise ValueError(f"task names {bad}: use letters, digits, '-' and '_' (they become metric names)")
+        if self.primary not in self.tasks:
+            raise ValueError(f"eval.primary={self.primary!r} is not one of eval.tasks ({', '.join(self.tasks)})")
         if any(d < 0 for d in self.delays_h):
             raise ValueError("eval.delays_h: delays are hours >= 0")
         return self
@@ -328,7 +335,7 @@ def _format_errors(exc: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid config"]
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see configs/local.yaml for every key)"
         lines.append(f"  {key}: {msg}")

@@ -1,0 +1,42 @@
+"""The one config file: every shipped YAML loads, and each impossible combination is refused by its dotted key."""
+
+from pathlib import Path
+
+import pytest
+
+from genrec.config import ConfigError, load_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    cfg = load_config(path)
+    assert cfg.eval.primary in cfg.eval.tasks and Path(cfg.storage.root).is_absolute()
+
+
+def test_storage_root_is_resolved_where_the_config_is_loaded(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_config(None, ["storage.root=runs"]).storage.root == str(tmp_path / "runs")
+    assert load_config(None, ["storage.root=s3://bucket/genrec"]).storage.root == "s3://bucket/genrec"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("eval.primary=Z", "eval.primary='Z' is not one of eval.tasks"),
+    ("eval.tasks={'a b': {targets: next}}", "task names"),
+    ("eval.tasks.A.end_h=1", "end_h=1.0 must be after start_h=24.0"),
+    ("eval.tasks.B.targets=later", "eval.tasks.B.targets"),
+    ("eval.delays_h=[-1]", "delays are hours >= 0"),
+    ("finetune.task=Q", "finetune.task='Q' is not one of eval.tasks"),
+    ("tune.seeds=[]", "tune.seeds and tune.window_shifts_h"),
+    ("tune.presets=[3m]", "unknown presets"),
+])
+def test_impossible_settings_are_refused_by_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        load_config(None, [override])
+
+
+def test_window_shifts_need_a_time_split():
+    with pytest.raises(ConfigError, match="need data.split: time"):
+        load_config(None, ["data.split=leave_one_out", "tune.window_shifts_h=[0,48]"])
+    assert load_config(None, ["data.split=leave_one_out"]).train.window_shift_h == 0

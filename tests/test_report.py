@@ -1,0 +1,126 @@
+"""The analysis and the report on a sweep whose answers are known: trial folders laid out as Tune and genrec write
+them (params.json, genrec_run.json, history.json, topk.parquet), with metrics drawn from known scaling laws and
+top-10 lists whose agreement between retrains grows with the backbone. (The integration test runs the same code on
+a real Ray Tune sweep.)"""
+
+import json
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from genrec.config import ConfigError, load_config
+from genrec.model import PRESETS, backbone_params
+from tuning.analysis import analyse, load_experiment, make_report
+
+PRESET_LADDER = ["100k", "250k", "500k", "1m", "2m"]
+LAWS = {"B": (0.20, 2e3, 0.5), "A": (0.35, 1e3, 0.6), "C": (0.60, 5e2, 0.5)}  # task -> (P0, N0, a)
+LENGTHS = (16, 64)
+
+
+def law(n, p0, n0, a):
+    return p0 - (n / n0) ** (-a)
+
+
+def write_sweep(root, broken: bool = False):
+    cfg = load_config(None, [f"storage.root={root}", "eval.tasks={B: {targets: next}, A: {targets: horizon}, "
+                                                     "C: {targets: next, candidates: popular}}"])
+    exp = root / "tune" / "sweep-known"
+    rng = np.random.default_rng(0)
+    base_lists = np.array([rng.permutation(np.arange(1, 500))[:10] for _ in range(30)])
+    for i, (preset, L, seed, shift) in enumerate((p, L, s, w) for p in PRESET_LADDER for L in LENGTHS
+                                                 for s in (0, 1) for w in (0.0, 48.0)):
+        n = backbone_params(*PRESETS[preset][:2])
+        run = root / "runs" / f"run-{i}"
+        run.mkdir(parents=True)
+        events = 30_000 if shift == 0 else 27_000
+        final = {"epoch": 2, "loss": 5.0 - 0.2 * math.log10(n) + rng.normal(0, 0.01), "backbone_params": n,
+                 "events_processed": events, "train_flops": 6.0 * n * events * (1 + L / 64),
+                 "wall_time_s": 20 + n / 1e5}
+        for task, (p0, n0, a) in LAWS.items():
+            final[f"mrr_{task}"] = law(n, p0, n0, a) + rng.normal(0, 0.001) - (0.01 if L == 16 else 0)
+        history = [{**final, "epoch": 1, "loss": final["loss"] + 0.5}, final]
+        (run / "history.json").write_text(json.dumps(history))
+        # Retrains of larger backbones change fewer of the ten titles a request gets.
+        changed = max(0, 4 - PRESET_LADDER.index(preset)) * (seed + int(shift > 0)) // 2 + max(0, 4 - PRESET_LADDER.index(preset)) // 2
+        lists = [list(row[: 10 - changed]) + list(rng.integers(1000, 2000, changed)) for row in base_lists]
+        pq.write_table(pa.table({"user_id": list(range(30)), "ts": [100] * 30,
+                                 "items": pa.array(lists, pa.list_(pa.int32()))}), run / "topk.parquet")
+        trial = exp / f"run_trial_{i:05d}"
+        trial.mkdir(parents=True)
+        (trial / "params.json").write_text(json.dumps({"base": cfg.model_dump(mode="json"), "shards": str(root / "gone"),
+                                                       "preset": preset, "max_seq_len": L, "seed": seed,
+                                                       "window_shift_h": shift, "epochs": None, "sweep": "known"}))
+        (trial / "genrec_run.json").write_text(json.dumps({"run": f"run-{i}", "history": str(run / "history.json"),
+                                                           "topk": str(run / "topk.parquet")}))
+    if broken:  # a crashed trial: Tune's error.txt, no history
+        trial = exp / "run_trial_99999"
+        trial.mkdir()
+        (trial / "params.json").write_text(json.dumps({"base": cfg.model_dump(mode="json"), "preset": "2m",
+                                                       "max_seq_len": 64, "seed": 5, "window_shift_h": 0.0}))
+        (trial / "error.txt").write_text("Traceback ...\nRuntimeError: worker died")
+    return exp
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    return write_sweep(tmp_path_factory.mktemp("known"), broken=True)
+
+
+def test_fits_recover_each_tasks_ceiling_and_order(sweep):
+    exp = load_experiment(sweep)
+    assert len(exp.trials) == 41 and len(exp.ok) == 40
+    assert [t for t in exp.trials if t.status == "failed"][0].error.endswith("worker died")
+    a = analyse(exp, resamples=200)
+    fits = {(f["task"], f["max_seq_len"]): f for f in a["fits"]}
+    for task, (p0, n0, alpha) in LAWS.items():
+        f = fits[(task, 64)]
+        assert f["points"] == 10 and f["sizes"] == 5  # fresh retrains only: 5 sizes x 2 seeds
+        # (coverage of the intervals themselves is tested in test_analysis, over several draws)
+        assert abs(f["fit"].p0 - p0) < 0.015 and f["boot"]["p0"].contains(f["fit"].p0), (task, f["fit"])
+        assert f["fit"].rmse < f["loglinear"].rmse  # data from the offset law: it fits better than a log-line
+        head = [s["headroom"] for s in f["per_size"]]
+        assert head == sorted(head, reverse=True)  # headroom shrinks with size
+    assert fits[("C", 64)]["fit"].p0 > fits[("A", 64)]["fit"].p0 > fits[("B", 64)]["fit"].p0
+
+
+def test_stability_gains_and_the_compute_optimal_pick(sweep):
+    a = analyse(load_experiment(sweep), resamples=200)
+    cells = a["stability"]["cells"]
+    assert len(cells) == 10 and all(c["retrains"] == 4 for c in cells)
+    overlaps = [c["topk_overlap"] for c in cells if c["max_seq_len"] == 64]
+    assert overlaps == sorted(overlaps) and overlaps[-1] == 1.0  # the 2m retrains agree on every title
+    corr = a["stability"]["correlations"][("train_flops", "topk_overlap")]
+    assert corr["rho"] > 0.8 and corr["interval"].low > 0 and corr["n"] == 10
+    g = a["gains"]
+    assert g["max_seq_len"] == 64 and g["small"] < g["large"]
+    rows = {r["task"]: r for r in g["rows"]}
+    # B has the most headroom at 100k and gains the most; C, closest to its ceiling, the least.
+    assert rows["B"]["gain"] > rows["A"]["gain"] > rows["C"]["gain"] > 0
+    assert rows["B"]["gain_vs_next"] == pytest.approx(1.0)
+    assert rows["B"]["headroom_small"] > rows["C"]["headroom_small"]
+    o = a["optimal"]
+    assert o["budget_source"] == "median measured retrain" and o["rows"]
+    assert all(r["affordable"] for r in o["rows"]) and o["grid_best"]["cost"] <= o["budget_flops"]
+
+
+def test_report_pages_and_plots(sweep, tmp_path):
+    paths = make_report(sweep, tmp_path / "r", resamples=100, command="genrec report known", echo=lambda *_: None)
+    assert {p.name for p in paths.values()} >= {"report.html", "report.md", "analysis.json", "fits.png",
+                                                 "stability.png", "gains.png", "curves.png"}
+    md = paths["md"].read_text()
+    assert "more expensive retrains serve more stable top lists" in md
+    assert "How much do pre-training gains shrink" in md and "Not answered" not in md
+    assert md.count("| failed: RuntimeError: worker died |") == 1  # the crashed trial is listed with its error
+    html = paths["html"].read_text()
+    assert html.count("data:image/png;base64,") == 4 and "<table>" in html
+    assert json.loads(paths["json"].read_text())["optimal"]["rows"]
+
+
+def test_report_errors_name_the_folder(tmp_path):
+    with pytest.raises(ConfigError, match="no such folder"):
+        load_experiment(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="no Tune trial folders"):
+        load_experiment(tmp_path)
