@@ -79,7 +79,7 @@ def cold_rank_diagnostic(run_dir: Path, shards_root: Path) -> dict:
     if not cold.any():
         return {}
     from genrec.config import TaskConfig, load_config
-    from genrec.tasks import build_plan, plan_batches
+    from genrec.tasks import build_plan, context_batches
 
     ecfg = load_config(None).eval.model_copy(update={"tasks": {"cold": TaskConfig(targets="cold")}, "primary": "cold",
                                                      "delays_h": []})
@@ -88,15 +88,17 @@ def cold_rank_diagnostic(run_dir: Path, shards_root: Path) -> dict:
     target_pct, all_pct = [], []
     with torch.no_grad():
         matrix = model.item_matrix()
-        for _, b in plan_batches(plan, 0.0, lm.spec.max_seq_len, 0, 1, 256):
+        for uses, b in context_batches(plan, lm.spec.max_seq_len, 0, 1, 256):
             scores = model.score_last(b["items"], b["actions"], b["gaps"], b["utils"], b["lengths"], matrix).float()
             scores[b["exclude_rows"], b["exclude_cols"]] = float("-inf")
-            valid = b["relvalid_cold"][:, 0]
             candidates = torch.isfinite(scores).sum(1, keepdim=True).float()  # the ranked titles of each row
             order = scores.argsort(dim=1, descending=True).argsort(dim=1).float()  # 0-based rank of every column
             pct = order / (candidates - 1).clamp(min=1)
-            target_pct += pct.gather(1, b["rel_cold"][:, :1])[valid, 0].tolist()
-            all_pct += pct[valid][:, cold_cols].mean(1).tolist()
+            for row, row_uses in enumerate(uses):
+                for u in row_uses:
+                    if "cold" in u.request.targets:
+                        target_pct.append(float(pct[row, int(u.request.targets["cold"][0])]))
+                        all_pct.append(float(pct[row, cold_cols].mean()))
     return {"checkpoint_epoch": epoch_of[path], "users": len(target_pct),
             "cold_target_pct": float(statistics.fmean(target_pct)) if target_pct else math.nan,
             "cold_titles_pct": float(statistics.fmean(all_pct)) if all_pct else math.nan}

@@ -180,14 +180,14 @@ class TaskConfig(_Section):
     # cold: the first title after the request with no training event (cold start, scored from metadata).
     targets: Literal["next", "horizon", "cold"] = "next"
     # all: the whole catalogue (titles in the context excluded). popular: the pool_size most-watched titles of the
-    # days [request day - window_days, request day + window_days] that had launched by the request (C,
-    # time/availability-driven); requests whose target is outside the pool are not scored.
+    # window_days before the request that had launched by then (C, time/availability-driven); requests whose target
+    # is outside the pool are not scored.
     candidates: Literal["all", "popular"] = "all"
     start_h: float = Field(24.0, ge=0.0)
     end_h: float = Field(720.0, gt=0.0)
     skip: int = Field(3, ge=0)
-    pool_size: int = Field(50, ge=1)
-    window_days: int = Field(7, ge=0)
+    pool_size: int = Field(20, ge=1)
+    window_days: float = Field(3.0, gt=0.0)
     description: str = ""
 
     @model_validator(mode="after")
@@ -201,7 +201,8 @@ def _default_tasks() -> dict[str, TaskConfig]:
     return {
         "B": TaskConfig(targets="next", description="next event"),
         "A": TaskConfig(targets="horizon", description="long-horizon taste: titles 1-30 days later"),
-        "C": TaskConfig(targets="next", candidates="popular", description="next title among the week's popular"),
+        "C": TaskConfig(targets="next", candidates="popular", pool_size=20, window_days=3,
+                        description="next title among the last 3 days' 20 most-watched"),
         "cold": TaskConfig(targets="cold", description="first cold-start title"),
     }
 

@@ -1,6 +1,7 @@
 """Ranking metrics over a full candidate set (pure functions, tested on hand-computed rankings).
 
-A rank is 1-based: 1 + the number of candidates scored strictly higher than the target. MRR here is the mean
+A rank is 1-based: 1 + the number of candidates scored strictly higher than the target (`relevant_ranks`, used by
+evaluation, splits ties: the mean of the ranks the tied titles span). MRR here is the mean
 reciprocal rank over the full candidate set (no cut-off), the paper's headline metric; HR@k and NDCG@k sit beside it.
 With several relevant titles (a long-horizon task), MRR and HR@k read the best-ranked one and NDCG@k is binary-relevance
 DCG over the top k divided by the ideal DCG of min(relevant, k) titles; with one relevant title that is 1/log2(1 + r).
@@ -48,11 +49,15 @@ def rank_sums(ranks: torch.Tensor, k: int = 10) -> torch.Tensor:
 
 def relevant_ranks(scores: torch.Tensor, relevant: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """scores (B, V) (excluded candidates -inf), relevant (B, R) column indices, valid (B, R) -> 1-based ranks
-    (B, R) as float64, +inf where not valid. One sort per row, so R relevant titles cost no (B, R, V) tensor."""
-    negated = torch.sort(-scores.float(), dim=1).values  # ascending; -score < -s  <=>  score > s
-    s = scores.float().gather(1, relevant.long())
-    greater = torch.searchsorted(negated.contiguous(), (-s).contiguous(), side="left")
-    ranks = (greater + 1).double()
+    (B, R) as float64, +inf where not valid. One sort per row, so R relevant titles cost no (B, R, V) tensor.
+
+    Ties take the mean of the ranks they span (a target tied with 3 others at the top ranks 2.5): counting only
+    strictly higher scores would reward a model for scoring everything alike (low-precision scores tie often)."""
+    negated = torch.sort(-scores.float(), dim=1).values.contiguous()  # ascending; -score < -s  <=>  score > s
+    s = (-scores.float().gather(1, relevant.long())).contiguous()
+    greater = torch.searchsorted(negated, s, side="left")  # scores strictly above
+    at_least = torch.searchsorted(negated, s, side="right")  # scores at or above, itself included
+    ranks = greater.double() + (at_least - greater + 1).double() / 2
     return ranks.masked_fill(~valid.bool(), math.inf)
 
 

@@ -380,7 +380,7 @@ class GenRec(nn.Module):
         h = self.hidden(items, actions, gaps, utils)
         q = self.head(h[torch.arange(h.shape[0], device=h.device), lengths - 1])
         m = self.item_matrix() if item_matrix is None else item_matrix
-        scores = q @ m.t()
+        scores = q.float() @ m.float().t()  # fp32 even under bf16: rounded scores would tie and blur the ranking
         scores[:, 0] = NEG_INF  # padding is never a recommendation
         return scores
 

@@ -25,7 +25,9 @@ def mtp_targets(items: torch.Tensor, ts: torch.Tensor, utils: torch.Tensor, k: i
 
     items, ts, utils: (B, T + 1). Returns targets (B, T, k) (0 = none) and weights (B, T, k) for the T input
     positions: target j of position t is event t + 1 + skip + j when it lies in the window. A long-horizon task's
-    objective skips the next `skip` events and keeps only events with min_dt_s <= dt < max_dt_s (dt from event t).
+    objective skips the next `skip` events and keeps only events with min_dt_s <= dt < max_dt_s, dt measured from
+    event t + 1 (the request, as evaluation measures it: the event a user arrives with). The half-life decay counts
+    from event t, the context's last event.
     """
     b, span = items.shape
     t = span - 1
@@ -39,14 +41,16 @@ def mtp_targets(items: torch.Tensor, ts: torch.Tensor, utils: torch.Tensor, k: i
             break
         tgt = items[:, o:o + n]
         w = utils[:, o:o + n].float().clamp(min=0.0)
-        dt = (ts[:, o:o + n].double() - ctx_ts[:, :n]).clamp(min=0.0)
         if half_life_s:
+            dt = (ts[:, o:o + n].double() - ctx_ts[:, :n]).clamp(min=0.0)
             w = w * torch.exp(-LN2 * dt / half_life_s).float()
         valid = (tgt > 0) & (items[:, :n] > 0)
-        if min_dt_s > 0:
-            valid &= dt >= min_dt_s
-        if max_dt_s is not None:
-            valid &= dt < max_dt_s
+        if min_dt_s > 0 or max_dt_s is not None:
+            since_request = ts[:, o:o + n].double() - ts[:, 1:1 + n].double()
+            if min_dt_s > 0:
+                valid &= since_request >= min_dt_s
+            if max_dt_s is not None:
+                valid &= since_request < max_dt_s
         targets[:, :n, j] = torch.where(valid, tgt, torch.zeros_like(tgt))
         weights[:, :n, j] = torch.where(valid, w, torch.zeros_like(w))
     return targets, weights

@@ -128,6 +128,7 @@ def plot_fits(a: dict, path: Path, oracle: dict | None) -> bool:
         ax.set_visible(False)
     fig.suptitle("P(N) = P0 - (N/N0)^-a per task (solid), P0 and its 95% interval (dashed, band), "
                  "log-linear (dotted)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     _save(fig, path)
     return True
 
@@ -329,7 +330,7 @@ def task_table(a: dict) -> Table:
                              f"{t['skip']} events",
                   "cold": "first title with no training event"}[t["targets"]]
         cand = ("whole catalogue" if t["candidates"] == "all" else
-                f"top {t['pool_size']} titles of ±{t['window_days']} days, launched by the request")
+                f"top {t['pool_size']} titles of the {t['window_days']:g} days before, launched by the request")
         rows.append([name, t.get("description", ""), target, cand])
     return Table(["task", "description", "targets", "candidates"], rows)
 

@@ -16,14 +16,16 @@ compete:
 * targets "cold": the first title at or after r with no training event (cold start);
 * candidates "all": the whole catalogue minus the titles in the context (the context actually given, so a stale
   cache may recommend what the user watched since);
-* candidates "popular": the `pool_size` most-watched titles over the days [day(r) - window_days,
-  day(r) + window_days] that had launched by r (task C); requests whose target is not in that pool are not scored.
-  Popularity counts every event in the shards (training rows and evaluation rows) at day granularity.
+* candidates "popular": the `pool_size` most-watched titles of the `window_days` before r that had launched by r
+  (task C); requests whose target is not in that pool are not scored. Popularity counts every event in the shards
+  (training and evaluation rows) before the start of r's hour: what a service knows when the request comes.
 
 MRR is the reciprocal rank of the best-ranked relevant title in the task's candidate set; HR@k and NDCG@k (binary
 relevance, ideal DCG over min(relevant, k) titles) sit beside it (see `genrec.metrics.multi_rank_sums`).
 
-Everything here is numpy/torch on one process: the trainer, the report's generator oracle and the tests share it.
+Distinct contexts are scored once: when a stale cache holds the same events as a fresh one, one forward pass serves
+every delay. Everything here is numpy/torch on one process: the trainer, the report's generator reference and the
+tests share it.
 """
 
 from __future__ import annotations
@@ -73,27 +75,31 @@ def delay_suffix(delay_h: float) -> str:
 
 
 class PopularPools:
-    """The most-watched titles of a time window, at day granularity, restricted to titles launched by the request."""
+    """The most-watched titles of the `window_days` before a request, among titles launched by then.
+
+    Causal: only events before the request count (the window ends at the start of the request's hour, so requests
+    of the same hour share one count)."""
 
     def __init__(self, items: np.ndarray, ts: np.ndarray, launch: np.ndarray):
         order = np.argsort(ts, kind="stable")
-        self.items, self.days = items[order], ts[order] // DAY
-        self.launch = launch  # per item index; +inf-like for titles never available
-        self._ranked: dict[tuple[int, int], np.ndarray] = {}
+        self.items, self.ts = items[order], ts[order]
+        self.launch = launch  # per item index; int64 max for titles never available
+        self._ranked: dict[tuple[int, float], np.ndarray] = {}
 
-    def ranked(self, day: int, window_days: int) -> np.ndarray:
-        """Titles with events in [day - w, day + w], most events first (ties: lower index first)."""
-        key = (day, window_days)
+    def ranked(self, end: int, window_days: float) -> np.ndarray:
+        """Titles with events in [end - window, end), most events first (ties: lower index first)."""
+        key = (end, window_days)
         if key not in self._ranked:
-            lo, hi = np.searchsorted(self.days, [day - window_days, day + window_days + 1])
+            lo, hi = np.searchsorted(self.ts, [end - window_days * DAY, end])
             counts = np.bincount(self.items[lo:hi], minlength=len(self.launch))
             counts[0] = 0
             nz = np.flatnonzero(counts)
             self._ranked[key] = nz[np.lexsort((nz, -counts[nz]))]
         return self._ranked[key]
 
-    def pool(self, r: int, size: int, window_days: int) -> np.ndarray:
-        ranked = self.ranked(int(r // DAY), window_days)
+    def pool(self, r: int, size: int, window_days: float) -> np.ndarray:
+        end = int(r // HOUR * HOUR)
+        ranked = self.ranked(end, window_days)
         return ranked[self.launch[ranked] <= r][:size]
 
 
@@ -205,14 +211,33 @@ def build_plan(shards: ShardSet, ecfg: EvalConfig, cold: np.ndarray) -> EvalPlan
     return EvalPlan(dict(ecfg.tasks), delays, seqs, requests)
 
 
-def plan_batches(plan: EvalPlan, delay: float, max_seq_len: int, rank: int, world: int, batch_size: int
-                 ) -> Iterator[tuple[list[Request], dict[str, torch.Tensor]]]:
-    """This rank's batches of requests at one delay, as model inputs plus per-task targets and pools.
+@dataclass
+class Use:
+    """One (request, delay) scored from a context: the row of the context's scores it reads."""
+
+    request: Request
+    delay: float
+
+
+def contexts(plan: EvalPlan) -> list[tuple[int, int, list[Use]]]:
+    """The distinct contexts to score, as (sequence, end, uses). A stale cache often holds the same events as a fresh
+    one (users whose last session is days old), and then one forward pass serves every delay that sees them."""
+    by_key: dict[tuple[int, int], list[Use]] = {}
+    for req in plan.requests:
+        for d in plan.delays:
+            by_key.setdefault((req.seq, req.ends[d]), []).append(Use(req, d))
+    return [(seq, end, uses) for (seq, end), uses in by_key.items()]
+
+
+def context_batches(plan: EvalPlan, max_seq_len: int, rank: int, world: int, batch_size: int
+                    ) -> Iterator[tuple[list[list[Use]], dict[str, torch.Tensor]]]:
+    """This rank's batches of distinct contexts, as model inputs, with the uses each context serves.
 
     Every rank yields the same number of batches (padded with empty ones), because a ZeRO-3 forward is a collective:
     a rank that stopped early would hang the others."""
-    per_rank = math.ceil(len(plan.requests) / world)
-    mine = plan.requests[rank::world]
+    ctx = contexts(plan)
+    per_rank = math.ceil(len(ctx) / world)
+    mine = ctx[rank::world]
     for b in range(math.ceil(per_rank / batch_size)):
         chunk = mine[b * batch_size:(b + 1) * batch_size]
         n = max(len(chunk), 1)
@@ -221,63 +246,76 @@ def plan_batches(plan: EvalPlan, delay: float, max_seq_len: int, rank: int, worl
         utils = np.zeros((n, max_seq_len), np.float32)
         lengths = np.ones(n, np.int64)
         ex_rows, ex_cols = [], []
-        for i, req in enumerate(chunk):
-            s_items, s_ts, s_actions, s_utils = plan.seqs[req.seq]
-            end = req.ends[delay]
+        for i, (seq, end, _) in enumerate(chunk):
+            s_items, s_ts, s_actions, s_utils = plan.seqs[seq]
             items[i], actions[i], gaps[i], utils[i], lengths[i] = context_window(
                 s_items[:end], s_ts[:end], s_actions[:end], max_seq_len, s_utils[:end])
             ex_rows += [i] * end
             ex_cols += s_items[:end].tolist()
         batch = dict(items=items, actions=actions, gaps=gaps, utils=utils, lengths=lengths,
                      exclude_rows=np.asarray(ex_rows, np.int64), exclude_cols=np.asarray(ex_cols, np.int64))
-        for name, task in plan.tasks.items():
-            width = max([len(r.targets.get(name, ())) for r in chunk] + [1])
-            rel = np.zeros((n, width), np.int64)
-            valid = np.zeros((n, width), bool)
-            for i, req in enumerate(chunk):
-                t = req.targets.get(name)
-                if t is not None:
-                    rel[i, :len(t)], valid[i, :len(t)] = t, True
-            batch[f"rel_{name}"], batch[f"relvalid_{name}"] = rel, valid
-            if task.candidates == "popular":
-                rows = [i for i, req in enumerate(chunk) for _ in req.pools.get(name, ())]
-                cols = [c for req in chunk for c in req.pools.get(name, ())]
-                batch[f"pool_rows_{name}"] = np.asarray(rows, np.int64)
-                batch[f"pool_cols_{name}"] = np.asarray(cols, np.int64)
-        yield chunk, {k: torch.from_numpy(v) for k, v in batch.items()}
+        yield [uses for _, _, uses in chunk], {k: torch.from_numpy(v) for k, v in batch.items()}
 
 
-Scorer = Callable[[list[Request], float, dict[str, torch.Tensor]], torch.Tensor]
+def _task_tensors(uses: list[Use], name: str, popular: bool, device):
+    """Relevant titles (U, R), their mask, and the candidate pool as (row, column) pairs, for one task."""
+    width = max([len(u.request.targets.get(name, ())) for u in uses] + [1])
+    rel = np.zeros((len(uses), width), np.int64)
+    valid = np.zeros((len(uses), width), bool)
+    for i, u in enumerate(uses):
+        t = u.request.targets.get(name)
+        if t is not None:
+            rel[i, :len(t)], valid[i, :len(t)] = t, True
+    pool = None
+    if popular:
+        pools = [u.request.pools.get(name, ()) for u in uses]
+        rows = np.repeat(np.arange(len(uses)), [len(p) for p in pools])
+        cols = np.concatenate([np.asarray(p, np.int64) for p in pools]) if rows.size else np.zeros(0, np.int64)
+        pool = (torch.from_numpy(rows).to(device), torch.from_numpy(cols).to(device))
+    return torch.from_numpy(rel).to(device), torch.from_numpy(valid).to(device), pool
+
+
+Scorer = Callable[[list[list[Use]], dict[str, torch.Tensor]], torch.Tensor]
 
 
 def evaluate_plan(plan: EvalPlan, scorer: Scorer, max_seq_len: int, rank: int = 0, world: int = 1,
                   batch_size: int = 256, device="cpu", topk: int = 0, k: int = 10):
     """-> ({(task, delay): summed rank statistics (5,) float64}, top-k rows at delay 0 for this rank's requests).
 
-    `scorer(requests, delay, batch)` returns scores (B, catalogue + 1) for the batch's requests (padding rows
-    included); excluded titles are set to -inf here. Top-k rows: (user, request ts, [item indices])."""
+    `scorer(uses, batch)` returns scores (B, catalogue + 1) for the batch's contexts (padding rows included; `uses`
+    lists the (request, delay) pairs each context serves); titles in the context and padding are set to -inf here.
+    Top-k rows: (user, request ts, [item indices])."""
     sums = {(t, d): torch.zeros(5, dtype=torch.float64) for t in plan.tasks for d in plan.delays}
     top_rows = []
-    for delay in plan.delays:
-        for chunk, batch in plan_batches(plan, delay, max_seq_len, rank, world, batch_size):
-            batch = {key: v.to(device) for key, v in batch.items()}
-            scores = scorer(chunk, delay, batch).float()
-            scores[batch["exclude_rows"], batch["exclude_cols"]] = float("-inf")
-            scores[:, 0] = float("-inf")
-            if delay == 0 and topk and chunk:
-                best = scores[:len(chunk)].topk(min(topk, scores.shape[1] - 1), dim=1)
-                for r, v, i in zip(chunk, best.values.cpu(), best.indices.cpu()):
-                    top_rows.append((r.user, r.ts, i[torch.isfinite(v)].tolist()))  # fewer when few candidates
+    for uses_per_row, batch in context_batches(plan, max_seq_len, rank, world, batch_size):
+        batch = {key: v.to(device) for key, v in batch.items()}
+        scores = scorer(uses_per_row, batch).float()
+        scores[batch["exclude_rows"], batch["exclude_cols"]] = float("-inf")
+        scores[:, 0] = float("-inf")
+        row_of = [i for i, uses in enumerate(uses_per_row) for _ in uses]
+        uses = [u for us in uses_per_row for u in us]
+        if not uses:
+            continue
+        for delay in plan.delays:
+            sel = [j for j, u in enumerate(uses) if u.delay == delay]
+            if not sel:
+                continue
+            du = [uses[j] for j in sel]
+            s_all = scores[torch.tensor([row_of[j] for j in sel], device=scores.device)]
+            if delay == 0 and topk:
+                best = s_all.topk(min(topk, s_all.shape[1] - 1), dim=1)
+                for u, v, i in zip(du, best.values.cpu(), best.indices.cpu()):
+                    top_rows.append((u.request.user, u.request.ts, i[torch.isfinite(v)].tolist()))  # few candidates
             for name, task in plan.tasks.items():
-                s = scores
-                if task.candidates == "popular":
-                    allowed = torch.zeros_like(scores, dtype=torch.bool)
-                    allowed[batch[f"pool_rows_{name}"], batch[f"pool_cols_{name}"]] = True
-                    s = scores.masked_fill(~allowed, float("-inf"))
-                valid = batch[f"relvalid_{name}"]
+                rel, valid, pool = _task_tensors(du, name, task.candidates == "popular", scores.device)
+                s = s_all
+                if pool is not None:
+                    allowed = torch.zeros_like(s_all, dtype=torch.bool)
+                    allowed[pool] = True
+                    s = s_all.masked_fill(~allowed, float("-inf"))
                 rows = valid.any(1)
                 if rows.any():
-                    ranks = relevant_ranks(s[rows], batch[f"rel_{name}"][rows], valid[rows])
+                    ranks = relevant_ranks(s[rows], rel[rows], valid[rows])
                     sums[(name, delay)] += multi_rank_sums(ranks.cpu(), k)
     return sums, top_rows
 
@@ -295,7 +333,7 @@ def plan_metrics(sums: dict, primary: str, k: int = 10) -> dict[str, float]:
 
 
 def model_scorer(model, item_matrix: torch.Tensor) -> Scorer:
-    def score(_requests, _delay, b):
+    def score(_uses, b):
         return model.score_last(b["items"], b["actions"], b["gaps"], b["utils"], b["lengths"], item_matrix)
 
     return score

@@ -267,16 +267,45 @@ def train_func(config: dict) -> None:
     model = GenRec(spec)
     model.objective = objective(cfg, finetune["task"] if finetune else None)
     model.set_catalogue(*catalogue(spec, items_table, counts, cfg.model.decoding))
+    mask_rate = id_mask_rate(cfg, shards)
+    # The evaluation requests and their targets do not depend on this run's training window, so every retrain
+    # (seeds, shifted windows) scores the same ones: "cold" means no training event before the cutoff.
+    cold = (counts if window == (None, None) else item_counts(shards)) == 0
+    cold[0] = False
+    plan = build_plan(shards, cfg.eval, cold)
+    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+
+    def reduce(t: torch.Tensor) -> torch.Tensor:
+        """Sum over ranks (NCCL needs the tensor on the GPU)."""
+        if torch.distributed.is_initialized():
+            moved = t.to(device)
+            torch.distributed.all_reduce(moved)
+            t.copy_(moved.cpu())
+        return t
+
+    def metrics_of(module, last: bool) -> dict:
+        """Every task at every delay over this rank's share of the requests, summed over ranks; at the last epoch
+        rank 0 also writes each request's top-k list."""
+        module.eval()
+        with torch.no_grad():
+            sums, top = evaluate_plan(plan, model_scorer(module, module.item_matrix()), spec.max_seq_len, rank,
+                                      world, cfg.eval.batch_size, device, topk=cfg.eval.topk if last else 0)
+        for v in sums.values():
+            reduce(v)
+        if last:
+            top = _gather_rows(top, world)
+            if rank == 0:
+                write_topk(Path(config["topk"]), top)
+        return plan_metrics(sums, cfg.eval.primary)
+
+    history: list[dict] = []
     if finetune:
         _load_pretrained(model, spec, finetune["checkpoint"])
+        # The pre-trained model on every task before any step, with its own head: the transfer baseline.
+        history.append({"epoch": 0, **metrics_of(model.to(device), False)})
         if finetune["mode"] == "head":  # linear-probe style: only a fresh decoding head learns
             model.requires_grad_(False)
             model.new_head()
-    cold = ~model.items.known.numpy()
-    cold[0] = False
-    mask_rate = id_mask_rate(cfg, shards)
-    plan = build_plan(shards, cfg.eval, cold)
-    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
 
     steps_per_epoch = max(1, config["windows"] // world // cfg.train.batch_size)
     total_steps = steps_per_epoch * cfg.train.epochs
@@ -308,25 +337,6 @@ def train_func(config: dict) -> None:
         run = wandb.init(project=cfg.tracking.project, name=config["run_name"], mode=cfg.tracking.wandb,
                          dir=str(wandb_dir), config=cfg.model_dump(mode="json"), reinit="finish_previous")
 
-    def run_eval(last: bool) -> dict:
-        """Every task at every delay over this rank's share of the requests, all-reduced; rank 0 writes top-k."""
-        engine.eval()
-        with torch.no_grad():
-            scorer = model_scorer(engine.module, engine.module.item_matrix())
-            sums, top = evaluate_plan(plan, scorer, spec.max_seq_len, rank, world, cfg.eval.batch_size, device,
-                                      topk=cfg.eval.topk if last else 0)
-        if torch.distributed.is_initialized():
-            for v in sums.values():
-                torch.distributed.all_reduce(v)
-        if last:
-            top = _gather_rows(top, world)
-            if rank == 0:
-                write_topk(Path(config["topk"]), top)
-        return plan_metrics(sums, cfg.eval.primary)
-
-    history: list[dict] = []
-    if finetune:  # the pre-trained model on the task, before any fine-tuning step: the transfer baseline
-        history.append({"epoch": 0, **run_eval(False)})
     data = ray.train.get_dataset_shard("train")
     start = time.perf_counter()
     events_seen = 0
@@ -346,11 +356,10 @@ def train_func(config: dict) -> None:
             engine.step()
             stats += torch.tensor([loss.item(), 1.0, float((items[:, 1:] > 0).sum())], dtype=torch.float64)
         train_time = time.perf_counter() - t0
-        if torch.distributed.is_initialized():
-            torch.distributed.all_reduce(stats)
+        reduce(stats)
         events_seen += int(stats[2])
 
-        task_metrics = run_eval(epoch == cfg.train.epochs - 1)
+        task_metrics = metrics_of(engine.module, epoch == cfg.train.epochs - 1)
         metrics = {
             "epoch": epoch + 1,
             "loss": float(stats[0] / max(stats[1], 1)),

@@ -44,10 +44,12 @@ def test_relevant_ranks_match_single_target_ranks_and_handle_several():
     rel = torch.tensor([[2, 3, 4], [1, 0, 0]])
     valid = torch.tensor([[True, True, True], [True, False, False]])
     ranks = relevant_ranks(scores, rel, valid)
-    # Row 0: 0.5 has one score above it (rank 2, its tie too); 0.1 has three (-inf is below). Row 1: 0.2 is third.
-    assert ranks.tolist() == [[2.0, 4.0, 2.0], [3.0, math.inf, math.inf]]
-    single = target_ranks(scores, rel[:, 0])
-    assert ranks[:, 0].tolist() == single.double().tolist()
+    # Row 0: the two 0.5s share ranks 2 and 3 (2.5 each); 0.1 has three above it (-inf is below). Row 1: 0.2 is third.
+    assert ranks.tolist() == [[2.5, 4.0, 2.5], [3.0, math.inf, math.inf]]
+    assert ranks[1, 0] == target_ranks(scores, rel[:, 0])[1]  # no tie: the strict rank
+    # Everything tied: the middle of the catalogue, not the top.
+    flat = relevant_ranks(torch.zeros(1, 9), torch.tensor([[4]]), torch.tensor([[True]]))
+    assert flat.item() == 5.0
 
 
 def test_multi_relevant_sums_by_hand():

@@ -45,11 +45,12 @@ def test_horizon_objective_skips_the_next_events_and_keeps_its_time_window():
     ts = torch.tensor([[0, 1, 2, 30, 50, 80]]) * HOUR
     targets, weights = mtp_targets(items, ts, torch.ones(1, 6), k=3, half_life_s=None, skip=1,
                                    min_dt_s=24 * HOUR, max_dt_s=72 * HOUR)
-    # Position 0 (0 h): skips 2; 3 (2 h) is too soon, 4 (30 h) and 5 (50 h) count. Position 1 (1 h): skips 3; 4, 5
-    # count, 6 (79 h later) is too late. Position 2 (2 h): skips 4; 5 counts, 6 (78 h) too late. Position 3 (30 h):
-    # skips 5; 6 (50 h later) counts. Position 4: nothing after the skip.
-    assert targets[0].tolist() == [[0, 4, 5], [4, 5, 0], [5, 0, 0], [6, 0, 0], [0, 0, 0]]
-    assert weights[0].tolist() == [[0, 1, 1], [1, 1, 0], [1, 0, 0], [1, 0, 0], [0, 0, 0]]
+    # dt counts from the request, the event after the position. Position 0 (request: 2 at 1 h): skips 2; 3 (1 h
+    # later) is too soon, 4 (29 h) and 5 (49 h) count. Position 1 (request: 3 at 2 h): 4 (28 h) and 5 (48 h) count,
+    # 6 (78 h) is too late. Position 2 (request: 4 at 30 h): 5 (20 h) too soon, 6 (50 h) counts. Position 3
+    # (request: 5 at 50 h): 6 (30 h) counts. Position 4: nothing after the skip.
+    assert targets[0].tolist() == [[0, 4, 5], [4, 5, 0], [0, 6, 0], [6, 0, 0], [0, 0, 0]]
+    assert weights[0].tolist() == [[0, 1, 1], [1, 1, 0], [0, 1, 0], [1, 0, 0], [0, 0, 0]]
 
 
 def test_full_softmax_multilabel_by_hand():

@@ -39,7 +39,7 @@ def _dataset() -> Dataset:
 
 
 TASKS = ["eval.tasks={B: {targets: next}, A: {targets: horizon, start_h: 24, end_h: 720, skip: 1}, "
-         "C: {targets: next, candidates: popular, pool_size: 3, window_days: 1}, cold: {targets: cold}}"]
+         "C: {targets: next, candidates: popular, pool_size: 3, window_days: 2}, cold: {targets: cold}}"]
 
 
 @pytest.fixture()
@@ -59,26 +59,26 @@ def test_requests_targets_and_pools_by_hand(plan):
     # User 1's request at day 15 has no target (title 5 was seen) and is dropped; user 3 has no evaluation events.
     assert sorted(got) == [(1, 10), (1, 12), (2, 11), (2, 13)]
     # Day 10 (first event after the cutoff): next new title 4 (cold); A: titles 1-30 days later after skipping one
-    # event: 6 (day 12) and 5 (day 15), title 2 being in the context; C: pool of days 9-11 = 1, 3, 4, 5 (one event
-    # each, ties by index), top 3 -> 1, 3, 4, which holds the target.
-    assert got[(1, 10)][0] == {"B": [4], "A": [6, 5], "C": [4], "cold": [4]}
-    assert got[(1, 10)][1] == {"C": [1, 3, 4]}
-    # Day 12 (a session start): title 6, cold; A has nothing new after it (5 is in the context).
-    assert got[(1, 12)][0] == {"B": [6], "C": [6], "cold": [6]} and got[(1, 12)][1] == {"C": [6, 2, 3]}
-    # User 2 at day 11: next 3 (trained, not cold), first cold title 6; the pool leaves out 6 (launches day 12).
-    assert got[(2, 11)][0] == {"B": [3], "A": [6], "C": [3], "cold": [6]} and got[(2, 11)][1] == {"C": [1, 2, 3]}
-    assert got[(2, 13)][0] == {"B": [6], "C": [6], "cold": [6]} and got[(2, 13)][1] == {"C": [6, 2]}
+    # event: 6 (day 12) and 5 (day 15), title 2 being in the context. C: the 2 days before hold no event: no pool.
+    assert got[(1, 10)][:2] == ({"B": [4], "A": [6, 5], "cold": [4]}, {})
+    # Day 12 (a session start): title 6, cold; A has nothing new after it (5 is in the context). C: days 10-11 saw
+    # 4, 1, 5, 3 once each (ties by index): the top 3 are 1, 3, 4, without the target 6.
+    assert got[(1, 12)][:2] == ({"B": [6], "cold": [6]}, {})
+    # User 2 at day 11: next 3 (trained, not cold), first cold title 6; C: days 9-10 give 1, 4, 5, not 3.
+    assert got[(2, 11)][:2] == ({"B": [3], "A": [6], "cold": [6]}, {})
+    # Day 13: days 11-12 saw 3, 6, 2 once each: the pool 2, 3, 6 holds the target 6 (launched on day 12).
+    assert got[(2, 13)][:2] == ({"B": [6], "C": [6], "cold": [6]}, {"C": [2, 3, 6]})
     # Contexts: delay 0 = every event before the request; 48 h = events at or before r - 48 h.
     assert got[(1, 10)][2] == {0.0: 3, 48.0: 3} and got[(1, 12)][2] == {0.0: 6, 48.0: 4}
     assert got[(2, 11)][2] == {0.0: 1, 48.0: 1} and got[(2, 13)][2] == {0.0: 2, 48.0: 2}
-    assert plan.counts() == {"B": 4, "A": 2, "C": 4, "cold": 4}
+    assert plan.counts() == {"B": 4, "A": 2, "C": 1, "cold": 4}
 
 
 # Fixed scores by item index (column 0 is padding): 5 > 2 > 6 > 3 > 4 > 1.
 SCORES = torch.tensor([0.0, 0.1, 0.5, 0.3, 0.2, 0.6, 0.4])
 
 
-def fixed_scorer(requests, delay, batch):
+def fixed_scorer(uses, batch):
     return SCORES.repeat(batch["items"].shape[0], 1)
 
 
@@ -91,8 +91,8 @@ def test_metrics_of_a_fixed_ranking_by_hand(plan):
     # A: [6, 5] -> 5 is first (best rank 1; both relevant at ranks 1, 2: NDCG 1); [6] after 5 -> rank 2.
     assert math.isclose(m["mrr_A"], (1 + 1 / 2) / 2)
     assert math.isclose(m["ndcg@10_A"], (1 + 1 / math.log2(3)) / 2)
-    # C: inside each pool, minus the context, the target comes first every time.
-    assert m["mrr_C"] == 1.0 and m["requests_C"] == 4
+    # C: in the pool 2, 3, 6 minus the context (2, 3), the target is alone.
+    assert m["mrr_C"] == 1.0 and m["requests_C"] == 1
     # cold: 3, 1, 2 (6 after 5), 2.
     assert math.isclose(m["mrr_cold"], (1 / 3 + 1 + 1 / 2 + 1 / 2) / 4)
     # 48 h stale: user 1 at day 12 sees only 1, 2, 3, 4, so 5 outranks the target 6 (rank 2 instead of 1).
@@ -107,6 +107,22 @@ def test_ranks_are_split_across_workers_without_loss(plan):
     parts = [evaluate_plan(plan, fixed_scorer, max_seq_len=4, rank=r, world=3, batch_size=1)[0] for r in range(3)]
     for key, v in whole.items():
         assert torch.allclose(v, sum(p[key] for p in parts)), key
+
+
+def test_popular_pools_count_only_the_days_before_the_request():
+    from genrec.tasks import HOUR, PopularPools
+
+    # Titles 1..4; title 4 launches at hour 50. Events (title @ hour): 1@1, 2@2, 2@3, 3@30, 3@31, 3@32, 4@50, 1@60.
+    items = np.array([1, 2, 2, 3, 3, 3, 4, 1])
+    ts = np.array([1, 2, 3, 30, 31, 32, 50, 60]) * HOUR
+    launch = np.array([np.iinfo(np.int64).max, 0, 0, 0, 50 * HOUR])
+    pools = PopularPools(items, ts, launch)
+    # A request at 33:30 counts the events before 33:00: over 2 days, 3 (three events) then 2 (two).
+    assert pools.pool(int(33.5 * HOUR), 2, 2).tolist() == [3, 2]
+    assert pools.pool(int(33.5 * HOUR), 5, 1).tolist() == [3]  # over 1 day (hours 9-33): only title 3
+    assert pools.pool(50 * HOUR + 10, 5, 1).tolist() == [3]  # 4's event at 50:00 is in the request's hour: not yet
+    assert pools.pool(61 * HOUR, 5, 1).tolist() == [1, 4]  # hours 37-61: one event each, ties by index
+    assert pools.pool(61 * HOUR, 5, 1).tolist() == pools.pool(int(61.9 * HOUR), 5, 1).tolist()  # one count per hour
 
 
 def test_request_positions():

@@ -274,8 +274,8 @@ def analyse(exp: Experiment, budget_flops: float | None = None, resamples: int |
 
 def oracle_metrics(config: GenrecConfig, shards_root: str) -> dict | None:
     """Synthetic data only: each task's metrics when titles are ranked by the generator's own probabilities
-    (`genrec.data.synthetic.Oracle`), on the same requests, targets and candidate pools as the models (delay 0).
-    The ceiling a model could reach on that data: the generator says how predictable each task is."""
+    (`genrec.data.synthetic.Oracle`: exact for the next event, approximate for horizon and cold targets), on the same
+    requests, targets and candidate pools as the models (delay 0): how predictable the generator made each task."""
     if config.data.source != "synthetic":
         return None
     import pyarrow.parquet as pq
@@ -294,23 +294,24 @@ def oracle_metrics(config: GenrecConfig, shards_root: str) -> dict | None:
     cold[0] = False
     plan = build_plan(shards, config.eval.model_copy(update={"delays_h": []}), cold)
     vocab = pq.read_table(shards.items_path, columns=["item_id", "index"])
-    index = torch.from_numpy(vocab.column("index").to_numpy().astype(np.int64))
-    column = vocab.column("item_id").to_numpy() - 1  # synthetic item ids are 1..items
+    item_id = np.zeros(shards.num_items + 1, np.int64)
+    item_id[vocab.column("index").to_numpy()] = vocab.column("item_id").to_numpy()
+    columns = torch.from_numpy(item_id[1:] - 1)  # score column of index i: the generator's title item_id - 1
 
     def scorer(task):
-        def score(requests, _delay, batch):
+        def score(uses, batch):
             out = torch.full((batch["items"].shape[0], shards.num_items + 1), float("-inf"))
-            if not requests:
-                return out
-            users, ts = [r.user for r in requests], [r.ts for r in requests]
-            if task.targets == "horizon":
-                p = oracle.horizon(users, ts, task.start_h * 3600, task.end_h * 3600)
-            else:
-                last = [plan.seqs[r.seq][0][r.ends[0.0] - 1] for r in requests]
-                last_ts = [plan.seqs[r.seq][1][r.ends[0.0] - 1] for r in requests]
-                ids = vocab.column("item_id").to_numpy()
-                p = oracle.next_event(users, ts, [ids[i - 1] for i in last], last_ts)
-            out[:len(requests), index] = torch.from_numpy(p[:, column]).float()
+            for row, row_uses in enumerate(uses):
+                if not row_uses:
+                    continue
+                req = row_uses[0].request  # delay 0 only: one request per context
+                items, ts, _, _ = plan.seqs[req.seq]
+                end = req.ends[0.0]
+                if task.targets == "horizon":
+                    p = oracle.horizon(req.user, req.ts, task.start_h * 3600, task.end_h * 3600)
+                else:
+                    p = oracle.next_event(req.user, req.ts, item_id[items[:end]], ts[:end])
+                out[row, 1:] = torch.from_numpy(p)[columns].float()
             return out
 
         return score

@@ -88,8 +88,9 @@ def write_winner(cfg: GenrecConfig, sweep: str, rows: list[dict]) -> dict:
     from genrec.shards import atomic_write_json
 
     # Serving wants the freshest model: the winner is the best trial among those trained up to the cutoff.
-    freshest = min(r["window_shift_h"] for r in rows)
-    best = next((r for r in rows if r["window_shift_h"] == freshest), rows[0])
+    ok = [r for r in rows if r["status"] == "ok"]
+    freshest = min((r["window_shift_h"] for r in ok), default=0.0)
+    best = next((r for r in ok if r["window_shift_h"] == freshest), rows[0])
     if best["status"] != "ok" or not best.get("checkpoint"):
         raise RuntimeError("every trial failed; no winner to write:\n" +
                            "\n".join(f"  {r['preset']}/len{r['max_seq_len']}: {r['error']}" for r in rows))

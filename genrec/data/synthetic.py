@@ -347,18 +347,23 @@ def _follow_series(rng: np.random.Generator, cat: _Catalogue, fresh: np.ndarray,
     return item
 
 
-class Oracle:
-    """The generator's own probabilities: a reference ceiling for each task on synthetic data.
+SESSION_GAP_S = 3600  # events closer than this belong to one session (the generator's gaps inside: seconds-minutes)
 
-    At a request by user u at time r (day d), the generator's next event opens a session with probability close to
-    1 (sessions are hours to days apart): a genre g drawn from (1 - EXPLORE_SHARE) x taste_u + EXPLORE_SHARE /
-    genres, then a title of g by its popularity on day d (any title by popularity when g has none launched). Within
-    a session (the context's last event under an hour old) the next part of the last title's series comes first
-    with probability SERIES_CONTINUE. Ranking titles by that probability is the Bayes-optimal next-event ranking
-    (the "next" and "cold" targets; the popular pool restricts the same scores). For a horizon task the oracle
-    ranks by the mean of the day-by-day session probabilities over the horizon's days: the expected share of the
-    user's future sessions that pick the title (series continuations aside), a near-optimal ranking for "any of
-    them"."""
+
+class Oracle:
+    """The generator's own probabilities: a reference for each task on synthetic data.
+
+    **Next event** (exact): at a request by user u at time r, the generator's next event either opens a session --
+    a genre g from (1 - EXPLORE_SHARE) x taste_u + EXPLORE_SHARE / genres, then a title of g by that day's
+    popularity among launched titles (any launched title when g has none) -- or, when the context's last event is
+    under an hour old, continues the current session: the session's genre (whose posterior follows from the
+    session's events so far) or, with probability SERIES_CONTINUE, the next part of the last title's series.
+    Ranking by that probability is Bayes-optimal for the next event; the "next" task's target is that event unless
+    it repeats a title of the context, and the popular pool restricts the same scores.
+
+    **Horizon** (approximate): the mean over the horizon's days of the session-opening probabilities, i.e. the
+    expected share of the user's future sessions that pick the title (series continuations and repeats aside).
+    **Cold** targets (the first cold title at or after the request) are ranked by the next-event probabilities."""
 
     def __init__(self, latent: Latent):
         self.lat = latent
@@ -377,32 +382,38 @@ class Oracle:
         days = self.lat.popularity.shape[0]
         return np.clip((np.asarray(ts, np.int64) - self.lat.start_ts) // DAY, 0, days - 1)
 
-    def session(self, users, ts) -> np.ndarray:
-        """(B, items): P(title) for a session started by each 1-based user at each time."""
-        u = np.asarray(users, np.int64) - 1
-        d = self._day(ts)
-        return np.einsum("big,bg->bi", self.by_genre[d], self.weights[u])
-
-    def next_event(self, users, ts, last_items, last_ts) -> np.ndarray:
-        """(B, items): P(next title) given the context's last event (1-based item id, 0 = none)."""
-        p = self.session(users, ts)
+    def _continues(self, prev: int, ts: int) -> float:
+        """P(the series' next part follows 0-based title prev at time ts)."""
         cat = self.lat.cat
-        last = np.asarray(last_items, np.int64) - 1
-        nxt = np.minimum(last + 1, len(cat.launch) - 1)
-        ts = np.asarray(ts, np.int64)
-        cont = ((last >= 0) & (ts - np.asarray(last_ts, np.int64) < 3600) & cat.has_next[np.maximum(last, 0)]
-                & (cat.launch[nxt] <= ts))
-        rows = np.flatnonzero(cont)
-        p[rows] *= 1 - SERIES_CONTINUE
-        p[rows, nxt[rows]] += SERIES_CONTINUE
+        nxt = prev + 1
+        return SERIES_CONTINUE if cat.has_next[prev] and nxt < len(cat.launch) and cat.launch[nxt] <= ts else 0.0
+
+    def next_event(self, user: int, ts: int, context_items, context_ts) -> np.ndarray:
+        """(items,): P(next title) for 1-based `user` at time `ts`, given the context (1-based item ids, times)."""
+        items = np.asarray(context_items, np.int64) - 1
+        times = np.asarray(context_ts, np.int64)
+        # The current session: the trailing events of the context that are under an hour apart, if the last is.
+        start = len(items)
+        if start and ts - times[-1] < SESSION_GAP_S:
+            start -= 1
+            while start > 0 and times[start] - times[start - 1] < SESSION_GAP_S:
+                start -= 1
+        post = self.weights[user - 1].copy()
+        if start == len(items):  # a new session
+            return self.by_genre[self._day(ts)] @ post
+        by_genre = self.by_genre[self._day(times[start])]  # the generator draws a session's titles on its first day
+        for k in range(start, len(items)):
+            c = self._continues(items[k - 1], times[k]) if k > start else 0.0
+            like = (1 - c) * by_genre[items[k]] + (c if items[k] == items[k - 1] + 1 else 0.0)
+            post = post * like
+            post /= post.sum() if post.sum() > 0 else 1.0
+        c = self._continues(items[-1], ts)
+        p = (1 - c) * (by_genre @ post)
+        if c:
+            p[items[-1] + 1] += c
         return p
 
-    def horizon(self, users, ts, start_s: float, end_s: float) -> np.ndarray:
-        """(B, items): mean session probability over the days of [ts + start_s, ts + end_s) inside the span."""
-        ts = np.asarray(ts, np.int64)
-        out = np.zeros((len(ts), len(self.lat.cat.launch)))
-        for b, (u, r) in enumerate(zip(users, ts)):
-            d0, d1 = self._day(r + start_s), self._day(r + end_s - 1)
-            days = np.arange(d0, d1 + 1)
-            out[b] = self.by_genre[days].mean(axis=0) @ self.weights[int(u) - 1]
-        return out
+    def horizon(self, user: int, ts: int, start_s: float, end_s: float) -> np.ndarray:
+        """(items,): mean session probability over the days of [ts + start_s, ts + end_s) inside the span."""
+        d0, d1 = self._day(ts + start_s), self._day(ts + end_s - 1)
+        return self.by_genre[np.arange(d0, d1 + 1)].mean(axis=0) @ self.weights[user - 1]
