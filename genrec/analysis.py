@@ -31,6 +31,27 @@ class PowerLawFit:
     rmse: float
     points: int
     sizes: int
+    # Where the optimum sits on a constraint, the parameters say less than their values suggest: P0 at its cap (the
+    # data look log-linear, no saturation in range), the exponent at a bound of its search, or no gain at all.
+    p0_capped: bool = False
+    a_at_bound: bool = False
+
+    @property
+    def flat(self) -> bool:
+        return self.n0 <= 0
+
+    @property
+    def warnings(self) -> list[str]:
+        out = []
+        if self.flat:
+            out.append("flat: no gain with size in these data (N0 and a meaningless)")
+        if self.p0_capped:
+            out.append("P0 at its cap: no saturation within the sizes measured")
+        if self.a_at_bound and not self.flat:
+            out.append("exponent at a bound of its search")
+        if self.points <= 3:
+            out.append("3 points for 3 parameters: an exact fit, no interval")
+        return out
 
     def predict(self, n) -> np.ndarray:
         n = np.asarray(n, dtype=np.float64)
@@ -100,7 +121,10 @@ def fit_offset_power_law(n, p, p0_max: float | None = None, a_bounds: tuple[floa
     a = math.exp(log_a)
     p0, c, err = (float(v[0]) for v in _solve(np.exp(-a * log_x)[None, :], p, p0_max))
     n0 = ref * c ** (1.0 / a) if c > 0 else 0.0
-    return PowerLawFit(p0=p0, n0=n0, a=a, rmse=math.sqrt(err / len(p)), points=len(p), sizes=len(np.unique(n)))
+    near = lambda x, b: abs(math.log(x) - math.log(b)) < 0.02  # noqa: E731
+    return PowerLawFit(p0=p0, n0=n0, a=a, rmse=math.sqrt(err / len(p)), points=len(p), sizes=len(np.unique(n)),
+                       p0_capped=p0_max is not None and p0 >= p0_max - 1e-12,
+                       a_at_bound=near(a, a_bounds[0]) or near(a, a_bounds[1]))
 
 
 @dataclass(frozen=True)
@@ -151,6 +175,10 @@ def bootstrap_power_law(n, p, fit: PowerLawFit, resamples: int = 1000, seed: int
     predictions plus resampled residuals (pooled over sizes)."""
     n = np.asarray(n, dtype=np.float64)
     p = np.asarray(p, dtype=np.float64)
+    if len(p) <= 3:  # 3 parameters through 3 points: zero residuals, nothing to resample
+        none = Interval(math.nan, math.nan)
+        return {"method": "none (exact fit)", "resamples": 0, "failed": 0, "p0": none, "n0": none, "a": none,
+                "p0_samples": np.zeros(0)}
     rng = np.random.default_rng(seed)
     sizes, inverse = np.unique(n, return_inverse=True)
     groups = [np.flatnonzero(inverse == g) for g in range(len(sizes))]
@@ -179,8 +207,9 @@ def bootstrap_power_law(n, p, fit: PowerLawFit, resamples: int = 1000, seed: int
             failed += 1
             continue
         draws["p0"].append(f.p0)
-        draws["n0"].append(f.n0)
-        draws["a"].append(f.a)
+        if not f.flat:  # a flat draw has no N0 or exponent to speak of
+            draws["n0"].append(f.n0)
+            draws["a"].append(f.a)
     return {"method": "within-size deviations" if stratified else "residuals", "resamples": resamples,
             "failed": failed, **{k: percentile_interval(v, level) for k, v in draws.items()},
             "p0_samples": np.asarray(draws["p0"])}
@@ -209,8 +238,27 @@ def spearman(x, y) -> float:
     return float(rx @ ry) / den if den > 0 else math.nan
 
 
+def spearman_permutation_p(x, y, resamples: int = 5000, seed: int = 0) -> float:
+    """Two-sided p-value of rho under independence: exact over all orderings for n <= 8, else Monte Carlo."""
+    import itertools
+
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    rho = spearman(x, y)
+    if not np.isfinite(rho):
+        return math.nan
+    if len(x) <= 8:
+        perms = [spearman(x, y[list(p)]) for p in itertools.permutations(range(len(y)))]
+    else:
+        rng = np.random.default_rng(seed)
+        perms = [spearman(x, rng.permutation(y)) for _ in range(resamples)]
+    perms = np.asarray(perms)
+    return float(np.mean(np.abs(perms) >= abs(rho) - 1e-12))
+
+
 def spearman_with_interval(x, y, resamples: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
-    """rho and a percentile bootstrap interval over resampled (x, y) pairs."""
+    """rho, a percentile bootstrap interval over resampled (x, y) pairs, and the permutation p-value. With few
+    pairs the bootstrap interval is too optimistic (3 pairs in order give [1, 1]); read p and n beside it."""
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     rho = spearman(x, y)
@@ -219,7 +267,8 @@ def spearman_with_interval(x, y, resamples: int = 2000, seed: int = 0, level: fl
     for _ in range(resamples):
         idx = rng.integers(0, len(x), len(x))
         draws.append(spearman(x[idx], y[idx]))
-    return {"rho": rho, "interval": percentile_interval(draws, level), "n": int(len(x))}
+    return {"rho": rho, "interval": percentile_interval(draws, level), "n": int(len(x)),
+            "p": spearman_permutation_p(x, y, seed=seed)}
 
 
 def topk_overlap(a: dict, b: dict, k: int = 10) -> float:

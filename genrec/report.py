@@ -116,7 +116,7 @@ def plot_fits(a: dict, path: Path, oracle: dict | None) -> bool:
             if f["loglinear"] is not None:
                 ax.plot(grid, f["loglinear"].predict(grid), color=c, lw=0.9, ls=":")
         if oracle and task in oracle:
-            ax.axhline(oracle[task]["mrr"], color="black", lw=1.0, ls="-.", label="generator oracle")
+            ax.axhline(oracle[task]["mrr"], color="black", lw=1.0, ls="-.", label="generator reference")
         ax.set_xscale("log")
         ax.set_xlabel("backbone parameters")
         ax.set_ylabel("MRR")
@@ -206,6 +206,8 @@ def plot_curves(curves: list[dict], primary: str, path: Path) -> bool:
 
 # --------------------------------------------------------------------------------------------------- text
 
+MIN_CELLS = 5  # below this many (size, length) cells a rank correlation is not read as an answer
+
 def answers(a: dict) -> list[str]:
     """The two open questions, answered in words from this sweep's numbers (never fixed text)."""
     out = []
@@ -215,16 +217,17 @@ def answers(a: dict) -> list[str]:
     n_cells = sum(c["retrains"] > 1 for c in st["cells"])
     if corr:
         lo, hi = corr["interval"].low, corr["interval"].high
-        verdict = ("more expensive retrains serve more stable top lists" if lo > 0 else
-                   "more expensive retrains serve less stable top lists" if hi < 0 else
-                   "the sweep cannot tell: the interval includes 0")
+        settled = corr["n"] >= MIN_CELLS and corr["p"] < 0.05 and (lo > 0 or hi < 0)
+        verdict = (("more expensive retrains serve more stable top lists" if lo > 0 else
+                    "more expensive retrains serve less stable top lists") if settled else
+                   f"the sweep cannot tell (it needs {MIN_CELLS}+ cells, p < 0.05 and an interval clear of 0)")
         text = (f"**Does repeated-training cost track score stability?** Across {n_cells} (size, max_seq_len) cells "
                 f"with several retrains, Spearman's rho between training FLOPs per retrain and the top-{st['k']} "
-                f"overlap of retrains is {corr['rho']:+.2f} (95% bootstrap interval {lo:+.2f} to {hi:+.2f}): "
-                f"{verdict}.")
+                f"overlap of retrains is {corr['rho']:+.2f} (95% bootstrap interval {lo:+.2f} to {hi:+.2f}, "
+                f"permutation p = {corr['p']:.3f}, n = {corr['n']}): {verdict}.")
         if corr_std:
             text += (f" Against the spread of task {a['primary']}'s MRR across retrains: rho {corr_std['rho']:+.2f} "
-                     f"({corr_std['interval'].low:+.2f} to {corr_std['interval'].high:+.2f}).")
+                     f"({corr_std['interval'].low:+.2f} to {corr_std['interval'].high:+.2f}, p = {corr_std['p']:.3f}).")
         out.append(text)
     else:
         out.append("**Does repeated-training cost track score stability?** Not answered: it needs three or more "
@@ -244,7 +247,8 @@ def answers(a: dict) -> list[str]:
 
             rho = spearman(*zip(*h))
             text += (f" Across the {len(h)} tasks, Spearman's rho between headroom and the gain ratio is {rho:+.2f} "
-                     "(few tasks: read it as a direction, not a test).")
+                     "(few tasks: a direction, not a test; and headroom comes from a fit to the same runs, so part of "
+                     "the relation is built in).")
         out.append(text)
     else:
         out.append("**How much do pre-training gains shrink on tasks with little headroom?** Not answered: it needs "
@@ -253,19 +257,22 @@ def answers(a: dict) -> list[str]:
 
 
 def fit_table(a: dict, oracle: dict | None) -> Table:
-    cols = ["task", "max_seq_len", "points", "sizes", "P0", "P0 95% interval", "N0", "a", "RMSE offset law",
-            "RMSE log-linear"] + (["generator oracle MRR"] if oracle else [])
+    cols = (["task", "max_seq_len", "points", "sizes", "P0", "P0 95% interval", "N0", "a", "RMSE offset law",
+             "RMSE log-linear"] + (["generator reference MRR"] if oracle else []) + ["notes"])
     rows = []
     for f in a["fits"]:
         fit, boot, ll = f["fit"], f["boot"], f["loglinear"]
         row = [f["task"], f["max_seq_len"], f["points"], f["sizes"]]
         if fit is None:
-            row += ["needs 3+ sizes", "", "", "", "", _fmt(ll.rmse) if ll else ""]
+            row += ["", "", "", "", "", ll.rmse if ll else None]
         else:
-            row += [fit.p0, f"[{_fmt(boot['p0'].low)}, {_fmt(boot['p0'].high)}]", _params(fit.n0) if fit.n0 else
-                    "flat", fit.a, fit.rmse, ll.rmse if ll else None]
+            interval = (f"[{_fmt(boot['p0'].low)}, {_fmt(boot['p0'].high)}]" if math.isfinite(boot["p0"].low)
+                        else "none")
+            row += [fit.p0, interval, "-" if fit.flat else _params(fit.n0), "-" if fit.flat else fit.a, fit.rmse,
+                    ll.rmse if ll else None]
         if oracle:
             row.append(oracle.get(f["task"], {}).get("mrr"))
+        row.append("needs 3+ sizes" if fit is None else "; ".join(fit.warnings))
         rows.append(row)
     return Table(cols, rows)
 
@@ -289,9 +296,9 @@ def stability_table(a: dict) -> Table:
 
 
 def correlation_table(a: dict) -> Table:
-    rows = [[cost, stab, c["n"], c["rho"], f"[{_fmt(c['interval'].low)}, {_fmt(c['interval'].high)}]"]
+    rows = [[cost, stab, c["n"], c["rho"], f"[{_fmt(c['interval'].low)}, {_fmt(c['interval'].high)}]", c["p"]]
             for (cost, stab), c in a["stability"]["correlations"].items()]
-    return Table(["cost", "stability", "cells", "Spearman rho", "95% interval"], rows)
+    return Table(["cost", "stability", "cells", "Spearman rho", "95% bootstrap interval", "permutation p"], rows)
 
 
 def gains_table(a: dict) -> Table:
@@ -394,8 +401,12 @@ def write_report(a: dict, out_dir: str | Path, meta: dict, oracle: dict | None =
              f"**Sweep:** {meta.get('grid', '')}",
              f"**Made by:** `{meta.get('command', '')}` on {meta.get('date', '')}"]
     if oracle:
-        intro.append("**Generator oracle:** on synthetic data each task is also scored by the generator's own "
-                     "probabilities (same requests and candidates): the ceiling the data allow.")
+        intro.append("**Generator reference:** on synthetic data each task is also scored by the generator's own "
+                     "probabilities (same requests and candidates): exact Bayes-optimal ranking for the next event, "
+                     "an approximate one for the horizon and cold-start tasks; how predictable the data make each "
+                     "task.")
+    elif meta.get("oracle_error"):
+        intro.append(f"**Generator reference:** not computed ({meta['oracle_error']})")
 
     md = [f"# genrec sweep report: {meta.get('name', '')}", "", *[f"- {line}" for line in intro], ""]
     page = [f"<h1>genrec sweep report: {html.escape(str(meta.get('name', '')))}</h1><ul>"]

@@ -9,7 +9,7 @@ import scipy.stats
 
 from genrec.analysis import (PowerLawFit, bootstrap_power_law, compute_optimal, fit_cost, fit_log_linear,
                              fit_offset_power_law, mean_pairwise_overlap, rankdata, relative_gain, spearman,
-                             spearman_with_interval, topk_overlap)
+                             spearman_permutation_p, spearman_with_interval, topk_overlap)
 
 
 def law(n, p0, n0, a):
@@ -65,9 +65,14 @@ def test_degenerate_and_bounded_fits():
     assert fit_offset_power_law(n[:2], [0.1, 0.2]) is None  # 3 parameters need 3 sizes
     flat = fit_offset_power_law(n, [0.3, 0.2, 0.1])  # falling with size: no positive c, a flat fit
     assert flat.n0 == 0 and flat.p0 == pytest.approx(0.2) and np.allclose(flat.predict(n), 0.2)
-    # A log-linear trend with no sign of saturation would put P0 far above 1; the ceiling binds.
+    assert flat.flat and any(w.startswith("flat") for w in flat.warnings)
+    # A log-linear trend with no sign of saturation would put P0 far above 1; the ceiling binds, and says so.
     capped = fit_offset_power_law(n, [0.3, 0.6, 0.9], p0_max=1.0)
-    assert capped.p0 == pytest.approx(1.0)
+    assert capped.p0 == pytest.approx(1.0) and capped.p0_capped and "P0 at its cap" in "; ".join(capped.warnings)
+    # 3 points, 3 parameters: an exact fit has no residuals to resample, so no interval rather than a zero-width one.
+    exact = fit_offset_power_law(n, law(n, 0.3, 1e3, 0.5))
+    boot = bootstrap_power_law(n, law(n, 0.3, 1e3, 0.5), exact)
+    assert boot["method"] == "none (exact fit)" and math.isnan(boot["p0"].low)
 
 
 def test_log_linear_fit_by_hand():
@@ -83,6 +88,17 @@ def test_spearman_matches_scipy_with_ties():
     assert spearman(x, y) == pytest.approx(scipy.stats.spearmanr(x, y).statistic)
     assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_spearman_permutation_p_against_scipy():
+    x, y = [1, 2, 3, 4, 5, 6], [2, 1, 4, 3, 6, 5]
+    ref = scipy.stats.permutation_test((y,), lambda b: scipy.stats.spearmanr(x, b).statistic,
+                                       permutation_type="pairings", n_resamples=10_000).pvalue
+    assert spearman_permutation_p(x, y) == pytest.approx(ref)  # both exact: 6! orderings
+    assert spearman_permutation_p([1, 2, 3], [1, 2, 3]) == pytest.approx(2 / 6)  # 3 cells in order: p = 1/3
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=20)
+    assert spearman_permutation_p(x, x + rng.normal(size=20) * 0.1) < 0.01  # Monte Carlo for n > 8
 
 
 def test_spearman_interval_against_scipy_bootstrap():

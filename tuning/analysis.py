@@ -80,6 +80,10 @@ def load_experiment(path: str | Path) -> Experiment:
             history = [json.loads(line) for line in (d / "result.json").read_text().splitlines() if line.strip()]
         error = (d / "error.txt").read_text().strip() if (d / "error.txt").is_file() else None
         status = "ok" if history and not error else "failed"
+        want = params.get("epochs") or (params.get("base") or base or {}).get("train", {}).get("epochs")
+        if status == "ok" and want and history[-1].get("epoch", 0) < want:
+            # Stopped early with no error (a killed driver): its last epoch is not a finished retrain.
+            status, error = "incomplete", f"stopped after epoch {history[-1].get('epoch')} of {want}"
         trials.append(Trial(params["preset"], int(params["max_seq_len"]), int(params.get("seed", 0)),
                             float(params.get("window_shift_h", 0.0)), status,
                             error or (None if history else "no metrics reported"), history, run.get("run"),
@@ -358,9 +362,16 @@ def make_report(results_dir: str | Path, out_dir: str | Path | None = None, budg
         dataset = shards.manifest.get("dataset", dataset)
         counts = (f"{c['split']} split, {c['users']:,} users, {c['items']:,} titles, {c['events']:,} events; "
                   f"{c['train_events']:,} training events, {c['eval_users']:,} evaluation users")
-        oracle = oracle_metrics(exp.config, exp.shards)
     except ShardError as exc:
-        echo(f"note: the sweep's shards are gone ({exc}); the report has no data counts and no oracle")
+        shards = None
+        echo(f"note: the sweep's shards are gone ({exc}); the report has no data counts and no generator reference")
+    oracle_error = None
+    if shards is not None:
+        try:
+            oracle = oracle_metrics(exp.config, exp.shards)
+        except Exception as exc:  # the reference is an extra: a report without it beats no report
+            oracle_error = f"{type(exc).__name__}: {exc}"
+            echo(f"note: the generator reference failed ({oracle_error}); the report goes on without it")
     t = exp.config.tune
     presets = sorted({(tr.params, tr.preset) for tr in exp.trials if math.isfinite(tr.params)})
     meta = {"name": exp.path.name, "experiment": str(exp.path), "dataset": dataset, "counts": counts,
@@ -369,7 +380,7 @@ def make_report(results_dir: str | Path, out_dir: str | Path | None = None, budg
                      f" x training-window shifts {sorted({tr.window_shift_h for tr in exp.trials})} h: "
                      f"{len(exp.trials)} trials, {len(exp.ok)} usable, "
                      f"{max((tr.final.get('epoch', 0) for tr in exp.ok), default=0)} epochs"),
-            "command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+            "command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "oracle_error": oracle_error}
     paths = write_report(a, out, meta, oracle, training_curves(exp))
     echo(f"report -> {paths['html']} (and report.md, {len(paths) - 3} plots)")
     return paths

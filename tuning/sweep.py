@@ -94,7 +94,8 @@ def write_winner(cfg: GenrecConfig, sweep: str, rows: list[dict]) -> dict:
     if best["status"] != "ok" or not best.get("checkpoint"):
         raise RuntimeError("every trial failed; no winner to write:\n" +
                            "\n".join(f"  {r['preset']}/len{r['max_seq_len']}: {r['error']}" for r in rows))
-    winner_cfg = trial_config(cfg.model_dump(mode="json"), best["preset"], best["max_seq_len"], None, best["seed"])
+    winner_cfg = trial_config(cfg.model_dump(mode="json"), best["preset"], best["max_seq_len"], None, best["seed"],
+                              best["window_shift_h"])
     manifest = {
         "sweep": sweep,
         "experiment": str(experiment_dir(cfg, sweep)),
