@@ -216,19 +216,16 @@ def bootstrap_power_law(n, p, fit: PowerLawFit, resamples: int = 1000, seed: int
 
 
 def rankdata(x) -> np.ndarray:
-    """Ranks 1..n, ties given their average rank (as scipy.stats.rankdata's default)."""
+    """Ranks 1..n, ties given their average rank (as scipy.stats.rankdata's default), vectorised."""
     x = np.asarray(x, dtype=np.float64)
     order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x), dtype=np.float64)
+    inverse = np.empty(len(x), dtype=np.int64)
+    inverse[order] = np.arange(len(x))
     sx = x[order]
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and sx[j + 1] == sx[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
+    first = np.r_[True, sx[1:] != sx[:-1]]
+    dense = np.cumsum(first)[inverse]  # 1-based id of each value's tie group
+    bounds = np.r_[np.flatnonzero(first), len(x)]  # where each tie group starts, and the end
+    return 0.5 * (bounds[dense] + bounds[dense - 1] + 1)
 
 
 def spearman(x, y) -> float:
