@@ -47,13 +47,21 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rebuild-shards", action="store_true", help="rebuild the shards even if they exist")
 
 
-def run_entrypoint(prog: str, doc: str, run, argv: list[str] | None = None) -> int:
+def add_resume_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", default=None, metavar="SWEEP",
+                   help="finish a stopped sweep: its folder or name (finished trials kept, the rest rerun)")
+
+
+def run_entrypoint(prog: str, doc: str, run, argv: list[str] | None = None, resume: bool = False) -> int:
     """`python -m trainers.pretrain` / `python -m tuning.sweep`: config flags, then run(cfg, name, rebuild)."""
     p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_args(p)
+    if resume:
+        add_resume_arg(p)
     args = p.parse_args(argv)
     try:
-        run(load_config(args.config, args.overrides), args.name, args.rebuild_shards)
+        extra = {"resume": args.resume} if resume else {}
+        run(load_config(args.config, args.overrides), args.name, args.rebuild_shards, **extra)
     except _user_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -131,7 +139,7 @@ def cmd_finetune(args) -> int:
 def cmd_sweep(args) -> int:
     from tuning.sweep import run
 
-    run(load_config(args.config, args.overrides), args.name, args.rebuild_shards)
+    run(load_config(args.config, args.overrides), args.name, args.rebuild_shards, resume=args.resume)
     return 0
 
 
@@ -207,7 +215,7 @@ def cmd_pipeline(args) -> int:
     print(f"== 1/5 data: {cfg.data.source}")
     prepare_shards(cfg, rebuild=args.rebuild_shards)
     print("== 2/5 sweep (Ray Tune -> Ray Train + DeepSpeed over Ray Data)")
-    manifest = sweep(cfg)
+    manifest = sweep(cfg, resume=args.resume)
     print("== 3/5 report (scaling fits, retrain cost vs stability, gains vs headroom)")
     from tuning.analysis import make_report
 
@@ -259,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
                                ("sweep", cmd_sweep, "Ray Tune sweep; writes the winner manifest")):
         s = sub.add_parser(name, help=helptext)
         add_run_args(s)
+        if name == "sweep":
+            add_resume_arg(s)
         s.set_defaults(fn=fn)
 
     s = sub.add_parser("report", help="scaling fits, cost vs stability, gains vs headroom: HTML + PNG report",
@@ -286,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="layout of --data (default: movielens)")
     s.add_argument("--rebuild-shards", action="store_true")
     s.add_argument("--report-dir", default=None, help="where the report goes (default: the sweep's folder/report)")
+    add_resume_arg(s)
     s.set_defaults(fn=cmd_pipeline)
     return p
 

@@ -40,7 +40,9 @@ def _fmt(v, digits: int = 4) -> str:
             return "n/a"
         if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
             return f"{v:.3g}"
-        return f"{v:.{digits}f}" if abs(v) < 100 else f"{v:,.0f}"
+        if abs(v) >= 100:
+            return f"{v:,.0f}"
+        return f"{v:.1f}" if abs(v) >= 10 else f"{v:.{digits}f}"
     return str(v)
 
 
@@ -207,6 +209,9 @@ def plot_curves(curves: list[dict], primary: str, path: Path) -> bool:
 # --------------------------------------------------------------------------------------------------- text
 
 MIN_CELLS = 5  # below this many (size, length) cells a rank correlation is not read as an answer
+# Below this many scored requests a task's MRR moves by more than its differences between sizes (one request is 1/n
+# of the mean): its fits are shown but flagged.
+MIN_REQUESTS = 30
 
 def answers(a: dict) -> list[str]:
     """The two open questions, answered in words from this sweep's numbers (never fixed text)."""
@@ -233,26 +238,39 @@ def answers(a: dict) -> list[str]:
         out.append("**Does repeated-training cost track score stability?** Not answered: it needs three or more "
                    "(size, max_seq_len) cells with two or more retrains each (tune.seeds, tune.window_shifts_h).")
     g = a["gains"]
-    rows = [r for r in g.get("rows", []) if math.isfinite(r["gain_vs_next"])]
-    if rows and math.isfinite(g.get("next_gain", math.nan)):
-        parts = ", ".join(f"{r['task']} {r['gain']:+.0%} (x{r['gain_vs_next']:.2f} of next-event, headroom "
-                          f"{_fmt(r['headroom_small'])})" for r in rows)
-        text = (f"**How much do pre-training gains shrink on tasks with little headroom?** From {_params(g['small'])} "
-                f"to {_params(g['large'])} (max_seq_len {g['max_seq_len']}), pre-training loss improves by "
-                f"{g['loss_gain']:+.1%} and next-event MRR (task {g['primary']}) by {g['next_gain']:+.0%}; per task: "
-                f"{parts}.")
-        h = [(r["headroom_small"], r["gain_vs_next"]) for r in rows if math.isfinite(r["headroom_small"])]
-        if len(h) >= 3:
-            from genrec.analysis import spearman
+    title = "**How much do pre-training gains shrink on tasks with little headroom?**"
+    if not g.get("rows"):
+        out.append(f"{title} Not answered: it needs two or more backbone sizes.")
+        return out
+    loss, nxt = g["loss_gain"], g["next_gain"]
+    head = (f"{title} From {_params(g['small'])} to {_params(g['large'])} (max_seq_len {g['max_seq_len']}), "
+            f"pre-training loss {'improves' if loss > 0 else 'gets worse'} by {abs(loss):.1%} and next-event MRR "
+            f"(task {g['primary']}) {'rises' if nxt > 0 else 'falls'} by {abs(nxt):.0%}")
+    if not (math.isfinite(nxt) and nxt > 0):
+        parts = ", ".join(f"{r['task']} {r['gain']:+.0%}" for r in g["rows"] if math.isfinite(r["gain"]))
+        out.append(f"{head}; per task: {parts}. Not answered: the larger backbone did not gain in pre-training, so "
+                   "there is no pre-training gain for the tasks' gains to shrink from (train longer, or on more "
+                   "data, until size helps next-event MRR).")
+        return out
+    noise = g.get("next_gain_noise", math.nan)
+    if math.isfinite(noise) and nxt <= noise:
+        parts = ", ".join(f"{r['task']} {r['gain']:+.0%}" for r in g["rows"] if math.isfinite(r["gain"]))
+        out.append(f"{head}; per task: {parts}. Not answered: the next-event gain is within the retrains' noise "
+                   f"(two standard errors over seeds: {noise:.0%}), so the tasks' shares of it are noise too.")
+        return out
+    rows = [r for r in g["rows"] if math.isfinite(r["gain_vs_next"])]
+    parts = ", ".join(f"{r['task']} {r['gain']:+.0%} (x{r['gain_vs_next']:.2f} of next-event, headroom "
+                      f"{_fmt(r['headroom_small'])})" for r in rows)
+    text = f"{head}; per task: {parts}."
+    h = [(r["headroom_small"], r["gain_vs_next"]) for r in rows if math.isfinite(r["headroom_small"])]
+    if len(h) >= 3:
+        from genrec.analysis import spearman
 
-            rho = spearman(*zip(*h))
-            text += (f" Across the {len(h)} tasks, Spearman's rho between headroom and the gain ratio is {rho:+.2f} "
-                     "(few tasks: a direction, not a test; and headroom comes from a fit to the same runs, so part of "
-                     "the relation is built in).")
-        out.append(text)
-    else:
-        out.append("**How much do pre-training gains shrink on tasks with little headroom?** Not answered: it needs "
-                   "two or more backbone sizes.")
+        rho = spearman(*zip(*h))
+        text += (f" Across the {len(h)} tasks, Spearman's rho between headroom and the gain ratio is {rho:+.2f} "
+                 "(few tasks: a direction, not a test; and headroom comes from a fit to the same runs, so part of "
+                 "the relation is built in).")
+    out.append(text)
     return out
 
 
@@ -272,7 +290,11 @@ def fit_table(a: dict, oracle: dict | None) -> Table:
                     ll.rmse if ll else None]
         if oracle:
             row.append(oracle.get(f["task"], {}).get("mrr"))
-        row.append("needs 3+ sizes" if fit is None else "; ".join(fit.warnings))
+        notes = ["needs 3+ sizes"] if fit is None else list(fit.warnings)
+        n = a.get("requests", {}).get(f["task"])
+        if n is not None and n < MIN_REQUESTS:
+            notes.insert(0, f"only {n} requests: too few to read")
+        row.append("; ".join(notes))
         rows.append(row)
     return Table(cols, rows)
 
@@ -338,8 +360,8 @@ def task_table(a: dict) -> Table:
                   "cold": "first title with no training event"}[t["targets"]]
         cand = ("whole catalogue" if t["candidates"] == "all" else
                 f"top {t['pool_size']} titles of the {t['window_days']:g} days before, launched by the request")
-        rows.append([name, t.get("description", ""), target, cand])
-    return Table(["task", "description", "targets", "candidates"], rows)
+        rows.append([name, t.get("description", ""), target, cand, a.get("requests", {}).get(name)])
+    return Table(["task", "description", "targets", "candidates", "requests scored"], rows)
 
 
 # --------------------------------------------------------------------------------------------------- page

@@ -47,11 +47,13 @@ def test_pretrain_two_workers_zero3_loss_falls(ray_local, storage):
         loaded.add_items(new)
 
 
-@pytest.mark.parametrize("decoding", ["full", "in_batch"])
-def test_other_decoding_modes_train_through_ray_and_deepspeed(ray_local, storage, decoding):
-    """Sampled softmax is the run above; full softmax and in-batch negatives (with logQ and 3-token MTP) also learn."""
+def test_in_batch_negatives_with_logq_and_mtp_train_through_ray_and_deepspeed(ray_local, storage):
+    """Sampled softmax is the run above; in-batch negatives with logQ and 3-token MTP also learn through the trainer.
+    (Full softmax trains in tests/test_model.py; through Ray it differs only in its FLOPs count, so one Ray run here
+    keeps the suite's time down.)"""
     from trainers.pretrain import run
 
+    decoding = "in_batch"
     cfg = tiny_config(storage, "train.workers=1", "train.cpus_per_worker=0.5", "train.epochs=2",
                       f"model.decoding={decoding}", "model.logq=true", "model.mtp_k=3", f"name=test-{decoding}")
     run(cfg, run_name=f"decoding-{decoding}")
@@ -86,6 +88,19 @@ def test_sweep_ranks_trials_and_writes_winner(winner):
     # A retrain on the window that ends 48 h earlier saw fewer events.
     seen = {(t["max_seq_len"], t["window_shift_h"]): t["events_processed"] for t in trials}
     assert seen[(8, 48)] < seen[(8, 0)] and seen[(16, 48)] < seen[(16, 0)]
+
+
+def test_resume_keeps_finished_trials(winner):
+    """`genrec sweep --resume` restores the Tune experiment: finished trials are kept, not trained again."""
+    from genrec.config import ConfigError
+    from tuning.sweep import run
+
+    cfg, manifest = winner
+    again = run(cfg, resume="sweep-test")
+    assert again["experiment"] == manifest["experiment"] and again["checkpoint"] == manifest["checkpoint"]
+    assert [t["wall_time_s"] for t in again["trials"]] == [t["wall_time_s"] for t in manifest["trials"]]
+    with pytest.raises(ConfigError, match="not a Tune experiment folder"):
+        run(cfg, resume="no-such-sweep")
 
 
 def test_report_from_the_sweep(winner, tmp_path):

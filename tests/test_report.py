@@ -41,6 +41,7 @@ def write_sweep(root, broken: bool = False):
                  "wall_time_s": 20 + n / 1e5}
         for task, (p0, n0, a) in LAWS.items():
             final[f"mrr_{task}"] = law(n, p0, n0, a) + rng.normal(0, 0.001) - (0.01 if L == 16 else 0)
+        final |= {"requests_B": 300, "requests_A": 250, "requests_C": 12}  # C's pool holds few targets
         history = [{**final, "epoch": 1, "loss": final["loss"] + 0.5}, final]
         (run / "history.json").write_text(json.dumps(history))
         # Retrains of larger backbones change fewer of the ten titles a request gets.
@@ -121,6 +122,8 @@ def test_report_pages_and_plots(sweep, tmp_path):
     assert "more expensive retrains serve more stable top lists" in md
     assert "How much do pre-training gains shrink" in md and "Not answered" not in md
     assert md.count("| failed: RuntimeError: worker died |") == 1  # the crashed trial is listed with its error
+    assert "| requests scored |" in md and "| 300 |" in md
+    assert md.count("only 12 requests: too few to read") == 2  # C's fits (two lengths), and no other task's
     html = paths["html"].read_text()
     assert html.count("data:image/png;base64,") == 4 and "<table>" in html
     assert json.loads(paths["json"].read_text())["optimal"]["rows"]
@@ -131,3 +134,30 @@ def test_report_errors_name_the_folder(tmp_path):
         load_experiment(tmp_path / "missing")
     with pytest.raises(ConfigError, match="no Tune trial folders"):
         load_experiment(tmp_path)
+
+
+def test_no_gain_ratio_without_a_pre_training_gain():
+    """A task's gain over a negative next-event gain would flip sign (x-15 of a loss): the report says it cannot
+    answer instead of printing the ratio."""
+    from genrec.report import answers
+    from tuning.analysis import _share
+
+    assert _share(0.3, 0.1) == pytest.approx(3.0)
+    assert math.isnan(_share(0.3, -0.2)) and math.isnan(_share(0.3, 0.0)) and math.isnan(_share(0.3, math.nan))
+    rows = [{"task": "A", "gain": 3.23, "gain_vs_next": _share(3.23, -0.21), "headroom_small": 0.08},
+            {"task": "B", "gain": -0.21, "gain_vs_next": _share(-0.21, -0.21), "headroom_small": 0.0}]
+    a = {"primary": "B", "stability": {"correlations": {}, "cells": []},
+         "gains": {"small": 98_624, "large": 1_968_768, "max_seq_len": 64, "loss_gain": -0.019, "next_gain": -0.21,
+                   "primary": "B", "rows": rows}}
+    text = answers(a)[1]
+    assert "gets worse by 1.9%" in text and "falls by 21%" in text and "A +323%" in text
+    assert "Not answered: the larger backbone did not gain in pre-training" in text and "x-" not in text
+    # A gain inside the seeds' spread is not read as a gain either.
+    from tuning.analysis import gain_noise
+
+    noise = gain_noise([0.10, 0.12], [0.11, 0.13])  # means 0.11 -> 0.12: +9%; 2 * sqrt(2e-4/2 + 2e-4/2) / 0.11
+    assert noise == pytest.approx(2 * math.sqrt(2e-4) / 0.11) and math.isnan(gain_noise([0.1], [0.2, 0.3]))
+    a["gains"].update(loss_gain=0.01, next_gain=0.09, next_gain_noise=noise,
+                      rows=[dict(r, gain_vs_next=_share(r["gain"], 0.09)) for r in rows])
+    text = answers(a)[1]
+    assert "within the retrains' noise (two standard errors over seeds: 26%)" in text and "x35" not in text

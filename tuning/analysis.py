@@ -196,6 +196,21 @@ def stability(exp: Experiment, k: int, resamples: int, seed: int) -> dict:
     return {"cells": rows, "correlations": corr, "k": k}
 
 
+def _shown(path: Path) -> str:
+    """A path as the report shows it: relative to the working directory when under it (a committed report then
+    names no one's home folder)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _share(gain: float, reference: float) -> float:
+    """A task's gain as a share of the pre-training gain; undefined (NaN) unless pre-training gained: a ratio to a
+    loss (or a zero) would flip or blow up the sign and says nothing about how much of a gain carries over."""
+    return gain / reference if np.isfinite(reference) and reference > 0 else math.nan
+
+
 def gains(exp: Experiment, fits: list[dict]) -> dict:
     """Relative gain of the largest over the smallest backbone (fresh retrains, the longest max_seq_len, mean over
     seeds) in pre-training loss, in next-event MRR (the primary task) and in each task's MRR; each task's gain as a
@@ -218,6 +233,8 @@ def gains(exp: Experiment, fits: list[dict]) -> dict:
 
     loss_gain = relative_gain(mean_of(small, "loss"), mean_of(large, "loss"), higher_is_better=False)
     next_gain = relative_gain(mean_of(small, _metric(primary)), mean_of(large, _metric(primary)))
+    next_noise = gain_noise([t.final.get(_metric(primary)) for t in small],
+                            [t.final.get(_metric(primary)) for t in large])
     by_task = {(f["task"], f["max_seq_len"]): f for f in fits}
     rows = []
     for task in exp.config.eval.tasks:
@@ -226,12 +243,21 @@ def gains(exp: Experiment, fits: list[dict]) -> dict:
         head_small = float(f.headroom(sizes[0])) if f else math.nan
         rows.append({"task": task, "mrr_small": mean_of(small, _metric(task)),
                      "mrr_large": mean_of(large, _metric(task)), "gain": g,
-                     "gain_vs_next": g / next_gain if next_gain and np.isfinite(next_gain) else math.nan,
-                     "gain_vs_loss": g / loss_gain if loss_gain and np.isfinite(loss_gain) else math.nan,
+                     "gain_vs_next": _share(g, next_gain), "gain_vs_loss": _share(g, loss_gain),
                      "p0": f.p0 if f else math.nan, "headroom_small": head_small,
                      "relative_headroom_small": head_small / f.p0 if f and f.p0 > 0 else math.nan})
     return {"max_seq_len": seq_len, "small": sizes[0], "large": sizes[-1], "loss_gain": loss_gain,
-            "next_gain": next_gain, "primary": primary, "rows": rows}
+            "next_gain": next_gain, "next_gain_noise": next_noise, "primary": primary, "rows": rows}
+
+
+def gain_noise(small: list, large: list) -> float:
+    """Two standard errors of the relative gain mean(large)/mean(small) - 1 from the seeds' spread (retrains of the
+    same cell): a gain below this is not told apart from retraining noise. NaN with fewer than 2 runs a side."""
+    a = np.asarray([v for v in small if v is not None and np.isfinite(v)], dtype=float)
+    b = np.asarray([v for v in large if v is not None and np.isfinite(v)], dtype=float)
+    if len(a) < 2 or len(b) < 2 or a.mean() == 0:
+        return math.nan
+    return float(2.0 * math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)) / abs(a.mean()))
 
 
 def optimal(exp: Experiment, fits: list[dict], budget: float | None) -> dict:
@@ -273,7 +299,20 @@ def analyse(exp: Experiment, budget_flops: float | None = None, resamples: int |
                                                                            seed),
             "gains": gains(exp, fits), "optimal": optimal(exp, fits, budget_flops),
             "tasks": {k: v.model_dump() for k, v in exp.config.eval.tasks.items()},
+            "requests": task_requests(exp),
             "primary": exp.config.eval.primary, "delays": exp.config.eval.delays_h}
+
+
+def task_requests(exp: Experiment) -> dict[str, int]:
+    """How many requests each task was scored on (the most any trial reports: a task's requests are the same for
+    every retrain, but an early-stopped trial may lack the metric)."""
+    out = {}
+    for task in exp.config.eval.tasks:
+        counts = [t.final.get(f"requests_{task}") for t in exp.ok]
+        counts = [int(c) for c in counts if c is not None and np.isfinite(c)]
+        if counts:
+            out[task] = max(counts)
+    return out
 
 
 def oracle_metrics(config: GenrecConfig, shards_root: str) -> dict | None:
@@ -374,7 +413,7 @@ def make_report(results_dir: str | Path, out_dir: str | Path | None = None, budg
             echo(f"note: the generator reference failed ({oracle_error}); the report goes on without it")
     t = exp.config.tune
     presets = sorted({(tr.params, tr.preset) for tr in exp.trials if math.isfinite(tr.params)})
-    meta = {"name": exp.path.name, "experiment": str(exp.path), "dataset": dataset, "counts": counts,
+    meta = {"name": exp.path.name, "experiment": _shown(exp.path), "dataset": dataset, "counts": counts,
             "grid": (f"presets {', '.join(p for _, p in presets) or t.presets} x max_seq_len "
                      f"{sorted({tr.max_seq_len for tr in exp.trials})} x seeds {sorted({tr.seed for tr in exp.trials})}"
                      f" x training-window shifts {sorted({tr.window_shift_h for tr in exp.trials})} h: "

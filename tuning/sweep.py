@@ -117,29 +117,57 @@ def write_winner(cfg: GenrecConfig, sweep: str, rows: list[dict]) -> dict:
     return manifest
 
 
-def run(cfg: GenrecConfig, sweep: str | None = None, rebuild: bool = False) -> dict:
+def resume_dir(cfg: GenrecConfig, resume: str):
+    """The experiment folder a `--resume` names: a path, or a sweep name under the config's storage."""
+    from pathlib import Path
+
+    import ray.tune
+
+    from genrec.config import ConfigError
+
+    path = Path(resume).expanduser()
+    if not path.is_dir():
+        path = experiment_dir(cfg, resume)
+    if not path.is_dir() or not ray.tune.Tuner.can_restore(str(path.resolve())):
+        raise ConfigError(f"--resume {resume}: {path} is not a Tune experiment folder (it holds no "
+                          "experiment_state-*.json); pass the folder `genrec sweep` printed, or a sweep name under "
+                          f"{experiment_dir(cfg, '')}")
+    return path.resolve()
+
+
+def run(cfg: GenrecConfig, sweep: str | None = None, rebuild: bool = False, resume: str | None = None) -> dict:
     import ray.tune
 
     from genrec.runtime import init_ray, prepare_shards, print_table
 
     shards = prepare_shards(cfg, rebuild=rebuild)
     init_ray(cfg)
-    sweep = sweep or f"sweep-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     t = cfg.tune
-    n = len(t.presets) * len(t.max_seq_len) * len(t.seeds) * len(t.window_shifts_h)
-    retrains = f" x {len(t.seeds) * len(t.window_shifts_h)} retrains" if n > len(t.presets) * len(t.max_seq_len) else ""
-    print(f"sweep {sweep}: presets {t.presets} x max_seq_len {t.max_seq_len}{retrains}, {n} trials, "
-          f"ranked by {t.metric} -> {experiment_dir(cfg, sweep)}")
-    tuner = ray.tune.Tuner(
-        ray.tune.with_resources(run_trial, {"cpu": TRIAL_CPUS}),
-        param_space={
-            "base": cfg.model_dump(mode="json"), "shards": str(shards.root), "sweep": sweep, "epochs": t.epochs,
-            "preset": ray.tune.grid_search(t.presets), "max_seq_len": ray.tune.grid_search(t.max_seq_len),
-            "seed": ray.tune.grid_search(t.seeds), "window_shift_h": ray.tune.grid_search(t.window_shifts_h),
-        },
-        tune_config=ray.tune.TuneConfig(max_concurrent_trials=t.max_concurrent_trials),
-        run_config=ray.tune.RunConfig(name=sweep, storage_path=str(cfg.storage.path("tune")), verbose=0),
-    )
+    trainable = ray.tune.with_resources(run_trial, {"cpu": TRIAL_CPUS})
+    if resume:
+        # A sweep that was stopped (Ctrl-C, a lost head node): finished trials are kept as they are; trials that
+        # were running or had failed start again. Every trial keeps the configuration the sweep started with.
+        path = resume_dir(cfg, resume)
+        sweep = path.name
+        print(f"sweep {sweep}: resuming {path} (finished trials kept; unfinished and failed ones rerun)")
+        tuner = ray.tune.Tuner.restore(str(path), trainable, resume_unfinished=True, restart_errored=True)
+    else:
+        sweep = sweep or f"sweep-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        n = len(t.presets) * len(t.max_seq_len) * len(t.seeds) * len(t.window_shifts_h)
+        cells = len(t.presets) * len(t.max_seq_len)
+        retrains = f" x {len(t.seeds) * len(t.window_shifts_h)} retrains" if n > cells else ""
+        print(f"sweep {sweep}: presets {t.presets} x max_seq_len {t.max_seq_len}{retrains}, {n} trials, "
+              f"ranked by {t.metric} -> {experiment_dir(cfg, sweep)}")
+        tuner = ray.tune.Tuner(
+            trainable,
+            param_space={
+                "base": cfg.model_dump(mode="json"), "shards": str(shards.root), "sweep": sweep, "epochs": t.epochs,
+                "preset": ray.tune.grid_search(t.presets), "max_seq_len": ray.tune.grid_search(t.max_seq_len),
+                "seed": ray.tune.grid_search(t.seeds), "window_shift_h": ray.tune.grid_search(t.window_shifts_h),
+            },
+            tune_config=ray.tune.TuneConfig(max_concurrent_trials=t.max_concurrent_trials),
+            run_config=ray.tune.RunConfig(name=sweep, storage_path=str(cfg.storage.path("tune")), verbose=0),
+        )
     results = tuner.fit()
     rows = summarize(results, t.metric)
     print_table(rows, TRIAL_COLUMNS)
@@ -155,7 +183,7 @@ def experiment_dir(cfg: GenrecConfig, sweep: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_entrypoint("python -m tuning.sweep", __doc__, run, argv)
+    return run_entrypoint("python -m tuning.sweep", __doc__, run, argv, resume=True)
 
 
 if __name__ == "__main__":
