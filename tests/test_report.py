@@ -75,13 +75,18 @@ def sweep(tmp_path_factory):
     return write_sweep(tmp_path_factory.mktemp("known"), broken=True)
 
 
-def test_fits_recover_each_tasks_ceiling_and_order(sweep):
+@pytest.fixture(scope="module")
+def analysed(sweep):
+    return analyse(load_experiment(sweep), resamples=100)
+
+
+def test_fits_recover_each_tasks_ceiling_and_order(sweep, analysed):
     exp = load_experiment(sweep)
     assert len(exp.trials) == 42 and len(exp.ok) == 40
     assert [t for t in exp.trials if t.status == "failed"][0].error.endswith("worker died")
     # Tune's own result.json stands in for a missing history; a run that stopped early is not a retrain.
     assert [t.error for t in exp.trials if t.status == "incomplete"] == ["stopped after epoch 1 of 2"]
-    a = analyse(exp, resamples=100)
+    a = analysed
     fits = {(f["task"], f["max_seq_len"]): f for f in a["fits"]}
     for task, (p0, n0, alpha) in LAWS.items():
         f = fits[(task, 64)]
@@ -94,8 +99,8 @@ def test_fits_recover_each_tasks_ceiling_and_order(sweep):
     assert fits[("C", 64)]["fit"].p0 > fits[("A", 64)]["fit"].p0 > fits[("B", 64)]["fit"].p0
 
 
-def test_stability_gains_and_the_compute_optimal_pick(sweep):
-    a = analyse(load_experiment(sweep), resamples=100)
+def test_stability_gains_and_the_compute_optimal_pick(analysed):
+    a = analysed
     cells = a["stability"]["cells"]
     assert len(cells) == 10 and all(c["retrains"] == 4 for c in cells)
     overlaps = [c["topk_overlap"] for c in cells if c["max_seq_len"] == 64]
