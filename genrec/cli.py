@@ -11,6 +11,7 @@
     genrec finetune --config C           continue a pre-trained checkpoint on a task (same as python -m trainers.finetune)
     genrec serve --config C              serve the winner with Ray Serve on the configured host:port
     genrec pipeline --config C           data, sweep, report, serve: end to end, and one real HTTP answer
+    genrec cluster render C OUT_DIR      `ray up` file, KubeRay RayJobs and RayService, Serve config, from one config
 """
 
 from __future__ import annotations
@@ -154,6 +155,18 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_cluster_render(args) -> int:
+    from genrec.cluster import write
+    from genrec.runtime import print_table
+
+    cfg = load_config(args.config, args.overrides)
+    # The config as the cluster's jobs see it: a path relative to the working dir they are started in.
+    paths = write(cfg, args.as_path or args.config, args.out_dir)
+    print_table([{"file": str(p), "use": p.read_text().splitlines()[1].split("Use: ", 1)[-1]} for p in paths],
+                ["file", "use"])
+    return 0
+
+
 def start_serve(cfg, checkpoint: str | None = None):
     """Start Serve on the configured host/port and deploy the winner; returns the base URL."""
     from ray import serve
@@ -288,6 +301,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(s)
     s.add_argument("--checkpoint", default=None, help="serve this checkpoint folder instead of the winner")
     s.set_defaults(fn=cmd_serve)
+
+    cluster = sub.add_parser("cluster", help="cluster files rendered from the config").add_subparsers(
+        dest="cluster_cmd", required=True)
+    s = cluster.add_parser(
+        "render", help="write the ray up file, KubeRay RayJobs and RayService, and the Serve config",
+        description="Render every cluster file from one config (its `cluster:` section, training resources and "
+                    "Serve deployment): ray-cluster.yaml (ray up), runtime-env.yaml (ray job submit), "
+                    "rayjob-pretrain.yaml and rayjob-sweep.yaml (KubeRay RayJob), serve-config.yaml (serve deploy) "
+                    "and rayservice.yaml (KubeRay RayService). Targets Ray 2.60 and KubeRay v1 CRDs.")
+    s.add_argument("config", help="the deployment YAML, e.g. cluster/genrec.yaml")
+    s.add_argument("out_dir", help="folder for the rendered files, e.g. cluster/rendered")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config field (repeatable)")
+    s.add_argument("--as-path", default=None,
+                   help="the config's path as the cluster's jobs see it (default: CONFIG as given, which should be "
+                        "relative to the repository root)")
+    s.set_defaults(fn=cmd_cluster_render)
 
     s = sub.add_parser("pipeline", help="data -> shards -> sweep -> winner -> serve, end to end")
     add_config_args(s)

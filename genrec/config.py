@@ -286,13 +286,103 @@ class TuneConfig(_Section):
         return self
 
 
+class AutoscalingConfig(_Section):
+    """Serve autoscaling of the recommender deployment (Ray Serve's `autoscaling_config`)."""
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(4, ge=1)
+    target_ongoing_requests: float = Field(2.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _order(self) -> "AutoscalingConfig":
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas={self.max_replicas} is below min_replicas={self.min_replicas}")
+        return self
+
+
 class ServeConfig(_Section):
+    # 127.0.0.1 by default: nothing outside the machine reaches the endpoint unless the config says so.
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     replicas: int = Field(1, ge=1)
+    # Replaces `replicas` when set: Serve adds and removes replicas between min and max with the load.
+    autoscaling: AutoscalingConfig | None = None
+    cpus_per_replica: float = Field(1.0, gt=0.0)
+    gpus_per_replica: float = Field(0.0, ge=0.0)
+    max_ongoing_requests: int = Field(16, ge=1)
     default_k: int = Field(10, ge=1)
     max_k: int = Field(1000, ge=1)
     max_history: int = Field(10_000, ge=1)
+
+    def deployment_options(self) -> dict:
+        """The Serve options of the recommender deployment: used by the app (`serve run`) and written into the
+        rendered Serve config (`serve deploy`, KubeRay's serveConfigV2), so both run the same deployment."""
+        opts: dict[str, Any] = {"max_ongoing_requests": self.max_ongoing_requests,
+                                "ray_actor_options": {"num_cpus": self.cpus_per_replica}}
+        if self.gpus_per_replica:
+            opts["ray_actor_options"]["num_gpus"] = self.gpus_per_replica
+        if self.autoscaling:
+            opts["autoscaling_config"] = self.autoscaling.model_dump()
+        else:
+            opts["num_replicas"] = self.replicas
+        return opts
+
+
+class NodeGroupConfig(_Section):
+    """One kind of node: the machine `ray up` launches (instance_type) and the pod KubeRay asks for (cpus,
+    memory_gb, gpus), with how many of them the autoscaler may run."""
+    instance_type: str
+    cpus: int = Field(..., ge=1)
+    memory_gb: float = Field(..., gt=0.0)
+    gpus: int = Field(0, ge=0)
+    min_workers: int = Field(0, ge=0)
+    max_workers: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> "NodeGroupConfig":
+        if self.max_workers < self.min_workers:
+            raise ValueError(f"max_workers={self.max_workers} is below min_workers={self.min_workers}")
+        return self
+
+
+class ClusterConfig(_Section):
+    """What `genrec cluster render` turns into a `ray up` file and KubeRay RayJob / RayService manifests. Targets
+    Ray 2.60 and KubeRay's v1 CRDs (apiVersion ray.io/v1, KubeRay 1.1 or later)."""
+    name: str = Field("genrec", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    ray_version: str = "2.60.0"
+    image: str = "rayproject/ray:2.60.0-py311-cpu"  # head and CPU (Ray Data) workers
+    gpu_image: str = "rayproject/ray:2.60.0-py311-gpu"  # GPU training workers
+    namespace: str = "default"
+    # `ray up`: the cloud provider block, copied as is (see Ray's cluster launcher docs), and the SSH user.
+    provider: dict[str, Any] = Field(default_factory=lambda: {"type": "aws", "region": "us-west-2"})
+    ssh_user: str = "ubuntu"
+    # Storage every node sees at the same path: a PersistentVolumeClaim on Kubernetes, an NFS export (e.g. EFS)
+    # mounted by `ray up`'s setup commands. storage.root must lie under storage_mount.
+    storage_mount: str = "/mnt/cluster_storage"
+    storage_pvc: str = "genrec-storage"
+    storage_nfs: str | None = None
+    # KubeRay cannot upload a laptop's folder: RayJob and RayService fetch the code from this URI (a zip of the
+    # repository, e.g. a GitHub archive or s3://.../genrec.zip). `ray job submit --working-dir .` uploads instead.
+    code_uri: str = "https://github.com/genrec/genrec/archive/refs/heads/main.zip"
+    # What the workers install on top of the Ray image (the runtime environment's pip list): pyproject.toml's
+    # dependencies without Ray itself (tests/test_cluster.py keeps the two lists equal).
+    pip: list[str] = ["torch==2.13.0", "deepspeed==0.19.8", "pyarrow>=15", "numpy>=1.26", "pydantic>=2.5",
+                      "pyyaml>=6", "wandb>=0.17", "matplotlib>=3.8"]
+    # Left out of the `ray job submit --working-dir .` upload.
+    excludes: list[str] = [".venv/", ".git/", "genrec-runs/", "data/", "benchmarks/results/", "docs/examples/",
+                           "*.parquet", "__pycache__/"]
+    head: NodeGroupConfig = NodeGroupConfig(instance_type="m6i.2xlarge", cpus=8, memory_gb=32)
+    cpu_workers: NodeGroupConfig = NodeGroupConfig(instance_type="m6i.4xlarge", cpus=16, memory_gb=64,
+                                                   min_workers=0, max_workers=4)
+    gpu_workers: NodeGroupConfig = NodeGroupConfig(instance_type="p5.48xlarge", cpus=192, memory_gb=2048, gpus=8,
+                                                   min_workers=0, max_workers=1)
+
+    @model_validator(mode="after")
+    def _groups(self) -> "ClusterConfig":
+        if self.head.min_workers or self.head.max_workers:
+            raise ValueError("head: the head is one node; leave min_workers/max_workers at 0")
+        if not self.storage_mount.startswith("/"):
+            raise ValueError(f"storage_mount={self.storage_mount!r} must be an absolute path")
+        return self
 
 
 class TrackingConfig(_Section):
@@ -313,6 +403,8 @@ class GenrecConfig(_Section):
     report: ReportConfig = ReportConfig()
     serve: ServeConfig = ServeConfig()
     tracking: TrackingConfig = TrackingConfig()
+    # Absent for a laptop (an embedded local Ray); set, it describes the cluster `genrec cluster render` writes.
+    cluster: ClusterConfig | None = None
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "GenrecConfig":
@@ -323,7 +415,40 @@ class GenrecConfig(_Section):
                                                   or any(self.tune.window_shifts_h)):
             raise ValueError("training-window shifts (train.window_shift_h, train.window_days, "
                              "tune.window_shifts_h) need data.split: time")
+        if self.cluster:
+            self._fits_cluster(self.cluster)
         return self
+
+    def _fits_cluster(self, c: ClusterConfig) -> None:
+        """Refuse a request the cluster can never grant: Ray would queue it forever instead of failing."""
+        t, s = self.train, self.serve
+        if t.gpus_per_worker:
+            g = c.gpu_workers
+            if g.gpus < t.gpus_per_worker or g.max_workers == 0:
+                raise ValueError(f"train.gpus_per_worker={t.gpus_per_worker:g} but a cluster.gpu_workers node has "
+                                 f"{g.gpus} GPUs (max_workers {g.max_workers}); give cluster.gpu_workers GPUs")
+            per_node = int(g.gpus // t.gpus_per_worker)
+            if t.workers > per_node * g.max_workers:
+                raise ValueError(
+                    f"train.workers={t.workers} x train.gpus_per_worker={t.gpus_per_worker:g} needs "
+                    f"{-(-t.workers // per_node)} GPU nodes but cluster.gpu_workers.max_workers is {g.max_workers} "
+                    f"({g.gpus} GPUs each); raise max_workers or lower train.workers")
+            if t.cpus_per_worker * per_node > g.cpus:
+                raise ValueError(f"train.cpus_per_worker={t.cpus_per_worker:g} x {per_node} workers per GPU node "
+                                 f"exceeds cluster.gpu_workers.cpus={g.cpus}")
+        else:
+            biggest = max(c.head.cpus, c.cpu_workers.cpus if c.cpu_workers.max_workers else 0)
+            if t.cpus_per_worker > biggest:
+                raise ValueError(f"train.cpus_per_worker={t.cpus_per_worker:g} is more than any cluster node has "
+                                 f"({biggest} CPUs)")
+        if s.gpus_per_replica and not (c.gpu_workers.gpus and c.gpu_workers.max_workers):
+            raise ValueError(f"serve.gpus_per_replica={s.gpus_per_replica:g} but cluster.gpu_workers has no GPUs")
+        if s.cpus_per_replica > max(c.head.cpus, c.cpu_workers.cpus, c.gpu_workers.cpus):
+            raise ValueError(f"serve.cpus_per_replica={s.cpus_per_replica:g} is more than any cluster node has")
+        root = self.storage.root
+        if "://" not in root and not (root + "/").startswith(c.storage_mount.rstrip("/") + "/"):
+            raise ValueError(f"storage.root={root} is not under cluster.storage_mount={c.storage_mount}: every "
+                             "node must see the same shards, checkpoints and manifests")
 
     def shards_dir(self) -> Path:
         return self.storage.path("shards", self.name)

@@ -28,8 +28,10 @@ def init_ray(cfg: GenrecConfig | None = None, num_cpus: int | None = None) -> No
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=True, logging_level=logging.WARNING,
-                 _node_ip_address="127.0.0.1")
+        # address="local": always a fresh embedded Ray. Without it ray.init() joins any cluster a `ray start` left
+        # on this machine (and refuses num_cpus there); RAY_ADDRESS is how a command is pointed at a cluster.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, configure_logging=True,
+                 logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
 
 
 def data_fingerprint(cfg: GenrecConfig) -> dict:

@@ -120,7 +120,7 @@ def resolve_checkpoint(cfg: GenrecConfig, checkpoint: str | None = None) -> str:
 
 def build(cfg: GenrecConfig, checkpoint: str | None = None):
     s = cfg.serve
-    return Recommender.options(num_replicas=s.replicas).bind(
+    return Recommender.options(**s.deployment_options()).bind(
         resolve_checkpoint(cfg, checkpoint), s.default_k, s.max_k, s.max_history)
 
 

@@ -1,0 +1,143 @@
+"""Cluster files rendered from cluster/genrec.yaml, checked with the validators Ray 2.60 itself runs.
+
+- `ray up` file: `prepare_config` + `validate_config` (ray/autoscaler/ray-schema.json), what `ray up` calls.
+- KubeRay RayCluster specs (inside the RayJobs and the RayService): Ray's KubeRay autoscaler derives its config
+  from them (`_derive_autoscaling_config_from_ray_cr`, which validates the result against the same schema).
+- Serve config (serve-config.yaml and the RayService's serveConfigV2): `ray.serve.schema.ServeDeploySchema`.
+- Runtime environment: `ray.runtime_env.RuntimeEnv`.
+The KubeRay CRD schemas are not installable here: the fields KubeRay v1 (ray.io/v1, 1.1+) requires are checked by
+hand below. These are private Ray modules: the tests pin Ray 2.60 (pyproject.toml) and would need a look on upgrade.
+"""
+
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from genrec.cluster import FILES, render, write
+from genrec.config import ClusterConfig, ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = "cluster/genrec.yaml"
+
+
+@pytest.fixture(scope="module")
+def files():
+    return render(load_config(ROOT / CONFIG), CONFIG)
+
+
+def test_committed_rendered_files_are_current(tmp_path):
+    """cluster/rendered/ is exactly what `genrec cluster render cluster/genrec.yaml cluster/rendered` writes."""
+    write(load_config(ROOT / CONFIG), CONFIG, tmp_path / "cluster" / "rendered")
+    for name in FILES:
+        fresh = (tmp_path / "cluster" / "rendered" / name).read_text()
+        fresh = fresh.replace((tmp_path / "cluster" / "rendered").as_posix(), "cluster/rendered")
+        assert (ROOT / "cluster" / "rendered" / name).read_text() == fresh, \
+            f"cluster/rendered/{name} is stale: run `genrec cluster render {CONFIG} cluster/rendered`"
+
+
+def test_ray_up_file_passes_rays_validation(files):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    up = files["ray-cluster.yaml"]
+    validate_config(prepare_config(up))
+    types = up["available_node_types"]
+    assert types["gpu_workers"]["resources"] == {"CPU": 192, "GPU": 8} and up["head_node_type"] == "head"
+    assert up["max_workers"] == sum(t["max_workers"] for t in types.values())
+    # The validator can fail: a key the launcher does not know is refused.
+    bad = yaml.safe_load(yaml.safe_dump(up))
+    bad["available_node_types"]["gpu_workers"]["gpus"] = 8
+    with pytest.raises(Exception, match="Additional properties"):
+        validate_config(prepare_config(bad))
+
+
+def _kuberay_cluster(doc):
+    from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
+
+    spec = doc["spec"]["rayClusterSpec"] if doc["kind"] == "RayJob" else doc["spec"]["rayClusterConfig"]
+    # KubeRay v1 RayClusterSpec: rayStartParams is map[string]string; resource quantities are strings.
+    for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+        assert all(isinstance(v, str) for v in group["rayStartParams"].values())
+        (container,) = group["template"]["spec"]["containers"]
+        assert all(isinstance(v, str) for v in container["resources"]["limits"].values())
+    for group in spec["workerGroupSpecs"]:
+        assert {"groupName", "minReplicas", "maxReplicas", "rayStartParams", "template"} <= set(group)
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    return _derive_autoscaling_config_from_ray_cr({"metadata": doc["metadata"], "spec": spec})["available_node_types"]
+
+
+@pytest.mark.parametrize("name", ["rayjob-pretrain.yaml", "rayjob-sweep.yaml"])
+def test_rayjobs_are_kuberay_v1_and_sized_from_the_config(files, name):
+    job = files[name]
+    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
+    module = "trainers.pretrain" if "pretrain" in name else "tuning.sweep"
+    assert job["spec"]["entrypoint"] == f"python -m {module} --config {CONFIG}"
+    env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])
+    assert env["working_dir"].endswith(".zip") and "torch==2.13.0" in env["pip"]
+    nodes = _kuberay_cluster(job)
+    # train.workers 8 x 1 GPU on 8-GPU nodes: the job's cluster starts with that one GPU node; the head runs no work.
+    assert nodes["gpu-workers"]["resources"]["GPU"] == 8 and nodes["gpu-workers"]["min_workers"] == 1
+    assert nodes["headgroup"]["resources"]["CPU"] == 0 and nodes["cpu-workers"]["resources"]["CPU"] == 16
+
+
+def test_serve_config_and_rayservice_match_serves_schema(files):
+    from ray.serve.schema import ServeDeploySchema
+
+    import serving.app
+
+    svc = files["rayservice.yaml"]
+    assert svc["apiVersion"] == "ray.io/v1" and svc["kind"] == "RayService"
+    embedded = yaml.safe_load(svc["spec"]["serveConfigV2"])  # KubeRay wants it as a YAML string
+    assert embedded == files["serve-config.yaml"]
+    schema = ServeDeploySchema.model_validate(embedded)
+    (app,) = schema.applications
+    module, attr = app.import_path.split(":")
+    assert module == "serving.app" and callable(getattr(serving.app, attr))
+    (dep,) = app.deployments
+    assert dep.name == serving.app.Recommender.name  # the deployment the app builds, not a stale name
+    assert dep.autoscaling_config == {"min_replicas": 2, "max_replicas": 8, "target_ongoing_requests": 4.0}
+    assert dep.ray_actor_options.num_cpus == 2.0 and app.args == {"config": CONFIG}
+    # A serving cluster does not hold GPU nodes it does not use.
+    assert _kuberay_cluster(svc)["gpu-workers"]["min_workers"] == 0
+
+
+def test_runtime_env_uploads_the_repo_without_venv_data_or_results(files):
+    from ray.runtime_env import RuntimeEnv
+
+    env = RuntimeEnv(**files["runtime-env.yaml"])
+    assert env["working_dir"] == "." and {".venv/", "genrec-runs/", "data/", ".git/"} <= set(env["excludes"])
+
+
+def test_worker_packages_are_the_projects_dependencies():
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert sorted(d for d in deps if not d.startswith("ray")) == sorted(ClusterConfig().pip)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.workers=24", "train.workers=24 x train.gpus_per_worker=1 needs 3 GPU nodes but "
+                         "cluster.gpu_workers.max_workers is 2"),
+    ("train.gpus_per_worker=16", "train.gpus_per_worker=16 but a cluster.gpu_workers node has 8 GPUs"),
+    ("train.cpus_per_worker=32", "train.cpus_per_worker=32 x 8 workers per GPU node exceeds cluster.gpu_workers"),
+    ("storage.root=/home/me/runs", "storage.root=/home/me/runs is not under cluster.storage_mount"),
+    ("cluster.cpu_workers.min_workers=9", "cluster.cpu_workers: max_workers=4 is below min_workers=9"),
+    ("serve.gpus_per_replica=1", None),  # GPU nodes exist: allowed
+    ("cluster.name=Genrec_1", "cluster.name"),
+])
+def test_impossible_cluster_requests_are_refused_by_key(override, message):
+    if message is None:
+        load_config(ROOT / CONFIG, [override])
+        return
+    with pytest.raises(ConfigError) as err:
+        load_config(ROOT / CONFIG, [override])
+    assert message in str(err.value)
+
+
+def test_render_cli_and_a_config_without_a_cluster(tmp_path, capsys):
+    from genrec.cli import main
+
+    assert main(["cluster", "render", str(ROOT / CONFIG), str(tmp_path), "--as-path", CONFIG]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(FILES)
+    assert "kubectl apply -f" in capsys.readouterr().out
+    assert main(["cluster", "render", str(ROOT / "configs" / "local.yaml"), str(tmp_path / "x")]) == 2
+    assert "no `cluster:` section" in capsys.readouterr().err
