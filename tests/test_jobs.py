@@ -1,0 +1,159 @@
+"""Pre-training submitted the documented way: `ray start --head` on 127.0.0.1 (its Jobs API behind Ray 2.59+'s token
+auth), then `ray job submit --runtime-env <rendered runtime-env.yaml> -- python -m trainers.pretrain --config ...`:
+the real Jobs CLI and API, two DeepSpeed ZeRO-3 workers under Ray Train on that cluster, the loss falling and the
+checkpoint found (and loaded without DeepSpeed) under storage afterwards."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import torch
+
+from genrec.checkpoint import load_checkpoint
+from genrec.cluster import write
+from genrec.config import dump_config
+from genrec.data.schema import DataError
+from tests.conftest import free_port, tiny_config
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    """A local head started like a user would (`ray start --head --block`, in its own process group so the test
+    stops exactly this cluster, not any other Ray on the machine). Token auth on; the CLI reads ~/.ray/auth_token,
+    which `ray start` creates when it is missing."""
+    tmp = tmp_path_factory.mktemp("head")
+    # Its own short temp dir (socket paths are limited to ~107 bytes): the head's address file stays there, so no
+    # other `ray.init()` on this machine mistakes this cluster for its own.
+    ray_tmp = tempfile.mkdtemp(prefix="gr-", dir="/tmp")
+    # The job's `python` is this venv's, as it is for a user who runs `ray start` from the activated venv.
+    env = os.environ | {"RAY_AUTH_MODE": "token", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+                        "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    log = open(tmp / "head.log", "w")
+    # Every port its own: another Ray on this machine (the suite's embedded one) holds the default agent ports.
+    ports = [f"--{name}={free_port()}" for name in ("port", "dashboard-port", "dashboard-agent-listen-port",
+                                                    "dashboard-agent-grpc-port", "metrics-export-port",
+                                                    "runtime-env-agent-port", "node-manager-port",
+                                                    "object-manager-port", "ray-client-server-port")]
+    proc = subprocess.Popen(
+        [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", *ports,
+         "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={ray_tmp}"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = "http://127.0.0.1:" + next(p for p in ports if p.startswith("--dashboard-port=")).split("=")[1]
+    try:
+        wait_for_jobs_api(url, env, proc, tmp / "head.log")
+        yield url, env
+    finally:  # also when the head never came up: nothing of it may outlive the test
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:  # a finished job's idle workers can take long to exit on SIGTERM
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(15)
+        log.close()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def wait_for_jobs_api(url: str, env: dict, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/api/version", timeout=5)
+            break
+        except urllib.error.HTTPError:  # 401 without a token: the Jobs API is up (and guarded)
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                pytest.fail(f"ray start --head did not come up:\n{log.read_text()[-3000:]}")
+            time.sleep(1)
+    # The dashboard answers before its job agent has registered ("No available agent to submit job"): a trivial
+    # job that succeeds is the readiness probe (and checks the token path on its own).
+    while True:
+        probe = subprocess.run([RAY, "job", "submit", "--address", url, "--", "python", "-c", "pass"], env=env,
+                               capture_output=True, text=True, timeout=120)
+        if probe.returncode == 0:
+            return
+        if "No available agent" not in probe.stdout + probe.stderr or time.time() > deadline:
+            pytest.fail(f"the Jobs API at {url} refused a trivial job:\n{(probe.stdout + probe.stderr)[-3000:]}")
+        time.sleep(2)
+
+
+def submit(head, *entrypoint, runtime_env: Path, timeout: float = 420) -> subprocess.CompletedProcess:
+    url, env = head
+    return subprocess.run([RAY, "job", "submit", "--address", url, "--runtime-env", str(runtime_env), "--",
+                           *entrypoint], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def job_config(tmp_path_factory):
+    """A tiny pre-training config as a YAML file, and the runtime env `genrec cluster render` writes for it (no pip
+    list: this head's Python already has genrec's dependencies). Two ZeRO-3 workers, in-batch negatives with logQ
+    and 3-token MTP (the sweep's trials in tests/test_integration.py train sampled softmax; full softmax trains in
+    tests/test_model.py, and through Ray it differs only in its FLOPs count)."""
+    tmp = tmp_path_factory.mktemp("job")
+    cfg = tiny_config(tmp / "storage", "name=job", "train.workers=2", "train.cpus_per_worker=0.5",
+                      "train.zero_stage=3", "train.epochs=2", "tracking.wandb=offline", "model.decoding=in_batch",
+                      "model.logq=true", "model.mtp_k=3", f"cluster={{storage_mount: {tmp}, pip: []}}")
+    path = tmp / "job.yaml"
+    path.write_text(dump_config(cfg))
+    write(cfg, str(path), tmp / "rendered")
+    return cfg, path, tmp / "rendered" / "runtime-env.yaml"
+
+
+def test_pretrain_job_two_workers_zero3_loss_falls(head, job_config):
+    cfg, path, runtime_env = job_config
+    done = submit(head, "python", "-m", "trainers.pretrain", "--config", str(path), "--name", "pretrain-job",
+                  runtime_env=runtime_env)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0 and "succeeded" in out, out[-4000:]
+    assert "epoch 2/2: loss" in out  # the job's own progress, streamed back by the CLI
+    run = cfg.storage.path("runs", "pretrain-job")
+    history = json.loads((run / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    losses = [h["loss"] for h in history]
+    assert losses == sorted(losses, reverse=True) and losses[-1] < 0.9 * losses[0], losses
+    for h in history:
+        assert 0 < h["mrr"] <= 1 and h["events_per_s"] > 0 and h["requests"] > 0
+        assert h["flops_per_token"] > 0 and h["model_tflops_per_s"] > 0
+    # wandb wrote an offline run beside the results
+    assert list(cfg.storage.path("wandb").rglob("offline-run-*"))
+    # The checkpoint under storage loads with plain torch (no DeepSpeed) and ranks the whole catalogue.
+    checkpoints = sorted(p for p in run.glob("checkpoint_*") if p.is_dir())
+    assert len(checkpoints) == 2  # one per epoch; CheckpointConfig keeps the best two
+    loaded = load_checkpoint(checkpoints[-1])
+    assert loaded.spec.layers == 2 and loaded.spec.num_items == loaded.items.num_rows
+    z = torch.zeros(1, 4, dtype=torch.long)
+    scores = loaded.model.score_last(torch.tensor([[1, 2, 3, 0]]), z, z, torch.ones(1, 4), torch.tensor([3]))
+    assert scores.shape == (1, loaded.spec.num_items + 1) and torch.isfinite(scores[0, 1:]).all()
+    # A title launched after training joins the catalogue without retraining, scored from its metadata alone.
+    twin = loaded.items.slice(0, 1)
+    new = pa.table({"item_id": [10**9], "title": twin.column("title"), "genres": twin.column("genres"),
+                    "year": twin.column("year"), "launch_ts": twin.column("launch_ts"), "text": twin.column("text")})
+    assert loaded.add_items(new) == [loaded.spec.num_items + 1]
+    scores = loaded.model.score_last(torch.tensor([[1, 2, 3, 0]]), z, z, torch.ones(1, 4), torch.tensor([3]))
+    assert scores.shape == (1, loaded.spec.num_items + 2) and torch.isfinite(scores[0, -1])
+    with pytest.raises(DataError, match="already in the catalogue"):
+        loaded.add_items(new)
+
+
+def test_a_failing_job_shows_its_error(head, job_config):
+    _, path, runtime_env = job_config
+    done = submit(head, "python", "-m", "trainers.pretrain", "--config", str(path), "--set", "train.workers=0",
+                  runtime_env=runtime_env, timeout=180)
+    out = done.stdout + done.stderr
+    assert done.returncode == 1 and "failed" in out, out[-4000:]
+    # The job's log ends with genrec's one-line error naming the key, not a traceback.
+    assert "train.workers: Input should be greater than or equal to 1" in out and "Traceback" not in out, out[-4000:]
