@@ -312,6 +312,8 @@ class ServeConfig(_Section):
     default_k: int = Field(10, ge=1)
     max_k: int = Field(1000, ge=1)
     max_history: int = Field(10_000, ge=1)
+    # Request bodies above this many bytes get a 413 before they are parsed (10,000 events are about 1 MB).
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
 
     def deployment_options(self) -> dict:
         """The Serve options of the recommender deployment: used by the app (`serve run`) and written into the

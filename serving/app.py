@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from fastapi import FastAPI, HTTPException
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
@@ -22,6 +23,21 @@ from genrec.config import GenrecConfig, load_config
 from genrec.windows import context_window
 
 api = FastAPI(title="genrec", description="Next-title recommendations from a generative recommender.")
+# Set by the replica from serve.max_body_bytes; a module global because the middleware belongs to the app object.
+MAX_BODY_BYTES = [4 * 1024 * 1024]
+
+
+@api.middleware("http")
+async def refuse_oversized_bodies(request, call_next):
+    """A body larger than serve.max_body_bytes is refused from its Content-Length, before it is read or parsed."""
+    size = request.headers.get("content-length")
+    if size is not None:
+        if not size.isdigit():
+            return JSONResponse(status_code=400, content={"detail": f"content-length: {size!r} is not a size"})
+        if int(size) > MAX_BODY_BYTES[0]:
+            return JSONResponse(status_code=413, content={
+                "detail": f"body: {int(size):,} bytes, at most {MAX_BODY_BYTES[0]:,} allowed (serve.max_body_bytes)"})
+    return await call_next(request)
 
 
 class Event(BaseModel):
@@ -54,8 +70,10 @@ class RecommendResponse(BaseModel):
 @serve.deployment
 @serve.ingress(api)
 class Recommender:
-    def __init__(self, checkpoint: str, default_k: int = 10, max_k: int = 1000, max_history: int = 10_000):
+    def __init__(self, checkpoint: str, default_k: int = 10, max_k: int = 1000, max_history: int = 10_000,
+                 max_body_bytes: int = 4 * 1024 * 1024):
         torch.set_num_threads(1)
+        MAX_BODY_BYTES[0] = max_body_bytes
         self.loaded = load_checkpoint(checkpoint)
         items = self.loaded.items
         ids = items.column("item_id").to_numpy()
@@ -121,7 +139,7 @@ def resolve_checkpoint(cfg: GenrecConfig, checkpoint: str | None = None) -> str:
 def build(cfg: GenrecConfig, checkpoint: str | None = None):
     s = cfg.serve
     return Recommender.options(**s.deployment_options()).bind(
-        resolve_checkpoint(cfg, checkpoint), s.default_k, s.max_k, s.max_history)
+        resolve_checkpoint(cfg, checkpoint), s.default_k, s.max_k, s.max_history, s.max_body_bytes)
 
 
 def app(args: dict[str, str]):

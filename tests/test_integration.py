@@ -134,5 +134,9 @@ def test_serve_answers_http_and_survives_bad_requests(winner):
     # Unknown titles are reported back, not silently dropped, and the rest still scores.
     status, body = post_json(f"{url}/recommend", {"history": history + [{"item_id": 10**9}], "k": 3})
     assert status == 200 and body["unknown_items"] == [10**9] and len(body["items"]) == 3
+    # A body over serve.max_body_bytes (4 MiB) is refused before it is parsed.
+    huge = {"history": history * 15_000, "k": 5}  # about 5 MB
+    status, err = post_json(f"{url}/recommend", huge)
+    assert status == 413 and "serve.max_body_bytes" in err["detail"], (status, err)
     # ...and the server is still serving.
     assert post_json(f"{url}/recommend", {"history": history, "k": 5})[0] == 200
