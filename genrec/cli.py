@@ -21,6 +21,7 @@ import json
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 from genrec.config import ConfigError, load_config
 
@@ -160,8 +161,13 @@ def cmd_cluster_render(args) -> int:
     from genrec.runtime import print_table
 
     cfg = load_config(args.config, args.overrides)
-    # The config as the cluster's jobs see it: a path relative to the working dir they are started in.
-    paths = write(cfg, args.as_path or args.config, args.out_dir)
+    # The config as the cluster's jobs see it: a path relative to the working dir they are started in (an absolute
+    # path of this machine means nothing on the cluster).
+    as_path = args.as_path or args.config
+    if Path(as_path).is_absolute() and not args.as_path:
+        raise ConfigError(f"{args.config}: give the config relative to the repository root (e.g. cluster/genrec.yaml), "
+                          "or name its path on the cluster with --as-path")
+    paths = write(cfg, as_path, args.out_dir)
     print_table([{"file": str(p), "use": p.read_text().splitlines()[1].split("Use: ", 1)[-1]} for p in paths],
                 ["file", "use"])
     return 0

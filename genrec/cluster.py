@@ -76,8 +76,14 @@ def ray_up_config(cfg: GenrecConfig) -> dict:
     """A cluster launcher file for `ray up`. Node types: head (no training: it runs the drivers and Ray Data's
     coordinator), cpu_workers (Ray Data read and windowing tasks), gpu_workers (the Ray Train workers)."""
     c = _cluster(cfg)
-    # A long-lived cluster: GPU nodes come and go with the jobs (the autoscaler starts them for a training run).
-    gpu = c.gpu_workers
+    if not c.storage_nfs:
+        raise ConfigError("cluster.storage_nfs: `ray up` VMs share shards, checkpoints and manifests through an NFS "
+                          "export (e.g. EFS: fs-0123.efs.us-west-2.amazonaws.com:/) mounted at cluster.storage_mount; "
+                          "set it to render ray-cluster.yaml")
+    # The training run's GPU nodes stay up: genrec checks before a run that the cluster has room for its workers
+    # and for Ray Data, which counts running nodes only.
+    need = min(gpu_nodes_needed(cfg), c.gpu_workers.max_workers)
+    gpu = c.gpu_workers.model_copy(update={"min_workers": max(c.gpu_workers.min_workers, need)})
     types = {"head": _node_type(c.head) | {"min_workers": 0, "max_workers": 0}}
     if c.cpu_workers.max_workers:
         types["cpu_workers"] = _node_type(c.cpu_workers)
@@ -85,9 +91,9 @@ def ray_up_config(cfg: GenrecConfig) -> dict:
         types["gpu_workers"] = _node_type(gpu)
     setup = [f"pip install -q 'ray[default,train,tune,serve]=={c.ray_version}' " +
              " ".join(shlex.quote(p) for p in c.pip)]
-    if c.storage_nfs:
-        setup = [f"sudo mkdir -p {c.storage_mount} && (mountpoint -q {c.storage_mount} || sudo mount -t nfs4 "
-                 f"-o nfsvers=4.1 {c.storage_nfs} {c.storage_mount}) && sudo chmod 777 {c.storage_mount}"] + setup
+    mount, nfs = shlex.quote(c.storage_mount), shlex.quote(c.storage_nfs)
+    setup = [f"sudo mkdir -p {mount} && (mountpoint -q {mount} || sudo mount -t nfs4 -o nfsvers=4.1 {nfs} {mount}) "
+             f"&& sudo chmod 777 {mount}"] + setup
     return {
         "cluster_name": c.name,
         "max_workers": sum(t["max_workers"] for t in types.values()),
@@ -109,13 +115,23 @@ def ray_up_config(cfg: GenrecConfig) -> dict:
 
 # ------------------------------------------------------------------------------------------- KubeRay
 
+def pod_size(group: NodeGroupConfig) -> tuple[int, int]:
+    """(CPUs, GiB) one pod asks for on a node of this group: a node's allocatable share is below its raw size
+    (kubelet, system daemons), so a pod the size of the machine would stay Pending. One CPU and 10% of memory
+    are left to the node."""
+    return max(1, group.cpus - 1), max(1, int(group.memory_gb * 0.9))
+
+
 def _container(name: str, image: str, group: NodeGroupConfig, c: ClusterConfig, ports: list[dict] | None = None
                ) -> dict:
-    limits = {"cpu": str(group.cpus), "memory": f"{int(group.memory_gb)}Gi"}
+    cpus, mem = pod_size(group)
+    limits = {"cpu": str(cpus), "memory": f"{mem}Gi"}
     if group.gpus:
         limits["nvidia.com/gpu"] = str(group.gpus)
+    # /dev/shm in memory: the default 64 MB slows the object store and breaks NCCL between the GPUs of one pod.
     container = {"name": name, "image": image, "resources": {"limits": dict(limits), "requests": dict(limits)},
-                 "volumeMounts": [{"name": "storage", "mountPath": c.storage_mount}]}
+                 "volumeMounts": [{"name": "storage", "mountPath": c.storage_mount},
+                                  {"name": "shm", "mountPath": "/dev/shm"}]}
     if ports:
         container["ports"] = ports
     return container
@@ -123,7 +139,8 @@ def _container(name: str, image: str, group: NodeGroupConfig, c: ClusterConfig, 
 
 def _pod(container: dict, c: ClusterConfig) -> dict:
     return {"spec": {"containers": [container],
-                     "volumes": [{"name": "storage", "persistentVolumeClaim": {"claimName": c.storage_pvc}}]}}
+                     "volumes": [{"name": "storage", "persistentVolumeClaim": {"claimName": c.storage_pvc}},
+                                 {"name": "shm", "emptyDir": {"medium": "Memory"}}]}}
 
 
 def raycluster_spec(cfg: GenrecConfig, for_training: bool) -> dict:

@@ -370,7 +370,8 @@ class ClusterConfig(_Section):
     pip: list[str] = ["torch==2.13.0", "deepspeed==0.19.8", "pyarrow>=15", "numpy>=1.26", "pydantic>=2.5",
                       "pyyaml>=6", "wandb>=0.17", "matplotlib>=3.8"]
     # Left out of the `ray job submit --working-dir .` upload.
-    excludes: list[str] = [".venv/", ".git/", "genrec-runs/", "data/", "benchmarks/results/", "docs/examples/",
+    # gitignore patterns, anchored at the repository root ("/data/", not "data/", which would also drop genrec/data).
+    excludes: list[str] = ["/.venv/", "/.git/", "/genrec-runs/", "/data/", "/benchmarks/results/", "/docs/examples/",
                            "*.parquet", "__pycache__/"]
     head: NodeGroupConfig = NodeGroupConfig(instance_type="m6i.2xlarge", cpus=8, memory_gb=32)
     cpu_workers: NodeGroupConfig = NodeGroupConfig(instance_type="m6i.4xlarge", cpus=16, memory_gb=64,
@@ -435,18 +436,27 @@ class GenrecConfig(_Section):
                     f"train.workers={t.workers} x train.gpus_per_worker={t.gpus_per_worker:g} needs "
                     f"{-(-t.workers // per_node)} GPU nodes but cluster.gpu_workers.max_workers is {g.max_workers} "
                     f"({g.gpus} GPUs each); raise max_workers or lower train.workers")
-            if t.cpus_per_worker * per_node > g.cpus:
-                raise ValueError(f"train.cpus_per_worker={t.cpus_per_worker:g} x {per_node} workers per GPU node "
+            on_node = min(per_node, t.workers)
+            if t.cpus_per_worker * on_node > g.cpus:
+                raise ValueError(f"train.cpus_per_worker={t.cpus_per_worker:g} x {on_node} workers per GPU node "
                                  f"exceeds cluster.gpu_workers.cpus={g.cpus}")
-        else:
-            biggest = max(c.head.cpus, c.cpu_workers.cpus if c.cpu_workers.max_workers else 0)
-            if t.cpus_per_worker > biggest:
-                raise ValueError(f"train.cpus_per_worker={t.cpus_per_worker:g} is more than any cluster node has "
-                                 f"({biggest} CPUs)")
-        if s.gpus_per_replica and not (c.gpu_workers.gpus and c.gpu_workers.max_workers):
-            raise ValueError(f"serve.gpus_per_replica={s.gpus_per_replica:g} but cluster.gpu_workers has no GPUs")
-        if s.cpus_per_replica > max(c.head.cpus, c.cpu_workers.cpus, c.gpu_workers.cpus):
-            raise ValueError(f"serve.cpus_per_replica={s.cpus_per_replica:g} is more than any cluster node has")
+        # Work runs on worker nodes (a KubeRay head starts with num-cpus 0); a group with max_workers 0 never exists.
+        workers = [g for g in (c.cpu_workers, c.gpu_workers) if g.max_workers]
+        biggest = max((g.cpus for g in workers), default=0)
+        if not t.gpus_per_worker and t.cpus_per_worker > biggest:
+            raise ValueError(f"train.cpus_per_worker={t.cpus_per_worker:g} is more than any cluster worker node has "
+                             f"({biggest} CPUs in cluster.cpu_workers / gpu_workers with max_workers > 0)")
+        if s.gpus_per_replica and not (c.gpu_workers.max_workers and c.gpu_workers.gpus >= s.gpus_per_replica):
+            raise ValueError(f"serve.gpus_per_replica={s.gpus_per_replica:g} but a cluster.gpu_workers node has "
+                             f"{c.gpu_workers.gpus if c.gpu_workers.max_workers else 0} GPUs")
+        if s.cpus_per_replica > biggest:
+            raise ValueError(f"serve.cpus_per_replica={s.cpus_per_replica:g} is more than any cluster worker node "
+                             f"has ({biggest} CPUs)")
+        path = self.data.path
+        if self.data.source != "synthetic" and path and "://" not in path and not (
+                path.rstrip("/") + "/").startswith(c.storage_mount.rstrip("/") + "/"):
+            raise ValueError(f"data.path={path} is not under cluster.storage_mount={c.storage_mount}: the nodes "
+                             "read the raw data from the shared storage (or a URI)")
         root = self.storage.root
         if "://" not in root and not (root + "/").startswith(c.storage_mount.rstrip("/") + "/"):
             raise ValueError(f"storage.root={root} is not under cluster.storage_mount={c.storage_mount}: every "

@@ -31,6 +31,9 @@ MAX_BODY_BYTES = [4 * 1024 * 1024]
 async def refuse_oversized_bodies(request, call_next):
     """A body larger than serve.max_body_bytes is refused from its Content-Length, before it is read or parsed."""
     size = request.headers.get("content-length")
+    if size is None and request.method in ("POST", "PUT", "PATCH"):
+        # A chunked body would slip past the limit: every client that sends JSON also sends its length.
+        return JSONResponse(status_code=411, content={"detail": "content-length: required for a request body"})
     if size is not None:
         if not size.isdigit():
             return JSONResponse(status_code=400, content={"detail": f"content-length: {size!r} is not a size"})

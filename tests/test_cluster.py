@@ -78,7 +78,9 @@ def test_rayjobs_are_kuberay_v1_and_sized_from_the_config(files, name):
     nodes = _kuberay_cluster(job)
     # train.workers 8 x 1 GPU on 8-GPU nodes: the job's cluster starts with that one GPU node; the head runs no work.
     assert nodes["gpu-workers"]["resources"]["GPU"] == 8 and nodes["gpu-workers"]["min_workers"] == 1
-    assert nodes["headgroup"]["resources"]["CPU"] == 0 and nodes["cpu-workers"]["resources"]["CPU"] == 16
+    # Pods leave one CPU and 10% of memory to the node (kubelet), or they would never schedule.
+    assert nodes["headgroup"]["resources"]["CPU"] == 0 and nodes["cpu-workers"]["resources"]["CPU"] == 15
+    assert nodes["gpu-workers"]["resources"]["memory"] == int(2048 * 0.9) * 2**30
 
 
 def test_serve_config_and_rayservice_match_serves_schema(files):
@@ -103,10 +105,20 @@ def test_serve_config_and_rayservice_match_serves_schema(files):
 
 
 def test_runtime_env_uploads_the_repo_without_venv_data_or_results(files):
+    """What Ray's own packaging would upload for `ray job submit --runtime-env runtime-env.yaml` from the repo root:
+    every source file (genrec/data included: an unanchored "data/" would drop it), none of the venv or results."""
+    from ray._private.runtime_env.packaging import _dir_travel, _get_excludes
     from ray.runtime_env import RuntimeEnv
 
     env = RuntimeEnv(**files["runtime-env.yaml"])
-    assert env["working_dir"] == "." and {".venv/", "genrec-runs/", "data/", ".git/"} <= set(env["excludes"])
+    assert env["working_dir"] == "."
+    uploaded = set()
+    _dir_travel(ROOT, [_get_excludes(ROOT, env["excludes"])], lambda p: uploaded.add(p.relative_to(ROOT).as_posix()),
+                include_gitignore=True)
+    sources = {p.relative_to(ROOT).as_posix() for d in ("genrec", "trainers", "tuning", "serving")
+               for p in (ROOT / d).rglob("*.py") if "__pycache__" not in p.parts}
+    assert sources <= uploaded and "genrec/data/schema.py" in uploaded, sorted(sources - uploaded)
+    assert not any(u.startswith((".venv/", "genrec-runs/", "docs/examples/", ".git/")) for u in uploaded)
 
 
 def test_worker_packages_are_the_projects_dependencies():
@@ -122,14 +134,18 @@ def test_worker_packages_are_the_projects_dependencies():
     ("storage.root=/home/me/runs", "storage.root=/home/me/runs is not under cluster.storage_mount"),
     ("cluster.cpu_workers.min_workers=9", "cluster.cpu_workers: max_workers=4 is below min_workers=9"),
     ("serve.gpus_per_replica=1", None),  # GPU nodes exist: allowed
+    ("serve.gpus_per_replica=16", "serve.gpus_per_replica=16 but a cluster.gpu_workers node has 8 GPUs"),
+    ("train.workers=2,train.cpus_per_worker=32", None),  # 2 x 32 of a node's 192 CPUs
+    ("data.path=data/ml-25m", "data.path=data/ml-25m is not under cluster.storage_mount"),
     ("cluster.name=Genrec_1", "cluster.name"),
 ])
 def test_impossible_cluster_requests_are_refused_by_key(override, message):
+    overrides = override.split(",")
     if message is None:
-        load_config(ROOT / CONFIG, [override])
+        load_config(ROOT / CONFIG, overrides)
         return
     with pytest.raises(ConfigError) as err:
-        load_config(ROOT / CONFIG, [override])
+        load_config(ROOT / CONFIG, overrides)
     assert message in str(err.value)
 
 
@@ -139,5 +155,13 @@ def test_render_cli_and_a_config_without_a_cluster(tmp_path, capsys):
     assert main(["cluster", "render", str(ROOT / CONFIG), str(tmp_path), "--as-path", CONFIG]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(FILES)
     assert "kubectl apply -f" in capsys.readouterr().out
-    assert main(["cluster", "render", str(ROOT / "configs" / "local.yaml"), str(tmp_path / "x")]) == 2
+    assert main(["cluster", "render", str(ROOT / "configs" / "local.yaml"), str(tmp_path / "x"),
+                 "--as-path", "configs/local.yaml"]) == 2
     assert "no `cluster:` section" in capsys.readouterr().err
+    # A path of this machine would end up in the manifests' entrypoints.
+    assert main(["cluster", "render", str(ROOT / CONFIG), str(tmp_path / "y")]) == 2
+    assert "give the config relative to the repository root" in capsys.readouterr().err
+    # `ray up` VMs need the NFS export that makes storage shared.
+    assert main(["cluster", "render", str(ROOT / CONFIG), str(tmp_path / "z"), "--as-path", CONFIG,
+                 "--set", "cluster.storage_nfs=null"]) == 2
+    assert "cluster.storage_nfs" in capsys.readouterr().err

@@ -138,5 +138,11 @@ def test_serve_answers_http_and_survives_bad_requests(winner):
     huge = {"history": history * 15_000, "k": 5}  # about 5 MB
     status, err = post_json(f"{url}/recommend", huge)
     assert status == 413 and "serve.max_body_bytes" in err["detail"], (status, err)
+    # A chunked body (no Content-Length) would slip past that limit: it is refused with a 411.
+    chunked = urllib.request.Request(f"{url}/recommend", data=iter([json.dumps({"history": history}).encode()]),
+                                     headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(chunked, timeout=30)
+    assert e.value.code == 411 and "content-length" in e.value.read().decode()
     # ...and the server is still serving.
     assert post_json(f"{url}/recommend", {"history": history, "k": 5})[0] == 200

@@ -18,9 +18,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import torch
+import yaml
 
 from genrec.checkpoint import load_checkpoint
-from genrec.cluster import write
+from genrec.cluster import runtime_env
 from genrec.config import dump_config
 from genrec.data.schema import DataError
 from tests.conftest import free_port, tiny_config
@@ -109,8 +110,9 @@ def job_config(tmp_path_factory):
                       "model.logq=true", "model.mtp_k=3", f"cluster={{storage_mount: {tmp}, pip: []}}")
     path = tmp / "job.yaml"
     path.write_text(dump_config(cfg))
-    write(cfg, str(path), tmp / "rendered")
-    return cfg, path, tmp / "rendered" / "runtime-env.yaml"
+    env = tmp / "runtime-env.yaml"  # the file `genrec cluster render` writes (ray-cluster.yaml would need an NFS)
+    env.write_text(yaml.safe_dump(runtime_env(cfg), sort_keys=False))
+    return cfg, path, env
 
 
 def test_pretrain_job_two_workers_zero3_loss_falls(head, job_config):
