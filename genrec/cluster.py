@@ -170,19 +170,20 @@ def _runtime_env_yaml(cfg: GenrecConfig) -> str:
 
 
 def rayjob(cfg: GenrecConfig, name: str, module: str, config_path: str) -> dict:
+    return _kuberay(cfg, "RayJob", name, {
+        "entrypoint": entrypoint(module, config_path),
+        "runtimeEnvYAML": _runtime_env_yaml(cfg),
+        "shutdownAfterJobFinishes": True,
+        "ttlSecondsAfterFinished": 600,
+        "rayClusterSpec": raycluster_spec(cfg, for_training=True),
+    })
+
+
+def _kuberay(cfg: GenrecConfig, kind: str, name: str, spec: dict) -> dict:
+    """A KubeRay v1 resource named <cluster.name>-<name> in the configured namespace."""
     c = _cluster(cfg)
-    return {
-        "apiVersion": KUBERAY_API,
-        "kind": "RayJob",
-        "metadata": {"name": f"{c.name}-{name}", "namespace": c.namespace},
-        "spec": {
-            "entrypoint": entrypoint(module, config_path),
-            "runtimeEnvYAML": _runtime_env_yaml(cfg),
-            "shutdownAfterJobFinishes": True,
-            "ttlSecondsAfterFinished": 600,
-            "rayClusterSpec": raycluster_spec(cfg, for_training=True),
-        },
-    }
+    return {"apiVersion": KUBERAY_API, "kind": kind,
+            "metadata": {"name": f"{c.name}-{name}", "namespace": c.namespace}, "spec": spec}
 
 
 def serve_config(cfg: GenrecConfig, config_path: str, working_dir: str | None = None) -> dict:
@@ -206,16 +207,10 @@ def serve_config(cfg: GenrecConfig, config_path: str, working_dir: str | None = 
 
 
 def rayservice(cfg: GenrecConfig, config_path: str) -> dict:
-    c = _cluster(cfg)
-    return {
-        "apiVersion": KUBERAY_API,
-        "kind": "RayService",
-        "metadata": {"name": f"{c.name}-serve", "namespace": c.namespace},
-        "spec": {
-            "serveConfigV2": yaml.safe_dump(serve_config(cfg, config_path), sort_keys=False),
-            "rayClusterConfig": raycluster_spec(cfg, for_training=False),
-        },
-    }
+    return _kuberay(cfg, "RayService", "serve", {
+        "serveConfigV2": yaml.safe_dump(serve_config(cfg, config_path), sort_keys=False),
+        "rayClusterConfig": raycluster_spec(cfg, for_training=False),
+    })
 
 
 def render(cfg: GenrecConfig, config_path: str) -> dict[str, dict]:
