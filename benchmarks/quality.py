@@ -89,7 +89,8 @@ def cold_rank_diagnostic(run_dir: Path, shards_root: Path) -> dict:
     with torch.no_grad():
         matrix = model.item_matrix()
         for uses, b in context_batches(plan, lm.spec.max_seq_len, 0, 1, 256):
-            scores = model.score_last(b["items"], b["actions"], b["gaps"], b["utils"], b["lengths"], matrix).float()
+            scores = model.score_last(b["items"], b["actions"], b["gaps"], b["utils"], b["lengths"], matrix,
+                                      b["request_ts"]).float()
             scores[b["exclude_rows"], b["exclude_cols"]] = float("-inf")
             candidates = torch.isfinite(scores).sum(1, keepdim=True).float()  # the ranked titles of each row
             order = scores.argsort(dim=1, descending=True).argsort(dim=1).float()  # 0-based rank of every column

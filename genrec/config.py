@@ -107,6 +107,9 @@ class ModelConfig(_Section):
     projection_ratio: int = Field(8, ge=1)
     # Semantic item tower (genres, year bucket, hashed title/text n-grams, text vectors when the items have them).
     semantic: bool = True
+    # A learned score bias on each title's age at the request (half-octave buckets of hours since launch_ts): a
+    # title in its launch weeks is scored up, one launched after the training cutoff included.
+    title_age: bool = True
     text_buckets: int = Field(16384, ge=16)
     # Collaborative-embedding masking: the probability that a title's id embedding is swapped for the learned OOV one
     # in a training step. "auto" = the shards' observed cold-start rate (share of evaluation events on titles first

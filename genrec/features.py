@@ -8,7 +8,9 @@ The tower embeds these, so a title never seen in training still gets a represent
 * text: word unigrams and bigrams of the title and text, hashed into `text_buckets` buckets with CRC32 (stable across
   processes and machines, unlike Python's `hash`); a title's year in parentheses is dropped, the year bucket has it;
 * dense: an optional precomputed text embedding column (`text_embedding`, e.g. from a sentence-embedding model, see
-  `genrec data embed-text`), used when the item table has one.
+  `genrec data embed-text`), used when the item table has one;
+* launch: the title's `launch_ts` (unknown: int64 max), for its age at the request (:func:`title_age_buckets`): what
+  is popular depends on when, and a title in its launch weeks is watched far more than its metadata alone says.
 
 The vocabulary (:class:`FeatureVocab`) is saved with every checkpoint, so serving turns a new title's metadata into the
 same feature ids the model was trained on.
@@ -27,6 +29,10 @@ import torch
 YEAR_MIN, YEAR_STEP, YEAR_BUCKETS = 1900, 5, 32  # bucket 0 = unknown; 1..31 cover 1900..2054
 MAX_GENRES = 8
 MAX_TOKENS = 32
+LAUNCH_UNKNOWN = np.iinfo(np.int64).max  # a title without launch_ts never counts as launched
+# Title age at the request: bucket 0 = not launched before the request (or unknown); 1.. = 1 + floor(2 log2(1 +
+# age in hours)), half-octaves, so launch week is resolved to about a day and ages of years still differ (48 = 2^23 h).
+NUM_AGE_BUCKETS = 48
 TEXT_EMBEDDING = "text_embedding"
 _WORD = re.compile(r"[a-z0-9]+")
 _TRAILING_YEAR = re.compile(r"\(\s*\d{4}\s*\)\s*$")
@@ -55,13 +61,15 @@ class ItemFeatures:
     year: torch.Tensor  # (n + 1,) int64 year bucket
     tokens: torch.Tensor  # (n + 1, MAX_TOKENS) int64 hashed n-gram bucket + 1
     dense: torch.Tensor | None = field(default=None)  # (n + 1, text_dim) float32
+    launch: torch.Tensor | None = field(default=None)  # (n + 1,) int64 launch_ts, LAUNCH_UNKNOWN where none
 
     def __len__(self) -> int:
         return self.year.shape[0]
 
     def to(self, device) -> "ItemFeatures":
         return ItemFeatures(self.genres.to(device), self.year.to(device), self.tokens.to(device),
-                            None if self.dense is None else self.dense.to(device))
+                            None if self.dense is None else self.dense.to(device),
+                            None if self.launch is None else self.launch.to(device))
 
 
 def build_vocab(items: pa.Table, text_buckets: int = 16384) -> FeatureVocab:
@@ -80,6 +88,32 @@ def year_bucket(year: int | None) -> int:
     return int(np.clip((year - YEAR_MIN) // YEAR_STEP + 1, 1, YEAR_BUCKETS - 1))
 
 
+def title_age_buckets(request_ts: torch.Tensor, launch: torch.Tensor) -> torch.Tensor:
+    """Age buckets (int64, broadcast shape) of titles launched at `launch` (Unix s) seen at `request_ts` (Unix s).
+
+    A title counts as launched only strictly before the request. That keeps a launch time derived from the title's
+    first event (MovieLens has no release dates) from leaking the future: a title first watched at the request
+    itself, or later, looks exactly like one not launched yet, which is all a service knows at that moment."""
+    age = request_ts - launch  # int64: LAUNCH_UNKNOWN makes it very negative, never positive
+    hours = age.clamp(min=0).float() / 3600.0  # float32 is ~2 min coarse at 50 years: plenty for half-octaves
+    bucket = 1 + torch.floor(2.0 * torch.log2(1.0 + hours)).long()
+    return torch.where(age > 0, bucket.clamp(max=NUM_AGE_BUCKETS - 1), torch.zeros_like(bucket))
+
+
+def age_log_lift(target_buckets: np.ndarray, candidate_buckets: np.ndarray, clip: float = 8.0) -> np.ndarray:
+    """(NUM_AGE_BUCKETS,) log(share of watched titles in each age bucket / share of the titles on offer in it): how
+    much more often than chance a title of that age is the one watched. The title-age bias starts from it, because
+    a few hundred optimizer steps cannot move a bias by the log 10 that launch hype is worth. Half a count smooths a
+    bucket no target fell in; a bucket no candidate fell in gets 0 (it never competes)."""
+    t = np.bincount(np.asarray(target_buckets, np.int64), minlength=NUM_AGE_BUCKETS)[:NUM_AGE_BUCKETS].astype(float)
+    c = np.bincount(np.asarray(candidate_buckets, np.int64), minlength=NUM_AGE_BUCKETS)[:NUM_AGE_BUCKETS].astype(float)
+    if not t.sum() or not c.sum():
+        return np.zeros(NUM_AGE_BUCKETS)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lift = np.log((t + 0.5) / t.sum()) - np.log(c / c.sum())
+    return np.where(c > 0, np.clip(lift, -clip, clip), 0.0)
+
+
 def text_tokens(text: str, buckets: int) -> list[int]:
     """Hashed word unigrams then bigrams, 1..buckets (0 is padding), first MAX_TOKENS kept."""
     words = _WORD.findall(_TRAILING_YEAR.sub("", text or "").lower())
@@ -95,6 +129,7 @@ def item_features(items: pa.Table, vocab: FeatureVocab) -> ItemFeatures:
     genres = np.zeros((n + 1, MAX_GENRES), np.int64)
     year = np.zeros(n + 1, np.int64)
     tokens = np.zeros((n + 1, MAX_TOKENS), np.int64)
+    launches = np.full(n + 1, LAUNCH_UNKNOWN, np.int64)
     years = items.column("year").to_pylist()
     launch = items.column("launch_ts").to_pylist() if "launch_ts" in items.column_names else [None] * len(index)
     for row, (i, gs, title, text, y, lt) in enumerate(zip(
@@ -105,6 +140,8 @@ def item_features(items: pa.Table, vocab: FeatureVocab) -> ItemFeatures:
         if y is None and lt is not None:
             y = int(np.datetime64(int(lt), "s").astype("datetime64[Y]").astype(int) + 1970)
         year[i] = year_bucket(y)
+        if lt is not None:
+            launches[i] = int(lt)
         toks = text_tokens(f"{title or ''} {text or ''}", vocab.text_buckets)
         tokens[i, :len(toks)] = toks
     dense = None
@@ -118,4 +155,5 @@ def item_features(items: pa.Table, vocab: FeatureVocab) -> ItemFeatures:
                                          f"trained with {vocab.text_dim}; embed new titles with the same model")
                     dense[i] = v
         dense = torch.from_numpy(dense)
-    return ItemFeatures(torch.from_numpy(genres), torch.from_numpy(year), torch.from_numpy(tokens), dense)
+    return ItemFeatures(torch.from_numpy(genres), torch.from_numpy(year), torch.from_numpy(tokens), dense,
+                        torch.from_numpy(launches))

@@ -2,7 +2,8 @@
 
 One token per event: title (id embedding + semantic tower) + action + utility bucket + time-gap bucket + learned
 position. Titles are scored through a projected decoding head (d -> d/r) against output-side title embeddings (id +
-tower), the same path in training, evaluation and serving. Sequences are right-padded with item index 0, so a causal mask alone keeps real tokens from ever attending to padding and
+tower), plus a learned bias on the title's age at the request time (`title_age`), the same path in training,
+evaluation and serving. Sequences are right-padded with item index 0, so a causal mask alone keeps real tokens from ever attending to padding and
 `scaled_dot_product_attention(is_causal=True)` can use the flash kernels on GPU.
 
 Size presets count the **backbone** only (transformer blocks and the final norm), as the paper does; embeddings and
@@ -23,7 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from genrec.features import MAX_GENRES, MAX_TOKENS, YEAR_BUCKETS, FeatureVocab, ItemFeatures
+from genrec.features import (LAUNCH_UNKNOWN, MAX_GENRES, MAX_TOKENS, NUM_AGE_BUCKETS, YEAR_BUCKETS, FeatureVocab,
+                             ItemFeatures, title_age_buckets)
 from genrec.objectives import (NEG_INF, full_softmax_loss, logq_correction, merge_duplicate_targets, mtp_targets,
                                normalise, sampled_softmax_loss, utility_buckets)
 
@@ -69,6 +71,9 @@ class ModelSpec:
     # Semantic item tower beside the id embedding (genres, year, hashed title/text n-grams, optional text vectors).
     semantic: bool = True
     features: dict = field(default_factory=dict)  # FeatureVocab.to_dict(): the tower's vocabulary
+    # A learned score bias per bucket of the title's age at the request (launch weeks, catalogue titles, not yet
+    # launched). False in specs saved before it existed, so their checkpoints still load.
+    title_age: bool = False
 
     @property
     def backbone_params(self) -> int:
@@ -183,6 +188,9 @@ class ItemEncoder(nn.Module):
         self.oov_out = nn.Embedding(1, spec.out_dim)
         vocab = FeatureVocab.from_dict(spec.features)
         self.tower = SemanticTower(vocab, spec.tower_width, spec.width, spec.out_dim) if spec.semantic else None
+        # One scalar per age bucket, added to the title's score. Popularity moves with age the same way for a new title
+        # as for a trained one, so a title launched after the cutoff gets its launch-week lift without an id row.
+        self.age = nn.Embedding(NUM_AGE_BUCKETS, 1) if spec.title_age else None
         # The catalogue: per-title features, which titles have a trained id row. Not saved with the weights: they are
         # recomputed from the item table (see set_catalogue), so a catalogue can grow after training.
         self.set_catalogue(item_features_placeholder(spec.num_items, vocab), None)
@@ -196,8 +204,11 @@ class ItemEncoder(nn.Module):
         known[0] = True  # padding keeps its (zero) id row
         known[self.num_items + 1:] = False  # no id row exists beyond the training catalogue
         device = self.id_in.weight.device
+        launch = features.launch
+        if launch is None:
+            launch = torch.full((n,), LAUNCH_UNKNOWN, dtype=torch.long)
         for name, value in (("f_genres", features.genres), ("f_year", features.year), ("f_tokens", features.tokens),
-                            ("f_dense", features.dense), ("known", known)):
+                            ("f_dense", features.dense), ("f_launch", launch), ("known", known)):
             self.register_buffer(name, None if value is None else value.to(device), persistent=False)
 
     @property
@@ -230,6 +241,10 @@ class ItemEncoder(nn.Module):
     def _spread(x: torch.Tensor, inv: torch.Tensor | None, shape) -> torch.Tensor:
         return (x if inv is None else x[inv]).view(*shape, -1)
 
+    def age_bias(self, idx: torch.Tensor, request_ts: torch.Tensor) -> torch.Tensor:
+        """Score bias of titles idx at request times request_ts (broadcast together): float, the broadcast shape."""
+        return self.age(title_age_buckets(request_ts, self.f_launch[idx]))[..., 0]
+
     def encode_input(self, idx: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         e = self._ids(idx, self.id_in, self.oov_in, mask)
         if self.tower is not None:
@@ -250,7 +265,8 @@ def item_features_placeholder(num_items: int, vocab: FeatureVocab) -> ItemFeatur
     return ItemFeatures(torch.zeros(num_items + 1, MAX_GENRES, dtype=torch.long),
                         torch.zeros(num_items + 1, dtype=torch.long),
                         torch.zeros(num_items + 1, MAX_TOKENS, dtype=torch.long),
-                        torch.zeros(num_items + 1, vocab.text_dim) if vocab.text_dim else None)
+                        torch.zeros(num_items + 1, vocab.text_dim) if vocab.text_dim else None,
+                        torch.full((num_items + 1,), LAUNCH_UNKNOWN, dtype=torch.long))
 
 
 class EventEmbedding(nn.Module):
@@ -312,6 +328,8 @@ class GenRec(nn.Module):
             # Unit-variance queries: with 0.02 on both the query and the title side, logits start ~1e-3 and the
             # two sides wait on each other for hundreds of steps.
             nn.init.normal_(self.head[1].weight, std=1.0 / math.sqrt(spec.width))
+        if self.items.age is not None:
+            nn.init.zeros_(self.items.age.weight)  # no age preference until the data shows one
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -358,8 +376,13 @@ class GenRec(nn.Module):
         keep, weights = normalise(weights)
         targets = targets[keep]
         q = self.head(h.flatten(0, 1)[keep])
+        # Position t's request is event t + 1, the event a user arrives with (as evaluation and serving see it).
+        request = ts[:, 1:].flatten()[keep][:, None] if self.items.age is not None else None
         if obj.decoding == "full":
             logits = q @ self.item_matrix(id_mask).t()
+            if request is not None:
+                logits = logits + self.items.age_bias(torch.arange(logits.shape[1], device=logits.device)[None],
+                                                      request)
             # Only titles with training events compete: one launched after the cutoff must not be trained down
             # (nor the future catalogue leak into training). Padding (row 0) never competes.
             logits.masked_fill_(~self.items.known, NEG_INF)  # in place: a copy is 2 GB at 10^6 titles x 512
@@ -369,18 +392,30 @@ class GenRec(nn.Module):
         if obj.decoding == "in_batch":
             negatives = torch.unique(targets[weights > 0])
         neg = q @ self.items.encode_output(negatives, id_mask).t()
+        if request is not None:
+            pos = pos + self.items.age_bias(targets, request)
+            neg = neg + self.items.age_bias(negatives[None], request)
         if obj.logq:
             draws = negatives.numel() if obj.decoding == "sampled" else int((weights > 0).sum())
             neg = logq_correction(neg, self.log_q[negatives], draws)
         return sampled_softmax_loss(pos, targets, weights, neg, negatives)
 
     @torch.no_grad()
-    def score_last(self, items, actions, gaps, utils, lengths, item_matrix: torch.Tensor | None = None):
-        """Scores (B, catalogue + 1) for the event after each sequence's last real token (column 0 = -inf)."""
+    def score_last(self, items, actions, gaps, utils, lengths, item_matrix: torch.Tensor | None = None,
+                   request_ts: torch.Tensor | None = None):
+        """Scores (B, catalogue + 1) for the event after each sequence's last real token (column 0 = -inf).
+
+        request_ts (B,) Unix seconds: when each user asks (a stale context ends earlier); a model with `title_age`
+        needs it."""
         h = self.hidden(items, actions, gaps, utils)
         q = self.head(h[torch.arange(h.shape[0], device=h.device), lengths - 1])
         m = self.item_matrix() if item_matrix is None else item_matrix
         scores = q.float() @ m.float().t()  # fp32 even under bf16: rounded scores would tie and blur the ranking
+        if self.items.age is not None:
+            if request_ts is None:
+                raise ValueError("this model scores titles by their age at the request (title_age): pass request_ts")
+            cols = torch.arange(scores.shape[1], device=scores.device)[None]
+            scores = scores + self.items.age_bias(cols, request_ts.to(scores.device)[:, None]).float()
         scores[:, 0] = NEG_INF  # padding is never a recommendation
         return scores
 
@@ -390,6 +425,7 @@ def count_parameters(model: GenRec) -> dict[str, int]:
         return sum(p.numel() for p in m.parameters())
 
     tower = n(model.items.tower) if model.items.tower is not None else 0
+    age = n(model.items.age) if model.items.age is not None else 0
     return {"backbone": n(model.backbone), "embedding": n(model.embed) + n(model.items.id_in)
             + n(model.items.oov_in), "semantic_tower": tower,
-            "decoding": n(model.head) + n(model.items.id_out) + n(model.items.oov_out), "total": n(model)}
+            "decoding": n(model.head) + n(model.items.id_out) + n(model.items.oov_out) + age, "total": n(model)}

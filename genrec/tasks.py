@@ -221,12 +221,13 @@ class Use:
 
 def contexts(plan: EvalPlan) -> list[tuple[int, int, list[Use]]]:
     """The distinct contexts to score, as (sequence, end, uses). A stale cache often holds the same events as a fresh
-    one (users whose last session is days old), and then one forward pass serves every delay that sees them."""
-    by_key: dict[tuple[int, int], list[Use]] = {}
+    one (users whose last session is days old), and then one forward pass serves every delay that sees them. Two
+    requests never share one: scores depend on the request time (titles' age)."""
+    by_key: dict[tuple[int, int, int], list[Use]] = {}
     for req in plan.requests:
         for d in plan.delays:
-            by_key.setdefault((req.seq, req.ends[d]), []).append(Use(req, d))
-    return [(seq, end, uses) for (seq, end), uses in by_key.items()]
+            by_key.setdefault((req.seq, req.ends[d], req.ts), []).append(Use(req, d))
+    return [(seq, end, uses) for (seq, end, _), uses in by_key.items()]
 
 
 def context_batches(plan: EvalPlan, max_seq_len: int, rank: int, world: int, batch_size: int
@@ -245,14 +246,16 @@ def context_batches(plan: EvalPlan, max_seq_len: int, rank: int, world: int, bat
         actions, gaps = np.zeros_like(items), np.zeros_like(items)
         utils = np.zeros((n, max_seq_len), np.float32)
         lengths = np.ones(n, np.int64)
+        request_ts = np.zeros(n, np.int64)
         ex_rows, ex_cols = [], []
-        for i, (seq, end, _) in enumerate(chunk):
+        for i, (seq, end, uses) in enumerate(chunk):
+            request_ts[i] = uses[0].request.ts
             s_items, s_ts, s_actions, s_utils = plan.seqs[seq]
             items[i], actions[i], gaps[i], utils[i], lengths[i] = context_window(
                 s_items[:end], s_ts[:end], s_actions[:end], max_seq_len, s_utils[:end])
             ex_rows += [i] * end
             ex_cols += s_items[:end].tolist()
-        batch = dict(items=items, actions=actions, gaps=gaps, utils=utils, lengths=lengths,
+        batch = dict(items=items, actions=actions, gaps=gaps, utils=utils, lengths=lengths, request_ts=request_ts,
                      exclude_rows=np.asarray(ex_rows, np.int64), exclude_cols=np.asarray(ex_cols, np.int64))
         yield [uses for _, _, uses in chunk], {k: torch.from_numpy(v) for k, v in batch.items()}
 
@@ -334,6 +337,7 @@ def plan_metrics(sums: dict, primary: str, k: int = 10) -> dict[str, float]:
 
 def model_scorer(model, item_matrix: torch.Tensor) -> Scorer:
     def score(_uses, b):
-        return model.score_last(b["items"], b["actions"], b["gaps"], b["utils"], b["lengths"], item_matrix)
+        return model.score_last(b["items"], b["actions"], b["gaps"], b["utils"], b["lengths"], item_matrix,
+                                b["request_ts"])
 
     return score

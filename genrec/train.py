@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import torch
 
 from genrec.config import ConfigError, GenrecConfig
-from genrec.features import FeatureVocab, build_vocab, item_features
+from genrec.features import NUM_AGE_BUCKETS, FeatureVocab, age_log_lift, build_vocab, item_features, title_age_buckets
 from genrec.flops import training_flops_per_token
 from genrec.model import GenRec, ModelSpec, Objective, resolve_shape
 from genrec.objectives import draw_id_mask
@@ -42,7 +42,8 @@ def model_spec(cfg: GenrecConfig, shards: ShardSet, items: pa.Table | None = Non
     vocab = build_vocab(items, m.text_buckets) if m.semantic else FeatureVocab()
     return ModelSpec(num_items=shards.num_items, layers=layers, width=width, heads=heads, max_seq_len=m.max_seq_len,
                      dropout=m.dropout, activation_checkpointing=m.activation_checkpointing,
-                     projection_ratio=m.projection_ratio, semantic=m.semantic, features=vocab.to_dict())
+                     projection_ratio=m.projection_ratio, semantic=m.semantic, features=vocab.to_dict(),
+                     title_age=m.title_age)
 
 
 def objective(cfg: GenrecConfig, task: str | None = None) -> Objective:
@@ -117,6 +118,31 @@ def catalogue(spec: ModelSpec, items: pa.Table, counts: np.ndarray | None, decod
     return feats, known, log_q
 
 
+def age_prior(shards: ShardSet, window: tuple[int | None, int | None], launch: torch.Tensor, known: torch.Tensor,
+              requests: int = 512, titles: int = 4096) -> torch.Tensor:
+    """The title-age bias's starting point: :func:`genrec.features.age_log_lift` of the training window's events
+    (each scored at its own time, as the request it answers) against the trained titles on offer at a sample of
+    those times. Seeded, so every rank starts from the same values."""
+    items, ts = [], []
+    for path in shards.files("train"):
+        t = pq.read_table(path, columns=["items", "ts"])
+        i, s = pc.list_flatten(t.column("items")).to_numpy(), pc.list_flatten(t.column("ts")).to_numpy()
+        keep = in_window(s, *window) if window != (None, None) else slice(None)
+        items.append(i[keep])
+        ts.append(s[keep])
+    items = torch.from_numpy(np.concatenate(items).astype(np.int64)) if items else torch.zeros(0, dtype=torch.long)
+    ts = torch.from_numpy(np.concatenate(ts).astype(np.int64)) if ts else torch.zeros(0, dtype=torch.long)
+    offered = torch.nonzero(known[1:]).flatten() + 1
+    if not len(items) or not len(offered):
+        return torch.zeros(NUM_AGE_BUCKETS)
+    gen = torch.Generator().manual_seed(0)
+    req = ts[torch.randint(len(ts), (min(requests, len(ts)),), generator=gen)]
+    cand = offered[torch.randperm(len(offered), generator=gen)[:titles]]
+    lift = age_log_lift(title_age_buckets(ts, launch[items]).numpy(),
+                        title_age_buckets(req[:, None], launch[cand][None]).flatten().numpy())
+    return torch.from_numpy(lift).float()
+
+
 def count_windows(shards: ShardSet, max_seq_len: int, window: tuple[int | None, int | None] = (None, None)) -> int:
     """Training windows per epoch: a user with n events in the window gives ceil((n - 1) / max_seq_len) (see
     window_bounds)."""
@@ -168,7 +194,8 @@ def save_for_serving(engine, spec: ModelSpec, items: pa.Table, out_dir: str, ext
         pq.write_table(items, Path(out_dir, CHECKPOINT_ITEMS))
 
 
-ARCHITECTURE = ("num_items", "layers", "width", "heads", "max_seq_len", "projection_ratio", "semantic", "features")
+ARCHITECTURE = ("num_items", "layers", "width", "heads", "max_seq_len", "projection_ratio", "semantic", "features",
+                "title_age")
 
 
 def finetune_setup(cfg: GenrecConfig, shards: ShardSet) -> tuple[GenrecConfig, dict]:
@@ -197,7 +224,7 @@ def finetune_setup(cfg: GenrecConfig, shards: ShardSet) -> tuple[GenrecConfig, d
     out = cfg.model_copy(deep=True)
     out.model.preset, out.model.layers, out.model.width, out.model.heads = "custom", spec.layers, spec.width, spec.heads
     out.model.max_seq_len, out.model.projection_ratio = spec.max_seq_len, spec.projection_ratio
-    out.model.semantic = spec.semantic
+    out.model.semantic, out.model.title_age = spec.semantic, spec.title_age
     if ft.epochs:
         out.train.epochs = ft.epochs
     if ft.lr:
@@ -267,6 +294,9 @@ def train_func(config: dict) -> None:
     model = GenRec(spec)
     model.objective = objective(cfg, finetune["task"] if finetune else None)
     model.set_catalogue(*catalogue(spec, items_table, counts, cfg.model.decoding))
+    if model.items.age is not None:
+        with torch.no_grad():
+            model.items.age.weight[:, 0] = age_prior(shards, window, model.items.f_launch, model.items.known)
     mask_rate = id_mask_rate(cfg, shards)
     # The evaluation requests and their targets do not depend on this run's training window, so every retrain
     # (seeds, shifted windows) scores the same ones: "cold" means no training event before the cutoff.

@@ -9,6 +9,7 @@ keeps serving.
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,8 @@ class RecommendRequest(BaseModel):
     history: list[Event] = Field(..., min_length=1, description="the user's events, oldest first")
     k: int | None = Field(None, ge=1, description="how many titles to return (default: serve.default_k)")
     exclude_seen: bool = Field(True, description="leave titles already in the history out of the ranking")
+    request_ts: int | None = Field(None, ge=0, description="Unix seconds of the request (default: now); titles are "
+                                   "scored by their age at that time")
 
 
 class Recommendation(BaseModel):
@@ -118,7 +121,7 @@ class Recommender:
         with torch.no_grad():
             scores = self.loaded.model.score_last(
                 *(torch.from_numpy(a)[None] for a in (x_items, x_actions, x_gaps, x_utils)), torch.tensor([n]),
-                self.item_matrix)[0]
+                self.item_matrix, torch.tensor([int(time.time()) if req.request_ts is None else req.request_ts]))[0]
         if req.exclude_seen:
             scores[torch.tensor(items)] = float("-inf")
         k = min(k, int(torch.isfinite(scores).sum()))

@@ -138,14 +138,17 @@ def test_pretrain_job_two_workers_zero3_loss_falls(head, job_config):
     loaded = load_checkpoint(checkpoints[-1])
     assert loaded.spec.layers == 2 and loaded.spec.num_items == loaded.items.num_rows
     z = torch.zeros(1, 4, dtype=torch.long)
-    scores = loaded.model.score_last(torch.tensor([[1, 2, 3, 0]]), z, z, torch.ones(1, 4), torch.tensor([3]))
+    now = torch.tensor([int(loaded.items.column("launch_ts").to_numpy().max()) + 86_400])
+    scores = loaded.model.score_last(torch.tensor([[1, 2, 3, 0]]), z, z, torch.ones(1, 4), torch.tensor([3]),
+                                     request_ts=now)
     assert scores.shape == (1, loaded.spec.num_items + 1) and torch.isfinite(scores[0, 1:]).all()
     # A title launched after training joins the catalogue without retraining, scored from its metadata alone.
     twin = loaded.items.slice(0, 1)
     new = pa.table({"item_id": [10**9], "title": twin.column("title"), "genres": twin.column("genres"),
                     "year": twin.column("year"), "launch_ts": twin.column("launch_ts"), "text": twin.column("text")})
     assert loaded.add_items(new) == [loaded.spec.num_items + 1]
-    scores = loaded.model.score_last(torch.tensor([[1, 2, 3, 0]]), z, z, torch.ones(1, 4), torch.tensor([3]))
+    scores = loaded.model.score_last(torch.tensor([[1, 2, 3, 0]]), z, z, torch.ones(1, 4), torch.tensor([3]),
+                                     request_ts=now)
     assert scores.shape == (1, loaded.spec.num_items + 2) and torch.isfinite(scores[0, -1])
     with pytest.raises(DataError, match="already in the catalogue"):
         loaded.add_items(new)
