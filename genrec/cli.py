@@ -49,17 +49,22 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rebuild-shards", action="store_true", help="rebuild the shards even if they exist")
 
 
-def add_resume_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--resume", default=None, metavar="SWEEP",
-                   help="finish a stopped sweep: its folder or name (finished trials kept, the rest rerun)")
+RESUME_HELP = {"SWEEP": "finish a stopped sweep: its folder or name (finished trials kept, the rest rerun)",
+               "RUN": "continue a stopped run by its name, from its last epoch's checkpoint (a different "
+                      "train.workers restarts the optimizer state from the consolidated weights)"}
 
 
-def run_entrypoint(prog: str, doc: str, run, argv: list[str] | None = None, resume: bool = False) -> int:
-    """`python -m trainers.pretrain` / `python -m tuning.sweep`: config flags, then run(cfg, name, rebuild)."""
+def add_resume_arg(p: argparse.ArgumentParser, what: str = "SWEEP") -> None:
+    p.add_argument("--resume", default=None, metavar=what, help=RESUME_HELP[what])
+
+
+def run_entrypoint(prog: str, doc: str, run, argv: list[str] | None = None, resume: str | None = None) -> int:
+    """`python -m trainers.pretrain` / `python -m tuning.sweep`: config flags, then run(cfg, name, rebuild).
+    resume: "RUN" or "SWEEP" when the entrypoint takes `--resume`."""
     p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_args(p)
     if resume:
-        add_resume_arg(p)
+        add_resume_arg(p, resume)
     args = p.parse_args(argv)
     try:
         extra = {"resume": args.resume} if resume else {}
@@ -127,7 +132,7 @@ def cmd_download(args) -> int:
 def cmd_train(args) -> int:
     from trainers.pretrain import run
 
-    run(load_config(args.config, args.overrides), args.name, args.rebuild_shards)
+    run(load_config(args.config, args.overrides), args.name, args.rebuild_shards, resume=args.resume)
     return 0
 
 
@@ -286,8 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
                                ("sweep", cmd_sweep, "Ray Tune sweep; writes the winner manifest")):
         s = sub.add_parser(name, help=helptext)
         add_run_args(s)
-        if name == "sweep":
-            add_resume_arg(s)
+        if name in ("sweep", "train"):
+            add_resume_arg(s, "SWEEP" if name == "sweep" else "RUN")
         s.set_defaults(fn=fn)
 
     s = sub.add_parser("report", help="scaling fits, cost vs stability, gains vs headroom: HTML + PNG report",

@@ -171,6 +171,9 @@ class TrainConfig(_Section):
     # re-window the shards every epoch ("stream", for data larger than the object store). "auto" materializes when
     # the windows take under a quarter of the object store. Re-streaming costs seconds per epoch on small data.
     ingest: Literal["auto", "stream", "materialize"] = "auto"
+    # Worker failures a run survives (Ray Train's FailureConfig; -1 = any number): the worker group restarts and
+    # training resumes from the last epoch's checkpoint (weights, optimizer, LR schedule, RNG), redoing that epoch.
+    max_failures: int = Field(2, ge=-1)
 
 
 class TaskConfig(_Section):

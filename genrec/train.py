@@ -6,6 +6,7 @@ pre-training entrypoint and every Tune trial use exactly this pair, so a sweep t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -32,6 +33,11 @@ from genrec.windows import in_window, training_windows
 CHECKPOINT_WEIGHTS = "model.pt"
 CHECKPOINT_SPEC = "model.json"
 CHECKPOINT_ITEMS = "items.parquet"
+# Resume state beside the serving files: DeepSpeed's engine checkpoint (weights, optimizer and LR-schedule state, one
+# file per rank's ZeRO partition), each rank's RNG states, and the loop's position and history.
+RESUME_DIR = "resume"
+RESUME_TAG = "state"
+TRAINER_STATE = "trainer_state.json"
 TRAIN_COUNT = "train_count"  # items.parquet column in a checkpoint: training events of each title (0 = cold start)
 
 
@@ -175,8 +181,10 @@ def deepspeed_config(cfg: GenrecConfig, on_gpu: bool) -> dict:
     }
 
 
-def _lr_lambda(warmup: int, total: int):
+def _lr_lambda(warmup: int, total: int, offset: int = 0):
+    """Linear warm-up then cosine to 10%; `offset` steps already done (a resume on fresh optimizer state)."""
     def f(step: int) -> float:
+        step += offset
         if step < warmup:
             return (step + 1) / warmup
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
@@ -192,6 +200,15 @@ def save_for_serving(engine, spec: ModelSpec, items: pa.Table, out_dir: str, ext
     if rank == 0:
         Path(out_dir, CHECKPOINT_SPEC).write_text(json.dumps({"spec": spec.to_dict(), **extra}, indent=2))
         pq.write_table(items, Path(out_dir, CHECKPOINT_ITEMS))
+
+
+def save_resume_state(engine, out_dir: str, rank: int, gen: torch.Generator, state: dict) -> None:
+    """What a restarted run needs beside the serving files (see RESUME_DIR). Collective: every rank calls it."""
+    engine.save_checkpoint(str(Path(out_dir, RESUME_DIR)), tag=RESUME_TAG)
+    torch.save({"sampler": gen.get_state(), "torch": torch.get_rng_state()},
+               Path(out_dir, RESUME_DIR, f"rng_rank{rank}.pt"))
+    if rank == 0:
+        Path(out_dir, TRAINER_STATE).write_text(json.dumps(state))
 
 
 ARCHITECTURE = ("num_items", "layers", "width", "heads", "max_seq_len", "projection_ratio", "semantic", "features",
@@ -328,21 +345,38 @@ def train_func(config: dict) -> None:
                 write_topk(Path(config["topk"]), top)
         return plan_metrics(sums, cfg.eval.primary)
 
-    history: list[dict] = []
-    if finetune:
+    # A restarted worker group (a worker died, `max_failures` allows a retry) resumes from the last reported
+    # checkpoint: at the start of the epoch that was interrupted, which is redone in full.
+    exit_stack = contextlib.ExitStack()
+    resume_from, state = None, None
+    if (reported := ray.train.get_checkpoint()) is not None:
+        resume_from = Path(exit_stack.enter_context(reported.as_directory()))
+        state = json.loads(Path(resume_from, TRAINER_STATE).read_text())
+    steps_per_epoch = max(1, config["windows"] // world // cfg.train.batch_size)
+    total_steps = steps_per_epoch * cfg.train.epochs
+    history: list[dict] = state["history"] if state else []
+    if finetune and state is None:
         _load_pretrained(model, spec, finetune["checkpoint"])
         # The pre-trained model on every task before any step, with its own head: the transfer baseline.
         history.append({"epoch": 0, **metrics_of(model.to(device), False)})
-        if finetune["mode"] == "head":  # linear-probe style: only a fresh decoding head learns
-            model.requires_grad_(False)
-            model.new_head()
-
-    steps_per_epoch = max(1, config["windows"] // world // cfg.train.batch_size)
-    total_steps = steps_per_epoch * cfg.train.epochs
+    if finetune and finetune["mode"] == "head":  # linear-probe style: only a fresh decoding head learns
+        model.requires_grad_(False)
+        model.new_head()
+    # DeepSpeed's optimizer partitions only load into the same number of ranks. On another worker count the run
+    # goes on from the consolidated weights with a fresh optimizer, the LR schedule moved to where it was.
+    same_world = state is not None and state["world"] == world
+    lr_offset = 0
+    if state is not None and not same_world:
+        state_dict = torch.load(Path(resume_from, CHECKPOINT_WEIGHTS), map_location="cpu", weights_only=True)
+        model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True)
+        lr_offset = state["epoch"] * steps_per_epoch
+        if rank == 0:
+            print(f"resuming on {world} workers from a checkpoint of {state['world']}: consolidated weights, "
+                  "fresh optimizer state (AdamW moments restart)", flush=True)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr,
                                   weight_decay=cfg.train.weight_decay, betas=(0.9, 0.98))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(min(cfg.train.warmup_steps, max(1, total_steps // 10)), total_steps))
+        optimizer, _lr_lambda(min(cfg.train.warmup_steps, max(1, total_steps // 10)), total_steps, lr_offset))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=deepspeed_config(cfg, on_gpu))
     # Negatives come from titles with training events only: a title launched after the cutoff would otherwise be
@@ -357,6 +391,19 @@ def train_func(config: dict) -> None:
         num_negatives=n_neg if n_neg is not None else cfg.train.batch_size * spec.max_seq_len * cfg.model.mtp_k,
         convention="genrec").total
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed * 1000 + rank)
+    start_epoch, events_seen, wall_before = 0, 0, 0.0
+    if state is not None:
+        if same_world:
+            engine.load_checkpoint(str(resume_from / RESUME_DIR), tag=RESUME_TAG)  # weights, optimizer, LR schedule
+            rng = torch.load(resume_from / RESUME_DIR / f"rng_rank{rank}.pt", weights_only=True)
+            gen.set_state(rng["sampler"])
+            torch.set_rng_state(rng["torch"])
+        start_epoch, events_seen, wall_before = state["epoch"], state["events_processed"], state["wall_time_s"]
+        if rank == 0:
+            print(f"resumed from {resume_from.name} after epoch {start_epoch} (restart {state['restarts'] + 1})",
+                  flush=True)
+    exit_stack.close()
+    restarts = state["restarts"] + 1 if state else 0
 
     run = None
     if rank == 0 and cfg.tracking.wandb != "disabled":
@@ -368,9 +415,8 @@ def train_func(config: dict) -> None:
                          dir=str(wandb_dir), config=cfg.model_dump(mode="json"), reinit="finish_previous")
 
     data = ray.train.get_dataset_shard("train")
-    start = time.perf_counter()
-    events_seen = 0
-    for epoch in range(cfg.train.epochs):
+    start = time.perf_counter() - wall_before
+    for epoch in range(start_epoch, cfg.train.epochs):
         engine.train()
         t0 = time.perf_counter()
         stats = torch.zeros(3, dtype=torch.float64)  # [sum loss, steps, target events]
@@ -407,6 +453,7 @@ def train_func(config: dict) -> None:
             "id_mask_rate": mask_rate,
             "seed": cfg.train.seed,
             "window_shift_h": cfg.train.window_shift_h,
+            "restarts": restarts,
             **task_metrics,
         }
         if rank == 0:
@@ -420,8 +467,11 @@ def train_func(config: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             save_for_serving(engine, spec, items_table, tmp, {"metrics": metrics, "preset": cfg.model.preset,
                                                          "dataset": shards.manifest["dataset"]}, rank)
-            ckpt = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
-            ray.train.report(metrics, checkpoint=ckpt)
+            save_resume_state(engine, tmp, rank, gen, {
+                "epoch": epoch + 1, "events_processed": events_seen, "wall_time_s": metrics["wall_time_s"],
+                "world": world, "restarts": restarts, "history": history})
+            # Every rank reports its folder (its ZeRO partition); Ray merges them into one checkpoint.
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
     if run is not None:
         run.finish()
 
@@ -476,6 +526,7 @@ def build_trainer(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(name=run_name, storage_path=str(cfg.storage.path("runs")),
                                        callbacks=callbacks or [],
+                                       failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
                                        checkpoint_config=ray.train.CheckpointConfig(
                                            num_to_keep=2, checkpoint_score_attribute="mrr",
                                            checkpoint_score_order="max")),

@@ -114,6 +114,9 @@ def test_serve_answers_http_and_survives_bad_requests(winner):
     scores = [i["score"] for i in body["items"]]
     assert scores == sorted(scores, reverse=True)
     assert not {i["item_id"] for i in body["items"]} & {e["item_id"] for e in history}  # seen titles excluded
+    # Titles are scored by their age at the request: the same history asked centuries later scores differently.
+    later = post_json(f"{url}/recommend", {"history": history, "k": 5, "request_ts": 10**10})[1]
+    assert [i["score"] for i in later["items"]] != scores
 
     bad = [
         ({"history": [], "k": 5}, "history"),
@@ -122,6 +125,7 @@ def test_serve_answers_http_and_survives_bad_requests(winner):
         ({"history": history, "k": 10**6}, "k"),
         ({"history": [{"item_id": 10**9}]}, "history"),
         ({"histroy": history}, "histroy"),
+        ({"history": history, "request_ts": -5}, "request_ts"),
     ]
     for req, field in bad:
         status, err = post_json(f"{url}/recommend", req)

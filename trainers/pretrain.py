@@ -2,6 +2,8 @@
 
 Thin Ray wiring over `genrec.train`: builds the shards if needed, runs the TorchTrainer, prints the epoch table and
 the checkpoint path. Works the same under `ray job submit --working-dir . -- python -m trainers.pretrain ...`.
+A run whose driver died (or that should train longer: `--set train.epochs=N`) goes on with `--resume RUN` from its
+last epoch's checkpoint; a lost worker is retried by Ray Train itself (`train.max_failures`).
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from genrec.config import GenrecConfig
 EPOCH_COLUMNS = ["epoch", "loss", "mrr", "hr@10", "ndcg@10", "events_per_s", "epoch_time_s"]
 
 
-def run(cfg: GenrecConfig, run_name: str | None = None, rebuild: bool = False):
+def run(cfg: GenrecConfig, run_name: str | None = None, rebuild: bool = False, resume: str | None = None):
     from genrec.runtime import init_ray, prepare_shards, print_table
     from genrec.train import fit, history_path
 
+    run_name = check_run_name(cfg, run_name, resume)
     shards = prepare_shards(cfg, rebuild=rebuild)
     init_ray(cfg)
     run_name = run_name or f"pretrain-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -32,8 +35,27 @@ def run(cfg: GenrecConfig, run_name: str | None = None, rebuild: bool = False):
     return result
 
 
+def check_run_name(cfg: GenrecConfig, run_name: str | None, resume: str | None) -> str | None:
+    """The run's name. Ray Train continues any run whose folder exists (same storage and name), so reusing a name
+    must be asked for: `--resume NAME` needs that run's checkpoint, `--name NAME` a name not used yet."""
+    from genrec.config import ConfigError
+
+    if resume:
+        if run_name and run_name != resume:
+            raise ConfigError(f"--name {run_name} and --resume {resume}: a resumed run keeps its name; drop --name")
+        folder = cfg.storage.path("runs", resume)
+        if not (folder / "checkpoint_manager_snapshot.json").is_file():
+            raise ConfigError(f"--resume {resume}: {folder} holds no checkpoint of a run under storage.root="
+                              f"{cfg.storage.root}; name a run listed there")
+        return resume
+    if run_name and cfg.storage.path("runs", run_name).exists():
+        raise ConfigError(f"--name {run_name}: {cfg.storage.path('runs', run_name)} exists already; pass --resume "
+                          f"{run_name} to continue it, or choose another name")
+    return run_name
+
+
 def main(argv: list[str] | None = None) -> int:
-    return run_entrypoint("python -m trainers.pretrain", __doc__, run, argv)
+    return run_entrypoint("python -m trainers.pretrain", __doc__, run, argv, resume="RUN")
 
 
 if __name__ == "__main__":

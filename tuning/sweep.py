@@ -183,7 +183,7 @@ def experiment_dir(cfg: GenrecConfig, sweep: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_entrypoint("python -m tuning.sweep", __doc__, run, argv, resume=True)
+    return run_entrypoint("python -m tuning.sweep", __doc__, run, argv, resume="SWEEP")
 
 
 if __name__ == "__main__":
