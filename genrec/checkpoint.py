@@ -18,6 +18,7 @@ import torch
 
 from genrec.data.schema import DataError
 from genrec.model import GenRec, ModelSpec
+from genrec.shards import verify_checksums
 from genrec.train import CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS, TRAIN_COUNT, catalogue
 
 
@@ -85,6 +86,10 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> LoadedModel:
     for name in (CHECKPOINT_WEIGHTS, CHECKPOINT_SPEC, CHECKPOINT_ITEMS):
         if not (path / name).is_file():
             raise CheckpointError(f"{path / name}: missing; is {path} a genrec checkpoint folder?")
+    try:
+        verify_checksums(path, CheckpointError)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}; serve another checkpoint of the run (checkpoint=PATH) or retrain") from None
     info = json.loads((path / CHECKPOINT_SPEC).read_text())
     try:
         spec = ModelSpec.from_dict(info["spec"])

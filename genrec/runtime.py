@@ -9,7 +9,7 @@ import sys
 
 from genrec.config import GenrecConfig
 from genrec.data.schema import Dataset
-from genrec.shards import ShardError, ShardSet, open_shards, resolve_cutoff, write_shards
+from genrec.shards import ShardError, ShardSet, open_shards, resolve_cutoff, verify_shards, write_shards
 
 log = logging.getLogger("genrec")
 
@@ -43,14 +43,15 @@ def prepare_shards(cfg: GenrecConfig, rebuild: bool = False, echo=print) -> Shar
     """Load the configured data and write its shards (time or leave-one-out split, `data.split`), unless identical
     shards already exist."""
     root = cfg.shards_dir()
-    if not rebuild:
+    if not rebuild and (root / "manifest.json").is_file():
         try:
             existing = open_shards(root)
+            verify_shards(existing)  # once per run, on the driver: every file against its manifest sha256
             if existing.manifest.get("data_config") == data_fingerprint(cfg):
                 return existing
             echo(f"shards at {root} were built from another data config; rebuilding")
-        except ShardError:
-            pass
+        except ShardError as exc:  # the source data is the last good state: rebuild from it, saying why
+            echo(f"shards at {root} are unusable ({exc}); rebuilding them from the source data")
     from genrec.data.loaders import load
 
     d = cfg.data

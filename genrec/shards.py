@@ -84,6 +84,37 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+CHECKSUMS = "checksums.json"
+
+
+def write_checksums(folder: str | Path, names: list[str]) -> None:
+    """`checksums.json` beside the files it names: {name: {bytes, sha256}}, written last and atomically, so a
+    folder whose checksums exist was complete when they were taken."""
+    folder = Path(folder)
+    atomic_write_json(folder / CHECKSUMS, {n: {"bytes": (folder / n).stat().st_size, "sha256": sha256_file(folder / n)}
+                                           for n in names})
+
+
+def verify_checksums(folder: str | Path, error=ValueError) -> bool:
+    """Raise `error` naming the first file whose size or sha256 differs from `checksums.json` (truncated, bit-flipped
+    or missing). False when the folder has no checksums (written before genrec kept them)."""
+    folder = Path(folder)
+    if not (folder / CHECKSUMS).is_file():
+        return False
+    for name, want in json.loads((folder / CHECKSUMS).read_text()).items():
+        _check_file(folder / name, want.get("bytes"), want["sha256"], folder / CHECKSUMS, error)
+    return True
+
+
+def _check_file(path: Path, size: int | None, sha: str | None, listed_in: Path, error) -> None:
+    if not path.is_file():
+        raise error(f"{path}: listed in {listed_in} but missing")
+    if size is not None and path.stat().st_size != size:
+        raise error(f"{path}: {path.stat().st_size:,} bytes, {listed_in} says {size:,} (truncated or overwritten)")
+    if sha is not None and sha256_file(path) != sha:
+        raise error(f"{path}: its sha256 differs from the one in {listed_in} (corrupted)")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary sibling, fsync, then rename: readers see the old file or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -317,7 +348,18 @@ def open_shards(root: str | Path) -> ShardSet:
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise ShardError(f"{mpath}: schema_version {manifest.get('schema_version')!r}, this genrec reads "
                          f"{SCHEMA_VERSION}; rebuild the shards")
-    for f in manifest["files"]:
-        if not (root / f["path"]).is_file():
-            raise ShardError(f"{root / f['path']}: listed in the manifest but missing; rebuild the shards")
+    for f in manifest["files"]:  # sizes only: cheap enough for every worker that opens the set
+        try:
+            _check_file(root / f["path"], f.get("bytes"), None, mpath, ShardError)
+        except ShardError as exc:
+            raise ShardError(f"{exc}; rebuild the shards (--rebuild-shards)") from None
     return ShardSet(root, manifest)
+
+
+def verify_shards(shards: ShardSet) -> None:
+    """Every file against its sha256 in the manifest (a flipped byte keeps the size): ShardError naming the file."""
+    for f in shards.manifest["files"]:
+        try:
+            _check_file(shards.root / f["path"], f.get("bytes"), f.get("sha256"), shards.root / MANIFEST, ShardError)
+        except ShardError as exc:
+            raise ShardError(f"{exc}; rebuild the shards (--rebuild-shards)") from None

@@ -26,7 +26,7 @@ from genrec.features import NUM_AGE_BUCKETS, FeatureVocab, age_log_lift, build_v
 from genrec.flops import training_flops_per_token
 from genrec.model import GenRec, ModelSpec, Objective, resolve_shape
 from genrec.objectives import draw_id_mask
-from genrec.shards import ShardSet, atomic_write_bytes, atomic_write_json, open_shards
+from genrec.shards import ShardSet, atomic_write_bytes, atomic_write_json, open_shards, write_checksums
 from genrec.tasks import build_plan, evaluate_plan, model_scorer, plan_metrics
 from genrec.windows import in_window, training_windows
 
@@ -200,6 +200,8 @@ def save_for_serving(engine, spec: ModelSpec, items: pa.Table, out_dir: str, ext
     if rank == 0:
         Path(out_dir, CHECKPOINT_SPEC).write_text(json.dumps({"spec": spec.to_dict(), **extra}, indent=2))
         pq.write_table(items, Path(out_dir, CHECKPOINT_ITEMS))
+        # Last: a checkpoint whose checksums exist was written whole; serving refuses one that changed since.
+        write_checksums(out_dir, [CHECKPOINT_WEIGHTS, CHECKPOINT_SPEC, CHECKPOINT_ITEMS])
 
 
 def save_resume_state(engine, out_dir: str, rank: int, gen: torch.Generator, state: dict) -> None:
