@@ -8,11 +8,13 @@ added after training (:meth:`LoadedModel.add_items`): they have no trained id ro
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
@@ -47,8 +49,10 @@ class LoadedModel:
     def add_items(self, new_items: pa.Table) -> list[int]:
         """Append titles (item_id, title, genres, year, launch_ts, text) to the catalogue without retraining.
 
-        They get the next indices and no trained id row, so the semantic tower alone places them. Returns the new
-        indices. Raises DataError for an item_id already in the catalogue."""
+        They get the next indices and no trained id row, so the semantic tower alone places them. A title without
+        a launch_ts launches now (the time it is added): the title-age bias then scores it as new, where an unknown
+        launch would score it as not launched. Returns the new indices. Raises DataError for an item_id already in
+        the catalogue."""
         existing = set(self.items.column("item_id").to_pylist())
         dup = [i for i in new_items.column("item_id").to_pylist() if i in existing]
         if dup:
@@ -61,6 +65,10 @@ class LoadedModel:
                 cols[name] = pa.array(index, pa.int32())
             elif name == TRAIN_COUNT:
                 cols[name] = pa.array(np.zeros(len(index), np.int64))
+            elif name == "launch_ts" and name in new_items.column_names:
+                cols[name] = pc.fill_null(new_items.column(name).cast(pa.int64()), int(time.time()))
+            elif name == "launch_ts":
+                cols[name] = pa.array(np.full(len(index), int(time.time()), np.int64))
             elif name in new_items.column_names:
                 cols[name] = new_items.column(name).cast(self.items.schema.field(name).type)
             else:

@@ -139,7 +139,7 @@ def cmd_train(args) -> int:
 def cmd_finetune(args) -> int:
     from trainers.finetune import run
 
-    run(load_config(args.config, args.overrides), args.name, args.rebuild_shards)
+    run(load_config(args.config, args.overrides), args.name, args.rebuild_shards, resume=args.resume)
     return 0
 
 
@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
                                ("sweep", cmd_sweep, "Ray Tune sweep; writes the winner manifest")):
         s = sub.add_parser(name, help=helptext)
         add_run_args(s)
-        if name in ("sweep", "train"):
+        if name in ("sweep", "train", "finetune"):
             add_resume_arg(s, "SWEEP" if name == "sweep" else "RUN")
         s.set_defaults(fn=fn)
 

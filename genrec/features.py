@@ -18,6 +18,7 @@ same feature ids the model was trained on.
 
 from __future__ import annotations
 
+import math
 import re
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -88,30 +89,55 @@ def year_bucket(year: int | None) -> int:
     return int(np.clip((year - YEAR_MIN) // YEAR_STEP + 1, 1, YEAR_BUCKETS - 1))
 
 
+# First second of each age bucket 1..NUM_AGE_BUCKETS-1: bucket b starts at (2^((b - 1) / 2) - 1) hours, i.e. bucket =
+# 1 + floor(2 log2(1 + hours)), in whole seconds so bucketing is exact integer comparison.
+AGE_EDGES_S = torch.tensor([1] + [math.ceil((2.0 ** ((b - 1) / 2) - 1.0) * 3600) for b in range(2, NUM_AGE_BUCKETS)],
+                           dtype=torch.int64)
+
+
 def title_age_buckets(request_ts: torch.Tensor, launch: torch.Tensor) -> torch.Tensor:
-    """Age buckets (int64, broadcast shape) of titles launched at `launch` (Unix s) seen at `request_ts` (Unix s).
+    """Age buckets (int32, broadcast shape) of titles launched at `launch` (Unix s) seen at `request_ts` (Unix s).
 
     A title counts as launched only strictly before the request. That keeps a launch time derived from the title's
     first event (MovieLens has no release dates) from leaking the future: a title first watched at the request
-    itself, or later, looks exactly like one not launched yet, which is all a service knows at that moment."""
-    age = request_ts - launch  # int64: LAUNCH_UNKNOWN makes it very negative, never positive
-    hours = age.clamp(min=0).float() / 3600.0  # float32 is ~2 min coarse at 50 years: plenty for half-octaves
-    bucket = 1 + torch.floor(2.0 * torch.log2(1.0 + hours)).long()
-    return torch.where(age > 0, bucket.clamp(max=NUM_AGE_BUCKETS - 1), torch.zeros_like(bucket))
+    itself, or later, looks exactly like one not launched yet, which is all a service knows at that moment.
+    One int64 temporary and an int32 result: full-softmax training scores every (position, title) pair."""
+    age = request_ts - launch  # LAUNCH_UNKNOWN makes it very negative, never positive
+    return torch.bucketize(age, AGE_EDGES_S.to(age.device), right=True, out_int32=True)
 
 
-def age_log_lift(target_buckets: np.ndarray, candidate_buckets: np.ndarray, clip: float = 8.0) -> np.ndarray:
+def age_bucket_counts(request_ts: np.ndarray, launch: np.ndarray) -> np.ndarray:
+    """(NUM_AGE_BUCKETS,) how many (request, title) pairs fall in each age bucket, over every request and every
+    title, counted exactly without the (requests x titles) grid: a title is in bucket >= j + 1 at request r when
+    launch <= r - edge_j, so sorted launch times and one searchsorted per (request, edge) give every count."""
+    launch = np.sort(np.asarray(launch, np.int64))
+    edges = AGE_EDGES_S.numpy()
+    at_least = np.searchsorted(launch, np.asarray(request_ts, np.int64)[:, None] - edges[None, :], side="right")
+    per_request = np.concatenate([len(launch) - at_least[:, :1], at_least[:, :-1] - at_least[:, 1:],
+                                  at_least[:, -1:]], axis=1)
+    return per_request.sum(axis=0)
+
+
+def age_log_lift(target_counts: np.ndarray, candidate_counts: np.ndarray, clip: float = 8.0) -> np.ndarray:
     """(NUM_AGE_BUCKETS,) log(share of watched titles in each age bucket / share of the titles on offer in it): how
     much more often than chance a title of that age is the one watched. The title-age bias starts from it, because
     a few hundred optimizer steps cannot move a bias by the log 10 that launch hype is worth. Half a count smooths a
-    bucket no target fell in; a bucket no candidate fell in gets 0 (it never competes)."""
-    t = np.bincount(np.asarray(target_buckets, np.int64), minlength=NUM_AGE_BUCKETS)[:NUM_AGE_BUCKETS].astype(float)
-    c = np.bincount(np.asarray(candidate_buckets, np.int64), minlength=NUM_AGE_BUCKETS)[:NUM_AGE_BUCKETS].astype(float)
+    bucket no target fell in. An age bucket no candidate fell in (older than anything in the training window, say)
+    takes the value of the nearest one that had candidates, so serving later than training extrapolates flat."""
+    t = np.asarray(target_counts, float)[:NUM_AGE_BUCKETS]
+    c = np.asarray(candidate_counts, float)[:NUM_AGE_BUCKETS]
     if not t.sum() or not c.sum():
         return np.zeros(NUM_AGE_BUCKETS)
     with np.errstate(divide="ignore", invalid="ignore"):
-        lift = np.log((t + 0.5) / t.sum()) - np.log(c / c.sum())
-    return np.where(c > 0, np.clip(lift, -clip, clip), 0.0)
+        lift = np.clip(np.log((t + 0.5) / t.sum()) - np.log(c / c.sum()), -clip, clip)
+    lift[0] = lift[0] if c[0] > 0 else 0.0
+    seen = np.flatnonzero(c[1:] > 0) + 1
+    if len(seen):
+        for b in np.flatnonzero(c[1:] == 0) + 1:
+            lift[b] = lift[seen[np.argmin(np.abs(seen - b) - 0.5 * (seen > b))]]  # ties: the older neighbour
+    else:
+        lift[1:] = 0.0
+    return lift
 
 
 def text_tokens(text: str, buckets: int) -> list[int]:

@@ -22,7 +22,8 @@ import pyarrow.parquet as pq
 import torch
 
 from genrec.config import ConfigError, GenrecConfig
-from genrec.features import NUM_AGE_BUCKETS, FeatureVocab, age_log_lift, build_vocab, item_features, title_age_buckets
+from genrec.features import (NUM_AGE_BUCKETS, FeatureVocab, age_bucket_counts, age_log_lift, build_vocab, item_features,
+                             title_age_buckets)
 from genrec.flops import training_flops_per_token
 from genrec.model import GenRec, ModelSpec, Objective, resolve_shape
 from genrec.objectives import draw_id_mask
@@ -125,28 +126,28 @@ def catalogue(spec: ModelSpec, items: pa.Table, counts: np.ndarray | None, decod
 
 
 def age_prior(shards: ShardSet, window: tuple[int | None, int | None], launch: torch.Tensor, known: torch.Tensor,
-              requests: int = 512, titles: int = 4096) -> torch.Tensor:
+              requests: int = 4096) -> torch.Tensor:
     """The title-age bias's starting point: :func:`genrec.features.age_log_lift` of the training window's events
-    (each scored at its own time, as the request it answers) against the trained titles on offer at a sample of
-    those times. Seeded, so every rank starts from the same values."""
-    items, ts = [], []
-    for path in shards.files("train"):
+    (each scored at its own time, as the request it answers) against every trained title on offer at a sample of
+    those times (counted exactly, :func:`genrec.features.age_bucket_counts`). Seeded: every rank starts alike."""
+    target_counts = np.zeros(NUM_AGE_BUCKETS, np.int64)
+    times = []
+    launch_np = launch.numpy()
+    for path in shards.files("train"):  # one file at a time: only the bucket counts and the times are kept
         t = pq.read_table(path, columns=["items", "ts"])
         i, s = pc.list_flatten(t.column("items")).to_numpy(), pc.list_flatten(t.column("ts")).to_numpy()
-        keep = in_window(s, *window) if window != (None, None) else slice(None)
-        items.append(i[keep])
-        ts.append(s[keep])
-    items = torch.from_numpy(np.concatenate(items).astype(np.int64)) if items else torch.zeros(0, dtype=torch.long)
-    ts = torch.from_numpy(np.concatenate(ts).astype(np.int64)) if ts else torch.zeros(0, dtype=torch.long)
-    offered = torch.nonzero(known[1:]).flatten() + 1
-    if not len(items) or not len(offered):
+        if window != (None, None):
+            keep = in_window(s, *window)
+            i, s = i[keep], s[keep]
+        buckets = title_age_buckets(torch.from_numpy(s.astype(np.int64)), torch.from_numpy(launch_np[i]))
+        target_counts += np.bincount(buckets.numpy(), minlength=NUM_AGE_BUCKETS)[:NUM_AGE_BUCKETS]
+        times.append(s)
+    times = np.concatenate(times) if times else np.zeros(0, np.int64)
+    offered = launch_np[1:][known[1:].numpy()]
+    if not len(times) or not len(offered):
         return torch.zeros(NUM_AGE_BUCKETS)
-    gen = torch.Generator().manual_seed(0)
-    req = ts[torch.randint(len(ts), (min(requests, len(ts)),), generator=gen)]
-    cand = offered[torch.randperm(len(offered), generator=gen)[:titles]]
-    lift = age_log_lift(title_age_buckets(ts, launch[items]).numpy(),
-                        title_age_buckets(req[:, None], launch[cand][None]).flatten().numpy())
-    return torch.from_numpy(lift).float()
+    sample = np.random.default_rng(0).choice(times, size=min(requests, len(times)), replace=False)
+    return torch.from_numpy(age_log_lift(target_counts, age_bucket_counts(sample, offered))).float()
 
 
 def count_windows(shards: ShardSet, max_seq_len: int, window: tuple[int | None, int | None] = (None, None)) -> int:
@@ -204,11 +205,36 @@ def save_for_serving(engine, spec: ModelSpec, items: pa.Table, out_dir: str, ext
         write_checksums(out_dir, [CHECKPOINT_WEIGHTS, CHECKPOINT_SPEC, CHECKPOINT_ITEMS])
 
 
+def check_run_name(cfg: GenrecConfig, run_name: str | None, resume: str | None) -> str | None:
+    """The run's name. Ray Train continues any run whose folder holds a checkpoint (same storage and name), so
+    continuing must be asked for: `--resume NAME` needs that run's checkpoint, `--name NAME` one without any."""
+    if resume:
+        if run_name and run_name != resume:
+            raise ConfigError(f"--name {run_name} and --resume {resume}: a resumed run keeps its name; drop --name")
+        folder = cfg.storage.path("runs", resume)
+        snapshot = folder / "checkpoint_manager_snapshot.json"
+        latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result") if snapshot.is_file() else None
+        if not latest:
+            raise ConfigError(f"--resume {resume}: {folder} holds no checkpoint of a run under storage.root="
+                              f"{cfg.storage.root}; name a run listed there")
+        name = latest.get("checkpoint_dir_name", "")
+        if name and not (folder / name / TRAINER_STATE).is_file():
+            raise ConfigError(f"--resume {resume}: {folder / name} has no {TRAINER_STATE} (written by a genrec "
+                              "before runs could resume); start a new run")
+        return resume
+    if run_name and (cfg.storage.path("runs", run_name) / "checkpoint_manager_snapshot.json").is_file():
+        raise ConfigError(f"--name {run_name}: {cfg.storage.path('runs', run_name)} holds a run already; pass "
+                          f"--resume {run_name} to continue it, or choose another name")
+    return run_name
+
+
 def save_resume_state(engine, out_dir: str, rank: int, gen: torch.Generator, state: dict) -> None:
     """What a restarted run needs beside the serving files (see RESUME_DIR). Collective: every rank calls it."""
     engine.save_checkpoint(str(Path(out_dir, RESUME_DIR)), tag=RESUME_TAG)
-    torch.save({"sampler": gen.get_state(), "torch": torch.get_rng_state()},
-               Path(out_dir, RESUME_DIR, f"rng_rank{rank}.pt"))
+    rng = {"sampler": gen.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()  # dropout on the GPU draws from it
+    torch.save(rng, Path(out_dir, RESUME_DIR, f"rng_rank{rank}.pt"))
     if rank == 0:
         Path(out_dir, TRAINER_STATE).write_text(json.dumps(state))
 
@@ -354,6 +380,10 @@ def train_func(config: dict) -> None:
     if (reported := ray.train.get_checkpoint()) is not None:
         resume_from = Path(exit_stack.enter_context(reported.as_directory()))
         state = json.loads(Path(resume_from, TRAINER_STATE).read_text())
+        saved = ModelSpec.from_dict(json.loads(Path(resume_from, CHECKPOINT_SPEC).read_text())["spec"])
+        if diff := [f for f in ARCHITECTURE if getattr(saved, f) != getattr(spec, f)]:
+            raise ConfigError(f"{resume_from}: the run being resumed built another model ({', '.join(diff)} differ); "
+                              "resume with the config it was started with, or start a new run")
     steps_per_epoch = max(1, config["windows"] // world // cfg.train.batch_size)
     total_steps = steps_per_epoch * cfg.train.epochs
     history: list[dict] = state["history"] if state else []
@@ -400,6 +430,8 @@ def train_func(config: dict) -> None:
             rng = torch.load(resume_from / RESUME_DIR / f"rng_rank{rank}.pt", weights_only=True)
             gen.set_state(rng["sampler"])
             torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and on_gpu:
+                torch.cuda.set_rng_state(rng["cuda"])
         start_epoch, events_seen, wall_before = state["epoch"], state["events_processed"], state["wall_time_s"]
         if rank == 0:
             print(f"resumed from {resume_from.name} after epoch {start_epoch} (restart {state['restarts'] + 1})",

@@ -57,8 +57,9 @@ class RecommendRequest(BaseModel):
     history: list[Event] = Field(..., min_length=1, description="the user's events, oldest first")
     k: int | None = Field(None, ge=1, description="how many titles to return (default: serve.default_k)")
     exclude_seen: bool = Field(True, description="leave titles already in the history out of the ranking")
-    request_ts: int | None = Field(None, ge=0, description="Unix seconds of the request (default: now); titles are "
-                                   "scored by their age at that time")
+    # Up to 10^11 s (year 5138): a larger value is almost surely milliseconds, and would age every title by millennia.
+    request_ts: int | None = Field(None, ge=0, le=10**11, description="Unix seconds of the request (default: now); "
+                                   "titles are scored by their age at that time")
 
 
 class Recommendation(BaseModel):

@@ -126,6 +126,7 @@ def test_serve_answers_http_and_survives_bad_requests(winner):
         ({"history": [{"item_id": 10**9}]}, "history"),
         ({"histroy": history}, "histroy"),
         ({"history": history, "request_ts": -5}, "request_ts"),
+        ({"history": history, "request_ts": 1_700_000_000_000}, "request_ts"),  # milliseconds
     ]
     for req, field in bad:
         status, err = post_json(f"{url}/recommend", req)

@@ -273,9 +273,34 @@ def test_title_age_learns_that_new_titles_are_watched():
 def test_age_log_lift_by_hand():
     from genrec.features import NUM_AGE_BUCKETS, age_log_lift
 
-    lift = age_log_lift(np.array([1, 1, 2]), np.array([1, 2, 2, 2, 3, 3]))
+    def counts(*pairs):
+        c = np.zeros(NUM_AGE_BUCKETS)
+        for b, n in pairs:
+            c[b] = n
+        return c
+
+    lift = age_log_lift(counts((1, 2), (2, 1)), counts((1, 1), (2, 3), (3, 2)))
     # bucket 1: 2 of 3 targets (2.5 smoothed) vs 1 of 6 candidates: log(2.5/3 / (1/6)) = log 5;
-    # bucket 2: 1.5/3 vs 3/6 -> 0; bucket 3: no target, 0.5/3 vs 2/6 -> log 0.5; no candidate -> 0.
+    # bucket 2: 1.5/3 vs 3/6 -> 0; bucket 3: no target, 0.5/3 vs 2/6 -> log 0.5.
+    # Buckets no candidate fell in take the nearest one's value (4.. -> bucket 3's); bucket 0 without any: 0.
     assert lift.shape == (NUM_AGE_BUCKETS,)
-    assert np.allclose(lift[:5], [0.0, np.log(5), 0.0, np.log(0.5), 0.0])
-    assert np.allclose(age_log_lift(np.array([1] * 10**6), np.array([1, 2] + [3] * 10**6))[3], -8.0)  # clipped
+    assert np.allclose(lift[:4], [0.0, np.log(5), 0.0, np.log(0.5)]) and np.allclose(lift[4:], np.log(0.5))
+    assert np.isclose(age_log_lift(counts((1, 10**6)), counts((1, 1), (2, 1), (3, 10**6)))[3], -8.0)  # clipped
+    # A gap between two seen buckets: the nearer one's value, the older on a tie.
+    lift = age_log_lift(counts((5, 1), (8, 1)), counts((5, 1), (8, 1)))
+    assert lift[6] == lift[5] and lift[7] == lift[8] and lift[1] == lift[5]
+
+
+def test_age_bucket_counts_match_the_grid():
+    from genrec.features import LAUNCH_UNKNOWN, NUM_AGE_BUCKETS, age_bucket_counts, title_age_buckets
+
+    rng = np.random.default_rng(0)
+    launch = np.r_[rng.integers(0, 10**9, 300), [LAUNCH_UNKNOWN] * 5, [500_000_000] * 4]  # ties and unknowns
+    requests = np.r_[rng.integers(0, 2 * 10**9, 50), 500_000_000, 500_000_001]
+    grid = title_age_buckets(torch.from_numpy(requests)[:, None], torch.from_numpy(launch)[None]).flatten()
+    assert np.array_equal(age_bucket_counts(requests, launch),
+                          np.bincount(grid.numpy(), minlength=NUM_AGE_BUCKETS))
+    # The integer edges give the float formula's buckets: 1 + floor(2 log2(1 + hours)).
+    ages = rng.integers(1, 3 * 10**9, 10_000)
+    want = np.minimum(1 + np.floor(2 * np.log2(1 + ages / 3600)), NUM_AGE_BUCKETS - 1)
+    assert np.array_equal(title_age_buckets(torch.from_numpy(ages), torch.zeros(1, dtype=torch.long)).numpy(), want)

@@ -74,3 +74,18 @@ def test_flipped_or_truncated_checkpoint_is_refused(tmp_path):
         load_checkpoint(ckpt)
     weights.write_bytes(good)
     assert load_checkpoint(ckpt).spec.num_items == 3  # restored bytes: usable again
+
+
+def test_a_title_added_without_launch_time_launches_now(tmp_path):
+    import time
+
+    ckpt = tmp_path / "checkpoint"
+    _checkpoint(ckpt)
+    loaded = load_checkpoint(ckpt)
+    before = int(time.time())
+    new = pa.table({"item_id": [40, 50], "title": ["d", "e"], "genres": [["x"], []],
+                    "launch_ts": pa.array([123, None], pa.int64())})
+    assert loaded.add_items(new) == [4, 5]
+    launch = loaded.items.column("launch_ts").to_pylist()
+    assert launch[3] == 123 and before <= launch[4] <= int(time.time())
+    assert loaded.model.items.f_launch[5] == launch[4]  # the model's catalogue has it: scored as a new title

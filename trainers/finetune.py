@@ -19,10 +19,11 @@ from genrec.cli import run_entrypoint
 from genrec.config import GenrecConfig
 
 
-def run(cfg: GenrecConfig, run_name: str | None = None, rebuild: bool = False):
+def run(cfg: GenrecConfig, run_name: str | None = None, rebuild: bool = False, resume: str | None = None):
     from genrec.runtime import init_ray, prepare_shards, print_table
-    from genrec.train import finetune_setup, fit, history_path
+    from genrec.train import check_run_name, finetune_setup, fit, history_path
 
+    run_name = check_run_name(cfg, run_name, resume)
     shards = prepare_shards(cfg, rebuild=rebuild)
     cfg, finetune = finetune_setup(cfg, shards)
     init_ray(cfg)
@@ -42,7 +43,7 @@ def run(cfg: GenrecConfig, run_name: str | None = None, rebuild: bool = False):
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_entrypoint("python -m trainers.finetune", __doc__, run, argv)
+    return run_entrypoint("python -m trainers.finetune", __doc__, run, argv, resume="RUN")
 
 
 if __name__ == "__main__":

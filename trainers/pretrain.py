@@ -20,7 +20,7 @@ EPOCH_COLUMNS = ["epoch", "loss", "mrr", "hr@10", "ndcg@10", "events_per_s", "ep
 
 def run(cfg: GenrecConfig, run_name: str | None = None, rebuild: bool = False, resume: str | None = None):
     from genrec.runtime import init_ray, prepare_shards, print_table
-    from genrec.train import fit, history_path
+    from genrec.train import check_run_name, fit, history_path
 
     run_name = check_run_name(cfg, run_name, resume)
     shards = prepare_shards(cfg, rebuild=rebuild)
@@ -33,25 +33,6 @@ def run(cfg: GenrecConfig, run_name: str | None = None, rebuild: bool = False, r
     best = result.get_best_checkpoint(metric="mrr", mode="max") or result.checkpoint
     print(f"best checkpoint: {best.path}")
     return result
-
-
-def check_run_name(cfg: GenrecConfig, run_name: str | None, resume: str | None) -> str | None:
-    """The run's name. Ray Train continues any run whose folder exists (same storage and name), so reusing a name
-    must be asked for: `--resume NAME` needs that run's checkpoint, `--name NAME` a name not used yet."""
-    from genrec.config import ConfigError
-
-    if resume:
-        if run_name and run_name != resume:
-            raise ConfigError(f"--name {run_name} and --resume {resume}: a resumed run keeps its name; drop --name")
-        folder = cfg.storage.path("runs", resume)
-        if not (folder / "checkpoint_manager_snapshot.json").is_file():
-            raise ConfigError(f"--resume {resume}: {folder} holds no checkpoint of a run under storage.root="
-                              f"{cfg.storage.root}; name a run listed there")
-        return resume
-    if run_name and cfg.storage.path("runs", run_name).exists():
-        raise ConfigError(f"--name {run_name}: {cfg.storage.path('runs', run_name)} exists already; pass --resume "
-                          f"{run_name} to continue it, or choose another name")
-    return run_name
 
 
 def main(argv: list[str] | None = None) -> int:
