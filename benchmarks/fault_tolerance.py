@@ -1,7 +1,7 @@
 """A killed training worker, measured: final loss and MRR of runs that lost a worker vs the spread of uninterrupted
 runs with the same seed, and the time the restart cost.
 
-    .venv/bin/python benchmarks/fault_tolerance.py [--config configs/local.yaml] [--runs 3] [--set KEY=VALUE ...]
+    .venv/bin/python benchmarks/fault_tolerance.py [--config configs/local.yaml] [--runs 2] [--set KEY=VALUE ...]
 
 Each run is `python -m trainers.pretrain` in its own process (its own embedded local Ray), as a user starts it. In a
 killed run, once Ray Train has registered the first epoch's checkpoint, one Ray Train worker process (a
@@ -81,7 +81,7 @@ def spread(values: list[float]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/local.yaml")
-    p.add_argument("--runs", type=int, default=3, help="runs of each kind (uninterrupted, killed)")
+    p.add_argument("--runs", type=int, default=2, help="runs of each kind (uninterrupted, killed)")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="config override (repeatable)")
     args = p.parse_args()
     args.overrides = ["tracking.wandb=disabled", *args.overrides]
