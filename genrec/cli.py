@@ -211,7 +211,11 @@ def post_json(url: str, body: dict, timeout: float = 30.0) -> tuple[int, dict]:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
+        body = e.read()
+        try:
+            return e.code, json.loads(body or b"{}")
+        except ValueError:  # a proxy's or server's plain-text error page
+            return e.code, {"detail": body.decode(errors="replace")}
 
 
 def sample_history(cfg, n: int = 8) -> list[dict]:

@@ -151,3 +151,81 @@ def test_serve_answers_http_and_survives_bad_requests(winner):
     assert e.value.code == 411 and "content-length" in e.value.read().decode()
     # ...and the server is still serving.
     assert post_json(f"{url}/recommend", {"history": history, "k": 5})[0] == 200
+
+
+def test_serve_keeps_answering_when_a_replica_is_killed(winner):
+    """Two replicas under a steady loopback load (4 clients, one request in flight each); one replica's process gets
+    SIGKILL. Requests keep succeeding: at most the ones in flight on the killed replica may fail, and Serve brings a
+    new replica up."""
+    import os
+    import threading
+    import time
+
+    import psutil
+    from ray import serve
+
+    from genrec.cli import start_serve
+
+    cfg, _ = winner
+    cfg = cfg.model_copy(deep=True)
+    cfg.serve.replicas, cfg.serve.cpus_per_replica = 2, 0.5
+    url = start_serve(cfg)  # redeploys the app with two replicas
+
+    def replicas() -> list[psutil.Process]:
+        """This test's Ray only (descendants of this process), never another Ray on the machine."""
+        found = []
+        for p in psutil.Process(os.getpid()).children(recursive=True):
+            try:
+                if p.cmdline()[:1] and p.cmdline()[0].startswith("ray::ServeReplica"):
+                    found.append(p)
+            except psutil.Error:
+                pass
+        return found
+
+    def running() -> int:
+        app = serve.status().applications.get("genrec")
+        return sum(d.replica_states.get("RUNNING", 0) for d in app.deployments.values()) if app else 0
+
+    deadline = time.time() + 120
+    while (running() < 2 or len(replicas()) < 2) and time.time() < deadline:
+        time.sleep(0.5)
+    before = replicas()
+    assert len(before) == 2, before
+
+    history = sample_history(cfg)
+    results: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def client():
+        while not stop.is_set():
+            try:
+                status, _ = post_json(f"{url}/recommend", {"history": history, "k": 5}, timeout=30)
+            except Exception as exc:  # a reset connection, a timeout, a non-JSON 200: all count as failures
+                status = type(exc).__name__
+            results.append((time.time(), status))
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(3)
+    killed_at = time.time()
+    before[0].kill()
+    back = None
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        alive = [p for p in replicas() if p.pid != before[0].pid]
+        if running() == 2 and len(alive) == 2:
+            back = time.time() - killed_at
+            break
+        time.sleep(0.5)
+    time.sleep(2)  # the load goes on against the restored pair
+    stop.set()
+    for t in threads:
+        t.join(60)
+    after = [s for ts, s in results if ts > killed_at]
+    failed = [s for s in after if s != 200]
+    print(f"replica killed: {len(after)} requests after the kill, {len(failed)} failed {failed}, "
+          f"replica back after {back} s")
+    assert back is not None, "Serve did not bring a second replica back within 120 s"
+    assert len(failed) <= len(threads), failed  # at most the requests in flight on the killed replica
+    assert sum(s == 200 for s in after) > 10
