@@ -1,5 +1,6 @@
 """The commands a person types: --help everywhere, presets, and clear errors instead of tracebacks."""
 
+import json
 import subprocess
 import sys
 
@@ -44,3 +45,29 @@ def test_prepare_writes_shards(tmp_path, capsys):
                  "--set", "data.synthetic.items=30"]) == 0
     assert (tmp_path / "shards" / "local" / "manifest.json").is_file()
     assert '"train_users"' in capsys.readouterr().out
+
+
+def test_run_names_continue_only_when_asked(tmp_path):
+    """Ray Train continues any run whose folder holds a checkpoint: genrec makes that an explicit --resume."""
+    from genrec.config import ConfigError
+    from genrec.train import TRAINER_STATE, check_run_name
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(tmp_path)
+    run = cfg.storage.path("runs", "r1")
+    assert check_run_name(cfg, "r1", None) == "r1" and check_run_name(cfg, None, None) is None
+    with pytest.raises(ConfigError, match="--resume r1: .* holds no checkpoint"):
+        check_run_name(cfg, None, "r1")
+    run.mkdir(parents=True)  # a run that died before its first checkpoint: the name is free again
+    assert check_run_name(cfg, "r1", None) == "r1"
+    (run / "checkpoint_manager_snapshot.json").write_text(
+        json.dumps({"latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_1"}}))
+    (run / "checkpoint_1").mkdir()
+    with pytest.raises(ConfigError, match="--name r1: .* holds a run already; pass --resume r1"):
+        check_run_name(cfg, "r1", None)
+    with pytest.raises(ConfigError, match=f"has no {TRAINER_STATE}"):
+        check_run_name(cfg, None, "r1")
+    (run / "checkpoint_1" / TRAINER_STATE).write_text("{}")
+    assert check_run_name(cfg, None, "r1") == "r1"
+    with pytest.raises(ConfigError, match="a resumed run keeps its name"):
+        check_run_name(cfg, "other", "r1")
