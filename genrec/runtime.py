@@ -46,8 +46,8 @@ def prepare_shards(cfg: GenrecConfig, rebuild: bool = False, echo=print) -> Shar
     if not rebuild and (root / "manifest.json").is_file():
         try:
             existing = open_shards(root)
-            verify_shards(existing)  # once per run, on the driver: every file against its manifest sha256
             if existing.manifest.get("data_config") == data_fingerprint(cfg):
+                verify_shards(existing)  # once per run, on the driver: every file against its manifest sha256
                 return existing
             echo(f"shards at {root} were built from another data config; rebuilding")
         except ShardError as exc:  # the source data is the last good state: rebuild from it, saying why
