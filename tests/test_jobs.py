@@ -146,9 +146,12 @@ def job_config(tmp_path_factory):
     return cfg, path, env
 
 
-def test_pretrain_job_two_workers_zero3_survives_a_killed_worker(head, job_config, tmp_path):
+@pytest.fixture(scope="module")
+def killed_run(head, job_config, tmp_path_factory):
+    """The 3-epoch 2-worker job, one of its Ray Train workers SIGKILLed after epoch 1's checkpoint: (exit code, the
+    job's output, the run folder). Shared by the tests below, so the resume test never depends on test order."""
     cfg, path, runtime_env = job_config
-    log = tmp_path / "job.log"
+    log = tmp_path_factory.mktemp("killed") / "job.log"
     with open(log, "w") as out_file:
         proc = subprocess.Popen(submit_command(head, "python", "-m", "trainers.pretrain", "--config", str(path),
                                                "--name", "pretrain-job", runtime_env=runtime_env),
@@ -163,8 +166,13 @@ def test_pretrain_job_two_workers_zero3_survives_a_killed_worker(head, job_confi
         finally:
             if proc.poll() is None:
                 proc.kill()
-    out = log.read_text()
-    assert proc.returncode == 0 and "succeeded" in out, out[-4000:]
+    return proc.returncode, log.read_text(), run
+
+
+def test_pretrain_job_two_workers_zero3_survives_a_killed_worker(job_config, killed_run):
+    cfg = job_config[0]
+    returncode, out, run = killed_run
+    assert returncode == 0 and "succeeded" in out, out[-4000:]
     # Ray Train restarted the worker group; training went on from the epoch-1 checkpoint, not from scratch.
     assert "resumed from checkpoint_" in out and "after epoch 1 (restart 1)" in out, out[-4000:]
     assert "epoch 3/3: loss" in out  # the job's own progress, streamed back by the CLI
@@ -203,13 +211,12 @@ def test_pretrain_job_two_workers_zero3_survives_a_killed_worker(head, job_confi
         loaded.add_items(new)
 
 
-def test_a_finished_run_goes_on_with_resume_on_another_worker_count(head, job_config):
+def test_a_finished_run_goes_on_with_resume_on_another_worker_count(head, job_config, killed_run):
     """`--resume RUN` after the run above: one more epoch on 1 worker instead of 2. DeepSpeed's optimizer partitions
     do not load into another world size, so the run goes on from the consolidated weights with fresh AdamW state."""
     cfg, path, runtime_env = job_config
-    run = cfg.storage.path("runs", "pretrain-job")
-    if not (run / "history.json").is_file():
-        pytest.skip("needs the run of the test above")
+    run = killed_run[2]
+    assert killed_run[0] == 0, killed_run[1][-4000:]
     before = json.loads((run / "history.json").read_text())
     reused = submit(head, "python", "-m", "trainers.pretrain", "--config", str(path), "--name", "pretrain-job",
                     runtime_env=runtime_env, timeout=120)
