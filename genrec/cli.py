@@ -10,6 +10,7 @@
     genrec report [RESULTS_DIR]          scaling fits, retrain cost vs stability, gains vs headroom (HTML + PNG)
     genrec finetune --config C           continue a pre-trained checkpoint on a task (same as python -m trainers.finetune)
     genrec serve --config C              serve the winner with Ray Serve on the configured host:port
+    genrec serve --config C --update     roll the running app over to the current winner manifest
     genrec pipeline --config C           data, sweep, report, serve: end to end, and one real HTTP answer
     genrec cluster render C OUT_DIR      `ray up` file, KubeRay RayJobs and RayService, Serve config, from one config
 """
@@ -178,21 +179,41 @@ def cmd_cluster_render(args) -> int:
     return 0
 
 
+def deploy(cfg, checkpoint: str | None = None) -> None:
+    """Deploy (or update) the genrec app on the Serve instance of the connected Ray. On a running app only the
+    models map changes (the deployment's user_config): replicas switch in place, no request is dropped."""
+    from ray import serve
+
+    from serving.app import build
+
+    serve.run(build(cfg, checkpoint), name="genrec", route_prefix="/", blocking=False)
+
+
 def start_serve(cfg, checkpoint: str | None = None):
     """Start Serve on the configured host/port and deploy the winner; returns the base URL."""
     from ray import serve
 
     from genrec.runtime import init_ray
-    from serving.app import build
 
     init_ray(cfg)
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    serve.run(build(cfg, checkpoint), name="genrec", route_prefix="/", blocking=False)
+    deploy(cfg, checkpoint)
     return f"http://{cfg.serve.host}:{cfg.serve.port}"
 
 
 def cmd_serve(args) -> int:
     cfg = load_config(args.config, args.overrides)
+    if args.update:
+        import ray
+
+        from serving.app import served_models
+
+        # The running app's Ray: the one `genrec serve` started on this machine, or RAY_ADDRESS / --address.
+        ray.init(address=args.address or "auto", log_to_driver=False)
+        deploy(cfg, args.checkpoint)
+        models = served_models(cfg, args.checkpoint)
+        print(f"rolled out: winner -> {models['winner']} ({len(models)} models served)")
+        return 0
     url = start_serve(cfg, args.checkpoint)
     print(f"serving at {url} (POST /recommend, GET /healthz, /docs); Ctrl-C stops")
     try:
@@ -205,8 +226,11 @@ def cmd_serve(args) -> int:
     return 0
 
 
-def post_json(url: str, body: dict, timeout: float = 30.0) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+def post_json(url: str, body: dict, timeout: float = 30.0, token: str | None = None) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, json.loads(r.read())
@@ -315,6 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="serve the winner checkpoint with Ray Serve")
     add_config_args(s)
     s.add_argument("--checkpoint", default=None, help="serve this checkpoint folder instead of the winner")
+    s.add_argument("--update", action="store_true",
+                   help="roll the app running on this Ray (started by `genrec serve`) over to the current winner "
+                        "manifest, in place, while it keeps answering")
+    s.add_argument("--address", default=None, help="with --update: the Ray address (default: RAY_ADDRESS or the "
+                   "local cluster)")
     s.set_defaults(fn=cmd_serve)
 
     cluster = sub.add_parser("cluster", help="cluster files rendered from the config").add_subparsers(

@@ -320,6 +320,21 @@ class ServeConfig(_Section):
     max_history: int = Field(10_000, ge=1)
     # Request bodies above this many bytes get a 413 before they are parsed (10,000 events are about 1 MB).
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # Dynamic batching of model forwards across concurrent requests (serve.batch).
+    batch_max_size: int = Field(16, ge=1)
+    batch_wait_s: float = Field(0.002, ge=0.0, le=1.0)
+    # Cached user state: events kept for user_ttl_s after a user's last one (48 h: the paper's serving staleness),
+    # for the max_users most recent users; each replica keeps the encoded state of state_cache_users of them.
+    user_ttl_s: float = Field(48 * 3600.0, gt=0.0)
+    max_users: int = Field(100_000, ge=1)
+    state_cache_users: int = Field(1000, ge=1)
+    # How often a replica looks for titles another replica added (a directory listing under storage).
+    catalogue_poll_s: float = Field(1.0, ge=0.0)
+    # Bearer token of the routes that change state (POST /titles, /users/{id}/events): read from this environment
+    # variable where the app is deployed, else from `token` (keep secrets out of config files where you can).
+    # With neither, those routes answer 403.
+    token_env: str = "GENREC_SERVE_TOKEN"
+    token: str | None = Field(None, min_length=16)
 
     def deployment_options(self) -> dict:
         """The Serve options of the recommender deployment: used by the app (`serve run`) and written into the

@@ -129,6 +129,20 @@ class Block(nn.Module):
         h = self.fc2(F.gelu(self.fc1(self.norm2(x))))
         return x + F.dropout(h, drop, self.training)
 
+    def step(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None):
+        """Inference on new tokens x (B, T, d) after cached keys/values past ((B, heads, P, d/heads) each): returns
+        (x, (keys, values) of all P + T tokens). Serving appends a user's new events without re-encoding the rest."""
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if past is not None:
+            k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
+        p = k.shape[2] - t
+        # New token i sees every cached token and the new ones up to itself (is_causal would align the mask top-left).
+        mask = torch.ones(t, p + t, dtype=torch.bool, device=x.device).tril(diagonal=p)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x + self.proj(a.transpose(1, 2).reshape(b, t, d))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x)))), (k, v)
+
 
 class Backbone(nn.Module):
     def __init__(self, layers: int, width: int, heads: int, dropout: float, activation_checkpointing: bool = False):
@@ -280,8 +294,9 @@ class EventEmbedding(nn.Module):
         self.pos = nn.Embedding(spec.max_seq_len, spec.width)
         self.drop = nn.Dropout(spec.dropout)
 
-    def forward(self, item_emb, actions, gaps, utils) -> torch.Tensor:
-        pos = torch.arange(item_emb.shape[1], device=item_emb.device)
+    def forward(self, item_emb, actions, gaps, utils, offset: int = 0) -> torch.Tensor:
+        """offset: position of the first token (events already encoded in a serving cache)."""
+        pos = torch.arange(offset, offset + item_emb.shape[1], device=item_emb.device)
         x = (item_emb + self.action(actions.clamp(0, NUM_ACTIONS - 1))
              + self.utility(utility_buckets(utils, NUM_UTILITY_BUCKETS)) + self.gap(gaps) + self.pos(pos)[None])
         return self.drop(x)
@@ -409,6 +424,29 @@ class GenRec(nn.Module):
         needs it."""
         h = self.hidden(items, actions, gaps, utils)
         q = self.head(h[torch.arange(h.shape[0], device=h.device), lengths - 1])
+        return self.score_queries(q, item_matrix, request_ts)
+
+    @torch.no_grad()
+    def encode_step(self, items, actions, gaps, utils, past: list | None = None):
+        """Serving's incremental encoder: the new events (B, T) of users whose earlier events are cached in `past`
+        (one (keys, values) per block, from the previous call; None for a first call). Returns (queries (B, out_dim)
+        for the event after the last one, the cache of all events). Same result as :meth:`score_last` on the whole
+        history while it fits in max_seq_len (positions are absolute: a window that slides must be re-encoded)."""
+        offset = 0 if past is None else past[0][0].shape[2]
+        if offset + items.shape[1] > self.spec.max_seq_len:
+            raise ValueError(f"{offset} cached + {items.shape[1]} new events exceed max_seq_len "
+                             f"{self.spec.max_seq_len}: re-encode the last window instead")
+        x = self.embed(self.items.encode_input(items), actions, gaps, utils, offset)
+        cache = []
+        for i, block in enumerate(self.backbone.blocks):
+            x, kv = block.step(x, None if past is None else past[i])
+            cache.append(kv)
+        return self.head(self.backbone.norm(x[:, -1])), cache
+
+    @torch.no_grad()
+    def score_queries(self, q: torch.Tensor, item_matrix: torch.Tensor | None = None,
+                      request_ts: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores (B, catalogue + 1) of every title for queries q (B, out_dim) (the decoding head's output)."""
         m = self.item_matrix() if item_matrix is None else item_matrix
         scores = q.float() @ m.float().t()  # fp32 even under bf16: rounded scores would tie and blur the ranking
         if self.items.age is not None:

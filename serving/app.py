@@ -1,31 +1,48 @@
 """The Ray Serve app: `serve run serving.app:app [config=configs/local.yaml] [checkpoint=PATH]`.
 
-It serves the checkpoint named by the winner manifest that `tuning.sweep` wrote under the config's storage (or an
-explicit `checkpoint=` folder). Routes: `POST /recommend` (a user's recent events -> top-k titles with scores),
-`GET /healthz`, and FastAPI's OpenAPI page at `/docs`. Invalid bodies get a 4xx that names the field; the replica
-keeps serving.
+It serves the checkpoints named by the winner manifest that `tuning.sweep` wrote under the config's storage: the
+winner, and every finished trial of its sweep by id (`2m-len64-s0-w0`), chosen per request (`model` in the body or
+Serve's `serve_multiplexed_model_id` header) and loaded on demand with `serve.multiplexed` (least recently used ones
+unloaded). Model forwards of concurrent requests are batched with `serve.batch`.
+
+Routes (OpenAPI page at `/docs`):
+  POST /recommend               top-k titles for a history sent in full, or for a user id (cached state)
+  POST /users/{user_id}/events  append a user's new events; encoded on top of the cached state (token)
+  POST /titles                  add titles to the live catalogue, scored from metadata at once (token)
+  GET  /healthz                 the served models and catalogue size
+
+A new winner goes live with `genrec serve --update` (or `serve deploy`): the models map is the deployment's
+`user_config`, so replicas switch in place while requests keep being answered. Invalid requests get a 4xx naming
+the field; the replica keeps serving.
 """
 
-
+import hashlib
+import hmac
 import json
 import os
 import time
+import weakref
+from collections import OrderedDict
 from pathlib import Path
 
-import numpy as np
 import torch
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, Header, HTTPException, Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 
-from genrec.checkpoint import load_checkpoint
+from genrec.checkpoint import CheckpointError, load_checkpoint
 from genrec.config import GenrecConfig, load_config
-from genrec.windows import context_window
+from genrec.data.schema import DataError
+from genrec.recommend import Events, Ranker, UserState, titles_table, write_titles
 
 api = FastAPI(title="genrec", description="Next-title recommendations from a generative recommender.")
 # Set by the replica from serve.max_body_bytes; a module global because the middleware belongs to the app object.
 MAX_BODY_BYTES = [4 * 1024 * 1024]
+# Checkpoints one replica keeps loaded (serve.multiplexed takes a constant); the least recently used is unloaded.
+MAX_MODELS_PER_REPLICA = 4
+DEFAULT_MODEL = "winner"
 
 
 @api.middleware("http")
@@ -44,22 +61,50 @@ async def refuse_oversized_bodies(request, call_next):
     return await call_next(request)
 
 
+@api.exception_handler(RequestValidationError)
+async def invalid_request(request, exc: RequestValidationError):
+    """422 naming each bad field by its path (body.history.0.item_id), without echoing the input back: a rejected
+    4 MB body must not come back as a 4 MB error."""
+    return JSONResponse(status_code=422, content={"detail": [
+        {"field": ".".join(str(p) for p in e["loc"]), "msg": e["msg"].removeprefix("Value error, ")}
+        for e in exc.errors()]})
+
+
+# Up to 10^11 s (year 5138): a larger value is almost surely milliseconds, and would age every title by millennia.
+MAX_TS = 10**11
+
+
 class Event(BaseModel):
     model_config = ConfigDict(extra="forbid")
     item_id: int = Field(..., description="catalogue id of the title")
-    timestamp: int | None = Field(None, ge=0, description="Unix seconds; omit when unknown")
+    timestamp: int | None = Field(None, ge=0, le=MAX_TS, description="Unix seconds; omit when unknown (for "
+                                  "/users/{id}/events: the time the event is received)")
     action: int = Field(0, ge=0, le=255, description="event type id (0 = play)")
     utility: float = Field(1.0, ge=0.0, le=1e6, description="rating, watch fraction, ...; 1 when unknown")
 
 
 class RecommendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    history: list[Event] = Field(..., min_length=1, description="the user's events, oldest first")
+    history: list[Event] | None = Field(None, min_length=1, description="the user's events, oldest first")
+    user_id: int | None = Field(None, ge=0, description="rank from this user's cached state (POST "
+                                "/users/{id}/events) instead of a history")
+    model: str | None = Field(None, max_length=200, description="which served model ranks (GET /healthz lists "
+                              "them; default: the winner)")
     k: int | None = Field(None, ge=1, description="how many titles to return (default: serve.default_k)")
     exclude_seen: bool = Field(True, description="leave titles already in the history out of the ranking")
-    # Up to 10^11 s (year 5138): a larger value is almost surely milliseconds, and would age every title by millennia.
-    request_ts: int | None = Field(None, ge=0, le=10**11, description="Unix seconds of the request (default: now); "
-                                   "titles are scored by their age at that time")
+    request_ts: int | None = Field(None, ge=0, le=MAX_TS, description="Unix seconds of the request (default: "
+                                   "now); titles are scored by their age at that time")
+    genres: list[str] | None = Field(None, max_length=100, description="only titles with at least one of these")
+    launched_after: int | None = Field(None, ge=0, le=MAX_TS, description="only titles launched at or after this")
+    launched_before: int | None = Field(None, ge=0, le=MAX_TS, description="only titles launched before this "
+                                        "(availability window: with launched_after)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "RecommendRequest":
+        if (self.history is None) == (self.user_id is None):
+            raise ValueError("history, user_id: send exactly one (a full history, or the id of a user whose "
+                             "events were posted to /users/{user_id}/events)")
+        return self
 
 
 class Recommendation(BaseModel):
@@ -71,82 +116,310 @@ class Recommendation(BaseModel):
 class RecommendResponse(BaseModel):
     items: list[Recommendation]
     unknown_items: list[int] = Field(description="history item ids not in the catalogue (ignored for scoring)")
+    model: str = Field(description="the served model id that ranked")
+    checkpoint: str = Field(description="its checkpoint (run and folder)")
+    state: str = Field(description="'history' (encoded from the request) or 'cached' (the user's state)")
+    state_age_s: float | None = Field(None, description="seconds since the user's last event reached the state")
+
+
+class UserEventsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    events: list[Event] = Field(..., min_length=1, description="new events, oldest first, after the stored ones")
+    model: str | None = Field(None, max_length=200, description="which model's state to update at once (others "
+                              "are encoded when first asked)")
+
+
+class UserEventsResponse(BaseModel):
+    user_id: int
+    events: int = Field(description="events stored for the user (the newest serve.max_history)")
+    unknown_items: list[int]
+    state: str = Field(description="'incremental' (encoded on top of the cached state), 'recomputed' (the whole "
+                       "window re-encoded) or 'none' (no known title yet)")
     model: str
+
+
+class Title(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    item_id: int = Field(..., ge=0)
+    title: str = Field("", max_length=1000)
+    genres: list[str] = Field(default_factory=list, max_length=32)
+    year: int | None = Field(None, ge=0, le=3000)
+    launch_ts: int | None = Field(None, ge=0, le=MAX_TS, description="Unix seconds of release (default: now)")
+    text: str = Field("", max_length=20_000, description="free text: tags, keywords, a synopsis")
+
+
+class TitlesRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    titles: list[Title] = Field(..., min_length=1, max_length=10_000)
+
+
+class TitlesResponse(BaseModel):
+    added: list[int]
+    titles: int = Field(description="titles in the default model's catalogue now")
+    update: str = Field(description="the catalogue update file written under storage")
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})
+class UserEvents:
+    """Every replica's source of truth for users' events (ids, not indices: each model resolves them itself), kept
+    for serve.user_ttl_s after a user's last event and for the serve.max_users most recent users. Replicas cache
+    encoded states and ask here only for a version number unless theirs is stale."""
+
+    def __init__(self, ttl_s: float, max_users: int, max_events: int):
+        self.ttl_s, self.max_users, self.max_events = ttl_s, max_users, max_events
+        self.users: OrderedDict[int, dict] = OrderedDict()  # least recently updated first
+
+    def _expire(self) -> None:
+        old = time.time() - self.ttl_s
+        while self.users and next(iter(self.users.values()))["updated_at"] < old:
+            self.users.popitem(last=False)
+
+    def append(self, user_id: int, events: list[dict]) -> dict:
+        self._expire()
+        rec = self.users.get(user_id) or {"events": [], "version": 0, "updated_at": 0.0}
+        last = rec["events"][-1]["timestamp"] if rec["events"] else None
+        if last is not None and events[0]["timestamp"] < last:
+            return {"error": f"events.0.timestamp: {events[0]['timestamp']} is before the user's last stored event "
+                             f"({last}); send events in time order"}
+        prev = rec["version"]
+        rec["events"] = (rec["events"] + events)[-self.max_events:]
+        rec["version"] = prev + len(events)
+        rec["updated_at"] = time.time()
+        self.users[user_id] = rec
+        self.users.move_to_end(user_id)
+        while len(self.users) > self.max_users:
+            self.users.popitem(last=False)
+        return {"prev_version": prev, "version": rec["version"], "stored": len(rec["events"]),
+                "updated_at": rec["updated_at"]}
+
+    def get(self, user_id: int, have_version: int = -1) -> dict | None:
+        """The user's version and last update; the events too unless the caller already has that version."""
+        self._expire()
+        rec = self.users.get(user_id)
+        if rec is None:
+            return None
+        out = {"version": rec["version"], "updated_at": rec["updated_at"]}
+        if rec["version"] != have_version:
+            out["events"] = rec["events"]
+        return out
 
 
 @serve.deployment
 @serve.ingress(api)
 class Recommender:
-    def __init__(self, checkpoint: str, default_k: int = 10, max_k: int = 1000, max_history: int = 10_000,
-                 max_body_bytes: int = 4 * 1024 * 1024):
+    def __init__(self, users, catalogue_dir: str, token_sha256: str | None, settings: dict):
         torch.set_num_threads(1)
-        MAX_BODY_BYTES[0] = max_body_bytes
-        self.loaded = load_checkpoint(checkpoint)
-        items = self.loaded.items
-        ids = items.column("item_id").to_numpy()
-        index = items.column("index").to_numpy()
-        self.index_of = dict(zip(ids.tolist(), index.tolist()))
-        self.id_at = np.zeros(len(ids) + 1, dtype=np.int64)
-        self.id_at[index] = ids
-        titles = items.column("title").to_pylist()
-        self.title_at = [""] * (len(ids) + 1)
-        for i, t in zip(index.tolist(), titles):
-            self.title_at[i] = t or ""
-        self.default_k, self.max_k, self.max_history = default_k, max_k, max_history
-        self.name = f"{self.loaded.info.get('preset', 'custom')}-len{self.loaded.spec.max_seq_len}"
-        with torch.no_grad():  # the catalogue's output embeddings do not depend on the request: computed once
-            self.item_matrix = self.loaded.model.item_matrix()
+        self.users = users
+        self.catalogue_dir = Path(catalogue_dir)
+        self.token_sha256 = token_sha256
+        self.s = settings
+        MAX_BODY_BYTES[0] = settings["max_body_bytes"]
+        self.score_batch.set_max_batch_size(settings["batch_max_size"])
+        self.score_batch.set_batch_wait_timeout_s(settings["batch_wait_s"])
+        self.models: dict[str, str] = {}
+        self.default = DEFAULT_MODEL
+        self.rankers: weakref.WeakValueDictionary[str, Ranker] = weakref.WeakValueDictionary()
+        self.states: OrderedDict[tuple[int, str], UserState] = OrderedDict()
 
+    def reconfigure(self, config: dict) -> None:
+        """A rollout: `genrec serve --update` or `serve deploy` with a new models map (the deployment's user_config).
+        Requests in flight finish on the model they started with; the next ones use the new map."""
+        self.models = dict(config["models"])
+        self.default = config.get("default", DEFAULT_MODEL)
+
+    # -- models --------------------------------------------------------------------------------------------------
+    @serve.multiplexed(max_num_models_per_replica=MAX_MODELS_PER_REPLICA)
+    async def load_ranker(self, path: str) -> Ranker:
+        """Keyed by checkpoint folder, so a rollout that points `winner` at a new checkpoint loads the new one."""
+        ranker = Ranker(load_checkpoint(path), name=f"{Path(path).parent.name}/{Path(path).name}")
+        ranker.sync_titles(self.catalogue_dir)
+        ranker.polled_at = time.monotonic()
+        self.rankers[path] = ranker
+        return ranker
+
+    async def ranker(self, model: str | None) -> tuple[str, Ranker]:
+        mid = model or serve.get_multiplexed_model_id() or self.default
+        if mid not in self.models:
+            raise HTTPException(404, f"model: {mid!r} is not served here; served: {sorted(self.models)}")
+        try:
+            ranker = await self.load_ranker(self.models[mid])
+        except (CheckpointError, OSError) as exc:
+            raise HTTPException(503, f"model {mid!r}: {exc}") from None
+        if time.monotonic() - ranker.polled_at >= self.s["catalogue_poll_s"]:
+            ranker.sync_titles(self.catalogue_dir)  # titles another replica added
+            ranker.polled_at = time.monotonic()
+        return mid, ranker
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    async def score_batch(self, jobs: list[tuple]) -> list[torch.Tensor]:
+        """Score concurrent requests together: one backbone forward per model for the histories among them, one
+        matrix product per model for all their queries. A job is (ranker, window or cached query, request_ts)."""
+        out: list[torch.Tensor | None] = [None] * len(jobs)
+        groups: dict[int, list[int]] = {}
+        for j, (ranker, _, _) in enumerate(jobs):
+            groups.setdefault(id(ranker), []).append(j)
+        for idx in groups.values():
+            ranker = jobs[idx[0]][0]
+            windows = [j for j in idx if isinstance(jobs[j][1], tuple)]
+            encoded = dict(zip(windows, ranker.queries([jobs[j][1] for j in windows]))) if windows else {}
+            queries = torch.stack([encoded[j] if j in encoded else jobs[j][1] for j in idx])
+            for j, row in zip(idx, ranker.scores(queries, [jobs[j][2] for j in idx])):
+                out[j] = row
+        return out
+
+    # -- auth and user state -------------------------------------------------------------------------------------
+    def authorize(self, authorization: str | None) -> None:
+        if self.token_sha256 is None:
+            raise HTTPException(403, f"this route changes state and no token is set: set the environment variable "
+                                     f"{self.s['token_env']} (or serve.token) where the app is deployed")
+        if not authorization or not authorization.startswith("Bearer "):
+            raise HTTPException(401, "authorization: send the header 'Authorization: Bearer <token>'",
+                                headers={"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(sha256(authorization.removeprefix("Bearer ").strip()), self.token_sha256):
+            raise HTTPException(401, "authorization: wrong token", headers={"WWW-Authenticate": "Bearer"})
+
+    def keep(self, key: tuple[int, str], state: UserState) -> None:
+        old = self.states.get(key)
+        if old is None or old.version <= state.version:
+            self.states[key] = state
+            self.states.move_to_end(key)
+        while len(self.states) > self.s["state_cache_users"]:
+            self.states.popitem(last=False)
+
+    async def user_state(self, user_id: int, path: str, ranker: Ranker) -> tuple[UserState, float]:
+        key = (user_id, path)
+        state = self.states.get(key)
+        info = await self.users.get.remote(user_id, state.version if state else -1)
+        if info is None:
+            raise HTTPException(404, f"user_id: {user_id} has no events here (or they expired after "
+                                     f"serve.user_ttl_s); POST /users/{user_id}/events first, or send a history")
+        if state is None or state.version != info["version"]:
+            ev, unknown = ranker.resolve(info["events"])
+            if not len(ev):
+                raise HTTPException(422, f"user_id: none of user {user_id}'s titles are in the catalogue "
+                                         f"(unknown: {unknown[:20]})")
+            state = ranker.encode_state(ev, info["version"])
+            self.keep(key, state)
+        return state, info["updated_at"]
+
+    # -- routes --------------------------------------------------------------------------------------------------
     @api.get("/healthz")
-    def healthz(self) -> dict:
-        return {"status": "ok", "model": self.name, "titles": len(self.index_of)}
+    async def healthz(self) -> dict:
+        mid, ranker = await self.ranker(None)
+        return {"status": "ok", "default": mid, "checkpoint": ranker.name, "titles": ranker.size,
+                "models": sorted(self.models)}
 
     @api.post("/recommend", response_model=RecommendResponse)
-    def recommend(self, req: RecommendRequest) -> RecommendResponse:
-        k = req.k or self.default_k
-        if k > self.max_k:
-            raise HTTPException(422, f"k: {k} is above the maximum of {self.max_k}")
-        if len(req.history) > self.max_history:
-            raise HTTPException(422, f"history: {len(req.history)} events, at most {self.max_history} allowed")
-        known = [e for e in req.history if e.item_id in self.index_of]
-        unknown = sorted({e.item_id for e in req.history if e.item_id not in self.index_of})
-        if not known:
-            raise HTTPException(422, f"history: none of the item ids are in the catalogue (unknown: {unknown[:20]})")
-        items = [self.index_of[e.item_id] for e in known]
-        # Missing timestamps count as back-to-back events (gap bucket of a zero gap).
-        ts = np.zeros(len(known), np.int64) if any(e.timestamp is None for e in known) else \
-            np.asarray([e.timestamp for e in known], np.int64)
-        spec = self.loaded.spec
-        x_items, x_actions, x_gaps, x_utils, n = context_window(
-            items, ts, [e.action for e in known], spec.max_seq_len, [e.utility for e in known])
-        with torch.no_grad():
-            scores = self.loaded.model.score_last(
-                *(torch.from_numpy(a)[None] for a in (x_items, x_actions, x_gaps, x_utils)), torch.tensor([n]),
-                self.item_matrix, torch.tensor([int(time.time()) if req.request_ts is None else req.request_ts]))[0]
-        if req.exclude_seen:
-            scores[torch.tensor(items)] = float("-inf")
-        k = min(k, int(torch.isfinite(scores).sum()))
-        top = torch.topk(scores, k)
-        return RecommendResponse(
-            items=[Recommendation(item_id=int(self.id_at[i]), title=self.title_at[i], score=float(s))
-                   for s, i in zip(top.values.tolist(), top.indices.tolist())],
-            unknown_items=unknown, model=self.name)
+    async def recommend(self, req: RecommendRequest) -> RecommendResponse:
+        k = req.k or self.s["default_k"]
+        if k > self.s["max_k"]:
+            raise HTTPException(422, f"k: {k} is above the maximum of {self.s['max_k']} (serve.max_k)")
+        mid, ranker = await self.ranker(req.model)
+        age = None
+        if req.history is not None:
+            if len(req.history) > self.s["max_history"]:
+                raise HTTPException(422, f"history: {len(req.history)} events, at most {self.s['max_history']} "
+                                         "allowed (serve.max_history)")
+            ev, unknown = ranker.resolve([e.model_dump() for e in req.history])
+            if not len(ev):
+                raise HTTPException(422, f"history: none of the item ids are in the catalogue (unknown: "
+                                         f"{unknown[:20]})")
+            x, seen, kind = ranker.window(ev), set(ev.items), "history"
+        else:
+            state, updated_at = await self.user_state(req.user_id, self.models[mid], ranker)
+            x, seen, kind, unknown = state.query, state.seen, "cached", []
+            age = max(0.0, time.time() - updated_at)
+        scores = await self.score_batch((ranker, x, int(time.time()) if req.request_ts is None else req.request_ts))
+        allowed = ranker.candidates(req.genres, req.launched_after, req.launched_before)
+        items = ranker.top(scores, k, seen if req.exclude_seen else set(), allowed)
+        return RecommendResponse(items=[Recommendation(**i) for i in items], unknown_items=unknown, model=mid,
+                                 checkpoint=ranker.name, state=kind, state_age_s=age)
+
+    @api.post("/users/{user_id}/events", response_model=UserEventsResponse)
+    async def add_events(self, req: UserEventsRequest, user_id: int = PathParam(..., ge=0),
+                         authorization: str | None = Header(None)) -> UserEventsResponse:
+        self.authorize(authorization)
+        mid, ranker = await self.ranker(req.model)
+        now = int(time.time())
+        events = [{**e.model_dump(), "timestamp": now if e.timestamp is None else e.timestamp} for e in req.events]
+        for i in range(1, len(events)):
+            if events[i]["timestamp"] < events[i - 1]["timestamp"]:
+                raise HTTPException(422, f"events.{i}.timestamp: earlier than event {i - 1}; send events in time "
+                                         "order")
+        stored = await self.users.append.remote(user_id, events)
+        if "error" in stored:
+            raise HTTPException(422, stored["error"])
+        path = self.models[mid]
+        new, unknown = ranker.resolve(events)
+        state, kind = self.states.get((user_id, path)), "recomputed"
+        nxt = None
+        if state is not None and state.version == stored["prev_version"]:
+            nxt = ranker.extend_state(state, new, stored["version"])
+            kind = "incremental" if nxt is not None else kind
+        if nxt is None:
+            info = await self.users.get.remote(user_id, -1)
+            ev, _ = ranker.resolve(info["events"])
+            nxt = ranker.encode_state(ev, info["version"]) if len(ev) else None
+        if nxt is not None:
+            self.keep((user_id, path), nxt)
+        return UserEventsResponse(user_id=user_id, events=stored["stored"], unknown_items=unknown,
+                                  state=kind if nxt is not None else "none", model=mid)
+
+    @api.post("/titles", response_model=TitlesResponse)
+    async def add_titles(self, req: TitlesRequest, authorization: str | None = Header(None)) -> TitlesResponse:
+        self.authorize(authorization)
+        ids = [t.item_id for t in req.titles]
+        dup = next((i for i in ids if ids.count(i) > 1), None)
+        if dup is not None:
+            raise HTTPException(422, f"titles: item_id {dup} appears twice in the request")
+        mid, ranker = await self.ranker(None)
+        ranker.sync_titles(self.catalogue_dir)
+        taken = [i for i in ids if i in ranker.index_of]
+        if taken:
+            raise HTTPException(409, f"titles: item_id {taken[0]} is already in the catalogue; send only new titles")
+        try:
+            table = titles_table([t.model_dump() for t in req.titles])
+            name = write_titles(self.catalogue_dir, table)
+            ranker.sync_titles(self.catalogue_dir)
+        except (DataError, ValueError) as exc:
+            raise HTTPException(422, f"titles: {exc}") from None
+        for other in list(self.rankers.values()):
+            other.polled_at = float("-inf")  # the replica's other models pick the update up on their next request
+        return TitlesResponse(added=ids, titles=ranker.size, update=name)
 
 
-def resolve_checkpoint(cfg: GenrecConfig, checkpoint: str | None = None) -> str:
+def trial_model_id(trial: dict) -> str:
+    return f"{trial['preset']}-len{trial['max_seq_len']}-s{trial['seed']}-w{trial['window_shift_h']:g}"
+
+
+def served_models(cfg: GenrecConfig, checkpoint: str | None = None) -> dict[str, str]:
+    """Model id -> checkpoint folder: the winner and every finished trial of its sweep (or one explicit folder)."""
     if checkpoint:
-        return str(Path(checkpoint).resolve())
+        return {DEFAULT_MODEL: str(Path(checkpoint).resolve())}
     winner = cfg.winner_path()
     if not winner.is_file():
         raise FileNotFoundError(f"{winner}: no winner manifest; run `python -m tuning.sweep --config CONFIG` "
                                 "first, or pass checkpoint=PATH")
-    return json.loads(winner.read_text())["checkpoint"]
+    manifest = json.loads(winner.read_text())
+    models = {trial_model_id(t): t["checkpoint"] for t in manifest.get("trials", [])
+              if t.get("status") == "ok" and t.get("checkpoint")}
+    models[DEFAULT_MODEL] = manifest["checkpoint"]
+    return models
 
 
 def build(cfg: GenrecConfig, checkpoint: str | None = None):
     s = cfg.serve
-    return Recommender.options(**s.deployment_options()).bind(
-        resolve_checkpoint(cfg, checkpoint), s.default_k, s.max_k, s.max_history, s.max_body_bytes)
+    token = os.environ.get(s.token_env) or s.token
+    settings = {k: getattr(s, k) for k in ("default_k", "max_k", "max_history", "max_body_bytes", "batch_max_size",
+                                           "batch_wait_s", "state_cache_users", "catalogue_poll_s", "token_env")}
+    users = UserEvents.bind(s.user_ttl_s, s.max_users, s.max_history)
+    return Recommender.options(
+        **s.deployment_options(), user_config={"models": served_models(cfg, checkpoint), "default": DEFAULT_MODEL},
+    ).bind(users, str(cfg.storage.path("catalogue", cfg.name)), sha256(token) if token else None, settings)
 
 
 def app(args: dict[str, str]):

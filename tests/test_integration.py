@@ -98,19 +98,55 @@ def test_finetune_a_task_on_a_frozen_backbone(winner):
     assert not torch.equal(b["head.1.weight"], a["head.1.weight"])
 
 
-def test_serve_answers_http_and_survives_bad_requests(winner):
+TOKEN = "test-token-0123456789abcdef"
+WHEN = 1_800_000_000  # a fixed request time: scores compared across calls must not move with the clock
+
+
+@pytest.fixture(scope="module")
+def served(winner):
+    """The app on 127.0.0.1 with a token for the state-changing routes; catalogue updates seen at once."""
     from genrec.cli import start_serve
 
     cfg, manifest = winner
-    url = start_serve(cfg)
+    cfg = cfg.model_copy(deep=True)
+    cfg.serve.token, cfg.serve.catalogue_poll_s = TOKEN, 0.0
+    return cfg, manifest, start_serve(cfg)
+
+
+def _get(url: str, headers: dict | None = None) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def _local_ranker(cfg, checkpoint):
+    """The same checkpoint ranked in this process, with the catalogue updates the app has applied."""
+    from genrec.recommend import Ranker
+
+    ranker = Ranker(load_checkpoint(checkpoint), "local")
+    ranker.sync_titles(cfg.storage.path("catalogue", cfg.name))
+    return ranker
+
+
+def _local_top(ranker, history, k, **filters):
+    ev, _ = ranker.resolve(history)
+    scores = ranker.scores(ranker.queries([ranker.window(ev)]), [WHEN])[0]
+    return ranker.top(scores, k, set(ev.items), ranker.candidates(**filters))
+
+
+def test_serve_answers_http_and_survives_bad_requests(served):
+    cfg, manifest, url = served
     assert url.startswith("http://127.0.0.1:")
-    health = json.loads(urllib.request.urlopen(f"{url}/healthz", timeout=30).read())
-    assert health["status"] == "ok" and health["titles"] == 80
+    status, health = _get(f"{url}/healthz")
+    assert status == 200 and health["status"] == "ok" and health["titles"] == 80
+    assert health["models"] == ["custom-len16-s0-w0", "custom-len16-s0-w48", "winner"]
 
     history = sample_history(cfg)
     status, body = post_json(f"{url}/recommend", {"history": history, "k": 5})
     assert status == 200, body
-    assert len(body["items"]) == 5 and body["unknown_items"] == []
+    assert len(body["items"]) == 5 and body["unknown_items"] == [] and body["state"] == "history"
     scores = [i["score"] for i in body["items"]]
     assert scores == sorted(scores, reverse=True)
     assert not {i["item_id"] for i in body["items"]} & {e["item_id"] for e in history}  # seen titles excluded
@@ -118,19 +154,37 @@ def test_serve_answers_http_and_survives_bad_requests(winner):
     later = post_json(f"{url}/recommend", {"history": history, "k": 5, "request_ts": 10**10})[1]
     assert [i["score"] for i in later["items"]] != scores
 
+    # Every malformed class gets a 4xx naming the field, on every route.
     bad = [
-        ({"history": [], "k": 5}, "history"),
-        ({"history": [{"item_id": "abc"}]}, "item_id"),
-        ({"history": history, "k": 0}, "k"),
-        ({"history": history, "k": 10**6}, "k"),
-        ({"history": [{"item_id": 10**9}]}, "history"),
-        ({"histroy": history}, "histroy"),
-        ({"history": history, "request_ts": -5}, "request_ts"),
-        ({"history": history, "request_ts": 1_700_000_000_000}, "request_ts"),  # milliseconds
+        ("/recommend", {"history": [], "k": 5}, 422, "history"),
+        ("/recommend", {"history": [{"item_id": "abc"}]}, 422, "item_id"),
+        ("/recommend", {"history": history, "k": 0}, 422, "k"),
+        ("/recommend", {"history": history, "k": 10**6}, 422, "k"),
+        ("/recommend", {"history": [{"item_id": 10**9}]}, 422, "history"),
+        ("/recommend", {"histroy": history}, 422, "histroy"),
+        ("/recommend", {"history": history, "request_ts": -5}, 422, "request_ts"),
+        ("/recommend", {"history": history, "request_ts": 1_700_000_000_000}, 422, "request_ts"),  # milliseconds
+        ("/recommend", {"history": history, "user_id": 1}, 422, "user_id"),
+        ("/recommend", {"k": 5}, 422, "user_id"),
+        ("/recommend", {"user_id": 123456}, 404, "user_id"),
+        ("/recommend", {"history": history, "model": "nope"}, 404, "model"),
+        ("/recommend", {"history": history, "genres": "Drama"}, 422, "genres"),
+        ("/users/5/events", {"events": []}, 422, "events"),
+        ("/users/abc/events", {"events": history}, 422, "user_id"),
+        ("/users/5/events", {"events": history[::-1]}, 422, "timestamp"),
+        ("/titles", {"titles": []}, 422, "titles"),
+        ("/titles", {"titles": [{"item_id": 10**9, "year": "old"}]}, 422, "year"),
+        ("/titles", {"titles": [{"item_id": 10**9}, {"item_id": 10**9}]}, 422, "titles"),
+        ("/titles", {"titles": [{"item_id": history[0]["item_id"]}]}, 409, "item_id"),
     ]
-    for req, field in bad:
-        status, err = post_json(f"{url}/recommend", req)
-        assert 400 <= status < 500 and field in json.dumps(err), (req, status, err)
+    for route, req, code, field in bad:
+        status, err = post_json(f"{url}{route}", req, token=TOKEN)
+        assert status == code and field in json.dumps(err), (route, req, status, err)
+    # State-changing routes want the token.
+    for token in (None, "wrong-token-0123456789"):
+        status, err = post_json(f"{url}/titles", {"titles": [{"item_id": 10**9}]}, token=token)
+        assert status == 401 and "authorization" in err["detail"], (status, err)
+        assert post_json(f"{url}/users/5/events", {"events": history}, token=token)[0] == 401
     # Not JSON at all
     r = urllib.request.Request(f"{url}/recommend", data=b"{not json", headers={"Content-Type": "application/json"})
     with pytest.raises(urllib.error.HTTPError) as e:
@@ -151,6 +205,143 @@ def test_serve_answers_http_and_survives_bad_requests(winner):
     assert e.value.code == 411 and "content-length" in e.value.read().decode()
     # ...and the server is still serving.
     assert post_json(f"{url}/recommend", {"history": history, "k": 5})[0] == 200
+
+
+def test_multiplexed_models_each_rank_as_their_own_checkpoint(served):
+    cfg, manifest, url = served
+    history = sample_history(cfg)
+    lists = {}
+    for trial in manifest["trials"]:
+        mid = f"custom-len16-s0-w{trial['window_shift_h']:g}"
+        status, body = post_json(f"{url}/recommend", {"history": history, "k": 10, "model": mid, "request_ts": WHEN})
+        assert status == 200 and body["model"] == mid, body
+        expected = _local_top(_local_ranker(cfg, trial["checkpoint"]), history, 10)
+        assert [i["item_id"] for i in body["items"]] == [e["item_id"] for e in expected]
+        assert [i["score"] for i in body["items"]] == pytest.approx([e["score"] for e in expected], abs=1e-5)
+        lists[mid] = [i["item_id"] for i in body["items"]]
+    assert lists["custom-len16-s0-w0"] != lists["custom-len16-s0-w48"]  # two models, two rankings
+    # Serve's own multiplexing header picks the model too.
+    req = urllib.request.Request(
+        f"{url}/recommend", data=json.dumps({"history": history, "k": 10, "request_ts": WHEN}).encode(),
+        headers={"Content-Type": "application/json", "serve_multiplexed_model_id": "custom-len16-s0-w48"})
+    body = json.loads(urllib.request.urlopen(req, timeout=30).read())
+    assert body["model"] == "custom-len16-s0-w48" and [i["item_id"] for i in body["items"]] == lists[body["model"]]
+
+
+def test_cached_user_state_equals_a_full_recompute(served):
+    cfg, _, url = served
+    history = sample_history(cfg, 12)
+    states = []
+    for part in (history[:5], history[5:9], history[9:]):
+        status, body = post_json(f"{url}/users/4242/events", {"events": part}, token=TOKEN)
+        assert status == 200, body
+        states.append(body["state"])
+    # The first post encodes the history; the next ones encode only their new events on top of the cache.
+    assert states == ["recomputed", "incremental", "incremental"] and body["events"] == 12
+    cached = post_json(f"{url}/recommend", {"user_id": 4242, "k": 20, "request_ts": WHEN})[1]
+    full = post_json(f"{url}/recommend", {"history": history, "k": 20, "request_ts": WHEN})[1]
+    assert cached["state"] == "cached" and 0 <= cached["state_age_s"] < 60
+    assert [i["item_id"] for i in cached["items"]] == [i["item_id"] for i in full["items"]]
+    assert [i["score"] for i in cached["items"]] == pytest.approx([i["score"] for i in full["items"]], abs=1e-5)
+    # An event older than the stored ones is refused, and the state is unchanged.
+    status, err = post_json(f"{url}/users/4242/events", {"events": [{**history[0], "timestamp": 1}]}, token=TOKEN)
+    assert status == 422 and "timestamp" in json.dumps(err)
+    assert post_json(f"{url}/recommend", {"user_id": 4242, "k": 20, "request_ts": WHEN})[1]["items"] == cached["items"]
+
+
+def test_titles_added_live_are_ranked_at_once_and_survive_a_restart(served):
+    import time
+
+    from ray import serve
+
+    from genrec.cli import start_serve
+
+    cfg, manifest, url = served
+    history = sample_history(cfg)
+    new = {"item_id": 10**9 + 7, "title": "A Brand New Title", "genres": ["Drama"], "text": "fresh"}
+    t0 = int(time.time())
+    status, body = post_json(f"{url}/titles", {"titles": [new]}, token=TOKEN)
+    assert status == 200 and body["added"] == [new["item_id"]] and body["titles"] == 81, body
+    assert post_json(f"{url}/titles", {"titles": [new]}, token=TOKEN)[0] == 409  # already there
+
+    def newest() -> dict:
+        # The availability window: only titles launched in the last minute, i.e. the one just added.
+        req = {"history": history, "k": 50, "launched_after": t0 - 60, "request_ts": WHEN}
+        status, body = post_json(f"{url}/recommend", req)
+        assert status == 200, body
+        return body
+
+    body = newest()
+    assert [i["item_id"] for i in body["items"]] == [new["item_id"]]
+    # Scored through the semantic tower from its metadata alone: the same score the checkpoint gives it here.
+    local = _local_ranker(cfg, manifest["checkpoint"])
+    expected = _local_top(local, history, 50, launched_after=t0 - 60)
+    assert body["items"][0]["score"] == pytest.approx(expected[0]["score"], abs=1e-5)
+    # A genre filter keeps only that genre's titles.
+    drama = post_json(f"{url}/recommend", {"history": history, "k": 100, "genres": ["Drama"]})[1]["items"]
+    assert drama and all("Drama" in local.genres_at[local.index_of[i["item_id"]]] for i in drama)
+    assert new["item_id"] in {i["item_id"] for i in drama}
+    # The update is a file under storage: a restarted app has the title again.
+    serve.delete("genrec")
+    start_serve(cfg)
+    assert _get(f"{url}/healthz")[1]["titles"] == 81
+    assert [i["item_id"] for i in newest()["items"]] == [new["item_id"]]
+
+
+def test_rollout_to_a_new_winner_while_requests_keep_succeeding(served, tmp_path):
+    """`genrec serve --update` in another process, after the winner manifest changed, under a request loop."""
+    import subprocess
+    import sys
+    import threading
+    import time
+    from pathlib import Path
+
+    import ray
+
+    from genrec.config import dump_config
+    from genrec.shards import atomic_write_json
+
+    cfg, manifest, url = served
+    old, new = manifest["checkpoint"], next(t["checkpoint"] for t in manifest["trials"]
+                                            if t["checkpoint"] != manifest["checkpoint"])
+    history = sample_history(cfg)
+    seen: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def client():
+        while not stop.is_set():
+            try:
+                status, body = post_json(f"{url}/recommend", {"history": history, "k": 5}, timeout=30)
+                seen.append((status, body.get("checkpoint", "")))
+            except Exception as exc:  # a reset connection or a timeout counts as a failed request
+                seen.append((type(exc).__name__, ""))
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    config = tmp_path / "genrec.yaml"
+    config.write_text(dump_config(cfg))
+    try:
+        atomic_write_json(cfg.winner_path(), {**manifest, "checkpoint": new})
+        out = subprocess.run([str(Path(sys.executable).parent / "genrec"), "serve", "--update", "--config",
+                              str(config), "--address", ray.get_runtime_context().gcs_address],
+                             capture_output=True, text=True, timeout=180)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "rolled out" in out.stdout
+        deadline = time.time() + 60
+        while time.time() < deadline and not (seen and seen[-1][1].startswith(Path(new).parent.name)):
+            time.sleep(0.2)
+        time.sleep(1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+        atomic_write_json(cfg.winner_path(), manifest)
+    names = [c for _, c in seen]
+    failed = [s for s, _ in seen if s != 200]
+    print(f"rollout: {len(seen)} requests, {len(failed)} failed")
+    assert not failed, failed
+    assert names[0].startswith(Path(old).parent.name) and names[-1].startswith(Path(new).parent.name)
 
 
 def test_serve_keeps_answering_when_a_replica_is_killed(winner):
@@ -176,7 +367,7 @@ def test_serve_keeps_answering_when_a_replica_is_killed(winner):
         found = []
         for p in psutil.Process(os.getpid()).children(recursive=True):
             try:
-                if p.cmdline()[:1] and p.cmdline()[0].startswith("ray::ServeReplica"):
+                if p.cmdline()[:1] and p.cmdline()[0].startswith("ray::ServeReplica:genrec:Recommender"):
                     found.append(p)
             except psutil.Error:
                 pass

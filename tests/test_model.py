@@ -304,3 +304,26 @@ def test_age_bucket_counts_match_the_grid():
     ages = rng.integers(1, 3 * 10**9, 10_000)
     want = np.minimum(1 + np.floor(2 * np.log2(1 + ages / 3600)), NUM_AGE_BUCKETS - 1)
     assert np.array_equal(title_age_buckets(torch.from_numpy(ages), torch.zeros(1, dtype=torch.long)).numpy(), want)
+
+
+def test_incremental_encoding_with_a_kv_cache_equals_the_whole_history():
+    torch.manual_seed(0)
+    torch.manual_seed(0)
+    model = GenRec(ModelSpec(num_items=20, layers=2, width=16, heads=2, max_seq_len=12, dropout=0.0,
+                             projection_ratio=2, title_age=True)).eval()
+    items = torch.randint(1, 21, (1, 9))
+    actions, gaps = torch.randint(0, 3, (1, 9)), torch.randint(0, 20, (1, 9))
+    utils = torch.rand(1, 9) * 5
+    now = torch.tensor([10**9])
+    full = model.score_last(items, actions, gaps, utils, torch.tensor([9]), request_ts=now)
+    # 5 events, then 3, then 1, each call reusing the cache of the previous ones
+    q, cache = model.encode_step(items[:, :5], actions[:, :5], gaps[:, :5], utils[:, :5])
+    q, cache = model.encode_step(items[:, 5:8], actions[:, 5:8], gaps[:, 5:8], utils[:, 5:8], cache)
+    q, cache = model.encode_step(items[:, 8:], actions[:, 8:], gaps[:, 8:], utils[:, 8:], cache)
+    assert cache[0][0].shape[2] == 9
+    assert torch.allclose(model.score_queries(q, request_ts=now), full, atol=1e-5)
+    # Without the cache (the new events alone) the answer differs: the cache carries the history.
+    q_alone, _ = model.encode_step(items[:, 8:], actions[:, 8:], gaps[:, 8:], utils[:, 8:])
+    assert not torch.allclose(model.score_queries(q_alone, request_ts=now), full, atol=1e-3)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model.encode_step(items[:, :4], actions[:, :4], gaps[:, :4], utils[:, :4], cache)
