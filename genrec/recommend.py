@@ -123,8 +123,11 @@ class Ranker:
     @torch.no_grad()
     def queries(self, windows: list[tuple]) -> torch.Tensor:
         """Decoding-head queries (B, out_dim) for windows from :meth:`window`, in one forward pass."""
-        x = [torch.cat([w[0][j] for w in windows]) for j in range(4)]
         lengths = torch.tensor([w[1] for w in windows])
+        # Right padding past the longest history changes nothing (causal attention, positions from 0) but costs a
+        # full max_seq_len forward: a 50-event history under max_seq_len 256 would pay 5x.
+        span = int(lengths.max())
+        x = [torch.cat([w[0][j][:, :span] for w in windows]) for j in range(4)]
         h = self.model.hidden(*x)
         return self.model.head(h[torch.arange(len(windows)), lengths - 1])
 

@@ -224,6 +224,7 @@ class Recommender:
         self.default = DEFAULT_MODEL
         self.rankers: weakref.WeakValueDictionary[str, Ranker] = weakref.WeakValueDictionary()
         self.states: OrderedDict[tuple[int, str], UserState] = OrderedDict()
+        self.batches = {"batches": 0, "requests": 0, "largest": 0}  # how well serve.batch groups requests
 
     def reconfigure(self, config: dict) -> None:
         """A rollout: `genrec serve --update` or `serve deploy` with a new models map (the deployment's user_config).
@@ -256,8 +257,18 @@ class Recommender:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def score_batch(self, jobs: list[tuple]) -> list[torch.Tensor]:
-        """Score concurrent requests together: one backbone forward per model for the histories among them, one
-        matrix product per model for all their queries. A job is (ranker, window or cached query, request_ts)."""
+        """Score concurrent requests together, on the event loop. (On a worker thread, so that the loop parses the
+        next requests meanwhile, was measured slower on 2 cores: 28.8 vs 39.5 req/s at 8 clients, batches no
+        larger: the proxy, not the loop, spaces the requests out there.)"""
+        b = self.batches
+        b["batches"], b["requests"] = b["batches"] + 1, b["requests"] + len(jobs)
+        b["largest"] = max(b["largest"], len(jobs))
+        return self._score(jobs)
+
+    @staticmethod
+    def _score(jobs: list[tuple]) -> list[torch.Tensor]:
+        """One backbone forward per model for the histories among the jobs, one matrix product per model for all
+        their queries. A job is (ranker, window or cached query, request_ts)."""
         out: list[torch.Tensor | None] = [None] * len(jobs)
         groups: dict[int, list[int]] = {}
         for j, (ranker, _, _) in enumerate(jobs):
@@ -311,7 +322,7 @@ class Recommender:
     async def healthz(self) -> dict:
         mid, ranker = await self.ranker(None)
         return {"status": "ok", "default": mid, "checkpoint": ranker.name, "titles": ranker.size,
-                "models": sorted(self.models)}
+                "models": sorted(self.models), "batching": dict(self.batches)}
 
     @api.post("/recommend", response_model=RecommendResponse)
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:
