@@ -19,20 +19,29 @@ def winner(ray_local, storage):
     from tuning.sweep import run
 
     # 2 retrains (a training window ending at the cutoff, and one ending 48 h before), run side by side. One length
-    # keeps the suite short: a grid over lengths is the same grid_search code with another axis.
+    # keeps the suite short: a grid over lengths is the same grid_search code with another axis. A third trial's
+    # window ends 10^6 h before the cutoff, before any event: it crashes at its start (no training window), for real.
     cfg = tiny_config(storage, "train.workers=1", "train.cpus_per_worker=0.45", "train.epochs=1",
-                      "tune.presets=[custom]", "tune.max_seq_len=[16]", "tune.max_concurrent_trials=2",
-                      "tune.seeds=[0]", "tune.window_shifts_h=[0,48]")
+                      "tune.presets=[custom]", "tune.max_seq_len=[16]", "tune.max_concurrent_trials=3",
+                      "tune.seeds=[0]", "tune.window_shifts_h=[0,48,1000000]")
     return cfg, run(cfg, "sweep-test")
 
 
 def test_sweep_ranks_trials_and_writes_winner(winner):
     cfg, manifest = winner
     assert json.loads(cfg.winner_path().read_text()) == json.loads(json.dumps(manifest))
-    trials = manifest["trials"]
+    trials = [t for t in manifest["trials"] if t["status"] == "ok"]
     assert sorted((t["max_seq_len"], t["window_shift_h"]) for t in trials) == [(16, 0), (16, 48)]
-    assert all(t["status"] == "ok" for t in trials)
     assert [t["mrr"] for t in trials] == sorted((t["mrr"] for t in trials), reverse=True)
+    # The crashing trial is reported failed, with its error, ranked last; the sweep went on without it.
+    failed = manifest["trials"][-1]
+    assert failed["status"] == "failed" and failed["window_shift_h"] == 1e6 and failed["rank"] == "-"
+    assert "train.batch_size=16 is larger than the 0 training windows" in failed["error"], failed["error"]
+    # ...and nothing of the sweep holds resources: every placement group (trials', worker groups') is removed.
+    from ray.util import placement_group_table
+
+    groups = placement_group_table().values()
+    assert groups and all(g["state"] == "REMOVED" for g in groups), [g["state"] for g in groups]
     # The winner is the best of the freshest retrains (trained up to the cutoff), ready to serve.
     fresh = [t for t in trials if t["window_shift_h"] == 0]
     assert manifest["metrics"]["mrr"] == fresh[0]["mrr"] and manifest["max_seq_len"] == fresh[0]["max_seq_len"]
@@ -51,7 +60,9 @@ def test_resume_keeps_finished_trials(winner):
     cfg, manifest = winner
     again = run(cfg, resume="sweep-test")
     assert again["experiment"] == manifest["experiment"] and again["checkpoint"] == manifest["checkpoint"]
-    assert [t["wall_time_s"] for t in again["trials"]] == [t["wall_time_s"] for t in manifest["trials"]]
+    # (the crashed trial is tried again, and fails again)
+    assert [t.get("wall_time_s") for t in again["trials"]] == [t.get("wall_time_s") for t in manifest["trials"]]
+    assert [t["status"] for t in again["trials"]] == ["ok", "ok", "failed"]
     with pytest.raises(ConfigError, match="not a Tune experiment folder"):
         run(cfg, resume="no-such-sweep")
 
@@ -77,7 +88,7 @@ def test_report_from_the_sweep(winner, tmp_path):
     assert [c["retrains"] for c in cells] == [2] and all(0 <= c["topk_overlap"] <= 1 for c in cells)
     oracle = analysis["oracle"]  # synthetic data: the generator's own ranking, on the same requests
     assert set(oracle) == set(cfg.eval.tasks) and all(0 < o["mrr"] <= 1 for o in oracle.values())
-    assert oracle["B"]["mrr"] > max(t["mrr"] for t in manifest["trials"])
+    assert oracle["B"]["mrr"] > max(t["mrr"] for t in manifest["trials"] if t["status"] == "ok")
 
 
 def test_finetune_a_task_on_a_frozen_backbone(winner):
@@ -211,7 +222,7 @@ def test_multiplexed_models_each_rank_as_their_own_checkpoint(served):
     cfg, manifest, url = served
     history = sample_history(cfg)
     lists = {}
-    for trial in manifest["trials"]:
+    for trial in (t for t in manifest["trials"] if t["status"] == "ok"):
         mid = f"custom-len16-s0-w{trial['window_shift_h']:g}"
         status, body = post_json(f"{url}/recommend", {"history": history, "k": 10, "model": mid, "request_ts": WHEN})
         assert status == 200 and body["model"] == mid, body
@@ -303,7 +314,7 @@ def test_rollout_to_a_new_winner_while_requests_keep_succeeding(served, tmp_path
 
     cfg, manifest, url = served
     old, new = manifest["checkpoint"], next(t["checkpoint"] for t in manifest["trials"]
-                                            if t["checkpoint"] != manifest["checkpoint"])
+                                            if t.get("checkpoint") not in (None, manifest["checkpoint"]))
     history = sample_history(cfg)
     seen: list[tuple[int, str]] = []
     stop = threading.Event()
