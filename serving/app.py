@@ -35,7 +35,7 @@ from ray import serve
 from genrec.checkpoint import CheckpointError, load_checkpoint
 from genrec.config import GenrecConfig, load_config
 from genrec.data.schema import DataError
-from genrec.recommend import Events, Ranker, UserState, titles_table, write_titles
+from genrec.recommend import Ranker, UserState, titles_table, write_titles
 
 api = FastAPI(title="genrec", description="Next-title recommendations from a generative recommender.")
 # Set by the replica from serve.max_body_bytes; a module global because the middleware belongs to the app object.
