@@ -111,3 +111,23 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> LoadedModel:
     loaded = LoadedModel(model, spec, pq.read_table(path / CHECKPOINT_ITEMS), info, path)
     loaded.refresh_catalogue()
     return loaded
+
+
+def load_last_good(path: str | Path, device: str = "cpu") -> tuple[LoadedModel, str | None]:
+    """Load the checkpoint at `path`; when it is corrupt or incomplete, the newest other checkpoint of the same run
+    that passes its checks (Ray Train keeps the best two and the latest in the run folder). Returns the model and,
+    when it is not the one asked for, why (the file at fault and the checkpoint served instead), for the caller to
+    report: serving degrades to the last good state, loudly, instead of going down. Raises the original error when
+    no checkpoint of the run is usable."""
+    path = Path(path)
+    try:
+        return load_checkpoint(path, device), None
+    except CheckpointError as exc:
+        error = exc
+    # Names are checkpoint_<date>_<time>: newest first.
+    for other in sorted((p for p in path.parent.glob("checkpoint_*") if p.is_dir() and p != path), reverse=True):
+        try:
+            return load_checkpoint(other, device), f"{error}; serving {other.name} of the same run instead"
+        except CheckpointError:
+            continue
+    raise error

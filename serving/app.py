@@ -19,6 +19,7 @@ the field; the replica keeps serving.
 import hashlib
 import hmac
 import json
+import logging
 import os
 import time
 import weakref
@@ -32,7 +33,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 
-from genrec.checkpoint import CheckpointError, load_checkpoint
+from genrec.checkpoint import CheckpointError, load_last_good
 from genrec.config import GenrecConfig, load_config
 from genrec.data.schema import DataError
 from genrec.recommend import Ranker, UserState, titles_table, write_titles
@@ -43,6 +44,7 @@ MAX_BODY_BYTES = [4 * 1024 * 1024]
 # Checkpoints one replica keeps loaded (serve.multiplexed takes a constant); the least recently used is unloaded.
 MAX_MODELS_PER_REPLICA = 4
 DEFAULT_MODEL = "winner"
+logger = logging.getLogger("ray.serve")
 
 
 @api.middleware("http")
@@ -225,6 +227,7 @@ class Recommender:
         self.rankers: weakref.WeakValueDictionary[str, Ranker] = weakref.WeakValueDictionary()
         self.states: OrderedDict[tuple[int, str], UserState] = OrderedDict()
         self.batches = {"batches": 0, "requests": 0, "largest": 0}  # how well serve.batch groups requests
+        self.degraded: dict[str, str] = {}  # checkpoint asked for -> why another of its run is served
 
     def reconfigure(self, config: dict) -> None:
         """A rollout: `genrec serve --update` or `serve deploy` with a new models map (the deployment's user_config).
@@ -236,7 +239,11 @@ class Recommender:
     @serve.multiplexed(max_num_models_per_replica=MAX_MODELS_PER_REPLICA)
     async def load_ranker(self, path: str) -> Ranker:
         """Keyed by checkpoint folder, so a rollout that points `winner` at a new checkpoint loads the new one."""
-        ranker = Ranker(load_checkpoint(path), name=f"{Path(path).parent.name}/{Path(path).name}")
+        loaded, degraded = load_last_good(path)
+        if degraded:  # a corrupt checkpoint: serve the run's last good one, and say so in /healthz and the logs
+            logger.warning("model %s: %s", path, degraded)
+            self.degraded[path] = degraded
+        ranker = Ranker(loaded, name=f"{loaded.path.parent.name}/{loaded.path.name}")
         ranker.sync_titles(self.catalogue_dir)
         ranker.polled_at = time.monotonic()
         self.rankers[path] = ranker
@@ -322,7 +329,8 @@ class Recommender:
     async def healthz(self) -> dict:
         mid, ranker = await self.ranker(None)
         return {"status": "ok", "default": mid, "checkpoint": ranker.name, "titles": ranker.size,
-                "models": sorted(self.models), "batching": dict(self.batches)}
+                "models": sorted(self.models), "batching": dict(self.batches),
+                "degraded": [f"{path}: {why}" for path, why in self.degraded.items() if path in self.models.values()]}
 
     @api.post("/recommend", response_model=RecommendResponse)
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:

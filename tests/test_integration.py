@@ -355,6 +355,33 @@ def test_rollout_to_a_new_winner_while_requests_keep_succeeding(served, tmp_path
     assert names[0].startswith(Path(old).parent.name) and names[-1].startswith(Path(new).parent.name)
 
 
+def test_a_corrupt_checkpoint_is_served_from_the_last_good_one_and_said(served, tmp_path):
+    """The winner's bytes flipped on disk: the replica serves the run's previous checkpoint, /healthz says which file
+    failed and what is served instead, and requests keep succeeding."""
+    import shutil
+
+    from genrec.cli import deploy
+    from tests.test_storage import flip_byte
+
+    cfg, manifest, url = served
+    run = tmp_path / "run"
+    good, bad = run / "checkpoint_2026-01-01_00-00-00.000000", run / "checkpoint_2026-01-02_00-00-00.000000"
+    shutil.copytree(manifest["checkpoint"], good)
+    shutil.copytree(manifest["checkpoint"], bad)
+    weights = bad / "model.pt"
+    flip_byte(weights, weights.stat().st_size // 2)
+    try:
+        deploy(cfg, str(bad))  # only the models map changes: the running replica switches in place
+        health = _get(f"{url}/healthz")[1]
+        assert health["checkpoint"] == f"run/{good.name}", health
+        assert len(health["degraded"]) == 1 and str(weights) in health["degraded"][0], health
+        status, body = post_json(f"{url}/recommend", {"history": sample_history(cfg), "k": 5})
+        assert status == 200 and body["checkpoint"] == f"run/{good.name}", body
+    finally:
+        deploy(cfg)
+    assert _get(f"{url}/healthz")[1]["degraded"] == []
+
+
 def test_the_api_fuzzed_from_its_own_openapi_spec_gives_no_server_error(served, tmp_path):
     """schemathesis generates ~700 requests, valid and invalid, from /openapi.json (every route, with the token so the
     state-changing ones are reached): none may get a 5xx or hang (30 s per request). Run last of the served tests:

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from genrec.checkpoint import CheckpointError, load_checkpoint
+from genrec.checkpoint import CheckpointError, load_checkpoint, load_last_good
 from genrec.features import build_vocab
 from genrec.model import GenRec, ModelSpec
 from genrec.runtime import prepare_shards
@@ -74,6 +74,20 @@ def test_flipped_or_truncated_checkpoint_is_refused(tmp_path):
         load_checkpoint(ckpt)
     weights.write_bytes(good)
     assert load_checkpoint(ckpt).spec.num_items == 3  # restored bytes: usable again
+
+
+def test_a_corrupt_checkpoint_falls_back_to_the_last_good_one_of_its_run(tmp_path):
+    older, newer = tmp_path / "checkpoint_2026-11-26_01-00-00.000000", tmp_path / "checkpoint_2026-11-26_02-00-00.0"
+    _checkpoint(older)
+    _checkpoint(newer)
+    assert load_last_good(newer)[0].path == newer and load_last_good(newer)[1] is None
+    weights = newer / CHECKPOINT_WEIGHTS
+    flip_byte(weights, weights.stat().st_size // 2)
+    loaded, why = load_last_good(newer)
+    assert loaded.path == older and str(weights) in why and "serving checkpoint_2026-11-26_01-00-00.000000" in why
+    (older / CHECKPOINT_ITEMS).unlink()  # no good checkpoint left: the original error, naming the file
+    with pytest.raises(CheckpointError, match=f"{weights}: its sha256 differs"):
+        load_last_good(newer)
 
 
 def test_a_title_added_without_launch_time_launches_now(tmp_path):
