@@ -209,7 +209,11 @@ def cmd_serve(args) -> int:
         from serving.app import served_models
 
         # The running app's Ray: the one `genrec serve` started on this machine, or RAY_ADDRESS / --address.
-        ray.init(address=args.address or "auto", log_to_driver=False)
+        try:
+            ray.init(address=args.address or "auto", log_to_driver=False)
+        except ConnectionError as exc:
+            raise ConfigError(f"serve --update: no running Ray to update ({exc.args[0].split('.')[0]}); start the "
+                              "app with `genrec serve --config C` first, or pass --address (or RAY_ADDRESS)") from None
         deploy(cfg, args.checkpoint)
         models = served_models(cfg, args.checkpoint)
         print(f"rolled out: winner -> {models['winner']} ({len(models)} models served)")
