@@ -148,6 +148,9 @@ class TrainConfig(_Section):
     zero_stage: Literal[0, 1, 2, 3] = 3
     # "auto": bf16 on GPU, fp32 on CPU.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # Dense bf16 TFLOP/s of one training device, for the MFU the trainer reports. None: taken from the GPU's name
+    # (genrec.flops.PEAK_BF16_TFLOPS: H100 SXM 989, ...); on CPU, or an unknown GPU, no MFU is reported.
+    peak_tflops: float | None = Field(None, gt=0.0)
     epochs: int = Field(2, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-3, gt=0.0)

@@ -91,3 +91,21 @@ def comparison(layers: int, width: int, seq_len: int, num_items: int, negatives_
         rows.append({"decoding": name, "backbone": f.backbone, "decoding_flops": f.decoding, "total": f.total,
                      "vs_full": full / f.total})
     return rows
+
+
+# Dense bf16 peak TFLOP/s per device, from the vendors' datasheets (no sparsity): what MFU is measured against.
+PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}
+
+
+def peak_tflops(device_name: str) -> float | None:
+    """Dense bf16 peak of a device by its name (`torch.cuda.get_device_name()`), or None when not known: no MFU is
+    reported then rather than one against a made-up peak. An H100 SXM is 989, its PCIe card 756."""
+    for key in sorted(PEAK_BF16_TFLOPS, key=len, reverse=True):  # "H100 PCIe" before "H100"
+        if key.lower() in device_name.lower():
+            return PEAK_BF16_TFLOPS[key]
+    return None
+
+
+def mfu(model_tflops_per_s: float, peak_tflops_per_device: float, devices: int) -> float:
+    """Model FLOPs utilisation: achieved model TFLOP/s (all devices together) over the devices' summed peak."""
+    return model_tflops_per_s / (peak_tflops_per_device * devices)

@@ -24,7 +24,7 @@ import torch
 from genrec.config import ConfigError, GenrecConfig
 from genrec.features import (NUM_AGE_BUCKETS, FeatureVocab, age_bucket_counts, age_log_lift, build_vocab, item_features,
                              title_age_buckets)
-from genrec.flops import training_flops_per_token
+from genrec.flops import mfu, peak_tflops, training_flops_per_token
 from genrec.model import GenRec, ModelSpec, Objective, resolve_shape
 from genrec.objectives import draw_id_mask
 from genrec.shards import ShardSet, atomic_write_bytes, atomic_write_json, open_shards, write_checksums
@@ -422,6 +422,7 @@ def train_func(config: dict) -> None:
         "full" if cfg.model.decoding == "full" else "sampled", projection_ratio=spec.projection_ratio,
         num_negatives=n_neg if n_neg is not None else cfg.train.batch_size * spec.max_seq_len * cfg.model.mtp_k,
         convention="genrec").total
+    peak = cfg.train.peak_tflops or (peak_tflops(torch.cuda.get_device_name(device)) if on_gpu else None)
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed * 1000 + rank)
     start_epoch, events_seen, wall_before = 0, 0, 0.0
     if state is not None:
@@ -483,6 +484,9 @@ def train_func(config: dict) -> None:
             # Training FLOPs so far (model FLOPs per token x target events): the cost of one retrain at its end.
             "train_flops": flops_per_token * events_seen,
             "model_tflops_per_s": flops_per_token * float(stats[2]) / max(train_time, 1e-9) / 1e12,
+            # Against the devices' dense bf16 peak (one device per worker); absent on CPU or an unknown GPU.
+            **({"mfu": mfu(flops_per_token * float(stats[2]) / max(train_time, 1e-9) / 1e12, peak, world)}
+               if peak else {}),
             "lr": scheduler.get_last_lr()[0],
             "id_mask_rate": mask_rate,
             "seed": cfg.train.seed,

@@ -138,7 +138,8 @@ def job_config(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("job")
     cfg = tiny_config(tmp / "storage", "name=job", "train.workers=2", "train.cpus_per_worker=0.5",
                       "train.zero_stage=3", "train.epochs=2", "tracking.wandb=offline", "model.decoding=in_batch",
-                      "model.logq=true", "model.mtp_k=3", f"cluster={{storage_mount: {tmp}, pip: []}}")
+                      "model.logq=true", "model.mtp_k=3", f"cluster={{storage_mount: {tmp}, pip: []}}",
+                      "train.peak_tflops=0.5")  # a declared peak: MFU is reported on CPU too
     path = tmp / "job.yaml"
     path.write_text(dump_config(cfg))
     env = tmp / "runtime-env.yaml"  # the file `genrec cluster render` writes (ray-cluster.yaml would need an NFS)
@@ -187,6 +188,7 @@ def test_pretrain_job_two_workers_zero3_survives_a_killed_worker(job_config, kil
     for h in history:
         assert 0 < h["mrr"] <= 1 and h["events_per_s"] > 0 and h["requests"] > 0
         assert h["flops_per_token"] > 0 and h["model_tflops_per_s"] > 0
+        assert h["mfu"] == pytest.approx(h["model_tflops_per_s"] / (0.5 * 2))  # 2 workers of 0.5 TFLOP/s
     # wandb wrote an offline run beside the results
     assert list(cfg.storage.path("wandb").rglob("offline-run-*"))
     # The checkpoint under storage loads with plain torch (no DeepSpeed) and ranks the whole catalogue.

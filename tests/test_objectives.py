@@ -119,3 +119,13 @@ def test_flops_by_hand_genrec_convention():
     # sampled 20% with a d/2 head: projection 6 * 2 * 1 + scoring 6 * 1 * (1 + 2)
     f = training_flops_per_token(1, 2, 3, 10, "sampled", 0.2, 2, convention="genrec")
     assert f.decoding == pytest.approx(12 + 18)
+
+
+def test_mfu_against_the_devices_dense_bf16_peak():
+    from genrec.flops import mfu, peak_tflops
+
+    assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.0 and peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert peak_tflops("NVIDIA H200") == 989.0 and peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert peak_tflops("cpu") is None and peak_tflops("Some Future GPU") is None  # no MFU against a made-up peak
+    # 8 H100s together doing 3,560 model TFLOP/s: 3560 / (8 x 989) = 45%
+    assert mfu(3560.0, 989.0, 8) == pytest.approx(0.44995, abs=1e-5)
