@@ -147,6 +147,40 @@ def _local_top(ranker, history, k, **filters):
     return ranker.top(scores, k, set(ev.items), ranker.candidates(**filters))
 
 
+class RequestLoop:
+    """`clients` threads posting the same /recommend request in a loop (one in flight each) until the block ends;
+    every answer is kept as (time, status, checkpoint). A reset connection or a timeout counts as a failure (its
+    exception name as the status)."""
+
+    def __init__(self, url: str, history: list[dict], clients: int):
+        import threading
+
+        self.url, self.history, self.results = url, history, []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._client, daemon=True) for _ in range(clients)]
+
+    def _client(self):
+        import time
+
+        while not self.stop.is_set():
+            try:
+                status, body = post_json(f"{self.url}/recommend", {"history": self.history, "k": 5}, timeout=30)
+                checkpoint = body.get("checkpoint", "")
+            except Exception as exc:
+                status, checkpoint = type(exc).__name__, ""
+            self.results.append((time.time(), status, checkpoint))
+
+    def __enter__(self) -> "RequestLoop":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+
+
 def test_serve_answers_http_and_survives_bad_requests(served):
     cfg, manifest, url = served
     assert url.startswith("http://127.0.0.1:")
@@ -303,7 +337,6 @@ def test_rollout_to_a_new_winner_while_requests_keep_succeeding(served, tmp_path
     """`genrec serve --update` in another process, after the winner manifest changed, under a request loop."""
     import subprocess
     import sys
-    import threading
     import time
     from pathlib import Path
 
@@ -315,39 +348,24 @@ def test_rollout_to_a_new_winner_while_requests_keep_succeeding(served, tmp_path
     cfg, manifest, url = served
     old, new = manifest["checkpoint"], next(t["checkpoint"] for t in manifest["trials"]
                                             if t.get("checkpoint") not in (None, manifest["checkpoint"]))
-    history = sample_history(cfg)
-    seen: list[tuple[int, str]] = []
-    stop = threading.Event()
-
-    def client():
-        while not stop.is_set():
-            try:
-                status, body = post_json(f"{url}/recommend", {"history": history, "k": 5}, timeout=30)
-                seen.append((status, body.get("checkpoint", "")))
-            except Exception as exc:  # a reset connection or a timeout counts as a failed request
-                seen.append((type(exc).__name__, ""))
-
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(2)]
-    for t in threads:
-        t.start()
     config = tmp_path / "genrec.yaml"
     config.write_text(dump_config(cfg))
     try:
-        atomic_write_json(cfg.winner_path(), {**manifest, "checkpoint": new})
-        out = subprocess.run([str(Path(sys.executable).parent / "genrec"), "serve", "--update", "--config",
-                              str(config), "--address", ray.get_runtime_context().gcs_address],
-                             capture_output=True, text=True, timeout=180)
-        assert out.returncode == 0, out.stdout + out.stderr
-        assert "rolled out" in out.stdout
-        deadline = time.time() + 60
-        while time.time() < deadline and not (seen and seen[-1][1].startswith(Path(new).parent.name)):
-            time.sleep(0.2)
-        time.sleep(1)
+        with RequestLoop(url, sample_history(cfg), clients=2) as load:
+            atomic_write_json(cfg.winner_path(), {**manifest, "checkpoint": new})
+            out = subprocess.run([str(Path(sys.executable).parent / "genrec"), "serve", "--update", "--config",
+                                  str(config), "--address", ray.get_runtime_context().gcs_address],
+                                 capture_output=True, text=True, timeout=180)
+            assert out.returncode == 0, out.stdout + out.stderr
+            assert "rolled out" in out.stdout
+            deadline = time.time() + 60
+            while time.time() < deadline and not (
+                    load.results and load.results[-1][2].startswith(Path(new).parent.name)):
+                time.sleep(0.2)
+            time.sleep(1)
     finally:
-        stop.set()
-        for t in threads:
-            t.join(60)
         atomic_write_json(cfg.winner_path(), manifest)
+    seen = [(status, checkpoint) for _, status, checkpoint in load.results]
     names = [c for _, c in seen]
     failed = [s for s, _ in seen if s != 200]
     print(f"rollout: {len(seen)} requests, {len(failed)} failed")
@@ -405,7 +423,6 @@ def test_serve_keeps_answering_when_a_replica_is_killed(winner):
     SIGKILL. Requests keep succeeding: at most the ones in flight on the killed replica may fail, and Serve brings a
     new replica up."""
     import os
-    import threading
     import time
 
     import psutil
@@ -439,40 +456,23 @@ def test_serve_keeps_answering_when_a_replica_is_killed(winner):
     before = replicas()
     assert len(before) == 2, before
 
-    history = sample_history(cfg)
-    results: list[tuple[float, int]] = []
-    stop = threading.Event()
-
-    def client():
-        while not stop.is_set():
-            try:
-                status, _ = post_json(f"{url}/recommend", {"history": history, "k": 5}, timeout=30)
-            except Exception as exc:  # a reset connection, a timeout, a non-JSON 200: all count as failures
-                status = type(exc).__name__
-            results.append((time.time(), status))
-
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(4)]
-    for t in threads:
-        t.start()
-    time.sleep(3)
-    killed_at = time.time()
-    before[0].kill()
-    back = None
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        alive = [p for p in replicas() if p.pid != before[0].pid]
-        if running() == 2 and len(alive) == 2:
-            back = time.time() - killed_at
-            break
-        time.sleep(0.5)
-    time.sleep(2)  # the load goes on against the restored pair
-    stop.set()
-    for t in threads:
-        t.join(60)
-    after = [s for ts, s in results if ts > killed_at]
+    with RequestLoop(url, sample_history(cfg), clients=4) as load:
+        time.sleep(3)
+        killed_at = time.time()
+        before[0].kill()
+        back = None
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            alive = [p for p in replicas() if p.pid != before[0].pid]
+            if running() == 2 and len(alive) == 2:
+                back = time.time() - killed_at
+                break
+            time.sleep(0.5)
+        time.sleep(2)  # the load goes on against the restored pair
+    after = [s for ts, s, _ in load.results if ts > killed_at]
     failed = [s for s in after if s != 200]
     print(f"replica killed: {len(after)} requests after the kill, {len(failed)} failed {failed}, "
           f"replica back after {back} s")
     assert back is not None, "Serve did not bring a second replica back within 120 s"
-    assert len(failed) <= len(threads), failed  # at most the requests in flight on the killed replica
+    assert len(failed) <= len(load.threads), failed  # at most the requests in flight on the killed replica
     assert sum(s == 200 for s in after) > 10
