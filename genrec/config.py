@@ -74,11 +74,23 @@ class DataConfig(_Section):
     min_train_events: int = Field(2, ge=2)
     # Target rows per Parquet shard file.
     users_per_shard: int = Field(20_000, ge=1)
+    # Event logs larger than memory: N builds the shards out of core (genrec.scale), scattering the events into N
+    # user partitions with Ray tasks and splitting each on its own. It reads Parquet event files in genrec's event
+    # schema (data.source: parquet, data.path: their folder, data.items_path: the item table). None: in memory.
+    partitions: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _path_needed(self) -> "DataConfig":
         if self.source != "synthetic" and not self.path:
             raise ValueError(f"data.source={self.source!r} needs data.path (a folder or file to read)")
+        if self.partitions is not None:
+            if self.source != "parquet" or not self.items_path:
+                raise ValueError("data.partitions (the out-of-core build) reads Parquet event files in genrec's event "
+                                 "schema: set data.source: parquet, data.path: the events folder and data.items_path: "
+                                 "the item table, or remove data.partitions")
+            if self.columns or self.text_embeddings != "none":
+                raise ValueError("data.partitions reads genrec's own column names and no text embeddings: remove "
+                                 "data.columns / set data.text_embeddings: none, or remove data.partitions")
         return self
 
 

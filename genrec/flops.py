@@ -109,3 +109,13 @@ def peak_tflops(device_name: str) -> float | None:
 def mfu(model_tflops_per_s: float, peak_tflops_per_device: float, devices: int) -> float:
     """Model FLOPs utilisation: achieved model TFLOP/s (all devices together) over the devices' summed peak."""
     return model_tflops_per_s / (peak_tflops_per_device * devices)
+
+
+def training_cycle(tokens: float, tokens_per_s_per_gpu: float, gpus: int, scaling: float = 1.0) -> dict:
+    """One pass over `tokens` training tokens (target events) at a measured per-GPU rate on `gpus` GPUs that each
+    keep `scaling` of it (1.0 = perfect data-parallel scaling; an assumption until measured on several GPUs):
+    wall hours = tokens / (rate x gpus x scaling) / 3600, GPU-hours = wall hours x gpus."""
+    if tokens_per_s_per_gpu <= 0 or gpus < 1 or not 0 < scaling <= 1:
+        raise ValueError("training_cycle needs a positive rate, gpus >= 1 and 0 < scaling <= 1")
+    wall_h = tokens / (tokens_per_s_per_gpu * gpus * scaling) / 3600.0
+    return {"gpus": gpus, "wall_h": wall_h, "gpu_hours": wall_h * gpus}

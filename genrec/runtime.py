@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from genrec.config import GenrecConfig
 from genrec.data.schema import Dataset
@@ -36,7 +37,7 @@ def init_ray(cfg: GenrecConfig | None = None, num_cpus: int | None = None) -> No
 
 def data_fingerprint(cfg: GenrecConfig) -> dict:
     """The config fields that determine the shards: shards built from another set of them are rebuilt."""
-    return cfg.data.model_dump(mode="json", exclude={"users_per_shard"})
+    return cfg.data.model_dump(mode="json", exclude={"users_per_shard", "partitions"})
 
 
 def prepare_shards(cfg: GenrecConfig, rebuild: bool = False, echo=print) -> ShardSet:
@@ -55,6 +56,15 @@ def prepare_shards(cfg: GenrecConfig, rebuild: bool = False, echo=print) -> Shar
     from genrec.data.loaders import load
 
     d = cfg.data
+    if d.partitions:  # larger than memory: Ray tasks over user partitions, never the whole table at once
+        from genrec.scale import build_shards
+
+        init_ray(cfg)
+        shards = build_shards(d.path, d.items_path, root, cutoff_ts=d.cutoff_ts, cutoff_quantile=d.cutoff_quantile,
+                              min_train_events=d.min_train_events, split=d.split, partitions=d.partitions,
+                              users_per_shard=d.users_per_shard, extra={"data_config": data_fingerprint(cfg)},
+                              name=Path(d.path).name, echo=echo)
+        return shards
     kwargs = d.synthetic.model_dump() if d.source == "synthetic" else {}
     if d.source in ("parquet", "csv"):
         kwargs = {"items_path": d.items_path, "columns": d.columns}

@@ -190,15 +190,26 @@ def split_tables(ds: Dataset, cutoff: int | None, min_train_events: int = 2, spl
     vocab = items.append_column("index", pa.array(np.arange(1, len(item_ids) + 1), pa.int32()))
 
     ev = ds.events.sort_by([("user_id", "ascending"), ("timestamp", "ascending")])
-    users = ev.column("user_id").to_numpy()
     raw_items = ev.column("item_id").to_numpy()
     idx = np.searchsorted(item_ids, raw_items).astype(np.int32) + 1  # validated: every event's item is known
-    ts = ev.column("timestamp").to_numpy()
-    actions = ev.column("action").to_numpy().astype(np.int8)
-    utils = ev.column("utility").to_numpy().astype(np.float32)
-    if split == "leave_one_out":
-        return vocab, *_leave_one_out(users, idx, ts, actions, utils, len(item_ids), min_train_events)
+    tables, counts, seen, eval_counts = split_sorted(
+        ev.column("user_id").to_numpy(), idx, ev.column("timestamp").to_numpy(),
+        ev.column("action").to_numpy().astype(np.int8), ev.column("utility").to_numpy().astype(np.float32),
+        len(item_ids), cutoff, min_train_events, split)
+    stats = {"split": split, "cutoff": None if cutoff is None or split != "time" else int(cutoff),
+             "items": int(len(item_ids)), **counts, **cold_stats(split, seen, cutoff, eval_counts)}
+    return vocab, tables, stats
 
+
+def split_sorted(users, idx, ts, actions, utils, num_items: int, cutoff: int | None, min_train_events: int,
+                 split: str):
+    """The split of events sorted by (user, time), with item indices -> ({split name: rows}, counts, seen,
+    eval_counts). Shared by the in-memory build and the partitioned one (genrec.scale), which calls it once per
+    user partition and adds up the counts. `seen` is what cold start is decided from once every partition is in:
+    each title's first event time (time split; merged by minimum) or whether it is in a training row
+    (leave_one_out; merged by or); eval_counts: evaluation targets per title (merged by sum)."""
+    if split == "leave_one_out":
+        return _leave_one_out(users, idx, ts, actions, utils, num_items, min_train_events)
     before = ts < cutoff
     train_all = _user_rows(users, idx, ts, actions, utils, before)
     lengths = pc.list_value_length(train_all.column("items")).to_numpy()
@@ -213,30 +224,32 @@ def split_tables(ds: Dataset, cutoff: int | None, min_train_events: int = 2, spl
     after = after.filter(pa.array(np.isin(after_users, hist_users)))
     eval_rows = _eval_rows(hist, after)
 
-    # Cold-start titles: first seen at or after the cutoff. Their share of evaluation events is the rate at
-    # which collaborative-embedding masking should hide ids during training.
-    first_seen = np.full(len(item_ids) + 1, np.iinfo(np.int64).max)
+    first_seen = np.full(num_items + 1, np.iinfo(np.int64).max)
     np.minimum.at(first_seen, idx, ts)
-    cold = first_seen >= cutoff
-    eval_events = int((~before).sum())
-    stats = {
-        "split": "time",
-        "cutoff": int(cutoff),
+    counts = {
         "users": int(np.unique(users).size),
-        "items": int(len(item_ids)),
         "events": int(len(users)),
         "train_events": int(before.sum()),
         "train_users": train.num_rows,
-        "eval_events": eval_events,
+        "eval_events": int((~before).sum()),
         "eval_users": eval_rows.num_rows,
-        "cold_start_items": int(cold[1:].sum()),
-        "cold_start_eval_share": float(cold[idx[~before]].mean()) if eval_events else 0.0,
     }
-    return vocab, {"train": train, "eval": eval_rows}, stats
+    return ({"train": train, "eval": eval_rows}, counts, first_seen,
+            np.bincount(idx[~before], minlength=num_items + 1))
+
+
+def cold_stats(split: str, seen: np.ndarray, cutoff: int | None, eval_counts: np.ndarray) -> dict:
+    """Cold-start titles: first seen at or after the cutoff (time split), or in no training row (leave_one_out,
+    including titles with no events at all, as the time split counts them). Their share of evaluation targets is
+    the rate at which collaborative-embedding masking should hide ids during training."""
+    cold = seen >= cutoff if split == "time" else ~seen
+    total = int(eval_counts.sum())
+    return {"cold_start_items": int(cold[1:].sum()),
+            "cold_start_eval_share": float(eval_counts[cold].sum() / total) if total else 0.0}
 
 
 def _leave_one_out(users, idx, ts, actions, utils, num_items: int, min_train_events: int):
-    """Leave-one-out over events already sorted by (user, timestamp) -> ({split: rows}, stats).
+    """Leave-one-out over events already sorted by (user, timestamp) -> ({split: rows}, counts, seen, eval_counts).
 
     "Last" follows that sort order, which is stable: events of one user in the same second keep the order the
     loader gave them (file order, which validate() also keeps), so of several same-second final events the one
@@ -262,28 +275,20 @@ def _leave_one_out(users, idx, ts, actions, utils, num_items: int, min_train_eve
     eval_rows = _eval_rows(rows(evaluated & (from_end >= 1)), rows(test_ev))
     valid_rows = _eval_rows(rows(evaluated & (from_end >= 2)), rows(valid_ev))
 
-    # Cold-start titles: never in a training row (including titles with no events at all, as the time split
-    # counts them). Their share of test targets is the rate at which id masking should hide ids in training.
     seen = np.zeros(num_items + 1, bool)
     seen[train.column("items").combine_chunks().flatten().to_numpy()] = True
-    cold = ~seen
-    eval_events = int(test_ev.sum())
     stats = {
-        "split": "leave_one_out",
-        "cutoff": None,
         "users": int(starts.size),
-        "items": int(num_items),
         "events": int(n),
         "train_events": int(train_ev.sum()),
         "train_users": train.num_rows,
-        "eval_events": eval_events,
+        "eval_events": int(test_ev.sum()),
         "eval_users": eval_rows.num_rows,
         "valid_events": int(valid_ev.sum()),
         "valid_users": valid_rows.num_rows,
-        "cold_start_items": int(cold[1:].sum()),
-        "cold_start_eval_share": float(cold[idx[test_ev]].mean()) if eval_events else 0.0,
     }
-    return {"train": train, "valid": valid_rows, "eval": eval_rows}, stats
+    return ({"train": train, "valid": valid_rows, "eval": eval_rows}, stats, seen,
+            np.bincount(idx[test_ev], minlength=num_items + 1))
 
 
 def write_shards(ds: Dataset, out_dir: str | Path, cutoff: int | None, min_train_events: int = 2,

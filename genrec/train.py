@@ -313,6 +313,39 @@ def write_topk(path: Path, rows: list) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def model_flops_per_token(cfg: GenrecConfig, spec: ModelSpec, num_items: int, n_neg: int | None) -> float:
+    """Model FLOPs per training token (genrec's own blocks; see genrec.flops): in-batch scores every target of the
+    batch, sampled its shared negatives, full the whole catalogue. The semantic tower and embeddings are not counted."""
+    return training_flops_per_token(
+        spec.layers, spec.width, spec.max_seq_len, num_items,
+        "full" if cfg.model.decoding == "full" else "sampled", projection_ratio=spec.projection_ratio,
+        num_negatives=n_neg if n_neg is not None else cfg.train.batch_size * spec.max_seq_len * cfg.model.mtp_k,
+        convention="genrec").total
+
+
+def adamw(cfg: GenrecConfig, params: list, fused: bool) -> torch.optim.AdamW:
+    """The trainer's optimizer. On GPU torch's fused AdamW: one kernel for the whole update instead of a dozen
+    multi-tensor passes (benchmarks/gpu_scale.py measures the difference on the 1B backbone)."""
+    return torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, betas=(0.9, 0.98),
+                             fused=fused)
+
+
+def train_step(engine, batch: dict, trained: torch.Tensor, n_neg: int | None, mask_rate: float,
+               gen: torch.Generator) -> tuple[torch.Tensor, float]:
+    """One optimizer step on a batch of windows (the trainer's and benchmarks/gpu_scale.py's): draws the shared
+    uniform negatives among `trained` and this step's collaborative-embedding mask, then forward, backward, step.
+    Returns the loss (not synchronised) and the batch's target events."""
+    items, actions, gaps, ts = (batch[k].long() for k in ("items", "actions", "gaps", "ts"))
+    device = items.device
+    negatives = None if n_neg is None else trained[
+        torch.randint(0, len(trained), (n_neg,), device=device, generator=gen)]
+    id_mask = draw_id_mask(engine.module.spec.num_items + 1, mask_rate, gen, device)
+    loss = engine(items, actions, gaps, batch["utils"].float(), ts, negatives, id_mask)
+    engine.backward(loss)
+    engine.step()
+    return loss, float((items[:, 1:] > 0).sum())
+
+
 def train_func(config: dict) -> None:
     import ray.train
 
@@ -405,8 +438,7 @@ def train_func(config: dict) -> None:
         if rank == 0:
             print(f"resuming on {world} workers from a checkpoint of {state['world']}: consolidated weights, "
                   "fresh optimizer state (AdamW moments restart)", flush=True)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr,
-                                  weight_decay=cfg.train.weight_decay, betas=(0.9, 0.98))
+    optimizer = adamw(cfg, [p for p in model.parameters() if p.requires_grad], fused=on_gpu)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(min(cfg.train.warmup_steps, max(1, total_steps // 10)), total_steps, lr_offset))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
@@ -415,13 +447,7 @@ def train_func(config: dict) -> None:
     # pushed down as a negative at every step (and the future catalogue would leak into training).
     trained = torch.from_numpy(np.flatnonzero(counts > 0)).to(device)
     n_neg = num_negatives(cfg, len(trained))
-    # Model FLOPs per training token (genrec's own blocks; see genrec.flops): in-batch scores every target of the
-    # batch, sampled its shared negatives, full the whole catalogue. The semantic tower and embeddings are not counted.
-    flops_per_token = training_flops_per_token(
-        spec.layers, spec.width, spec.max_seq_len, shards.num_items,
-        "full" if cfg.model.decoding == "full" else "sampled", projection_ratio=spec.projection_ratio,
-        num_negatives=n_neg if n_neg is not None else cfg.train.batch_size * spec.max_seq_len * cfg.model.mtp_k,
-        convention="genrec").total
+    flops_per_token = model_flops_per_token(cfg, spec, shards.num_items, n_neg)
     peak = cfg.train.peak_tflops or (peak_tflops(torch.cuda.get_device_name(device)) if on_gpu else None)
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed * 1000 + rank)
     start_epoch, events_seen, wall_before = 0, 0, 0.0
@@ -455,17 +481,19 @@ def train_func(config: dict) -> None:
         engine.train()
         t0 = time.perf_counter()
         stats = torch.zeros(3, dtype=torch.float64)  # [sum loss, steps, target events]
-        for batch in data.iter_torch_batches(batch_size=cfg.train.batch_size, drop_last=True,
-                                             local_shuffle_buffer_size=cfg.train.shuffle_buffer or None,
-                                             local_shuffle_seed=cfg.train.seed + epoch, device=str(device)):
-            items, actions, gaps, ts = (batch[k].long() for k in ("items", "actions", "gaps", "ts"))
-            negatives = None if n_neg is None else trained[
-                torch.randint(0, len(trained), (n_neg,), device=device, generator=gen)]
-            id_mask = draw_id_mask(spec.num_items + 1, mask_rate, gen, device)
-            loss = engine(items, actions, gaps, batch["utils"].float(), ts, negatives, id_mask)
-            engine.backward(loss)
-            engine.step()
-            stats += torch.tensor([loss.item(), 1.0, float((items[:, 1:] > 0).sum())], dtype=torch.float64)
+        batches = iter(data.iter_torch_batches(batch_size=cfg.train.batch_size, drop_last=True,
+                                               local_shuffle_buffer_size=cfg.train.shuffle_buffer or None,
+                                               local_shuffle_seed=cfg.train.seed + epoch, device=str(device)))
+        input_wait = 0.0  # time the loop spends blocked on Ray Data for its next batch (issue #8: goal < 5%)
+        while True:
+            tw = time.perf_counter()
+            batch = next(batches, None)
+            input_wait += time.perf_counter() - tw
+            if batch is None:
+                break
+            loss, events = train_step(engine, batch, trained, n_neg, mask_rate, gen)
+            # loss.item() waits for the step, so the next batch's wait is measured from the step's real end.
+            stats += torch.tensor([loss.item(), 1.0, events], dtype=torch.float64)
         train_time = time.perf_counter() - t0
         reduce(stats)
         events_seen += int(stats[2])
@@ -477,6 +505,8 @@ def train_func(config: dict) -> None:
             "steps": int(stats[1]) // world,
             "events_per_s": float(stats[2]) / max(train_time, 1e-9),
             "epoch_time_s": train_time,
+            "input_wait_s": input_wait,
+            "input_wait_share": input_wait / max(train_time, 1e-9),
             "wall_time_s": time.perf_counter() - start,
             "events_processed": events_seen,
             "backbone_params": spec.backbone_params,

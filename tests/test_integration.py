@@ -447,8 +447,10 @@ def test_serve_keeps_answering_when_a_replica_is_killed(winner):
         return found
 
     def running() -> int:
+        """RUNNING replicas of the Recommender (not the app's other deployments, such as UserEvents)."""
         app = serve.status().applications.get("genrec")
-        return sum(d.replica_states.get("RUNNING", 0) for d in app.deployments.values()) if app else 0
+        d = app.deployments.get("Recommender") if app else None
+        return d.replica_states.get("RUNNING", 0) if d else 0
 
     deadline = time.time() + 120
     while (running() < 2 or len(replicas()) < 2) and time.time() < deadline:

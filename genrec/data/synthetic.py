@@ -24,10 +24,15 @@ The generative story, in the order it is drawn:
 
 from __future__ import annotations
 
+import shutil
+import time
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from genrec.data.schema import EVENT_SCHEMA, ITEM_SCHEMA, DataError, Dataset, validate
 
@@ -130,23 +135,68 @@ def simulate(users: int = 600, items: int = 400, events_per_user: int = 60, days
     cat = _catalogue(rng, items, genres, days, start_ts, new_item_share)
     user, item, ts, utility, action, taste, popularity = _interactions(rng, cat, users, events_per_user, days,
                                                                        start_ts)
-    events = pa.table({
-        "user_id": pa.array(user + 1, pa.int64()),
+    events = _event_table(user + 1, item, ts, utility, action)
+    return (validate(Dataset(events, _item_table(cat), "synthetic"), "synthetic"),
+            Latent(cat, taste, popularity, start_ts))
+
+
+def _event_table(user_id: np.ndarray, item: np.ndarray, ts: np.ndarray, utility: np.ndarray,
+                 action: np.ndarray) -> pa.Table:
+    return pa.table({
+        "user_id": pa.array(user_id, pa.int64()),
         "item_id": pa.array(item + 1, pa.int64()),
         "timestamp": pa.array(ts, pa.int64()),
         "action": pa.array(action, pa.int32()),
         "utility": pa.array(utility, pa.float32()),
     }, schema=EVENT_SCHEMA)
+
+
+def _item_table(cat: _Catalogue) -> pa.Table:
     genre_lists = [[cat.genre_names[g] for g in np.flatnonzero(row)] for row in cat.has_genre]
-    item_table = pa.table({
-        "item_id": pa.array(np.arange(1, items + 1), pa.int64()),
+    return pa.table({
+        "item_id": pa.array(np.arange(1, len(cat.launch) + 1), pa.int64()),
         "title": pa.array(cat.titles, pa.string()),
         "genres": pa.array(genre_lists, pa.list_(pa.string())),
         "year": pa.array(cat.years, pa.int32()),
         "launch_ts": pa.array(cat.launch, pa.int64()),
         "text": pa.array(cat.texts, pa.string()),
     }, schema=ITEM_SCHEMA)
-    return validate(Dataset(events, item_table, "synthetic"), "synthetic"), Latent(cat, taste, popularity, start_ts)
+
+
+def write_events(out_dir: str | Path, users: int, items: int, events_per_user: int = 100, days: int = 120,
+                 genres: int = 18, seed: int = 0, start_ts: int = 1_700_000_000, new_item_share: float = 0.2,
+                 users_per_chunk: int = 20_000, echo=print) -> dict:
+    """The generator at any size, in bounded memory: `out_dir/items.parquet` and `out_dir/events/part-NNNNN.parquet`,
+    one file per block of `users_per_chunk` users (ids continue across blocks), each drawn from its own seeded stream
+    (seed, block) over one shared catalogue. Same story as `generate` (which draws every user from one stream, so
+    the events differ from it); the events of a block are sorted by (user, time). Returns counts. The folder appears
+    only once complete (written beside it, then renamed)."""
+    _check(users=users, items=items, events_per_user=events_per_user, days=days, genres=genres,
+           users_per_chunk=users_per_chunk)
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise DataError(f"{out_dir}: already exists; remove it or write the events elsewhere")
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    (tmp / "events").mkdir(parents=True)
+    try:
+        cat = _catalogue(np.random.default_rng(seed), items, genres, days, start_ts, new_item_share)
+        pq.write_table(_item_table(cat), tmp / "items.parquet")
+        total, blocks = 0, -(-users // users_per_chunk)
+        t0 = time.perf_counter()
+        for b in range(blocks):
+            n = min(users_per_chunk, users - b * users_per_chunk)
+            user, item, ts, utility, action, _, _ = _interactions(np.random.default_rng([seed, b + 1]), cat, n,
+                                                                  events_per_user, days, start_ts)
+            table = _event_table(user + 1 + b * users_per_chunk, item, ts, utility, action)
+            pq.write_table(table, tmp / "events" / f"part-{b:05d}.parquet")
+            total += table.num_rows
+            if (b + 1) % max(1, blocks // 10) == 0 or b + 1 == blocks:
+                echo(f"  {b + 1}/{blocks} blocks, {total:,} events ({total / (time.perf_counter() - t0):,.0f}/s)")
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"users": users, "items": items, "events": total, "files": blocks}
 
 
 def _check(**counts: int) -> None:
