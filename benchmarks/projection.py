@@ -59,9 +59,10 @@ def main() -> None:
     ratio = PEAK_BF16_TFLOPS["H200"] / PEAK_BF16_TFLOPS["A100"]
     for label, rate in zip(args.label, args.tokens_per_s):
         print(f"{label}: {rate:,.0f} tokens/s per H200 = {rate / ratio:,.0f} per A100 at the same MFU "
-              f"(peaks {PEAK_BF16_TFLOPS['H200']:.0f} / {PEAK_BF16_TFLOPS['A100']:.0f} TFLOP/s); the paper's cycle "
-              f"would take {PAPER['tokens'] / (rate / ratio) / 3600:,.0f} A100-hours "
-              f"(vs {PAPER['gpus'] * PAPER['hours']:,}), {PAPER['tokens'] / rate / 3600:,.0f} H200-hours.")
+              f"(peaks {PEAK_BF16_TFLOPS['H200']:.0f} / {PEAK_BF16_TFLOPS['A100']:.0f} TFLOP/s); 2e12 of genrec's "
+              f"tokens would take {PAPER['tokens'] / (rate / ratio) / 3600:,.0f} A100-hours "
+              f"(the paper: {PAPER['gpus'] * PAPER['hours']:,}), {PAPER['tokens'] / rate / 3600:,.0f} H200-hours. "
+              "A rough comparison: the paper's 1B model, token and head are not genrec's.")
 
 
 def _human(hours: float) -> str:

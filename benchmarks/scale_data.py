@@ -4,8 +4,9 @@ core (genrec.scale: Ray tasks over user partitions), recording time, events/s an
     .venv/bin/python benchmarks/scale_data.py --events 1e6 1e7 1e8      # 100 events per user, 10^5 titles
     .venv/bin/python benchmarks/scale_data.py --events 1e6 --keep       # keep the data under --work afterwards
 
-Memory is sampled every 0.2 s over this process and every Ray worker process (resident set size, psutil): the peak
-of their sum and of the largest single process. Each N runs on a fresh local Ray with --cpus CPUs. Rows are appended
+Memory is sampled every 0.2 s over this process and every Ray worker process (proportional set size, psutil's
+`memory_full_info().pss`: shared pages such as the object store counted once, split among the processes that map
+them): the peak of their sum and of the largest single process. Each N runs on a fresh local Ray with --cpus CPUs. Rows are appended
 to --out (JSON lines) as each N finishes; the table and a plot (memory and time against event count) come at the end.
 """
 
@@ -29,7 +30,7 @@ from genrec.scale import build_shards  # noqa: E402
 
 
 class MemorySampler:
-    """Peak RSS of this process plus every Ray worker process (names starting with 'ray::' or Ray's own daemons)."""
+    """Peak PSS of this process plus every Ray worker process (names starting with 'ray::', or default_worker.py)."""
 
     def __init__(self, period: float = 0.2):
         self.period, self.peak_total, self.peak_single = period, 0, 0
@@ -53,7 +54,7 @@ class MemorySampler:
             rss = []
             for p in self._procs():
                 try:
-                    rss.append(p.memory_info().rss)
+                    rss.append(p.memory_full_info().pss)
                 except psutil.Error:
                     pass
             self.peak_total = max(self.peak_total, sum(rss))
@@ -117,9 +118,9 @@ def main() -> None:
         c = shards.manifest["counts"]
         row = {"events": counts["events"], "users": users, "input_files": counts["files"],
                "partitions": shards.manifest["build"]["partitions"], "generate_s": gen_s,
-               "generate_peak_rss_gb": gen_mem.peak_total / 2**30, "build_s": build_s,
-               "build_events_per_s": counts["events"] / build_s, "build_peak_rss_total_gb": mem.peak_total / 2**30,
-               "build_peak_rss_single_gb": mem.peak_single / 2**30,
+               "generate_peak_pss_gb": gen_mem.peak_total / 2**30, "build_s": build_s,
+               "build_events_per_s": counts["events"] / build_s, "build_peak_pss_total_gb": mem.peak_total / 2**30,
+               "build_peak_pss_single_gb": mem.peak_single / 2**30,
                "input_gb": folder_bytes(work / "raw") / 2**30, "shards_gb": folder_bytes(work / "shards") / 2**30,
                "train_users": c["train_users"], "eval_users": c["eval_users"], "cpus": args.cpus,
                "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
@@ -130,7 +131,7 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print_table(rows, ["events", "partitions", "generate_s", "build_s", "build_events_per_s",
-                       "build_peak_rss_total_gb", "build_peak_rss_single_gb", "input_gb", "shards_gb"])
+                       "build_peak_pss_total_gb", "build_peak_pss_single_gb", "input_gb", "shards_gb"])
     if len(rows) > 1:
         import matplotlib
 
@@ -143,10 +144,10 @@ def main() -> None:
         a.loglog(x, [r["generate_s"] for r in rows], "s--", label="generate events")
         a.set(xlabel="events", ylabel="seconds", title="time")
         a.legend()
-        b.semilogx(x, [r["build_peak_rss_total_gb"] for r in rows], "o-", label="build: all processes")
-        b.semilogx(x, [r["build_peak_rss_single_gb"] for r in rows], "^-", label="build: largest process")
-        b.semilogx(x, [r["generate_peak_rss_gb"] for r in rows], "s--", label="generate")
-        b.set(xlabel="events", ylabel="peak RSS (GiB)", title="memory", ylim=(0, None))
+        b.semilogx(x, [r["build_peak_pss_total_gb"] for r in rows], "o-", label="build: all processes")
+        b.semilogx(x, [r["build_peak_pss_single_gb"] for r in rows], "^-", label="build: largest process")
+        b.semilogx(x, [r["generate_peak_pss_gb"] for r in rows], "s--", label="generate")
+        b.set(xlabel="events", ylabel="peak PSS (GiB)", title="memory", ylim=(0, None))
         b.legend()
         fig.tight_layout()
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)

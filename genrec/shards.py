@@ -300,35 +300,45 @@ def write_shards(ds: Dataset, out_dir: str | Path, cutoff: int | None, min_train
     out_dir = Path(out_dir).resolve()
     vocab, tables, stats = split_tables(ds, cutoff, min_train_events, split)
     if tables["train"].num_rows == 0:
-        if split == "leave_one_out":
-            raise ShardError(f"{ds.name}: leave-one-out left no training row (no user has {min_train_events}+ "
-                             "events before their last two); lower data.min_train_events or use data.split: time")
-        raise ShardError(f"{ds.name}: no user has {min_train_events}+ events before the cutoff {cutoff}; "
-                         "move the cutoff later (data.cutoff_quantile / data.cutoff_ts)")
+        raise no_training_rows(ds.name, split, min_train_events, cutoff)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir(parents=True)
     try:
-        files = []
-
-        def put(table: pa.Table, rel: str, split: str) -> None:
-            path = tmp / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(table, path, compression="zstd")
-            files.append({"path": rel, "split": split, "rows": table.num_rows, "bytes": path.stat().st_size,
-                          "sha256": sha256_file(path)})
-
-        put(vocab, "items.parquet", "items")
+        files = [write_part(tmp, vocab, "items.parquet", "items")]
         for name, table in tables.items():
             for i, start in enumerate(range(0, max(table.num_rows, 1), users_per_shard)):
-                put(table.slice(start, users_per_shard), f"{name}/part-{i:05d}.parquet", name)
-        manifest = {"schema_version": SCHEMA_VERSION, "dataset": ds.name, "created_at": time.time(),
-                    "counts": stats, "files": files, **(extra or {})}
-        atomic_write_json(tmp / MANIFEST, manifest)
-        _swap_into_place(tmp, out_dir)
+                files.append(write_part(tmp, table.slice(start, users_per_shard), f"{name}/part-{i:05d}.parquet", name))
+        finish_shards(tmp, out_dir, ds.name, stats, files, extra)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return ShardSet(out_dir, manifest)
+    return open_shards(out_dir)
+
+
+def no_training_rows(name: str, split: str, min_train_events: int, cutoff: int | None) -> ShardError:
+    if split == "leave_one_out":
+        return ShardError(f"{name}: leave-one-out left no training row (no user has {min_train_events}+ "
+                          "events before their last two); lower data.min_train_events or use data.split: time")
+    return ShardError(f"{name}: no user has {min_train_events}+ events before the cutoff {cutoff}; "
+                      "move the cutoff later (data.cutoff_quantile / data.cutoff_ts)")
+
+
+def write_part(folder: Path, table: pa.Table, rel: str, split: str) -> dict:
+    """One shard file under `folder` and its manifest entry (rows, bytes, sha256)."""
+    path = Path(folder, rel)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path, compression="zstd")
+    return {"path": rel, "split": split, "rows": table.num_rows, "bytes": path.stat().st_size,
+            "sha256": sha256_file(path)}
+
+
+def finish_shards(tmp: Path, out_dir: Path, dataset: str, stats: dict, files: list[dict],
+                  extra: dict | None = None) -> None:
+    """Write the manifest of a complete temporary shard folder and swap it into place."""
+    manifest = {"schema_version": SCHEMA_VERSION, "dataset": dataset, "created_at": time.time(),
+                "counts": stats, "files": files, **(extra or {})}
+    atomic_write_json(tmp / MANIFEST, manifest)
+    _swap_into_place(tmp, out_dir)
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:

@@ -166,7 +166,9 @@ def build_plan(shards: ShardSet, ecfg: EvalConfig, cold: np.ndarray) -> EvalPlan
 
     `cold` (per item index): titles with no training event in this run's training window. Users are sampled with
     eval.seed only, so retrains with other seeds or windows score the same requests."""
-    table = pq.read_table(shards.files("eval"))
+    # By user: the in-memory build writes rows in user order, the partitioned one (genrec.scale) by partition; the
+    # sampled users below must not depend on which build made the shards.
+    table = pq.read_table(shards.files("eval")).sort_by("user_id")
     n = table.num_rows
     users = np.arange(n)
     if ecfg.max_users is not None and n > ecfg.max_users:

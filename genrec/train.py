@@ -330,6 +330,18 @@ def adamw(cfg: GenrecConfig, params: list, fused: bool) -> torch.optim.AdamW:
                              fused=fused)
 
 
+def make_engine(cfg: GenrecConfig, model: GenRec, optimizer, scheduler, on_gpu: bool):
+    """The DeepSpeed engine of the trainer and of benchmarks/gpu_scale.py: ZeRO stage and precision from the config,
+    compiled (torch.compile through DeepSpeed) when train.compile is set."""
+    import deepspeed
+
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=deepspeed_config(cfg, on_gpu))
+    if cfg.train.compile:
+        engine.compile()
+    return engine
+
+
 def train_step(engine, batch: dict, trained: torch.Tensor, n_neg: int | None, mask_rate: float,
                gen: torch.Generator) -> tuple[torch.Tensor, float]:
     """One optimizer step on a batch of windows (the trainer's and benchmarks/gpu_scale.py's): draws the shared
@@ -357,7 +369,6 @@ def train_func(config: dict) -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
     # torch.distributed's renamed-collective warnings fire on every ZeRO-3 gather; they say nothing about our run.
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
-    import deepspeed
 
     cfg = GenrecConfig.model_validate(config["cfg"])
     finetune = config.get("finetune")  # {"checkpoint", "task", "mode"} when continuing a pre-trained model
@@ -441,8 +452,7 @@ def train_func(config: dict) -> None:
     optimizer = adamw(cfg, [p for p in model.parameters() if p.requires_grad], fused=on_gpu)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(min(cfg.train.warmup_steps, max(1, total_steps // 10)), total_steps, lr_offset))
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=deepspeed_config(cfg, on_gpu))
+    engine = make_engine(cfg, model, optimizer, scheduler, on_gpu)
     # Negatives come from titles with training events only: a title launched after the cutoff would otherwise be
     # pushed down as a negative at every step (and the future catalogue would leak into training).
     trained = torch.from_numpy(np.flatnonzero(counts > 0)).to(device)
@@ -483,7 +493,8 @@ def train_func(config: dict) -> None:
         stats = torch.zeros(3, dtype=torch.float64)  # [sum loss, steps, target events]
         batches = iter(data.iter_torch_batches(batch_size=cfg.train.batch_size, drop_last=True,
                                                local_shuffle_buffer_size=cfg.train.shuffle_buffer or None,
-                                               local_shuffle_seed=cfg.train.seed + epoch, device=str(device)))
+                                               local_shuffle_seed=cfg.train.seed + epoch, device=str(device),
+                                               prefetch_batches=cfg.train.prefetch_batches))
         input_wait = 0.0  # time the loop spends blocked on Ray Data for its next batch (issue #8: goal < 5%)
         while True:
             tw = time.perf_counter()

@@ -30,6 +30,7 @@ def test_storage_root_is_resolved_where_the_config_is_loaded(tmp_path, monkeypat
     ("finetune.task=Q", "finetune.task='Q' is not one of eval.tasks"),
     ("tune.seeds=[]", "tune.seeds and tune.window_shifts_h"),
     ("tune.presets=[3m]", "unknown presets"),
+    ("data.partitions=4", "reads Parquet event files in genrec.s event schema: set data.source: parquet"),
 ])
 def test_impossible_settings_are_refused_by_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):

@@ -189,6 +189,8 @@ def test_pretrain_job_two_workers_zero3_survives_a_killed_worker(job_config, kil
         assert 0 < h["mrr"] <= 1 and h["events_per_s"] > 0 and h["requests"] > 0
         assert h["flops_per_token"] > 0 and h["model_tflops_per_s"] > 0
         assert h["mfu"] == pytest.approx(h["model_tflops_per_s"] / (0.5 * 2))  # 2 workers of 0.5 TFLOP/s
+        assert 0 <= h["input_wait_s"] < h["epoch_time_s"]  # time blocked on Ray Data for the next batch
+        assert h["input_wait_share"] == pytest.approx(h["input_wait_s"] / h["epoch_time_s"])
     # wandb wrote an offline run beside the results
     assert list(cfg.storage.path("wandb").rglob("offline-run-*"))
     # The checkpoint under storage loads with plain torch (no DeepSpeed) and ranks the whole catalogue.

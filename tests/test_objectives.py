@@ -129,3 +129,13 @@ def test_mfu_against_the_devices_dense_bf16_peak():
     assert peak_tflops("cpu") is None and peak_tflops("Some Future GPU") is None  # no MFU against a made-up peak
     # 8 H100s together doing 3,560 model TFLOP/s: 3560 / (8 x 989) = 45%
     assert mfu(3560.0, 989.0, 8) == pytest.approx(0.44995, abs=1e-5)
+
+
+def test_training_cycle_by_hand():
+    from genrec.flops import training_cycle
+
+    # 3.6e6 tokens at 1,000/s per GPU on 2 GPUs keeping half each: 3.6e6 / 1,000 / 3,600 = 1 h wall, 2 GPU-hours
+    assert training_cycle(3.6e6, 1000.0, 2, 0.5) == {"gpus": 2, "wall_h": 1.0, "gpu_hours": 2.0}
+    assert training_cycle(7.2e6, 1000.0, 1)["wall_h"] == 2.0
+    with pytest.raises(ValueError):
+        training_cycle(1e6, 1000.0, 8, 1.5)

@@ -1,5 +1,7 @@
 """The out-of-core shard build (genrec.scale) against the in-memory one, and the chunked synthetic writer."""
 
+import time
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -34,28 +36,54 @@ def _rows(shards, split):
     return t.sort_by("user_id").to_pylist()
 
 
+def _shuffled(ds):
+    """The events in random order, as a real log is: the order same-second events of a user come in is what decides
+    their order in the shards, in both builds."""
+    from genrec.data.schema import Dataset
+
+    return Dataset(ds.events.take(pa.array(np.random.default_rng(0).permutation(ds.events.num_rows))), ds.items,
+                   ds.name)
+
+
 def _event_folder(tmp_path, ds, parts=3):
-    """The dataset's events as `parts` Parquet files in the order the loader gave them, and its item table."""
+    """The dataset's events, in their order, as `parts` Parquet files, an empty file and a _SUCCESS marker, and the
+    item table."""
     folder = tmp_path / "events"
     folder.mkdir()
-    n = ds.events.num_rows
+    ev = ds.events
+    n = ev.num_rows
     for i, start in enumerate(range(0, n, -(-n // parts))):
-        pq.write_table(ds.events.slice(start, -(-n // parts)), folder / f"part-{i:05d}.parquet")
+        pq.write_table(ev.slice(start, -(-n // parts)), folder / f"part-{i:05d}.parquet")
+    pq.write_table(ev.slice(0, 0), folder / "part-99999.parquet")  # Spark writes empty parts
+    (folder / "_SUCCESS").write_text("")
     pq.write_table(ds.items, tmp_path / "items.parquet")
     return folder, tmp_path / "items.parquet"
 
 
+def _with_ties(ds):
+    """Every 7th event moved to the second of the event before it: same-(user, second) ties, whose input order the
+    builds must keep (it decides which of them is the last event, and what precedes what in a sequence)."""
+    from genrec.data.schema import Dataset
+
+    ts = ds.events.column("timestamp").to_numpy().copy()
+    users = ds.events.column("user_id").to_numpy()
+    k = np.arange(7, len(ts), 7)
+    k = k[users[k] == users[k - 1]]
+    ts[k] = ts[k - 1]
+    return Dataset(ds.events.set_column(2, "timestamp", pa.array(ts)), ds.items, ds.name)
+
+
 @pytest.mark.parametrize("split", ["time", "leave_one_out"])
 def test_partitioned_build_equals_in_memory(tmp_path, ray_local, split):
-    ds = generate(users=300, items=150, events_per_user=25, seed=3)
+    ds = _shuffled(_with_ties(generate(users=300, items=150, events_per_user=25, seed=3)))
     events, items = _event_folder(tmp_path, ds)
     cutoff = resolve_cutoff(ds.events.column("timestamp").to_numpy(), None, 0.85) if split == "time" else None
     ref = write_shards(ds, tmp_path / "ref", cutoff, 2, users_per_shard=70, split=split)
     got = build_shards(events, items, tmp_path / "big", cutoff_quantile=0.85, split=split, partitions=4,
-                       users_per_shard=30, echo=lambda *_: None)
+                       users_per_shard=30, batch_rows=500, echo=lambda *_: None)  # several batches per file
     verify_shards(open_shards(tmp_path / "big"))
     assert got.manifest["counts"] == ref.manifest["counts"]
-    assert got.manifest["build"]["partitions"] == 4
+    assert got.manifest["build"] == {"partitions": 4, "input_files": 3}  # the empty file and _SUCCESS skipped
     assert len(got.files("train")) > len(ref.files("train"))  # really written per partition
     for name in ["train", "eval"] + (["valid"] if split == "leave_one_out" else []):
         assert _rows(got, name) == _rows(ref, name), name
@@ -63,15 +91,33 @@ def test_partitioned_build_equals_in_memory(tmp_path, ray_local, split):
     assert not list(tmp_path.glob(".big.tmp-*"))  # the scratch buckets went with the temporary folder
 
 
-def test_partitioned_build_names_the_bad_row(tmp_path, ray_local):
+def test_partitioned_build_writes_an_empty_split_as_the_in_memory_one_does(tmp_path, ray_local):
+    ds = generate(users=60, items=40, events_per_user=10, seed=2)
+    events, items = _event_folder(tmp_path, ds, parts=2)
+    after_all = int(ds.events.column("timestamp").to_numpy().max()) + 1  # no evaluation event
+    ref = write_shards(ds, tmp_path / "ref", after_all, 2)
+    got = build_shards(events, items, tmp_path / "big", cutoff_ts=after_all, partitions=3, echo=lambda *_: None)
+    assert got.manifest["counts"] == ref.manifest["counts"] and got.manifest["counts"]["eval_users"] == 0
+    assert len(got.files("eval")) == 1 and pq.read_table(got.files("eval")[0]).schema.equals(
+        pq.read_table(ref.files("eval")[0]).schema)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["item_id"].__setitem__(4, 999_999), r"row 5: item_id 999999 is not in the item table"),
+    (lambda d: d["utility"].__setitem__(6, float("nan")), r"row 7: field 'utility': nan is not a finite number"),
+    (lambda d: d["timestamp"].__setitem__(2, 1_700_000_000_000), r"field 'timestamp': 1700000000000 looks like ms"),
+])
+def test_partitioned_build_names_the_bad_row(tmp_path, ray_local, change, message):
     ds = generate(users=40, items=30, events_per_user=10, seed=1)
     events, items = _event_folder(tmp_path, ds, parts=2)
     bad = pq.read_table(events / "part-00001.parquet").to_pydict()
-    bad["item_id"][4] = 999_999
+    change(bad)
     pq.write_table(pa.table(bad, schema=ds.events.schema), events / "part-00001.parquet")
-    with pytest.raises(Exception, match=r"part-00001.parquet: row 5: item_id 999999 is not in the item table"):
-        build_shards(events, items, tmp_path / "out", partitions=2, echo=lambda *_: None)
-    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.tmp-*"))
+    with pytest.raises(DataError, match=r"part-00001.parquet: " + message.replace("ms", "milliseconds")):
+        build_shards(events, items, tmp_path / "out", partitions=2, batch_rows=3, echo=lambda *_: None)
+    assert not (tmp_path / "out").exists()
+    time.sleep(1)  # a cancelled task must not write into the folder after it was removed
+    assert not list(tmp_path.glob(".out.tmp-*"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="empty: no .parquet event files"):
         build_shards(tmp_path / "empty", items, tmp_path / "out2", echo=lambda *_: None)
@@ -90,9 +136,28 @@ def test_write_events_chunks_are_seeded_and_canonical(tmp_path):
     assert ta.column_names == ["user_id", "item_id", "timestamp", "action", "utility"]
     users = ta.column("user_id").to_numpy()
     assert users.min() == 1 and users.max() == 250 and len(np.unique(users)) == 250  # blocks do not overlap
+    ts = ta.column("timestamp").to_numpy()
+    assert np.all((np.diff(users) > 0) | ((np.diff(users) == 0) & (np.diff(ts) >= 0)))  # by (user, time)
     items = pq.read_table(tmp_path / "a" / "items.parquet")
     assert set(ta.column("item_id").to_numpy()) <= set(items.column("item_id").to_numpy())
     c = write_events(tmp_path / "c", users=250, items=120, events_per_user=20, users_per_chunk=100, seed=6,
                      echo=lambda *_: None)
     assert c["events"] != a["events"] or not pq.read_table(sorted((tmp_path / "c" / "events").glob("*"))[0]).equals(
         pq.read_table(files[0]))
+
+
+def test_pipeline_builds_partitioned_shards_from_config(tmp_path, ray_local):
+    """data.partitions sends prepare_shards through the out-of-core build; an unchanged config reuses the shards."""
+    from genrec.config import load_config
+    from genrec.runtime import prepare_shards
+
+    write_events(tmp_path / "raw", users=120, items=60, events_per_user=15, users_per_chunk=50, echo=lambda *_: None)
+    cfg = load_config(None, [f"storage.root={tmp_path / 'runs'}", "data.source=parquet",
+                             f"data.path={tmp_path / 'raw' / 'events'}",
+                             f"data.items_path={tmp_path / 'raw' / 'items.parquet'}", "data.partitions=3"])
+    said = []
+    shards = prepare_shards(cfg, echo=said.append)
+    assert shards.manifest["build"] == {"partitions": 3, "input_files": 3}
+    assert any("scatter" in s for s in said)
+    again = prepare_shards(cfg, echo=said.append)
+    assert again.manifest["created_at"] == shards.manifest["created_at"]  # reused, not rebuilt

@@ -129,8 +129,7 @@ def simulate(users: int = 600, items: int = 400, events_per_user: int = 60, days
              seed: int = 0, start_ts: int = 1_700_000_000, new_item_share: float = 0.2) -> tuple[Dataset, Latent]:
     """`generate`, plus the latent state the events were drawn from."""
     _check(users=users, items=items, events_per_user=events_per_user, days=days, genres=genres)
-    if not 0.0 <= new_item_share <= 1.0:
-        raise DataError(f"synthetic: argument 'new_item_share': {new_item_share} is not in [0, 1]; pass a share")
+    _check_share(new_item_share)
     rng = np.random.default_rng(seed)
     cat = _catalogue(rng, items, genres, days, start_ts, new_item_share)
     user, item, ts, utility, action, taste, popularity = _interactions(rng, cat, users, events_per_user, days,
@@ -173,6 +172,7 @@ def write_events(out_dir: str | Path, users: int, items: int, events_per_user: i
     only once complete (written beside it, then renamed)."""
     _check(users=users, items=items, events_per_user=events_per_user, days=days, genres=genres,
            users_per_chunk=users_per_chunk)
+    _check_share(new_item_share)
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise DataError(f"{out_dir}: already exists; remove it or write the events elsewhere")
@@ -203,6 +203,11 @@ def _check(**counts: int) -> None:
     for name, value in counts.items():
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise DataError(f"synthetic: argument '{name}': {value!r} is not a positive integer; pass one >= 1")
+
+
+def _check_share(new_item_share: float) -> None:
+    if not 0.0 <= new_item_share <= 1.0:
+        raise DataError(f"synthetic: argument 'new_item_share': {new_item_share} is not in [0, 1]; pass a share")
 
 
 def _genre_vocabulary(genres: int) -> tuple[list[str], list[tuple[str, ...]]]:
