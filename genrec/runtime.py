@@ -60,11 +60,10 @@ def prepare_shards(cfg: GenrecConfig, rebuild: bool = False, echo=print) -> Shar
         from genrec.scale import build_shards
 
         init_ray(cfg)
-        shards = build_shards(d.path, d.items_path, root, cutoff_ts=d.cutoff_ts, cutoff_quantile=d.cutoff_quantile,
-                              min_train_events=d.min_train_events, split=d.split, partitions=d.partitions,
-                              users_per_shard=d.users_per_shard, extra={"data_config": data_fingerprint(cfg)},
-                              name=Path(d.path).name, echo=echo)
-        return shards
+        return build_shards(d.path, d.items_path, root, cutoff_ts=d.cutoff_ts, cutoff_quantile=d.cutoff_quantile,
+                            min_train_events=d.min_train_events, split=d.split, partitions=d.partitions,
+                            users_per_shard=d.users_per_shard, extra={"data_config": data_fingerprint(cfg)},
+                            name=Path(d.path).name, echo=echo)
     kwargs = d.synthetic.model_dump() if d.source == "synthetic" else {}
     if d.source in ("parquet", "csv"):
         kwargs = {"items_path": d.items_path, "columns": d.columns}

@@ -32,7 +32,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from genrec.data.schema import _MAX_PLAUSIBLE_SECONDS, EVENT_SCHEMA, EXTERNAL_ID, ITEM_SCHEMA, DataError, Origin, _conform
+from genrec.data.schema import (_MAX_PLAUSIBLE_SECONDS, EVENT_SCHEMA, EXTERNAL_ID, ITEM_SCHEMA, DataError, Origin,
+                                 _conform, _no_nulls)
 from genrec.shards import (SPLITS, ShardSet, cold_stats, finish_shards, no_training_rows, open_shards, split_sorted,
                            write_part)
 
@@ -116,14 +117,13 @@ def _scatter(file_no: int, path: str, item_ids: np.ndarray, t0: int, hours: int,
     try:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=EVENT_SCHEMA.names):
             t = pa.Table.from_batches([batch])
+            # Errors as the in-memory validation words them, at the row's place in the whole file.
+            origin = Origin(path, lambda i, first=row: f"row {first + i + 1}")
             for name in EVENT_SCHEMA.names:
-                bad = np.flatnonzero(t.column(name).is_null().to_numpy(zero_copy_only=False))
-                if bad.size:
-                    raise DataError(f"{path}: row {row + bad[0] + 1}: field '{name}' is empty; every event needs "
-                                    f"{', '.join(EVENT_SCHEMA.names)}")
+                _no_nulls(t, name, origin)
             try:
                 t = t.cast(EVENT_SCHEMA)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:  # e.g. text in a number column
                 raise DataError(f"{path}: columns do not convert to genrec's event schema ({exc}); expected "
                                 f"{EVENT_SCHEMA}") from None
             users = t.column("user_id").to_numpy()
@@ -132,14 +132,14 @@ def _scatter(file_no: int, path: str, item_ids: np.ndarray, t0: int, hours: int,
             utility = t.column("utility").to_numpy()
             bad = np.flatnonzero(~np.isfinite(utility))
             if bad.size:
-                raise DataError(f"{path}: row {row + bad[0] + 1}: field 'utility': {utility[bad[0]]} is not a finite "
-                                "number; fix or drop this row")
+                raise origin.error(f"{utility[bad[0]]} is not a finite number", "fix or drop this row",
+                                   row=int(bad[0]), column="utility")
             idx = np.searchsorted(item_ids, raw)
             unknown = (idx >= num_items) | (item_ids[np.minimum(idx, num_items - 1)] != raw)
             if unknown.any():
                 i = int(np.flatnonzero(unknown)[0])
-                raise DataError(f"{path}: row {row + i + 1}: item_id {raw[i]} is not in the item table; add the "
-                                "title to the items file or drop its events")
+                raise origin.error(f"item_id {raw[i]} is not in the item table",
+                                   "add the title to the items file or drop its events", row=i)
             idx = (idx + 1).astype(np.int32)
             hist += np.bincount((ts - t0) // HOUR, minlength=hours)[:hours]
             np.minimum.at(first_seen, idx, ts)
@@ -279,11 +279,9 @@ def build_shards(events: str | Path, items_path: str | Path, out_dir: str | Path
             entries.extend(r["entries"])
             for k, v in r["counts"].items():
                 counts[k] = counts.get(k, 0) + v
-            seen = r["seen"]
-            if merged["seen"] is None:
-                merged["seen"] = seen
-            else:  # time split: each title's first event time (min); leave_one_out: in a training row (or)
-                merged["seen"] = np.minimum(merged["seen"], seen) if split == "time" else merged["seen"] | seen
+            if split == "leave_one_out":  # in a training row of any partition (the time split's first event
+                # times came from the scatter already)
+                merged["seen"] = r["seen"] if merged["seen"] is None else merged["seen"] | r["seen"]
             merged["eval_counts"] += r["eval_counts"]
 
         _gather([task.remote(int(d.name[2:]), str(d), len(item_ids), cutoff, min_train_events, split,
