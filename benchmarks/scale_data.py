@@ -13,7 +13,9 @@ to --out (JSON lines) as each N finishes; the table and a plot (memory and time 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import multiprocessing
 import shutil
 import sys
 import threading
@@ -30,16 +32,17 @@ from genrec.scale import build_shards  # noqa: E402
 
 
 class MemorySampler:
-    """Peak PSS of this process plus every Ray worker process (names starting with 'ray::', or default_worker.py)."""
+    """Peak PSS of this process plus every Ray worker process (names starting with 'ray::', or default_worker.py),
+    and with children=True this process's children too (the generator's process)."""
 
-    def __init__(self, period: float = 0.2):
-        self.period, self.peak_total, self.peak_single = period, 0, 0
+    def __init__(self, period: float = 0.2, children: bool = False):
+        self.period, self.peak_total, self.peak_single, self.children = period, 0, 0, children
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _procs(self):
         me = psutil.Process()
-        out = [me]
+        out = [me, *(me.children(recursive=True) if self.children else [])]
         for p in psutil.process_iter(["name", "cmdline"]):
             try:
                 cmd = " ".join(p.info["cmdline"] or [])
@@ -100,10 +103,13 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         print(f"== {n:,} events: {users:,} users x ~{args.events_per_user}, {args.items:,} titles", flush=True)
-        with MemorySampler() as gen_mem:
+        # The generator runs in its own process: what its heap keeps after 10^8 events (allocator high-water marks)
+        # must not count as the build's memory, which this process's PSS is part of.
+        with MemorySampler(children=True) as gen_mem, \
+                concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             t = time.perf_counter()
-            counts = write_events(work / "raw", users=users, items=args.items, events_per_user=args.events_per_user,
-                                  users_per_chunk=args.users_per_chunk)
+            counts = pool.submit(write_events, work / "raw", users=users, items=args.items,
+                                 events_per_user=args.events_per_user, users_per_chunk=args.users_per_chunk).result()
             gen_s = time.perf_counter() - t
         ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False,
                  _node_ip_address="127.0.0.1")
