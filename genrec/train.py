@@ -330,11 +330,23 @@ def adamw(cfg: GenrecConfig, params: list, fused: bool) -> torch.optim.AdamW:
                              fused=fused)
 
 
+def skip_shm_comm_op() -> None:
+    """On CPU, DeepSpeed's communication set-up JIT-compiles a C++ shared-memory all-reduce (about a minute on 2
+    cores, and again whenever the compiler command differs: another venv, another Ray cluster on the machine) that
+    only its inference all-reduce uses; training's collectives go through torch.distributed (gloo). Marking the op
+    incompatible, DeepSpeed's own switch for ops a machine cannot build, skips the compile and nothing else."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def make_engine(cfg: GenrecConfig, model: GenRec, optimizer, scheduler, on_gpu: bool):
     """The DeepSpeed engine of the trainer and of benchmarks/gpu_scale.py: ZeRO stage and precision from the config,
     compiled (torch.compile through DeepSpeed) when train.compile is set."""
     import deepspeed
 
+    if not on_gpu:
+        skip_shm_comm_op()
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=deepspeed_config(cfg, on_gpu))
     if cfg.train.compile:
