@@ -91,6 +91,30 @@ def test_report_from_the_sweep(winner, tmp_path):
     assert oracle["B"]["mrr"] > max(t["mrr"] for t in manifest["trials"] if t["status"] == "ok")
 
 
+def test_taste_probe_ranks_each_new_title_where_the_app_ranks_it(winner):
+    """genrec.probes (benchmarks/taste.py, issue #6): the rank it reports for each genre's new title and fan is where
+    the app's own ranking (Ranker.top over the whole catalogue, the fan's history left out) puts that title."""
+    from genrec.probes import HOUR, NEW_ID_BASE, genre_fans, taste_probe
+    from genrec.recommend import Events, Ranker
+
+    loaded = load_checkpoint(winner[1]["checkpoint"])
+    when = int(loaded.items.column("launch_ts").to_numpy().max()) + 2 * 86_400
+    ranker = Ranker(loaded, "probe")
+    fans = genre_fans(ranker)
+    result = taste_probe(ranker, when)
+    assert [r["genre"] for r in result["genres"]] == list(fans) and result["new_titles"] == len(fans) >= 2
+    for k, row in enumerate(result["genres"]):
+        history = fans[row["genre"]]
+        assert all(ranker.genres_at[i] == [row["genre"]] for i in history)
+        ts = [when - 48 * HOUR - (len(history) - 1 - j) * HOUR for j in range(len(history))]
+        scores = ranker.scores(ranker.queries([ranker.window(Events(history, ts, [0] * len(history),
+                                                                    [1.0] * len(history)))]), [when])[0]
+        ranking = [t["item_id"] for t in ranker.top(scores, ranker.size, set(history), None)]
+        assert ranking.index(NEW_ID_BASE + k) + 1 == row["rank"] and row["of"] == len(ranking)
+        new_ranking = [i for i in ranking if i >= NEW_ID_BASE]
+        assert new_ranking.index(NEW_ID_BASE + k) + 1 == row["rank_among_new"]
+
+
 def test_finetune_a_task_on_a_frozen_backbone(winner):
     from genrec.checkpoint import load_checkpoint as load
     from trainers.finetune import run
