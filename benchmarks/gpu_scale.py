@@ -44,7 +44,8 @@ from genrec.config import load_config  # noqa: E402
 from genrec.features import MAX_GENRES, MAX_TOKENS, YEAR_BUCKETS, FeatureVocab, ItemFeatures  # noqa: E402
 from genrec.flops import mfu, peak_tflops  # noqa: E402
 from genrec.model import GenRec, ModelSpec, backbone_params, resolve_shape  # noqa: E402
-from genrec.train import adamw, make_engine, model_flops_per_token, num_negatives, objective, train_step  # noqa: E402
+from genrec.train import (adamw, make_engine, model_flops_per_token, num_negatives, objective,  # noqa: E402
+                          skip_shm_comm_op, train_step)
 
 # The default plan, most telling first (a run cut short by its time limit keeps the head of the list):
 # preset:seq_len:zero_stage:activation_checkpointing:compile. The headline (the 1B backbone as fast as it goes), its
@@ -272,6 +273,9 @@ def setup(args, distributed: bool) -> tuple[torch.device, str, float | None]:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if distributed:
         import deepspeed
+
+        if device.type == "cpu":
+            skip_shm_comm_op()  # before init_distributed, which would otherwise JIT-build it (genrec.train)
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

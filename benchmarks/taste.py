@@ -6,7 +6,8 @@ single-genre titles). See genrec.probes for the design.
     .venv/bin/python benchmarks/taste.py genrec-runs/runs/taste-e12-m20 --history 10
 
 Per checkpoint: a row per genre (rank of the new title of that genre for its fan, over the catalogue without the
-history; its rank among the new titles; its mean rank for the other genres' fans), then the summary: the share of
+history, and the share of that catalogue ranked above it; its rank among the new titles; its mean rank for the other
+genres' fans, their own histories left out; ties count against the title), then the summary: the share of
 fans whose own genre's new title is the best new title (chance = 1 / genres) and whether one new title is the best
 for every fan (a per-genre prior, not a taste match).
 """
@@ -62,7 +63,7 @@ def main() -> None:
         with open(args.out, "a") as f:
             f.write(json.dumps({**row, "genres": res["genres"]}) + "\n")
     print()
-    print_table(summary, ["checkpoint", "epochs", "id_mask_rate", "new_titles", "median_percentile",
+    print_table(summary, ["checkpoint", "epochs", "id_mask_rate", "new_titles", "median_share_above",
                           "own_fan_ranks_it_higher", "own_genre_first", "best_new_title_for_every_fan"])
 
 

@@ -39,6 +39,9 @@ def taste_probe(ranker: Ranker, when: int, history_len: int = 20, min_titles: in
     """Ranks of one new single-genre title per genre for each genre's fan (1 = best). `when`: request time (Unix s);
     the new titles launch a day before it, the fans' histories end two days before it. Adds the probe's titles to
     `ranker` (use a ranker of its own)."""
+    if ranker.model.items.tower is None:
+        raise ValueError("taste probe: the checkpoint has no semantic tower (model.semantic: false); every new title "
+                         "would score alike")
     fans = genre_fans(ranker, history_len, min_titles)
     genres = list(fans)
     if len(genres) < 2:
@@ -54,30 +57,36 @@ def taste_probe(ranker: Ranker, when: int, history_len: int = 20, min_titles: in
         ts = [when - 48 * HOUR - (len(hist) - 1 - j) * HOUR for j in range(len(hist))]
         windows.append(ranker.window(Events(hist, ts, [0] * len(hist), [1.0] * len(hist))))
         seen.append(hist)
-    scores = ranker.scores(ranker.queries(windows), [when] * len(genres))  # (fans, catalogue + 1)
-    scores[:, 0] = float("-inf")
+    scores = ranker.scores(ranker.queries(windows), [when] * len(genres))  # (fans, catalogue + 1), column 0 -inf
+
+    def rank(row: torch.Tensor, col: int, among: torch.Tensor | None = None) -> int:
+        """1 + the titles scoring above row[col] or level with it (ties count against the probe's title)."""
+        r = row if among is None else row[among]
+        return int((r >= row[col]).sum())
+
     per_genre, own_first = [], 0
     for f, g in enumerate(genres):
         row = scores[f].clone()
         row[torch.tensor(seen[f])] = float("-inf")
         finite = int(torch.isfinite(row).sum())
-        mine = row[new_idx[f]]
-        rank_all = int((row > mine).sum()) + 1
-        new_scores = row[new_idx]
-        rank_new = int((new_scores > mine).sum()) + 1
+        rank_all = rank(row, int(new_idx[f]))
+        rank_new = rank(row, int(new_idx[f]), new_idx)
         own_first += rank_new == 1
-        # The same title for the other fans: a taste match ranks it lower there than for its own fan.
-        others = [int((scores[o] > scores[o, new_idx[f]]).sum()) + 1 - int((scores[o, torch.tensor(seen[o])]
-                                                                          > scores[o, new_idx[f]]).sum())
-                  for o in range(len(genres)) if o != f]
+        # The same title for the other fans (their own histories left out): a taste match ranks it lower there.
+        others = []
+        for o in range(len(genres)):
+            if o != f:
+                other = scores[o].clone()
+                other[torch.tensor(seen[o])] = float("-inf")
+                others.append(rank(other, int(new_idx[f])))
         per_genre.append({"genre": g, "history": len(seen[f]), "rank": rank_all, "of": finite,
-                          "percentile": (rank_all - 1) / max(1, finite - 1), "rank_among_new": rank_new,
+                          "share_above": (rank_all - 1) / max(1, finite - 1), "rank_among_new": rank_new,
                           "rank_for_other_fans": float(np.mean(others))})
     return {"genres": per_genre, "new_titles": len(genres),
             "own_genre_first": own_first / len(genres),  # chance: 1 / new_titles
             # A taste signal beside the prior: the title ranks better for its own fan than for the others on average.
             "own_fan_ranks_it_higher": float(np.mean([r["rank"] < r["rank_for_other_fans"] for r in per_genre])),
-            "median_percentile": float(np.median([r["percentile"] for r in per_genre])),
+            "median_share_above": float(np.median([r["share_above"] for r in per_genre])),
             "best_new_title_for_every_fan": len({int(torch.argmax(scores[f, new_idx])) for f in range(len(genres))})
             == 1}
 

@@ -92,8 +92,9 @@ def test_report_from_the_sweep(winner, tmp_path):
 
 
 def test_taste_probe_ranks_each_new_title_where_the_app_ranks_it(winner):
-    """genrec.probes (benchmarks/taste.py, issue #6): the rank it reports for each genre's new title and fan is where
-    the app's own ranking (Ranker.top over the whole catalogue, the fan's history left out) puts that title."""
+    """genrec.probes (benchmarks/taste.py, issue #6): every rank it reports (for the genre's own fan, among the new
+    titles, and the mean over the other fans) is where the app's own ranking (Ranker.top over the whole catalogue,
+    each fan's history left out) puts that title."""
     from genrec.probes import HOUR, NEW_ID_BASE, genre_fans, taste_probe
     from genrec.recommend import Events, Ranker
 
@@ -103,16 +104,21 @@ def test_taste_probe_ranks_each_new_title_where_the_app_ranks_it(winner):
     fans = genre_fans(ranker)
     result = taste_probe(ranker, when)
     assert [r["genre"] for r in result["genres"]] == list(fans) and result["new_titles"] == len(fans) >= 2
-    for k, row in enumerate(result["genres"]):
-        history = fans[row["genre"]]
-        assert all(ranker.genres_at[i] == [row["genre"]] for i in history)
+    trained = dict(zip(loaded.items.column("index").to_pylist(), loaded.items.column("train_count").to_pylist()))
+    rankings = []
+    for genre, history in fans.items():  # a fan: that genre's most trained single-genre titles
+        assert all(ranker.genres_at[i] == [genre] and trained[i] > 0 for i in history)
+        assert [trained[i] for i in history] == sorted((trained[i] for i in history), reverse=True)
         ts = [when - 48 * HOUR - (len(history) - 1 - j) * HOUR for j in range(len(history))]
         scores = ranker.scores(ranker.queries([ranker.window(Events(history, ts, [0] * len(history),
                                                                     [1.0] * len(history)))]), [when])[0]
-        ranking = [t["item_id"] for t in ranker.top(scores, ranker.size, set(history), None)]
-        assert ranking.index(NEW_ID_BASE + k) + 1 == row["rank"] and row["of"] == len(ranking)
-        new_ranking = [i for i in ranking if i >= NEW_ID_BASE]
-        assert new_ranking.index(NEW_ID_BASE + k) + 1 == row["rank_among_new"]
+        rankings.append([t["item_id"] for t in ranker.top(scores, ranker.size, set(history), None)])
+    for k, row in enumerate(result["genres"]):
+        title = NEW_ID_BASE + k
+        assert rankings[k].index(title) + 1 == row["rank"] and row["of"] == len(rankings[k])
+        assert [i for i in rankings[k] if i >= NEW_ID_BASE].index(title) + 1 == row["rank_among_new"]
+        others = [r.index(title) + 1 for o, r in enumerate(rankings) if o != k]
+        assert row["rank_for_other_fans"] == pytest.approx(sum(others) / len(others))
 
 
 def test_finetune_a_task_on_a_frozen_backbone(winner):
