@@ -25,13 +25,12 @@ from genrec.checkpoint import load_checkpoint  # noqa: E402
 from genrec.probes import taste_probe  # noqa: E402
 from genrec.recommend import Ranker  # noqa: E402
 from genrec.runtime import print_table  # noqa: E402
-
-DAY = 86_400
+from genrec.train import CHECKPOINT_WEIGHTS  # noqa: E402
 
 
 def checkpoint_of(path: Path) -> Path:
     """A checkpoint folder, or a run folder's newest checkpoint."""
-    if (path / "model.pt").exists() or (path / "model.safetensors").exists():
+    if (path / CHECKPOINT_WEIGHTS).exists():
         return path
     found = sorted(p for p in path.glob("checkpoint_*") if p.is_dir())
     if not found:
@@ -50,9 +49,7 @@ def main() -> None:
     for path in args.paths:
         ck = checkpoint_of(path)
         loaded = load_checkpoint(ck)
-        # Two days after the newest launch: every title is on offer, the probe's own launch a day before the ask.
-        when = int(loaded.items.column("launch_ts").to_numpy().max()) + 2 * DAY
-        res = taste_probe(Ranker(loaded, ck.name), when, args.history, args.min_titles)
+        res = taste_probe(Ranker(loaded, ck.name), history_len=args.history, min_titles=args.min_titles)
         print(f"\n{ck}")
         print_table(res["genres"], list(res["genres"][0]))
         row = {"checkpoint": str(ck), "epochs": loaded.info.get("metrics", {}).get("epoch"),

@@ -35,13 +35,16 @@ def genre_fans(ranker: Ranker, history_len: int = 20, min_titles: int = 5) -> di
             for g, v in sorted(by_genre.items()) if len(v) >= min_titles}
 
 
-def taste_probe(ranker: Ranker, when: int, history_len: int = 20, min_titles: int = 5) -> dict:
-    """Ranks of one new single-genre title per genre for each genre's fan (1 = best). `when`: request time (Unix s);
-    the new titles launch a day before it, the fans' histories end two days before it. Adds the probe's titles to
-    `ranker` (use a ranker of its own)."""
+def taste_probe(ranker: Ranker, when: int | None = None, history_len: int = 20, min_titles: int = 5) -> dict:
+    """Ranks of one new single-genre title per genre for each genre's fan (1 = best). `when`: request time (Unix s;
+    default two days after the catalogue's newest launch, so every title is on offer); the new titles launch a day
+    before it, the fans' histories end two days before it. Adds the probe's titles to `ranker` (use a ranker of its
+    own)."""
     if ranker.model.items.tower is None:
         raise ValueError("taste probe: the checkpoint has no semantic tower (model.semantic: false); every new title "
                          "would score alike")
+    if when is None:
+        when = int(ranker.loaded.items.column("launch_ts").to_numpy().max()) + 48 * HOUR
     fans = genre_fans(ranker, history_len, min_titles)
     genres = list(fans)
     if len(genres) < 2:
@@ -51,13 +54,14 @@ def taste_probe(ranker: Ranker, when: int, history_len: int = 20, min_titles: in
     rows = [{"item_id": NEW_ID_BASE + k, "genres": [g]} for k, g in enumerate(genres)]
     ranker.add_titles(titles_table(rows, now=when - 24 * HOUR))
     new_idx = torch.tensor([ranker.index_of[r["item_id"]] for r in rows])
-    windows, seen = [], []
-    for g in genres:
-        hist = fans[g]
+    windows = []
+    for hist in fans.values():
         ts = [when - 48 * HOUR - (len(hist) - 1 - j) * HOUR for j in range(len(hist))]
         windows.append(ranker.window(Events(hist, ts, [0] * len(hist), [1.0] * len(hist))))
-        seen.append(hist)
     scores = ranker.scores(ranker.queries(windows), [when] * len(genres))  # (fans, catalogue + 1), column 0 -inf
+    # Each fan's own history is never a candidate for that fan (the app excludes seen titles).
+    for f, hist in enumerate(fans.values()):
+        scores[f, torch.tensor(hist)] = float("-inf")
 
     def rank(row: torch.Tensor, col: int, among: torch.Tensor | None = None) -> int:
         """1 + the titles scoring above row[col] or level with it (ties count against the probe's title)."""
@@ -66,20 +70,14 @@ def taste_probe(ranker: Ranker, when: int, history_len: int = 20, min_titles: in
 
     per_genre, own_first = [], 0
     for f, g in enumerate(genres):
-        row = scores[f].clone()
-        row[torch.tensor(seen[f])] = float("-inf")
-        finite = int(torch.isfinite(row).sum())
-        rank_all = rank(row, int(new_idx[f]))
-        rank_new = rank(row, int(new_idx[f]), new_idx)
+        col = int(new_idx[f])
+        finite = int(torch.isfinite(scores[f]).sum())
+        rank_all = rank(scores[f], col)
+        rank_new = rank(scores[f], col, new_idx)
         own_first += rank_new == 1
-        # The same title for the other fans (their own histories left out): a taste match ranks it lower there.
-        others = []
-        for o in range(len(genres)):
-            if o != f:
-                other = scores[o].clone()
-                other[torch.tensor(seen[o])] = float("-inf")
-                others.append(rank(other, int(new_idx[f])))
-        per_genre.append({"genre": g, "history": len(seen[f]), "rank": rank_all, "of": finite,
+        # The same title for the other fans: a taste match ranks it lower there.
+        others = [rank(scores[o], col) for o in range(len(genres)) if o != f]
+        per_genre.append({"genre": g, "history": len(fans[g]), "rank": rank_all, "of": finite,
                           "share_above": (rank_all - 1) / max(1, finite - 1), "rank_among_new": rank_new,
                           "rank_for_other_fans": float(np.mean(others))})
     return {"genres": per_genre, "new_titles": len(genres),
@@ -89,4 +87,3 @@ def taste_probe(ranker: Ranker, when: int, history_len: int = 20, min_titles: in
             "median_share_above": float(np.median([r["share_above"] for r in per_genre])),
             "best_new_title_for_every_fan": len({int(torch.argmax(scores[f, new_idx])) for f in range(len(genres))})
             == 1}
-

@@ -21,9 +21,9 @@ def init_ray(cfg: GenrecConfig | None = None, num_cpus: int | None = None) -> No
     Local Ray is given 127.0.0.1 as its node address and its dashboard binds there. The dashboard runs (Ray's default;
     one that fails to start is a warning, not an error) because Ray Train's placement-group cleaner asks its State
     API whether a run's controller is still alive: without it the cleaner cannot free a dead run's placement group
-    and logs a warning every second of training. Ray 2.60's own
-    gRPC servers (GCS, raylet, workers) still listen on every interface, with or without the dashboard (seen with
-    `ss -ltnp`; docs/reliability.md): on a shared host, firewall them.
+    and logs a warning every second of training. Ray 2.60's own gRPC servers (GCS, raylet, workers) still listen on
+    every interface, with or without the dashboard (seen with `ss -ltnp`; docs/reliability.md): on a shared host,
+    firewall them.
     """
     import ray
 
