@@ -13,13 +13,12 @@ re-streaming hurts: every epoch re-lists, re-reads and re-windows the Parquet sh
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 
 from genrec.config import load_config
 from genrec.runtime import init_ray, prepare_shards, print_table
-from genrec.train import fit, history_path
+from genrec.train import fit, read_history
 
 
 def main() -> None:
@@ -46,7 +45,7 @@ def main() -> None:
         t0 = time.perf_counter()
         fit(cfg, shards, name)
         wall = time.perf_counter() - t0
-        hist = json.loads(history_path(cfg, name).read_text())
+        hist = read_history(cfg, name)
         later = hist[1:] or hist
         rows.append({"ingest": mode, "variant": variant or "-", "epoch_1_s": hist[0]["epoch_time_s"],
                      "later_epochs_s": sum(h["epoch_time_s"] for h in later) / len(later),

@@ -38,7 +38,7 @@ from pathlib import Path
 from genrec.config import load_config
 from genrec.runtime import init_ray, prepare_shards
 from genrec.shards import open_shards
-from genrec.train import fit, history_path
+from genrec.train import fit, read_history
 
 REPO = Path(__file__).resolve().parent.parent
 DATASETS = {
@@ -274,7 +274,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 fit(cfg, shards, name)
                 walls[name] = time.perf_counter() - t0
-                hist = json.loads(history_path(cfg, name).read_text())
+                hist = read_history(cfg, name)
                 histories[name] = hist
                 last = hist[-1]
                 for k in ("mrr_cold", "ndcg@10_cold", "mrr_B", "mrr_B_24h", "mrr_B_48h"):

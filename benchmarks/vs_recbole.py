@@ -37,7 +37,7 @@ def recbole_dataset(py: Path) -> Path:
 def run_genrec(data_path: Path, epochs: int, overrides: list[str], storage: Path) -> dict:
     from genrec.config import load_config
     from trainers.pretrain import run
-    from genrec.train import history_path
+    from genrec.train import read_history
 
     cfg = load_config(ROOT / "configs" / "local.yaml", [
         *GENREC_DEFAULTS, f"data.path={data_path}", f"storage.root={storage}", f"train.epochs={epochs}", *overrides])
@@ -45,7 +45,7 @@ def run_genrec(data_path: Path, epochs: int, overrides: list[str], storage: Path
     t0 = time.perf_counter()
     run(cfg, name)
     wall = time.perf_counter() - t0
-    history = json.loads(history_path(cfg, name).read_text())
+    history = read_history(cfg, name)
     last = history[-1]
     return {"system": "genrec", "model": f"{cfg.model.preset} (decoding {cfg.model.decoding}, "
             f"projection 1/{cfg.model.projection_ratio}, semantic {cfg.model.semantic}, mtp_k {cfg.model.mtp_k})",

@@ -11,13 +11,12 @@ is measured here; on GPUs (NCCL) the ratio differs and must be measured there.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 
 from genrec.config import load_config
 from genrec.runtime import init_ray, prepare_shards, print_table
-from genrec.train import fit, history_path
+from genrec.train import fit, read_history
 
 
 def main() -> None:
@@ -38,7 +37,7 @@ def main() -> None:
         t0 = time.perf_counter()
         fit(cfg, shards, name)
         wall = time.perf_counter() - t0
-        last = json.loads(history_path(cfg, name).read_text())[-1]
+        last = read_history(cfg, name)[-1]
         rows.append({"zero_stage": stage, "events_per_s": last["events_per_s"], "epoch_time_s": last["epoch_time_s"],
                      "run_wall_s": wall, "loss": last["loss"], "mrr": last["mrr"]})
     base = rows[0]["events_per_s"]

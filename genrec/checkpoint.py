@@ -20,7 +20,7 @@ import torch
 
 from genrec.data.schema import DataError
 from genrec.model import GenRec, ModelSpec
-from genrec.shards import verify_checksums
+from genrec.shards import CHECKSUMS, verify_checksums
 from genrec.train import CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS, TRAIN_COUNT, catalogue
 
 
@@ -113,12 +113,24 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> LoadedModel:
     return loaded
 
 
-def load_last_good(path: str | Path, device: str = "cpu") -> tuple[LoadedModel, str | None]:
+def load_last_good(path: str | Path, device: str = "cpu", store=None) -> tuple[LoadedModel, str | None]:
     """Load the checkpoint at `path`; when it is corrupt or incomplete, the newest other checkpoint of the same run
     that passes its checks (Ray Train keeps the best two and the latest in the run folder). Returns the model and,
     when it is not the one asked for, why (the file at fault and the checkpoint served instead), for the caller to
     report: serving degrades to the last good state, loudly, instead of going down. Raises the original error when
-    no checkpoint of the run is usable."""
+    no checkpoint of the run is usable.
+
+    With a URI storage's `store`, `path` names a checkpoint there (its path or scheme://... name): it is copied to
+    the local cache and checked there; a copy that fails its checks is copied again once (the cache is not trusted
+    over the store)."""
+    if store is not None and store.remote:
+        from genrec.storage import StorageError
+
+        try:
+            located = store.locate(path)
+        except StorageError as exc:
+            raise CheckpointError(str(exc)) from None
+        return _load_last_good_remote(store, located, device)
     path = Path(path)
     try:
         return load_checkpoint(path, device), None
@@ -128,6 +140,50 @@ def load_last_good(path: str | Path, device: str = "cpu") -> tuple[LoadedModel, 
     for other in sorted((p for p in path.parent.glob("checkpoint_*") if p.is_dir() and p != path), reverse=True):
         try:
             return load_checkpoint(other, device), f"{error}; serving {other.name} of the same run instead"
+        except CheckpointError:
+            continue
+    raise error
+
+
+def fetch_checkpoint(store, path: str, use):
+    """use(local folder) on a local copy of the store's checkpoint `path` -> its result. Only the serving files are
+    copied (weights, spec, items, checksums; not the optimizer state under resume/). A cached copy that fails
+    (CheckpointError from `use`) is copied again once: the cache is not trusted over the store. Errors name the
+    store's URI, not the cache."""
+    names = (CHECKPOINT_WEIGHTS, CHECKPOINT_SPEC, CHECKPOINT_ITEMS, CHECKSUMS)
+    try:
+        try:
+            return use(store.fetch(path, only=names))
+        except CheckpointError:
+            return use(store.fetch(path, fresh=True, only=names))
+    except FileNotFoundError as exc:
+        if not store.is_dir(path):
+            raise CheckpointError(f"{store.uri(path)}: no such checkpoint folder") from None
+        raise CheckpointError(f"{store.uri(path)}: {exc}") from None
+    except OSError as exc:  # the store unreachable, a cache folder replaced under us
+        raise CheckpointError(f"{store.uri(path)}: could not be copied ({exc})") from None
+    except CheckpointError as exc:
+        raise CheckpointError(str(exc).replace(str(store.fetch_dir(path)), store.uri(path))) from None
+
+
+def _fetch_and_load(store, path: str, device: str) -> LoadedModel:
+    return fetch_checkpoint(store, path, lambda local: load_checkpoint(local, device))
+
+
+def _load_last_good_remote(store, path: str, device: str) -> tuple[LoadedModel, str | None]:
+    import pyarrow.fs as pafs
+
+    try:
+        return _fetch_and_load(store, path, device), None
+    except CheckpointError as exc:
+        error = exc
+    parent = path.rsplit("/", 1)[0]
+    others = sorted((e.path for e in store.list(parent) if e.type == pafs.FileType.Directory
+                     and e.base_name.startswith("checkpoint_") and e.path != path), reverse=True)
+    for other in others:
+        try:
+            return (_fetch_and_load(store, other, device),
+                    f"{error}; serving {other.rsplit('/', 1)[-1]} of the same run instead")
         except CheckpointError:
             continue
     raise error

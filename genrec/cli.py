@@ -155,10 +155,13 @@ def cmd_report(args) -> int:
     from tuning.analysis import make_report
     from tuning.sweep import latest_experiment
 
-    results = args.results_dir
-    if results is None:
-        results = latest_experiment(load_config(args.config, args.overrides))
-    make_report(results, args.out, args.budget_flops, args.bootstrap, command="genrec " + " ".join(sys.argv[1:]))
+    results, store = args.results_dir, None
+    if results is None or args.config or args.overrides:
+        cfg = load_config(args.config, args.overrides)
+        store = cfg.storage.store()
+        results = results or latest_experiment(cfg)
+    make_report(results, args.out, args.budget_flops, args.bootstrap, command="genrec " + " ".join(sys.argv[1:]),
+                store=store)
     return 0
 
 
@@ -252,9 +255,9 @@ def sample_history(cfg, n: int = 8) -> list[dict]:
 
     from genrec.shards import open_shards
 
-    shards = open_shards(cfg.shards_dir())
-    row = pq.read_table(shards.files("eval")[0], columns=["items", "ts"]).slice(0, 1).to_pylist()[0]
-    vocab = pq.read_table(shards.items_path, columns=["item_id", "index"])
+    shards = open_shards(cfg.shards_dir(), cfg.storage.store())
+    row = pq.read_table(shards.files("eval")[0], columns=["items", "ts"], filesystem=shards.fs).slice(0, 1).to_pylist()[0]
+    vocab = pq.read_table(shards.items_path, columns=["item_id", "index"], filesystem=shards.fs)
     id_of = dict(zip(vocab.column("index").to_pylist(), vocab.column("item_id").to_pylist()))
     return [{"item_id": id_of[i], "timestamp": t} for i, t in zip(row["items"][-n:], row["ts"][-n:])]
 
@@ -275,7 +278,8 @@ def cmd_pipeline(args) -> int:
     print("== 3/5 report (scaling fits, retrain cost vs stability, gains vs headroom)")
     from tuning.analysis import make_report
 
-    make_report(manifest["experiment"], args.report_dir, command="genrec " + " ".join(sys.argv[1:]))
+    make_report(manifest["experiment"], args.report_dir, command="genrec " + " ".join(sys.argv[1:]),
+                store=cfg.storage.store())
     print("== 4/5 serve the winner (Ray Serve)")
     url = start_serve(cfg)
     history = sample_history(cfg)

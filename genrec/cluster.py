@@ -56,6 +56,16 @@ def runtime_env(cfg: GenrecConfig, working_dir: str = ".") -> dict:
     return env
 
 
+def shared_mount(cfg: GenrecConfig) -> bool:
+    """Whether the nodes need the shared folder at cluster.storage_mount: a folder storage.root lives there; with a
+    URI storage.root (every node reads the object store itself) only raw data placed under it does."""
+    c = _cluster(cfg)
+    if not cfg.storage.remote:
+        return True
+    path = (cfg.data.path or "").rstrip("/") + "/"
+    return cfg.data.source != "synthetic" and path.startswith(c.storage_mount.rstrip("/") + "/")
+
+
 def gpu_nodes_needed(cfg: GenrecConfig) -> int:
     """GPU nodes one training run occupies (train.workers x train.gpus_per_worker over the node's GPUs)."""
     t, g = cfg.train, _cluster(cfg).gpu_workers
@@ -76,10 +86,12 @@ def ray_up_config(cfg: GenrecConfig) -> dict:
     """A cluster launcher file for `ray up`. Node types: head (no training: it runs the drivers and Ray Data's
     coordinator), cpu_workers (Ray Data read and windowing tasks), gpu_workers (the Ray Train workers)."""
     c = _cluster(cfg)
-    if not c.storage_nfs:
-        raise ConfigError("cluster.storage_nfs: `ray up` VMs share shards, checkpoints and manifests through an NFS "
-                          "export (e.g. EFS: fs-0123.efs.us-west-2.amazonaws.com:/) mounted at cluster.storage_mount; "
-                          "set it to render ray-cluster.yaml")
+    mount = shared_mount(cfg)
+    if mount and not c.storage_nfs:
+        raise ConfigError("cluster.storage_nfs: `ray up` VMs share shards, checkpoints and manifests (and data under "
+                          "cluster.storage_mount) through an NFS export (e.g. EFS: fs-0123.efs.us-west-2.amazonaws.com:/)"
+                          " mounted at cluster.storage_mount; set it to render ray-cluster.yaml, or put storage.root "
+                          "on an object store (s3://...)")
     # The training run's GPU nodes stay up: genrec checks before a run that the cluster has room for its workers
     # and for Ray Data, which counts running nodes only.
     need = min(gpu_nodes_needed(cfg), c.gpu_workers.max_workers)
@@ -91,9 +103,10 @@ def ray_up_config(cfg: GenrecConfig) -> dict:
         types["gpu_workers"] = _node_type(gpu)
     setup = [f"pip install -q 'ray[default,train,tune,serve]=={c.ray_version}' " +
              " ".join(shlex.quote(p) for p in c.pip)]
-    mount, nfs = shlex.quote(c.storage_mount), shlex.quote(c.storage_nfs)
-    setup = [f"sudo mkdir -p {mount} && (mountpoint -q {mount} || sudo mount -t nfs4 -o nfsvers=4.1 {nfs} {mount}) "
-             f"&& sudo chmod 777 {mount}"] + setup
+    if mount:
+        mount, nfs = shlex.quote(c.storage_mount), shlex.quote(c.storage_nfs)
+        setup = [f"sudo mkdir -p {mount} && (mountpoint -q {mount} || sudo mount -t nfs4 -o nfsvers=4.1 {nfs} "
+                 f"{mount}) && sudo chmod 777 {mount}"] + setup
     return {
         "cluster_name": c.name,
         "max_workers": sum(t["max_workers"] for t in types.values()),
@@ -129,18 +142,21 @@ def _container(name: str, image: str, group: NodeGroupConfig, c: ClusterConfig, 
     if group.gpus:
         limits["nvidia.com/gpu"] = str(group.gpus)
     # /dev/shm in memory: the default 64 MB slows the object store and breaks NCCL between the GPUs of one pod.
+    mounts = [{"name": "shm", "mountPath": "/dev/shm"}]
+    if c.storage_pvc:  # as in _pod
+        mounts.insert(0, {"name": "storage", "mountPath": c.storage_mount})
     container = {"name": name, "image": image, "resources": {"limits": dict(limits), "requests": dict(limits)},
-                 "volumeMounts": [{"name": "storage", "mountPath": c.storage_mount},
-                                  {"name": "shm", "mountPath": "/dev/shm"}]}
+                 "volumeMounts": mounts}
     if ports:
         container["ports"] = ports
     return container
 
 
 def _pod(container: dict, c: ClusterConfig) -> dict:
-    return {"spec": {"containers": [container],
-                     "volumes": [{"name": "storage", "persistentVolumeClaim": {"claimName": c.storage_pvc}},
-                                 {"name": "shm", "emptyDir": {"medium": "Memory"}}]}}
+    volumes = [{"name": "shm", "emptyDir": {"medium": "Memory"}}]
+    if c.storage_pvc:  # None when nothing lives on the mount (a URI storage root: every pod reads the store itself)
+        volumes.insert(0, {"name": "storage", "persistentVolumeClaim": {"claimName": c.storage_pvc}})
+    return {"spec": {"containers": [container], "volumes": volumes}}
 
 
 def raycluster_spec(cfg: GenrecConfig, for_training: bool) -> dict:
@@ -148,6 +164,11 @@ def raycluster_spec(cfg: GenrecConfig, for_training: bool) -> dict:
     training job's cluster starts with the GPU nodes the run needs (waiting for the autoscaler would idle the
     rest); a serving cluster keeps the configured minimum."""
     c = _cluster(cfg)
+    if not shared_mount(cfg):  # a URI storage root and no data under the mount: the pods mount no claim
+        c = c.model_copy(update={"storage_pvc": None})
+    elif not c.storage_pvc:
+        raise ConfigError(f"cluster.storage_pvc is null but data.path={cfg.data.path} lies under "
+                          f"cluster.storage_mount={c.storage_mount}: name the claim that holds it")
     ports = [{"containerPort": 6379, "name": "gcs-server"}, {"containerPort": 8265, "name": "dashboard"},
              {"containerPort": 10001, "name": "client"}, {"containerPort": cfg.serve.port, "name": "serve"}]
     # The head runs drivers and coordinators, never a training worker or a replica: num-cpus 0 keeps them off it.

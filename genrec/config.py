@@ -25,19 +25,56 @@ class _Section(BaseModel):
 
 
 class StorageConfig(_Section):
-    # Shards, checkpoints, Tune results and winner manifests all live under this root. Relative paths are taken
-    # from the directory the command runs in (the repo root for `make demo` and `ray job submit`).
+    # Shards, checkpoints, Tune results, winner manifests and catalogue updates all live under this root: a local
+    # folder (relative paths are taken from the directory the command runs in: the repo root for `make demo` and
+    # `ray job submit`) or a pyarrow.fs URI, e.g. s3://bucket/genrec (options as a query string:
+    # ?region=eu-west-1, ?endpoint_override=host:port&scheme=http for an S3-compatible store). See genrec.storage.
     root: str = "genrec-runs"
+    # Local folder for copies of a URI root's artefacts (checkpoints being served, sweep results being analysed)
+    # and wandb's offline runs; default ~/.cache/genrec (or $GENREC_CACHE).
+    cache: str | None = None
 
     @field_validator("root")
     @classmethod
     def _absolute(cls, v: str) -> str:
         # Resolved once, where the config is loaded: Ray Tune runs each trial in a working directory of its own
         # (under /tmp/ray), where a relative root would silently put checkpoints and histories in a temporary tree.
-        return v if "://" in v else str(Path(v).expanduser().resolve())
+        if "://" not in v:
+            return str(Path(v).expanduser().resolve())
+        scheme = v.split("://", 1)[0]
+        if scheme not in URI_SCHEMES:
+            raise ValueError(f"{v}: unknown storage scheme {scheme!r}; expected a local folder or one of "
+                             f"{', '.join(s + '://' for s in URI_SCHEMES)}")
+        return v
+
+    @field_validator("cache")
+    @classmethod
+    def _cache_absolute(cls, v: str | None) -> str | None:
+        # Like root: Tune trials and Serve replicas run in working directories of their own.
+        return None if v is None else str(Path(v).expanduser().resolve())
+
+    @property
+    def remote(self) -> bool:
+        return "://" in self.root
+
+    def store(self):
+        """The root as a genrec.storage.Store (one per process)."""
+        from genrec.storage import store
+
+        return store(self.root, self.cache)
 
     def path(self, *parts: str) -> Path:
+        """A local path under a local root. A URI root has none: use store() (refused here rather than making a
+        local folder named "s3:")."""
+        if self.remote:
+            raise ConfigError(f"storage.root={self.root} is a URI; this operation needs a local folder")
         return Path(self.root).expanduser().resolve().joinpath(*parts)
+
+
+# Object stores whose URIs name bucket/key the way genrec.storage.Store maps them (s3 is tested against an
+# S3-protocol server; gs/gcs take the same bucket/key form). hdfs:// and abfs:// carry a host or an account in the
+# URI that Store does not map back yet: not accepted.
+URI_SCHEMES = ("s3", "gs", "gcs")
 
 
 class SyntheticConfig(_Section):
@@ -399,9 +436,11 @@ class ClusterConfig(_Section):
     provider: dict[str, Any] = Field(default_factory=lambda: {"type": "aws", "region": "us-west-2"})
     ssh_user: str = "ubuntu"
     # Storage every node sees at the same path: a PersistentVolumeClaim on Kubernetes, an NFS export (e.g. EFS)
-    # mounted by `ray up`'s setup commands. storage.root must lie under storage_mount.
+    # mounted by `ray up`'s setup commands. A folder storage.root must lie under storage_mount; a URI storage.root
+    # (s3://...) needs neither (set storage_pvc: null, leave storage_nfs unset).
     storage_mount: str = "/mnt/cluster_storage"
-    storage_pvc: str = "genrec-storage"
+    # KubeRay: the ReadWriteMany claim mounted at storage_mount in every pod; null mounts none (a URI storage.root).
+    storage_pvc: str | None = "genrec-storage"
     storage_nfs: str | None = None
     # KubeRay cannot upload a laptop's folder: RayJob and RayService fetch the code from this URI (a zip of the
     # repository, e.g. a GitHub archive or s3://.../genrec.zip). `ray job submit --working-dir .` uploads instead.
@@ -459,6 +498,12 @@ class GenrecConfig(_Section):
                                                   or any(self.tune.window_shifts_h)):
             raise ValueError("training-window shifts (train.window_shift_h, train.window_days, "
                              "tune.window_shifts_h) need data.split: time")
+        if self.data.partitions and self.storage.remote:
+            # Its Ray tasks hand bucket files to each other through a folder every node sees; on a URI root they
+            # would each write to their own node's disk.
+            raise ValueError(f"data.partitions (the out-of-core build) needs storage.root on a folder every node "
+                             f"mounts, not {self.storage.root}: build the shards with a local root and copy them "
+                             "under the URI's shards/<name>, or remove data.partitions")
         if self.cluster:
             self._fits_cluster(self.cluster)
         return self
@@ -494,7 +539,12 @@ class GenrecConfig(_Section):
             raise ValueError(f"serve.cpus_per_replica={s.cpus_per_replica:g} is more than any cluster worker node "
                              f"has ({biggest} CPUs)")
         path = self.data.path
-        if self.data.source != "synthetic" and path and "://" not in path and not (
+        if not self.storage.remote and not c.storage_pvc:
+            raise ValueError(f"cluster.storage_pvc is null but storage.root={self.storage.root} is a folder: the pods "
+                             "share it through that claim; name the claim, or put storage.root on an object store")
+        # With a URI storage root the raw data is read once, by the driver that builds the shards (README), from
+        # wherever it is; with a shared folder it must be there.
+        if self.data.source != "synthetic" and path and not self.storage.remote and not (
                 path.rstrip("/") + "/").startswith(c.storage_mount.rstrip("/") + "/"):
             raise ValueError(f"data.path={path} is not under cluster.storage_mount={c.storage_mount}: the nodes "
                              "read the raw data from the shared storage (or a URI)")
@@ -503,11 +553,13 @@ class GenrecConfig(_Section):
             raise ValueError(f"storage.root={root} is not under cluster.storage_mount={c.storage_mount}: every "
                              "node must see the same shards, checkpoints and manifests")
 
-    def shards_dir(self) -> Path:
-        return self.storage.path("shards", self.name)
+    def shards_dir(self) -> str:
+        """The shard set's folder in the storage's filesystem (see genrec.storage.Store)."""
+        return self.storage.store().path("shards", self.name)
 
-    def winner_path(self) -> Path:
-        return self.storage.path("winners", f"{self.name}.json")
+    def winner_path(self) -> str:
+        """The winner manifest's path in the storage's filesystem."""
+        return self.storage.store().path("winners", f"{self.name}.json")
 
 
 def _format_errors(exc: ValidationError, source: str) -> str:

@@ -13,11 +13,13 @@ catalogue while serving, keep per-user state. `serving/app.py` wires these into 
 
 from __future__ import annotations
 
+import io
 import os
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +29,9 @@ import torch
 from genrec.checkpoint import LoadedModel
 from genrec.data.schema import ITEM_SCHEMA
 from genrec.windows import context_window, gap_buckets
+
+if TYPE_CHECKING:
+    from genrec.storage import Store
 
 UPDATE_SUFFIX = ".parquet"
 
@@ -95,12 +100,14 @@ class Ranker:
             self._index()
         return table.column("item_id").to_pylist()
 
-    def sync_titles(self, folder: Path | None) -> int:
-        """Apply the catalogue updates under folder this ranker has not applied yet (in file-name order)."""
+    def sync_titles(self, folder: str | Path | None, store: "Store | None" = None) -> int:
+        """Apply the catalogue updates under folder (local, or a path in a URI storage's `store`) this ranker has
+        not applied yet (in file-name order)."""
         added = 0
-        for name in list_updates(folder):
+        for name in list_updates(folder, store):
             if name not in self.applied:
-                added += len(self.add_titles(pq.read_table(folder / name)))
+                fs = store.fs if store is not None else None
+                added += len(self.add_titles(pq.read_table(f"{folder}/{name}", filesystem=fs)))
                 self.applied.add(name)
         return added
 
@@ -205,9 +212,17 @@ def titles_table(rows: list[dict], now: int | None = None) -> pa.Table:
     return pa.table(cols, schema=ITEM_SCHEMA)
 
 
-def write_titles(folder: Path, table: pa.Table) -> str:
-    """Write one catalogue update atomically (a temporary file renamed into place); returns its file name. Names sort
-    in time order and never collide, so concurrent replicas cannot overwrite each other's updates."""
+def write_titles(folder: str | Path, table: pa.Table, store: "Store | None" = None) -> str:
+    """Write one catalogue update atomically (a temporary file renamed into place; on a URI storage's `store`, one
+    PUT); returns its file name. Names sort in time order and never collide, so concurrent replicas cannot overwrite
+    each other's updates."""
+    if store is not None and store.remote:
+        name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}{UPDATE_SUFFIX}"
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        store.write_bytes(f"{folder}/{name}", buf.getvalue())
+        return name
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}{UPDATE_SUFFIX}"
     tmp = folder / f".{name}.tmp"
@@ -218,8 +233,12 @@ def write_titles(folder: Path, table: pa.Table) -> str:
     return name
 
 
-def list_updates(folder: Path | None) -> list[str]:
+def list_updates(folder: str | Path | None, store: "Store | None" = None) -> list[str]:
     """Catalogue update files under folder, oldest first (temporary files of unfinished writes are skipped)."""
+    if store is not None and store.remote and folder is not None:
+        return sorted(e.base_name for e in store.list(str(folder))
+                      if e.base_name.endswith(UPDATE_SUFFIX) and not e.base_name.startswith("."))
+    folder = Path(folder) if folder is not None else None
     if folder is None or not folder.is_dir():
         return []
     return sorted(n for n in os.listdir(folder) if n.endswith(UPDATE_SUFFIX) and not n.startswith("."))

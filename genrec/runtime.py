@@ -48,7 +48,10 @@ def data_fingerprint(cfg: GenrecConfig) -> dict:
 def prepare_shards(cfg: GenrecConfig, rebuild: bool = False, echo=print) -> ShardSet:
     """Load the configured data and write its shards (time or leave-one-out split, `data.split`), unless identical
     shards already exist."""
-    root = cfg.shards_dir()
+    store = cfg.storage.store()
+    if store.remote:
+        return _prepare_remote(cfg, store, rebuild, echo)
+    root = Path(cfg.shards_dir())
     if not rebuild and (root / "manifest.json").is_file():
         try:
             existing = open_shards(root)
@@ -93,6 +96,37 @@ def prepare_shards(cfg: GenrecConfig, rebuild: bool = False, echo=print) -> Shar
     echo(f"shards ({d.split} split): {c['train_users']} training users, {c['train_events']} training events, "
          f"{valid}{c['eval_users']} evaluation users, {c['items']} titles ({c['cold_start_items']} {cold}) -> {root}")
     return shards
+
+
+def _prepare_remote(cfg: GenrecConfig, store, rebuild: bool, echo) -> ShardSet:
+    """prepare_shards on a URI root: the set is built in a local staging folder and published (genrec.shards)."""
+    import shutil
+    import uuid
+
+    from genrec.shards import publish_shards
+
+    root = cfg.shards_dir()
+    if not rebuild and store.is_file(f"{root}/manifest.json"):
+        try:
+            existing = open_shards(root, store)
+            if existing.manifest.get("data_config") == data_fingerprint(cfg):
+                verify_shards(existing)
+                return existing
+            echo(f"shards at {store.uri(root)} were built from another data config; rebuilding")
+        except ShardError as exc:
+            echo(f"shards at {store.uri(root)} are unusable ({exc}); rebuilding them from the source data")
+    staging = store.cache / "staging" / uuid.uuid4().hex[:12]
+    local = cfg.model_copy(deep=True)
+    local.storage.root = str(staging)
+    def said(msg: str) -> None:  # the staging folder is gone after the upload: name where the shards end up
+        echo(msg.replace(local.shards_dir(), store.uri(root)))
+
+    try:
+        built = prepare_shards(local, rebuild=True, echo=said)
+        echo(f"uploading the shards to {store.uri(root)} ...")
+        return publish_shards(built, store, root)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def print_table(rows: list[dict], columns: list[str], file=None) -> None:

@@ -30,14 +30,19 @@ import shutil
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from genrec.data.schema import Dataset
+
+if TYPE_CHECKING:
+    from genrec.storage import Store
 
 SCHEMA_VERSION = 2  # 2: evaluation rows carry the history's utilities
 MANIFEST = "manifest.json"
@@ -49,28 +54,28 @@ class ShardError(RuntimeError):
 
 @dataclass(frozen=True)
 class ShardSet:
-    root: Path
+    root: Path | PurePosixPath  # a local folder, or (store set) the folder's path in the store's filesystem
     manifest: dict
+    store: "Store | None" = None  # None: the local disk
+
+    @property
+    def fs(self) -> pafs.FileSystem:
+        """For readers: pq.read_table(path, filesystem=shards.fs), ray.data.read_parquet(..., filesystem=...)."""
+        return self.store.fs if self.store else pafs.LocalFileSystem()
+
+    def uri(self, path: str | Path | None = None) -> str:
+        """How a person names `path` (default: the set's folder): a local path or scheme://bucket/key."""
+        path = self.root if path is None else path
+        return self.store.uri(str(path)) if self.store else str(path)
 
     @property
     def num_items(self) -> int:
         return int(self.manifest["counts"]["items"])
 
     @property
-    def train_dir(self) -> Path:
-        return self.root / "train"
-
-    @property
-    def eval_dir(self) -> Path:
-        return self.root / "eval"
-
-    @property
-    def valid_dir(self) -> Path:
-        return self.root / "valid"
-
-    @property
-    def items_path(self) -> Path:
-        return self.root / "items.parquet"
+    def items_path(self) -> str:
+        return str(self.root / next((f["path"] for f in self.manifest["files"] if f["split"] == "items"),
+                                    "items.parquet"))
 
     def files(self, split: str) -> list[str]:
         return [str(self.root / f["path"]) for f in self.manifest["files"] if f["split"] == split]
@@ -351,30 +356,88 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def open_shards(root: str | Path) -> ShardSet:
-    root = Path(root)
-    mpath = root / MANIFEST
-    if not mpath.is_file():
-        raise ShardError(f"{mpath}: no shard manifest; build shards first (`genrec data prepare --config ...`)")
+def open_shards(root: str | Path, store: "Store | None" = None) -> ShardSet:
+    """The shard set at `root`: a local folder, or (with a remote `store`) a folder in the store's filesystem.
+    Every file's size is checked against the manifest (cheap enough for every worker that opens the set)."""
+    if store is not None and not store.remote:
+        store = None
+    root = PurePosixPath(str(root)) if store else Path(root)
+    shards = ShardSet(root, {}, store)
+    mpath = str(root / MANIFEST)
     try:
-        manifest = json.loads(mpath.read_text())
+        text = _read(shards, mpath)
+    except FileNotFoundError:
+        raise ShardError(f"{shards.uri(mpath)}: no shard manifest; build shards first "
+                         "(`genrec data prepare --config ...`)") from None
+    try:
+        manifest = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ShardError(f"{mpath}: manifest is not valid JSON ({exc}); rebuild the shards") from None
+        raise ShardError(f"{shards.uri(mpath)}: manifest is not valid JSON ({exc}); rebuild the shards") from None
     if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise ShardError(f"{mpath}: schema_version {manifest.get('schema_version')!r}, this genrec reads "
+        raise ShardError(f"{shards.uri(mpath)}: schema_version {manifest.get('schema_version')!r}, this genrec reads "
                          f"{SCHEMA_VERSION}; rebuild the shards")
-    for f in manifest["files"]:  # sizes only: cheap enough for every worker that opens the set
-        try:
-            _check_file(root / f["path"], f.get("bytes"), None, mpath, ShardError)
-        except ShardError as exc:
-            raise ShardError(f"{exc}; rebuild the shards (--rebuild-shards)") from None
-    return ShardSet(root, manifest)
+    shards = ShardSet(root, manifest, store)
+    _check_files(shards, sha=False)
+    return shards
 
 
 def verify_shards(shards: ShardSet) -> None:
     """Every file against its sha256 in the manifest (a flipped byte keeps the size): ShardError naming the file."""
+    _check_files(shards, sha=True)
+
+
+def _read(shards: ShardSet, path: str) -> str:
+    if shards.store:
+        if not shards.store.is_file(path):
+            raise FileNotFoundError(path)
+        return shards.store.read_text(path)
+    return Path(path).read_text()
+
+
+def _check_files(shards: ShardSet, sha: bool) -> None:
+    listed_in = shards.uri(shards.root / MANIFEST)
     for f in shards.manifest["files"]:
+        path = str(shards.root / f["path"])
         try:
-            _check_file(shards.root / f["path"], f.get("bytes"), f.get("sha256"), shards.root / MANIFEST, ShardError)
+            if shards.store:
+                _check_remote(shards.store, path, f.get("bytes"), f.get("sha256") if sha else None, listed_in)
+            else:
+                _check_file(Path(path), f.get("bytes"), f.get("sha256") if sha else None, listed_in, ShardError)
         except ShardError as exc:
             raise ShardError(f"{exc}; rebuild the shards (--rebuild-shards)") from None
+
+
+def _check_remote(store: "Store", path: str, size: int | None, sha: str | None, listed_in: str) -> None:
+    have = store.size(path)
+    if have is None:
+        raise ShardError(f"{store.uri(path)}: listed in {listed_in} but missing")
+    if size is not None and have != size:
+        raise ShardError(f"{store.uri(path)}: {have:,} bytes, {listed_in} says {size:,} (truncated or overwritten)")
+    if sha is not None and store.sha256(path) != sha:
+        raise ShardError(f"{store.uri(path)}: its sha256 differs from the one in {listed_in} (corrupted)")
+
+
+def publish_shards(local: ShardSet, store: "Store", root: str) -> ShardSet:
+    """Copy a complete local shard set to `root` in a remote store, atomically for readers.
+
+    An object store cannot rename a folder, so the files go under a fresh version folder (root/v-<time>-<id>/) and
+    the manifest, whose file paths name that folder, is written last in one PUT: a reader sees the old set or the
+    new one, whole. Older version folders are deleted afterwards (a reader still inside one fails on a missing file,
+    naming it, as a reader of a local set does during its swap)."""
+    version = f"v-{time.time_ns()}-{uuid.uuid4().hex[:8]}"
+    store.ensure_root()
+    for f in local.manifest["files"]:
+        with open(local.root / f["path"], "rb") as src, \
+                store.fs.open_output_stream(f"{root}/{version}/{f['path']}") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    manifest = {**local.manifest, "version": version,
+                "files": [{**f, "path": f"{version}/{f['path']}"} for f in local.manifest["files"]]}
+    store.write_json(f"{root}/{MANIFEST}", manifest)
+    # Older versions go, only while the manifest still names this one: a publisher that lost a race to a newer
+    # one must not delete the set that is live now. Version names sort by time.
+    if json.loads(store.read_text(f"{root}/{MANIFEST}")).get("version") == version:
+        for entry in store.list(root):
+            if entry.type == pafs.FileType.Directory and entry.base_name.startswith("v-") and \
+                    entry.base_name < version:
+                store.delete_dir(entry.path)
+    return open_shards(root, store)

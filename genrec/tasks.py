@@ -109,7 +109,7 @@ def _all_events(shards: ShardSet, eval_table: pa.Table) -> tuple[np.ndarray, np.
     parts_i, parts_t = [], []
     train_users = set()
     for path in shards.files("train"):
-        t = pq.read_table(path, columns=["user_id", "items", "ts"])
+        t = pq.read_table(path, columns=["user_id", "items", "ts"], filesystem=shards.fs)
         train_users.update(t.column("user_id").to_pylist())
         parts_i.append(pc.list_flatten(t.column("items")).to_numpy())
         parts_t.append(pc.list_flatten(t.column("ts")).to_numpy())
@@ -128,7 +128,7 @@ def launch_times(shards: ShardSet, items: np.ndarray, ts: np.ndarray) -> np.ndar
     first = np.full(shards.num_items + 1, never, np.int64)
     if items.size:
         np.minimum.at(first, items, ts)
-    vocab = pq.read_table(shards.items_path)
+    vocab = pq.read_table(shards.items_path, filesystem=shards.fs)
     if "launch_ts" in vocab.column_names:
         col = vocab.column("launch_ts")
         known = col.is_valid().to_numpy(zero_copy_only=False)
@@ -168,7 +168,7 @@ def build_plan(shards: ShardSet, ecfg: EvalConfig, cold: np.ndarray) -> EvalPlan
     eval.seed only, so retrains with other seeds or windows score the same requests."""
     # By user: the in-memory build writes rows in user order, the partitioned one (genrec.scale) by partition; the
     # sampled users below must not depend on which build made the shards.
-    table = pq.read_table(shards.files("eval")).sort_by("user_id")
+    table = pq.read_table(shards.files("eval"), filesystem=shards.fs).sort_by("user_id")
     n = table.num_rows
     users = np.arange(n)
     if ecfg.max_users is not None and n > ecfg.max_users:

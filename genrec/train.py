@@ -27,7 +27,7 @@ from genrec.features import (NUM_AGE_BUCKETS, FeatureVocab, age_bucket_counts, a
 from genrec.flops import mfu, peak_tflops, training_flops_per_token
 from genrec.model import GenRec, ModelSpec, Objective, resolve_shape
 from genrec.objectives import draw_id_mask
-from genrec.shards import ShardSet, atomic_write_bytes, atomic_write_json, open_shards, write_checksums
+from genrec.shards import ShardSet, open_shards, write_checksums
 from genrec.tasks import build_plan, evaluate_plan, model_scorer, plan_metrics
 from genrec.windows import in_window, training_windows
 
@@ -39,13 +39,14 @@ CHECKPOINT_ITEMS = "items.parquet"
 RESUME_DIR = "resume"
 RESUME_TAG = "state"
 TRAINER_STATE = "trainer_state.json"
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints, in its folder
 TRAIN_COUNT = "train_count"  # items.parquet column in a checkpoint: training events of each title (0 = cold start)
 
 
 def model_spec(cfg: GenrecConfig, shards: ShardSet, items: pa.Table | None = None) -> ModelSpec:
     m = cfg.model
     layers, width, heads = resolve_shape(m.preset, m.layers, m.width, m.heads)
-    items = pq.read_table(shards.items_path) if items is None and m.semantic else items
+    items = pq.read_table(shards.items_path, filesystem=shards.fs) if items is None and m.semantic else items
     vocab = build_vocab(items, m.text_buckets) if m.semantic else FeatureVocab()
     return ModelSpec(num_items=shards.num_items, layers=layers, width=width, heads=heads, max_seq_len=m.max_seq_len,
                      dropout=m.dropout, activation_checkpointing=m.activation_checkpointing,
@@ -101,7 +102,7 @@ def item_counts(shards: ShardSet, window: tuple[int | None, int | None] = (None,
     trained id row, and q for logQ."""
     counts = np.zeros(shards.num_items + 1, np.int64)
     for path in shards.files("train"):
-        t = pq.read_table(path, columns=["items", "ts"])
+        t = pq.read_table(path, columns=["items", "ts"], filesystem=shards.fs)
         flat = pc.list_flatten(t.column("items")).to_numpy()
         if window != (None, None):
             flat = flat[in_window(pc.list_flatten(t.column("ts")).to_numpy(), *window)]
@@ -134,7 +135,7 @@ def age_prior(shards: ShardSet, window: tuple[int | None, int | None], launch: t
     times = []
     launch_np = launch.numpy()
     for path in shards.files("train"):  # one file at a time: only the bucket counts and the times are kept
-        t = pq.read_table(path, columns=["items", "ts"])
+        t = pq.read_table(path, columns=["items", "ts"], filesystem=shards.fs)
         i, s = pc.list_flatten(t.column("items")).to_numpy(), pc.list_flatten(t.column("ts")).to_numpy()
         if window != (None, None):
             keep = in_window(s, *window)
@@ -155,7 +156,7 @@ def count_windows(shards: ShardSet, max_seq_len: int, window: tuple[int | None, 
     window_bounds)."""
     total = 0
     for path in shards.files("train"):
-        t = pq.read_table(path, columns=["ts"]).column("ts")
+        t = pq.read_table(path, columns=["ts"], filesystem=shards.fs).column("ts")
         if window == (None, None):
             n = pc.list_value_length(t).to_numpy()
         else:
@@ -208,22 +209,24 @@ def save_for_serving(engine, spec: ModelSpec, items: pa.Table, out_dir: str, ext
 def check_run_name(cfg: GenrecConfig, run_name: str | None, resume: str | None) -> str | None:
     """The run's name. Ray Train continues any run whose folder holds a checkpoint (same storage and name), so
     continuing must be asked for: `--resume NAME` needs that run's checkpoint, `--name NAME` one without any."""
+    store = cfg.storage.store()
     if resume:
         if run_name and run_name != resume:
             raise ConfigError(f"--name {run_name} and --resume {resume}: a resumed run keeps its name; drop --name")
-        folder = cfg.storage.path("runs", resume)
-        snapshot = folder / "checkpoint_manager_snapshot.json"
-        latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result") if snapshot.is_file() else None
+        folder = store.path("runs", resume)
+        snapshot = f"{folder}/{RAY_SNAPSHOT}"
+        latest = (json.loads(store.read_text(snapshot)).get("latest_checkpoint_result")
+                  if store.is_file(snapshot) else None)
         if not latest:
-            raise ConfigError(f"--resume {resume}: {folder} holds no checkpoint of a run under storage.root="
-                              f"{cfg.storage.root}; name a run listed there")
+            raise ConfigError(f"--resume {resume}: {store.uri(folder)} holds no checkpoint of a run under "
+                              f"storage.root={cfg.storage.root}; name a run listed there")
         name = latest.get("checkpoint_dir_name", "")
-        if name and not (folder / name / TRAINER_STATE).is_file():
-            raise ConfigError(f"--resume {resume}: {folder / name} has no {TRAINER_STATE} (written by a genrec "
-                              "before runs could resume); start a new run")
+        if name and not store.is_file(f"{folder}/{name}/{TRAINER_STATE}"):
+            raise ConfigError(f"--resume {resume}: {store.uri(folder + '/' + name)} has no {TRAINER_STATE} (written "
+                              "by a genrec before runs could resume); start a new run")
         return resume
-    if run_name and (cfg.storage.path("runs", run_name) / "checkpoint_manager_snapshot.json").is_file():
-        raise ConfigError(f"--name {run_name}: {cfg.storage.path('runs', run_name)} holds a run already; pass "
+    if run_name and store.is_file(store.path("runs", run_name, RAY_SNAPSHOT)):
+        raise ConfigError(f"--name {run_name}: {store.uri(store.path('runs', run_name))} holds a run already; pass "
                           f"--resume {run_name} to continue it, or choose another name")
     return run_name
 
@@ -255,17 +258,19 @@ def finetune_setup(cfg: GenrecConfig, shards: ShardSet) -> tuple[GenrecConfig, d
     path = ft.checkpoint
     if path is None:
         raise ConfigError("finetune.checkpoint: set a pre-trained checkpoint folder, or 'winner' (after a sweep)")
+    store = cfg.storage.store()
     if path == "winner":
-        if not cfg.winner_path().is_file():
-            raise ConfigError(f"finetune.checkpoint=winner: no winner manifest at {cfg.winner_path()}; run a sweep "
-                              "first or name a checkpoint folder")
-        path = json.loads(cfg.winner_path().read_text())["checkpoint"]
-    spec = read_spec(path)
-    ckpt_items = pq.read_table(Path(path, CHECKPOINT_ITEMS), columns=["item_id"]).column("item_id")
-    shard_items = pq.read_table(shards.items_path, columns=["item_id"]).column("item_id")
+        if not store.is_file(cfg.winner_path()):
+            raise ConfigError(f"finetune.checkpoint=winner: no winner manifest at {store.uri(cfg.winner_path())}; "
+                              "run a sweep first or name a checkpoint folder")
+        path = json.loads(store.read_text(cfg.winner_path()))["checkpoint"]
+    local = local_checkpoint(cfg, path)
+    spec = read_spec(local)
+    ckpt_items = pq.read_table(Path(local, CHECKPOINT_ITEMS), columns=["item_id"]).column("item_id")
+    shard_items = pq.read_table(shards.items_path, columns=["item_id"], filesystem=shards.fs).column("item_id")
     if not ckpt_items.equals(shard_items):
         raise ConfigError(f"finetune.checkpoint={path}: its catalogue ({len(ckpt_items)} titles) is not the one of "
-                          f"the shards at {shards.root} ({len(shard_items)}); fine-tune on the data it was trained on")
+                          f"the shards at {shards.uri()} ({len(shard_items)}); fine-tune on the data it was trained on")
     out = cfg.model_copy(deep=True)
     out.model.preset, out.model.layers, out.model.width, out.model.heads = "custom", spec.layers, spec.width, spec.heads
     out.model.max_seq_len, out.model.projection_ratio = spec.max_seq_len, spec.projection_ratio
@@ -280,8 +285,31 @@ def finetune_setup(cfg: GenrecConfig, shards: ShardSet) -> tuple[GenrecConfig, d
     return out, {"checkpoint": str(path), "task": ft.task, "mode": ft.mode}
 
 
+def local_checkpoint(cfg: GenrecConfig, path: str) -> Path:
+    """A checkpoint folder on this machine: `path` itself, or, when it lies in a URI storage root (a path in the
+    store's filesystem or its scheme://... name), a copy of its serving files in the cache that passes its
+    checksums (genrec.checkpoint.fetch_checkpoint)."""
+    from genrec.checkpoint import CheckpointError, fetch_checkpoint
+    from genrec.shards import verify_checksums
+    from genrec.storage import StorageError
+
+    store = cfg.storage.store()
+    if not store.remote:
+        return Path(path)
+
+    def checked(local: Path) -> Path:
+        verify_checksums(local, CheckpointError)
+        return local
+
+    try:
+        return fetch_checkpoint(store, store.locate(path), checked)
+    except (CheckpointError, StorageError) as exc:
+        raise ConfigError(f"checkpoint {path}: {exc}") from None
+
+
 def _load_pretrained(model: GenRec, spec: ModelSpec, path: str) -> None:
-    """Fine-tuning: start from a checkpoint's consolidated weights (weights only: nothing is unpickled)."""
+    """Fine-tuning: start from a checkpoint's consolidated weights (weights only: nothing is unpickled). `path` is
+    local (local_checkpoint)."""
     from genrec.checkpoint import read_spec
 
     ckpt_spec = read_spec(path)
@@ -300,7 +328,7 @@ def _gather_rows(rows: list, world: int) -> list:
     return [r for part in parts for r in part]
 
 
-def write_topk(path: Path, rows: list) -> None:
+def write_topk(store, path: str, rows: list) -> None:
     """Each request's top-k titles (item indices) at delay 0, for the retrain-stability analysis."""
     import io
 
@@ -310,7 +338,7 @@ def write_topk(path: Path, rows: list) -> None:
                       "items": pa.array([r[2] for r in rows], pa.list_(pa.int32()))})
     buf = io.BytesIO()
     pq.write_table(table, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    store.write_bytes(path, buf.getvalue())
 
 
 def model_flops_per_token(cfg: GenrecConfig, spec: ModelSpec, num_items: int, n_neg: int | None) -> float:
@@ -385,8 +413,9 @@ def train_func(config: dict) -> None:
     cfg = GenrecConfig.model_validate(config["cfg"])
     finetune = config.get("finetune")  # {"checkpoint", "task", "mode"} when continuing a pre-trained model
     torch.set_num_threads(cfg.train.torch_threads)
-    shards = open_shards(config["shards"])
-    items_table = pq.read_table(shards.items_path)
+    store = cfg.storage.store()
+    shards = open_shards(config["shards"], store)
+    items_table = pq.read_table(shards.items_path, filesystem=shards.fs)
     spec = model_spec(cfg, shards, items_table)
     window = train_window(cfg, shards)
     counts = item_counts(shards, window)
@@ -426,7 +455,7 @@ def train_func(config: dict) -> None:
         if last:
             top = _gather_rows(top, world)
             if rank == 0:
-                write_topk(Path(config["topk"]), top)
+                write_topk(store, config["topk"], top)
         return plan_metrics(sums, cfg.eval.primary)
 
     # A restarted worker group (a worker died, `max_failures` allows a retry) resumes from the last reported
@@ -444,7 +473,7 @@ def train_func(config: dict) -> None:
     total_steps = steps_per_epoch * cfg.train.epochs
     history: list[dict] = state["history"] if state else []
     if finetune and state is None:
-        _load_pretrained(model, spec, finetune["checkpoint"])
+        _load_pretrained(model, spec, str(local_checkpoint(cfg, finetune["checkpoint"])))
         # The pre-trained model on every task before any step, with its own head: the transfer baseline.
         history.append({"epoch": 0, **metrics_of(model.to(device), False)})
     if finetune and finetune["mode"] == "head":  # linear-probe style: only a fresh decoding head learns
@@ -492,7 +521,7 @@ def train_func(config: dict) -> None:
     if rank == 0 and cfg.tracking.wandb != "disabled":
         import wandb
 
-        wandb_dir = cfg.storage.path("wandb")
+        wandb_dir = store.local("wandb")
         wandb_dir.mkdir(parents=True, exist_ok=True)
         run = wandb.init(project=cfg.tracking.project, name=config["run_name"], mode=cfg.tracking.wandb,
                          dir=str(wandb_dir), config=cfg.model_dump(mode="json"), reinit="finish_previous")
@@ -550,7 +579,7 @@ def train_func(config: dict) -> None:
         if rank == 0:
             # The per-epoch history, also when Ray keeps only the best checkpoints' metrics.
             history.append(metrics)
-            atomic_write_json(Path(config["history"]), history)
+            store.write_json(config["history"], history)
             print(f"epoch {epoch + 1}/{cfg.train.epochs}: loss {metrics['loss']:.4f}  mrr {metrics['mrr']:.4f}  "
                   f"hr@10 {metrics['hr@10']:.4f}  {metrics['events_per_s']:,.0f} events/s", flush=True)
         if run is not None:
@@ -568,12 +597,17 @@ def train_func(config: dict) -> None:
 
 
 
-def history_path(cfg: GenrecConfig, run_name: str) -> Path:
-    return cfg.storage.path("runs", run_name, "history.json")
+def history_path(cfg: GenrecConfig, run_name: str) -> str:
+    """The run's per-epoch history, a path in the storage's filesystem (cfg.storage.store())."""
+    return cfg.storage.store().path("runs", run_name, "history.json")
 
 
-def topk_path(cfg: GenrecConfig, run_name: str) -> Path:
-    return cfg.storage.path("runs", run_name, "topk.parquet")
+def read_history(cfg: GenrecConfig, run_name: str) -> list[dict]:
+    return json.loads(cfg.storage.store().read_text(history_path(cfg, run_name)))
+
+
+def topk_path(cfg: GenrecConfig, run_name: str) -> str:
+    return cfg.storage.store().path("runs", run_name, "topk.parquet")
 
 
 WINDOW_BYTES_PER_EVENT = 18  # items int32 + actions int8 + gaps int8 + utils float32 + ts int64
@@ -589,6 +623,7 @@ def build_trainer(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=
     from ray.train.torch import TorchConfig, TorchTrainer
 
     t = cfg.train
+    storage = cfg.storage.store()
     window = train_window(cfg, shards)
     windows = count_windows(shards, cfg.model.max_seq_len, window)
     if windows // t.workers < t.batch_size:
@@ -596,7 +631,7 @@ def build_trainer(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=
                          f"windows each of the {t.workers} workers gets; lower train.batch_size or train.workers"
                          + (" (or the training-window shift)" if window != (None, None) else ""))
     train_ds = ray.data.read_parquet(shards.files("train"), columns=["items", "ts", "actions", "utils"],
-                                     num_cpus=t.data_task_cpus).map_batches(
+                                     filesystem=shards.fs, num_cpus=t.data_task_cpus).map_batches(
         training_windows, fn_kwargs={"max_seq_len": cfg.model.max_seq_len, "ts_min": window[0], "ts_max": window[1]},
         batch_format="numpy", batch_size=256, num_cpus=t.data_task_cpus)
     window_bytes = windows * (cfg.model.max_seq_len + 1) * WINDOW_BYTES_PER_EVENT
@@ -615,7 +650,8 @@ def build_trainer(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=t.workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
-        run_config=ray.train.RunConfig(name=run_name, storage_path=str(cfg.storage.path("runs")),
+        run_config=ray.train.RunConfig(name=run_name, storage_path=storage.path("runs"),
+                                       storage_filesystem=storage.fs if storage.remote else None,
                                        callbacks=callbacks or [],
                                        failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
                                        checkpoint_config=ray.train.CheckpointConfig(

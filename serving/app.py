@@ -37,6 +37,7 @@ from genrec.checkpoint import CheckpointError, load_last_good
 from genrec.config import GenrecConfig, load_config
 from genrec.data.schema import DataError
 from genrec.recommend import Ranker, UserState, titles_table, write_titles
+from genrec.storage import Store
 
 api = FastAPI(title="genrec", description="Next-title recommendations from a generative recommender.")
 # Set by the replica from serve.max_body_bytes; a module global because the middleware belongs to the app object.
@@ -216,7 +217,9 @@ class Recommender:
     def __init__(self, users, catalogue_dir: str, token_sha256: str | None, settings: dict):
         torch.set_num_threads(1)
         self.users = users
-        self.catalogue_dir = Path(catalogue_dir)
+        # Catalogue updates and checkpoints live in the config's storage: a local folder or a URI (genrec.storage).
+        self.store = Store(settings["storage_root"], settings["storage_cache"])
+        self.catalogue_dir = catalogue_dir
         self.token_sha256 = token_sha256
         self.s = settings
         MAX_BODY_BYTES[0] = settings["max_body_bytes"]
@@ -239,12 +242,12 @@ class Recommender:
     @serve.multiplexed(max_num_models_per_replica=MAX_MODELS_PER_REPLICA)
     async def load_ranker(self, path: str) -> Ranker:
         """Keyed by checkpoint folder, so a rollout that points `winner` at a new checkpoint loads the new one."""
-        loaded, degraded = load_last_good(path)
+        loaded, degraded = load_last_good(path, store=self.store)
         if degraded:  # a corrupt checkpoint: serve the run's last good one, and say so in /healthz and the logs
             logger.warning("model %s: %s", path, degraded)
             self.degraded[path] = degraded
         ranker = Ranker(loaded, name=f"{loaded.path.parent.name}/{loaded.path.name}")
-        ranker.sync_titles(self.catalogue_dir)
+        ranker.sync_titles(self.catalogue_dir, self.store)
         ranker.polled_at = time.monotonic()
         self.rankers[path] = ranker
         return ranker
@@ -258,7 +261,7 @@ class Recommender:
         except (CheckpointError, OSError) as exc:
             raise HTTPException(503, f"model {mid!r}: {exc}") from None
         if time.monotonic() - ranker.polled_at >= self.s["catalogue_poll_s"]:
-            ranker.sync_titles(self.catalogue_dir)  # titles another replica added
+            ranker.sync_titles(self.catalogue_dir, self.store)  # titles another replica added
             ranker.polled_at = time.monotonic()
         return mid, ranker
 
@@ -396,14 +399,14 @@ class Recommender:
         if dup is not None:
             raise HTTPException(422, f"titles: item_id {dup} appears twice in the request")
         mid, ranker = await self.ranker(None)
-        ranker.sync_titles(self.catalogue_dir)
+        ranker.sync_titles(self.catalogue_dir, self.store)
         taken = [i for i in ids if i in ranker.index_of]
         if taken:
             raise HTTPException(409, f"titles: item_id {taken[0]} is already in the catalogue; send only new titles")
         try:
             table = titles_table([t.model_dump() for t in req.titles])
-            name = write_titles(self.catalogue_dir, table)
-            ranker.sync_titles(self.catalogue_dir)
+            name = write_titles(self.catalogue_dir, table, self.store)
+            ranker.sync_titles(self.catalogue_dir, self.store)
         except (DataError, ValueError) as exc:
             raise HTTPException(422, f"titles: {exc}") from None
         for other in list(self.rankers.values()):
@@ -417,13 +420,14 @@ def trial_model_id(trial: dict) -> str:
 
 def served_models(cfg: GenrecConfig, checkpoint: str | None = None) -> dict[str, str]:
     """Model id -> checkpoint folder: the winner and every finished trial of its sweep (or one explicit folder)."""
+    store = cfg.storage.store()
     if checkpoint:
-        return {DEFAULT_MODEL: str(Path(checkpoint).resolve())}
+        return {DEFAULT_MODEL: store.uri(store.locate(checkpoint)) if store.remote else str(Path(checkpoint).resolve())}
     winner = cfg.winner_path()
-    if not winner.is_file():
-        raise FileNotFoundError(f"{winner}: no winner manifest; run `python -m tuning.sweep --config CONFIG` "
-                                "first, or pass checkpoint=PATH")
-    manifest = json.loads(winner.read_text())
+    if not store.is_file(winner):
+        raise FileNotFoundError(f"{store.uri(winner)}: no winner manifest; run `python -m tuning.sweep --config "
+                                "CONFIG` first, or pass checkpoint=PATH")
+    manifest = json.loads(store.read_text(winner))
     models = {trial_model_id(t): t["checkpoint"] for t in manifest.get("trials", [])
               if t.get("status") == "ok" and t.get("checkpoint")}
     models[DEFAULT_MODEL] = manifest["checkpoint"]
@@ -435,10 +439,11 @@ def build(cfg: GenrecConfig, checkpoint: str | None = None):
     token = os.environ.get(s.token_env) or s.token
     settings = {k: getattr(s, k) for k in ("default_k", "max_k", "max_history", "max_body_bytes", "batch_max_size",
                                            "batch_wait_s", "state_cache_users", "catalogue_poll_s", "token_env")}
+    settings.update(storage_root=cfg.storage.root, storage_cache=cfg.storage.cache)
     users = UserEvents.bind(s.user_ttl_s, s.max_users, s.max_history)
     return Recommender.options(
         **s.deployment_options(), user_config={"models": served_models(cfg, checkpoint), "default": DEFAULT_MODEL},
-    ).bind(users, str(cfg.storage.path("catalogue", cfg.name)), sha256(token) if token else None, settings)
+    ).bind(users, cfg.storage.store().path("catalogue", cfg.name), sha256(token) if token else None, settings)
 
 
 def app(args: dict[str, str]):

@@ -1,9 +1,18 @@
 import os
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from genrec.config import load_config
+
+
+# Credentials for the tests' own S3 server (s3_root), set before any Ray starts so its workers inherit them; they also
+# keep a stray test from ever reaching a real AWS account. No instance-metadata lookups on this machine.
+os.environ.update(AWS_ACCESS_KEY_ID="genrec-test", AWS_SECRET_ACCESS_KEY="genrec-test", AWS_EC2_METADATA_DISABLED="true")
 
 
 def free_port() -> int:
@@ -40,3 +49,32 @@ def tiny_config(root, *overrides):
 @pytest.fixture(scope="session")
 def storage(tmp_path_factory):
     return tmp_path_factory.mktemp("genrec-runs")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-protocol server (moto) on 127.0.0.1 in its own process -> its endpoint "127.0.0.1:PORT"."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("s3") / "moto.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.time() + 60
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                raise RuntimeError(f"moto_server did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.2)
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)
+
+
+def s3_uri(endpoint: str, bucket: str, prefix: str = "") -> str:
+    """storage.root for a bucket on the tests' S3 server (created on first write)."""
+    return (f"s3://{bucket}{'/' + prefix if prefix else ''}?endpoint_override={endpoint}&scheme=http"
+            "&region=us-east-1&allow_bucket_creation=true")

@@ -165,3 +165,31 @@ def test_render_cli_and_a_config_without_a_cluster(tmp_path, capsys):
     assert main(["cluster", "render", str(ROOT / CONFIG), str(tmp_path / "z"), "--as-path", CONFIG,
                  "--set", "cluster.storage_nfs=null"]) == 2
     assert "cluster.storage_nfs" in capsys.readouterr().err
+
+
+def test_a_uri_storage_root_renders_clusters_without_shared_storage(tmp_path):
+    """storage.root on an object store: no NFS mount on the `ray up` VMs, no claim in the KubeRay pods; the files
+    still pass Ray's validators. A folder root without its claim is refused by key."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    # The claim and the export stay named (the defaults): nothing lives on the mount, so nothing is mounted.
+    cfg = load_config(ROOT / CONFIG, ["storage.root=s3://my-bucket/genrec", "data.path=/data/ml-25m"])
+    files = render(cfg, CONFIG)
+    up = files["ray-cluster.yaml"]
+    validate_config(prepare_config(up))
+    assert not any("mount" in c for c in up["setup_commands"])
+    for name in ("rayjob-pretrain.yaml", "rayjob-sweep.yaml", "rayservice.yaml"):
+        doc = files[name]
+        _kuberay_cluster(doc)
+        spec = doc["spec"]["rayClusterSpec"] if doc["kind"] == "RayJob" else doc["spec"]["rayClusterConfig"]
+        for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+            pod = group["template"]["spec"]
+            assert [v["name"] for v in pod["volumes"]] == ["shm"]
+            assert [m["name"] for m in pod["containers"][0]["volumeMounts"]] == ["shm"]
+    with pytest.raises(ConfigError, match="cluster.storage_pvc is null but storage.root=/mnt"):
+        load_config(ROOT / CONFIG, ["cluster.storage_pvc=null"])
+    # Raw data on the mount still needs it, with a URI root too.
+    on_mount = load_config(ROOT / CONFIG, ["storage.root=s3://my-bucket/genrec"])
+    assert "mount -t nfs4" in render(on_mount, CONFIG)["ray-cluster.yaml"]["setup_commands"][0]
+    with pytest.raises(ConfigError, match="cluster.storage_pvc is null but data.path=/mnt/cluster_storage/data"):
+        render(load_config(ROOT / CONFIG, ["storage.root=s3://my-bucket/genrec", "cluster.storage_pvc=null"]), CONFIG)

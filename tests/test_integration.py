@@ -1,5 +1,8 @@
-"""Real Ray Data -> Ray Train (DeepSpeed on CPU, gloo) -> Ray Tune -> Ray Serve over HTTP on 127.0.0.1. (Pre-training on
-two ZeRO-3 workers, submitted through `ray job submit`, is tests/test_jobs.py.)"""
+"""Real Ray Data -> Ray Train (DeepSpeed on CPU, gloo) -> Ray Tune -> Ray Serve over HTTP on 127.0.0.1, with
+storage.root on an S3 bucket (a real S3-protocol server on 127.0.0.1, tests/conftest.py): the cluster setting, where
+no node shares a disk with another. Shards, checkpoints, Tune results, the winner manifest and catalogue updates
+are all read from and written to the bucket. (Pre-training on two ZeRO-3 workers with a local storage root,
+submitted through `ray job submit`, is tests/test_jobs.py.)"""
 
 import json
 import urllib.request
@@ -9,19 +12,25 @@ import torch
 
 from genrec.checkpoint import load_checkpoint
 from genrec.cli import post_json, sample_history
-from tests.conftest import tiny_config
+from genrec.train import local_checkpoint
+from tests.conftest import s3_uri, tiny_config
 
 pytestmark = pytest.mark.integration
 
 
+def load(cfg, checkpoint):
+    """A checkpoint of the bucket, loaded here (copied to the local cache first)."""
+    return load_checkpoint(local_checkpoint(cfg, checkpoint))
+
+
 @pytest.fixture(scope="module")
-def winner(ray_local, storage):
+def winner(ray_local, storage, s3_server):
     from tuning.sweep import run
 
     # 2 retrains (a training window ending at the cutoff, and one ending 48 h before), run side by side. One length
     # keeps the suite short: a grid over lengths is the same grid_search code with another axis. A third trial's
     # window ends 10^6 h before the cutoff, before any event: it crashes at its start (no training window), for real.
-    cfg = tiny_config(storage, "train.workers=1", "train.cpus_per_worker=0.45", "train.epochs=1",
+    cfg = tiny_config(s3_uri(s3_server, "integration", "genrec"), f"storage.cache={storage / 'cache'}", "train.workers=1", "train.cpus_per_worker=0.45", "train.epochs=1",
                       "tune.presets=[custom]", "tune.max_seq_len=[16]", "tune.max_concurrent_trials=3",
                       "tune.seeds=[0]", "tune.window_shifts_h=[0,48,1000000]")
     return cfg, run(cfg, "sweep-test")
@@ -29,7 +38,12 @@ def winner(ray_local, storage):
 
 def test_sweep_ranks_trials_and_writes_winner(winner):
     cfg, manifest = winner
-    assert json.loads(cfg.winner_path().read_text()) == json.loads(json.dumps(manifest))
+    store = cfg.storage.store()
+    assert json.loads(store.read_text(cfg.winner_path())) == json.loads(json.dumps(manifest))
+    assert manifest["experiment"] == "s3://integration/genrec/tune/sweep-test"
+    from pathlib import Path
+
+    assert not list(Path.cwd().glob("s3:*")) and not Path("integration").exists()  # no URI taken for a local path
     trials = [t for t in manifest["trials"] if t["status"] == "ok"]
     assert sorted((t["max_seq_len"], t["window_shift_h"]) for t in trials) == [(16, 0), (16, 48)]
     assert [t["mrr"] for t in trials] == sorted((t["mrr"] for t in trials), reverse=True)
@@ -46,7 +60,8 @@ def test_sweep_ranks_trials_and_writes_winner(winner):
     fresh = [t for t in trials if t["window_shift_h"] == 0]
     assert manifest["metrics"]["mrr"] == fresh[0]["mrr"] and manifest["max_seq_len"] == fresh[0]["max_seq_len"]
     assert manifest["cost"]["events_processed"] > 0 and manifest["cost"]["wall_time_s"] > 0
-    assert load_checkpoint(manifest["checkpoint"]).spec.max_seq_len == manifest["max_seq_len"]
+    assert manifest["checkpoint"].startswith("s3://integration/genrec/runs/sweep-test-")
+    assert load(cfg, manifest["checkpoint"]).spec.max_seq_len == manifest["max_seq_len"]
     # A retrain on the window that ends 48 h earlier saw fewer events.
     seen = {(t["max_seq_len"], t["window_shift_h"]): t["events_processed"] for t in trials}
     assert seen[(16, 48)] < seen[(16, 0)]
@@ -75,8 +90,11 @@ def test_report_from_the_sweep(winner, tmp_path):
     from genrec.cli import main
 
     cfg, manifest = winner
-    out = tmp_path / "report"
-    assert main(["report", manifest["experiment"], "--out", str(out), "--bootstrap", "50"]) == 0
+    # From the bucket: copied to the local cache, analysed, and uploaded beside the results as a local sweep keeps it.
+    store = cfg.storage.store()
+    assert main(["report", manifest["experiment"], "--bootstrap", "50",
+                 "--set", f"storage.root={cfg.storage.root}", "--set", f"storage.cache={cfg.storage.cache}"]) == 0
+    out = store.download(store.path("tune", "sweep-test", "report"), tmp_path / "report")
     md = (out / "report.md").read_text()
     assert md.count("| custom | 25k |") == 2 + 1  # every trial, every (size, length) cell
     assert "Not answered: it needs three or more" in md  # one size only: no fit, no correlation; said so
@@ -98,7 +116,7 @@ def test_taste_probe_ranks_each_new_title_where_the_app_ranks_it(winner):
     from genrec.probes import HOUR, NEW_ID_BASE, genre_fans, taste_probe
     from genrec.recommend import Events, Ranker
 
-    loaded = load_checkpoint(winner[1]["checkpoint"])
+    loaded = load(*winner[:1], winner[1]["checkpoint"])
     when = int(loaded.items.column("launch_ts").to_numpy().max()) + 2 * 86_400
     ranker = Ranker(loaded, "probe")
     fans = genre_fans(ranker)
@@ -122,17 +140,17 @@ def test_taste_probe_ranks_each_new_title_where_the_app_ranks_it(winner):
 
 
 def test_finetune_a_task_on_a_frozen_backbone(winner):
-    from genrec.checkpoint import load_checkpoint as load
+    from genrec.train import read_history
     from trainers.finetune import run
 
     cfg, manifest = winner
     cfg = cfg.model_copy(deep=True)
     cfg.finetune.checkpoint, cfg.finetune.task, cfg.finetune.mode, cfg.finetune.epochs = "winner", "A", "head", 1
     result = run(cfg, "finetune-test")
-    history = json.loads((cfg.storage.path("runs", "finetune-test", "history.json")).read_text())
+    history = read_history(cfg, "finetune-test")
     # Epoch 0 is the pre-trained model on every task, before any step: the transfer baseline.
     assert [h["epoch"] for h in history] == [0, 1] and history[0]["requests_A"] > 0 and "loss" not in history[0]
-    before, after = load(manifest["checkpoint"]), load(result.checkpoint.path)
+    before, after = load(cfg, manifest["checkpoint"]), load(cfg, result.checkpoint.path)
     b, a = before.model.state_dict(), after.model.state_dict()
     # Frozen: every backbone and embedding weight is the pre-trained one; the new head is not.
     assert all(torch.equal(b[k], a[k]) for k in b if not k.startswith("head."))
@@ -166,8 +184,9 @@ def _local_ranker(cfg, checkpoint):
     """The same checkpoint ranked in this process, with the catalogue updates the app has applied."""
     from genrec.recommend import Ranker
 
-    ranker = Ranker(load_checkpoint(checkpoint), "local")
-    ranker.sync_titles(cfg.storage.path("catalogue", cfg.name))
+    ranker = Ranker(load(cfg, checkpoint), "local")
+    store = cfg.storage.store()
+    ranker.sync_titles(store.path("catalogue", cfg.name), store)
     return ranker
 
 
@@ -373,16 +392,16 @@ def test_rollout_to_a_new_winner_while_requests_keep_succeeding(served, tmp_path
     import ray
 
     from genrec.config import dump_config
-    from genrec.shards import atomic_write_json
 
     cfg, manifest, url = served
+    store = cfg.storage.store()
     old, new = manifest["checkpoint"], next(t["checkpoint"] for t in manifest["trials"]
                                             if t.get("checkpoint") not in (None, manifest["checkpoint"]))
     config = tmp_path / "genrec.yaml"
     config.write_text(dump_config(cfg))
     try:
         with RequestLoop(url, sample_history(cfg), clients=2) as load:
-            atomic_write_json(cfg.winner_path(), {**manifest, "checkpoint": new})
+            store.write_json(cfg.winner_path(), {**manifest, "checkpoint": new})
             out = subprocess.run([str(Path(sys.executable).parent / "genrec"), "serve", "--update", "--config",
                                   str(config), "--address", ray.get_runtime_context().gcs_address],
                                  capture_output=True, text=True, timeout=180)
@@ -394,7 +413,7 @@ def test_rollout_to_a_new_winner_while_requests_keep_succeeding(served, tmp_path
                 time.sleep(0.2)
             time.sleep(1)
     finally:
-        atomic_write_json(cfg.winner_path(), manifest)
+        store.write_json(cfg.winner_path(), manifest)
     seen = [(status, checkpoint) for _, status, checkpoint in load.results]
     names = [c for _, c in seen]
     failed = [s for s, _ in seen if s != 200]
@@ -404,27 +423,29 @@ def test_rollout_to_a_new_winner_while_requests_keep_succeeding(served, tmp_path
 
 
 def test_a_corrupt_checkpoint_is_served_from_the_last_good_one_and_said(served, tmp_path):
-    """The winner's bytes flipped on disk: the replica serves the run's previous checkpoint, /healthz says which file
-    failed and what is served instead, and requests keep succeeding."""
-    import shutil
-
+    """The winner's bytes flipped in the bucket: the replica serves the run's previous checkpoint, /healthz says which
+    object failed and what is served instead, and requests keep succeeding."""
     from genrec.cli import deploy
-    from tests.test_storage import flip_byte
 
     cfg, manifest, url = served
-    run = tmp_path / "run"
-    good, bad = run / "checkpoint_2026-01-01_00-00-00.000000", run / "checkpoint_2026-01-02_00-00-00.000000"
-    shutil.copytree(manifest["checkpoint"], good)
-    shutil.copytree(manifest["checkpoint"], bad)
-    weights = bad / "model.pt"
-    flip_byte(weights, weights.stat().st_size // 2)
+    store = cfg.storage.store()
+    run = store.path("runs", "run")
+    good, bad = f"{run}/checkpoint_2026-01-01_00-00-00.000000", f"{run}/checkpoint_2026-01-02_00-00-00.000000"
+    store.upload(local_checkpoint(cfg, manifest["checkpoint"]), good)
+    store.upload(local_checkpoint(cfg, manifest["checkpoint"]), bad)
+    weights = f"{bad}/model.pt"
+    data = bytearray(store.read_bytes(weights))
+    data[len(data) // 2] ^= 0xFF
+    store.write_bytes(weights, bytes(data))
+    good_name = good.rsplit("/", 1)[-1]
     try:
-        deploy(cfg, str(bad))  # only the models map changes: the running replica switches in place
+        deploy(cfg, store.uri(bad))  # only the models map changes: the running replica switches in place
         health = _get(f"{url}/healthz")[1]
-        assert health["checkpoint"] == f"run/{good.name}", health
-        assert len(health["degraded"]) == 1 and str(weights) in health["degraded"][0], health
+        assert health["checkpoint"] == f"run/{good_name}", health
+        assert len(health["degraded"]) == 1 and f"{store.uri(weights)}: its sha256 differs" in health["degraded"][0], \
+            health
         status, body = post_json(f"{url}/recommend", {"history": sample_history(cfg), "k": 5})
-        assert status == 200 and body["checkpoint"] == f"run/{good.name}", body
+        assert status == 200 and body["checkpoint"] == f"run/{good_name}", body
     finally:
         deploy(cfg)
     assert _get(f"{url}/healthz")[1]["degraded"] == []

@@ -11,7 +11,6 @@ scores every task with the pre-trained weights (epoch 0), so the table shows wha
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 
@@ -21,7 +20,7 @@ from genrec.config import GenrecConfig
 
 def run(cfg: GenrecConfig, run_name: str | None = None, rebuild: bool = False, resume: str | None = None):
     from genrec.runtime import init_ray, prepare_shards, print_table
-    from genrec.train import check_run_name, finetune_setup, fit, history_path
+    from genrec.train import check_run_name, finetune_setup, fit, read_history
 
     run_name = check_run_name(cfg, run_name, resume)
     shards = prepare_shards(cfg, rebuild=rebuild)
@@ -30,9 +29,9 @@ def run(cfg: GenrecConfig, run_name: str | None = None, rebuild: bool = False, r
     task = finetune["task"]
     run_name = run_name or f"finetune-{cfg.name}-{task}-{finetune['mode']}-{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"fine-tuning {finetune['checkpoint']} on task {task} ({finetune['mode']}), {cfg.train.epochs} epochs on "
-          f"{cfg.train.workers} workers -> {cfg.storage.path('runs', run_name)}")
+          f"{cfg.train.workers} workers -> {cfg.storage.store().uri(cfg.storage.store().path('runs', run_name))}")
     result = fit(cfg, shards, run_name, finetune=finetune)
-    history = json.loads(history_path(cfg, run_name).read_text())
+    history = read_history(cfg, run_name)
     columns = ["epoch", "loss"] + [f"mrr_{t}" for t in cfg.eval.tasks] + [f"hr@10_{task}"]
     print_table(history, columns)
     print(f"task {task}: MRR {history[0][f'mrr_{task}']:.4f} before fine-tuning, "

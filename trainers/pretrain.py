@@ -8,7 +8,6 @@ last epoch's checkpoint; a lost worker is retried by Ray Train itself (`train.ma
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 
@@ -20,18 +19,18 @@ EPOCH_COLUMNS = ["epoch", "loss", "mrr", "hr@10", "ndcg@10", "events_per_s", "ep
 
 def run(cfg: GenrecConfig, run_name: str | None = None, rebuild: bool = False, resume: str | None = None):
     from genrec.runtime import init_ray, prepare_shards, print_table
-    from genrec.train import check_run_name, fit, history_path
+    from genrec.train import check_run_name, fit, read_history
 
     run_name = check_run_name(cfg, run_name, resume)
     shards = prepare_shards(cfg, rebuild=rebuild)
     init_ray(cfg)
     run_name = run_name or f"pretrain-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"training {cfg.model.preset} (max_seq_len {cfg.model.max_seq_len}) on {cfg.train.workers} workers, "
-          f"DeepSpeed ZeRO-{cfg.train.zero_stage}, {cfg.train.epochs} epochs -> {cfg.storage.path('runs', run_name)}")
+          f"DeepSpeed ZeRO-{cfg.train.zero_stage}, {cfg.train.epochs} epochs -> {cfg.storage.store().uri(cfg.storage.store().path('runs', run_name))}")
     result = fit(cfg, shards, run_name)
-    print_table(json.loads(history_path(cfg, run_name).read_text()), EPOCH_COLUMNS)
+    print_table(read_history(cfg, run_name), EPOCH_COLUMNS)
     best = result.get_best_checkpoint(metric="mrr", mode="max") or result.checkpoint
-    print(f"best checkpoint: {best.path}")
+    print(f"best checkpoint: {cfg.storage.store().uri(best.path)}")
     return result
 
 

@@ -68,14 +68,16 @@ def load_experiment(path: str | Path) -> Experiment:
     if not folders:
         raise ConfigError(f"{path}: no Tune trial folders (with params.json) in it; pass a sweep's results folder "
                           "(storage.root/tune/<sweep>, printed by `genrec sweep`)")
-    trials, base, shards = [], None, None
+    trials, base, shards, store = [], None, None, None
     for d in folders:
         params = json.loads((d / "params.json").read_text())
         base, shards = base or params.get("base"), shards or params.get("shards")
+        if store is None and base:  # histories and top-k lists live under the sweep's storage (local or a URI)
+            store = GenrecConfig.model_validate(base).storage.store()
         run = json.loads((d / RUN_FILE).read_text()) if (d / RUN_FILE).is_file() else {}
         history = []
-        if run.get("history") and Path(run["history"]).is_file():
-            history = json.loads(Path(run["history"]).read_text())
+        if run.get("history") and store is not None and store.is_file(run["history"]):
+            history = json.loads(store.read_text(run["history"]))
         elif (d / "result.json").is_file():  # the metrics Tune received, when the run's own history is gone
             history = [json.loads(line) for line in (d / "result.json").read_text().splitlines() if line.strip()]
         error = (d / "error.txt").read_text().strip() if (d / "error.txt").is_file() else None
@@ -93,13 +95,18 @@ def load_experiment(path: str | Path) -> Experiment:
     return Experiment(path, GenrecConfig.model_validate(base), shards, trials)
 
 
-def read_topk(path: str | None) -> dict:
-    """(user_id, request ts) -> top-k item indices, from a run's topk.parquet (empty when missing)."""
+def read_topk(path: str | None, store=None) -> dict:
+    """(user_id, request ts) -> top-k item indices, from a run's topk.parquet (empty when missing); `path` is in
+    `store`'s filesystem (default: the local disk)."""
     import pyarrow.parquet as pq
 
-    if not path or not Path(path).is_file():
+    if store is None:
+        from genrec.storage import Store
+
+        store = Store("/")
+    if not path or not store.is_file(path):
         return {}
-    t = pq.read_table(path).to_pydict()
+    t = pq.read_table(path, filesystem=store.fs).to_pydict()
     return {(u, ts): items for u, ts, items in zip(t["user_id"], t["ts"], t["items"])}
 
 
@@ -171,7 +178,7 @@ def stability(exp: Experiment, k: int, resamples: int, seed: int) -> dict:
     tasks = list(exp.config.eval.tasks)
     rows = []
     for (preset, seq_len), trials in sorted(cells.items(), key=lambda kv: (kv[1][0].params, kv[0][1])):
-        tops = [read_topk(t.topk_path) for t in trials]
+        tops = [read_topk(t.topk_path, exp.config.storage.store()) for t in trials]
         tops = [x for x in tops if x]
         row = {"preset": preset, "backbone_params": trials[0].params, "max_seq_len": seq_len,
                "retrains": len(trials), "train_flops": _mean(t.final.get("train_flops") for t in trials),
@@ -329,14 +336,14 @@ def oracle_metrics(config: GenrecConfig, shards_root: str) -> dict | None:
     from genrec.tasks import EvalPlan, build_plan, evaluate_plan, plan_metrics
     from genrec.train import item_counts
 
-    shards = open_shards(shards_root)
+    shards = open_shards(shards_root, config.storage.store())
     _, latent = simulate(**config.data.synthetic.model_dump())
     oracle = Oracle(latent)
     counts = item_counts(shards)
     cold = counts == 0
     cold[0] = False
     plan = build_plan(shards, config.eval.model_copy(update={"delays_h": []}), cold)
-    vocab = pq.read_table(shards.items_path, columns=["item_id", "index"])
+    vocab = pq.read_table(shards.items_path, columns=["item_id", "index"], filesystem=shards.fs)
     item_id = np.zeros(shards.num_items + 1, np.int64)
     item_id[vocab.column("index").to_numpy()] = vocab.column("item_id").to_numpy()
     columns = torch.from_numpy(item_id[1:] - 1)  # score column of index i: the generator's title item_id - 1
@@ -382,13 +389,28 @@ def training_curves(exp: Experiment) -> list[dict]:
 
 
 def make_report(results_dir: str | Path, out_dir: str | Path | None = None, budget_flops: float | None = None,
-                resamples: int | None = None, command: str = "", echo=print) -> dict:
-    """Read a sweep's Tune results, analyse them and write the report (HTML + Markdown + PNG) -> the paths."""
+                resamples: int | None = None, command: str = "", echo=print, store=None) -> dict:
+    """Read a sweep's Tune results, analyse them and write the report (HTML + Markdown + PNG) -> the paths.
+
+    Results under a URI storage root (`store`, or a scheme://... results_dir) are copied to the local cache first;
+    the report is then written locally (out_dir, default the copy's report/) and, without out_dir, also uploaded
+    beside the results (<sweep>/report), where a local sweep keeps it."""
     import time
 
     from genrec.report import write_report
     from genrec.shards import ShardError, open_shards
+    from genrec.storage import Store, is_uri
 
+    remote = None
+    if is_uri(str(results_dir)) and (store is None or not store.remote):
+        store = Store(str(results_dir))
+    if store is not None and store.remote and (is_uri(str(results_dir)) or not Path(results_dir).is_dir()):
+        remote = store.locate(results_dir)
+        if not store.is_dir(remote):
+            raise ConfigError(f"{store.uri(remote)}: no such folder; pass a sweep's results folder "
+                              "(storage.root/tune/<sweep>)")
+        echo(f"report: copying {store.uri(remote)} to {store.cache} ...")
+        results_dir = store.fetch(remote, fresh=True)
     exp = load_experiment(results_dir)
     out = Path(out_dir) if out_dir else exp.path / "report"
     echo(f"report: {len(exp.ok)} of {len(exp.trials)} trials usable in {exp.path}; bootstrap "
@@ -396,7 +418,7 @@ def make_report(results_dir: str | Path, out_dir: str | Path | None = None, budg
     a = analyse(exp, budget_flops, resamples)
     counts, dataset, oracle = "", exp.config.data.source, None
     try:
-        shards = open_shards(exp.shards)
+        shards = open_shards(exp.shards, exp.config.storage.store())
         c = shards.manifest["counts"]
         dataset = shards.manifest.get("dataset", dataset)
         counts = (f"{c['split']} split, {c['users']:,} users, {c['items']:,} titles, {c['events']:,} events; "
@@ -413,7 +435,8 @@ def make_report(results_dir: str | Path, out_dir: str | Path | None = None, budg
             echo(f"note: the generator reference failed ({oracle_error}); the report goes on without it")
     t = exp.config.tune
     presets = sorted({(tr.params, tr.preset) for tr in exp.trials if math.isfinite(tr.params)})
-    meta = {"name": exp.path.name, "experiment": _shown(exp.path), "dataset": dataset, "counts": counts,
+    meta = {"name": exp.path.name, "experiment": store.uri(remote) if remote else _shown(exp.path),
+            "dataset": dataset, "counts": counts,
             "grid": (f"presets {', '.join(p for _, p in presets) or t.presets} x max_seq_len "
                      f"{sorted({tr.max_seq_len for tr in exp.trials})} x seeds {sorted({tr.seed for tr in exp.trials})}"
                      f" x training-window shifts {sorted({tr.window_shift_h for tr in exp.trials})} h: "
@@ -422,4 +445,7 @@ def make_report(results_dir: str | Path, out_dir: str | Path | None = None, budg
             "command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "oracle_error": oracle_error}
     paths = write_report(a, out, meta, oracle, training_curves(exp))
     echo(f"report -> {paths['html']} (and report.md, {len(paths) - 3} plots)")
+    if remote and not out_dir:
+        store.upload(out, f"{remote}/report")
+        echo(f"report uploaded -> {store.uri(remote + '/report')}")
     return paths

@@ -53,7 +53,8 @@ def run_trial(config: dict) -> None:
             f"-w{config['window_shift_h']:g}-{ctx.get_trial_id()}")
     atomic_write_json(Path(ctx.get_trial_dir(), RUN_FILE),
                       {"run": name, "history": str(history_path(cfg, name)), "topk": str(topk_path(cfg, name))})
-    fit(cfg, open_shards(config["shards"]), name, callbacks=[TuneReportCallback()], reserved_cpus=TRIAL_CPUS)
+    fit(cfg, open_shards(config["shards"], cfg.storage.store()), name, callbacks=[TuneReportCallback()],
+        reserved_cpus=TRIAL_CPUS)
 
 
 def summarize(results, metric: str) -> list[dict]:
@@ -85,8 +86,10 @@ def summarize(results, metric: str) -> list[dict]:
 
 
 def write_winner(cfg: GenrecConfig, sweep: str, rows: list[dict]) -> dict:
-    from genrec.shards import atomic_write_json
-
+    store = cfg.storage.store()
+    for r in rows:  # Tune names checkpoints by their path in the storage's filesystem: the manifest by their URI
+        if isinstance(r.get("checkpoint"), str) and r["checkpoint"]:
+            r["checkpoint"] = store.uri(r["checkpoint"])
     # Serving wants the freshest model: the winner is the best trial among those trained up to the cutoff.
     ok = [r for r in rows if r["status"] == "ok"]
     freshest = min((r["window_shift_h"] for r in ok), default=0.0)
@@ -98,7 +101,7 @@ def write_winner(cfg: GenrecConfig, sweep: str, rows: list[dict]) -> dict:
                               best["window_shift_h"])
     manifest = {
         "sweep": sweep,
-        "experiment": str(experiment_dir(cfg, sweep)),
+        "experiment": store.uri(experiment_dir(cfg, sweep)),
         "created_at": time.time(),
         "metric": cfg.tune.metric,
         "checkpoint": best["checkpoint"],
@@ -113,26 +116,31 @@ def write_winner(cfg: GenrecConfig, sweep: str, rows: list[dict]) -> dict:
         "config": winner_cfg.model_dump(mode="json"),
         "trials": [{k: v for k, v in r.items() if not (isinstance(v, float) and math.isnan(v))} for r in rows],
     }
-    atomic_write_json(cfg.winner_path(), manifest)
+    store.write_json(cfg.winner_path(), manifest)
     return manifest
 
 
-def resume_dir(cfg: GenrecConfig, resume: str):
-    """The experiment folder a `--resume` names: a path, or a sweep name under the config's storage."""
+def resume_dir(cfg: GenrecConfig, resume: str) -> str:
+    """The experiment folder a `--resume` names (a path or URI, or a sweep name under the config's storage), as a
+    path in the storage's filesystem."""
     from pathlib import Path
 
     import ray.tune
 
     from genrec.config import ConfigError
+    from genrec.storage import StorageError, is_uri
 
-    path = Path(resume).expanduser()
-    if not path.is_dir():
-        path = experiment_dir(cfg, resume)
-    if not path.is_dir() or not ray.tune.Tuner.can_restore(str(path.resolve())):
-        raise ConfigError(f"--resume {resume}: {path} is not a Tune experiment folder (it holds no "
+    store = cfg.storage.store()
+    try:
+        path = store.locate(resume) if is_uri(resume) or (not store.remote and Path(resume).expanduser().is_dir()) \
+            else experiment_dir(cfg, resume)
+    except StorageError as exc:
+        raise ConfigError(f"--resume {resume}: {exc}") from None
+    if not store.is_dir(path) or not ray.tune.Tuner.can_restore(path, storage_filesystem=store.fs):
+        raise ConfigError(f"--resume {resume}: {store.uri(path)} is not a Tune experiment folder (it holds no "
                           "experiment_state-*.json); pass the folder `genrec sweep` printed, or a sweep name under "
-                          f"{experiment_dir(cfg, '')}")
-    return path.resolve()
+                          f"{store.uri(experiment_dir(cfg, ''))}")
+    return path
 
 
 def run(cfg: GenrecConfig, sweep: str | None = None, rebuild: bool = False, resume: str | None = None) -> dict:
@@ -142,22 +150,24 @@ def run(cfg: GenrecConfig, sweep: str | None = None, rebuild: bool = False, resu
 
     shards = prepare_shards(cfg, rebuild=rebuild)
     init_ray(cfg)
+    store = cfg.storage.store()
     t = cfg.tune
     trainable = ray.tune.with_resources(run_trial, {"cpu": TRIAL_CPUS})
     if resume:
         # A sweep that was stopped (Ctrl-C, a lost head node): finished trials are kept as they are; trials that
         # were running or had failed start again. Every trial keeps the configuration the sweep started with.
         path = resume_dir(cfg, resume)
-        sweep = path.name
-        print(f"sweep {sweep}: resuming {path} (finished trials kept; unfinished and failed ones rerun)")
-        tuner = ray.tune.Tuner.restore(str(path), trainable, resume_unfinished=True, restart_errored=True)
+        sweep = path.rstrip("/").rsplit("/", 1)[-1]
+        print(f"sweep {sweep}: resuming {store.uri(path)} (finished trials kept; unfinished and failed ones rerun)")
+        tuner = ray.tune.Tuner.restore(path, trainable, resume_unfinished=True, restart_errored=True,
+                                       storage_filesystem=store.fs)
     else:
         sweep = sweep or f"sweep-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         n = len(t.presets) * len(t.max_seq_len) * len(t.seeds) * len(t.window_shifts_h)
         cells = len(t.presets) * len(t.max_seq_len)
         retrains = f" x {len(t.seeds) * len(t.window_shifts_h)} retrains" if n > cells else ""
         print(f"sweep {sweep}: presets {t.presets} x max_seq_len {t.max_seq_len}{retrains}, {n} trials, "
-              f"ranked by {t.metric} -> {experiment_dir(cfg, sweep)}")
+              f"ranked by {t.metric} -> {store.uri(experiment_dir(cfg, sweep))}")
         tuner = ray.tune.Tuner(
             trainable,
             param_space={
@@ -166,20 +176,21 @@ def run(cfg: GenrecConfig, sweep: str | None = None, rebuild: bool = False, resu
                 "seed": ray.tune.grid_search(t.seeds), "window_shift_h": ray.tune.grid_search(t.window_shifts_h),
             },
             tune_config=ray.tune.TuneConfig(max_concurrent_trials=t.max_concurrent_trials),
-            run_config=ray.tune.RunConfig(name=sweep, storage_path=str(cfg.storage.path("tune")), verbose=0),
+            run_config=ray.tune.RunConfig(name=sweep, storage_path=store.path("tune"), verbose=0,
+                                          storage_filesystem=store.fs if store.remote else None),
         )
     results = tuner.fit()
     rows = summarize(results, t.metric)
     print_table(rows, TRIAL_COLUMNS)
     manifest = write_winner(cfg, sweep, rows)
     print(f"winner: {manifest['preset']} max_seq_len {manifest['max_seq_len']} "
-          f"({t.metric} {manifest['metrics'][t.metric]:.4f}) -> {cfg.winner_path()}")
+          f"({t.metric} {manifest['metrics'][t.metric]:.4f}) -> {store.uri(cfg.winner_path())}")
     return manifest
 
 
-def experiment_dir(cfg: GenrecConfig, sweep: str):
-    """Where Tune writes the sweep's results (what `genrec report` reads)."""
-    return cfg.storage.path("tune", sweep)
+def experiment_dir(cfg: GenrecConfig, sweep: str) -> str:
+    """Where Tune writes the sweep's results (what `genrec report` reads), in the storage's filesystem."""
+    return cfg.storage.store().path("tune", sweep)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,8 +205,17 @@ def latest_experiment(cfg: GenrecConfig):
     """The newest sweep folder under the config's storage (for `genrec report` without a folder)."""
     from genrec.config import ConfigError
 
-    root = cfg.storage.path("tune")
-    sweeps = sorted((d for d in root.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime) if root.is_dir() else []
+    import pyarrow.fs as pafs
+
+    store = cfg.storage.store()
+    root = store.path("tune")
+    sweeps = [d for d in store.list(root) if d.type == pafs.FileType.Directory]
     if not sweeps:
-        raise ConfigError(f"{root}: no sweep results; run `genrec sweep --config ...` first, or pass RESULTS_DIR")
-    return sweeps[-1]
+        raise ConfigError(f"{store.uri(root)}: no sweep results; run `genrec sweep --config ...` first, or pass "
+                          "RESULTS_DIR")
+    # Object stores keep no folder times: the newest experiment state file inside each sweep dates it.
+    def newest(d) -> float:
+        states = [e.mtime.timestamp() for e in store.list(d.path) if e.base_name.startswith("experiment_state")
+                  and e.mtime is not None]
+        return max(states, default=d.mtime.timestamp() if d.mtime else 0.0)
+    return store.uri(max(sweeps, key=newest).path)
