@@ -1,8 +1,14 @@
-"""Real Ray Data -> Ray Train (DeepSpeed on CPU, gloo) -> Ray Tune -> Ray Serve over HTTP on 127.0.0.1, with
-storage.root on an S3 bucket (a real S3-protocol server on 127.0.0.1, tests/conftest.py): the cluster setting, where
-no node shares a disk with another. Shards, checkpoints, Tune results, the winner manifest and catalogue updates
-are all read from and written to the bucket. (Pre-training on two ZeRO-3 workers with a local storage root,
-submitted through `ray job submit`, is tests/test_jobs.py.)"""
+"""Real Ray Data -> Ray Train (DeepSpeed on CPU, gloo) -> Ray Tune -> Ray Serve over HTTP on 127.0.0.1. (Pre-training on
+two ZeRO-3 workers, submitted through `ray job submit`, is tests/test_jobs.py.)
+
+Storage: a local folder by default; GENREC_TEST_STORAGE=s3 runs the whole module with storage.root on an S3 bucket
+(a real S3-protocol server on 127.0.0.1, tests/conftest.py), the cluster setting where no node shares a disk: shards,
+checkpoints, Tune results, the winner manifest and catalogue updates then all go through the bucket. Every test is
+written against the store, so the same assertions hold on both. `make test` runs the local one (the bucket adds
+50-110 s to this module on 2 cores, past the suite's 10-minute budget); run the other with
+`GENREC_TEST_STORAGE=s3 .venv/bin/pytest tests/test_integration.py`."""
+
+import os
 
 import json
 import urllib.request
@@ -19,18 +25,24 @@ pytestmark = pytest.mark.integration
 
 
 def load(cfg, checkpoint):
-    """A checkpoint of the bucket, loaded here (copied to the local cache first)."""
+    """A checkpoint of the store, loaded here (from a bucket: copied to the local cache first)."""
     return load_checkpoint(local_checkpoint(cfg, checkpoint))
 
 
+STORAGE = os.environ.get("GENREC_TEST_STORAGE", "local")
+if STORAGE not in ("local", "s3"):
+    raise ValueError(f"GENREC_TEST_STORAGE={STORAGE!r}: expected local or s3")
+
+
 @pytest.fixture(scope="module")
-def winner(ray_local, storage, s3_server):
+def winner(ray_local, storage, request):
     from tuning.sweep import run
 
     # 2 retrains (a training window ending at the cutoff, and one ending 48 h before), run side by side. One length
     # keeps the suite short: a grid over lengths is the same grid_search code with another axis. A third trial's
     # window ends 10^6 h before the cutoff, before any event: it crashes at its start (no training window), for real.
-    cfg = tiny_config(s3_uri(s3_server, "integration", "genrec"), f"storage.cache={storage / 'cache'}", "train.workers=1", "train.cpus_per_worker=0.45", "train.epochs=1",
+    root = s3_uri(request.getfixturevalue("s3_server"), "integration", "genrec") if STORAGE == "s3" else storage
+    cfg = tiny_config(root, f"storage.cache={storage / 'cache'}", "train.workers=1", "train.cpus_per_worker=0.45", "train.epochs=1",
                       "tune.presets=[custom]", "tune.max_seq_len=[16]", "tune.max_concurrent_trials=3",
                       "tune.seeds=[0]", "tune.window_shifts_h=[0,48,1000000]")
     return cfg, run(cfg, "sweep-test")
@@ -40,7 +52,7 @@ def test_sweep_ranks_trials_and_writes_winner(winner):
     cfg, manifest = winner
     store = cfg.storage.store()
     assert json.loads(store.read_text(cfg.winner_path())) == json.loads(json.dumps(manifest))
-    assert manifest["experiment"] == "s3://integration/genrec/tune/sweep-test"
+    assert manifest["experiment"] == store.uri(store.path("tune", "sweep-test"))
     from pathlib import Path
 
     assert not list(Path.cwd().glob("s3:*")) and not Path("integration").exists()  # no URI taken for a local path
@@ -60,7 +72,7 @@ def test_sweep_ranks_trials_and_writes_winner(winner):
     fresh = [t for t in trials if t["window_shift_h"] == 0]
     assert manifest["metrics"]["mrr"] == fresh[0]["mrr"] and manifest["max_seq_len"] == fresh[0]["max_seq_len"]
     assert manifest["cost"]["events_processed"] > 0 and manifest["cost"]["wall_time_s"] > 0
-    assert manifest["checkpoint"].startswith("s3://integration/genrec/runs/sweep-test-")
+    assert manifest["checkpoint"].startswith(store.uri(store.path("runs", "sweep-test-")))
     assert load(cfg, manifest["checkpoint"]).spec.max_seq_len == manifest["max_seq_len"]
     # A retrain on the window that ends 48 h earlier saw fewer events.
     seen = {(t["max_seq_len"], t["window_shift_h"]): t["events_processed"] for t in trials}
@@ -90,7 +102,8 @@ def test_report_from_the_sweep(winner, tmp_path):
     from genrec.cli import main
 
     cfg, manifest = winner
-    # From the bucket: copied to the local cache, analysed, and uploaded beside the results as a local sweep keeps it.
+    # From the store (a bucket: copied to the local cache, analysed, and uploaded beside the results as a local sweep
+    # keeps them); the report lands in the sweep's folder.
     store = cfg.storage.store()
     assert main(["report", manifest["experiment"], "--bootstrap", "50",
                  "--set", f"storage.root={cfg.storage.root}", "--set", f"storage.cache={cfg.storage.cache}"]) == 0
@@ -164,7 +177,7 @@ WHEN = 1_800_000_000  # a fixed request time: scores compared across calls must 
 @pytest.fixture(scope="module")
 def served(winner):
     """The app on 127.0.0.1 with a token for the state-changing routes. One replica: a title it adds is applied by
-    the write itself, so the catalogue poll (a listing of the bucket) keeps its default period."""
+    the write itself, so the catalogue poll (a listing of the store) keeps its default period."""
     from genrec.cli import start_serve
 
     cfg, manifest = winner
@@ -424,7 +437,7 @@ def test_rollout_to_a_new_winner_while_requests_keep_succeeding(served, tmp_path
 
 
 def test_a_corrupt_checkpoint_is_served_from_the_last_good_one_and_said(served, tmp_path):
-    """The winner's bytes flipped in the bucket: the replica serves the run's previous checkpoint, /healthz says which
+    """The winner's bytes flipped in the store: the replica serves the run's previous checkpoint, /healthz says which
     object failed and what is served instead, and requests keep succeeding."""
     from genrec.cli import deploy
 
