@@ -14,7 +14,6 @@ catalogue while serving, keep per-user state. `serving/app.py` wires these into 
 from __future__ import annotations
 
 import io
-import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -213,32 +212,23 @@ def titles_table(rows: list[dict], now: int | None = None) -> pa.Table:
 
 
 def write_titles(folder: str | Path, table: pa.Table, store: "Store | None" = None) -> str:
-    """Write one catalogue update atomically (a temporary file renamed into place; on a URI storage's `store`, one
-    PUT); returns its file name. Names sort in time order and never collide, so concurrent replicas cannot overwrite
-    each other's updates."""
-    if store is not None and store.remote:
-        name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}{UPDATE_SUFFIX}"
-        buf = io.BytesIO()
-        pq.write_table(table, buf)
-        store.write_bytes(f"{folder}/{name}", buf.getvalue())
-        return name
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write one catalogue update atomically (Store.write_bytes: a temporary file renamed into place, or one PUT on
+    a URI storage's `store`; default the local disk); returns its file name. Names sort in time order and never
+    collide, so concurrent replicas cannot overwrite each other's updates."""
+    from genrec.storage import local_store
+
     name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}{UPDATE_SUFFIX}"
-    tmp = folder / f".{name}.tmp"
-    pq.write_table(table, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, folder / name)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    (store or local_store()).write_bytes(f"{folder}/{name}", buf.getvalue())
     return name
 
 
 def list_updates(folder: str | Path | None, store: "Store | None" = None) -> list[str]:
     """Catalogue update files under folder, oldest first (temporary files of unfinished writes are skipped)."""
-    if store is not None and store.remote and folder is not None:
-        return sorted(e.base_name for e in store.list(str(folder))
-                      if e.base_name.endswith(UPDATE_SUFFIX) and not e.base_name.startswith("."))
-    folder = Path(folder) if folder is not None else None
-    if folder is None or not folder.is_dir():
+    from genrec.storage import local_store
+
+    if folder is None:
         return []
-    return sorted(n for n in os.listdir(folder) if n.endswith(UPDATE_SUFFIX) and not n.startswith("."))
+    return sorted(e.base_name for e in (store or local_store()).list(str(folder))
+                  if e.base_name.endswith(UPDATE_SUFFIX) and not e.base_name.startswith("."))

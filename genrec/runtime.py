@@ -49,18 +49,20 @@ def prepare_shards(cfg: GenrecConfig, rebuild: bool = False, echo=print) -> Shar
     """Load the configured data and write its shards (time or leave-one-out split, `data.split`), unless identical
     shards already exist."""
     store = cfg.storage.store()
-    if store.remote:
-        return _prepare_remote(cfg, store, rebuild, echo)
-    root = Path(cfg.shards_dir())
-    if not rebuild and (root / "manifest.json").is_file():
+    remote = store if store.remote else None
+    root = cfg.shards_dir()
+    if not rebuild and store.is_file(f"{root}/manifest.json"):
         try:
-            existing = open_shards(root)
+            existing = open_shards(root, remote)
             if existing.manifest.get("data_config") == data_fingerprint(cfg):
                 verify_shards(existing)  # once per run, on the driver: every file against its manifest sha256
                 return existing
-            echo(f"shards at {root} were built from another data config; rebuilding")
+            echo(f"shards at {store.uri(root)} were built from another data config; rebuilding")
         except ShardError as exc:  # the source data is the last good state: rebuild from it, saying why
-            echo(f"shards at {root} are unusable ({exc}); rebuilding them from the source data")
+            echo(f"shards at {store.uri(root)} are unusable ({exc}); rebuilding them from the source data")
+    if remote:
+        return _publish_fresh(cfg, store, root, echo)
+    root = Path(root)
     from genrec.data.loaders import load
 
     d = cfg.data
@@ -98,26 +100,17 @@ def prepare_shards(cfg: GenrecConfig, rebuild: bool = False, echo=print) -> Shar
     return shards
 
 
-def _prepare_remote(cfg: GenrecConfig, store, rebuild: bool, echo) -> ShardSet:
-    """prepare_shards on a URI root: the set is built in a local staging folder and published (genrec.shards)."""
+def _publish_fresh(cfg: GenrecConfig, store, root: str, echo) -> ShardSet:
+    """A URI root's shards: built in a local staging folder, then published (genrec.shards.publish_shards)."""
     import shutil
     import uuid
 
     from genrec.shards import publish_shards
 
-    root = cfg.shards_dir()
-    if not rebuild and store.is_file(f"{root}/manifest.json"):
-        try:
-            existing = open_shards(root, store)
-            if existing.manifest.get("data_config") == data_fingerprint(cfg):
-                verify_shards(existing)
-                return existing
-            echo(f"shards at {store.uri(root)} were built from another data config; rebuilding")
-        except ShardError as exc:
-            echo(f"shards at {store.uri(root)} are unusable ({exc}); rebuilding them from the source data")
     staging = store.cache / "staging" / uuid.uuid4().hex[:12]
     local = cfg.model_copy(deep=True)
     local.storage.root = str(staging)
+
     def said(msg: str) -> None:  # the staging folder is gone after the upload: name where the shards end up
         echo(msg.replace(local.shards_dir(), store.uri(root)))
 

@@ -111,24 +111,34 @@ def verify_checksums(folder: str | Path, error=ValueError) -> bool:
     return True
 
 
-def _check_file(path: Path, size: int | None, sha: str | None, listed_in: Path, error) -> None:
-    if not path.is_file():
-        raise error(f"{path}: listed in {listed_in} but missing")
-    if size is not None and path.stat().st_size != size:
-        raise error(f"{path}: {path.stat().st_size:,} bytes, {listed_in} says {size:,} (truncated or overwritten)")
-    if sha is not None and sha256_file(path) != sha:
-        raise error(f"{path}: its sha256 differs from the one in {listed_in} (corrupted)")
+def _check_file(path: Path, size: int | None, sha: str | None, listed_in: Path | str, error,
+                store: "Store | None" = None) -> None:
+    """`path` (in `store`'s filesystem; default the local disk) against its listed size and sha256."""
+    from genrec.storage import local_store
+
+    store = store or local_store()
+    shown, have = store.uri(str(path)), store.size(str(path))
+    if have is None:
+        raise error(f"{shown}: listed in {listed_in} but missing")
+    if size is not None and have != size:
+        raise error(f"{shown}: {have:,} bytes, {listed_in} says {size:,} (truncated or overwritten)")
+    if sha is not None and store.sha256(str(path)) != sha:
+        raise error(f"{shown}: its sha256 differs from the one in {listed_in} (corrupted)")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary sibling, fsync, then rename: readers see the old file or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write (disk full) leaves the old file and no debris
+        raise
 
 
 def atomic_write_json(path: Path, obj) -> None:
@@ -397,24 +407,11 @@ def _read(shards: ShardSet, path: str) -> str:
 def _check_files(shards: ShardSet, sha: bool) -> None:
     listed_in = shards.uri(shards.root / MANIFEST)
     for f in shards.manifest["files"]:
-        path = str(shards.root / f["path"])
         try:
-            if shards.store:
-                _check_remote(shards.store, path, f.get("bytes"), f.get("sha256") if sha else None, listed_in)
-            else:
-                _check_file(Path(path), f.get("bytes"), f.get("sha256") if sha else None, listed_in, ShardError)
+            _check_file(shards.root / f["path"], f.get("bytes"), f.get("sha256") if sha else None, listed_in,
+                        ShardError, shards.store)
         except ShardError as exc:
             raise ShardError(f"{exc}; rebuild the shards (--rebuild-shards)") from None
-
-
-def _check_remote(store: "Store", path: str, size: int | None, sha: str | None, listed_in: str) -> None:
-    have = store.size(path)
-    if have is None:
-        raise ShardError(f"{store.uri(path)}: listed in {listed_in} but missing")
-    if size is not None and have != size:
-        raise ShardError(f"{store.uri(path)}: {have:,} bytes, {listed_in} says {size:,} (truncated or overwritten)")
-    if sha is not None and store.sha256(path) != sha:
-        raise ShardError(f"{store.uri(path)}: its sha256 differs from the one in {listed_in} (corrupted)")
 
 
 def publish_shards(local: ShardSet, store: "Store", root: str) -> ShardSet:

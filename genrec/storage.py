@@ -137,18 +137,9 @@ class Store:
     def write_bytes(self, path: str, data: bytes) -> None:
         """Atomically: readers see the old content or the new, never part of it (see the module docstring)."""
         if not self.remote:
-            local = Path(path)
-            local.parent.mkdir(parents=True, exist_ok=True)
-            tmp = local.with_name(f".{local.name}.tmp-{uuid.uuid4().hex[:8]}")
-            try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, local)
-            except BaseException:
-                tmp.unlink(missing_ok=True)  # a failed write (disk full) leaves the old file and no debris
-                raise
+            from genrec.shards import atomic_write_bytes
+
+            atomic_write_bytes(Path(path), data)
             return
         self.ensure_root()
         with self.fs.open_output_stream(path) as f:
@@ -230,6 +221,11 @@ class Store:
     def fetch_dir(self, path: str) -> Path:
         """Where fetch() puts its copy of `path`."""
         return self.cache / "fetched" / self._cache_key / path.lstrip("/")
+
+
+def local_store() -> Store:
+    """The local disk as a Store (for code that takes a store and was given none)."""
+    return store("/")
 
 
 @lru_cache(maxsize=16)

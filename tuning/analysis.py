@@ -101,9 +101,9 @@ def read_topk(path: str | None, store=None) -> dict:
     import pyarrow.parquet as pq
 
     if store is None:
-        from genrec.storage import Store
+        from genrec.storage import local_store
 
-        store = Store("/")
+        store = local_store()
     if not path or not store.is_file(path):
         return {}
     t = pq.read_table(path, filesystem=store.fs).to_pydict()
