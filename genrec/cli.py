@@ -73,7 +73,21 @@ def run_entrypoint(prog: str, doc: str, run, argv: list[str] | None = None, resu
     except _user_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except _interrupts() as exc:
+        return interrupted(exc)
     return 0
+
+
+def _interrupts() -> tuple[type[BaseException], ...]:
+    from genrec.runtime import Interrupted
+
+    return Interrupted, KeyboardInterrupt
+
+
+def interrupted(exc: BaseException) -> int:
+    """Ctrl-C: one line (what was saved and how to go on, when the work says), exit 130 as a shell's SIGINT."""
+    print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
+    return 130
 
 
 def cmd_presets(args) -> int:
@@ -390,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except _interrupts() as exc:
+        return interrupted(exc)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,11 @@ from genrec.shards import ShardError, ShardSet, open_shards, resolve_cutoff, ver
 log = logging.getLogger("genrec")
 
 
+class Interrupted(Exception):
+    """Work stopped by the user (Ctrl-C) before it finished: its state is saved, nothing is published from it; the
+    message says how to go on. Entrypoints print it and exit 130, as a shell does for SIGINT."""
+
+
 def init_ray(cfg: GenrecConfig | None = None, num_cpus: int | None = None) -> None:
     """Join the cluster named by RAY_ADDRESS (as under `ray job submit`), or start an embedded local Ray.
 

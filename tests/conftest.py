@@ -23,11 +23,14 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One real local Ray for every integration test (starting Ray costs seconds; 2 CPUs like CI)."""
+    """One real local Ray for every integration test (starting Ray costs seconds; 2 CPUs like CI). With its dashboard,
+    as genrec.runtime.init_ray starts it: Ray Train's placement-group cleaner asks the dashboard's State API whether a
+    stopped run's controller is dead, and without it leaves the run's group held (seen in the Ctrl-C sweep test)."""
     import ray
 
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=None, dashboard_host="127.0.0.1",
+             _node_ip_address="127.0.0.1", log_to_driver=False)
     yield
     from ray import serve
 

@@ -94,6 +94,67 @@ def test_resume_keeps_finished_trials(winner):
         run(cfg, resume="no-such-sweep")
 
 
+def test_a_sweep_stopped_with_ctrl_c_frees_what_it_held_and_resumes_its_trial(winner, tmp_path, capsys):
+    """Ctrl-C (SIGINT to this process, the sweep's driver) after the trial's first epoch checkpoint: the sweep says how
+    to go on and exits 130 with no winner written (a trial stopped mid-run must not be served); while the driver and
+    its Ray live on, every placement group of the stopped trial is removed (no job ends here to free them); then
+    `--resume` continues the stopped trial from its checkpoint (same run, its finished epochs kept) to a winner.
+    Checked to fail: before the interruption check, the stopped sweep raised "every trial failed" with a traceback
+    (with a finished trial beside it, it would have written a winner from the rest)."""
+    import signal
+    import threading
+    import time
+
+    from ray.util import placement_group_table
+
+    from genrec.config import dump_config
+    from tuning.sweep import main
+
+    cfg = winner[0].model_copy(deep=True)
+    cfg.name, cfg.train.epochs, cfg.tune.window_shifts_h = "stopped", 3, [0.0]  # one trial of 3 epochs
+    path = tmp_path / "stopped.yaml"
+    path.write_text(dump_config(cfg))
+    store = cfg.storage.store()
+    stopped_run = []
+
+    def ctrl_c_after_first_checkpoint():
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            for run in store.list(store.path("runs")):
+                if run.base_name.startswith("stopped-sweep-"):
+                    try:
+                        snap = json.loads(store.read_text(f"{run.path}/checkpoint_manager_snapshot.json"))
+                    except (OSError, ValueError):  # not written yet, or caught mid-write
+                        continue
+                    if snap.get("latest_checkpoint_result"):
+                        stopped_run.append(run.path)
+                        os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C in the driver's terminal sends
+                        return
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=ctrl_c_after_first_checkpoint, daemon=True)
+    watcher.start()
+    assert main(["--config", str(path), "--name", "stopped-sweep"]) == 130
+    watcher.join(5)
+    err = capsys.readouterr().err
+    assert "interrupted: sweep stopped-sweep: stopped with 0 of 1 trials finished; no winner written" in err, err
+    assert "--resume stopped-sweep" in err and not store.is_file(cfg.winner_path())
+    deadline = time.time() + 60
+    while any(g["state"] != "REMOVED" for g in placement_group_table().values()) and time.time() < deadline:
+        time.sleep(0.5)
+    groups = placement_group_table().values()
+    assert all(g["state"] == "REMOVED" for g in groups), [(g["name"], g["state"]) for g in groups]
+    before = json.loads(store.read_text(f"{stopped_run[0]}/history.json"))
+    assert 1 <= len(before) < 3
+    assert main(["--config", str(path), "--resume", "stopped-sweep"]) == 0
+    history = json.loads(store.read_text(f"{stopped_run[0]}/history.json"))
+    # The same trial (same id, same run) went on from its checkpoint: finished epochs kept, later ones a restart's.
+    assert history[:len(before)] == before and [h["epoch"] for h in history] == [1, 2, 3]
+    assert all(h["restarts"] >= 1 for h in history[len(before):]), history
+    manifest = json.loads(store.read_text(cfg.winner_path()))
+    assert manifest["checkpoint"].startswith(store.uri(stopped_run[0])) and manifest["trials"][0]["status"] == "ok"
+
+
 def test_report_from_the_sweep(winner, tmp_path):
     """`genrec report` on the Tune results the sweep wrote: every trial, the retrains' top-10 overlap, the generator
     oracle per task, a self-contained HTML page and PNG plots."""

@@ -180,12 +180,31 @@ def run(cfg: GenrecConfig, sweep: str | None = None, rebuild: bool = False, resu
                                           storage_filesystem=store.fs if store.remote else None),
         )
     results = tuner.fit()
+    stopped = stopped_trials(store, experiment_dir(cfg, sweep))
+    if stopped:
+        # A winner picked now could be a trial stopped mid-run, and serving would take it: nothing is written.
+        from genrec.runtime import Interrupted
+
+        raise Interrupted(f"sweep {sweep}: stopped with {len(results) - len(stopped)} of "
+                          f"{len(results)} trials finished; no winner written. Go on with the same --config and "
+                          f"`--resume {sweep}` (finished trials kept; stopped ones continue from their last epoch's "
+                          f"checkpoint): {store.uri(experiment_dir(cfg, sweep))}")
     rows = summarize(results, t.metric)
     print_table(rows, TRIAL_COLUMNS)
     manifest = write_winner(cfg, sweep, rows)
     print(f"winner: {manifest['preset']} max_seq_len {manifest['max_seq_len']} "
           f"({t.metric} {manifest['metrics'][t.metric]:.4f}) -> {store.uri(cfg.winner_path())}")
     return manifest
+
+
+def stopped_trials(store, path: str) -> list[str]:
+    """Ids of the trials a sweep left unfinished. On Ctrl-C (or SIGUSR1) Tune writes the experiment state one last
+    time, then stops the running trials and marks them TERMINATED in memory, like finished ones; the state it wrote
+    (what `Tuner.restore` resumes from) still has them RUNNING or PENDING."""
+    from ray.tune import ExperimentAnalysis
+
+    trials = ExperimentAnalysis(path, storage_filesystem=store.fs).trials
+    return [t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")]
 
 
 def experiment_dir(cfg: GenrecConfig, sweep: str) -> str:
