@@ -17,7 +17,8 @@ log = logging.getLogger("genrec")
 
 class Interrupted(Exception):
     """Work stopped by the user (Ctrl-C) before it finished: its state is saved, nothing is published from it; the
-    message says how to go on. Entrypoints print it and exit 130, as a shell does for SIGINT."""
+    message says how to go on. The CLI entrypoints print it (or a bare KeyboardInterrupt) as one line and exit 130,
+    as a shell does for SIGINT. (Ctrl-C of a training run is Ray Train's own: it stops the run and exits 0.)"""
 
 
 def init_ray(cfg: GenrecConfig | None = None, num_cpus: int | None = None) -> None:

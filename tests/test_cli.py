@@ -71,3 +71,21 @@ def test_run_names_continue_only_when_asked(tmp_path):
     assert check_run_name(cfg, None, "r1") == "r1"
     with pytest.raises(ConfigError, match="a resumed run keeps its name"):
         check_run_name(cfg, "other", "r1")
+
+
+@pytest.mark.parametrize("stop", ["sweep", "keyboard"])
+def test_an_interrupted_entrypoint_is_one_line_and_exit_130(stop, capsys):
+    """What `python -m tuning.sweep` / `trainers.pretrain` print and return when stopped: an interrupted sweep's own
+    line (how to go on), or a bare Ctrl-C before Tune runs (shard build, Ray start); never a traceback."""
+    from genrec.cli import run_entrypoint
+    from genrec.runtime import Interrupted
+
+    def run(cfg, name, rebuild, resume=None):
+        if stop == "sweep":
+            raise Interrupted("sweep s: stopped with 0 of 1 trials finished; no winner written")
+        raise KeyboardInterrupt
+
+    assert run_entrypoint("python -m tuning.sweep", "", run, [], resume="SWEEP") == 130
+    err = capsys.readouterr().err
+    assert err == ("interrupted: sweep s: stopped with 0 of 1 trials finished; no winner written\n"
+                   if stop == "sweep" else "interrupted\n")

@@ -85,7 +85,9 @@ def summarize(results, metric: str) -> list[dict]:
     return ranked
 
 
-def write_winner(cfg: GenrecConfig, sweep: str, rows: list[dict]) -> dict:
+def write_winner(cfg: GenrecConfig, sweep: str, rows: list[dict], experiment: str | None = None) -> dict:
+    """`experiment`: the Tune folder the rows come from, in the storage's filesystem (default: the sweep's under
+    storage.root/tune)."""
     store = cfg.storage.store()
     for r in rows:  # Tune names checkpoints by their path in the storage's filesystem: the manifest by their URI
         if isinstance(r.get("checkpoint"), str) and r["checkpoint"]:
@@ -101,7 +103,7 @@ def write_winner(cfg: GenrecConfig, sweep: str, rows: list[dict]) -> dict:
                               best["window_shift_h"])
     manifest = {
         "sweep": sweep,
-        "experiment": store.uri(experiment_dir(cfg, sweep)),
+        "experiment": store.uri(experiment or experiment_dir(cfg, sweep)),
         "created_at": time.time(),
         "metric": cfg.tune.metric,
         "checkpoint": best["checkpoint"],
@@ -163,7 +165,7 @@ def run(cfg: GenrecConfig, sweep: str | None = None, rebuild: bool = False, resu
                                        storage_filesystem=store.fs)
     else:
         sweep = sweep or f"sweep-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        n = len(t.presets) * len(t.max_seq_len) * len(t.seeds) * len(t.window_shifts_h)
+        n = n_trials(t)
         cells = len(t.presets) * len(t.max_seq_len)
         retrains = f" x {len(t.seeds) * len(t.window_shifts_h)} retrains" if n > cells else ""
         print(f"sweep {sweep}: presets {t.presets} x max_seq_len {t.max_seq_len}{retrains}, {n} trials, "
@@ -179,32 +181,68 @@ def run(cfg: GenrecConfig, sweep: str | None = None, rebuild: bool = False, resu
             run_config=ray.tune.RunConfig(name=sweep, storage_path=store.path("tune"), verbose=0,
                                           storage_filesystem=store.fs if store.remote else None),
         )
-    results = tuner.fit()
-    stopped = stopped_trials(store, experiment_dir(cfg, sweep))
-    if stopped:
+    results, interrupted = fit_noting_interrupt(tuner)
+    experiment = results.experiment_path  # where Tune wrote (a --resume folder may lie outside storage.root/tune)
+    if interrupted is None:  # Tune caught no signal here (not the main thread, or its SIGINT handler disabled)
+        interrupted = bool(stopped_trials(results.filesystem, experiment))
+    if interrupted:
         # A winner picked now could be a trial stopped mid-run, and serving would take it: nothing is written.
         from genrec.runtime import Interrupted
 
-        raise Interrupted(f"sweep {sweep}: stopped with {len(results) - len(stopped)} of "
-                          f"{len(results)} trials finished; no winner written. Go on with the same --config and "
-                          f"`--resume {sweep}` (finished trials kept; stopped ones continue from their last epoch's "
-                          f"checkpoint): {store.uri(experiment_dir(cfg, sweep))}")
+        done = results.num_terminated - len(stopped_trials(results.filesystem, experiment))
+        raise Interrupted(f"sweep {sweep}: stopped with {done} of {n_trials(t) if not resume else len(results)} "
+                          f"trials finished; no winner written. Go on with the same --config and --set flags and "
+                          f"`--resume {resume or sweep}` (finished trials kept; stopped ones continue from their last "
+                          f"epoch's checkpoint, failed ones rerun): {store.uri(experiment)}")
     rows = summarize(results, t.metric)
     print_table(rows, TRIAL_COLUMNS)
-    manifest = write_winner(cfg, sweep, rows)
+    manifest = write_winner(cfg, sweep, rows, experiment)
     print(f"winner: {manifest['preset']} max_seq_len {manifest['max_seq_len']} "
           f"({t.metric} {manifest['metrics'][t.metric]:.4f}) -> {store.uri(cfg.winner_path())}")
     return manifest
 
 
-def stopped_trials(store, path: str) -> list[str]:
-    """Ids of the trials a sweep left unfinished. On Ctrl-C (or SIGUSR1) Tune writes the experiment state one last
-    time, then stops the running trials and marks them TERMINATED in memory, like finished ones; the state it wrote
-    (what `Tuner.restore` resumes from) still has them RUNNING or PENDING."""
+def fit_noting_interrupt(tuner):
+    """tuner.fit(), and whether Ctrl-C (SIGINT) or SIGUSR1 stopped it: then Tune saves the experiment state, stops
+    the running trials (marking them TERMINATED, like finished ones) and returns normally. Its signal handler puts
+    back the SIGINT handler it found when (and only when) it fires: a marker installed here tells. None when Tune
+    catches no signal in this thread. The handlers found are restored afterwards (Tune leaves its own installed,
+    which would swallow a later Ctrl-C of the pipeline's report or serve steps)."""
+    import os
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return tuner.fit(), None
+    found = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGUSR1)}
+
+    def marker(signum, frame):  # the handler Tune finds and restores; behaves as the one found
+        handler = found[signal.SIGINT]
+        if callable(handler):
+            return handler(signum, frame)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, marker)
+    try:
+        results = tuner.fit()
+        interrupted = signal.getsignal(signal.SIGINT) is marker
+        return results, (interrupted if os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") == "0" else None)
+    finally:
+        for sig, handler in found.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def stopped_trials(fs, path: str) -> list[str]:
+    """Ids of the trials a sweep left unfinished, from the experiment state Tune wrote one last time before stopping
+    them (what `Tuner.restore` resumes from): RUNNING or PENDING there."""
     from ray.tune import ExperimentAnalysis
 
-    trials = ExperimentAnalysis(path, storage_filesystem=store.fs).trials
+    trials = ExperimentAnalysis(path, storage_filesystem=fs).trials
     return [t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")]
+
+
+def n_trials(t) -> int:
+    return len(t.presets) * len(t.max_seq_len) * len(t.seeds) * len(t.window_shifts_h)
 
 
 def experiment_dir(cfg: GenrecConfig, sweep: str) -> str:
