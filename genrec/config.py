@@ -89,9 +89,19 @@ class SyntheticConfig(_Section):
 
 class DataConfig(_Section):
     source: Literal["synthetic", "movielens", "recbole", "parquet", "csv"] = "synthetic"
-    # Folder (movielens, recbole) or events file (parquet, csv); unused for synthetic.
+    # Folder (movielens, recbole) or events file (parquet, csv); unused for synthetic. A local path, or a URI of an
+    # object store (s3://bucket/key, gs://..., with pyarrow.fs options as a query string): copied to storage.cache
+    # by the driver that builds the shards, then read as a local one.
     path: str | None = None
     items_path: str | None = None
+
+    @field_validator("path", "items_path")
+    @classmethod
+    def _known_scheme(cls, v: str | None) -> str | None:
+        if v and "://" in v and v.split("://", 1)[0] not in URI_SCHEMES:
+            raise ValueError(f"{v}: unknown scheme {v.split('://', 1)[0]!r}; expected a local path or one of "
+                             f"{', '.join(s + '://' for s in URI_SCHEMES)}")
+        return v
     # Generic loaders: canonical name -> column name in the file.
     columns: dict[str, str] | None = None
     synthetic: SyntheticConfig = SyntheticConfig()
@@ -125,6 +135,9 @@ class DataConfig(_Section):
                 raise ValueError("data.partitions (the out-of-core build) reads Parquet event files in genrec's event "
                                  "schema: set data.source: parquet, data.path: the events folder and data.items_path: "
                                  "the item table, or remove data.partitions")
+            if any(p and "://" in p for p in (self.path, self.items_path)):
+                raise ValueError("data.partitions (the out-of-core build) reads its event files from a folder every "
+                                 "Ray task sees, not a URI: copy them to the shared storage, or remove data.partitions")
             if self.columns or self.text_embeddings != "none":
                 raise ValueError("data.partitions reads genrec's own column names and no text embeddings: remove "
                                  "data.columns / set data.text_embeddings: none, or remove data.partitions")
@@ -544,7 +557,7 @@ class GenrecConfig(_Section):
                              "share it through that claim; name the claim, or put storage.root on an object store")
         # With a URI storage root the raw data is read once, by the driver that builds the shards (README), from
         # wherever it is; with a shared folder it must be there.
-        if self.data.source != "synthetic" and path and not self.storage.remote and not (
+        if self.data.source != "synthetic" and path and "://" not in path and not self.storage.remote and not (
                 path.rstrip("/") + "/").startswith(c.storage_mount.rstrip("/") + "/"):
             raise ValueError(f"data.path={path} is not under cluster.storage_mount={c.storage_mount}: the nodes "
                              "read the raw data from the shared storage (or a URI)")

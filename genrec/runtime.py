@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -84,7 +85,10 @@ def prepare_shards(cfg: GenrecConfig, rebuild: bool = False, echo=print) -> Shar
     if d.source in ("parquet", "csv"):
         kwargs = {"items_path": d.items_path, "columns": d.columns}
     echo(f"loading {d.source} data{' from ' + d.path if d.path else ''} ...")
-    ds = load(d.source, d.path, **kwargs)
+    path = fetch_source(cfg, d.path, "data.path", echo)
+    if kwargs.get("items_path"):
+        kwargs["items_path"] = fetch_source(cfg, kwargs["items_path"], "data.items_path", echo)
+    ds = load(d.source, path, **kwargs)
     extra = {"data_config": data_fingerprint(cfg)}
     if d.text_embeddings == "minilm":
         from genrec.text_embed import embed_items, weights_sha256
@@ -106,9 +110,38 @@ def prepare_shards(cfg: GenrecConfig, rebuild: bool = False, echo=print) -> Shar
     return shards
 
 
+def fetch_source(cfg: GenrecConfig, path: str | None, key: str, echo=print) -> str | None:
+    """Raw data named by a URI (data.path, data.items_path): copied, file or folder, to storage.cache/data/ (fresh
+    each time shards are built: the source may have changed), and that copy's path returned; a local path as it is.
+    Only the driver that builds the shards reads the raw data."""
+    import pyarrow.fs as pafs
+
+    from genrec.config import ConfigError
+    from genrec.storage import Store, is_uri
+
+    if not path or not is_uri(path):
+        return path
+    source = Store(path, cfg.storage.cache)  # the URI's own store: its base is the file or folder
+    kind = source.info(source.base).type
+    if kind == pafs.FileType.NotFound:
+        raise ConfigError(f"{key}={path}: no such object or folder")
+    name = source.base.rstrip("/").rsplit("/", 1)[-1]
+    local = source.cache / "data" / source._cache_key / source.base.lstrip("/")
+    if kind == pafs.FileType.Directory:
+        source.download(source.base, local)
+        echo(f"copied {path} -> {local}")
+        return str(local)
+    local.mkdir(parents=True, exist_ok=True)
+    tmp = local / f".{name}.tmp"
+    with source.fs.open_input_stream(source.base) as src, open(tmp, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    os.replace(tmp, local / name)
+    echo(f"copied {path} -> {local / name}")
+    return str(local / name)
+
+
 def _publish_fresh(cfg: GenrecConfig, store, root: str, echo) -> ShardSet:
     """A URI root's shards: built in a local staging folder, then published (genrec.shards.publish_shards)."""
-    import shutil
     import uuid
 
     from genrec.shards import publish_shards

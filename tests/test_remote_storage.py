@@ -171,3 +171,40 @@ def test_catalogue_updates_on_s3(s3_server, tmp_path):
     second = write_titles(folder, titles_table([{"item_id": 2}], now=1000), store)
     assert list_updates(folder, store) == [first, second]
     assert pq.read_table(f"{folder}/{first}", filesystem=store.fs).column("item_id").to_pylist() == [1]
+
+
+def test_raw_data_named_by_a_uri_is_copied_and_built_as_a_local_file(s3_server, tmp_path):
+    """data.path / data.items_path as s3:// URIs (the events and the item table in genrec's schema, as Parquet in the
+    bucket): the shard-building driver copies them to storage.cache and builds the same shards, byte for byte, as
+    from the local files; a missing object, an unknown scheme and the out-of-core build on a URI are refused by key."""
+    from genrec.data.synthetic import generate
+    from genrec.runtime import prepare_shards
+
+    ds = generate(users=60, items=40, events_per_user=12, seed=3)
+    src = tmp_path / "src"
+    src.mkdir()
+    pq.write_table(ds.events, src / "events.parquet")
+    pq.write_table(ds.items, src / "items.parquet")
+    bucket = Store(s3_uri(s3_server, "raw", "logs"), cache=tmp_path / "cache")
+    bucket.upload(src, bucket.path("v1"))
+    uri = s3_uri(s3_server, "raw", "logs/v1/events.parquet")
+    items_uri = s3_uri(s3_server, "raw", "logs/v1/items.parquet")
+
+    def build(root, path, items, *extra):
+        cfg = tiny_config(tmp_path / root, f"storage.cache={tmp_path / 'cache'}", "data.source=parquet",
+                          f"data.path={path}", f"data.items_path={items}", *extra)
+        said = []
+        return prepare_shards(cfg, echo=said.append), said
+
+    remote, said = build("remote", uri, items_uri)
+    local, _ = build("local", src / "events.parquet", src / "items.parquet")
+    assert any(s.startswith(f"copied {uri} -> {tmp_path / 'cache'}") for s in said), said
+    assert remote.manifest["counts"] == local.manifest["counts"] and remote.manifest["counts"]["train_events"] > 0
+    assert [f["sha256"] for f in remote.manifest["files"]] == [f["sha256"] for f in local.manifest["files"]]
+    with pytest.raises(ConfigError, match=r"data.path=s3://raw/logs/v1/nothing.parquet.*: no such object"):
+        build("missing", s3_uri(s3_server, "raw", "logs/v1/nothing.parquet"), items_uri)
+    with pytest.raises(ConfigError, match=r"data.path: .*unknown scheme 'ftp'"):
+        load_config(None, ["data.source=parquet", "data.path=ftp://host/events.parquet"])
+    with pytest.raises(ConfigError, match="data.partitions .* not a URI"):
+        load_config(None, [f"storage.root={tmp_path}", "data.source=parquet", f"data.path={uri}",
+                           f"data.items_path={items_uri}", "data.partitions=2"])

@@ -220,7 +220,8 @@ def fit_noting_interrupt(tuner):
         handler = found[signal.SIGINT]
         if callable(handler):
             return handler(signum, frame)
-        raise KeyboardInterrupt
+        if handler != signal.SIG_IGN:  # SIG_DFL (or unknown): what Python's default SIGINT handling does
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, marker)
     try:
