@@ -94,14 +94,6 @@ class DataConfig(_Section):
     # by the driver that builds the shards, then read as a local one.
     path: str | None = None
     items_path: str | None = None
-
-    @field_validator("path", "items_path")
-    @classmethod
-    def _known_scheme(cls, v: str | None) -> str | None:
-        if v and "://" in v and v.split("://", 1)[0] not in URI_SCHEMES:
-            raise ValueError(f"{v}: unknown scheme {v.split('://', 1)[0]!r}; expected a local path or one of "
-                             f"{', '.join(s + '://' for s in URI_SCHEMES)}")
-        return v
     # Generic loaders: canonical name -> column name in the file.
     columns: dict[str, str] | None = None
     synthetic: SyntheticConfig = SyntheticConfig()
@@ -125,6 +117,14 @@ class DataConfig(_Section):
     # user partitions with Ray tasks and splitting each on its own. It reads Parquet event files in genrec's event
     # schema (data.source: parquet, data.path: their folder, data.items_path: the item table). None: in memory.
     partitions: int | None = Field(None, ge=1)
+
+    @field_validator("path", "items_path")
+    @classmethod
+    def _known_scheme(cls, v: str | None) -> str | None:
+        if v and "://" in v and v.split("://", 1)[0] not in URI_SCHEMES:
+            raise ValueError(f"{v}: unknown scheme {v.split('://', 1)[0]!r}; expected a local path or one of "
+                             f"{', '.join(s + '://' for s in URI_SCHEMES)}")
+        return v
 
     @model_validator(mode="after")
     def _path_needed(self) -> "DataConfig":

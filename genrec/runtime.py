@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -111,8 +110,8 @@ def prepare_shards(cfg: GenrecConfig, rebuild: bool = False, echo=print) -> Shar
 
 
 def fetch_source(cfg: GenrecConfig, path: str | None, key: str, echo=print) -> str | None:
-    """Raw data named by a URI (data.path, data.items_path): copied, file or folder, to storage.cache/data/ (fresh
-    each time shards are built: the source may have changed), and that copy's path returned; a local path as it is.
+    """Raw data named by a URI (data.path, data.items_path): copied, file or folder, to storage.cache (fresh each
+    time shards are built: the source may have changed), and that copy's path returned; a local path as it is.
     Only the driver that builds the shards reads the raw data."""
     import pyarrow.fs as pafs
 
@@ -125,23 +124,18 @@ def fetch_source(cfg: GenrecConfig, path: str | None, key: str, echo=print) -> s
     kind = source.info(source.base).type
     if kind == pafs.FileType.NotFound:
         raise ConfigError(f"{key}={path}: no such object or folder")
-    name = source.base.rstrip("/").rsplit("/", 1)[-1]
-    local = source.cache / "data" / source._cache_key / source.base.lstrip("/")
     if kind == pafs.FileType.Directory:
-        source.download(source.base, local)
-        echo(f"copied {path} -> {local}")
-        return str(local)
-    local.mkdir(parents=True, exist_ok=True)
-    tmp = local / f".{name}.tmp"
-    with source.fs.open_input_stream(source.base) as src, open(tmp, "wb") as dst:
-        shutil.copyfileobj(src, dst, 1 << 20)
-    os.replace(tmp, local / name)
-    echo(f"copied {path} -> {local / name}")
-    return str(local / name)
+        local = source.fetch(source.base, fresh=True)
+    else:  # one file: its folder's copy holding just it (a folder of its own, so data.path and items_path coexist)
+        folder, name = source.base.rsplit("/", 1)
+        local = source.download(folder, source.fetch_dir(source.base), only=(name,)) / name
+    echo(f"copied {path} -> {local}")
+    return str(local)
 
 
 def _publish_fresh(cfg: GenrecConfig, store, root: str, echo) -> ShardSet:
     """A URI root's shards: built in a local staging folder, then published (genrec.shards.publish_shards)."""
+    import shutil
     import uuid
 
     from genrec.shards import publish_shards

@@ -183,13 +183,14 @@ def run(cfg: GenrecConfig, sweep: str | None = None, rebuild: bool = False, resu
         )
     results, interrupted = fit_noting_interrupt(tuner)
     experiment = results.experiment_path  # where Tune wrote (a --resume folder may lie outside storage.root/tune)
-    if interrupted is None:  # Tune caught no signal here (not the main thread, or its SIGINT handler disabled)
-        interrupted = bool(stopped_trials(results.filesystem, experiment))
-    if interrupted:
+    # Read only when needed: on an interruption (to count), or when Tune caught no signal here (not the main thread,
+    # or its SIGINT handler disabled) and the saved state is what tells.
+    stopped = stopped_trials(results.filesystem, experiment) if interrupted is not False else []
+    if interrupted or stopped:
         # A winner picked now could be a trial stopped mid-run, and serving would take it: nothing is written.
         from genrec.runtime import Interrupted
 
-        done = results.num_terminated - len(stopped_trials(results.filesystem, experiment))
+        done = results.num_terminated - len(stopped)
         raise Interrupted(f"sweep {sweep}: stopped with {done} of {n_trials(t) if not resume else len(results)} "
                           f"trials finished; no winner written. Go on with the same --config and --set flags and "
                           f"`--resume {resume or sweep}` (finished trials kept; stopped ones continue from their last "
