@@ -117,10 +117,11 @@ def train_workers(ray_tmp: str) -> list[psutil.Process]:
                 continue
             for c in children:
                 try:
-                    if c.cmdline()[:1] and c.cmdline()[0].startswith("ray::RayTrainWorker"):
-                        workers.append(c)
+                    argv = c.cmdline()  # once: a process exiting between two calls reads as [] the second time
                 except psutil.Error:
-                    pass
+                    continue
+                if argv and argv[0].startswith("ray::RayTrainWorker"):
+                    workers.append(c)
     return workers
 
 
