@@ -73,9 +73,19 @@ def run_entrypoint(prog: str, doc: str, run, argv: list[str] | None = None, resu
     except _user_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except _failures() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except _interrupts() as exc:
         return interrupted(exc)
     return 0
+
+
+def _failures() -> tuple[type[Exception], ...]:
+    """Work that failed for a reason the message gives (a training run Ray Train gave up on): one line, exit 1."""
+    from genrec.train import TrainingFailed
+
+    return (TrainingFailed,)
 
 
 def _interrupts() -> tuple[type[BaseException], ...]:
@@ -404,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except _failures() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except _interrupts() as exc:
         return interrupted(exc)
 

@@ -92,22 +92,35 @@ def sha256_file(path: Path) -> str:
 CHECKSUMS = "checksums.json"
 
 
-def write_checksums(folder: str | Path, names: list[str]) -> None:
-    """`checksums.json` beside the files it names: {name: {bytes, sha256}}, written last and atomically, so a
-    folder whose checksums exist was complete when they were taken."""
+def write_checksums(folder: str | Path, names: list[str], listing: str = CHECKSUMS) -> None:
+    """`checksums.json` (or `listing`) beside the files it names (paths relative to `folder`): {name: {bytes,
+    sha256}}, written last and atomically, so a folder whose checksums exist was complete when they were taken."""
     folder = Path(folder)
-    atomic_write_json(folder / CHECKSUMS, {n: {"bytes": (folder / n).stat().st_size, "sha256": sha256_file(folder / n)}
-                                           for n in names})
+    atomic_write_json(folder / listing, {n: {"bytes": (folder / n).stat().st_size, "sha256": sha256_file(folder / n)}
+                                         for n in names})
 
 
-def verify_checksums(folder: str | Path, error=ValueError) -> bool:
-    """Raise `error` naming the first file whose size or sha256 differs from `checksums.json` (truncated, bit-flipped
-    or missing). False when the folder has no checksums (written before genrec kept them)."""
-    folder = Path(folder)
-    if not (folder / CHECKSUMS).is_file():
+def verify_checksums(folder: str | Path, error=ValueError, listing: str = CHECKSUMS,
+                     store: "Store | None" = None, hashes: bool = True) -> bool:
+    """Raise `error` naming the first file whose size or sha256 differs from `checksums.json` (or `listing`):
+    truncated, bit-flipped or missing. False when the folder has no such listing (written before genrec kept it).
+    `folder`: a path in `store`'s filesystem (default the local disk). hashes=False checks sizes only (no file is
+    read: cheap on an object store, and enough to tell a write cut short)."""
+    from genrec.storage import local_store
+
+    store = store or local_store()
+    if not store.remote:
+        folder = os.path.abspath(folder)  # pyarrow's local filesystem takes absolute paths only
+    listed_in = f"{folder}/{listing}"
+    if not store.is_file(listed_in):
         return False
-    for name, want in json.loads((folder / CHECKSUMS).read_text()).items():
-        _check_file(folder / name, want.get("bytes"), want["sha256"], folder / CHECKSUMS, error)
+    try:
+        wanted = json.loads(store.read_text(listed_in))
+    except ValueError:  # a listing cut short (a failed upload): the folder cannot be trusted
+        raise error(f"{store.uri(listed_in)}: not readable JSON (written only in part)") from None
+    for name, want in wanted.items():
+        _check_file(f"{folder}/{name}", want.get("bytes"), want["sha256"] if hashes else None, store.uri(listed_in),
+                    error, store)
     return True
 
 

@@ -40,6 +40,7 @@ RESUME_DIR = "resume"
 RESUME_TAG = "state"
 TRAINER_STATE = "trainer_state.json"
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints, in its folder
+RESUME_CHECKSUMS = "checksums_rank{rank}.json"  # in RESUME_DIR, one per rank: sizes and sha256s of what it wrote
 TRAIN_COUNT = "train_count"  # items.parquet column in a checkpoint: training events of each title (0 = cold start)
 
 
@@ -206,29 +207,158 @@ def save_for_serving(engine, spec: ModelSpec, items: pa.Table, out_dir: str, ext
         write_checksums(out_dir, [CHECKPOINT_WEIGHTS, CHECKPOINT_SPEC, CHECKPOINT_ITEMS])
 
 
-def check_run_name(cfg: GenrecConfig, run_name: str | None, resume: str | None) -> str | None:
-    """The run's name. Ray Train continues any run whose folder holds a checkpoint (same storage and name), so
-    continuing must be asked for: `--resume NAME` needs that run's checkpoint, `--name NAME` one without any."""
+def check_run_name(cfg: GenrecConfig, run_name: str | None, resume: str | None) -> tuple[str | None, str | None]:
+    """The run's name, and the checkpoint folder to go on from when Ray Train cannot say (else None). Ray Train
+    continues any run whose folder holds its record of checkpoints (same storage and name), so continuing must be
+    asked for: `--resume NAME` needs that run's checkpoint, `--name NAME` a name without any.
+
+    Ray Train writes that record (RAY_SNAPSHOT) in place: a write that fails midway (a full disk) leaves it empty
+    while the checkpoints it listed are still whole, and Ray Train then cannot restore the run at all. genrec then
+    goes on from the newest checkpoint folder whose files all pass their checksums, and sets the broken record
+    aside (kept, renamed) so that Ray Train starts a new one."""
     store = cfg.storage.store()
     if resume:
         if run_name and run_name != resume:
             raise ConfigError(f"--name {run_name} and --resume {resume}: a resumed run keeps its name; drop --name")
         folder = store.path("runs", resume)
         snapshot = f"{folder}/{RAY_SNAPSHOT}"
-        latest = (json.loads(store.read_text(snapshot)).get("latest_checkpoint_result")
-                  if store.is_file(snapshot) else None)
-        if not latest:
+        latest, unusable = None, None
+        if store.is_file(snapshot):
+            try:
+                latest = json.loads(store.read_text(snapshot)).get("latest_checkpoint_result")
+            except ValueError:
+                unusable = (f"Ray Train's record of its checkpoints, {store.uri(snapshot)}, is not readable JSON "
+                              f"({store.size(snapshot):,} bytes: a write cut short, e.g. by a full disk)")
+        if latest:
+            name = latest.get("checkpoint_dir_name", "")
+            if name and not store.is_file(f"{folder}/{name}/{TRAINER_STATE}"):
+                raise ConfigError(f"--resume {resume}: {store.uri(folder + '/' + name)} has no {TRAINER_STATE} "
+                                  "(written by a genrec before runs could resume); start a new run")
+            from genrec.checkpoint import CheckpointError
+
+            try:  # sizes only: cheap, and what a cut-short write changes (the workers check the hashes)
+                verify_resumable(f"{folder}/{name}", read_trainer_state(f"{folder}/{name}", store), store=store,
+                                 hashes=False)
+                return resume, None
+            except CheckpointError as exc:
+                unusable = f"the checkpoint Ray Train's record names last is not whole ({exc})"
+        found, state, passed_over = last_resumable(store, folder)
+        if found is None:
+            why = f" ({unusable})" if unusable else ""
+            why += f"; the newest checkpoint is not whole: {passed_over}" if passed_over else ""
             raise ConfigError(f"--resume {resume}: {store.uri(folder)} holds no checkpoint of a run under "
-                              f"storage.root={cfg.storage.root}; name a run listed there")
-        name = latest.get("checkpoint_dir_name", "")
-        if name and not store.is_file(f"{folder}/{name}/{TRAINER_STATE}"):
-            raise ConfigError(f"--resume {resume}: {store.uri(folder + '/' + name)} has no {TRAINER_STATE} (written "
-                              "by a genrec before runs could resume); start a new run")
-        return resume
+                              f"storage.root={cfg.storage.root}{why}; name a run listed there")
+        if unusable:
+            aside = f"{snapshot}.unusable-{time.strftime('%Y%m%d-%H%M%S')}"
+            store.fs.move(snapshot, aside)
+            unusable += f" (kept as {aside.rsplit('/', 1)[-1]})"
+        print(f"--resume {resume}: {unusable or 'no record of its checkpoints by Ray Train'}; going on from "
+              f"{found.rsplit('/', 1)[-1]} (epoch {state['epoch']}), its newest checkpoint whose files all pass their "
+              "checksums" + (f" (a newer one does not: {passed_over})" if passed_over else ""), flush=True)
+        return resume, found
     if run_name and store.is_file(store.path("runs", run_name, RAY_SNAPSHOT)):
         raise ConfigError(f"--name {run_name}: {store.uri(store.path('runs', run_name))} holds a run already; pass "
                           f"--resume {run_name} to continue it, or choose another name")
-    return run_name
+    return run_name, None
+
+
+def read_trainer_state(folder: str, store=None) -> dict:
+    """A checkpoint's trainer state (epoch, world size, history...), or CheckpointError naming the file."""
+    from genrec.checkpoint import CheckpointError
+    from genrec.storage import local_store
+
+    store = store or local_store()
+    path = f"{folder}/{TRAINER_STATE}"
+    if not store.is_file(path):
+        raise CheckpointError(f"{store.uri(path)}: missing (a checkpoint written by a genrec before runs could "
+                              "resume, or one whose upload was cut short)")
+    try:
+        return json.loads(store.read_text(path))
+    except ValueError:
+        raise CheckpointError(f"{store.uri(path)}: not readable JSON (written only in part)") from None
+
+
+def verify_resumable(folder: str, state: dict, ranks=None, weights: bool = True, store=None,
+                     hashes: bool = True) -> None:
+    """CheckpointError naming the first file a resume would read that is not as it was written (truncated by an
+    upload cut short, bit-flipped, missing): each rank's DeepSpeed and RNG state (`ranks`; default every rank of the
+    run that wrote it) and, with `weights`, the consolidated weights (read on another worker count). Checkpoints
+    written before genrec kept these checksums are taken as they are."""
+    from genrec.checkpoint import CheckpointError
+    from genrec.shards import verify_checksums
+    from genrec.storage import local_store
+
+    store = store or local_store()
+    if weights:
+        verify_checksums(folder, CheckpointError, store=store, hashes=hashes)
+    if not state.get("resume_checksums"):
+        return
+    resume = f"{folder if store.remote else os.path.abspath(folder)}/{RESUME_DIR}"
+    for r in range(state["world"]) if ranks is None else ranks:
+        listing = RESUME_CHECKSUMS.format(rank=r)
+        if not verify_checksums(resume, CheckpointError, listing, store, hashes):
+            raise CheckpointError(f"{store.uri(resume + '/' + listing)}: missing (rank {r}'s part of the checkpoint "
+                                  "was not written whole)")
+
+
+def last_resumable(store, run_folder: str, hashes: bool = True) -> tuple[str | None, dict | None, str | None]:
+    """The newest checkpoint folder of a run that a resume can go on from (every file checked; hashes=False: sizes
+    only), its trainer state, and why the newest folder was passed over if it was (None, None, why: none is)."""
+    from genrec.checkpoint import CheckpointError
+
+    import pyarrow.fs as pafs
+
+    folders = sorted((e.path for e in store.list(run_folder)
+                      if e.type == pafs.FileType.Directory and e.base_name.startswith("checkpoint_")), reverse=True)
+    passed_over = None
+    for folder in folders:  # checkpoint_<date>_<time>: newest first
+        try:
+            state = read_trainer_state(folder, store)
+            verify_resumable(folder, state, store=store, hashes=hashes)
+            return folder, state, passed_over
+        except CheckpointError as exc:
+            passed_over = passed_over or str(exc)
+    return None, None, passed_over
+
+
+class TrainingFailed(RuntimeError):
+    """A run Ray Train gave up on (a worker's error past train.max_failures, or its controller's, such as a full
+    disk under storage): said in one line by the entrypoints, with the checkpoint left and how to go on."""
+
+
+def failure_cause(exc: Exception) -> str:
+    """The last line of each distinct error behind a Ray Train failure (its tracebacks are in the run's log)."""
+    import ray.train
+
+    if isinstance(exc, ray.train.ControllerError):
+        causes = [exc.controller_failure]
+    elif isinstance(exc, ray.train.WorkerGroupError):
+        causes = [e for _, e in sorted(exc.worker_failures.items())]
+    else:
+        causes = [exc]
+    lines = []
+    for e in causes:
+        text = [line.strip() for line in str(e).splitlines() if line.strip()]
+        line = text[-1] if text else type(e).__name__
+        lines.append(line if line.split(":")[0].split(".")[-1].endswith(("Error", "Exception"))
+                     else f"{type(e).__name__}: {line}")
+    return "; ".join(dict.fromkeys(lines))
+
+
+def failure_message(cfg: GenrecConfig, run_name: str, exc: Exception, resume_hint: bool = True) -> str:
+    store = cfg.storage.store()
+    # Sizes only: a full disk cuts files short, and naming the checkpoint must not read gigabytes back.
+    try:
+        found, state, _ = last_resumable(store, store.path("runs", run_name), hashes=False)
+    except OSError as scan:  # the store itself failing: say so, keep the run's own cause first
+        return f"training run {run_name} failed: {failure_cause(exc)}; its checkpoints could not be listed ({scan})"
+    if found is None:
+        left = "no whole checkpoint was written"
+    else:
+        left = f"its last whole checkpoint is {store.uri(found)} (epoch {state['epoch']})"
+        if resume_hint:
+            left += f"; once the cause is fixed, go on with --resume {run_name}"
+    return f"training run {run_name} failed: {failure_cause(exc)}; {left}"
 
 
 def save_resume_state(engine, out_dir: str, rank: int, gen: torch.Generator, state: dict) -> None:
@@ -238,8 +368,14 @@ def save_resume_state(engine, out_dir: str, rank: int, gen: torch.Generator, sta
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()  # dropout on the GPU draws from it
     torch.save(rng, Path(out_dir, RESUME_DIR, f"rng_rank{rank}.pt"))
+    # Each rank's folder holds only what this rank wrote (Ray merges the ranks' folders into the checkpoint): its
+    # listing lets a resume tell a whole checkpoint from one whose upload was cut short (a full disk).
+    resume = Path(out_dir, RESUME_DIR)
+    write_checksums(resume, sorted(p.relative_to(resume).as_posix() for p in resume.rglob("*")
+                                   if p.is_file() and not p.name.startswith("checksums_rank")),
+                    RESUME_CHECKSUMS.format(rank=rank))
     if rank == 0:
-        Path(out_dir, TRAINER_STATE).write_text(json.dumps(state))
+        Path(out_dir, TRAINER_STATE).write_text(json.dumps({**state, "resume_checksums": True}))
 
 
 ARCHITECTURE = ("num_items", "layers", "width", "heads", "max_seq_len", "projection_ratio", "semantic", "features",
@@ -462,9 +598,16 @@ def train_func(config: dict) -> None:
     # checkpoint: at the start of the epoch that was interrupted, which is redone in full.
     exit_stack = contextlib.ExitStack()
     resume_from, state = None, None
-    if (reported := ray.train.get_checkpoint()) is not None:
+    reported = ray.train.get_checkpoint()
+    if reported is None and config.get("resume_from"):  # --resume of a run whose Ray Train record was unusable
+        reported = ray.train.Checkpoint(config["resume_from"], filesystem=store.fs)
+    if reported is not None:
         resume_from = Path(exit_stack.enter_context(reported.as_directory()))
-        state = json.loads(Path(resume_from, TRAINER_STATE).read_text())
+        state = read_trainer_state(str(resume_from))
+        # What this rank is about to load must be as it was written (not bit-flipped or cut short): refused,
+        # naming the file, rather than trained on.
+        same = state["world"] == world
+        verify_resumable(str(resume_from), state, ranks=[rank] if same else [], weights=not same)
         saved = ModelSpec.from_dict(json.loads(Path(resume_from, CHECKPOINT_SPEC).read_text())["spec"])
         if diff := [f for f in ARCHITECTURE if getattr(saved, f) != getattr(spec, f)]:
             raise ConfigError(f"{resume_from}: the run being resumed built another model ({', '.join(diff)} differ); "
@@ -613,7 +756,8 @@ def topk_path(cfg: GenrecConfig, run_name: str) -> str:
 WINDOW_BYTES_PER_EVENT = 18  # items int32 + actions int8 + gaps int8 + utils float32 + ts int64
 
 
-def build_trainer(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=None, finetune: dict | None = None):
+def build_trainer(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=None, finetune: dict | None = None,
+                  resume_from: str | None = None):
     """A TorchTrainer for `train_func` over the shard set's training split, streamed by Ray Data.
 
     `finetune` ({"checkpoint", "task", "mode"}) continues a pre-trained checkpoint on a task's objective."""
@@ -646,7 +790,8 @@ def build_trainer(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=
         train_func,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "shards": str(shards.root), "run_name": run_name,
                            "windows": windows, "history": str(history_path(cfg, run_name)),
-                           "topk": str(topk_path(cfg, run_name)), "finetune": finetune},
+                           "topk": str(topk_path(cfg, run_name)), "finetune": finetune,
+                           "resume_from": resume_from},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=t.workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
@@ -675,6 +820,14 @@ def check_ingest_room(cfg: GenrecConfig, reserved: float = 0.0) -> None:
 
 
 def fit(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=None, reserved_cpus: float = 0.0,
-        finetune: dict | None = None):
+        finetune: dict | None = None, resume_from: str | None = None, resume_hint: bool = True):
+    """Train; TrainingFailed (one line: the cause, the last whole checkpoint, `--resume RUN` unless not resume_hint)
+    when Ray Train gives up on the run."""
+    import ray.train
+
     check_ingest_room(cfg, reserved_cpus)
-    return build_trainer(cfg, shards, run_name, callbacks, finetune).fit()
+    trainer = build_trainer(cfg, shards, run_name, callbacks, finetune, resume_from)
+    try:
+        return trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        raise TrainingFailed(failure_message(cfg, run_name, exc, resume_hint)) from None

@@ -38,15 +38,20 @@ def ray_local():
     ray.shutdown()
 
 
-def tiny_config(root, *overrides):
-    """Synthetic data and a 2-block model: small enough for a CPU test, the same code path as a 1B run."""
-    return load_config(None, [
-        f"storage.root={root}", "name=test",
-        "data.synthetic.users=150", "data.synthetic.items=80", "data.synthetic.events_per_user=30",
+# Synthetic data and a 2-block model: small enough for a CPU test, the same code path as a 1B run.
+TINY = ["name=test", "data.synthetic.users=150", "data.synthetic.items=80", "data.synthetic.events_per_user=30",
         "model.preset=custom", "model.layers=2", "model.width=32", "model.heads=2", "model.max_seq_len=16",
-        "model.projection_ratio=4",
-        "model.dropout=0.0", "train.epochs=3", "train.batch_size=16", "train.lr=0.01", "train.warmup_steps=2",
-        "tracking.wandb=disabled", f"serve.port={free_port()}", *overrides])
+        "model.projection_ratio=4", "model.dropout=0.0", "train.epochs=3", "train.batch_size=16", "train.lr=0.01",
+        "train.warmup_steps=2", "tracking.wandb=disabled"]
+
+
+def tiny_config(root, *overrides):
+    return load_config(None, [f"storage.root={root}", *TINY, f"serve.port={free_port()}", *overrides])
+
+
+def tiny_flags(root, *overrides) -> list[str]:
+    """The same settings as an entrypoint's --set flags."""
+    return [a for o in [f"storage.root={root}", *TINY, *overrides] for a in ("--set", o)]
 
 
 @pytest.fixture(scope="session")

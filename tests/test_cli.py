@@ -55,11 +55,11 @@ def test_run_names_continue_only_when_asked(tmp_path):
 
     cfg = tiny_config(tmp_path)
     run = cfg.storage.path("runs", "r1")
-    assert check_run_name(cfg, "r1", None) == "r1" and check_run_name(cfg, None, None) is None
+    assert check_run_name(cfg, "r1", None) == ("r1", None) and check_run_name(cfg, None, None) == (None, None)
     with pytest.raises(ConfigError, match="--resume r1: .* holds no checkpoint"):
         check_run_name(cfg, None, "r1")
     run.mkdir(parents=True)  # a run that died before its first checkpoint: the name is free again
-    assert check_run_name(cfg, "r1", None) == "r1"
+    assert check_run_name(cfg, "r1", None) == ("r1", None)
     (run / "checkpoint_manager_snapshot.json").write_text(
         json.dumps({"latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_1"}}))
     (run / "checkpoint_1").mkdir()
@@ -68,9 +68,49 @@ def test_run_names_continue_only_when_asked(tmp_path):
     with pytest.raises(ConfigError, match=f"has no {TRAINER_STATE}"):
         check_run_name(cfg, None, "r1")
     (run / "checkpoint_1" / TRAINER_STATE).write_text("{}")
-    assert check_run_name(cfg, None, "r1") == "r1"
+    assert check_run_name(cfg, None, "r1") == ("r1", None)  # Ray Train's record names the checkpoint
     with pytest.raises(ConfigError, match="a resumed run keeps its name"):
         check_run_name(cfg, "other", "r1")
+
+
+def test_resume_goes_on_from_the_newest_whole_checkpoint_when_ray_trains_record_is_unreadable(tmp_path, capsys):
+    """Ray Train writes its record of a run's checkpoints in place: a full disk leaves it empty (seen: then Ray Train
+    cannot restore the run and genrec died with a JSONDecodeError). The run goes on from its newest checkpoint whose
+    files all pass their checksums; a newer one cut short is passed over, naming the file; the record is kept aside.
+    (The whole story on a real full disk under Ray Train: tests/test_disk_full.py.)"""
+    from genrec.config import ConfigError
+    from genrec.shards import write_checksums
+    from genrec.train import RESUME_CHECKSUMS, TRAINER_STATE, check_run_name
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(tmp_path)
+    run = cfg.storage.path("runs", "r1")
+
+    def checkpoint(name: str, epoch: int) -> None:
+        resume = run / name / "resume"
+        (resume / "state").mkdir(parents=True)
+        (resume / "state" / "optim.pt").write_bytes(b"x" * 1000)
+        write_checksums(resume, ["state/optim.pt"], RESUME_CHECKSUMS.format(rank=0))
+        (run / name / TRAINER_STATE).write_text(json.dumps({"epoch": epoch, "world": 1, "resume_checksums": True}))
+
+    checkpoint("checkpoint_2026-01-01_00-00-01", 1)
+    checkpoint("checkpoint_2026-01-01_00-00-02", 2)
+    snapshot = run / "checkpoint_manager_snapshot.json"
+    snapshot.write_text("")  # what the full disk left
+    optim = run / "checkpoint_2026-01-01_00-00-02" / "resume" / "state" / "optim.pt"
+    optim.write_bytes(b"x" * 600)  # the newer checkpoint's upload cut short
+    assert check_run_name(cfg, None, "r1") == ("r1", str(run / "checkpoint_2026-01-01_00-00-01"))
+    out = capsys.readouterr().out
+    assert "is not readable JSON (0 bytes" in out and "going on from checkpoint_2026-01-01_00-00-01 (epoch 1)" in out
+    assert f"a newer one does not: {optim}: 600 bytes" in out
+    # Set aside, not deleted: Ray Train starts a new record; a later --resume uses that one.
+    assert not snapshot.exists() and len(list(run.glob("checkpoint_manager_snapshot.json.unusable-*"))) == 1
+    # With no whole checkpoint left, the error says why.
+    optim.with_name("optim.pt").unlink()
+    (run / "checkpoint_2026-01-01_00-00-01" / "resume" / "state" / "optim.pt").write_bytes(b"y" * 1000)  # a flip
+    with pytest.raises(ConfigError, match="holds no checkpoint .* the newest checkpoint is not whole: .*optim.pt: "
+                                          "listed in .* but missing"):
+        check_run_name(cfg, None, "r1")
 
 
 @pytest.mark.parametrize("stop", ["sweep", "keyboard"])

@@ -22,7 +22,7 @@ def run(cfg: GenrecConfig, run_name: str | None = None, rebuild: bool = False, r
     from genrec.runtime import init_ray, prepare_shards, print_table
     from genrec.train import check_run_name, finetune_setup, fit, read_history
 
-    run_name = check_run_name(cfg, run_name, resume)
+    run_name, resume_from = check_run_name(cfg, run_name, resume)
     shards = prepare_shards(cfg, rebuild=rebuild)
     cfg, finetune = finetune_setup(cfg, shards)
     init_ray(cfg)
@@ -30,7 +30,7 @@ def run(cfg: GenrecConfig, run_name: str | None = None, rebuild: bool = False, r
     run_name = run_name or f"finetune-{cfg.name}-{task}-{finetune['mode']}-{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"fine-tuning {finetune['checkpoint']} on task {task} ({finetune['mode']}), {cfg.train.epochs} epochs on "
           f"{cfg.train.workers} workers -> {cfg.storage.store().uri(cfg.storage.store().path('runs', run_name))}")
-    result = fit(cfg, shards, run_name, finetune=finetune)
+    result = fit(cfg, shards, run_name, finetune=finetune, resume_from=resume_from)
     history = read_history(cfg, run_name)
     columns = ["epoch", "loss"] + [f"mrr_{t}" for t in cfg.eval.tasks] + [f"hr@10_{task}"]
     print_table(history, columns)

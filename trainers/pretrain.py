@@ -21,13 +21,13 @@ def run(cfg: GenrecConfig, run_name: str | None = None, rebuild: bool = False, r
     from genrec.runtime import init_ray, prepare_shards, print_table
     from genrec.train import check_run_name, fit, read_history
 
-    run_name = check_run_name(cfg, run_name, resume)
+    run_name, resume_from = check_run_name(cfg, run_name, resume)
     shards = prepare_shards(cfg, rebuild=rebuild)
     init_ray(cfg)
     run_name = run_name or f"pretrain-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"training {cfg.model.preset} (max_seq_len {cfg.model.max_seq_len}) on {cfg.train.workers} workers, "
           f"DeepSpeed ZeRO-{cfg.train.zero_stage}, {cfg.train.epochs} epochs -> {cfg.storage.store().uri(cfg.storage.store().path('runs', run_name))}")
-    result = fit(cfg, shards, run_name)
+    result = fit(cfg, shards, run_name, resume_from=resume_from)
     print_table(read_history(cfg, run_name), EPOCH_COLUMNS)
     best = result.get_best_checkpoint(metric="mrr", mode="max") or result.checkpoint
     print(f"best checkpoint: {cfg.storage.store().uri(best.path)}")

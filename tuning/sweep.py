@@ -54,7 +54,7 @@ def run_trial(config: dict) -> None:
     atomic_write_json(Path(ctx.get_trial_dir(), RUN_FILE),
                       {"run": name, "history": str(history_path(cfg, name)), "topk": str(topk_path(cfg, name))})
     fit(cfg, open_shards(config["shards"], cfg.storage.store()), name, callbacks=[TuneReportCallback()],
-        reserved_cpus=TRIAL_CPUS)
+        reserved_cpus=TRIAL_CPUS, resume_hint=False)  # a trial goes on with the sweep's --resume
 
 
 def summarize(results, metric: str) -> list[dict]:
