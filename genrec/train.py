@@ -27,7 +27,7 @@ from genrec.features import (NUM_AGE_BUCKETS, FeatureVocab, age_bucket_counts, a
 from genrec.flops import mfu, peak_tflops, training_flops_per_token
 from genrec.model import GenRec, ModelSpec, Objective, resolve_shape
 from genrec.objectives import draw_id_mask
-from genrec.shards import ShardSet, open_shards, write_checksums
+from genrec.shards import CHECKSUMS, ShardSet, open_shards, write_checksums
 from genrec.tasks import build_plan, evaluate_plan, model_scorer, plan_metrics
 from genrec.windows import in_window, training_windows
 
@@ -208,58 +208,86 @@ def save_for_serving(engine, spec: ModelSpec, items: pa.Table, out_dir: str, ext
 
 
 def check_run_name(cfg: GenrecConfig, run_name: str | None, resume: str | None) -> tuple[str | None, str | None]:
-    """The run's name, and the checkpoint folder to go on from when Ray Train cannot say (else None). Ray Train
-    continues any run whose folder holds its record of checkpoints (same storage and name), so continuing must be
-    asked for: `--resume NAME` needs that run's checkpoint, `--name NAME` a name without any.
-
-    Ray Train writes that record (RAY_SNAPSHOT) in place: a write that fails midway (a full disk) leaves it empty
-    while the checkpoints it listed are still whole, and Ray Train then cannot restore the run at all. genrec then
-    goes on from the newest checkpoint folder whose files all pass their checksums, and sets the broken record
-    aside (kept, renamed) so that Ray Train starts a new one."""
+    """The run's name, and the checkpoint folder to go on from when Ray Train cannot say (else None; see
+    resume_point). Ray Train continues any run whose folder holds its record of checkpoints (same storage and name),
+    so continuing must be asked for: `--resume NAME` needs that run's checkpoint, `--name NAME` a name without any."""
     store = cfg.storage.store()
     if resume:
         if run_name and run_name != resume:
             raise ConfigError(f"--name {run_name} and --resume {resume}: a resumed run keeps its name; drop --name")
-        folder = store.path("runs", resume)
-        snapshot = f"{folder}/{RAY_SNAPSHOT}"
-        latest, unusable = None, None
-        if store.is_file(snapshot):
-            try:
-                latest = json.loads(store.read_text(snapshot)).get("latest_checkpoint_result")
-            except ValueError:
-                unusable = (f"Ray Train's record of its checkpoints, {store.uri(snapshot)}, is not readable JSON "
-                              f"({store.size(snapshot):,} bytes: a write cut short, e.g. by a full disk)")
-        if latest:
-            name = latest.get("checkpoint_dir_name", "")
-            if name and not store.is_file(f"{folder}/{name}/{TRAINER_STATE}"):
-                raise ConfigError(f"--resume {resume}: {store.uri(folder + '/' + name)} has no {TRAINER_STATE} "
-                                  "(written by a genrec before runs could resume); start a new run")
-            from genrec.checkpoint import CheckpointError
-
-            try:  # sizes only: cheap, and what a cut-short write changes (the workers check the hashes)
-                verify_resumable(f"{folder}/{name}", read_trainer_state(f"{folder}/{name}", store), store=store,
-                                 hashes=False)
-                return resume, None
-            except CheckpointError as exc:
-                unusable = f"the checkpoint Ray Train's record names last is not whole ({exc})"
-        found, state, passed_over = last_resumable(store, folder)
-        if found is None:
-            why = f" ({unusable})" if unusable else ""
-            why += f"; the newest checkpoint is not whole: {passed_over}" if passed_over else ""
-            raise ConfigError(f"--resume {resume}: {store.uri(folder)} holds no checkpoint of a run under "
-                              f"storage.root={cfg.storage.root}{why}; name a run listed there")
-        if unusable:
-            aside = f"{snapshot}.unusable-{time.strftime('%Y%m%d-%H%M%S')}"
-            store.fs.move(snapshot, aside)
-            unusable += f" (kept as {aside.rsplit('/', 1)[-1]})"
-        print(f"--resume {resume}: {unusable or 'no record of its checkpoints by Ray Train'}; going on from "
-              f"{found.rsplit('/', 1)[-1]} (epoch {state['epoch']}), its newest checkpoint whose files all pass their "
-              "checksums" + (f" (a newer one does not: {passed_over})" if passed_over else ""), flush=True)
-        return resume, found
-    if run_name and store.is_file(store.path("runs", run_name, RAY_SNAPSHOT)):
-        raise ConfigError(f"--name {run_name}: {store.uri(store.path('runs', run_name))} holds a run already; pass "
-                          f"--resume {run_name} to continue it, or choose another name")
+        return resume, resume_point(cfg, resume, required=True)
+    if run_name:
+        folder = store.path("runs", run_name)
+        if store.is_file(f"{folder}/{RAY_SNAPSHOT}") or checkpoint_folders(store, folder):
+            raise ConfigError(f"--name {run_name}: {store.uri(folder)} holds a run already; pass --resume {run_name} "
+                              "to continue it, or choose another name")
     return run_name, None
+
+
+def checkpoint_folders(store, run_folder: str) -> list[str]:
+    """A run's checkpoint folders (paths in the store), newest first: Ray Train names them checkpoint_<date>_<time>."""
+    import pyarrow.fs as pafs
+
+    return sorted((e.path for e in store.list(run_folder)
+                   if e.type == pafs.FileType.Directory and e.base_name.startswith("checkpoint_")), reverse=True)
+
+
+def resume_point(cfg: GenrecConfig, run_name: str, required: bool = False) -> str | None:
+    """Where a run that goes on (`--resume`, or a sweep trial Tune restores) starts: None when Ray Train's record of
+    the run names a checkpoint that is whole (Ray Train restores it) or, unless `required`, when the run has no
+    checkpoint yet (a new run); else the newest checkpoint folder whose files all pass their checks.
+
+    Ray Train writes that record (RAY_SNAPSHOT) in place: a write that fails midway (a full disk) leaves it empty
+    while the checkpoints it listed are still whole, and Ray Train then cannot restore the run at all. The broken
+    record is set aside (kept, renamed) so that Ray Train starts a new one, and train_func loads the folder given.
+    Hashes are read on a local disk; on an object store sizes only (the workers check the hashes of what they load)."""
+    from genrec.checkpoint import CheckpointError
+
+    store = cfg.storage.store()
+    folder = store.path("runs", run_name)
+    snapshot = f"{folder}/{RAY_SNAPSHOT}"
+    latest, unusable = None, None
+    if store.is_file(snapshot):
+        try:
+            latest = json.loads(store.read_text(snapshot)).get("latest_checkpoint_result")
+        except ValueError:
+            unusable = (f"Ray Train's record of its checkpoints, {store.uri(snapshot)}, is not readable JSON "
+                        f"({store.size(snapshot):,} bytes: a write cut short, e.g. by a full disk)")
+    if latest:
+        name = latest.get("checkpoint_dir_name", "")
+        if name and not store.is_file(f"{folder}/{name}/{TRAINER_STATE}"):
+            raise ConfigError(f"--resume {run_name}: {store.uri(folder + '/' + name)} has no {TRAINER_STATE} "
+                              "(written by a genrec before runs could resume); start a new run")
+        try:
+            state = read_trainer_state(f"{folder}/{name}", store)
+            verify_resumable(f"{folder}/{name}", state, ranks=_ranks_read(state, cfg), store=store,
+                             hashes=not store.remote)
+            return None
+        except CheckpointError as exc:
+            unusable = f"the checkpoint Ray Train's record names last is not whole ({exc})"
+    elif not unusable and not required and not checkpoint_folders(store, folder):
+        return None  # a new run
+    found, state, passed_over = last_resumable(store, folder, hashes=not store.remote, workers=cfg.train.workers)
+    if found is None:
+        why = f" ({unusable})" if unusable else ""
+        if passed_over:
+            why += f"; its newest checkpoint is not whole ({passed_over}), nor any older one: start a new run"
+        raise ConfigError(f"--resume {run_name}: {store.uri(folder)} holds no checkpoint of a run under "
+                          f"storage.root={cfg.storage.root}{why}" + ("" if passed_over else "; name a run listed there"))
+    if unusable and store.is_file(snapshot):
+        aside = f"{snapshot}.unusable-{time.strftime('%Y%m%d-%H%M%S')}"
+        store.fs.move(snapshot, aside)
+        unusable += f" (kept as {aside.rsplit('/', 1)[-1]})"
+    print(f"--resume {run_name}: {unusable or 'no record of its checkpoints by Ray Train'}; going on from "
+          f"{found.rsplit('/', 1)[-1]} (epoch {state['epoch']}), its newest checkpoint whose files all pass their "
+          "checks" + (f" (a newer one does not: {passed_over})" if passed_over else ""), flush=True)
+    return found
+
+
+def _ranks_read(state: dict, cfg: GenrecConfig) -> list[int] | None:
+    """The ranks whose DeepSpeed state a resume of this checkpoint reads: all of them on the same worker count,
+    none on another (it starts from the consolidated weights)."""
+    return None if state.get("world") == cfg.train.workers else []
 
 
 def read_trainer_state(folder: str, store=None) -> dict:
@@ -289,11 +317,12 @@ def verify_resumable(folder: str, state: dict, ranks=None, weights: bool = True,
     from genrec.storage import local_store
 
     store = store or local_store()
-    if weights:
-        verify_checksums(folder, CheckpointError, store=store, hashes=hashes)
+    if weights and not verify_checksums(folder, CheckpointError, store=store, hashes=hashes) \
+            and state.get("resume_checksums"):  # written by this genrec: its checksums.json must be there
+        raise CheckpointError(f"{store.uri(folder + '/' + CHECKSUMS)}: missing (the checkpoint was not written whole)")
     if not state.get("resume_checksums"):
         return
-    resume = f"{folder if store.remote else os.path.abspath(folder)}/{RESUME_DIR}"
+    resume = f"{folder}/{RESUME_DIR}"
     for r in range(state["world"]) if ranks is None else ranks:
         listing = RESUME_CHECKSUMS.format(rank=r)
         if not verify_checksums(resume, CheckpointError, listing, store, hashes):
@@ -301,20 +330,19 @@ def verify_resumable(folder: str, state: dict, ranks=None, weights: bool = True,
                                   "was not written whole)")
 
 
-def last_resumable(store, run_folder: str, hashes: bool = True) -> tuple[str | None, dict | None, str | None]:
-    """The newest checkpoint folder of a run that a resume can go on from (every file checked; hashes=False: sizes
-    only), its trainer state, and why the newest folder was passed over if it was (None, None, why: none is)."""
+def last_resumable(store, run_folder: str, hashes: bool = True,
+                   workers: int | None = None) -> tuple[str | None, dict | None, str | None]:
+    """The newest checkpoint folder of a run that a resume can go on from (every file it would read checked;
+    hashes=False: sizes only; `workers`: the worker count it resumes on, default the checkpoint's own), its trainer
+    state, and why the newest folder was passed over if it was (None, None, why: none is)."""
     from genrec.checkpoint import CheckpointError
 
-    import pyarrow.fs as pafs
-
-    folders = sorted((e.path for e in store.list(run_folder)
-                      if e.type == pafs.FileType.Directory and e.base_name.startswith("checkpoint_")), reverse=True)
     passed_over = None
-    for folder in folders:  # checkpoint_<date>_<time>: newest first
+    for folder in checkpoint_folders(store, run_folder):
         try:
             state = read_trainer_state(folder, store)
-            verify_resumable(folder, state, store=store, hashes=hashes)
+            ranks = None if workers in (None, state.get("world")) else []
+            verify_resumable(folder, state, ranks=ranks, store=store, hashes=hashes)
             return folder, state, passed_over
         except CheckpointError as exc:
             passed_over = passed_over or str(exc)
@@ -350,7 +378,7 @@ def failure_message(cfg: GenrecConfig, run_name: str, exc: Exception, resume_hin
     # Sizes only: a full disk cuts files short, and naming the checkpoint must not read gigabytes back.
     try:
         found, state, _ = last_resumable(store, store.path("runs", run_name), hashes=False)
-    except OSError as scan:  # the store itself failing: say so, keep the run's own cause first
+    except Exception as scan:  # the store itself failing: say so, keep the run's own cause first
         return f"training run {run_name} failed: {failure_cause(exc)}; its checkpoints could not be listed ({scan})"
     if found is None:
         left = "no whole checkpoint was written"
@@ -820,12 +848,15 @@ def check_ingest_room(cfg: GenrecConfig, reserved: float = 0.0) -> None:
 
 
 def fit(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=None, reserved_cpus: float = 0.0,
-        finetune: dict | None = None, resume_from: str | None = None, resume_hint: bool = True):
+        finetune: dict | None = None, resume_from: str | None = None, resume_hint: bool = True, recover: bool = True):
     """Train; TrainingFailed (one line: the cause, the last whole checkpoint, `--resume RUN` unless not resume_hint)
-    when Ray Train gives up on the run."""
+    when Ray Train gives up on the run. recover: look for where the run goes on (resume_point) unless the caller
+    did (check_run_name)."""
     import ray.train
 
     check_ingest_room(cfg, reserved_cpus)
+    if recover and resume_from is None:  # a sweep trial that Tune restores goes on here, past an unusable record
+        resume_from = resume_point(cfg, run_name)
     trainer = build_trainer(cfg, shards, run_name, callbacks, finetune, resume_from)
     try:
         return trainer.fit()

@@ -83,7 +83,7 @@ def test_resume_goes_on_from_the_newest_whole_checkpoint_when_ray_trains_record_
     from genrec.train import RESUME_CHECKSUMS, TRAINER_STATE, check_run_name
     from tests.conftest import tiny_config
 
-    cfg = tiny_config(tmp_path)
+    cfg = tiny_config(tmp_path, "train.workers=1")  # the worker count that wrote them: their DeepSpeed state is read
     run = cfg.storage.path("runs", "r1")
 
     def checkpoint(name: str, epoch: int) -> None:
@@ -91,6 +91,7 @@ def test_resume_goes_on_from_the_newest_whole_checkpoint_when_ray_trains_record_
         (resume / "state").mkdir(parents=True)
         (resume / "state" / "optim.pt").write_bytes(b"x" * 1000)
         write_checksums(resume, ["state/optim.pt"], RESUME_CHECKSUMS.format(rank=0))
+        write_checksums(run / name, [])  # the serving files' listing (no weights in this sketch of a checkpoint)
         (run / name / TRAINER_STATE).write_text(json.dumps({"epoch": epoch, "world": 1, "resume_checksums": True}))
 
     checkpoint("checkpoint_2026-01-01_00-00-01", 1)
@@ -105,11 +106,13 @@ def test_resume_goes_on_from_the_newest_whole_checkpoint_when_ray_trains_record_
     assert f"a newer one does not: {optim}: 600 bytes" in out
     # Set aside, not deleted: Ray Train starts a new record; a later --resume uses that one.
     assert not snapshot.exists() and len(list(run.glob("checkpoint_manager_snapshot.json.unusable-*"))) == 1
+    with pytest.raises(ConfigError, match="--name r1: .* holds a run already"):  # its checkpoints are still there
+        check_run_name(cfg, "r1", None)
     # With no whole checkpoint left, the error says why.
     optim.with_name("optim.pt").unlink()
     (run / "checkpoint_2026-01-01_00-00-01" / "resume" / "state" / "optim.pt").write_bytes(b"y" * 1000)  # a flip
-    with pytest.raises(ConfigError, match="holds no checkpoint .* the newest checkpoint is not whole: .*optim.pt: "
-                                          "listed in .* but missing"):
+    with pytest.raises(ConfigError, match=r"holds no checkpoint .* its newest checkpoint is not whole \(.*optim.pt: "
+                                          r"listed in .* but missing\), nor any older one: start a new run$"):
         check_run_name(cfg, None, "r1")
 
 

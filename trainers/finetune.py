@@ -30,13 +30,17 @@ def run(cfg: GenrecConfig, run_name: str | None = None, rebuild: bool = False, r
     run_name = run_name or f"finetune-{cfg.name}-{task}-{finetune['mode']}-{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"fine-tuning {finetune['checkpoint']} on task {task} ({finetune['mode']}), {cfg.train.epochs} epochs on "
           f"{cfg.train.workers} workers -> {cfg.storage.store().uri(cfg.storage.store().path('runs', run_name))}")
-    result = fit(cfg, shards, run_name, finetune=finetune, resume_from=resume_from)
+    result = fit(cfg, shards, run_name, finetune=finetune, resume_from=resume_from, recover=False)
     history = read_history(cfg, run_name)
     columns = ["epoch", "loss"] + [f"mrr_{t}" for t in cfg.eval.tasks] + [f"hr@10_{task}"]
     print_table(history, columns)
     print(f"task {task}: MRR {history[0][f'mrr_{task}']:.4f} before fine-tuning, "
           f"{history[-1][f'mrr_{task}']:.4f} after {cfg.train.epochs} epochs")
     best = result.get_best_checkpoint(metric="mrr", mode="max") or result.checkpoint
+    if best is None:  # resumed from a checkpoint of the last epoch: nothing left to train
+        print(f"nothing to train: {run_name} had finished its {cfg.train.epochs} epochs; pass --set "
+              "finetune.epochs=N to train longer")
+        return result
     print(f"checkpoint: {result.checkpoint.path} (best by mrr: {best.path})")
     return result
 

@@ -27,9 +27,14 @@ def run(cfg: GenrecConfig, run_name: str | None = None, rebuild: bool = False, r
     run_name = run_name or f"pretrain-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"training {cfg.model.preset} (max_seq_len {cfg.model.max_seq_len}) on {cfg.train.workers} workers, "
           f"DeepSpeed ZeRO-{cfg.train.zero_stage}, {cfg.train.epochs} epochs -> {cfg.storage.store().uri(cfg.storage.store().path('runs', run_name))}")
-    result = fit(cfg, shards, run_name, resume_from=resume_from)
+    result = fit(cfg, shards, run_name, resume_from=resume_from, recover=False)
     print_table(read_history(cfg, run_name), EPOCH_COLUMNS)
     best = result.get_best_checkpoint(metric="mrr", mode="max") or result.checkpoint
+    if best is None:  # resumed from a checkpoint of the last epoch: nothing left to train
+        print(f"nothing to train: {run_name} had finished its {cfg.train.epochs} epochs"
+              + (f" ({cfg.storage.store().uri(resume_from)})" if resume_from else "")
+              + "; pass --set train.epochs=N to train longer")
+        return result
     print(f"best checkpoint: {cfg.storage.store().uri(best.path)}")
     return result
 
