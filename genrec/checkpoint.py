@@ -8,6 +8,7 @@ added after training (:meth:`LoadedModel.add_items`): they have no trained id ro
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,8 @@ import torch
 from genrec.data.schema import DataError
 from genrec.model import GenRec, ModelSpec
 from genrec.shards import CHECKSUMS, verify_checksums
-from genrec.train import CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS, TRAIN_COUNT, catalogue
+from genrec.train import (CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS, TRAIN_COUNT, catalogue,
+                          checkpoint_folders)
 
 
 class CheckpointError(RuntimeError):
@@ -136,10 +138,14 @@ def load_last_good(path: str | Path, device: str = "cpu", store=None) -> tuple[L
         return load_checkpoint(path, device), None
     except CheckpointError as exc:
         error = exc
-    # Names are checkpoint_<date>_<time>: newest first.
-    for other in sorted((p for p in path.parent.glob("checkpoint_*") if p.is_dir() and p != path), reverse=True):
+    from genrec.storage import local_store
+
+    asked = os.path.abspath(path)
+    for other in checkpoint_folders(local_store(), os.path.dirname(asked)):
+        if other == asked:
+            continue
         try:
-            return load_checkpoint(other, device), f"{error}; serving {other.name} of the same run instead"
+            return load_checkpoint(other, device), f"{error}; serving {Path(other).name} of the same run instead"
         except CheckpointError:
             continue
     raise error
@@ -171,16 +177,11 @@ def _fetch_and_load(store, path: str, device: str) -> LoadedModel:
 
 
 def _load_last_good_remote(store, path: str, device: str) -> tuple[LoadedModel, str | None]:
-    import pyarrow.fs as pafs
-
     try:
         return _fetch_and_load(store, path, device), None
     except CheckpointError as exc:
         error = exc
-    parent = path.rsplit("/", 1)[0]
-    others = sorted((e.path for e in store.list(parent) if e.type == pafs.FileType.Directory
-                     and e.base_name.startswith("checkpoint_") and e.path != path), reverse=True)
-    for other in others:
+    for other in (f for f in checkpoint_folders(store, path.rsplit("/", 1)[0]) if f != path):
         try:
             return (_fetch_and_load(store, other, device),
                     f"{error}; serving {other.rsplit('/', 1)[-1]} of the same run instead")

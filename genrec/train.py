@@ -260,7 +260,7 @@ def resume_point(cfg: GenrecConfig, run_name: str, required: bool = False) -> st
                               "(written by a genrec before runs could resume); start a new run")
         try:
             state = read_trainer_state(f"{folder}/{name}", store)
-            verify_resumable(f"{folder}/{name}", state, ranks=_ranks_read(state, cfg), store=store,
+            verify_resumable(f"{folder}/{name}", state, ranks=_ranks_read(state, cfg.train.workers), store=store,
                              hashes=not store.remote)
             return None
         except CheckpointError as exc:
@@ -284,10 +284,10 @@ def resume_point(cfg: GenrecConfig, run_name: str, required: bool = False) -> st
     return found
 
 
-def _ranks_read(state: dict, cfg: GenrecConfig) -> list[int] | None:
-    """The ranks whose DeepSpeed state a resume of this checkpoint reads: all of them on the same worker count,
-    none on another (it starts from the consolidated weights)."""
-    return None if state.get("world") == cfg.train.workers else []
+def _ranks_read(state: dict, workers: int | None) -> list[int] | None:
+    """The ranks whose DeepSpeed state a resume of this checkpoint on `workers` workers reads: all of them on the
+    same worker count (or None: unknown), none on another (it starts from the consolidated weights)."""
+    return None if workers in (None, state.get("world")) else []
 
 
 def read_trainer_state(folder: str, store=None) -> dict:
@@ -341,8 +341,7 @@ def last_resumable(store, run_folder: str, hashes: bool = True,
     for folder in checkpoint_folders(store, run_folder):
         try:
             state = read_trainer_state(folder, store)
-            ranks = None if workers in (None, state.get("world")) else []
-            verify_resumable(folder, state, ranks=ranks, store=store, hashes=hashes)
+            verify_resumable(folder, state, ranks=_ranks_read(state, workers), store=store, hashes=hashes)
             return folder, state, passed_over
         except CheckpointError as exc:
             passed_over = passed_over or str(exc)
