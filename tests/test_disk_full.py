@@ -5,8 +5,11 @@ epoch 2's does not.
 Found this way (before genrec handled it): Ray Train's upload of epoch 2 failed with ENOSPC, then its controller's
 rewrite of its record of the run's checkpoints (checkpoint_manager_snapshot.json, written in place) failed too and left
 it empty; the run died with a deep traceback, and `--resume` with a JSONDecodeError, although epoch 1's checkpoint
-was whole on disk. Checked to fail: without genrec.train's recovery (check_run_name's fallback to the newest whole
-checkpoint) the resume below raises that JSONDecodeError.
+was whole on disk. Ray Train's record is not emptied every time (whole in one fresh clone's run of this test, emptied
+in the others here): the test asserts the path that matches what the disk holds, and the fallback itself is pinned
+without Ray by tests/test_cli.py::test_resume_goes_on_from_the_newest_whole_checkpoint_when_ray_trains_record_is_unreadable.
+Checked to fail: with genrec.train.resume_point no longer catching the record's JSON error, the resume below raises
+that JSONDecodeError (in a run where the record was emptied).
 """
 
 import json
@@ -60,13 +63,20 @@ def test_a_disk_full_during_a_checkpoint_loses_nothing_and_the_run_goes_on(ray_l
                                               "readable JSON)"):
         verify_resumable(str(later[0]), read_trainer_state(str(later[0])))
 
+    # Ray Train's record of the run: emptied by the full disk in most runs here, whole in some (its controller's
+    # write does not always land after the space ran out). The resume below takes the matching path.
+    record = run / "checkpoint_manager_snapshot.json"
+    emptied = record.is_file() and record.stat().st_size == 0
+
     # Room again (as after deleting old runs): --resume goes on from epoch 1 and finishes.
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
     assert main(["--resume", "full", *flags, "--set", "train.epochs=2"]) == 0
     out = capsys.readouterr().out
-    # Ray Train's emptied record was set aside (kept) and the run went on from the newest whole checkpoint.
-    assert len(list(run.glob("checkpoint_manager_snapshot.json.unusable-*"))) == 1
-    assert "is not readable JSON (0 bytes" in out and f"going on from {first.name} (epoch 1)" in out, out
+    if emptied:  # set aside (kept), and the run went on from the newest whole checkpoint
+        assert len(list(run.glob("checkpoint_manager_snapshot.json.unusable-*"))) == 1
+        assert "is not readable JSON (0 bytes" in out and f"going on from {first.name} (epoch 1)" in out, out
+    else:  # Ray Train restored the run from its own record, which names epoch 1's checkpoint
+        assert "going on from" not in out, out
     history = json.loads((run / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
     assert history[0] == read_trainer_state(str(first))["history"][0]  # epoch 1 kept as it was, not redone
