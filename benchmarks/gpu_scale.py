@@ -44,8 +44,8 @@ from genrec.config import load_config  # noqa: E402
 from genrec.features import MAX_GENRES, MAX_TOKENS, YEAR_BUCKETS, FeatureVocab, ItemFeatures  # noqa: E402
 from genrec.flops import mfu, peak_tflops  # noqa: E402
 from genrec.model import GenRec, ModelSpec, backbone_params, resolve_shape  # noqa: E402
-from genrec.train import (adamw, make_engine, model_flops_per_token, num_negatives, objective,  # noqa: E402
-                          skip_shm_comm_op, train_step)
+from genrec.build import model_flops_per_token, num_negatives, objective, optimizer_and_schedule  # noqa: E402
+from genrec.train import make_engine, skip_shm_comm_op, train_step  # noqa: E402
 
 # The default plan, most telling first (a run cut short by its time limit keeps the head of the list):
 # preset:seq_len:zero_stage:activation_checkpointing:compile. The headline (the 1B backbone as fast as it goes), its
@@ -140,7 +140,7 @@ def run_case(case: dict, args, device: torch.device, peak: float | None) -> dict
     model.objective = objective(cfg)
     model.set_catalogue(synthetic_catalogue(args.items, vocab, gen), None)
     estimate = zero_estimate_gb(model, case["zero"]) if device.type == "cuda" else None
-    optimizer = adamw(cfg, list(model.parameters()), fused=device.type == "cuda" and case["adam"] == "fused")
+    optimizer, _ = optimizer_and_schedule(cfg, model, 1, fused=device.type == "cuda" and case["adam"] == "fused")
     engine = make_engine(cfg, model, optimizer, None, device.type == "cuda")
     n_neg = num_negatives(cfg, args.items)
     trained = torch.arange(1, args.items + 1, device=device)

@@ -22,8 +22,8 @@ import torch
 from genrec.data.schema import DataError
 from genrec.model import GenRec, ModelSpec
 from genrec.shards import CHECKSUMS, verify_checksums
-from genrec.train import (CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS, TRAIN_COUNT, catalogue,
-                          checkpoint_folders)
+from genrec.build import TRAIN_COUNT, catalogue
+from genrec.train import CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS, checkpoint_folders
 
 
 class CheckpointError(RuntimeError):

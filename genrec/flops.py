@@ -13,6 +13,8 @@ Assumptions (stated, because FLOPs counts differ by convention):
 * attention over a window of T events costs 2 x T x d multiply-adds per token per layer (QK^T and AV at full T, no
   causal halving), plus 4d^2 for the Q, K, V and output projections;
 * the MLP has `mlp_ratio` x d hidden units: 2 x mlp_ratio x d^2 multiply-adds;
+* an HSTU block (genrec.hstu) has no MLP: 4d^2 for u, v, q, k and d^2 for its output projection, plus the same 2 x T
+  x d for its pointwise attention (the relative-bias lookups are elementwise);
 * sampled softmax scores the positive plus `negatives_fraction` x catalogue titles (negatives shared by the batch are
   still scored against every query); the projected head adds a d x d/r matmul and scores at width d/r;
 * `score_flops` training FLOPs per scored (title, dimension).
@@ -44,9 +46,13 @@ class Flops:
         return asdict(self) | {"total": self.total}
 
 
-def backbone_flops_per_token(layers: int, width: int, seq_len: int, mlp_ratio: float = 4) -> float:
-    """6 x (attention projections 4d^2 + MLP 2 x mlp_ratio x d^2 + attention scores 2Td) per layer."""
+def backbone_flops_per_token(layers: int, width: int, seq_len: int, mlp_ratio: float = 4,
+                             block: str = "transformer") -> float:
+    """6 x (attention projections 4d^2 + MLP 2 x mlp_ratio x d^2 + attention scores 2Td) per layer; an HSTU block
+    6 x (5d^2 + 2Td)."""
     d = width
+    if block == "hstu":
+        return 6.0 * layers * (5 * d * d + 2 * seq_len * d)
     return 6.0 * layers * (4 * d * d + 2 * mlp_ratio * d * d + 2 * seq_len * d)
 
 
@@ -67,12 +73,13 @@ def decoding_flops_per_token(width: int, num_items: int, decoding: str = "full",
 
 def training_flops_per_token(layers: int, width: int, seq_len: int, num_items: int, decoding: str = "full",
                              negatives_fraction: float = 0.01, projection_ratio: int = 1,
-                             convention: str = "genrec", num_negatives: int | None = None) -> Flops:
+                             convention: str = "genrec", num_negatives: int | None = None,
+                             block: str = "transformer") -> Flops:
     """Training FLOPs per token (backbone, decoding) under the module docstring's assumptions."""
     if convention not in CONVENTIONS:
         raise ValueError(f"convention {convention!r}: expected one of {', '.join(CONVENTIONS)}")
     c = CONVENTIONS[convention]
-    return Flops(backbone_flops_per_token(layers, width, seq_len, c["mlp_ratio"]),
+    return Flops(backbone_flops_per_token(layers, width, seq_len, c["mlp_ratio"], block),
                  decoding_flops_per_token(width, num_items, decoding, negatives_fraction, projection_ratio,
                                           c["score_flops"], num_negatives))
 

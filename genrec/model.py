@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from genrec.features import (LAUNCH_UNKNOWN, MAX_GENRES, MAX_TOKENS, NUM_AGE_BUCKETS, YEAR_BUCKETS, FeatureVocab,
-                             ItemFeatures, title_age_buckets)
+                             ItemFeatures, catalogue_age_bias, title_age_buckets)
+from genrec.hstu import HSTUBlock, hstu_params
 from genrec.objectives import (NEG_INF, full_softmax_loss, logq_correction, merge_duplicate_targets, mtp_targets,
                                normalise, sampled_softmax_loss, utility_buckets)
 
@@ -43,6 +44,21 @@ PRESETS: dict[str, tuple[int, int, int]] = {
     "300m": (24, 1024, 16),
     "1b": (20, 2048, 16),
 }
+# The same names for HSTU blocks (5 d^2 per block against 12 d^2): the transformer's widths and heads, with the layers
+# that bring the backbone to the same size.
+HSTU_PRESETS: dict[str, tuple[int, int, int]] = {
+    "100k": (5, 64, 2),
+    "250k": (12, 64, 2),
+    "500k": (11, 96, 3),
+    "1m": (12, 128, 4),
+    "2m": (24, 128, 4),
+    "8m": (24, 256, 4),
+    "32m": (24, 512, 8),
+    "100m": (34, 768, 12),
+    "300m": (58, 1024, 16),
+    "1b": (48, 2048, 16),
+}
+BLOCKS = ("transformer", "hstu")
 PRESET_TARGETS = {"100k": 1e5, "250k": 2.5e5, "500k": 5e5, "1m": 1e6, "2m": 2e6, "8m": 8e6, "32m": 32e6, "100m": 100e6, "300m": 300e6, "1b": 1e9}
 
 NUM_GAP_BUCKETS = 32  # bucket 0 = first event / padding; 1..31 = 1 + floor(log2(1 + gap seconds)), clipped
@@ -50,9 +66,10 @@ NUM_ACTIONS = 8
 NUM_UTILITY_BUCKETS = 21  # half units: 0..10 (see objectives.utility_buckets)
 
 
-def backbone_params(layers: int, width: int) -> int:
+def backbone_params(layers: int, width: int, block: str = "transformer") -> int:
     """Exact backbone parameter count of :class:`Backbone` (pure arithmetic; tested against the module)."""
-    return layers * (12 * width * width + 2 * width) + width
+    per_block = hstu_params(width) if block == "hstu" else 12 * width * width + 2 * width
+    return layers * per_block + width
 
 
 @dataclass(frozen=True)
@@ -74,10 +91,14 @@ class ModelSpec:
     # A learned score bias per bucket of the title's age at the request (launch weeks, catalogue titles, not yet
     # launched). False in specs saved before it existed, so their checkpoints still load.
     title_age: bool = False
+    # Score titles against their input representation (one id table, as SASRec ties them); needs projection_ratio 1.
+    tie_embeddings: bool = False
+    # "transformer" (causal softmax attention + MLP) or "hstu" (pointwise aggregated attention, genrec.hstu).
+    block: str = "transformer"
 
     @property
     def backbone_params(self) -> int:
-        return backbone_params(self.layers, self.width)
+        return backbone_params(self.layers, self.width, self.block)
 
     @property
     def out_dim(self) -> int:
@@ -96,14 +117,16 @@ class ModelSpec:
         return cls(**d)
 
 
-def resolve_shape(preset: str, layers: int | None = None, width: int | None = None, heads: int | None = None):
-    """(layers, width, heads) for a preset name, or the explicit values for "custom"."""
+def resolve_shape(preset: str, layers: int | None = None, width: int | None = None, heads: int | None = None,
+                  block: str = "transformer"):
+    """(layers, width, heads) for a preset name and block, or the explicit values for "custom"."""
     if preset == "custom":
         assert layers and width and heads
         return layers, width, heads
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)} or 'custom'")
-    return PRESETS[preset]
+    table = HSTU_PRESETS if block == "hstu" else PRESETS
+    if preset not in table:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(table)} or 'custom'")
+    return table[preset]
 
 
 class Block(nn.Module):
@@ -120,7 +143,8 @@ class Block(nn.Module):
         self.fc2 = nn.Linear(4 * width, width, bias=False)
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ts: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, d); ts (event times) is not used by this block."""
         b, t, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         drop = self.dropout if self.training else 0.0
@@ -129,9 +153,10 @@ class Block(nn.Module):
         h = self.fc2(F.gelu(self.fc1(self.norm2(x))))
         return x + F.dropout(h, drop, self.training)
 
-    def step(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None):
+    def step(self, x: torch.Tensor, ts: torch.Tensor | None, past: tuple[torch.Tensor, torch.Tensor] | None):
         """Inference on new tokens x (B, T, d) after cached keys/values past ((B, heads, P, d/heads) each): returns
-        (x, (keys, values) of all P + T tokens). Serving appends a user's new events without re-encoding the rest."""
+        (x, (keys, values) of all P + T tokens). Serving appends a user's new events without re-encoding the rest.
+        ts is not used by this block."""
         b, t, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         if past is not None:
@@ -145,18 +170,26 @@ class Block(nn.Module):
 
 
 class Backbone(nn.Module):
-    def __init__(self, layers: int, width: int, heads: int, dropout: float, activation_checkpointing: bool = False):
+    def __init__(self, spec: ModelSpec):
         super().__init__()
-        self.blocks = nn.ModuleList(Block(width, heads, dropout) for _ in range(layers))
-        self.norm = nn.RMSNorm(width, elementwise_affine=True)
-        self.activation_checkpointing = activation_checkpointing
+        if spec.block not in BLOCKS:
+            raise ValueError(f"block {spec.block!r}: expected one of {', '.join(BLOCKS)}")
+        self.needs_ts = spec.block == "hstu"
+        self.blocks = nn.ModuleList(
+            HSTUBlock(spec.width, spec.heads, spec.dropout, spec.max_seq_len) if self.needs_ts
+            else Block(spec.width, spec.heads, spec.dropout) for _ in range(spec.layers))
+        self.norm = nn.RMSNorm(spec.width, elementwise_affine=True)
+        self.activation_checkpointing = spec.activation_checkpointing
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ts: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, d); ts (B, T) the events' Unix times (needed by HSTU blocks' time bias)."""
+        if self.needs_ts and ts is None:
+            raise ValueError("HSTU blocks need the events' timestamps (ts)")
         for block in self.blocks:
             if self.activation_checkpointing and self.training:
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(block, x, ts, use_reentrant=False)
             else:
-                x = block(x)
+                x = block(x, ts)
         return self.norm(x)
 
 
@@ -165,7 +198,7 @@ class SemanticTower(nn.Module):
     (+ a projected text vector when the catalogue has one), then a GELU layer. Two linear heads map it to the input
     width and to the scoring width, so the same metadata informs both sides of the model."""
 
-    def __init__(self, vocab: FeatureVocab, hidden: int, width: int, out_dim: int):
+    def __init__(self, vocab: FeatureVocab, hidden: int, width: int, out_dim: int | None):
         super().__init__()
         # Bags (mean, padding excluded) never materialise a (titles, tokens, hidden) tensor: scoring a catalogue of
         # 10^6 titles would otherwise need tens of GB.
@@ -175,7 +208,7 @@ class SemanticTower(nn.Module):
         self.dense = nn.Linear(vocab.text_dim, hidden, bias=False) if vocab.text_dim else None
         self.mlp = nn.Linear(hidden, hidden)
         self.to_input = nn.Linear(hidden, width, bias=False)
-        self.to_output = nn.Linear(hidden, out_dim, bias=False)
+        self.to_output = None if out_dim is None else nn.Linear(hidden, out_dim, bias=False)
 
     def forward(self, genres: torch.Tensor, year: torch.Tensor, tokens: torch.Tensor,
                 dense: torch.Tensor | None) -> torch.Tensor:
@@ -195,13 +228,19 @@ class ItemEncoder(nn.Module):
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
+        if spec.tie_embeddings and spec.out_dim != spec.width:
+            raise ValueError(f"tied embeddings score titles at the input width {spec.width}: projection_ratio must be "
+                             f"1, not {spec.projection_ratio}")
         self.num_items = spec.num_items
+        self.tied = spec.tie_embeddings
+        # Tied: one table on both sides (id_out, oov_out and the tower's output head are not made).
         self.id_in = nn.Embedding(spec.num_items + 1, spec.width, padding_idx=0)
-        self.id_out = nn.Embedding(spec.num_items + 1, spec.out_dim, padding_idx=0)
+        self.id_out = None if self.tied else nn.Embedding(spec.num_items + 1, spec.out_dim, padding_idx=0)
         self.oov_in = nn.Embedding(1, spec.width)
-        self.oov_out = nn.Embedding(1, spec.out_dim)
+        self.oov_out = None if self.tied else nn.Embedding(1, spec.out_dim)
         vocab = FeatureVocab.from_dict(spec.features)
-        self.tower = SemanticTower(vocab, spec.tower_width, spec.width, spec.out_dim) if spec.semantic else None
+        self.tower = (SemanticTower(vocab, spec.tower_width, spec.width, None if self.tied else spec.out_dim)
+                      if spec.semantic else None)
         # One scalar per age bucket, added to the title's score. Popularity moves with age the same way for a new title
         # as for a trained one, so a title launched after the cutoff gets its launch-week lift without an id row.
         self.age = nn.Embedding(NUM_AGE_BUCKETS, 1) if spec.title_age else None
@@ -259,14 +298,25 @@ class ItemEncoder(nn.Module):
         """Score bias of titles idx at request times request_ts (broadcast together): float, the broadcast shape."""
         return self.age(title_age_buckets(request_ts, self.f_launch[idx]))[..., 0]
 
-    def encode_input(self, idx: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def catalogue_age_bias(self, request_ts: torch.Tensor) -> torch.Tensor:
+        """age_bias of every title (row 0 included) at request times (P,): (P, catalogue + 1), without bucketing each
+        (request, title) pair (genrec.features.catalogue_age_bias)."""
+        order = torch.argsort(self.f_launch, stable=True)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order), device=order.device)
+        weights = self.age(torch.arange(NUM_AGE_BUCKETS, device=order.device))[:, 0]
+        return catalogue_age_bias(weights, request_ts, self.f_launch[order], inverse)
+
+    def encode_input(self, idx: torch.Tensor, mask: torch.Tensor | None = None, distinct: bool = False):
         e = self._ids(idx, self.id_in, self.oov_in, mask)
         if self.tower is not None:
-            h, inv, shape = self._tower(idx)
+            h, inv, shape = self._tower(idx, distinct)
             e = e + self._spread(self.tower.to_input(h), inv, shape)
         return e
 
     def encode_output(self, idx: torch.Tensor, mask: torch.Tensor | None = None, distinct: bool = False):
+        if self.tied:
+            return self.encode_input(idx, mask, distinct)
         e = self._ids(idx, self.id_out, self.oov_out, mask)
         if self.tower is not None:
             h, inv, shape = self._tower(idx, distinct)
@@ -327,7 +377,7 @@ class GenRec(nn.Module):
         self.spec = spec
         self.items = ItemEncoder(spec)
         self.embed = EventEmbedding(spec)
-        self.backbone = Backbone(spec.layers, spec.width, spec.heads, spec.dropout, spec.activation_checkpointing)
+        self.backbone = Backbone(spec)
         # Projected decoding head: scoring at d/r makes every candidate r times cheaper (see genrec.flops).
         self.head = (nn.Sequential(nn.GELU(), nn.Linear(spec.width, spec.out_dim, bias=False))
                      if spec.projection_ratio > 1 else nn.Identity())
@@ -339,12 +389,18 @@ class GenRec(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith(("proj.weight", "fc2.weight")):  # GPT-2 style: residual branches scaled by depth
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * spec.layers))
+            if name.endswith(("rab.position.weight", "rab.time.weight")):  # no relative preference to begin with
+                nn.init.zeros_(p)
         if spec.projection_ratio > 1:
             # Unit-variance queries: with 0.02 on both the query and the title side, logits start ~1e-3 and the
             # two sides wait on each other for hundreds of steps.
             nn.init.normal_(self.head[1].weight, std=1.0 / math.sqrt(spec.width))
         if self.items.age is not None:
             nn.init.zeros_(self.items.age.weight)  # no age preference until the data shows one
+        # The event's other features start at zero: random ones, as large as the title's own embedding, drown the
+        # title in noise and slow learning (BENCHMARKS.md's ablation). They grow from zero where they help.
+        for table in (self.embed.action, self.embed.utility, self.embed.gap):
+            nn.init.zeros_(table.weight)
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -362,8 +418,9 @@ class GenRec(nn.Module):
         if log_q is not None:
             self.register_buffer("log_q", log_q.to(self.items.known.device), persistent=False)
 
-    def hidden(self, items, actions, gaps, utils, id_mask=None) -> torch.Tensor:
-        return self.backbone(self.embed(self.items.encode_input(items, id_mask), actions, gaps, utils))
+    def hidden(self, items, actions, gaps, utils, id_mask=None, ts=None) -> torch.Tensor:
+        """Hidden states (B, T, d) of right-padded events; ts (B, T): their Unix times (HSTU blocks need them)."""
+        return self.backbone(self.embed(self.items.encode_input(items, id_mask), actions, gaps, utils), ts)
 
     def item_matrix(self, id_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Output embeddings of the whole catalogue (row 0 = padding): (catalogue + 1, out_dim)."""
@@ -384,7 +441,7 @@ class GenRec(nn.Module):
         negatives (S,): uniform negative ids shared by the batch ("sampled"); id_mask: titles whose id embedding is
         hidden this step (collaborative-embedding masking)."""
         obj = self.objective
-        h = self.hidden(items[:, :-1], actions[:, :-1], gaps[:, :-1], utils[:, :-1], id_mask)
+        h = self.hidden(items[:, :-1], actions[:, :-1], gaps[:, :-1], utils[:, :-1], id_mask, ts[:, :-1])
         targets, weights = mtp_targets(items, ts, utils, obj.mtp_k, obj.half_life_s, obj.skip, obj.min_dt_s,
                                        obj.max_dt_s)
         targets, weights = merge_duplicate_targets(targets.flatten(0, 1), weights.flatten(0, 1))
@@ -396,8 +453,7 @@ class GenRec(nn.Module):
         if obj.decoding == "full":
             logits = q @ self.item_matrix(id_mask).t()
             if request is not None:
-                logits = logits + self.items.age_bias(torch.arange(logits.shape[1], device=logits.device)[None],
-                                                      request)
+                logits = logits + self.items.catalogue_age_bias(request[:, 0])
             # Only titles with training events compete: one launched after the cutoff must not be trained down
             # (nor the future catalogue leak into training). Padding (row 0) never competes.
             logits.masked_fill_(~self.items.known, NEG_INF)  # in place: a copy is 2 GB at 10^6 titles x 512
@@ -417,17 +473,17 @@ class GenRec(nn.Module):
 
     @torch.no_grad()
     def score_last(self, items, actions, gaps, utils, lengths, item_matrix: torch.Tensor | None = None,
-                   request_ts: torch.Tensor | None = None):
+                   request_ts: torch.Tensor | None = None, ts: torch.Tensor | None = None):
         """Scores (B, catalogue + 1) for the event after each sequence's last real token (column 0 = -inf).
 
         request_ts (B,) Unix seconds: when each user asks (a stale context ends earlier); a model with `title_age`
-        needs it."""
-        h = self.hidden(items, actions, gaps, utils)
+        needs it. ts (B, T): the events' own times (HSTU blocks need them)."""
+        h = self.hidden(items, actions, gaps, utils, ts=ts)
         q = self.head(h[torch.arange(h.shape[0], device=h.device), lengths - 1])
         return self.score_queries(q, item_matrix, request_ts)
 
     @torch.no_grad()
-    def encode_step(self, items, actions, gaps, utils, past: list | None = None):
+    def encode_step(self, items, actions, gaps, utils, past: list | None = None, ts: torch.Tensor | None = None):
         """Serving's incremental encoder: the new events (B, T) of users whose earlier events are cached in `past`
         (one (keys, values) per block, from the previous call; None for a first call). Returns (queries (B, out_dim)
         for the event after the last one, the cache of all events). Same result as :meth:`score_last` on the whole
@@ -436,10 +492,12 @@ class GenRec(nn.Module):
         if offset + items.shape[1] > self.spec.max_seq_len:
             raise ValueError(f"{offset} cached + {items.shape[1]} new events exceed max_seq_len "
                              f"{self.spec.max_seq_len}: re-encode the last window instead")
+        if self.backbone.needs_ts and ts is None:
+            raise ValueError("HSTU blocks need the events' timestamps (ts)")
         x = self.embed(self.items.encode_input(items), actions, gaps, utils, offset)
         cache = []
         for i, block in enumerate(self.backbone.blocks):
-            x, kv = block.step(x, None if past is None else past[i])
+            x, kv = block.step(x, ts, None if past is None else past[i])
             cache.append(kv)
         return self.head(self.backbone.norm(x[:, -1])), cache
 
@@ -452,8 +510,7 @@ class GenRec(nn.Module):
         if self.items.age is not None:
             if request_ts is None:
                 raise ValueError("this model scores titles by their age at the request (title_age): pass request_ts")
-            cols = torch.arange(scores.shape[1], device=scores.device)[None]
-            scores = scores + self.items.age_bias(cols, request_ts.to(scores.device)[:, None]).float()
+            scores = scores + self.items.catalogue_age_bias(request_ts.to(scores.device).long()).float()
         scores[:, 0] = NEG_INF  # padding is never a recommendation
         return scores
 
@@ -464,6 +521,7 @@ def count_parameters(model: GenRec) -> dict[str, int]:
 
     tower = n(model.items.tower) if model.items.tower is not None else 0
     age = n(model.items.age) if model.items.age is not None else 0
+    out_tables = 0 if model.items.tied else n(model.items.id_out) + n(model.items.oov_out)
     return {"backbone": n(model.backbone), "embedding": n(model.embed) + n(model.items.id_in)
             + n(model.items.oov_in), "semantic_tower": tower,
-            "decoding": n(model.head) + n(model.items.id_out) + n(model.items.oov_out) + age, "total": n(model)}
+            "decoding": n(model.head) + out_tables + age, "total": n(model)}

@@ -122,9 +122,9 @@ class Ranker:
         """The model inputs (1, max_seq_len) of a history's last window and its real length."""
         # Missing timestamps count as back-to-back events (gap bucket of a zero gap).
         ts = np.zeros(len(ev), np.int64) if any(t is None for t in ev.ts) else np.asarray(ev.ts, np.int64)
-        x_items, x_actions, x_gaps, x_utils, n = context_window(ev.items, ts, ev.actions, self.spec.max_seq_len,
-                                                                ev.utils)
-        return tuple(torch.from_numpy(a)[None] for a in (x_items, x_actions, x_gaps, x_utils)), n
+        x_items, x_actions, x_gaps, x_utils, x_ts, n = context_window(ev.items, ts, ev.actions,
+                                                                      self.spec.max_seq_len, ev.utils)
+        return tuple(torch.from_numpy(a)[None] for a in (x_items, x_actions, x_gaps, x_utils, x_ts)), n
 
     @torch.no_grad()
     def queries(self, windows: list[tuple]) -> torch.Tensor:
@@ -133,8 +133,8 @@ class Ranker:
         # Right padding past the longest history changes nothing (causal attention, positions from 0) but costs a
         # full max_seq_len forward: a 50-event history under max_seq_len 256 would pay 5x.
         span = int(lengths.max())
-        x = [torch.cat([w[0][j][:, :span] for w in windows]) for j in range(4)]
-        h = self.model.hidden(*x)
+        x = [torch.cat([w[0][j][:, :span] for w in windows]) for j in range(5)]
+        h = self.model.hidden(*x[:4], ts=x[4])
         return self.model.head(h[torch.arange(len(windows)), lengths - 1])
 
     @torch.no_grad()
@@ -145,8 +145,8 @@ class Ranker:
     @torch.no_grad()
     def encode_state(self, ev: Events, version: int) -> UserState:
         """A user's state from the whole history: the last window encoded with its key/value cache."""
-        (items, actions, gaps, utils), n = self.window(ev)
-        q, cache = self.model.encode_step(items[:, :n], actions[:, :n], gaps[:, :n], utils[:, :n])
+        (items, actions, gaps, utils, ts), n = self.window(ev)
+        q, cache = self.model.encode_step(items[:, :n], actions[:, :n], gaps[:, :n], utils[:, :n], ts=ts[:, :n])
         last = ev.ts[-1] if ev.ts and ev.ts[-1] is not None else 0
         return UserState(version, q[0], cache if n < self.spec.max_seq_len else None, n, last, set(ev.items))
 
@@ -162,7 +162,8 @@ class Ranker:
         gaps = gap_buckets(ts)[1:].astype(np.int64)  # the first new event's gap is to the last cached one
         t = lambda a, dt: torch.as_tensor(np.asarray(a), dtype=dt)[None]  # noqa: E731
         q, cache = self.model.encode_step(t(new.items, torch.long), t(np.clip(new.actions, 0, None), torch.long),
-                                          t(gaps, torch.long), t(new.utils, torch.float32), state.cache)
+                                          t(gaps, torch.long), t(new.utils, torch.float32), state.cache,
+                                          ts=t(new.ts, torch.long))
         n = state.tokens + len(new)
         return UserState(version, q[0], cache if n < self.spec.max_seq_len else None, n, int(new.ts[-1]),
                          state.seen | set(new.items))

@@ -340,13 +340,13 @@ def optimal_table(a: dict) -> Table:
 
 def trials_table(a: dict) -> Table:
     tasks = list(a["tasks"])
-    cols = (["preset", "backbone", "max_seq_len", "seed", "window shift h", "status", "epochs", "loss"]
-            + [f"MRR {t}" for t in tasks] + ["wall s", "events", "train FLOPs"])
+    cols = (["preset", "backbone", "max_seq_len", "seed", "window shift h", "status", "kept epoch", "loss"]
+            + [f"validation MRR {t}" for t in tasks] + ["wall s", "events", "train FLOPs"])
     rows = []
     for r in a["trials"]:
         rows.append([r["preset"], _params(r["backbone_params"]) if r["backbone_params"] else "", r["max_seq_len"],
                      r["seed"], r["window_shift_h"], r["status"] + (f": {r['error']}" if r.get("error") else ""),
-                     r["epochs"], r["loss"]] + [r.get(f"mrr_{t}") for t in tasks]
+                     r["epochs"], r["loss"]] + [r.get(f"valid_mrr_{t}") for t in tasks]
                     + [r["wall_time_s"], r["events_processed"], r["train_flops"]])
     return Table(cols, rows)
 
@@ -421,6 +421,9 @@ def write_report(a: dict, out_dir: str | Path, meta: dict, oracle: dict | None =
     intro = [f"**Results:** `{meta.get('experiment', '')}`",
              f"**Data:** {meta.get('dataset', '')} ({meta.get('counts', '')})",
              f"**Sweep:** {meta.get('grid', '')}",
+             "**Split:** every figure is from the **validation** split, at the epoch each run keeps (its highest "
+             f"{meta.get('select', 'validation figure')}); costs are what a run spent up to that epoch. The test split "
+             "is read once, for the sweep's winner (its manifest), never for a choice made here.",
              f"**Made by:** `{meta.get('command', '')}` on {meta.get('date', '')}"]
     if oracle:
         intro.append("**Generator reference:** on synthetic data each task is also scored by the generator's own "

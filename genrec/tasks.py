@@ -42,7 +42,7 @@ import torch
 
 from genrec.config import EvalConfig, TaskConfig
 from genrec.metrics import from_sums, multi_rank_sums, relevant_ranks
-from genrec.shards import ShardSet
+from genrec.shards import ShardError, ShardSet
 from genrec.windows import context_window
 
 DAY = 86_400
@@ -104,20 +104,25 @@ class PopularPools:
 
 
 def _all_events(shards: ShardSet, eval_table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    """Every event in the shards once: training rows, plus evaluation histories of users without a training row
-    (too few events to train), plus every evaluation target."""
+    """Every event in the shards once: each evaluation (test) user's history and targets, which hold all of their
+    events; for every other user, their training row and validation targets."""
     parts_i, parts_t = [], []
-    train_users = set()
+    eval_users = set(eval_table.column("user_id").to_pylist())
+
+    def add(table: pa.Table, items: str, ts: str) -> None:
+        parts_i.append(pc.list_flatten(table.column(items)).to_numpy())
+        parts_t.append(pc.list_flatten(table.column(ts)).to_numpy())
+
+    def others(table: pa.Table) -> pa.Table:
+        return table.filter(pa.array([u not in eval_users for u in table.column("user_id").to_pylist()], pa.bool_()))
+
+    add(eval_table, "items", "ts")
+    add(eval_table, "targets", "target_ts")
     for path in shards.files("train"):
-        t = pq.read_table(path, columns=["user_id", "items", "ts"], filesystem=shards.fs)
-        train_users.update(t.column("user_id").to_pylist())
-        parts_i.append(pc.list_flatten(t.column("items")).to_numpy())
-        parts_t.append(pc.list_flatten(t.column("ts")).to_numpy())
-    extra = eval_table.filter(pa.array([u not in train_users for u in eval_table.column("user_id").to_pylist()],
-                                       pa.bool_()))
-    for table, (ci, ct) in ((extra, ("items", "ts")), (eval_table, ("targets", "target_ts"))):
-        parts_i.append(pc.list_flatten(table.column(ci)).to_numpy())
-        parts_t.append(pc.list_flatten(table.column(ct)).to_numpy())
+        add(others(pq.read_table(path, columns=["user_id", "items", "ts"], filesystem=shards.fs)), "items", "ts")
+    if shards.files("valid"):
+        valid = pq.read_table(shards.files("valid"), columns=["user_id", "targets", "target_ts"], filesystem=shards.fs)
+        add(others(valid), "targets", "target_ts")
     return (np.concatenate(parts_i).astype(np.int64) if parts_i else np.zeros(0, np.int64),
             np.concatenate(parts_t).astype(np.int64) if parts_t else np.zeros(0, np.int64))
 
@@ -161,22 +166,34 @@ def task_targets(task: TaskConfig, items: np.ndarray, ts: np.ndarray, pos: int, 
     return np.zeros(0, np.int64)
 
 
-def build_plan(shards: ShardSet, ecfg: EvalConfig, cold: np.ndarray) -> EvalPlan:
-    """Every request of the evaluation shards with its per-delay contexts and per-task targets and pools.
+SPLIT_NAMES = {"valid": "validation", "eval": "test"}
 
-    `cold` (per item index): titles with no training event in this run's training window. Users are sampled with
-    eval.seed only, so retrains with other seeds or windows score the same requests."""
+
+def build_plan(shards: ShardSet, ecfg: EvalConfig, cold: np.ndarray, split: str = "valid") -> EvalPlan:
+    """Every request of a held-out split ("valid": every choice is made on it; "eval": the test split, read once
+    for a selected model) with its per-delay contexts and per-task targets and pools.
+
+    `cold` (per item index): titles with no training event in this run's training window. Validation users are
+    sampled (eval.max_users) with eval.seed only, so retrains with other seeds or windows score the same requests;
+    the test split is scored whole."""
+    if split not in SPLIT_NAMES:
+        raise ValueError(f"split {split!r}: expected one of {', '.join(SPLIT_NAMES)}")
+    files = shards.files(split)
+    if not files:
+        raise ShardError(f"{shards.uri()}: no {SPLIT_NAMES[split]} split in these shards (built by an older genrec); "
+                         "rebuild them (--rebuild-shards)")
     # By user: the in-memory build writes rows in user order, the partitioned one (genrec.scale) by partition; the
     # sampled users below must not depend on which build made the shards.
-    table = pq.read_table(shards.files("eval"), filesystem=shards.fs).sort_by("user_id")
+    table = pq.read_table(files, filesystem=shards.fs).sort_by("user_id")
     n = table.num_rows
     users = np.arange(n)
-    if ecfg.max_users is not None and n > ecfg.max_users:
+    if split == "valid" and ecfg.max_users is not None and n > ecfg.max_users:
         users = np.sort(np.random.default_rng(ecfg.seed).choice(n, ecfg.max_users, replace=False))
     delays = [0.0, *sorted({float(d) for d in ecfg.delays_h if d > 0})]
     pools = None
     if any(t.candidates == "popular" for t in ecfg.tasks.values()):
-        ev_items, ev_ts = _all_events(shards, table)
+        eval_table = table if split == "eval" else pq.read_table(shards.files("eval"), filesystem=shards.fs)
+        ev_items, ev_ts = _all_events(shards, eval_table)
         pools = PopularPools(ev_items, ev_ts, launch_times(shards, ev_items, ev_ts))
     cols = {c: table.column(c).to_pylist() for c in ("user_id", "items", "ts", "actions", "utils", "targets",
                                                      "target_ts", "target_actions", "target_utils")}
@@ -245,7 +262,7 @@ def context_batches(plan: EvalPlan, max_seq_len: int, rank: int, world: int, bat
         chunk = mine[b * batch_size:(b + 1) * batch_size]
         n = max(len(chunk), 1)
         items = np.zeros((n, max_seq_len), np.int64)
-        actions, gaps = np.zeros_like(items), np.zeros_like(items)
+        actions, gaps, ts = np.zeros_like(items), np.zeros_like(items), np.zeros_like(items)
         utils = np.zeros((n, max_seq_len), np.float32)
         lengths = np.ones(n, np.int64)
         request_ts = np.zeros(n, np.int64)
@@ -253,11 +270,11 @@ def context_batches(plan: EvalPlan, max_seq_len: int, rank: int, world: int, bat
         for i, (seq, end, uses) in enumerate(chunk):
             request_ts[i] = uses[0].request.ts
             s_items, s_ts, s_actions, s_utils = plan.seqs[seq]
-            items[i], actions[i], gaps[i], utils[i], lengths[i] = context_window(
+            items[i], actions[i], gaps[i], utils[i], ts[i], lengths[i] = context_window(
                 s_items[:end], s_ts[:end], s_actions[:end], max_seq_len, s_utils[:end])
             ex_rows += [i] * end
             ex_cols += s_items[:end].tolist()
-        batch = dict(items=items, actions=actions, gaps=gaps, utils=utils, lengths=lengths, request_ts=request_ts,
+        batch = dict(items=items, actions=actions, gaps=gaps, utils=utils, ts=ts, lengths=lengths, request_ts=request_ts,
                      exclude_rows=np.asarray(ex_rows, np.int64), exclude_cols=np.asarray(ex_cols, np.int64))
         yield [uses for _, _, uses in chunk], {k: torch.from_numpy(v) for k, v in batch.items()}
 
@@ -340,6 +357,6 @@ def plan_metrics(sums: dict, primary: str, k: int = 10) -> dict[str, float]:
 def model_scorer(model, item_matrix: torch.Tensor) -> Scorer:
     def score(_uses, b):
         return model.score_last(b["items"], b["actions"], b["gaps"], b["utils"], b["lengths"], item_matrix,
-                                b["request_ts"])
+                                b["request_ts"], b["ts"])
 
     return score

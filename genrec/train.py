@@ -8,28 +8,26 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from genrec.build import (build_run, count_windows, model_flops_per_token, num_negatives, optimizer_and_schedule,
+                          train_window)
 from genrec.config import ConfigError, GenrecConfig
-from genrec.features import (NUM_AGE_BUCKETS, FeatureVocab, age_bucket_counts, age_log_lift, build_vocab, item_features,
-                             title_age_buckets)
-from genrec.flops import mfu, peak_tflops, training_flops_per_token
-from genrec.model import GenRec, ModelSpec, Objective, resolve_shape
+from genrec.flops import mfu, peak_tflops
+from genrec.model import GenRec, ModelSpec, backbone_params, resolve_shape
 from genrec.objectives import draw_id_mask
+from genrec.selection import VALID, best_record, selection_key, should_stop
 from genrec.shards import CHECKSUMS, ShardSet, open_shards, write_checksums
 from genrec.tasks import build_plan, evaluate_plan, model_scorer, plan_metrics
-from genrec.windows import in_window, training_windows
+from genrec.windows import training_windows
 
 CHECKPOINT_WEIGHTS = "model.pt"
 CHECKPOINT_SPEC = "model.json"
@@ -41,129 +39,21 @@ RESUME_TAG = "state"
 TRAINER_STATE = "trainer_state.json"
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints, in its folder
 RESUME_CHECKSUMS = "checksums_rank{rank}.json"  # in RESUME_DIR, one per rank: sizes and sha256s of what it wrote
-TRAIN_COUNT = "train_count"  # items.parquet column in a checkpoint: training events of each title (0 = cold start)
 
 
-def model_spec(cfg: GenrecConfig, shards: ShardSet, items: pa.Table | None = None) -> ModelSpec:
+ZERO3_FROM_PARAMS = 500e6  # train.zero_stage=auto: ZeRO-3 (parameters partitioned) from this backbone size up
+
+
+def zero_stage(cfg: GenrecConfig) -> int:
+    """train.zero_stage, with "auto" resolved: 0 on one worker, 1 below ZERO3_FROM_PARAMS backbone parameters, 3 from
+    there up. At small scale ZeRO-3's per-module gathers cost more than the model's own compute."""
+    if cfg.train.zero_stage != "auto":
+        return int(cfg.train.zero_stage)
+    if cfg.train.workers == 1:
+        return 0
     m = cfg.model
-    layers, width, heads = resolve_shape(m.preset, m.layers, m.width, m.heads)
-    items = pq.read_table(shards.items_path, filesystem=shards.fs) if items is None and m.semantic else items
-    vocab = build_vocab(items, m.text_buckets) if m.semantic else FeatureVocab()
-    return ModelSpec(num_items=shards.num_items, layers=layers, width=width, heads=heads, max_seq_len=m.max_seq_len,
-                     dropout=m.dropout, activation_checkpointing=m.activation_checkpointing,
-                     projection_ratio=m.projection_ratio, semantic=m.semantic, features=vocab.to_dict(),
-                     title_age=m.title_age)
-
-
-def objective(cfg: GenrecConfig, task: str | None = None) -> Objective:
-    """The training objective: pre-training's (next events, MTP), or a task's when fine-tuning on it. A horizon task
-    trains on its own future window; next-event, cold-start and popular-pool tasks on next-event prediction."""
-    m = cfg.model
-    base = Objective(decoding=m.decoding, logq=m.logq, mtp_k=m.mtp_k,
-                     half_life_s=None if m.mtp_half_life_h is None else m.mtp_half_life_h * 3600.0)
-    t = cfg.eval.tasks[task] if task is not None else None
-    if t is None or t.targets != "horizon":
-        return base
-    return Objective(decoding=m.decoding, logq=m.logq, mtp_k=cfg.finetune.horizon_targets, half_life_s=None,
-                     skip=t.skip, min_dt_s=t.start_h * 3600.0, max_dt_s=t.end_h * 3600.0)
-
-
-def train_window(cfg: GenrecConfig, shards: ShardSet) -> tuple[int | None, int | None]:
-    """[ts_min, ts_max) of the training events (None = unbounded): the window moved back by train.window_shift_h
-    and cut to train.window_days. Time split only (the config refuses shifts on leave-one-out)."""
-    t = cfg.train
-    if not t.window_shift_h and not t.window_days:
-        return None, None
-    cutoff = shards.manifest["counts"].get("cutoff")
-    if cutoff is None:
-        raise ConfigError("train.window_shift_h / train.window_days need time-split shards (data.split: time)")
-    ts_max = int(cutoff - t.window_shift_h * 3600) if t.window_shift_h else None
-    ts_min = int((ts_max if ts_max is not None else cutoff) - t.window_days * 86400) if t.window_days else None
-    return ts_min, ts_max
-
-
-def num_negatives(cfg: GenrecConfig, num_items: int) -> int | None:
-    """Uniform negatives per batch for "sampled" decoding (None for full softmax and in-batch negatives)."""
-    if cfg.model.decoding != "sampled":
-        return None
-    if cfg.model.num_negatives is not None:
-        return int(min(num_items, cfg.model.num_negatives))
-    return int(min(num_items, max(cfg.model.min_negatives, round(cfg.model.negatives_fraction * num_items))))
-
-
-def id_mask_rate(cfg: GenrecConfig, shards: ShardSet) -> float:
-    """The collaborative-embedding masking rate: configured, or the shards' observed cold-start share."""
-    if cfg.model.id_mask_rate == "auto":
-        return float(shards.manifest["counts"].get("cold_start_eval_share", 0.0)) if cfg.model.semantic else 0.0
-    return float(cfg.model.id_mask_rate)
-
-
-def item_counts(shards: ShardSet, window: tuple[int | None, int | None] = (None, None)) -> np.ndarray:
-    """Training events per item index (length num_items + 1) inside the training window: which titles have a
-    trained id row, and q for logQ."""
-    counts = np.zeros(shards.num_items + 1, np.int64)
-    for path in shards.files("train"):
-        t = pq.read_table(path, columns=["items", "ts"], filesystem=shards.fs)
-        flat = pc.list_flatten(t.column("items")).to_numpy()
-        if window != (None, None):
-            flat = flat[in_window(pc.list_flatten(t.column("ts")).to_numpy(), *window)]
-        counts += np.bincount(flat, minlength=shards.num_items + 1)[: shards.num_items + 1]
-    return counts
-
-
-def catalogue(spec: ModelSpec, items: pa.Table, counts: np.ndarray | None, decoding: str = "sampled"):
-    """(features, known, log_q) for GenRec.set_catalogue from an item table (with `index`) and training counts."""
-    feats = item_features(items, FeatureVocab.from_dict(spec.features))
-    n = len(feats) - 1
-    known = torch.zeros(n + 1, dtype=torch.bool)
-    if counts is not None:
-        m = min(len(counts), n + 1)
-        known[:m] = torch.from_numpy(counts[:m] > 0)
-    if decoding == "in_batch" and counts is not None:  # a batch's targets are drawn ~ training frequency
-        c = torch.from_numpy(counts.astype(np.float64))
-        log_q = torch.log((c + 1.0) / (c.sum() + len(c))).float()
-    else:
-        log_q = torch.full((spec.num_items + 1,), -math.log(max(spec.num_items, 1)))
-    return feats, known, log_q
-
-
-def age_prior(shards: ShardSet, window: tuple[int | None, int | None], launch: torch.Tensor, known: torch.Tensor,
-              requests: int = 4096) -> torch.Tensor:
-    """The title-age bias's starting point: :func:`genrec.features.age_log_lift` of the training window's events
-    (each scored at its own time, as the request it answers) against every trained title on offer at a sample of
-    those times (counted exactly, :func:`genrec.features.age_bucket_counts`). Seeded: every rank starts alike."""
-    target_counts = np.zeros(NUM_AGE_BUCKETS, np.int64)
-    times = []
-    launch_np = launch.numpy()
-    for path in shards.files("train"):  # one file at a time: only the bucket counts and the times are kept
-        t = pq.read_table(path, columns=["items", "ts"], filesystem=shards.fs)
-        i, s = pc.list_flatten(t.column("items")).to_numpy(), pc.list_flatten(t.column("ts")).to_numpy()
-        if window != (None, None):
-            keep = in_window(s, *window)
-            i, s = i[keep], s[keep]
-        buckets = title_age_buckets(torch.from_numpy(s.astype(np.int64)), torch.from_numpy(launch_np[i]))
-        target_counts += np.bincount(buckets.numpy(), minlength=NUM_AGE_BUCKETS)[:NUM_AGE_BUCKETS]
-        times.append(s)
-    times = np.concatenate(times) if times else np.zeros(0, np.int64)
-    offered = launch_np[1:][known[1:].numpy()]
-    if not len(times) or not len(offered):
-        return torch.zeros(NUM_AGE_BUCKETS)
-    sample = np.random.default_rng(0).choice(times, size=min(requests, len(times)), replace=False)
-    return torch.from_numpy(age_log_lift(target_counts, age_bucket_counts(sample, offered))).float()
-
-
-def count_windows(shards: ShardSet, max_seq_len: int, window: tuple[int | None, int | None] = (None, None)) -> int:
-    """Training windows per epoch: a user with n events in the window gives ceil((n - 1) / max_seq_len) (see
-    window_bounds)."""
-    total = 0
-    for path in shards.files("train"):
-        t = pq.read_table(path, columns=["ts"], filesystem=shards.fs).column("ts")
-        if window == (None, None):
-            n = pc.list_value_length(t).to_numpy()
-        else:
-            n = np.array([int(in_window(np.asarray(ts, np.int64), *window).sum()) for ts in t.to_pylist()], np.int64)
-        total += int(np.sum(np.ceil(np.clip(n - 1, 0, None) / max_seq_len)))
-    return total
+    layers, width, _ = resolve_shape(m.preset, m.layers, m.width, m.heads, m.block)
+    return 3 if backbone_params(layers, width, m.block) >= ZERO3_FROM_PARAMS else 1
 
 
 def deepspeed_config(cfg: GenrecConfig, on_gpu: bool) -> dict:
@@ -174,7 +64,7 @@ def deepspeed_config(cfg: GenrecConfig, on_gpu: bool) -> dict:
         "gradient_clipping": cfg.train.grad_clip,
         "bf16": {"enabled": bf16},
         "zero_optimization": {
-            "stage": cfg.train.zero_stage,
+            "stage": zero_stage(cfg),
             # Consolidate the partitioned weights on save so that a checkpoint loads without DeepSpeed.
             "stage3_gather_16bit_weights_on_model_save": True,
         },
@@ -182,18 +72,6 @@ def deepspeed_config(cfg: GenrecConfig, on_gpu: bool) -> dict:
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
     }
-
-
-def _lr_lambda(warmup: int, total: int, offset: int = 0):
-    """Linear warm-up then cosine to 10%; `offset` steps already done (a resume on fresh optimizer state)."""
-    def f(step: int) -> float:
-        step += offset
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))  # cosine down to 10%
-
-    return f
 
 
 def save_for_serving(engine, spec: ModelSpec, items: pa.Table, out_dir: str, extra: dict, rank: int) -> None:
@@ -406,7 +284,7 @@ def save_resume_state(engine, out_dir: str, rank: int, gen: torch.Generator, sta
 
 
 ARCHITECTURE = ("num_items", "layers", "width", "heads", "max_seq_len", "projection_ratio", "semantic", "features",
-                "title_age")
+                "title_age", "tie_embeddings", "block")
 
 
 def finetune_setup(cfg: GenrecConfig, shards: ShardSet) -> tuple[GenrecConfig, dict]:
@@ -438,6 +316,7 @@ def finetune_setup(cfg: GenrecConfig, shards: ShardSet) -> tuple[GenrecConfig, d
     out.model.preset, out.model.layers, out.model.width, out.model.heads = "custom", spec.layers, spec.width, spec.heads
     out.model.max_seq_len, out.model.projection_ratio = spec.max_seq_len, spec.projection_ratio
     out.model.semantic, out.model.title_age = spec.semantic, spec.title_age
+    out.model.tie_embeddings, out.model.block = spec.tie_embeddings, spec.block
     if ft.epochs:
         out.train.epochs = ft.epochs
     if ft.lr:
@@ -504,23 +383,6 @@ def write_topk(store, path: str, rows: list) -> None:
     store.write_bytes(path, buf.getvalue())
 
 
-def model_flops_per_token(cfg: GenrecConfig, spec: ModelSpec, num_items: int, n_neg: int | None) -> float:
-    """Model FLOPs per training token (genrec's own blocks; see genrec.flops): in-batch scores every target of the
-    batch, sampled its shared negatives, full the whole catalogue. The semantic tower and embeddings are not counted."""
-    return training_flops_per_token(
-        spec.layers, spec.width, spec.max_seq_len, num_items,
-        "full" if cfg.model.decoding == "full" else "sampled", projection_ratio=spec.projection_ratio,
-        num_negatives=n_neg if n_neg is not None else cfg.train.batch_size * spec.max_seq_len * cfg.model.mtp_k,
-        convention="genrec").total
-
-
-def adamw(cfg: GenrecConfig, params: list, fused: bool) -> torch.optim.AdamW:
-    """The trainer's optimizer. On GPU torch's fused AdamW: one kernel for the whole update instead of a dozen
-    multi-tensor passes (benchmarks/gpu_scale.py measures the difference on the 1B backbone)."""
-    return torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, betas=(0.9, 0.98),
-                             fused=fused)
-
-
 def skip_shm_comm_op() -> None:
     """On CPU, DeepSpeed's communication set-up JIT-compiles a C++ shared-memory all-reduce (about a minute on 2
     cores, and again whenever the compiler command differs: another venv, another Ray cluster on the machine) that
@@ -578,24 +440,10 @@ def train_func(config: dict) -> None:
     torch.set_num_threads(cfg.train.torch_threads)
     store = cfg.storage.store()
     shards = open_shards(config["shards"], store)
-    items_table = pq.read_table(shards.items_path, filesystem=shards.fs)
-    spec = model_spec(cfg, shards, items_table)
-    window = train_window(cfg, shards)
-    counts = item_counts(shards, window)
-    items_table = items_table.append_column(TRAIN_COUNT, pa.array(counts[items_table.column("index").to_numpy()]))
-    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    model = GenRec(spec)
-    model.objective = objective(cfg, finetune["task"] if finetune else None)
-    model.set_catalogue(*catalogue(spec, items_table, counts, cfg.model.decoding))
-    if model.items.age is not None:
-        with torch.no_grad():
-            model.items.age.weight[:, 0] = age_prior(shards, window, model.items.f_launch, model.items.known)
-    mask_rate = id_mask_rate(cfg, shards)
-    # The evaluation requests and their targets do not depend on this run's training window, so every retrain
-    # (seeds, shifted windows) scores the same ones: "cold" means no training event before the cutoff.
-    cold = (counts if window == (None, None) else item_counts(shards)) == 0
-    cold[0] = False
-    plan = build_plan(shards, cfg.eval, cold)
+    built = build_run(cfg, shards, finetune["task"] if finetune else None)  # the same initial weights on every rank
+    model, spec, items_table, mask_rate = built.model, built.spec, built.items, built.mask_rate
+    plan = build_plan(shards, cfg.eval, built.cold, split="valid")
+    select = selection_key(cfg.eval.select_metric, finetune["task"] if finetune else None)
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
 
     def reduce(t: torch.Tensor) -> torch.Tensor:
@@ -606,20 +454,16 @@ def train_func(config: dict) -> None:
             t.copy_(moved.cpu())
         return t
 
-    def metrics_of(module, last: bool) -> dict:
-        """Every task at every delay over this rank's share of the requests, summed over ranks; at the last epoch
-        rank 0 also writes each request's top-k list."""
+    def metrics_of(module) -> tuple[dict, list]:
+        """Every task at every delay on the validation requests (this rank's share, summed over ranks), as
+        valid_<metric> figures, and each request's top-k list (rank 0 holds all of them)."""
         module.eval()
         with torch.no_grad():
             sums, top = evaluate_plan(plan, model_scorer(module, module.item_matrix()), spec.max_seq_len, rank,
-                                      world, cfg.eval.batch_size, device, topk=cfg.eval.topk if last else 0)
+                                      world, cfg.eval.batch_size, device, topk=cfg.eval.topk)
         for v in sums.values():
             reduce(v)
-        if last:
-            top = _gather_rows(top, world)
-            if rank == 0:
-                write_topk(store, config["topk"], top)
-        return plan_metrics(sums, cfg.eval.primary)
+        return {VALID + k: v for k, v in plan_metrics(sums, cfg.eval.primary).items()}, _gather_rows(top, world)
 
     # A restarted worker group (a worker died, `max_failures` allows a retry) resumes from the last reported
     # checkpoint: at the start of the epoch that was interrupted, which is redone in full.
@@ -645,7 +489,7 @@ def train_func(config: dict) -> None:
     if finetune and state is None:
         _load_pretrained(model, spec, str(local_checkpoint(cfg, finetune["checkpoint"])))
         # The pre-trained model on every task before any step, with its own head: the transfer baseline.
-        history.append({"epoch": 0, **metrics_of(model.to(device), False)})
+        history.append({"epoch": 0, **metrics_of(model.to(device))[0]})
     if finetune and finetune["mode"] == "head":  # linear-probe style: only a fresh decoding head learns
         model.requires_grad_(False)
         model.new_head()
@@ -660,13 +504,9 @@ def train_func(config: dict) -> None:
         if rank == 0:
             print(f"resuming on {world} workers from a checkpoint of {state['world']}: consolidated weights, "
                   "fresh optimizer state (AdamW moments restart)", flush=True)
-    optimizer = adamw(cfg, [p for p in model.parameters() if p.requires_grad], fused=on_gpu)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(min(cfg.train.warmup_steps, max(1, total_steps // 10)), total_steps, lr_offset))
+    optimizer, scheduler = optimizer_and_schedule(cfg, model, total_steps, lr_offset, fused=on_gpu)
     engine = make_engine(cfg, model, optimizer, scheduler, on_gpu)
-    # Negatives come from titles with training events only: a title launched after the cutoff would otherwise be
-    # pushed down as a negative at every step (and the future catalogue would leak into training).
-    trained = torch.from_numpy(np.flatnonzero(counts > 0)).to(device)
+    trained = built.trained.to(device)
     n_neg = num_negatives(cfg, len(trained))
     flops_per_token = model_flops_per_token(cfg, spec, shards.num_items, n_neg)
     peak = cfg.train.peak_tflops or (peak_tflops(torch.cuda.get_device_name(device)) if on_gpu else None)
@@ -698,7 +538,8 @@ def train_func(config: dict) -> None:
 
     data = ray.train.get_dataset_shard("train")
     start = time.perf_counter() - wall_before
-    for epoch in range(start_epoch, cfg.train.epochs):
+    end = stop_reason(cfg, history, select, time.perf_counter() - start, reduce)  # a resumed run may be done
+    for epoch in range(start_epoch, cfg.train.epochs if end is None else start_epoch):
         engine.train()
         t0 = time.perf_counter()
         stats = torch.zeros(3, dtype=torch.float64)  # [sum loss, steps, target events]
@@ -706,7 +547,7 @@ def train_func(config: dict) -> None:
                                                local_shuffle_buffer_size=cfg.train.shuffle_buffer or None,
                                                local_shuffle_seed=cfg.train.seed + epoch, device=str(device),
                                                prefetch_batches=cfg.train.prefetch_batches))
-        input_wait = 0.0  # time the loop spends blocked on Ray Data for its next batch (issue #8: goal < 5%)
+        input_wait = 0.0  # time the loop spends blocked on Ray Data for its next batch
         while True:
             tw = time.perf_counter()
             batch = next(batches, None)
@@ -720,7 +561,7 @@ def train_func(config: dict) -> None:
         reduce(stats)
         events_seen += int(stats[2])
 
-        task_metrics = metrics_of(engine.module, epoch == cfg.train.epochs - 1)
+        valid_metrics, top = metrics_of(engine.module)
         metrics = {
             "epoch": epoch + 1,
             "loss": float(stats[0] / max(stats[1], 1)),
@@ -744,14 +585,15 @@ def train_func(config: dict) -> None:
             "seed": cfg.train.seed,
             "window_shift_h": cfg.train.window_shift_h,
             "restarts": restarts,
-            **task_metrics,
+            **valid_metrics,
         }
+        history.append(metrics)  # every rank: the selection figures are all-reduced, so they agree on stopping
+        best = best_record(history, select) is metrics
         if rank == 0:
-            # The per-epoch history, also when Ray keeps only the best checkpoints' metrics.
-            history.append(metrics)
-            store.write_json(config["history"], history)
-            print(f"epoch {epoch + 1}/{cfg.train.epochs}: loss {metrics['loss']:.4f}  mrr {metrics['mrr']:.4f}  "
-                  f"hr@10 {metrics['hr@10']:.4f}  {metrics['events_per_s']:,.0f} events/s", flush=True)
+            store.write_json(config["history"], history)  # also when Ray keeps only the best checkpoints' metrics
+            if best:  # the kept model's top-k lists, for the retrain-stability analysis
+                write_topk(store, config["topk"], top)
+            print(epoch_line(metrics, cfg, select, best), flush=True)
         if run is not None:
             run.log(metrics, step=epoch + 1)
         with tempfile.TemporaryDirectory() as tmp:
@@ -760,11 +602,37 @@ def train_func(config: dict) -> None:
             save_resume_state(engine, tmp, rank, gen, {
                 "epoch": epoch + 1, "events_processed": events_seen, "wall_time_s": metrics["wall_time_s"],
                 "world": world, "restarts": restarts, "history": history})
-            # Every rank reports its folder (its ZeRO partition); Ray merges them into one checkpoint.
+            # Every rank reports its folder (its ZeRO partition); Ray merges them into one checkpoint, and keeps the
+            # best ones by the validation figure (and always the latest, to resume from).
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        end = stop_reason(cfg, history, select, time.perf_counter() - start, reduce)
+        if end is not None:
+            break
+    if rank == 0 and history:  # how the run ended: a finished retrain, even when it stopped before train.epochs
+        history[-1]["end"] = end or "max epochs"
+        store.write_json(config["history"], history)
     if run is not None:
         run.finish()
 
+
+def stop_reason(cfg: GenrecConfig, history: list[dict], select: str, elapsed_s: float, reduce) -> str | None:
+    """Why training stops after the epochs in `history`: "early stopping" (train.patience epochs without a better
+    validation figure), "time budget" (train.time_budget_s spent: rank 0's clock, shared, so every rank stops at the
+    same epoch), or None to go on."""
+    if should_stop(history, select, cfg.train.patience):
+        return "early stopping"
+    if cfg.train.time_budget_s is None:
+        return None
+    over = torch.tensor([float(elapsed_s >= cfg.train.time_budget_s)], dtype=torch.float64)
+    return "time budget" if reduce(over).item() > 0 else None
+
+
+def epoch_line(metrics: dict, cfg: GenrecConfig, select: str, best: bool) -> str:
+    """One line per epoch: training loss, the validation figures (the selection metric first), speed."""
+    shown = [select] + [VALID + m for m in ("mrr", "hr@10", "ndcg@10") if VALID + m != select]
+    figures = "  ".join(f"{k} {metrics[k]:.4f}" for k in shown if k in metrics)
+    return (f"epoch {metrics['epoch']}/{cfg.train.epochs}: loss {metrics['loss']:.4f}  {figures}  "
+            f"{metrics['events_per_s']:,.0f} events/s{'  (best so far)' if best else ''}")
 
 
 def history_path(cfg: GenrecConfig, run_name: str) -> str:
@@ -827,7 +695,9 @@ def build_trainer(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=
                                        callbacks=callbacks or [],
                                        failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
                                        checkpoint_config=ray.train.CheckpointConfig(
-                                           num_to_keep=2, checkpoint_score_attribute="mrr",
+                                           num_to_keep=2,
+                                           checkpoint_score_attribute=selection_key(
+                                               cfg.eval.select_metric, finetune["task"] if finetune else None),
                                            checkpoint_score_order="max")),
         datasets={"train": train_ds},
     )

@@ -95,18 +95,22 @@ def training_windows(batch: dict[str, np.ndarray], max_seq_len: int, ts_min: int
 def context_window(items, ts, actions, max_seq_len: int, utils=None):
     """The last `max_seq_len` events of a history as right-padded model inputs, plus the real length.
 
-    Returns (items, actions, gaps, utils, length). Gaps are taken on the whole history, as in
-    :func:`training_windows`, so a window's first event keeps the gap to its real predecessor."""
+    Returns (items, actions, gaps, utils, ts, length); padding repeats the last event's time, as in
+    :func:`training_windows`. Gaps are taken on the whole history, so a window's first event keeps the gap to its
+    real predecessor."""
     items = np.asarray(items, dtype=np.int64)
+    ts = np.asarray(ts, dtype=np.int64)
     gaps = gap_buckets(ts)
     actions = np.clip(np.asarray(actions, dtype=np.int64), 0, NUM_ACTIONS - 1)
     utils = np.ones(len(items), np.float32) if utils is None else np.asarray(utils, dtype=np.float32)
     n = min(len(items), max_seq_len)
-    out = np.zeros((3, max_seq_len), dtype=np.int64)
+    out = np.zeros((4, max_seq_len), dtype=np.int64)
     u = np.zeros(max_seq_len, dtype=np.float32)
     if n:
         out[0, :n] = items[-n:]
         out[1, :n] = actions[-n:]
         out[2, :n] = gaps[-n:]
         u[:n] = utils[-n:]
-    return out[0], out[1], out[2], u, n
+        out[3, :n] = ts[-n:]
+        out[3, n:] = ts[-1]
+    return out[0], out[1], out[2], u, out[3], n

@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 
 from genrec.config import load_config
 from genrec.shards import write_shards
-from genrec.train import catalogue, count_windows, id_mask_rate, item_counts, model_spec, train_window
+from genrec.build import catalogue, count_windows, id_mask_rate, item_counts, model_spec, train_window
 from tests.test_shards import _dataset
 
 
@@ -19,8 +19,21 @@ def test_catalogue_marks_untrained_titles_cold_and_mask_rate_defaults_to_the_sha
     assert len(feats) == 6 and feats.genres[4, 0] == 1  # title 40 has genre "x"
     # in-batch logQ: smoothed training frequency, larger for the titles seen twice
     assert log_q[2] > log_q[1] > log_q[4] and np.isclose(log_q.exp().sum().item(), 1.0, atol=1e-6)
-    assert id_mask_rate(cfg, shards) == shards.manifest["counts"]["cold_start_eval_share"]
     assert id_mask_rate(load_config(None, ["model.id_mask_rate=0.25"]), shards) == 0.25
+
+
+def test_auto_masking_rate_is_measured_on_validation_not_on_the_test_split(tmp_path):
+    """With a validation window from 25: its targets (30 at 30, 20 at 50) were all trained titles, so "auto" masks
+    nothing, although a third of the test targets (40) are cold: the test split sets no training choice."""
+    shards = write_shards(_dataset(), tmp_path / "s", cutoff=100, valid_cutoff=25)
+    counts = shards.manifest["counts"]
+    assert counts["cold_start_valid_share"] == 0.0 and counts["cold_start_eval_share"] > 0.3
+    assert id_mask_rate(load_config(None), shards) == 0.0
+    # leave-one-out: the share of validation targets in no training row (here 1 of 2)
+    from tests.test_shards import _loo_dataset
+
+    loo = write_shards(_loo_dataset(), tmp_path / "loo", None, split="leave_one_out")
+    assert id_mask_rate(load_config(None), loo) == loo.manifest["counts"]["cold_start_valid_share"] == 0.5
 
 
 def test_a_training_window_moved_back_in_time(tmp_path):

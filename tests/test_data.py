@@ -24,6 +24,7 @@ from genrec.data import (
     load_table,
     validate,
 )
+from genrec.data.loaders import with_tag_text
 
 
 def write(folder: Path, name: str, text: str, encoding: str = "utf-8") -> Path:
@@ -128,12 +129,15 @@ def test_movielens_csv_round_trip(tmp_path):
     toy = item_row(ds, 1)
     assert (toy["title"], toy["year"], toy["genres"]) == ("Toy Story (1995)", 1995, ["Adventure", "Animation",
                                                                                       "Children"])
+    assert toy["text"] == ""  # tags wait, with their times, until shards know where training ends
+    assert ds.tags.column("tag").to_pylist()[:2] == ["pixar", "fun"]
+    toy = item_row(with_tag_text(ds, None), 1)
     assert toy["text"] == "pixar, fun"  # distinct tags in order of first use
     assert toy["launch_ts"] == 964982703  # no release time in MovieLens: the first rating
     president = item_row(ds, 2)
     assert (president["title"], president["year"]) == ("American President, The (1995)", 1995)
     assert item_row(ds, 3)["genres"] == [] and item_row(ds, 3)["year"] is None
-    assert item_row(ds, 3)["text"] == "war"
+    assert item_row(with_tag_text(ds, None), 3)["text"] == "war"
     unrated = item_row(ds, 4)
     assert (unrated["year"], unrated["launch_ts"], unrated["text"]) == (2007, None, "")
 
@@ -219,7 +223,9 @@ def test_movielens_dat_round_trip(tmp_path, encoding):
     assert item_row(ds, 661)["genres"] == ["Drama", "Musical"]
     star_wars = item_row(ds, 260)
     assert (star_wars["title"], star_wars["year"]) == ("Star Wars: Episode IV - A New Hope (1977)", 1977)
-    assert star_wars["text"] == "space opera, a::b::tag with '::'"
+    assert star_wars["text"] == "" and ds.tags.column("timestamp").to_pylist() == [1188263880, 1188263881]
+    assert item_row(with_tag_text(ds, None), 260)["text"] == "space opera, a::b::tag with '::'"
+    assert item_row(with_tag_text(ds, 1188263881), 260)["text"] == "space opera"
     assert star_wars["launch_ts"] is None
 
 
@@ -552,7 +558,7 @@ def test_real_ml_latest_small():
     toy = item_row(ds, 1)
     assert (toy["title"], toy["year"]) == ("Toy Story (1995)", 1995)
     assert toy["genres"] == ["Adventure", "Animation", "Children", "Comedy", "Fantasy"]
-    assert toy["text"] == "Pixar"
+    assert item_row(with_tag_text(ds, None), 1)["text"] == "Pixar"
     assert item_row(ds, 108548)["year"] == 2007  # "Big Bang Theory, The (2007-)"
     assert item_row(ds, 143410)["genres"] == [] and item_row(ds, 143410)["year"] is None  # Hyena Road
     assert ds.events["utility"].to_numpy().min() == 0.5

@@ -58,7 +58,9 @@ def test_sweep_ranks_trials_and_writes_winner(winner):
     assert not list(Path.cwd().glob("s3:*")) and not Path("integration").exists()  # no URI taken for a local path
     trials = [t for t in manifest["trials"] if t["status"] == "ok"]
     assert sorted((t["max_seq_len"], t["window_shift_h"]) for t in trials) == [(16, 0), (16, 48)]
-    assert [t["mrr"] for t in trials] == sorted((t["mrr"] for t in trials), reverse=True)
+    # ranked by the validation figure each trial kept; no test figure in the trial table
+    assert [t["valid_ndcg@10"] for t in trials] == sorted((t["valid_ndcg@10"] for t in trials), reverse=True)
+    assert not any(k.startswith("test_") or k in ("mrr", "ndcg@10") for t in manifest["trials"] for k in t)
     # The crashing trial is reported failed, with its error, ranked last; the sweep went on without it.
     failed = manifest["trials"][-1]
     assert failed["status"] == "failed" and failed["window_shift_h"] == 1e6 and failed["rank"] == "-"
@@ -70,7 +72,13 @@ def test_sweep_ranks_trials_and_writes_winner(winner):
     assert groups and all(g["state"] == "REMOVED" for g in groups), [g["state"] for g in groups]
     # The winner is the best of the freshest retrains (trained up to the cutoff), ready to serve.
     fresh = [t for t in trials if t["window_shift_h"] == 0]
-    assert manifest["metrics"]["mrr"] == fresh[0]["mrr"] and manifest["max_seq_len"] == fresh[0]["max_seq_len"]
+    assert manifest["metrics"]["valid_ndcg@10"] == fresh[0]["valid_ndcg@10"]
+    assert manifest["max_seq_len"] == fresh[0]["max_seq_len"]
+    # The winner alone was scored on the test split, once, after the choice: figures of both splits, named so.
+    assert manifest["metric"] == "valid_ndcg@10" and "validation" in manifest["selection"]
+    test = manifest["test"]
+    assert set(test) >= {"mrr", "hr@10", "ndcg@10", "requests", "mrr_B"} and test["requests"] > 0
+    assert 0 < test["mrr"] <= 1
     assert manifest["cost"]["events_processed"] > 0 and manifest["cost"]["wall_time_s"] > 0
     assert manifest["checkpoint"].startswith(store.uri(store.path("runs", "sweep-test-")))
     assert load(cfg, manifest["checkpoint"]).spec.max_seq_len == manifest["max_seq_len"]
@@ -179,9 +187,10 @@ def test_report_from_the_sweep(winner, tmp_path):
     analysis = json.loads((out / "analysis.json").read_text())
     cells = analysis["stability"]["cells"]
     assert [c["retrains"] for c in cells] == [2] and all(0 <= c["topk_overlap"] <= 1 for c in cells)
-    oracle = analysis["oracle"]  # synthetic data: the generator's own ranking, on the same requests
-    assert set(oracle) == set(cfg.eval.tasks) and all(0 < o["mrr"] <= 1 for o in oracle.values())
-    assert oracle["B"]["mrr"] > max(t["mrr"] for t in manifest["trials"] if t["status"] == "ok")
+    oracle = analysis["oracle"]  # synthetic data: the generator's own ranking, on the same (validation) requests
+    assert set(oracle) == set(cfg.eval.tasks) and oracle["B"]["requests"] > 0
+    assert all(0 < o["mrr"] <= 1 for o in oracle.values() if o["requests"])  # a task may have no validation request
+    assert oracle["B"]["mrr"] > max(t["valid_mrr"] for t in manifest["trials"] if t["status"] == "ok")
 
 
 def test_taste_probe_ranks_each_new_title_where_the_app_ranks_it(winner):
@@ -224,7 +233,7 @@ def test_finetune_a_task_on_a_frozen_backbone(winner):
     result = run(cfg, "finetune-test")
     history = read_history(cfg, "finetune-test")
     # Epoch 0 is the pre-trained model on every task, before any step: the transfer baseline.
-    assert [h["epoch"] for h in history] == [0, 1] and history[0]["requests_A"] > 0 and "loss" not in history[0]
+    assert [h["epoch"] for h in history] == [0, 1] and history[0]["valid_requests_A"] > 0 and "loss" not in history[0]
     before, after = load(cfg, manifest["checkpoint"]), load(cfg, result.checkpoint.path)
     b, a = before.model.state_dict(), after.model.state_dict()
     # Frozen: every backbone and embedding weight is the pre-trained one; the new head is not.

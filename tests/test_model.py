@@ -327,3 +327,27 @@ def test_incremental_encoding_with_a_kv_cache_equals_the_whole_history():
     assert not torch.allclose(model.score_queries(q_alone, request_ts=now), full, atol=1e-3)
     with pytest.raises(ValueError, match="max_seq_len"):
         model.encode_step(items[:, :4], actions[:, :4], gaps[:, :4], utils[:, :4], cache)
+
+
+def test_catalogue_age_bias_equals_the_bucket_lookup_and_its_gradient():
+    """The suffix-sum form of the title-age bias (every title at once, as full softmax and serving score them) gives
+    the direct per-(request, title) bucket lookup, values and gradients."""
+    from genrec.features import LAUNCH_UNKNOWN, NUM_AGE_BUCKETS, catalogue_age_bias, title_age_buckets
+
+    torch.manual_seed(3)
+    launch = torch.randint(0, 10**8, (300,))
+    launch[::17] = LAUNCH_UNKNOWN  # never launched
+    launch[5] = launch[6]  # ties
+    request = torch.randint(0, 2 * 10**8, (40,))
+    request[0] = launch[3]  # a title launched at the request itself is not launched yet
+    weights = torch.randn(NUM_AGE_BUCKETS, dtype=torch.float64, requires_grad=True)
+    direct = weights[title_age_buckets(request[:, None], launch[None, :]).long()]
+    order = torch.argsort(launch, stable=True)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order))
+    fast = catalogue_age_bias(weights, request, launch[order], inverse)
+    assert torch.allclose(fast, direct, atol=1e-12)
+    g = torch.randn(40, 300, dtype=torch.float64)
+    (grad_direct,) = torch.autograd.grad((direct * g).sum(), weights)
+    (grad_fast,) = torch.autograd.grad((fast * g).sum(), weights)
+    assert torch.allclose(grad_fast, grad_direct, atol=1e-9)

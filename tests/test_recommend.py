@@ -12,7 +12,8 @@ from genrec.features import build_vocab
 from genrec.model import GenRec, ModelSpec
 from genrec.recommend import Events, Ranker, list_updates, titles_table, write_titles
 from genrec.shards import write_checksums
-from genrec.train import CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS, TRAIN_COUNT
+from genrec.build import TRAIN_COUNT
+from genrec.train import CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS
 
 ITEMS = pa.table({
     "item_id": [10, 20, 30, 40], "title": ["Space War", "Space War II", "Love Boat", "Love Boat 2"],
@@ -88,5 +89,5 @@ def test_batched_queries_trim_padding_without_changing_the_answer(ranker):
     assert torch.allclose(together[0], ranker.queries([short])[0], atol=1e-6)
     assert torch.allclose(together[1], ranker.queries([long])[0], atol=1e-6)
     with torch.no_grad():  # the untrimmed forward over the whole max_seq_len window
-        h = ranker.model.hidden(*long[0])
+        h = ranker.model.hidden(*long[0][:4], ts=long[0][4])
         assert torch.allclose(ranker.model.head(h[0, long[1] - 1]), together[1], atol=1e-5)

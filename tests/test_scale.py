@@ -77,15 +77,18 @@ def _with_ties(ds):
 def test_partitioned_build_equals_in_memory(tmp_path, ray_local, split):
     ds = _shuffled(_with_ties(generate(users=300, items=150, events_per_user=25, seed=3)))
     events, items = _event_folder(tmp_path, ds)
-    cutoff = resolve_cutoff(ds.events.column("timestamp").to_numpy(), None, 0.85) if split == "time" else None
-    ref = write_shards(ds, tmp_path / "ref", cutoff, 2, users_per_shard=70, split=split)
-    got = build_shards(events, items, tmp_path / "big", cutoff_quantile=0.85, split=split, partitions=4,
-                       users_per_shard=30, batch_rows=500, echo=lambda *_: None)  # several batches per file
+    ts = ds.events.column("timestamp").to_numpy()
+    cutoff = resolve_cutoff(ts, None, 0.85) if split == "time" else None
+    valid_cutoff = resolve_cutoff(ts, None, 0.7) if split == "time" else None
+    ref = write_shards(ds, tmp_path / "ref", cutoff, 2, users_per_shard=70, split=split, valid_cutoff=valid_cutoff)
+    got = build_shards(events, items, tmp_path / "big", cutoff_quantile=0.85, valid_quantile=0.7, split=split,
+                       partitions=4, users_per_shard=30, batch_rows=500, echo=lambda *_: None)  # several per file
     verify_shards(open_shards(tmp_path / "big"))
     assert got.manifest["counts"] == ref.manifest["counts"]
     assert got.manifest["build"] == {"partitions": 4, "input_files": 3}  # the empty file and _SUCCESS skipped
     assert len(got.files("train")) > len(ref.files("train"))  # really written per partition
-    for name in ["train", "eval"] + (["valid"] if split == "leave_one_out" else []):
+    assert got.manifest["counts"]["valid_users"] > 0
+    for name in ["train", "valid", "eval"]:
         assert _rows(got, name) == _rows(ref, name), name
     assert pq.read_table(got.items_path).equals(pq.read_table(ref.items_path))
     assert not list(tmp_path.glob(".big.tmp-*"))  # the scratch buckets went with the temporary folder

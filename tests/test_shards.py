@@ -99,8 +99,55 @@ def test_open_refuses_missing_and_foreign(tmp_path):
 
 
 def test_no_training_users_is_a_clear_error(tmp_path):
-    with pytest.raises(ShardError, match="move the cutoff later"):
+    with pytest.raises(ShardError, match="no user has 2\\+ events before 1, where training ends"):
         write_shards(_dataset(), tmp_path / "s", cutoff=1)
+
+
+def test_time_split_validation_window_by_hand():
+    """Validation cutoff 25, cutoff 100: training sees events before 25 only; validation requests read that history
+    and target [25, 100); test requests read every event before 100 (validation window included)."""
+    tables_v = split_tables(_dataset(), cutoff=100, min_train_events=2, valid_cutoff=25)
+    vocab, tables, stats = tables_v
+    assert list(tables) == ["train", "valid", "eval"]
+    train, valid, ev = tables["train"], tables["valid"], tables["eval"]
+    # user 1: 10, 20 before 25 (items 1, 2); user 3: 5, 6; user 2's first event is at 50
+    assert train.column("user_id").to_pylist() == [1, 3] and train.column("items").to_pylist() == [[1, 2], [3, 2]]
+    # validation: user 1's history [1, 2], target 30 (item 3) at 30; users 2 and 3 have nothing on both sides
+    assert valid.column("user_id").to_pylist() == [1]
+    assert valid.column("items").to_pylist() == [[1, 2]] and valid.column("targets").to_pylist() == [[3]]
+    # test rows are those of the split without a validation window: history up to the cutoff
+    assert ev.column("items").to_pylist() == [[1, 2, 3], [2]] and ev.column("targets").to_pylist() == [[4, 1], [3]]
+    assert stats["split"] == "time" and stats["cutoff"] == 100 and stats["valid_cutoff"] == 25
+    assert (stats["train_events"], stats["valid_events"], stats["eval_events"]) == (4, 2, 3)
+    assert (stats["valid_users"], stats["eval_users"]) == (1, 2)
+    # no training event: 30 (first at 30, 50's title index 3? no: item 30 is first seen at 5) -> cold are 40 and 50;
+    # item 30 was first seen at 5 (user 3). Validation targets: 30 (t=30), 20 (t=50): none cold.
+    assert stats["cold_start_items"] == 2 and stats["cold_start_valid_share"] == 0.0
+    assert stats["cold_start_eval_share"] == pytest.approx(1 / 3)
+    with pytest.raises(ShardError, match="validation window would start at 100, not before the cutoff 100"):
+        split_tables(_dataset(), cutoff=100, valid_cutoff=100)
+
+
+def test_tags_written_after_training_ends_give_no_title_text():
+    """A MovieLens tag is a feature of its title only if it was written before training ends: the validation cutoff
+    of a time split, just after the last training event on leave-one-out."""
+    ds = _dataset()
+    ds.tags = pa.table({"item_id": pa.array([10, 10, 40, 20], pa.int64()),
+                        "tag": ["early", "late", "cold", "mid"],
+                        "timestamp": pa.array([3, 200, 115, 24], pa.int64())})
+    vocab, _, _ = split_tables(ds, cutoff=100, valid_cutoff=25)
+    text = dict(zip(vocab.column("item_id").to_pylist(), vocab.column("text").to_pylist()))
+    assert text == {10: "early", 20: "mid", 30: "", 40: "", 50: ""}
+    vocab, _, _ = split_tables(ds, cutoff=100, valid_cutoff=20)
+    assert dict(zip(vocab.column("item_id").to_pylist(), vocab.column("text").to_pylist()))[20] == ""
+    # leave-one-out: users 1 and 3 hold out their last two events, user 2 (2 events) trains on both (last at 150)
+    vocab, _, _ = split_tables(ds, cutoff=None, split="leave_one_out")
+    text = dict(zip(vocab.column("item_id").to_pylist(), vocab.column("text").to_pylist()))
+    assert text[10] == "early" and text[40] == "cold" and text[20] == "mid"
+    ds.tags = pa.table({"item_id": pa.array([10], pa.int64()), "tag": ["x"], "timestamp": pa.array([150], pa.int64())})
+    assert split_tables(ds, cutoff=None, split="leave_one_out")[0].column("text").to_pylist()[0] == "x"
+    ds.tags = pa.table({"item_id": pa.array([10], pa.int64()), "tag": ["x"], "timestamp": pa.array([151], pa.int64())})
+    assert split_tables(ds, cutoff=None, split="leave_one_out")[0].column("text").to_pylist()[0] == ""
 
 
 # ------------------------------------------------------------------------------------------- leave-one-out
@@ -152,12 +199,14 @@ def test_leave_one_out_by_hand():
     # same schema as the time split's eval rows, so evaluation reads either
     _, _, time_ev, _ = split_sequences(_dataset(), cutoff=100)
     assert ev.schema == valid.schema == time_ev.schema
-    assert stats == {"split": "leave_one_out", "cutoff": None, "users": 3, "items": 6, "events": 10,
+    assert stats == {"split": "leave_one_out", "cutoff": None, "valid_cutoff": None, "users": 3, "items": 6,
+                     "events": 10,
                      "train_events": 6, "train_users": 2, "eval_events": 2, "eval_users": 2,
                      "valid_events": 2, "valid_users": 2,
                      # 40 (valid target only), 50 (last event only), 60 (no events): in no training row
                      "cold_start_items": 3,
-                     "cold_start_eval_share": 0.5}  # test targets 10 (trained) and 50 (cold)
+                     "cold_start_eval_share": 0.5,  # test targets 10 (trained) and 50 (cold)
+                     "cold_start_valid_share": 0.5}  # validation targets 40 (cold) and 20 (trained)
     # split_sequences gives the same train and eval rows (validation rows only through split_tables)
     _, train2, ev2, stats2 = split_sequences(_loo_dataset(), None, 2, split="leave_one_out")
     assert train2.equals(train) and ev2.equals(ev) and stats2 == stats
@@ -217,7 +266,8 @@ def test_prepare_shards_follows_data_split(tmp_path):
     assert "leave_one_out split" in said[-1] and "validation users" in said[-1]
     # a config with the other split does not reuse these shards
     s = prepare_shards(load_config(None, overrides), echo=said.append)
-    assert s.manifest["counts"]["split"] == "time" and s.files("valid") == []
+    assert s.manifest["counts"]["split"] == "time" and len(s.files("valid")) == 1 and s.files("eval")
+    assert s.manifest["counts"]["valid_cutoff"] < s.manifest["counts"]["cutoff"]
     assert any("built from another data config" in line for line in said)
 
 

@@ -14,7 +14,8 @@ from genrec.features import build_vocab
 from genrec.model import GenRec, ModelSpec
 from genrec.runtime import prepare_shards
 from genrec.shards import CHECKSUMS, ShardError, open_shards, verify_shards, write_checksums
-from genrec.train import CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS, TRAIN_COUNT
+from genrec.build import TRAIN_COUNT
+from genrec.train import CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS
 from tests.conftest import tiny_config
 
 

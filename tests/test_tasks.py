@@ -12,7 +12,7 @@ from genrec.config import load_config
 from genrec.data.schema import Dataset
 from genrec.shards import write_shards
 from genrec.tasks import build_plan, evaluate_plan, plan_metrics, request_positions
-from genrec.train import item_counts
+from genrec.build import item_counts
 
 D = 86_400
 ML_SMALL = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small"
@@ -50,7 +50,7 @@ def plan(tmp_path):
     cold[0] = False
     assert cold.tolist() == [False, False, False, False, True, True, True]
     cfg = load_config(None, TASKS + ["eval.delays_h=[48]", "eval.requests_per_user=3"])
-    return build_plan(shards, cfg.eval, cold)
+    return build_plan(shards, cfg.eval, cold, split="eval")
 
 
 def test_requests_targets_and_pools_by_hand(plan):
@@ -140,7 +140,7 @@ def test_leave_one_out_next_is_the_last_event(tmp_path):
     shards = write_shards(ds, tmp_path / "loo", None, split="leave_one_out")
     counts = item_counts(shards)
     cfg = load_config(None, ["data.split=leave_one_out"])
-    plan = build_plan(shards, cfg.eval, counts == 0)
+    plan = build_plan(shards, cfg.eval, counts == 0, split="eval")
     # One request per evaluated user, at the held-out last event, whose title is the B target (no re-ratings).
     assert len(plan.requests) == shards.manifest["counts"]["eval_users"] == 671
     for r in plan.requests[:50]:

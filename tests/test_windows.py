@@ -50,8 +50,9 @@ def test_training_windows_drop_events_outside_the_training_window():
 
 
 def test_context_window_keeps_the_most_recent_events():
-    items, actions, gaps, utils, n = context_window([1, 2, 3, 4, 5], [0, 10, 20, 30, 40], [0] * 5, 3,
-                                                    [1, 2, 3, 4, 5])
-    assert items.tolist() == [3, 4, 5] and n == 3 and utils.tolist() == [3, 4, 5]
-    items, _, _, utils, n = context_window([7], [0], [0], 3)
+    items, actions, gaps, utils, ts, n = context_window([1, 2, 3, 4, 5], [0, 10, 20, 30, 40], [0] * 5, 3,
+                                                        [1, 2, 3, 4, 5])
+    assert items.tolist() == [3, 4, 5] and n == 3 and utils.tolist() == [3, 4, 5] and ts.tolist() == [20, 30, 40]
+    items, _, _, utils, ts, n = context_window([7], [5], [0], 3)
     assert items.tolist() == [7, 0, 0] and n == 1 and utils.tolist() == [1, 0, 0]
+    assert ts.tolist() == [5, 5, 5]  # padding keeps the last time, as training windows do

@@ -19,6 +19,7 @@ from genrec.config import GenrecConfig
 
 
 def run(cfg: GenrecConfig, run_name: str | None = None, rebuild: bool = False, resume: str | None = None):
+    from genrec.holdout import select_and_test
     from genrec.runtime import init_ray, prepare_shards, print_table
     from genrec.train import check_run_name, finetune_setup, fit, read_history
 
@@ -32,16 +33,15 @@ def run(cfg: GenrecConfig, run_name: str | None = None, rebuild: bool = False, r
           f"{cfg.train.workers} workers -> {cfg.storage.store().uri(cfg.storage.store().path('runs', run_name))}")
     result = fit(cfg, shards, run_name, finetune=finetune, resume_from=resume_from, recover=False)
     history = read_history(cfg, run_name)
-    columns = ["epoch", "loss"] + [f"mrr_{t}" for t in cfg.eval.tasks] + [f"hr@10_{task}"]
+    columns = ["epoch", "loss"] + [f"valid_mrr_{t}" for t in cfg.eval.tasks] + [f"valid_hr@10_{task}"]
     print_table(history, columns)
-    print(f"task {task}: MRR {history[0][f'mrr_{task}']:.4f} before fine-tuning, "
-          f"{history[-1][f'mrr_{task}']:.4f} after {cfg.train.epochs} epochs")
-    best = result.get_best_checkpoint(metric="mrr", mode="max") or result.checkpoint
-    if best is None:  # resumed from a checkpoint of the last epoch: nothing left to train
+    print(f"task {task} (validation): MRR {history[0][f'valid_mrr_{task}']:.4f} before fine-tuning, "
+          f"{history[-1][f'valid_mrr_{task}']:.4f} after {len(history) - 1} epochs")
+    if result.checkpoint is None:  # resumed from a checkpoint of the last epoch: nothing left to train
         print(f"nothing to train: {run_name} had finished its {cfg.train.epochs} epochs; pass --set "
               "finetune.epochs=N to train longer")
         return result
-    print(f"checkpoint: {result.checkpoint.path} (best by mrr: {best.path})")
+    select_and_test(cfg, shards, run_name, result, task)
     return result
 
 

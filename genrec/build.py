@@ -1,0 +1,238 @@
+"""What a training run trains, built from a config and a shard set: the model with its catalogue and objective, the
+training window, the optimizer and its learning-rate schedule.
+
+Shared by the Ray Train worker loop (genrec.train) and the reference loop (genrec.reference_loop), so both train the
+same model the same way; the Ray side adds only distribution (Ray Data, DeepSpeed, checkpoints).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from genrec.config import ConfigError, GenrecConfig
+from genrec.features import (NUM_AGE_BUCKETS, FeatureVocab, age_bucket_counts, age_log_lift, build_vocab, item_features,
+                             title_age_buckets)
+from genrec.flops import training_flops_per_token
+from genrec.model import GenRec, ModelSpec, Objective, resolve_shape
+from genrec.shards import ShardSet
+from genrec.windows import in_window
+
+TRAIN_COUNT = "train_count"  # items.parquet column in a checkpoint: training events of each title (0 = cold start)
+
+
+@dataclass
+class Run:
+    """A run's model and the facts about its data that the loop needs."""
+
+    model: GenRec
+    spec: ModelSpec
+    items: pa.Table  # the item table with each title's training count (TRAIN_COUNT), as checkpoints keep it
+    window: tuple[int | None, int | None]  # the training window [ts_min, ts_max)
+    counts: np.ndarray  # training events per item index inside the window
+    trained: torch.Tensor  # indices of titles with training events: where sampled negatives are drawn
+    mask_rate: float  # collaborative-embedding masking rate
+    cold: np.ndarray  # per item index: no event in the shards' training rows (what held-out tasks call cold)
+
+
+def build_run(cfg: GenrecConfig, shards: ShardSet, task: str | None = None) -> Run:
+    """The model of a run (seeded by train.seed: every rank builds the same initial weights), its catalogue (known
+    titles, logQ), objective (pre-training's, or `task`'s when fine-tuning) and title-age prior, and the facts of its
+    training window."""
+    items = pq.read_table(shards.items_path, filesystem=shards.fs)
+    spec = model_spec(cfg, shards, items)
+    window = train_window(cfg, shards)
+    counts = item_counts(shards, window)
+    items = items.append_column(TRAIN_COUNT, pa.array(counts[items.column("index").to_numpy()]))
+    torch.manual_seed(cfg.train.seed)
+    model = GenRec(spec)
+    model.objective = objective(cfg, task)
+    model.set_catalogue(*catalogue(spec, items, counts, cfg.model.decoding))
+    if model.items.age is not None:
+        with torch.no_grad():
+            model.items.age.weight[:, 0] = age_prior(shards, window, model.items.f_launch, model.items.known)
+    # The held-out requests and their targets do not depend on this run's training window, so every retrain
+    # (seeds, shifted windows) scores the same ones: "cold" means no event in the shards' training rows.
+    cold = (counts if window == (None, None) else item_counts(shards)) == 0
+    cold[0] = False
+    # Negatives come from titles with training events only: a title launched after the cutoff would otherwise be
+    # pushed down as a negative at every step (and the future catalogue would leak into training).
+    return Run(model, spec, items, window, counts, torch.from_numpy(np.flatnonzero(counts > 0)),
+               id_mask_rate(cfg, shards), cold)
+
+
+def model_spec(cfg: GenrecConfig, shards: ShardSet, items: pa.Table | None = None) -> ModelSpec:
+    m = cfg.model
+    layers, width, heads = resolve_shape(m.preset, m.layers, m.width, m.heads, m.block)
+    items = pq.read_table(shards.items_path, filesystem=shards.fs) if items is None and m.semantic else items
+    vocab = build_vocab(items, m.text_buckets) if m.semantic else FeatureVocab()
+    return ModelSpec(num_items=shards.num_items, layers=layers, width=width, heads=heads, max_seq_len=m.max_seq_len,
+                     dropout=m.dropout, activation_checkpointing=m.activation_checkpointing,
+                     projection_ratio=m.projection_ratio, semantic=m.semantic, features=vocab.to_dict(),
+                     title_age=m.title_age, tie_embeddings=m.tie_embeddings, block=m.block)
+
+
+def objective(cfg: GenrecConfig, task: str | None = None) -> Objective:
+    """The training objective: pre-training's (next events, MTP), or a task's when fine-tuning on it. A horizon task
+    trains on its own future window; next-event, cold-start and popular-pool tasks on next-event prediction."""
+    m = cfg.model
+    base = Objective(decoding=m.decoding, logq=m.logq, mtp_k=m.mtp_k,
+                     half_life_s=None if m.mtp_half_life_h is None else m.mtp_half_life_h * 3600.0)
+    t = cfg.eval.tasks[task] if task is not None else None
+    if t is None or t.targets != "horizon":
+        return base
+    return Objective(decoding=m.decoding, logq=m.logq, mtp_k=cfg.finetune.horizon_targets, half_life_s=None,
+                     skip=t.skip, min_dt_s=t.start_h * 3600.0, max_dt_s=t.end_h * 3600.0)
+
+
+def train_window(cfg: GenrecConfig, shards: ShardSet) -> tuple[int | None, int | None]:
+    """[ts_min, ts_max) of the training events (None = unbounded): the window moved back from the training end (the
+    validation cutoff) by train.window_shift_h and cut to train.window_days. Time split only (the config refuses
+    shifts on leave-one-out)."""
+    t = cfg.train
+    if not t.window_shift_h and not t.window_days:
+        return None, None
+    counts = shards.manifest["counts"]
+    cutoff = counts.get("valid_cutoff") or counts.get("cutoff")
+    if cutoff is None:
+        raise ConfigError("train.window_shift_h / train.window_days need time-split shards (data.split: time)")
+    ts_max = int(cutoff - t.window_shift_h * 3600) if t.window_shift_h else None
+    ts_min = int((ts_max if ts_max is not None else cutoff) - t.window_days * 86400) if t.window_days else None
+    return ts_min, ts_max
+
+
+def num_negatives(cfg: GenrecConfig, num_items: int) -> int | None:
+    """Uniform negatives per batch for "sampled" decoding (None for full softmax and in-batch negatives)."""
+    if cfg.model.decoding != "sampled":
+        return None
+    if cfg.model.num_negatives is not None:
+        return int(min(num_items, cfg.model.num_negatives))
+    return int(min(num_items, max(cfg.model.min_negatives, round(cfg.model.negatives_fraction * num_items))))
+
+
+def id_mask_rate(cfg: GenrecConfig, shards: ShardSet) -> float:
+    """The collaborative-embedding masking rate: configured, or ("auto") the share of validation targets on titles
+    without a training event. Measured on the validation window, never on the test split: the same pseudo-cutoff
+    every choice is made at."""
+    if cfg.model.id_mask_rate == "auto":
+        return float(shards.manifest["counts"].get("cold_start_valid_share", 0.0)) if cfg.model.semantic else 0.0
+    return float(cfg.model.id_mask_rate)
+
+
+def item_counts(shards: ShardSet, window: tuple[int | None, int | None] = (None, None)) -> np.ndarray:
+    """Training events per item index (length num_items + 1) inside the training window: which titles have a
+    trained id row, and q for logQ."""
+    counts = np.zeros(shards.num_items + 1, np.int64)
+    for path in shards.files("train"):
+        t = pq.read_table(path, columns=["items", "ts"], filesystem=shards.fs)
+        flat = pc.list_flatten(t.column("items")).to_numpy()
+        if window != (None, None):
+            flat = flat[in_window(pc.list_flatten(t.column("ts")).to_numpy(), *window)]
+        counts += np.bincount(flat, minlength=shards.num_items + 1)[: shards.num_items + 1]
+    return counts
+
+
+def catalogue(spec: ModelSpec, items: pa.Table, counts: np.ndarray | None, decoding: str = "sampled"):
+    """(features, known, log_q) for GenRec.set_catalogue from an item table (with `index`) and training counts."""
+    feats = item_features(items, FeatureVocab.from_dict(spec.features))
+    n = len(feats) - 1
+    known = torch.zeros(n + 1, dtype=torch.bool)
+    if counts is not None:
+        m = min(len(counts), n + 1)
+        known[:m] = torch.from_numpy(counts[:m] > 0)
+    if decoding == "in_batch" and counts is not None:  # a batch's targets are drawn ~ training frequency
+        c = torch.from_numpy(counts.astype(np.float64))
+        log_q = torch.log((c + 1.0) / (c.sum() + len(c))).float()
+    else:
+        log_q = torch.full((spec.num_items + 1,), -math.log(max(spec.num_items, 1)))
+    return feats, known, log_q
+
+
+def age_prior(shards: ShardSet, window: tuple[int | None, int | None], launch: torch.Tensor, known: torch.Tensor,
+              requests: int = 4096) -> torch.Tensor:
+    """The title-age bias's starting point: :func:`genrec.features.age_log_lift` of the training window's events
+    (each scored at its own time, as the request it answers) against every trained title on offer at a sample of
+    those times (counted exactly, :func:`genrec.features.age_bucket_counts`). Seeded: every rank starts alike."""
+    target_counts = np.zeros(NUM_AGE_BUCKETS, np.int64)
+    times = []
+    launch_np = launch.numpy()
+    for path in shards.files("train"):  # one file at a time: only the bucket counts and the times are kept
+        t = pq.read_table(path, columns=["items", "ts"], filesystem=shards.fs)
+        i, s = pc.list_flatten(t.column("items")).to_numpy(), pc.list_flatten(t.column("ts")).to_numpy()
+        if window != (None, None):
+            keep = in_window(s, *window)
+            i, s = i[keep], s[keep]
+        buckets = title_age_buckets(torch.from_numpy(s.astype(np.int64)), torch.from_numpy(launch_np[i]))
+        target_counts += np.bincount(buckets.numpy(), minlength=NUM_AGE_BUCKETS)[:NUM_AGE_BUCKETS]
+        times.append(s)
+    times = np.concatenate(times) if times else np.zeros(0, np.int64)
+    offered = launch_np[1:][known[1:].numpy()]
+    if not len(times) or not len(offered):
+        return torch.zeros(NUM_AGE_BUCKETS)
+    sample = np.random.default_rng(0).choice(times, size=min(requests, len(times)), replace=False)
+    return torch.from_numpy(age_log_lift(target_counts, age_bucket_counts(sample, offered))).float()
+
+
+def count_windows(shards: ShardSet, max_seq_len: int, window: tuple[int | None, int | None] = (None, None)) -> int:
+    """Training windows per epoch: a user with n events in the window gives ceil((n - 1) / max_seq_len) (see
+    window_bounds)."""
+    total = 0
+    for path in shards.files("train"):
+        t = pq.read_table(path, columns=["ts"], filesystem=shards.fs).column("ts")
+        if window == (None, None):
+            n = pc.list_value_length(t).to_numpy()
+        else:
+            n = np.array([int(in_window(np.asarray(ts, np.int64), *window).sum()) for ts in t.to_pylist()], np.int64)
+        total += int(np.sum(np.ceil(np.clip(n - 1, 0, None) / max_seq_len)))
+    return total
+
+
+def lr_lambda(warmup: int, total: int, offset: int = 0, schedule: str = "constant"):
+    """The learning-rate factor of each step: a linear warm-up over `warmup` steps, then constant, or ("cosine")
+    down to 10% at step `total`; `offset` steps already done (a resume on fresh optimizer state). Early stopping
+    decides when a run ends, so the constant schedule is the default: a cosine needs the length known up front."""
+    def f(step: int) -> float:
+        step += offset
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))  # cosine down to 10%
+
+    return f
+
+
+def optimizer_and_schedule(cfg: GenrecConfig, model: torch.nn.Module, total_steps: int, offset: int = 0,
+                           fused: bool = False):
+    """AdamW over the trainable parameters, weight decay on the weight matrices of linear layers only (never on
+    embedding tables, norms or biases: decaying a title's row pulls rarely seen titles toward zero), and its
+    learning-rate schedule (train.lr_schedule, train.warmup_steps)."""
+    decay, keep = [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if p.requires_grad:
+                (decay if isinstance(module, torch.nn.Linear) and name == "weight" else keep).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": keep, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.train.lr, betas=(0.9, 0.98),
+                                  fused=fused)
+    warmup = min(cfg.train.warmup_steps, max(1, total_steps // 10)) if cfg.train.warmup_steps else 0
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(warmup, total_steps, offset, cfg.train.lr_schedule))
+    return optimizer, schedule
+
+
+def model_flops_per_token(cfg: GenrecConfig, spec: ModelSpec, num_items: int, n_neg: int | None) -> float:
+    """Model FLOPs per training token (genrec's own blocks; see genrec.flops): in-batch scores every target of the
+    batch, sampled its shared negatives, full the whole catalogue. The semantic tower and embeddings are not counted."""
+    return training_flops_per_token(
+        spec.layers, spec.width, spec.max_seq_len, num_items,
+        "full" if cfg.model.decoding == "full" else "sampled", projection_ratio=spec.projection_ratio,
+        num_negatives=n_neg if n_neg is not None else cfg.train.batch_size * spec.max_seq_len * cfg.model.mtp_k,
+        convention="genrec", block=spec.block).total

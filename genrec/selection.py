@@ -1,0 +1,48 @@
+"""Model selection on validation data: which epoch a run keeps, when it stops, which trial wins.
+
+One rule everywhere (the trainer's kept checkpoint and early stopping, Tune's ranking, the sweep's winner, the
+report): the highest validation figure of the selection metric (`eval.select_metric` on the primary task, at no
+serving delay), the earliest epoch among equals. Test figures never enter a choice: they are scored once, for the
+selected model, after the choice is made. Pure functions over per-epoch history records (dicts), tested on
+hand-made histories.
+"""
+
+from __future__ import annotations
+
+import math
+
+VALID = "valid_"  # metric-name prefix of a validation figure
+TEST = "test_"  # ... and of a test figure (scored once, for the selected checkpoint)
+
+
+def selection_key(metric: str, task: str | None = None) -> str:
+    """The history key a choice is made on: `valid_<metric>` (e.g. valid_ndcg@10: the primary task), or a task's
+    own `valid_<metric>_<task>` (fine-tuning on that task)."""
+    return VALID + metric + (f"_{task}" if task else "")
+
+
+def _value(record: dict, key: str) -> float:
+    v = record.get(key)
+    return float(v) if isinstance(v, (int, float)) and not math.isnan(v) else -math.inf
+
+
+def best_record(history: list[dict], key: str) -> dict | None:
+    """The epoch record with the highest `key` (the earliest of equals); None when no epoch has a figure."""
+    best = None
+    for record in history:
+        if _value(record, key) > (-math.inf if best is None else _value(best, key)):
+            best = record
+    return best
+
+
+def epochs_since_best(history: list[dict], key: str) -> int:
+    """Epochs trained after the best one (0: the last epoch is the best; every epoch when none has a figure)."""
+    best = best_record(history, key)
+    if best is None:
+        return len(history)
+    return len(history) - 1 - history.index(best)
+
+
+def should_stop(history: list[dict], key: str, patience: int | None) -> bool:
+    """Early stopping: `patience` epochs in a row without a better validation figure (None: never)."""
+    return patience is not None and bool(history) and epochs_since_best(history, key) >= patience

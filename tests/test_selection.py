@@ -1,0 +1,42 @@
+"""The one selection rule (genrec.selection) on hand-made histories: choices follow validation, never test."""
+
+import math
+
+from genrec.selection import best_record, epochs_since_best, selection_key, should_stop
+
+
+def _history(valid, test):
+    return [{"epoch": e, "valid_ndcg@10": v, "test_ndcg@10": t} for e, (v, t) in enumerate(zip(valid, test), 1)]
+
+
+def test_the_kept_epoch_is_the_best_on_validation_not_on_test():
+    # validation peaks at epoch 3, test at epoch 5: the rule keeps epoch 3
+    h = _history([0.10, 0.12, 0.15, 0.14, 0.13], [0.09, 0.10, 0.11, 0.12, 0.16])
+    key = selection_key("ndcg@10")
+    assert key == "valid_ndcg@10"
+    assert best_record(h, key)["epoch"] == 3
+    assert best_record(h, "test_ndcg@10")["epoch"] == 5  # what selecting on test would have kept
+    assert epochs_since_best(h, key) == 2
+
+
+def test_ties_keep_the_earliest_epoch_and_missing_figures_are_skipped():
+    h = _history([0.2, math.nan, 0.2, 0.1], [0, 0, 0, 0])
+    h[1].pop("valid_ndcg@10")
+    assert best_record(h, "valid_ndcg@10")["epoch"] == 1
+    assert best_record([{"epoch": 1}], "valid_ndcg@10") is None
+    assert best_record([], "valid_ndcg@10") is None
+    # fine-tuning chooses on its own task's figure
+    assert selection_key("mrr", "A") == "valid_mrr_A"
+
+
+def test_early_stopping_after_patience_epochs_without_a_better_validation_figure():
+    key = "valid_ndcg@10"
+    h = _history([0.10, 0.12, 0.11, 0.12], [0] * 4)  # epoch 4 only equals the best: no improvement
+    assert not should_stop(h[:3], key, 2)
+    assert should_stop(h, key, 2)  # epochs 3 and 4 brought nothing better than epoch 2
+    assert not should_stop(h, key, 3)
+    assert not should_stop(h, key, None)  # no patience: never stops early
+    assert not should_stop([], key, 1)
+    # a test figure, however it moves, never stops a run
+    h = _history([0.10, 0.12, 0.13], [0.5, 0.1, 0.0])
+    assert not should_stop(h, key, 1)
