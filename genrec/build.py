@@ -236,3 +236,14 @@ def model_flops_per_token(cfg: GenrecConfig, spec: ModelSpec, num_items: int, n_
         "full" if cfg.model.decoding == "full" else "sampled", projection_ratio=spec.projection_ratio,
         num_negatives=n_neg if n_neg is not None else cfg.train.batch_size * spec.max_seq_len * cfg.model.mtp_k,
         convention="genrec", block=spec.block).total
+
+
+def torch_threads(cfg: GenrecConfig, workers_here: int | None = None) -> int:
+    """train.torch_threads, with "auto" the cores of this node divided among the run's workers on it (every worker
+    on one node unless `workers_here` says how many share it)."""
+    if cfg.train.torch_threads != "auto":
+        return int(cfg.train.torch_threads)
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, workers_here or cfg.train.workers))

@@ -159,20 +159,23 @@ PRESET_NAMES = ("100k", "250k", "500k", "1m", "2m", "8m", "32m", "100m", "300m",
 
 
 class ModelConfig(_Section):
-    # A named size preset (see `genrec presets`), or "custom" with layers/width/heads set explicitly.
-    preset: str = "2m"
+    # A named size preset (see `genrec presets`), "custom" with layers/width/heads set explicitly, or "auto": chosen
+    # by the number of training events (genrec.defaults).
+    preset: str = "auto"
     # The backbone's block: "transformer" (causal softmax attention + 4x MLP) or "hstu" (pointwise aggregated
     # attention with a relative position/time bias, genrec.hstu). Presets keep their backbone size for either.
     block: Literal["transformer", "hstu"] = "transformer"
     layers: int | None = Field(None, ge=1)
     width: int | None = Field(None, ge=8)
     heads: int | None = Field(None, ge=1)
-    max_seq_len: int = Field(64, ge=2)
+    # Events a window holds; "auto": the 90th percentile of the training histories' lengths, at most 200.
+    max_seq_len: int | Literal["auto"] = "auto"
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     # Decoding. "full": softmax over the whole catalogue (the reference; fine for small catalogues). "sampled":
     # uniform negatives shared by the batch, num_negatives of them or else max(min_negatives, negatives_fraction x
-    # catalogue), capped at the catalogue. "in_batch": the batch's other targets are the negatives.
-    decoding: Literal["sampled", "full", "in_batch"] = "sampled"
+    # catalogue), capped at the catalogue. "in_batch": the batch's other targets are the negatives. "auto": full up to
+    # 20,000 titles, sampled above (genrec.defaults).
+    decoding: Literal["auto", "sampled", "full", "in_batch"] = "auto"
     num_negatives: int | None = Field(None, ge=1)
     negatives_fraction: float = Field(0.01, gt=0.0, le=1.0)
     min_negatives: int = Field(64, ge=1)
@@ -180,7 +183,8 @@ class ModelConfig(_Section):
     # training-target frequency for "in_batch"), so the sampled loss estimates the full-softmax one.
     logq: bool = False
     # Projected decoding head: GELU + linear d -> d / projection_ratio before scoring titles (1 = no projection).
-    projection_ratio: int = Field(8, ge=1)
+    # "auto": 8 from width 512 up (the paper's d/8), 1 below (d/8 would leave too few dimensions to score with).
+    projection_ratio: int | Literal["auto"] = "auto"
     # Score titles against their input representation: one id table on both sides (SASRec's tying). Needs
     # projection_ratio 1 (titles are scored at the input width).
     tie_embeddings: bool = False
@@ -204,9 +208,13 @@ class ModelConfig(_Section):
     def _mask_rate(self) -> "ModelConfig":
         if self.id_mask_rate != "auto" and not 0.0 <= self.id_mask_rate < 1.0:
             raise ValueError("model.id_mask_rate must be 'auto' or a probability in [0, 1)")
-        if self.width is not None and self.width // self.projection_ratio < 1:
+        if self.projection_ratio != "auto" and self.projection_ratio < 1:
+            raise ValueError("model.projection_ratio must be 1 or more (or auto)")
+        if self.max_seq_len != "auto" and self.max_seq_len < 2:
+            raise ValueError("model.max_seq_len must be 2 or more (or auto)")
+        if self.width is not None and self.projection_ratio != "auto" and self.width // self.projection_ratio < 1:
             raise ValueError(f"model.projection_ratio={self.projection_ratio} leaves no scoring width")
-        if self.tie_embeddings and self.projection_ratio != 1:
+        if self.tie_embeddings and self.projection_ratio not in (1, "auto"):
             raise ValueError(f"model.tie_embeddings scores titles at the input width: set model.projection_ratio=1 "
                              f"(not {self.projection_ratio}), or model.tie_embeddings=false")
         return self
@@ -217,13 +225,15 @@ class ModelConfig(_Section):
             missing = [k for k in ("layers", "width", "heads") if getattr(self, k) is None]
             if missing:
                 raise ValueError(f"preset 'custom' needs {', '.join('model.' + m for m in missing)}")
-        elif self.preset not in PRESET_NAMES:
-            raise ValueError(f"unknown preset {self.preset!r}; expected one of {', '.join(PRESET_NAMES)} or 'custom'")
+        elif self.preset not in PRESET_NAMES and self.preset != "auto":
+            raise ValueError(f"unknown preset {self.preset!r}; expected one of {', '.join(PRESET_NAMES)}, 'custom' or "
+                             "'auto'")
         return self
 
 
 class TrainConfig(_Section):
-    workers: int = Field(2, ge=1)
+    # One worker on a small machine: data parallelism there only splits the same cores and adds all-reduces.
+    workers: int = Field(1, ge=1)
     # Fractional CPUs let a small machine keep a core free for Ray Data read tasks, which otherwise starve.
     cpus_per_worker: float = Field(0.45, gt=0.0)
     gpus_per_worker: float = Field(0.0, ge=0.0)
@@ -236,12 +246,13 @@ class TrainConfig(_Section):
     # (genrec.flops.PEAK_BF16_TFLOPS: H100 SXM 989, ...); on CPU, or an unknown GPU, no MFU is reported.
     peak_tflops: float | None = Field(None, gt=0.0)
     # The most epochs a run trains; early stopping (patience) and the time budget usually end it first.
-    epochs: int = Field(2, ge=1)
+    epochs: int = Field(100, ge=1)
     # Early stopping: stop after this many epochs without a better validation figure (eval.select_metric); the best
     # epoch's checkpoint is the run's model. None: train every epoch (the best one is still the one kept).
-    patience: int | None = Field(None, ge=1)
-    # Stop after the epoch during which the run's wall time passes this many seconds (None: no budget).
-    time_budget_s: float | None = Field(None, gt=0.0)
+    patience: int | None = Field(5, ge=1)
+    # Stop after the epoch during which the run's wall time passes this many seconds (None: no budget). The default
+    # keeps `genrec pipeline --data DIR` on a laptop within minutes; set null (or more) for long runs.
+    time_budget_s: float | None = Field(240.0, gt=0.0)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-3, gt=0.0)
     # AdamW's decay, on the weight matrices of linear layers only (embedding tables, norms and biases are not decayed).
@@ -259,7 +270,9 @@ class TrainConfig(_Section):
     window_days: float | None = Field(None, gt=0.0)
     # Shuffle buffer (windows) for the streamed training data.
     shuffle_buffer: int = Field(2048, ge=0)
-    torch_threads: int = Field(1, ge=1)
+    # Threads each worker's torch uses; "auto": the node's cores divided among its workers (every core on one).
+    # Ray's CPU reservation (cpus_per_worker) is bookkeeping for its scheduler: threads are what computes.
+    torch_threads: int | Literal["auto"] = "auto"
     # CPUs each Ray Data read/window task asks for. Ingest needs CPUs the training workers leave free: at least one
     # whole CPU (Ray Data's file-listing step asks for 1 and cannot be told otherwise), else it waits forever.
     data_task_cpus: float = Field(0.25, gt=0.0)
@@ -414,8 +427,8 @@ class TuneConfig(_Section):
     # only the best 1/reduction_factor go on. null turns it off.
     asha_grace_period: int | None = Field(2, ge=1)
     asha_reduction_factor: int = Field(3, ge=2)
-    presets: list[str] = ["2m"]
-    max_seq_len: list[int] = [32, 64]
+    presets: list[str] = ["auto"]
+    max_seq_len: list[int | Literal["auto"]] = ["auto"]
     max_concurrent_trials: int = Field(1, ge=1)
     # Override train.epochs for trials (None keeps train.epochs).
     epochs: int | None = Field(None, ge=1)
@@ -435,7 +448,7 @@ class TuneConfig(_Section):
 
     @model_validator(mode="after")
     def _valid_grid(self) -> "TuneConfig":
-        bad = [p for p in self.presets if p not in PRESET_NAMES and p != "custom"]
+        bad = [p for p in self.presets if p not in PRESET_NAMES and p not in ("custom", "auto")]
         if bad:
             raise ValueError(f"unknown presets {bad}; expected names from {', '.join(PRESET_NAMES)}")
         if not self.presets or not self.max_seq_len:

@@ -46,18 +46,37 @@ def time_buckets(seconds: torch.Tensor) -> torch.Tensor:
     return torch.floor(torch.log2(1.0 + s)).long().clamp(max=TIME_BUCKETS - 1)
 
 
+class BucketLookup(torch.autograd.Function):
+    """weights[idx] for a few buckets and many indices, whose backward is one bincount: an embedding's backward
+    sorts its (B x T x T) indices and costs several times the whole attention on CPU."""
+
+    @staticmethod
+    def forward(ctx, weights: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(idx)
+        ctx.buckets = weights.shape[0]
+        return weights[idx]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (idx,) = ctx.saved_tensors
+        summed = torch.bincount(idx.reshape(-1), weights=grad.reshape(-1).double(), minlength=ctx.buckets)
+        return summed.to(grad.dtype), None
+
+
 class RelativeBias(nn.Module):
-    """rab(i, j): a learned scalar per position-distance bucket plus one per time-distance bucket."""
+    """rab(i, j): a learned scalar per position-distance bucket plus one per time-distance bucket. Its tables are its
+    own parameters (not submodules'), so the module that is called is the one that owns them (DeepSpeed ZeRO-3
+    gathers a module's parameters in its own forward hook)."""
 
     def __init__(self):
         super().__init__()
-        self.position = nn.Embedding(POSITION_BUCKETS, 1)
-        self.time = nn.Embedding(TIME_BUCKETS, 1)
+        self.position = nn.Parameter(torch.zeros(POSITION_BUCKETS))
+        self.time = nn.Parameter(torch.zeros(TIME_BUCKETS))
 
     def forward(self, q_pos: torch.Tensor, k_pos: torch.Tensor, q_ts: torch.Tensor, k_ts: torch.Tensor):
         """Positions (Tq,), (Tk,) and event times (B, Tq), (B, Tk) -> bias (B, 1, Tq, Tk)."""
-        pos = self.position(position_buckets(q_pos[:, None] - k_pos[None, :]))[..., 0]  # (Tq, Tk)
-        dt = self.time(time_buckets(q_ts[:, :, None] - k_ts[:, None, :]))[..., 0]  # (B, Tq, Tk)
+        pos = BucketLookup.apply(self.position, position_buckets(q_pos[:, None] - k_pos[None, :]))  # (Tq, Tk)
+        dt = BucketLookup.apply(self.time, time_buckets(q_ts[:, :, None] - k_ts[:, None, :]))  # (B, Tq, Tk)
         return (pos[None] + dt)[:, None]
 
 

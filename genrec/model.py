@@ -389,7 +389,7 @@ class GenRec(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith(("proj.weight", "fc2.weight")):  # GPT-2 style: residual branches scaled by depth
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * spec.layers))
-            if name.endswith(("rab.position.weight", "rab.time.weight")):  # no relative preference to begin with
+            if name.endswith(("rab.position", "rab.time")):  # no relative preference to begin with
                 nn.init.zeros_(p)
         if spec.projection_ratio > 1:
             # Unit-variance queries: with 0.02 on both the query and the title side, logits start ~1e-3 and the

@@ -15,8 +15,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from genrec.build import build_run, num_negatives, optimizer_and_schedule
+from genrec.build import build_run, num_negatives, optimizer_and_schedule, torch_threads
 from genrec.config import GenrecConfig
+from genrec.defaults import resolve as resolve_defaults
 from genrec.objectives import draw_id_mask
 from genrec.selection import VALID, selection_key, should_stop
 from genrec.shards import ShardSet
@@ -44,7 +45,8 @@ def train_reference(cfg: GenrecConfig, shards: ShardSet, epochs: int | None = No
     """Train for `epochs` (default train.epochs; early stopping and the time budget as the trainer applies them when
     `validate`). Each record: epoch, loss (mean over the epoch's steps), steps, target events, training seconds
     (steps only: no evaluation, no start-up), events/s, per-step losses, and the validation figures."""
-    torch.set_num_threads(threads or cfg.train.torch_threads)
+    cfg = resolve_defaults(cfg, shards, echo=log or (lambda *_: None))
+    torch.set_num_threads(threads or torch_threads(cfg, workers_here=1))
     run = build_run(cfg, shards)
     model = run.model
     windows = all_windows(cfg, shards, run.window)

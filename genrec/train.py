@@ -19,8 +19,9 @@ import pyarrow.parquet as pq
 import torch
 
 from genrec.build import (build_run, count_windows, model_flops_per_token, num_negatives, optimizer_and_schedule,
-                          train_window)
+                          torch_threads, train_window)
 from genrec.config import ConfigError, GenrecConfig
+from genrec.defaults import resolve as resolve_defaults
 from genrec.flops import mfu, peak_tflops
 from genrec.model import GenRec, ModelSpec, backbone_params, resolve_shape
 from genrec.objectives import draw_id_mask
@@ -437,7 +438,7 @@ def train_func(config: dict) -> None:
 
     cfg = GenrecConfig.model_validate(config["cfg"])
     finetune = config.get("finetune")  # {"checkpoint", "task", "mode"} when continuing a pre-trained model
-    torch.set_num_threads(cfg.train.torch_threads)
+    torch.set_num_threads(torch_threads(cfg, ctx.get_local_world_size()))
     store = cfg.storage.store()
     shards = open_shards(config["shards"], store)
     built = build_run(cfg, shards, finetune["task"] if finetune else None)  # the same initial weights on every rank
@@ -573,6 +574,8 @@ def train_func(config: dict) -> None:
             "wall_time_s": time.perf_counter() - start,
             "events_processed": events_seen,
             "backbone_params": spec.backbone_params,
+            "preset": cfg.model.preset,  # as resolved from the data when the config said "auto"
+            "max_seq_len": spec.max_seq_len,
             "flops_per_token": flops_per_token,
             # Training FLOPs so far (model FLOPs per token x target events): the cost of one retrain at its end.
             "train_flops": flops_per_token * events_seen,
@@ -723,6 +726,7 @@ def fit(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=None, rese
     did (check_run_name)."""
     import ray.train
 
+    cfg = resolve_defaults(cfg, shards)  # "auto" values from the data (genrec.defaults); a no-op when resolved
     check_ingest_room(cfg, reserved_cpus)
     if recover and resume_from is None:  # a sweep trial that Tune restores goes on here, past an unusable record
         resume_from = resume_point(cfg, run_name)

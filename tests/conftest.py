@@ -41,8 +41,9 @@ def ray_local():
 # Synthetic data and a 2-block model: small enough for a CPU test, the same code path as a 1B run.
 TINY = ["name=test", "data.synthetic.users=150", "data.synthetic.items=80", "data.synthetic.events_per_user=30",
         "model.preset=custom", "model.layers=2", "model.width=32", "model.heads=2", "model.max_seq_len=16",
-        "model.projection_ratio=4", "model.dropout=0.0", "train.epochs=3", "train.batch_size=16", "train.lr=0.01",
-        "train.warmup_steps=2", "tracking.wandb=disabled"]
+        "model.projection_ratio=4", "model.decoding=sampled", "model.dropout=0.0", "train.epochs=3",
+        "train.batch_size=16", "train.lr=0.01", "train.warmup_steps=2", "train.torch_threads=1",
+        "train.patience=null", "train.time_budget_s=null", "tracking.wandb=disabled"]
 
 
 def tiny_config(root, *overrides):

@@ -18,12 +18,14 @@ EPOCH_COLUMNS = ["epoch", "loss", "valid_mrr", "valid_hr@10", "valid_ndcg@10", "
 
 
 def run(cfg: GenrecConfig, run_name: str | None = None, rebuild: bool = False, resume: str | None = None):
+    from genrec.defaults import resolve as resolve_defaults
     from genrec.holdout import select_and_test
     from genrec.runtime import init_ray, prepare_shards, print_table
     from genrec.train import check_run_name, fit, read_history, zero_stage
 
     run_name, resume_from = check_run_name(cfg, run_name, resume)
     shards = prepare_shards(cfg, rebuild=rebuild)
+    cfg = resolve_defaults(cfg, shards)
     init_ray(cfg)
     run_name = run_name or f"pretrain-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"training {cfg.model.preset} (max_seq_len {cfg.model.max_seq_len}) on {cfg.train.workers} workers, "

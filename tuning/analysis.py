@@ -91,7 +91,10 @@ def load_experiment(path: str | Path) -> Experiment:
             # Stopped with no error and not by early stopping or its budget (a killed driver): not a finished retrain.
             status, error = "incomplete", f"stopped after epoch {history[-1].get('epoch')} of {want}"
         select = selection_key(GenrecConfig.model_validate(params.get("base") or base).eval.select_metric)
-        trials.append(Trial(params["preset"], int(params["max_seq_len"]), int(params.get("seed", 0)),
+        # "auto" sizes are resolved by each trial from the data: its run file says what it trained
+        length = run.get("max_seq_len", params["max_seq_len"])
+        trials.append(Trial(run.get("preset", params["preset"]), int(length) if length != "auto" else 0,
+                            int(params.get("seed", 0)),
                             float(params.get("window_shift_h", 0.0)), status,
                             error or (None if history else "no metrics reported"), history, run.get("run"),
                             run.get("topk"), d.name, select))

@@ -50,18 +50,22 @@ def run_trial(config: dict) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from genrec.defaults import resolve as resolve_defaults
     from genrec.shards import atomic_write_json, open_shards
     from genrec.train import fit, history_path, topk_path
 
     cfg = trial_config(config["base"], config["preset"], config["max_seq_len"], config["epochs"], config["seed"],
                        config["window_shift_h"], config.get("values"))
+    shards = open_shards(config["shards"], cfg.storage.store())
+    cfg = resolve_defaults(cfg, shards)
     ctx = ray.tune.get_context()
     name = (f"{config['sweep']}-{config['preset']}-len{config['max_seq_len']}-s{config['seed']}"
             f"-w{config['window_shift_h']:g}-{ctx.get_trial_id()}")
     atomic_write_json(Path(ctx.get_trial_dir(), RUN_FILE),
-                      {"run": name, "history": str(history_path(cfg, name)), "topk": str(topk_path(cfg, name))})
-    fit(cfg, open_shards(config["shards"], cfg.storage.store()), name, callbacks=[TuneReportCallback()],
-        reserved_cpus=TRIAL_CPUS, resume_hint=False)  # a trial goes on with the sweep's --resume
+                      {"run": name, "history": str(history_path(cfg, name)), "topk": str(topk_path(cfg, name)),
+                       "preset": cfg.model.preset, "max_seq_len": cfg.model.max_seq_len})  # "auto" resolved
+    fit(cfg, shards, name, callbacks=[TuneReportCallback()], reserved_cpus=TRIAL_CPUS,
+        resume_hint=False)  # a trial goes on with the sweep's --resume
 
 
 def summarize(results, key: str) -> list[dict]:
@@ -80,6 +84,9 @@ def summarize(results, key: str) -> list[dict]:
             continue
         best = df.loc[df[key].idxmax()]  # the first of equal maxima: the earliest epoch
         last = df.iloc[-1]
+        for k in ("preset", "max_seq_len"):  # what the trial trained ("auto" resolved from the data)
+            if k in best and isinstance(best[k], (str, int, float)) and best[k] == best[k]:
+                row[k] = best[k] if k == "preset" else int(best[k])
         row.update({k: float(best[k]) for k in FIGURES if k in best})
         row["backbone_params"] = int(best["backbone_params"])
         row.update(best_epoch=int(best["epoch"]), checkpoint=best.get("checkpoint_path"),
@@ -110,6 +117,10 @@ def write_winner(cfg: GenrecConfig, sweep: str, rows: list[dict], experiment: st
                            "\n".join(f"  {r['preset']}/len{r['max_seq_len']}: {r['error']}" for r in rows))
     winner_cfg = trial_config(cfg.model_dump(mode="json"), best["preset"], best["max_seq_len"], None, best["seed"],
                               best["window_shift_h"], best.get("values"))
+    if shards is not None:
+        from genrec.defaults import resolve as resolve_defaults
+
+        winner_cfg = resolve_defaults(winner_cfg, shards, echo=lambda *_: None)
     test = None
     if shards is not None:
         from genrec.holdout import figures, score_test
