@@ -69,7 +69,7 @@ def run_once(args, name: str, kill: bool, run_dir: Path, log_dir: Path) -> dict:
         raise SystemExit(f"{name} failed (exit {proc.returncode}); see {log}")
     hist = json.loads((run_dir / name / "history.json").read_text())
     return {"run": name, "killed_at_s": killed_at, "restarts": hist[-1].get("restarts", 0), "wall_s": wall,
-            "final_loss": hist[-1]["loss"], "final_mrr": hist[-1]["mrr"], "epochs": len(hist)}
+            "final_loss": hist[-1]["loss"], "final_valid_mrr": hist[-1]["valid_mrr"], "epochs": len(hist)}
 
 
 def spread(values: list[float]) -> str:

@@ -127,6 +127,11 @@ def run_case(case: dict, args, device: torch.device, peak: float | None) -> dict
                                     f"model.activation_checkpointing={str(case['ckpt']).lower()}",
                                     f"train.compile={str(case['compile']).lower()}",
                                     "tracking.wandb=disabled", *args.overrides, *case["set"]])
+    # What genrec.defaults would choose for a 100k-title catalogue at these widths (no shards here to resolve from).
+    if cfg.model.decoding == "auto":
+        cfg.model.decoding = "sampled"
+    if cfg.model.projection_ratio == "auto":
+        cfg.model.projection_ratio = 8 if width >= 512 else 1
     vocab = FeatureVocab(genres=tuple(f"g{i}" for i in range(GENRES)), text_buckets=cfg.model.text_buckets)
     spec = ModelSpec(num_items=args.items, layers=layers, width=width, heads=heads, max_seq_len=case["seq_len"],
                      dropout=cfg.model.dropout, activation_checkpointing=case["ckpt"],

@@ -51,11 +51,11 @@ def main() -> None:
                      "later_epochs_s": sum(h["epoch_time_s"] for h in later) / len(later),
                      "wait_epoch_1": hist[0]["input_wait_share"],
                      "wait_later": sum(h["input_wait_s"] for h in later) / sum(h["epoch_time_s"] for h in later),
-                     "run_wall_s": wall, "final_loss": hist[-1]["loss"], "mrr": hist[-1]["mrr"]})
+                     "run_wall_s": wall, "final_loss": hist[-1]["loss"], "valid_mrr": hist[-1]["valid_mrr"]})
     print(f"\n{platform.node()} {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: preset {args.preset}, "
           f"{args.epochs} epochs, {args.workers} worker(s)")
     print_table(rows, ["ingest", "variant", "epoch_1_s", "later_epochs_s", "wait_epoch_1", "wait_later", "run_wall_s",
-                       "final_loss", "mrr"])
+                       "final_loss", "valid_mrr"])
 
 
 if __name__ == "__main__":

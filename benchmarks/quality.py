@@ -7,7 +7,7 @@ Two experiments, each repeated over the same seeds (`train.seed` varies initial 
 shuffle; the data and its split stay the same):
 
 * **masking**: collaborative-embedding masking on (`model.id_mask_rate=auto`, the shards' cold-start share of
-  evaluation events) vs off (`model.id_mask_rate=0`). Read: final-epoch MRR on cold-start titles (`mrr_cold`: the
+  evaluation events) vs off (`model.id_mask_rate=0`). Read (validation split, the kept epoch): MRR on cold-start titles (`mrr_cold`: the
   first title after the cutoff that has no training event) and MRR on the next event (`mrr`), mean +- std over the
   seeds, and the per-seed paired difference (on - off).
 * **mtp**: multi-token prediction `model.mtp_k=1` vs `model.mtp_k=5` (half-life from the config) with
@@ -38,6 +38,7 @@ from pathlib import Path
 from genrec.config import load_config
 from genrec.runtime import init_ray, prepare_shards
 from genrec.shards import open_shards
+from genrec.selection import best_record
 from genrec.train import fit, read_history
 
 REPO = Path(__file__).resolve().parent.parent
@@ -276,13 +277,15 @@ def main() -> None:
                 walls[name] = time.perf_counter() - t0
                 hist = read_history(cfg, name)
                 histories[name] = hist
-                last = hist[-1]
+                # The kept epoch's validation figures, names without their prefix (the test split is not read).
+                kept = best_record(hist, "valid_ndcg@10") or hist[-1]
+                last = {k.removeprefix("valid_"): v for k, v in kept.items()}
                 for k in ("mrr_cold", "ndcg@10_cold", "mrr_B", "mrr_B_24h", "mrr_B_48h"):
                     last.setdefault(k, math.nan)  # a probe with no target (e.g. no cold-start title) is absent
                 add_diagnostic(last, cold_rank_diagnostic(cfg.storage.path("runs", name), shards.root))
                 runs[variant][seed] = last
                 print(f"[{dataset}] {variant} seed {seed}: {walls[name]:.0f} s; per epoch loss "
-                      f"{[round(h['loss'], 3) for h in hist]} mrr {[round(h['mrr'], 4) for h in hist]}; final "
+                      f"{[round(h['loss'], 3) for h in hist]} valid mrr {[round(h['valid_mrr'], 4) for h in hist]}; kept "
                       f"mrr_cold {last.get('mrr_cold', math.nan):.4f} mrr_B {last.get('mrr_B', math.nan):.4f} mrr_B_24h {last.get('mrr_B_24h', math.nan):.4f} "
                       f"mrr_B_48h {last.get('mrr_B_48h', math.nan):.4f}", flush=True)
         summary, md = summarise(dataset, runs, seeds, experiments, counts)

@@ -84,7 +84,7 @@ def main() -> None:
             load_s = time.perf_counter() - t0
             trial = manifest["trials"][0]
             rows.append({"storage": kind, "run": rep + 1, "sweep_s": sweep_s, "train_wall_s": trial["wall_time_s"],
-                         "loss": trial["loss"], "mrr": trial["mrr"], "report_s": report_s, "load_winner_s": load_s})
+                         "loss": trial["loss"], "valid_mrr": trial["valid_mrr"], "report_s": report_s, "load_winner_s": load_s})
     finally:
         proc.terminate()
     for r in rows:  # against the local run of the same round
@@ -92,7 +92,7 @@ def main() -> None:
         r["sweep_vs_local"] = f"{r['sweep_s'] / base:.2f}x"
     print(f"\none-trial sweep, {args.preset}, {args.epochs} epochs; S3 = moto on 127.0.0.1; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
-    print_table(rows, ["storage", "run", "sweep_s", "sweep_vs_local", "train_wall_s", "loss", "mrr", "report_s",
+    print_table(rows, ["storage", "run", "sweep_s", "sweep_vs_local", "train_wall_s", "loss", "valid_mrr", "report_s",
                        "load_winner_s"])
 
 

@@ -39,13 +39,13 @@ def main() -> None:
         wall = time.perf_counter() - t0
         last = read_history(cfg, name)[-1]
         rows.append({"zero_stage": stage, "events_per_s": last["events_per_s"], "epoch_time_s": last["epoch_time_s"],
-                     "run_wall_s": wall, "loss": last["loss"], "mrr": last["mrr"]})
+                     "run_wall_s": wall, "loss": last["loss"], "valid_mrr": last["valid_mrr"]})
     base = rows[0]["events_per_s"]
     for r in rows:
         r["vs_first"] = f"{r['events_per_s'] / base:.2f}x"
     print(f"\n{args.preset}, {cfg.train.workers} workers x {cfg.train.cpus_per_worker} CPU, batch "
           f"{cfg.train.batch_size}, max_seq_len {cfg.model.max_seq_len}; {platform.processor() or platform.machine()}")
-    print_table(rows, ["zero_stage", "events_per_s", "vs_first", "epoch_time_s", "run_wall_s", "loss", "mrr"])
+    print_table(rows, ["zero_stage", "events_per_s", "vs_first", "epoch_time_s", "run_wall_s", "loss", "valid_mrr"])
 
 
 if __name__ == "__main__":

@@ -218,7 +218,8 @@ def optimizer_and_schedule(cfg: GenrecConfig, model: torch.nn.Module, total_step
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             if p.requires_grad:
-                (decay if isinstance(module, torch.nn.Linear) and name == "weight" else keep).append(p)
+                matrix = isinstance(module, torch.nn.Linear) and name == "weight"
+                (decay if matrix or cfg.train.weight_decay_on == "all" else keep).append(p)
     groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": keep, "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.train.lr, betas=(0.9, 0.98),
                                   fused=fused)

@@ -83,9 +83,10 @@ def run_entrypoint(prog: str, doc: str, run, argv: list[str] | None = None, resu
 
 def _failures() -> tuple[type[Exception], ...]:
     """Work that failed for a reason the message gives (a training run Ray Train gave up on): one line, exit 1."""
+    from genrec.holdout import SelectionError
     from genrec.train import TrainingFailed
 
-    return (TrainingFailed,)
+    return TrainingFailed, SelectionError
 
 
 def _interrupts() -> tuple[type[BaseException], ...]:

@@ -255,8 +255,10 @@ class TrainConfig(_Section):
     time_budget_s: float | None = Field(240.0, gt=0.0)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-3, gt=0.0)
-    # AdamW's decay, on the weight matrices of linear layers only (embedding tables, norms and biases are not decayed).
+    # AdamW's decay, on the weight matrices of linear layers only (embedding tables, norms and biases are not decayed),
+    # or on "all" parameters (genrec's rule before: it pulls rarely seen titles' rows toward zero).
     weight_decay: float = Field(0.01, ge=0.0)
+    weight_decay_on: Literal["matrices", "all"] = "matrices"
     # Linear warm-up steps (0: none), then the schedule: "constant", or "cosine" down to 10% at train.epochs.
     warmup_steps: int = Field(0, ge=0)
     lr_schedule: Literal["constant", "cosine"] = "constant"

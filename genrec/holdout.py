@@ -9,6 +9,8 @@ sweep), never fed back into one.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 
@@ -38,39 +40,76 @@ def score_test(cfg: GenrecConfig, shards: ShardSet, checkpoint: str, threads: in
     return {TEST + k: v for k, v in plan_metrics(sums, cfg.eval.primary).items()}
 
 
+def popularity(cfg: GenrecConfig, shards: ShardSet, split: str) -> dict:
+    """The bar every table stands beside: titles ranked by their training events (the context's titles excluded, as
+    for a model), on the same requests, tasks and metrics as a model. Figures named as `split`'s (valid_/test_)."""
+    counts = item_counts(shards)
+    cold = counts == 0
+    cold[0] = False
+    plan = build_plan(shards, cfg.eval, cold, split=split)
+    row = torch.from_numpy(counts.astype(np.float64))
+
+    def score(_uses, batch):
+        return row.expand(batch["items"].shape[0], -1).clone()
+
+    sums, _ = evaluate_plan(plan, score, 1, batch_size=cfg.eval.batch_size)
+    return {(VALID if split == "valid" else TEST) + k: v for k, v in plan_metrics(sums, cfg.eval.primary).items()}
+
+
 def figures(record: dict, prefix: str) -> dict:
     """The record's figures of one split, names without the prefix (mrr, hr@10, ndcg@10, mrr_B, ...)."""
     return {k[len(prefix):]: v for k, v in record.items() if k.startswith(prefix)
             and isinstance(v, (int, float)) and not (isinstance(v, float) and np.isnan(v))}
 
 
-def write_selected(cfg: GenrecConfig, run_folder: str, record: dict, checkpoint: str, test: dict, key: str) -> dict:
-    """`selected.json` beside a run's history: which epoch was kept (and why), its checkpoint, both splits."""
+def write_selected(cfg: GenrecConfig, run_folder: str, record: dict, checkpoint: str, test: dict, key: str,
+                   popular: dict | None = None) -> dict:
+    """`selected.json` beside a run's history: which epoch was kept (and why), its checkpoint, both splits, and
+    popularity's test figures beside them."""
     out = {"rule": f"highest {key} (validation split), earliest of equals",
            "epoch": record["epoch"], "checkpoint": checkpoint,
-           "valid": figures(record, VALID), "test": figures(test, TEST)}
+           "valid": figures(record, VALID), "test": figures(test, TEST),
+           **({"test_popularity": figures(popular, TEST)} if popular else {})}
     store = cfg.storage.store()
     store.write_json(f"{run_folder}/{SELECTED}", out)
     return out
 
 
-def select_and_test(cfg: GenrecConfig, shards: ShardSet, run_name: str, result, task: str | None = None) -> dict:
-    """After a run: the epoch it keeps (genrec.selection's rule on validation, among the checkpoints Ray Train kept:
-    the best two by the same figure, and the latest), then that checkpoint's one reading of the test split. Printed,
-    and stored in the run's selected.json. `task`: choose on that task's figure (fine-tuning) instead of the primary
-    task's."""
+def select_and_test(cfg: GenrecConfig, shards: ShardSet, run_name: str, task: str | None = None) -> dict:
+    """After a run: the epoch it keeps (genrec.selection's rule on validation, among the checkpoints on storage: Ray
+    Train keeps the best two by the same figure and the latest, and a run resumed past a lost record of Ray's keeps
+    its older folders too), then that checkpoint's one reading of the test split. Printed, and stored in the run's
+    selected.json. `task`: choose on that task's figure (fine-tuning) instead of the primary task's."""
     from genrec.runtime import print_table
+    from genrec.train import CHECKPOINT_SPEC, checkpoint_folders
 
     store = cfg.storage.store()
     key = selection_key(cfg.eval.select_metric, task)
-    kept = {int(m["epoch"]): (c, m) for c, m in result.best_checkpoints}
-    record = best_record([m for _, m in sorted(kept.values(), key=lambda cm: cm[1]["epoch"])], key)
-    checkpoint = kept[record["epoch"]][0].path
+    run_folder = store.path("runs", run_name)
+    kept = {}
+    for folder in checkpoint_folders(store, run_folder):
+        try:
+            metrics = json.loads(store.read_text(f"{folder}/{CHECKPOINT_SPEC}"))["metrics"]
+        except (OSError, ValueError, KeyError):  # a checkpoint cut short: not a candidate
+            continue
+        kept.setdefault(int(metrics["epoch"]), (folder, metrics))
+    record = best_record([m for _, m in sorted(kept.values(), key=lambda fm: fm[1]["epoch"])], key)
+    if record is None:
+        raise SelectionError(f"run {run_name}: no kept checkpoint has a validation figure {key} (its validation "
+                             f"requests: {', '.join(str(m.get(VALID + 'requests', 0)) for _, m in kept.values())}); "
+                             "the validation split has no request for the primary task: check eval.primary and the "
+                             "split (data.valid_quantile)")
+    checkpoint = kept[record["epoch"]][0]
     test = score_test(cfg, shards, checkpoint)
-    selected = write_selected(cfg, store.path("runs", run_name), record, store.uri(checkpoint), test, key)
+    selected = write_selected(cfg, run_folder, record, store.uri(checkpoint), test, key,
+                              popularity(cfg, shards, "eval"))
     print(f"kept epoch {record['epoch']} (highest {key} {record[key]:.4f}): {store.uri(checkpoint)}")
     suffix = f"_{task}" if task else ""
     names = [f"{m}{suffix}" for m in ("mrr", "hr@10", "ndcg@10", "requests")]
-    print_table([{"split": split, **{m: selected[split].get(m) for m in names}} for split in ("valid", "test")],
-                ["split", *names])
+    print_table([{"split": split.replace("_", " "), **{m: selected[split].get(m) for m in names}}
+                 for split in ("valid", "test", "test_popularity")], ["split", *names])
     return selected
+
+
+class SelectionError(RuntimeError):
+    """No checkpoint of a run can be chosen: none has a validation figure (the message says which and why)."""

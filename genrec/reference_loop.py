@@ -41,13 +41,16 @@ class ReferenceRun:
 
 
 def train_reference(cfg: GenrecConfig, shards: ShardSet, epochs: int | None = None, threads: int | None = None,
-                    validate: bool = True, max_steps: int | None = None, log=None) -> ReferenceRun:
+                    validate: bool = True, max_steps: int | None = None, log=None, prepare=None) -> ReferenceRun:
     """Train for `epochs` (default train.epochs; early stopping and the time budget as the trainer applies them when
     `validate`). Each record: epoch, loss (mean over the epoch's steps), steps, target events, training seconds
-    (steps only: no evaluation, no start-up), events/s, per-step losses, and the validation figures."""
+    (steps only: no evaluation, no start-up), events/s, per-step losses, and the validation figures. `prepare(run)`
+    may change the built model before training."""
     cfg = resolve_defaults(cfg, shards, echo=log or (lambda *_: None))
     torch.set_num_threads(threads or torch_threads(cfg, workers_here=1))
     run = build_run(cfg, shards)
+    if prepare is not None:  # a benchmark's change to the built model (benchmarks/ablation.py)
+        prepare(run)
     model = run.model
     windows = all_windows(cfg, shards, run.window)
     n = len(windows["items"])

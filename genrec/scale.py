@@ -213,7 +213,7 @@ def _gather(refs: list, each, echo, what: str, start: float) -> None:
 
 def build_shards(events: str | Path, items_path: str | Path, out_dir: str | Path, *, cutoff_ts: int | None = None,
                  cutoff_quantile: float = 0.9, valid_cutoff_ts: int | None = None,
-                 valid_quantile: float | None = None, min_train_events: int = 2, split: str = "time",
+                 valid_quantile: float | None = 0.8, min_train_events: int = 2, split: str = "time",
                  partitions: int | None = None, users_per_shard: int = 20_000, extra: dict | None = None,
                  name: str = "parquet", batch_rows: int = BATCH_ROWS, echo=print) -> ShardSet:
     """Shards from Parquet event files of any size (see the module docstring). Runs its tasks on the Ray cluster

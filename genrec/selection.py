@@ -43,6 +43,21 @@ def epochs_since_best(history: list[dict], key: str) -> int:
     return len(history) - 1 - history.index(best)
 
 
+SCORE = "selection_score"  # the figure checkpoints are kept by: the selection figure, earlier epochs first on ties
+BEST_SO_FAR = "selection_best"  # the best selection figure up to this epoch: what a search's scheduler compares
+
+
+def selection_scores(history: list[dict], key: str) -> dict:
+    """What the trainer reports beside the last epoch's figures so that Ray agrees with this module: SCORE breaks ties
+    toward the earlier epoch (Ray Train deletes the earliest of equally scored checkpoints first, which would delete
+    the one this rule keeps), and BEST_SO_FAR is the best figure so far (Tune's searchers and ASHA read a trial's
+    latest report, which under patience is several epochs past its best)."""
+    value = _value(history[-1], key)
+    best = best_record(history, key)
+    return {SCORE: value - 1e-9 * history[-1].get("epoch", len(history)),
+            BEST_SO_FAR: _value(best, key) if best is not None else -math.inf}
+
+
 def should_stop(history: list[dict], key: str, patience: int | None) -> bool:
     """Early stopping: `patience` epochs in a row without a better validation figure (None: never)."""
     return patience is not None and bool(history) and epochs_since_best(history, key) >= patience

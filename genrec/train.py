@@ -25,7 +25,7 @@ from genrec.defaults import resolve as resolve_defaults
 from genrec.flops import mfu, peak_tflops
 from genrec.model import GenRec, ModelSpec, backbone_params, resolve_shape
 from genrec.objectives import draw_id_mask
-from genrec.selection import VALID, best_record, selection_key, should_stop
+from genrec.selection import SCORE, VALID, best_record, selection_key, selection_scores, should_stop
 from genrec.shards import CHECKSUMS, ShardSet, open_shards, write_checksums
 from genrec.tasks import build_plan, evaluate_plan, model_scorer, plan_metrics
 from genrec.windows import training_windows
@@ -591,6 +591,7 @@ def train_func(config: dict) -> None:
             **valid_metrics,
         }
         history.append(metrics)  # every rank: the selection figures are all-reduced, so they agree on stopping
+        metrics |= selection_scores(history, select)
         best = best_record(history, select) is metrics
         if rank == 0:
             store.write_json(config["history"], history)  # also when Ray keeps only the best checkpoints' metrics
@@ -699,8 +700,7 @@ def build_trainer(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=
                                        failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
                                        checkpoint_config=ray.train.CheckpointConfig(
                                            num_to_keep=2,
-                                           checkpoint_score_attribute=selection_key(
-                                               cfg.eval.select_metric, finetune["task"] if finetune else None),
+                                           checkpoint_score_attribute=SCORE,
                                            checkpoint_score_order="max")),
         datasets={"train": train_ds},
     )

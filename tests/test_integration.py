@@ -79,6 +79,7 @@ def test_sweep_ranks_trials_and_writes_winner(winner):
     test = manifest["test"]
     assert set(test) >= {"mrr", "hr@10", "ndcg@10", "requests", "mrr_B"} and test["requests"] > 0
     assert 0 < test["mrr"] <= 1
+    assert manifest["test_popularity"]["requests"] == test["requests"]  # the bar, on the same requests
     assert manifest["cost"]["events_processed"] > 0 and manifest["cost"]["wall_time_s"] > 0
     assert manifest["checkpoint"].startswith(store.uri(store.path("runs", "sweep-test-")))
     assert load(cfg, manifest["checkpoint"]).spec.max_seq_len == manifest["max_seq_len"]

@@ -40,3 +40,14 @@ def test_early_stopping_after_patience_epochs_without_a_better_validation_figure
     # a test figure, however it moves, never stops a run
     h = _history([0.10, 0.12, 0.13], [0.5, 0.1, 0.0])
     assert not should_stop(h, key, 1)
+
+
+def test_what_ray_is_told_agrees_with_the_rule():
+    """Ray Train deletes the earliest of equally scored checkpoints first, and Tune's searchers read a trial's latest
+    report: the trainer reports a score that prefers the earlier epoch on ties, and the best figure so far."""
+    from genrec.selection import BEST_SO_FAR, SCORE, selection_scores
+
+    h = _history([0.2, 0.2, 0.1], [0, 0, 0])
+    first, second = selection_scores(h[:1], "valid_ndcg@10"), selection_scores(h[:2], "valid_ndcg@10")
+    assert first[SCORE] > second[SCORE] and first[SCORE] - second[SCORE] < 1e-6  # epoch 1 ranks above its tie
+    assert selection_scores(h, "valid_ndcg@10")[BEST_SO_FAR] == 0.2  # epoch 3 reports the best so far

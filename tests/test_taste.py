@@ -83,3 +83,30 @@ def test_a_title_added_live_ranks_high_for_a_fan_of_its_genre(taste_served):
     # The benchmark's probe, run on the checkpoint in this process, reports the same ranks the app served.
     probe = taste_probe(Ranker(load_checkpoint(checkpoint), "probe"), when)
     assert {r["genre"]: r["rank"] for r in probe["genres"]} == {g: own[g] for g in genres}
+
+
+def test_the_run_keeps_its_best_validation_epoch_and_beats_popularity(taste_served):
+    """The same run, read for its choices (issue #21): the epoch it keeps is the one with the highest validation
+    NDCG@10 (genrec.selection's rule), the checkpoint selected.json names holds that epoch's weights, its test figures
+    were read once, after the choice, and its validation NDCG@10 beats popularity's on the same requests by 50%.
+    Checked to fail: keeping the last epoch instead (selected.json then names epoch 12, not the best one)."""
+    import json
+
+    from genrec.holdout import popularity
+    from genrec.selection import best_record
+    from genrec.shards import open_shards
+    from genrec.train import read_history
+
+    cfg, _, _ = taste_served
+    store = cfg.storage.store()
+    selected = json.loads(store.read_text(store.path("runs", "taste", "selected.json")))
+    history = read_history(cfg, "taste")
+    best = best_record(history, "valid_ndcg@10")
+    assert selected["epoch"] == best["epoch"] and selected["valid"]["ndcg@10"] == best["valid_ndcg@10"]
+    assert history[-1]["end"] == "max epochs" and len(history) == 12
+    kept = json.loads(store.read_text(f"{store.locate(selected['checkpoint'])}/model.json"))["metrics"]
+    assert kept["epoch"] == best["epoch"]  # the kept checkpoint holds that epoch's model
+    assert not any(k.startswith("test_") for h in history for k in h)  # no epoch ever read the test split
+    assert selected["test"]["requests"] > 0 and selected["test_popularity"]["requests"] == selected["test"]["requests"]
+    popular = popularity(cfg, open_shards(cfg.shards_dir(), store), "valid")
+    assert best["valid_ndcg@10"] > 1.5 * popular["valid_ndcg@10"], (best["valid_ndcg@10"], popular)

@@ -41,7 +41,7 @@ def run(cfg: GenrecConfig, run_name: str | None = None, rebuild: bool = False, r
         print(f"nothing to train: {run_name} had finished its {cfg.train.epochs} epochs; pass --set "
               "finetune.epochs=N to train longer")
         return result
-    select_and_test(cfg, shards, run_name, result, task)
+    select_and_test(cfg, shards, run_name, task)
     return result
 
 

@@ -39,7 +39,7 @@ def run(cfg: GenrecConfig, run_name: str | None = None, rebuild: bool = False, r
               + (f" ({cfg.storage.store().uri(resume_from)})" if resume_from else "")
               + "; pass --set train.epochs=N to train longer")
         return result
-    select_and_test(cfg, shards, run_name, result)
+    select_and_test(cfg, shards, run_name)
     return result
 
 

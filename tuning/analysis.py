@@ -87,7 +87,9 @@ def load_experiment(path: str | Path) -> Experiment:
         error = (d / "error.txt").read_text().strip() if (d / "error.txt").is_file() else None
         status = "ok" if history and not error else "failed"
         want = params.get("epochs") or (params.get("base") or base or {}).get("train", {}).get("epochs")
-        if status == "ok" and want and history[-1].get("epoch", 0) < want and not history[-1].get("end"):
+        search = ((params.get("base") or base or {}).get("tune") or {}).get("search", "grid") != "grid"
+        if status == "ok" and want and history[-1].get("epoch", 0) < want and not history[-1].get("end") \
+                and not search:  # a search's scheduler (ASHA) stops trials early by design
             # Stopped with no error and not by early stopping or its budget (a killed driver): not a finished retrain.
             status, error = "incomplete", f"stopped after epoch {history[-1].get('epoch')} of {want}"
         select = selection_key(GenrecConfig.model_validate(params.get("base") or base).eval.select_metric)

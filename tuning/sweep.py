@@ -15,7 +15,7 @@ import time
 
 from genrec.cli import run_entrypoint
 from genrec.config import GenrecConfig, with_values
-from genrec.selection import selection_key
+from genrec.selection import BEST_SO_FAR, selection_key
 
 # The trial function only drives a TorchTrainer; Tune refuses an empty resource request.
 TRIAL_CPUS = 0.01
@@ -121,12 +121,13 @@ def write_winner(cfg: GenrecConfig, sweep: str, rows: list[dict], experiment: st
         from genrec.defaults import resolve as resolve_defaults
 
         winner_cfg = resolve_defaults(winner_cfg, shards, echo=lambda *_: None)
-    test = None
+    test = popular = None
     if shards is not None:
-        from genrec.holdout import figures, score_test
+        from genrec.holdout import figures, popularity, score_test
         from genrec.selection import TEST
 
         test = figures(score_test(cfg, shards, best["checkpoint"]), TEST)
+        popular = figures(popularity(cfg, shards, "eval"), TEST)
     manifest = {
         "sweep": sweep,
         "experiment": store.uri(experiment or experiment_dir(cfg, sweep)),
@@ -141,6 +142,7 @@ def write_winner(cfg: GenrecConfig, sweep: str, rows: list[dict], experiment: st
         "metrics": {k: best[k] for k in ("valid_mrr", "valid_hr@10", "valid_ndcg@10", "loss", "best_epoch")},
         "values": best.get("values"),  # a search's sampled hyper-parameters (None in a grid)
         "test": test,
+        "test_popularity": popular,  # the bar: titles ranked by training events, on the same test requests
         # Training cost of the winning trial. FLOPs: 6 x backbone parameters per processed event (forward +
         # backward of the transformer blocks), the standard dense estimate; attention and decoding excluded.
         "cost": {"wall_time_s": best["wall_time_s"], "events_processed": best["events_processed"],
@@ -240,9 +242,10 @@ def run(cfg: GenrecConfig, sweep: str | None = None, rebuild: bool = False, resu
     print_table([r | (r.get("values") or {}) for r in rows], TRIAL_COLUMNS[:6] + searched + TRIAL_COLUMNS[6:])
     manifest = write_winner(cfg, sweep, rows, experiment, shards)
     test = manifest["test"]
+    pop = manifest["test_popularity"]
     print(f"winner: {manifest['preset']} max_seq_len {manifest['max_seq_len']} ({key} {manifest['metrics'][key]:.4f};"
-          f" test, read once: ndcg@10 {test['ndcg@10']:.4f}, hr@10 {test['hr@10']:.4f}, mrr {test['mrr']:.4f}) -> "
-          f"{store.uri(cfg.winner_path())}")
+          f" test, read once: ndcg@10 {test['ndcg@10']:.4f}, hr@10 {test['hr@10']:.4f}, mrr {test['mrr']:.4f}; "
+          f"popularity {pop['ndcg@10']:.4f}, {pop['hr@10']:.4f}, {pop['mrr']:.4f}) -> {store.uri(cfg.winner_path())}")
     return manifest
 
 
@@ -284,7 +287,6 @@ def tune_config(cfg: GenrecConfig):
     t = cfg.tune
     if t.search == "grid":
         return ray.tune.TuneConfig(max_concurrent_trials=t.max_concurrent_trials)
-    key = selection_key(cfg.eval.select_metric)
     search_alg = None
     if t.search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
@@ -296,7 +298,8 @@ def tune_config(cfg: GenrecConfig):
 
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=t.epochs or cfg.train.epochs,
                                   grace_period=t.asha_grace_period, reduction_factor=t.asha_reduction_factor)
-    return ray.tune.TuneConfig(metric=key, mode="max", search_alg=search_alg, scheduler=scheduler,
+    # The searcher and ASHA read a trial's latest report: its best validation figure so far, not the epoch's own.
+    return ray.tune.TuneConfig(metric=BEST_SO_FAR, mode="max", search_alg=search_alg, scheduler=scheduler,
                                num_samples=t.num_samples, max_concurrent_trials=t.max_concurrent_trials)
 
 
