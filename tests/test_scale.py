@@ -99,7 +99,8 @@ def test_partitioned_build_writes_an_empty_split_as_the_in_memory_one_does(tmp_p
     events, items = _event_folder(tmp_path, ds, parts=2)
     after_all = int(ds.events.column("timestamp").to_numpy().max()) + 1  # no evaluation event
     ref = write_shards(ds, tmp_path / "ref", after_all, 2)
-    got = build_shards(events, items, tmp_path / "big", cutoff_ts=after_all, partitions=3, echo=lambda *_: None)
+    got = build_shards(events, items, tmp_path / "big", cutoff_ts=after_all, valid_quantile=None, partitions=3,
+                       echo=lambda *_: None)  # no validation window, as in the reference build
     assert got.manifest["counts"] == ref.manifest["counts"] and got.manifest["counts"]["eval_users"] == 0
     assert len(got.files("eval")) == 1 and pq.read_table(got.files("eval")[0]).schema.equals(
         pq.read_table(ref.files("eval")[0]).schema)
