@@ -8,6 +8,7 @@ same model the same way; the Ray side adds only distribution (Ray Data, DeepSpee
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -244,7 +245,5 @@ def torch_threads(cfg: GenrecConfig, workers_here: int | None = None) -> int:
     on one node unless `workers_here` says how many share it)."""
     if cfg.train.torch_threads != "auto":
         return int(cfg.train.torch_threads)
-    import os
-
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores // max(1, workers_here or cfg.train.workers))

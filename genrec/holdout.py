@@ -20,7 +20,8 @@ from genrec.selection import TEST, VALID, best_record, selection_key
 from genrec.shards import ShardSet
 from genrec.tasks import build_plan, evaluate_plan, model_scorer, plan_metrics
 from genrec.build import item_counts
-from genrec.train import local_checkpoint
+from genrec.runtime import print_table
+from genrec.train import CHECKPOINT_SPEC, checkpoint_folders, local_checkpoint
 
 SELECTED = "selected.json"  # in a run's folder: the kept epoch, its checkpoint, validation and test figures
 
@@ -80,9 +81,6 @@ def select_and_test(cfg: GenrecConfig, shards: ShardSet, run_name: str, task: st
     Train keeps the best two by the same figure and the latest, and a run resumed past a lost record of Ray's keeps
     its older folders too), then that checkpoint's one reading of the test split. Printed, and stored in the run's
     selected.json. `task`: choose on that task's figure (fine-tuning) instead of the primary task's."""
-    from genrec.runtime import print_table
-    from genrec.train import CHECKPOINT_SPEC, checkpoint_folders
-
     store = cfg.storage.store()
     key = selection_key(cfg.eval.select_metric, task)
     run_folder = store.path("runs", run_name)

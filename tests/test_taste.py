@@ -14,9 +14,15 @@ less in no less time), seeds 0, 1 and 2 all gave what the test asserts
 the others' (see the test's assertion messages).
 """
 
+import json
+
 import pytest
 
 from genrec.checkpoint import load_checkpoint
+from genrec.holdout import popularity
+from genrec.selection import best_record
+from genrec.shards import open_shards
+from genrec.train import read_history
 from genrec.cli import post_json, start_serve
 from genrec.probes import HOUR, NEW_ID_BASE, genre_fans, taste_probe
 from genrec.recommend import Ranker
@@ -91,13 +97,6 @@ def test_the_run_keeps_its_best_validation_epoch_and_beats_popularity(taste_serv
     were read once, after the choice, and its validation NDCG@10 beats popularity's on the same requests by 25% (a
     fresh clone's CI run measured 1.39x: 0.105 against 0.075; the masked ids cap what this small run learns).
     Checked to fail: keeping the last epoch instead (selected.json then names epoch 12, not the best one)."""
-    import json
-
-    from genrec.holdout import popularity
-    from genrec.selection import best_record
-    from genrec.shards import open_shards
-    from genrec.train import read_history
-
     cfg, _, _ = taste_served
     store = cfg.storage.store()
     selected = json.loads(store.read_text(store.path("runs", "taste", "selected.json")))
