@@ -196,15 +196,41 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def merge_runs(stored: list[dict]) -> dict:
+    """The per-dataset, per-model runs of several stored results, pooled; popularity (seedless) is kept once."""
+    pooled: dict[str, dict[str, list[dict]]] = {}
+    for runs in stored:
+        for name, models in runs.items():
+            for model, rs in models.items():
+                have = pooled.setdefault(name, {}).setdefault(model, [])
+                if model == "popularity" and have:
+                    continue
+                seen = {r.get("seed") for r in have}
+                if any(r.get("seed") in seen for r in rs):
+                    raise SystemExit(f"{name} {model}: seed {sorted(seen)} stored twice among the merged results")
+                have.extend(rs)
+    return pooled
+
+
 def main(argv=None) -> int:
     p = parser(__doc__)
     p.add_argument("--datasets", nargs="+", default=list(DATA), choices=list(DATA))
     p.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--table", default=None, help="print the table of a stored results JSON and exit")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="pool the runs of stored results (e.g. one invocation per seed, each running every model "
+                        "side by side) into one table and results JSON, then exit")
     a = p.parse_args(argv)
     if a.table:
         print(table(json.loads(Path(a.table).read_text())["results"]["rows"]))
+        return 0
+    if a.merge:
+        raw = merge_runs([json.loads(Path(f).read_text())["results"]["runs"] for f in a.merge])
+        rows = [row for name, runs in raw.items() for row in summarize(name, {
+            m: [{k: (np.asarray(v) if k == "ranks" else v) for k, v in r.items()} for r in rs] for m, rs in runs.items()})]
+        write("leaderboard", {"rows": rows, "runs": raw, "merged": [str(f) for f in a.merge]}, a.out)
+        print(table(rows))
         return 0
     from genrec.config import load_config
     from genrec.runtime import prepare_shards
@@ -226,7 +252,7 @@ def main(argv=None) -> int:
                     out = run_sasrec(data, seed)
                 else:
                     out = run_genrec(name, model, seed, data)
-                runs.setdefault(model, []).append(out)
+                runs.setdefault(model, []).append(out | {"seed": seed})
                 print(f"   test {metrics(out['ranks'])}"
                       + (f" (genrec's own evaluator: {out['genrec_test']['ndcg@10']:.4f} NDCG@10)"
                          if "genrec_test" in out else ""), flush=True)

@@ -23,8 +23,10 @@ def overhead(results: dict) -> str:
         wait = f"{r['input_wait_share']:.1%}" if "input_wait_share" in r else ""
         wall = f"{r['wall_s']:.0f} s" if "wall_s" in r else ""
         out.append(f"| {r['path']} | {r['events_per_s']:,.0f} | {r['loss_last']:.4f} | {wait} | {wall} |")
-    out.append(f"\ngenrec / plain: **{results['ratio']:.1%}** ({results.get('titles', '?')} titles, "
-               f"{results.get('decoding', '?')} softmax, epochs 2-{results['epochs']}, training time only)")
+    model = results.get("config", {}).get("model", {})
+    titles = f"{results['titles']:,} titles, " if "titles" in results else ""
+    out.append(f"\ngenrec / plain: **{results['ratio']:.1%}** ({titles}{results.get('decoding', model.get('decoding'))} "
+               f"decoding, epochs 2-{results['epochs']}, training time only)")
     return "\n".join(out)
 
 
