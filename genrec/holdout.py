@@ -26,14 +26,21 @@ from genrec.train import CHECKPOINT_SPEC, checkpoint_folders, local_checkpoint
 SELECTED = "selected.json"  # in a run's folder: the kept epoch, its checkpoint, validation and test figures
 
 
+def request_plan(cfg: GenrecConfig, shards: ShardSet, split: str):
+    """(the evaluation plan of `split`'s requests, the titles' training event counts). Cold titles are those with no
+    event in the shards' training rows, as for the trainer's validation."""
+    counts = item_counts(shards)
+    cold = counts == 0
+    cold[0] = False
+    return build_plan(shards, cfg.eval, cold, split=split), counts
+
+
 def score_test(cfg: GenrecConfig, shards: ShardSet, checkpoint: str, threads: int | None = None) -> dict:
     """test_<metric> figures of `checkpoint` (a folder or URI of the store) on the shards' test split."""
     if threads:
         torch.set_num_threads(threads)
     loaded = load_checkpoint(local_checkpoint(cfg, checkpoint))
-    cold = item_counts(shards) == 0  # as the trainer's validation: no event in the shards' training rows
-    cold[0] = False
-    plan = build_plan(shards, cfg.eval, cold, split="eval")
+    plan, _ = request_plan(cfg, shards, "eval")
     model = loaded.model.eval()
     with torch.no_grad():
         sums, _ = evaluate_plan(plan, model_scorer(model, model.item_matrix()), loaded.spec.max_seq_len,
@@ -44,10 +51,7 @@ def score_test(cfg: GenrecConfig, shards: ShardSet, checkpoint: str, threads: in
 def popularity(cfg: GenrecConfig, shards: ShardSet, split: str) -> dict:
     """The bar every table stands beside: titles ranked by their training events (the context's titles excluded, as
     for a model), on the same requests, tasks and metrics as a model. Figures named as `split`'s (valid_/test_)."""
-    counts = item_counts(shards)
-    cold = counts == 0
-    cold[0] = False
-    plan = build_plan(shards, cfg.eval, cold, split=split)
+    plan, counts = request_plan(cfg, shards, split)
     row = torch.from_numpy(counts.astype(np.float64))
 
     def score(_uses, batch):

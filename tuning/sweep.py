@@ -117,15 +117,13 @@ def write_winner(cfg: GenrecConfig, sweep: str, rows: list[dict], experiment: st
                            "\n".join(f"  {r['preset']}/len{r['max_seq_len']}: {r['error']}" for r in rows))
     winner_cfg = trial_config(cfg.model_dump(mode="json"), best["preset"], best["max_seq_len"], None, best["seed"],
                               best["window_shift_h"], best.get("values"))
-    if shards is not None:
-        from genrec.defaults import resolve as resolve_defaults
-
-        winner_cfg = resolve_defaults(winner_cfg, shards, echo=lambda *_: None)
     test = popular = None
     if shards is not None:
+        from genrec.defaults import resolve as resolve_defaults
         from genrec.holdout import figures, popularity, score_test
         from genrec.selection import TEST
 
+        winner_cfg = resolve_defaults(winner_cfg, shards, echo=lambda *_: None)
         test = figures(score_test(cfg, shards, best["checkpoint"]), TEST)
         popular = figures(popularity(cfg, shards, "eval"), TEST)
     manifest = {
