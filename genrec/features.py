@@ -4,7 +4,8 @@ A title is described by what exists the day it launches: its genres, its year, a
 The tower embeds these, so a title never seen in training still gets a representation from metadata.
 
 * genres: indices into a vocabulary fixed at training time (unknown genres of a later title are dropped);
-* year: 5-year buckets from 1900 (0 = unknown), falling back to the launch time's year;
+* year: 5-year buckets from 1900 (0 = unknown). Never taken from launch_ts: where a source has no release date,
+  launch_ts is the title's first event, which for a cold title lies after the training window;
 * text: word unigrams and bigrams of the title and text, hashed into `text_buckets` buckets with CRC32 (stable across
   processes and machines, unlike Python's `hash`); a title's year in parentheses is dropped, the year bucket has it;
 * dense: an optional precomputed text embedding column (`text_embedding`, e.g. from a sentence-embedding model, see
@@ -183,8 +184,6 @@ def item_features(items: pa.Table, vocab: FeatureVocab) -> ItemFeatures:
             items.column("text").to_pylist(), years, launch)):
         ids = [genre_ix[g] for g in (gs or []) if g in genre_ix][:MAX_GENRES]
         genres[i, :len(ids)] = ids
-        if y is None and lt is not None:
-            y = int(np.datetime64(int(lt), "s").astype("datetime64[Y]").astype(int) + 1970)
         year[i] = year_bucket(y)
         if lt is not None:
             launches[i] = int(lt)

@@ -163,11 +163,21 @@ def test_item_features_by_hand():
     assert vocab.genres == ("Action", "Romance", "Sci-Fi")
     f = item_features(CATALOGUE, vocab)
     assert f.genres[2, :2].tolist() == [3, 1] and f.genres[0].sum() == 0
-    # 5-year buckets from 1900: 1999 -> 20, 2001 -> 21, no year -> launch_ts 0 = 1970 -> 15, 1980 -> 17
-    assert f.year.tolist() == [0, 20, 21, 15, 17]
+    # 5-year buckets from 1900: 1999 -> 20, 2001 -> 21, no year -> unknown (0), 1980 -> 17
+    assert f.year.tolist() == [0, 20, 21, 0, 17]
     # "Space War (1999)": the year is dropped; space, war, "space war" -> 3 hashed n-grams, all shared with part II
     t1, t2 = set(f.tokens[1].tolist()) - {0}, set(f.tokens[2].tolist()) - {0}
     assert len(t1) == 3 and t1 < t2 and len(t2) == 5
+
+
+def test_a_yearless_title_takes_no_year_from_its_launch_time():
+    # Without a release date, launch_ts is the title's first event: for a cold title, after the training window.
+    # Its year bucket must not reveal when that event happened (it stays unknown, whatever launch_ts says).
+    later = CATALOGUE.set_column(CATALOGUE.schema.get_field_index("launch_ts"), "launch_ts",
+                                 pa.array([0, 0, 2_000_000_000, 0], pa.int64()))
+    vocab = build_vocab(CATALOGUE, text_buckets=64)
+    assert item_features(later, vocab).year.tolist() == item_features(CATALOGUE, vocab).year.tolist()
+    assert item_features(later, vocab).year[3] == 0
 
 
 def test_full_softmax_leaves_untrained_titles_out_of_the_partition():
