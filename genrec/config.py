@@ -25,6 +25,10 @@ class _Section(BaseModel):
 
 
 class StorageConfig(_Section):
+    # The defaults are validated too: an unresolved default root would be taken relative to a Tune trial's own
+    # working directory (see _absolute) and the demo's checkpoints would land under /tmp/ray.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
+
     # Shards, checkpoints, Tune results, winner manifests and catalogue updates all live under this root: a local
     # folder (relative paths are taken from the directory the command runs in: the repo root for `make demo` and
     # `ray job submit`) or a pyarrow.fs URI, e.g. s3://bucket/genrec (options as a query string:
@@ -596,7 +600,8 @@ class TrackingConfig(_Section):
 
 class GenrecConfig(_Section):
     name: str = "local"
-    storage: StorageConfig = StorageConfig()
+    # Built when a config is loaded, not at import: the default root resolves in the directory the command runs in.
+    storage: StorageConfig = Field(default_factory=StorageConfig)
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()

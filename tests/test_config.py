@@ -19,6 +19,9 @@ def test_storage_root_is_resolved_where_the_config_is_loaded(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     assert load_config(None, ["storage.root=runs"]).storage.root == str(tmp_path / "runs")
     assert load_config(None, ["storage.root=s3://bucket/genrec"]).storage.root == "s3://bucket/genrec"
+    # The built-in default too (`genrec pipeline --data DIR` with no config): unresolved, a Tune trial resolved it in
+    # its own working directory and the winner's checkpoint landed under /tmp/ray.
+    assert load_config(None).storage.root == str(tmp_path / "genrec-runs")
 
 
 @pytest.mark.parametrize("override, message", [
