@@ -34,7 +34,9 @@ VARIANTS = {
     "head-d/8": ("the projected head at d/8, the old default", ["model.projection_ratio=8"]),
     "sampled-64": ("sampled softmax with 64 uniform negatives instead of the full softmax",
                    ["model.decoding=sampled", "model.num_negatives=64"]),
+    "tied": ("one item table for input and output, as SASRec ties them", ["model.tie_embeddings=true"]),
     "no-semantic": ("no semantic item tower", ["model.semantic=false"]),
+    "semantic": ("the semantic item tower on (genres, year, title words)", ["model.semantic=true"]),
     "no-title-age": ("no title-age bias", ["model.title_age=false"]),
     "id-masking": ("collaborative-embedding masking at 10%", ["model.id_mask_rate=0.1"]),
     "transformer": ("the transformer block", ["model.block=transformer"]),
@@ -63,10 +65,14 @@ def main(argv=None) -> int:
     p.add_argument("--storage", default="benchmarks/work/ablation")
     a = p.parse_args(argv)
     rows, runs = [], {}
+    base_cfg = load_config(a.base, [])
     for name in a.variants:
         what, changes = VARIANTS[name]
         flags = [c for c in changes if "=" not in c]
         sets = [c for c in changes if "=" in c]
+        if name != "base" and not flags and load_config(a.base, sets) == base_cfg:
+            print(f"{name}: skipped, the base already has it ({' '.join(sets)})", flush=True)
+            continue
         figures = []
         for seed in a.seeds:
             cfg = load_config(a.base, [f"storage.root={a.storage}", f"train.seed={seed}", "train.patience=5",
