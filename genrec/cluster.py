@@ -265,7 +265,7 @@ USAGE = {
 
 def write(cfg: GenrecConfig, config_path: str, out_dir: str | Path) -> list[Path]:
     """Render every file into out_dir (each written atomically), with a header naming its source and use."""
-    from genrec.shards import atomic_write_bytes
+    from genrec.storage import atomic_write_bytes
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

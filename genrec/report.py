@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from genrec.shards import atomic_write_bytes
+from genrec.storage import atomic_write_bytes
 
 
 def _fmt(v, digits: int = 4) -> str:

@@ -35,7 +35,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -45,9 +44,7 @@ import pyarrow.parquet as pq
 
 from genrec.data.loaders import with_tag_text
 from genrec.data.schema import Dataset
-
-if TYPE_CHECKING:
-    from genrec.storage import Store
+from genrec.storage import Store, atomic_write_bytes, atomic_write_json, local_store, relative_inside
 
 SCHEMA_VERSION = 3  # 2: evaluation rows carry the history's utilities; 3: the time split has a validation window
 MANIFEST = "manifest.json"
@@ -61,7 +58,7 @@ class ShardError(RuntimeError):
 class ShardSet:
     root: Path | PurePosixPath  # a local folder, or (store set) the folder's path in the store's filesystem
     manifest: dict
-    store: "Store | None" = None  # None: the local disk
+    store: Store | None = None  # None: the local disk
 
     @property
     def fs(self) -> pafs.FileSystem:
@@ -106,13 +103,11 @@ def write_checksums(folder: str | Path, names: list[str], listing: str = CHECKSU
 
 
 def verify_checksums(folder: str | Path, error=ValueError, listing: str = CHECKSUMS,
-                     store: "Store | None" = None, hashes: bool = True) -> bool:
+                     store: Store | None = None, hashes: bool = True) -> bool:
     """Raise `error` naming the first file whose size or sha256 differs from `checksums.json` (or `listing`):
     truncated, bit-flipped or missing. False when the folder has no such listing (written before genrec kept it).
     `folder`: a path in `store`'s filesystem (default the local disk). hashes=False checks sizes only (no file is
     read: cheap on an object store, and enough to tell a write cut short)."""
-    from genrec.storage import local_store
-
     store = store or local_store()
     if not store.remote:
         folder = os.path.abspath(folder)  # pyarrow's local filesystem takes absolute paths only
@@ -124,16 +119,15 @@ def verify_checksums(folder: str | Path, error=ValueError, listing: str = CHECKS
     except ValueError:  # a listing cut short (a failed upload): the folder cannot be trusted
         raise error(f"{store.uri(listed_in)}: not readable JSON (written only in part)") from None
     for name, want in wanted.items():
+        relative_inside(name, store.uri(listed_in), error)
         _check_file(f"{folder}/{name}", want.get("bytes"), want["sha256"] if hashes else None, store.uri(listed_in),
                     error, store)
     return True
 
 
 def _check_file(path: Path, size: int | None, sha: str | None, listed_in: Path | str, error,
-                store: "Store | None" = None) -> None:
+                store: Store | None = None) -> None:
     """`path` (in `store`'s filesystem; default the local disk) against its listed size and sha256."""
-    from genrec.storage import local_store
-
     store = store or local_store()
     shown, have = store.uri(str(path)), store.size(str(path))
     if have is None:
@@ -142,25 +136,6 @@ def _check_file(path: Path, size: int | None, sha: str | None, listed_in: Path |
         raise error(f"{shown}: {have:,} bytes, {listed_in} says {size:,} (truncated or overwritten)")
     if sha is not None and store.sha256(str(path)) != sha:
         raise error(f"{shown}: its sha256 differs from the one in {listed_in} (corrupted)")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary sibling, fsync, then rename: readers see the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a failed write (disk full) leaves the old file and no debris
-        raise
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
 def resolve_cutoff(timestamps: np.ndarray, cutoff_ts: int | None, quantile: float | None) -> int | None:
@@ -453,7 +428,7 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def open_shards(root: str | Path, store: "Store | None" = None) -> ShardSet:
+def open_shards(root: str | Path, store: Store | None = None) -> ShardSet:
     """The shard set at `root`: a local folder, or (with a remote `store`) a folder in the store's filesystem.
     Every file's size is checked against the manifest (cheap enough for every worker that opens the set)."""
     if store is not None and not store.remote:
@@ -473,6 +448,8 @@ def open_shards(root: str | Path, store: "Store | None" = None) -> ShardSet:
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise ShardError(f"{shards.uri(mpath)}: schema_version {manifest.get('schema_version')!r}, this genrec reads "
                          f"{SCHEMA_VERSION}; rebuild the shards")
+    for f in manifest.get("files", []):  # a ShardError: data preparation rebuilds such a set from the source data
+        relative_inside(f.get("path", ""), shards.uri(mpath), ShardError)
     shards = ShardSet(root, manifest, store)
     _check_files(shards, sha=False)
     return shards

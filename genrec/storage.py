@@ -19,6 +19,7 @@ published under a fresh version folder and made visible by writing their manifes
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import uuid
@@ -33,6 +34,37 @@ from genrec.config import ConfigError
 class StorageError(ConfigError):
     """A storage root or a name in it that cannot be used (unreachable, refused, not in this store). A ConfigError:
     the entrypoints print it as one line."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary sibling, fsync, then rename: readers see the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write (disk full) leaves the old file and no debris
+        raise
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def relative_inside(name: str, origin: str, error: type[Exception] | None = None) -> str:
+    """`name` (a path a manifest or a listing gives, relative to its folder) if it stays inside that folder: not
+    absolute, no `..` part. Manifests are files anyone with write access to the store can edit; a path that climbs
+    out of its folder would have genrec read, hash or copy files elsewhere (into the local cache too). `error`
+    (default StorageError) naming `origin` (the manifest) otherwise."""
+    parts = str(name).replace("\\", "/").split("/")
+    if not name or str(name).startswith(("/", "~")) or ":" in parts[0] or ".." in parts:
+        raise (error or StorageError)(f"{origin}: lists {name!r}, which is not a path inside its folder (absolute, "
+                                      "or with '..'); refused. Rebuild or rewrite the file that lists it")
+    return str(name)
 
 
 def is_uri(root: str) -> bool:
@@ -96,7 +128,8 @@ class Store:
     def local(self, *parts: str) -> Path:
         """A local folder for `parts`: under the root when it is a local folder, else under the cache."""
         if self.remote:
-            return self.cache / "local" / self._cache_key / self.path(*parts).lstrip("/")
+            return (self.cache / "local" / self._cache_key
+                    / relative_inside(self.path(*parts).lstrip("/"), f"storage {self.root}"))
         return Path(self.path(*parts))
 
     # -- reading -------------------------------------------------------------------------------------------------
@@ -137,8 +170,6 @@ class Store:
     def write_bytes(self, path: str, data: bytes) -> None:
         """Atomically: readers see the old content or the new, never part of it (see the module docstring)."""
         if not self.remote:
-            from genrec.shards import atomic_write_bytes
-
             atomic_write_bytes(Path(path), data)
             return
         self.ensure_root()
@@ -158,8 +189,6 @@ class Store:
         self._root_ready = True
 
     def write_json(self, path: str, obj) -> None:
-        import json
-
         self.write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
     def delete_dir(self, path: str) -> None:
@@ -219,8 +248,8 @@ class Store:
         return self.download(path, self.fetch_dir(path), replace=fresh, only=only)
 
     def fetch_dir(self, path: str) -> Path:
-        """Where fetch() puts its copy of `path`."""
-        return self.cache / "fetched" / self._cache_key / path.lstrip("/")
+        """Where fetch() puts its copy of `path` (a path with `..` would land outside the cache: refused)."""
+        return self.cache / "fetched" / self._cache_key / relative_inside(path.lstrip("/"), f"storage {self.root}")
 
 
 def local_store() -> Store:

@@ -13,7 +13,8 @@ from genrec.checkpoint import CheckpointError, load_checkpoint, load_last_good
 from genrec.features import build_vocab
 from genrec.model import GenRec, ModelSpec
 from genrec.runtime import prepare_shards
-from genrec.shards import CHECKSUMS, ShardError, open_shards, verify_shards, write_checksums
+from genrec.shards import CHECKSUMS, ShardError, open_shards, verify_checksums, verify_shards, write_checksums
+from genrec.storage import StorageError, relative_inside, store
 from genrec.build import TRAIN_COUNT
 from genrec.train import CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS
 from tests.conftest import tiny_config
@@ -43,6 +44,38 @@ def test_truncated_or_flipped_shard_is_refused_and_rebuilt(tmp_path):
     assert any("unusable" in s and str(part) in s for s in said), said
     verify_shards(again)
     assert part.read_bytes() == good  # the same seeded source: the same bytes
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", "train/../../x", "~/x", "C:/x", ""])
+def test_a_path_that_leaves_its_folder_is_refused(name):
+    with pytest.raises(StorageError, match="manifest.json: lists .* not a path inside its folder"):
+        relative_inside(name, "manifest.json")
+
+
+def test_relative_paths_inside_the_folder_pass():
+    assert relative_inside("train/part-00000.parquet", "m") == "train/part-00000.parquet"
+    assert relative_inside("v1/a..b.parquet", "m") == "v1/a..b.parquet"  # dots inside a name are fine
+
+
+def test_manifests_and_listings_cannot_point_outside_their_folder(tmp_path):
+    # Manifests are files anyone with write access to the store can edit: a listed path that climbs out would have
+    # genrec read and hash files elsewhere, or copy them into a cache folder outside the cache.
+    secret = tmp_path / "secret.txt"
+    secret.write_text("x")
+    shards = prepare_shards(tiny_config(tmp_path / "cfg"), echo=lambda *_: None)
+    manifest = json.loads((shards.root / "manifest.json").read_text())
+    manifest["files"][0]["path"] = "../../../secret.txt"
+    (shards.root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ShardError, match="not a path inside its folder"):
+        open_shards(shards.root)
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / CHECKSUMS).write_text(json.dumps({"../secret.txt": {"bytes": 1, "sha256": "0" * 64}}))
+    with pytest.raises(CheckpointError, match="not a path inside its folder"):
+        verify_checksums(folder, CheckpointError)
+    remote = store(f"file://{tmp_path}/bucket", str(tmp_path / "cache"))
+    with pytest.raises(StorageError, match="not a path inside its folder"):
+        remote.fetch_dir("bucket/runs/../../../../outside")
 
 
 def _checkpoint(folder):

@@ -51,7 +51,8 @@ def run_trial(config: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from genrec.defaults import resolve as resolve_defaults
-    from genrec.shards import atomic_write_json, open_shards
+    from genrec.shards import open_shards
+    from genrec.storage import atomic_write_json
     from genrec.train import fit, history_path, topk_path
 
     cfg = trial_config(config["base"], config["preset"], config["max_seq_len"], config["epochs"], config["seed"],
