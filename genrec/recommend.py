@@ -78,9 +78,13 @@ class Ranker:
         self.title_at = [""] * size
         for i, t in zip(index.tolist(), items.column("title").to_pylist()):
             self.title_at[i] = t or ""
-        self.genres_at: list[list[str]] = [[] for _ in range(size)]
+        # Per genre, the indices of its titles (built once per catalogue): a request's genre filter then costs the
+        # size of the genres it names, not a Python loop over the whole catalogue.
+        members: dict[str, list[int]] = {}
         for i, g in zip(index.tolist(), items.column("genres").to_pylist()):
-            self.genres_at[i] = g or []
+            for name in set(g or ()):
+                members.setdefault(name, []).append(i)
+        self.titles_of_genre = {name: torch.tensor(ix, dtype=torch.long) for name, ix in members.items()}
         self.launch = torch.from_numpy(np.asarray(self.model.items.f_launch.cpu()))
         with torch.no_grad():  # the catalogue's output embeddings do not depend on the request: computed once
             self.item_matrix = self.model.item_matrix()
@@ -176,8 +180,11 @@ class Ranker:
             return None
         ok = torch.ones(len(self.title_at), dtype=torch.bool)
         if genres:
-            wanted = set(genres)
-            ok &= torch.tensor([bool(wanted.intersection(g)) for g in self.genres_at])
+            in_genre = torch.zeros_like(ok)
+            for name in set(genres):  # unknown genres select nothing
+                if name in self.titles_of_genre:
+                    in_genre[self.titles_of_genre[name]] = True
+            ok &= in_genre
         launch = self.launch[:len(ok)]
         known_launch = launch != torch.iinfo(torch.long).max
         if launched_after is not None:

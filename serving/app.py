@@ -23,6 +23,7 @@ import logging
 import os
 import time
 import weakref
+from typing import Annotated
 from collections import OrderedDict
 from pathlib import Path
 
@@ -30,7 +31,7 @@ import torch
 from fastapi import FastAPI, Header, HTTPException, Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from ray import serve
 
 from genrec.checkpoint import CheckpointError, load_last_good
@@ -75,6 +76,7 @@ async def invalid_request(request, exc: RequestValidationError):
 
 # Up to 10^11 s (year 5138): a larger value is almost surely milliseconds, and would age every title by millennia.
 MAX_TS = 10**11
+GenreName = Annotated[str, StringConstraints(max_length=100)]
 
 
 class Event(BaseModel):
@@ -97,7 +99,8 @@ class RecommendRequest(BaseModel):
     exclude_seen: bool = Field(True, description="leave titles already in the history out of the ranking")
     request_ts: int | None = Field(None, ge=0, le=MAX_TS, description="Unix seconds of the request (default: "
                                    "now); titles are scored by their age at that time")
-    genres: list[str] | None = Field(None, max_length=100, description="only titles with at least one of these")
+    # Bounded, as every request field an unauthenticated caller sets: at most 100 names of at most 100 characters.
+    genres: list[GenreName] | None = Field(None, max_length=100, description="only titles with at least one of these")
     launched_after: int | None = Field(None, ge=0, le=MAX_TS, description="only titles launched at or after this")
     launched_before: int | None = Field(None, ge=0, le=MAX_TS, description="only titles launched before this "
                                         "(availability window: with launched_after)")
@@ -145,7 +148,7 @@ class Title(BaseModel):
     model_config = ConfigDict(extra="forbid")
     item_id: int = Field(..., ge=0)
     title: str = Field("", max_length=1000)
-    genres: list[str] = Field(default_factory=list, max_length=32)
+    genres: list[GenreName] = Field(default_factory=list, max_length=32)
     year: int | None = Field(None, ge=0, le=3000)
     launch_ts: int | None = Field(None, ge=0, le=MAX_TS, description="Unix seconds of release (default: now)")
     text: str = Field("", max_length=20_000, description="free text: tags, keywords, a synopsis")

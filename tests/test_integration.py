@@ -208,9 +208,10 @@ def test_taste_probe_ranks_each_new_title_where_the_app_ranks_it(winner):
     result = taste_probe(ranker, when)
     assert [r["genre"] for r in result["genres"]] == list(fans) and result["new_titles"] == len(fans) >= 2
     trained = dict(zip(loaded.items.column("index").to_pylist(), loaded.items.column("train_count").to_pylist()))
+    genres_at = dict(zip(loaded.items.column("index").to_pylist(), loaded.items.column("genres").to_pylist()))
     rankings = []
     for genre, history in fans.items():  # a fan: that genre's most trained single-genre titles
-        assert all(ranker.genres_at[i] == [genre] and trained[i] > 0 for i in history)
+        assert all(genres_at[i] == [genre] and trained[i] > 0 for i in history)
         assert [trained[i] for i in history] == sorted((trained[i] for i in history), reverse=True)
         ts = [when - 48 * HOUR - (len(history) - 1 - j) * HOUR for j in range(len(history))]
         scores = ranker.scores(ranker.queries([ranker.window(Events(history, ts, [0] * len(history),
@@ -349,6 +350,9 @@ def test_serve_answers_http_and_survives_bad_requests(served):
         ("/recommend", {"user_id": 123456}, 404, "user_id"),
         ("/recommend", {"history": history, "model": "nope"}, 404, "model"),
         ("/recommend", {"history": history, "genres": "Drama"}, 422, "genres"),
+        # What one unauthenticated request may make the filter do is bounded: 100 names of 100 characters.
+        ("/recommend", {"history": history, "genres": ["Drama" * 1000]}, 422, "genres"),
+        ("/recommend", {"history": history, "genres": [f"g{i}" for i in range(101)]}, 422, "genres"),
         ("/users/5/events", {"events": []}, 422, "events"),
         ("/users/abc/events", {"events": history}, 422, "user_id"),
         ("/users/5/events", {"events": history[::-1]}, 422, "timestamp"),
@@ -459,7 +463,9 @@ def test_titles_added_live_are_ranked_at_once_and_survive_a_restart(served):
     assert body["items"][0]["score"] == pytest.approx(expected[0]["score"], abs=1e-5)
     # A genre filter keeps only that genre's titles.
     drama = post_json(f"{url}/recommend", {"history": history, "k": 100, "genres": ["Drama"]})[1]["items"]
-    assert drama and all("Drama" in local.genres_at[local.index_of[i["item_id"]]] for i in drama)
+    items = local.loaded.items
+    genres_of = dict(zip(items.column("item_id").to_pylist(), items.column("genres").to_pylist()))
+    assert drama and all("Drama" in genres_of[i["item_id"]] for i in drama)
     assert new["item_id"] in {i["item_id"] for i in drama}
     # The update is a file under storage: a restarted app has the title again.
     serve.delete("genrec")

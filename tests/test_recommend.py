@@ -56,6 +56,10 @@ def test_candidate_filters_by_genre_and_launch_window(ranker):
     assert ranker.candidates() is None
     assert ranker.candidates(genres=["Romance"]).tolist() == [False, False, False, True, True]
     assert ranker.candidates(genres=["Action", "Romance"]).tolist() == [False, False, True, True, True]
+    assert ranker.candidates(genres=["Western"]).tolist() == [False] * 5  # a genre no title has selects none
+    # The filter reads a per-genre index built with the catalogue, not every title's genres per request.
+    assert {g: ix.tolist() for g, ix in ranker.titles_of_genre.items()} == {
+        "Sci-Fi": [1, 2], "Action": [2], "Romance": [3, 4]}
     # launch times 100, 200, 300, unknown: an unknown launch is outside every window
     assert ranker.candidates(launched_after=150).tolist() == [False, False, True, True, False]
     assert ranker.candidates(launched_after=150, launched_before=300).tolist() == [False, False, True, False, False]
