@@ -79,6 +79,18 @@ MAX_TS = 10**11
 GenreName = Annotated[str, StringConstraints(max_length=100)]
 
 
+def check_time_order(field: str, timestamps: list[int | None]) -> None:
+    """Both routes that take events want them oldest first (the model reads them as a sequence): a 422 naming the
+    first event earlier than the one before it. Events without a timestamp are not compared."""
+    last = None
+    for i, t in enumerate(timestamps):
+        if t is None:
+            continue
+        if last is not None and t < last[1]:
+            raise HTTPException(422, f"{field}.{i}.timestamp: earlier than event {last[0]}; send events in time order")
+        last = (i, t)
+
+
 class Event(BaseModel):
     model_config = ConfigDict(extra="forbid")
     item_id: int = Field(..., description="catalogue id of the title")
@@ -349,6 +361,7 @@ class Recommender:
             if len(req.history) > self.s["max_history"]:
                 raise HTTPException(422, f"history: {len(req.history)} events, at most {self.s['max_history']} "
                                          "allowed (serve.max_history)")
+            check_time_order("history", [e.timestamp for e in req.history])
             ev, unknown = ranker.resolve([e.model_dump() for e in req.history])
             if not len(ev):
                 raise HTTPException(422, f"history: none of the item ids are in the catalogue (unknown: "
@@ -371,10 +384,7 @@ class Recommender:
         mid, ranker = await self.ranker(req.model)
         now = int(time.time())
         events = [{**e.model_dump(), "timestamp": now if e.timestamp is None else e.timestamp} for e in req.events]
-        for i in range(1, len(events)):
-            if events[i]["timestamp"] < events[i - 1]["timestamp"]:
-                raise HTTPException(422, f"events.{i}.timestamp: earlier than event {i - 1}; send events in time "
-                                         "order")
+        check_time_order("events", [e["timestamp"] for e in events])
         stored = await self.users.append.remote(user_id, events)
         if "error" in stored:
             raise HTTPException(422, stored["error"])

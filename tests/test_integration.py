@@ -356,6 +356,7 @@ def test_serve_answers_http_and_survives_bad_requests(served):
         ("/users/5/events", {"events": []}, 422, "events"),
         ("/users/abc/events", {"events": history}, 422, "user_id"),
         ("/users/5/events", {"events": history[::-1]}, 422, "timestamp"),
+        ("/recommend", {"history": history[::-1]}, 422, "history.1.timestamp"),  # the same rule on both routes
         ("/titles", {"titles": []}, 422, "titles"),
         ("/titles", {"titles": [{"item_id": 10**9, "year": "old"}]}, 422, "year"),
         ("/titles", {"titles": [{"item_id": 10**9}, {"item_id": 10**9}]}, 422, "titles"),

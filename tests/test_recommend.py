@@ -6,6 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from fastapi import HTTPException
 
 from genrec.checkpoint import load_checkpoint
 from genrec.features import build_vocab
@@ -14,6 +15,7 @@ from genrec.recommend import Events, Ranker, list_updates, titles_table, write_t
 from genrec.shards import write_checksums
 from genrec.build import TRAIN_COUNT
 from genrec.train import CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS
+from serving.app import check_time_order
 
 ITEMS = pa.table({
     "item_id": [10, 20, 30, 40], "title": ["Space War", "Space War II", "Love Boat", "Love Boat 2"],
@@ -95,3 +97,10 @@ def test_batched_queries_trim_padding_without_changing_the_answer(ranker):
     with torch.no_grad():  # the untrimmed forward over the whole max_seq_len window
         h = ranker.model.hidden(*long[0][:4], ts=long[0][4])
         assert torch.allclose(ranker.model.head(h[0, long[1] - 1]), together[1], atol=1e-5)
+
+
+def test_events_out_of_time_order_are_refused_by_name():
+    check_time_order("history", [5, None, 5, 9])  # equal times and missing ones pass
+    with pytest.raises(HTTPException) as e:
+        check_time_order("history", [5, None, 9, 7])
+    assert e.value.status_code == 422 and e.value.detail.startswith("history.3.timestamp: earlier than event 2")
