@@ -24,7 +24,7 @@ import os
 import time
 import weakref
 from typing import Annotated
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from pathlib import Path
 
 import torch
@@ -45,6 +45,7 @@ api = FastAPI(title="genrec", description="Next-title recommendations from a gen
 MAX_BODY_BYTES = [4 * 1024 * 1024]
 # Checkpoints one replica keeps loaded (serve.multiplexed takes a constant); the least recently used is unloaded.
 MAX_MODELS_PER_REPLICA = 4
+ERASURES_KEPT = 100_000  # forgotten users listed for replicas to drop; a replica further behind drops every state
 DEFAULT_MODEL = "winner"
 logger = logging.getLogger("ray.serve")
 
@@ -156,6 +157,11 @@ class UserEventsResponse(BaseModel):
     model: str
 
 
+class ForgetResponse(BaseModel):
+    user_id: int
+    events: int = Field(description="events that were stored for the user and are now deleted (0: none were)")
+
+
 class Title(BaseModel):
     model_config = ConfigDict(extra="forbid")
     item_id: int = Field(..., ge=0)
@@ -190,6 +196,11 @@ class UserEvents:
     def __init__(self, ttl_s: float, max_users: int, max_events: int):
         self.ttl_s, self.max_users, self.max_events = ttl_s, max_users, max_events
         self.users: OrderedDict[int, dict] = OrderedDict()  # least recently updated first
+        # Versions come from one clock and are never reused: a replica's state of a user who was forgotten and came
+        # back can never pass for the new one's.
+        self.clock = 0
+        self.erased: deque[tuple[int, int]] = deque(maxlen=ERASURES_KEPT)  # (erasure number, user id)
+        self.erasures = 0
 
     def _expire(self) -> None:
         old = time.time() - self.ttl_s
@@ -205,7 +216,8 @@ class UserEvents:
                              f"({last}); send events in time order"}
         prev = rec["version"]
         rec["events"] = (rec["events"] + events)[-self.max_events:]
-        rec["version"] = prev + len(events)
+        self.clock += 1
+        rec["version"] = self.clock
         rec["updated_at"] = time.time()
         self.users[user_id] = rec
         self.users.move_to_end(user_id)
@@ -213,6 +225,21 @@ class UserEvents:
             self.users.popitem(last=False)
         return {"prev_version": prev, "version": rec["version"], "stored": len(rec["events"]),
                 "updated_at": rec["updated_at"]}
+
+    def forget(self, user_id: int) -> int:
+        """Delete a user's events (the number deleted); replicas drop their cached states of the user as they learn
+        of it (erased_since)."""
+        rec = self.users.pop(user_id, None)
+        self.erasures += 1
+        self.erased.append((self.erasures, user_id))
+        return len(rec["events"]) if rec else 0
+
+    def erased_since(self, seen: int) -> tuple[int, list[int] | None]:
+        """(the latest erasure number, the users erased after erasure `seen`; None when some of those are no longer
+        listed: the caller then drops every cached state)."""
+        if self.erasures - seen > len(self.erased):
+            return self.erasures, None
+        return self.erasures, [u for n, u in self.erased if n > seen]
 
     def get(self, user_id: int, have_version: int = -1) -> dict | None:
         """The user's version and last update; the events too unless the caller already has that version."""
@@ -246,6 +273,7 @@ class Recommender:
         self.states: OrderedDict[tuple[int, str], UserState] = OrderedDict()
         self.batches = {"batches": 0, "requests": 0, "largest": 0}  # how well serve.batch groups requests
         self.degraded: dict[str, str] = {}  # checkpoint asked for -> why another of its run is served
+        self.erasures_seen, self.erasures_polled = 0, float("-inf")
 
     def reconfigure(self, config: dict) -> None:
         """A rollout: `genrec serve --update` or `serve deploy` with a new models map (the deployment's user_config).
@@ -278,7 +306,22 @@ class Recommender:
         if time.monotonic() - ranker.polled_at >= self.s["catalogue_poll_s"]:
             ranker.sync_titles(self.catalogue_dir, self.store)  # titles another replica added
             ranker.polled_at = time.monotonic()
+        if time.monotonic() - self.erasures_polled >= self.s["catalogue_poll_s"]:
+            await self.drop_erased()
         return mid, ranker
+
+    async def drop_erased(self) -> None:
+        """Drop the cached states of users another replica was asked to forget (DELETE /users/{id})."""
+        self.erasures_polled = time.monotonic()
+        self.erasures_seen, erased = await self.users.erased_since.remote(self.erasures_seen)
+        if erased is None:
+            self.states.clear()
+        for user_id in erased or ():
+            self.drop_states(user_id)
+
+    def drop_states(self, user_id: int) -> None:
+        for key in [k for k in self.states if k[0] == user_id]:
+            del self.states[key]
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def score_batch(self, jobs: list[tuple]) -> list[torch.Tensor]:
@@ -310,8 +353,8 @@ class Recommender:
     # -- auth and user state -------------------------------------------------------------------------------------
     def authorize(self, authorization: str | None) -> None:
         if self.token_sha256 is None:
-            raise HTTPException(403, f"this route changes state and no token is set: set the environment variable "
-                                     f"{self.s['token_env']} (or serve.token) where the app is deployed")
+            raise HTTPException(403, f"this route needs the serve token and none is set: set the environment "
+                                     f"variable {self.s['token_env']} (or serve.token) where the app is deployed")
         if not authorization or not authorization.startswith("Bearer "):
             raise HTTPException(401, "authorization: send the header 'Authorization: Bearer <token>'",
                                 headers={"WWW-Authenticate": "Bearer"})
@@ -331,6 +374,7 @@ class Recommender:
         state = self.states.get(key)
         info = await self.users.get.remote(user_id, state.version if state else -1)
         if info is None:
+            self.drop_states(user_id)  # expired or forgotten: nothing of the user stays here either
             raise HTTPException(404, f"user_id: {user_id} has no events here (or they expired after "
                                      f"serve.user_ttl_s); POST /users/{user_id}/events first, or send a history")
         if state is None or state.version != info["version"]:
@@ -351,7 +395,7 @@ class Recommender:
                 "degraded": [f"{path}: {why}" for path, why in self.degraded.items() if path in self.models.values()]}
 
     @api.post("/recommend", response_model=RecommendResponse)
-    async def recommend(self, req: RecommendRequest) -> RecommendResponse:
+    async def recommend(self, req: RecommendRequest, authorization: str | None = Header(None)) -> RecommendResponse:
         k = req.k or self.s["default_k"]
         if k > self.s["max_k"]:
             raise HTTPException(422, f"k: {k} is above the maximum of {self.s['max_k']} (serve.max_k)")
@@ -368,6 +412,9 @@ class Recommender:
                                          f"{unknown[:20]})")
             x, seen, kind = ranker.window(ev), set(ev.items), "history"
         else:
+            # A stored history is personal data: ranking by user id (which with exclude_seen on and off lists the
+            # user's titles) needs the token. A request that sends its own history stays open.
+            self.authorize(authorization)
             state, updated_at = await self.user_state(req.user_id, self.models[mid], ranker)
             x, seen, kind, unknown = state.query, state.seen, "cached", []
             age = max(0.0, time.time() - updated_at)
@@ -403,6 +450,16 @@ class Recommender:
             self.keep((user_id, path), nxt)
         return UserEventsResponse(user_id=user_id, events=stored["stored"], unknown_items=unknown,
                                   state=kind if nxt is not None else "none", model=mid)
+
+    @api.delete("/users/{user_id}", response_model=ForgetResponse)
+    async def forget_user(self, user_id: int = PathParam(..., ge=0),
+                          authorization: str | None = Header(None)) -> ForgetResponse:
+        """Forget a user (token): the stored events, and every replica's cached state of them (this one at once,
+        the others at their next request)."""
+        self.authorize(authorization)
+        deleted = await self.users.forget.remote(user_id)
+        self.drop_states(user_id)
+        return ForgetResponse(user_id=user_id, events=deleted)
 
     @api.post("/titles", response_model=TitlesResponse)
     async def add_titles(self, req: TitlesRequest, authorization: str | None = Header(None)) -> TitlesResponse:

@@ -260,8 +260,18 @@ def served(winner):
 
 
 def _get(url: str, headers: dict | None = None) -> tuple[int, dict]:
+    return _request(urllib.request.Request(url, headers=headers or {}))
+
+
+def _delete(url: str, token: str | None = None) -> tuple[int, dict]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return _request(urllib.request.Request(url, headers=headers, method="DELETE"))
+
+
+def _request(req: urllib.request.Request) -> tuple[int, dict]:
+    """(status, JSON body) of a request, error statuses included."""
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=30) as r:
+        with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"{}")
@@ -423,7 +433,7 @@ def test_cached_user_state_equals_a_full_recompute(served):
         states.append(body["state"])
     # The first post encodes the history; the next ones encode only their new events on top of the cache.
     assert states == ["recomputed", "incremental", "incremental"] and body["events"] == 12
-    cached = post_json(f"{url}/recommend", {"user_id": 4242, "k": 20, "request_ts": WHEN})[1]
+    cached = post_json(f"{url}/recommend", {"user_id": 4242, "k": 20, "request_ts": WHEN}, token=TOKEN)[1]
     full = post_json(f"{url}/recommend", {"history": history, "k": 20, "request_ts": WHEN})[1]
     assert cached["state"] == "cached" and 0 <= cached["state_age_s"] < 60
     assert [i["item_id"] for i in cached["items"]] == [i["item_id"] for i in full["items"]]
@@ -431,7 +441,23 @@ def test_cached_user_state_equals_a_full_recompute(served):
     # An event older than the stored ones is refused, and the state is unchanged.
     status, err = post_json(f"{url}/users/4242/events", {"events": [{**history[0], "timestamp": 1}]}, token=TOKEN)
     assert status == 422 and "timestamp" in json.dumps(err)
-    assert post_json(f"{url}/recommend", {"user_id": 4242, "k": 20, "request_ts": WHEN})[1]["items"] == cached["items"]
+    by_id = {"user_id": 4242, "k": 20, "request_ts": WHEN}
+    assert post_json(f"{url}/recommend", by_id, token=TOKEN)[1]["items"] == cached["items"]
+    # A stored history is personal data: without the token, neither read by id nor deleted.
+    for token in (None, "wrong-token-0123456789"):
+        assert post_json(f"{url}/recommend", by_id, token=token)[0] == 401
+        assert _delete(f"{url}/users/4242", token)[0] == 401
+    # Forgotten: the events and the replica's cached state; the user comes back as new, with none of the old history.
+    assert _delete(f"{url}/users/4242", TOKEN) == (200, {"user_id": 4242, "events": 12})
+    status, err = post_json(f"{url}/recommend", by_id, token=TOKEN)
+    assert status == 404 and "user_id" in err["detail"]
+    status, body = post_json(f"{url}/users/4242/events", {"events": history[9:]}, token=TOKEN)
+    assert status == 200 and body["events"] == 3 and body["state"] == "recomputed"
+    again = post_json(f"{url}/recommend", by_id, token=TOKEN)[1]
+    fresh = post_json(f"{url}/recommend", {"history": history[9:], "k": 20, "request_ts": WHEN})[1]
+    assert [i["item_id"] for i in again["items"]] == [i["item_id"] for i in fresh["items"]]
+    assert _delete(f"{url}/users/4242", TOKEN)[1]["events"] == 3
+    assert _delete(f"{url}/users/4242", TOKEN)[1]["events"] == 0  # nothing left to delete
 
 
 def test_titles_added_live_are_ranked_at_once_and_survive_a_restart(served):
