@@ -15,7 +15,7 @@ from genrec.recommend import Events, Ranker, list_updates, titles_table, write_t
 from genrec.shards import write_checksums
 from genrec.build import TRAIN_COUNT
 from genrec.train import CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS
-from serving.app import check_time_order
+from serving.app import UserEvents, check_time_order
 
 ITEMS = pa.table({
     "item_id": [10, 20, 30, 40], "title": ["Space War", "Space War II", "Love Boat", "Love Boat 2"],
@@ -104,3 +104,17 @@ def test_events_out_of_time_order_are_refused_by_name():
     with pytest.raises(HTTPException) as e:
         check_time_order("history", [5, None, 9, 7])
     assert e.value.status_code == 422 and e.value.detail.startswith("history.3.timestamp: earlier than event 2")
+
+
+def test_a_forgotten_user_who_returns_never_matches_an_old_cached_state():
+    users = UserEvents.func_or_class(3600.0, 100, 1000)
+    events = [{"item_id": 1, "timestamp": t} for t in range(5)]
+    first = users.append(7, events)["version"]
+    assert users.forget(7) == 5 and users.get(7) is None and users.forget(7) == 0
+    # Same number of events as before: a per-user count would give the same version, and another replica's cached
+    # state of the old history would pass for the new one.
+    assert users.append(7, events)["version"] != first
+    # Replicas learn whom to drop; one too far behind the kept list is told to drop everything.
+    assert users.erased_since(0) == (2, [7, 7]) and users.erased_since(2) == (2, [])
+    users.erased = type(users.erased)(list(users.erased)[-1:], maxlen=1)
+    assert users.erased_since(0) == (2, None)
