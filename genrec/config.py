@@ -758,5 +758,16 @@ def with_values(cfg: GenrecConfig, values: dict[str, Any]) -> GenrecConfig:
         raise ConfigError(_format_errors(exc, "search values " + ", ".join(f"{k}={v}" for k, v in values.items())))
 
 
+def without_secrets(cfg: GenrecConfig) -> GenrecConfig:
+    """`cfg` without the serve token, for everything that leaves the process that builds the Serve app: Tune's
+    param space and experiment state, Ray Train's loop config, checkpoints, the winner manifest and recipe, wandb.
+    (A pydantic SecretStr would not do: it pickles its value.)"""
+    if cfg.serve.token is None:
+        return cfg
+    out = cfg.model_copy(deep=True)
+    out.serve.token = None
+    return out
+
+
 def dump_config(cfg: GenrecConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -20,7 +20,7 @@ import torch
 
 from genrec.build import (build_run, count_windows, model_flops_per_token, num_negatives, optimizer_and_schedule,
                           torch_threads, train_window)
-from genrec.config import ConfigError, GenrecConfig
+from genrec.config import ConfigError, GenrecConfig, without_secrets
 from genrec.defaults import resolve as resolve_defaults
 from genrec.flops import mfu, peak_tflops
 from genrec.model import GenRec, ModelSpec, backbone_params, resolve_shape
@@ -726,6 +726,7 @@ def fit(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=None, rese
     did (check_run_name)."""
     import ray.train
 
+    cfg = without_secrets(cfg)  # the serve token reaches no worker, checkpoint or wandb run
     cfg = resolve_defaults(cfg, shards)  # "auto" values from the data (genrec.defaults); a no-op when resolved
     check_ingest_room(cfg, reserved_cpus)
     if recover and resume_from is None:  # a sweep trial that Tune restores goes on here, past an unusable record

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from genrec.config import ConfigError, load_config
+from genrec.config import ConfigError, dump_config, load_config, without_secrets
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -44,3 +44,11 @@ def test_window_shifts_need_a_time_split():
     with pytest.raises(ConfigError, match="need data.split: time"):
         load_config(None, ["data.split=leave_one_out", "tune.window_shifts_h=[0,48]"])
     assert load_config(None, ["data.split=leave_one_out"]).train.window_shift_h == 0
+
+
+def test_without_secrets_drops_the_serve_token_and_leaves_the_original():
+    cfg = load_config(None, ["serve.token=a-secret-token-0123456789"])
+    public = without_secrets(cfg)
+    assert public.serve.token is None and "a-secret-token" not in dump_config(public)
+    assert cfg.serve.token == "a-secret-token-0123456789"  # the process that builds the Serve app keeps it
+    assert public.model_dump(exclude={"serve"}) == cfg.model_dump(exclude={"serve"})

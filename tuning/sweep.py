@@ -14,7 +14,7 @@ import sys
 import time
 
 from genrec.cli import run_entrypoint
-from genrec.config import GenrecConfig, with_values
+from genrec.config import GenrecConfig, with_values, without_secrets
 from genrec.selection import BEST_SO_FAR, selection_key
 
 # The trial function only drives a TorchTrainer; Tune refuses an empty resource request.
@@ -105,6 +105,7 @@ def write_winner(cfg: GenrecConfig, sweep: str, rows: list[dict], experiment: st
                  shards=None) -> dict:
     """`experiment`: the Tune folder the rows come from, in the storage's filesystem (default: the sweep's under
     storage.root/tune). With `shards`, the winner (chosen on validation) is scored on their test split, once."""
+    cfg = without_secrets(cfg)  # the manifest and the recipe beside it are files anyone with the storage reads
     store = cfg.storage.store()
     for r in rows:  # Tune names checkpoints by their path in the storage's filesystem: the manifest by their URI
         if isinstance(r.get("checkpoint"), str) and r["checkpoint"]:
@@ -187,6 +188,7 @@ def run(cfg: GenrecConfig, sweep: str | None = None, rebuild: bool = False, resu
 
     from genrec.runtime import init_ray, prepare_shards, print_table
 
+    cfg = without_secrets(cfg)  # the serve token reaches no trial, experiment state, manifest or recipe
     shards = prepare_shards(cfg, rebuild=rebuild)
     init_ray(cfg)
     store = cfg.storage.store()
