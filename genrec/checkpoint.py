@@ -91,15 +91,24 @@ def read_spec(path: str | Path) -> ModelSpec:
         raise CheckpointError(f"{f}: not a spec this genrec can build ({exc}); retrain") from None
 
 
-def load_checkpoint(path: str | Path, device: str = "cpu") -> LoadedModel:
+UNVERIFIED_HINT = ("if you trust it (a checkpoint of a genrec before checksums were kept), pass "
+                   "--set storage.allow_unverified_checkpoints=true")
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu", allow_unverified: bool = False) -> LoadedModel:
+    """The model, spec and catalogue of a checkpoint folder, its files checked against checksums.json first (a
+    folder without one is refused unless allow_unverified)."""
     path = Path(path)
     for name in (CHECKPOINT_WEIGHTS, CHECKPOINT_SPEC, CHECKPOINT_ITEMS):
         if not (path / name).is_file():
             raise CheckpointError(f"{path / name}: missing; is {path} a genrec checkpoint folder?")
     try:
-        verify_checksums(path, CheckpointError)
+        verified = verify_checksums(path, CheckpointError)
     except CheckpointError as exc:
         raise CheckpointError(f"{exc}; serve another checkpoint of the run (checkpoint=PATH) or retrain") from None
+    if not verified and not allow_unverified:
+        raise CheckpointError(f"{path / CHECKSUMS}: missing, so nothing shows the checkpoint is as genrec wrote it; "
+                              f"refused. {UNVERIFIED_HINT[0].upper()}{UNVERIFIED_HINT[1:]}")
     info = json.loads((path / CHECKPOINT_SPEC).read_text())
     try:
         spec = ModelSpec.from_dict(info["spec"])
@@ -115,7 +124,8 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> LoadedModel:
     return loaded
 
 
-def load_last_good(path: str | Path, device: str = "cpu", store=None) -> tuple[LoadedModel, str | None]:
+def load_last_good(path: str | Path, device: str = "cpu", store=None,
+                   allow_unverified: bool = False) -> tuple[LoadedModel, str | None]:
     """Load the checkpoint at `path`; when it is corrupt or incomplete, the newest other checkpoint of the same run
     that passes its checks (Ray Train keeps the best two and the latest in the run folder). Returns the model and,
     when it is not the one asked for, why (the file at fault and the checkpoint served instead), for the caller to
@@ -132,10 +142,10 @@ def load_last_good(path: str | Path, device: str = "cpu", store=None) -> tuple[L
             located = store.locate(path)
         except StorageError as exc:
             raise CheckpointError(str(exc)) from None
-        return _load_last_good_remote(store, located, device)
+        return _load_last_good_remote(store, located, device, allow_unverified)
     path = Path(path)
     try:
-        return load_checkpoint(path, device), None
+        return load_checkpoint(path, device, allow_unverified), None
     except CheckpointError as exc:
         error = exc
     from genrec.storage import local_store
@@ -145,7 +155,8 @@ def load_last_good(path: str | Path, device: str = "cpu", store=None) -> tuple[L
         if other == asked:
             continue
         try:
-            return load_checkpoint(other, device), f"{error}; serving {Path(other).name} of the same run instead"
+            return (load_checkpoint(other, device, allow_unverified),
+                    f"{error}; serving {Path(other).name} of the same run instead")
         except CheckpointError:
             continue
     raise error
@@ -172,18 +183,19 @@ def fetch_checkpoint(store, path: str, use):
         raise CheckpointError(str(exc).replace(str(store.fetch_dir(path)), store.uri(path))) from None
 
 
-def _fetch_and_load(store, path: str, device: str) -> LoadedModel:
-    return fetch_checkpoint(store, path, lambda local: load_checkpoint(local, device))
+def _fetch_and_load(store, path: str, device: str, allow_unverified: bool) -> LoadedModel:
+    return fetch_checkpoint(store, path, lambda local: load_checkpoint(local, device, allow_unverified))
 
 
-def _load_last_good_remote(store, path: str, device: str) -> tuple[LoadedModel, str | None]:
+def _load_last_good_remote(store, path: str, device: str,
+                           allow_unverified: bool) -> tuple[LoadedModel, str | None]:
     try:
-        return _fetch_and_load(store, path, device), None
+        return _fetch_and_load(store, path, device, allow_unverified), None
     except CheckpointError as exc:
         error = exc
     for other in (f for f in checkpoint_folders(store, path.rsplit("/", 1)[0]) if f != path):
         try:
-            return (_fetch_and_load(store, other, device),
+            return (_fetch_and_load(store, other, device, allow_unverified),
                     f"{error}; serving {other.rsplit('/', 1)[-1]} of the same run instead")
         except CheckpointError:
             continue

@@ -37,6 +37,9 @@ class StorageConfig(_Section):
     # Local folder for copies of a URI root's artefacts (checkpoints being served, sweep results being analysed)
     # and wandb's offline runs; default ~/.cache/genrec (or $GENREC_CACHE).
     cache: str | None = None
+    # A checkpoint without its checksums (checksums.json, resume_checksums) is refused: nothing shows it is what
+    # genrec wrote. True accepts one (a checkpoint of a genrec before checksums were kept, from storage you trust).
+    allow_unverified_checkpoints: bool = False
 
     @field_validator("root")
     @classmethod

@@ -39,7 +39,8 @@ def score_test(cfg: GenrecConfig, shards: ShardSet, checkpoint: str, threads: in
     """test_<metric> figures of `checkpoint` (a folder or URI of the store) on the shards' test split."""
     if threads:
         torch.set_num_threads(threads)
-    loaded = load_checkpoint(local_checkpoint(cfg, checkpoint))
+    loaded = load_checkpoint(local_checkpoint(cfg, checkpoint),
+                             allow_unverified=cfg.storage.allow_unverified_checkpoints)
     plan, _ = request_plan(cfg, shards, "eval")
     model = loaded.model.eval()
     with torch.no_grad():

@@ -140,13 +140,14 @@ def resume_point(cfg: GenrecConfig, run_name: str, required: bool = False) -> st
         try:
             state = read_trainer_state(f"{folder}/{name}", store)
             verify_resumable(f"{folder}/{name}", state, ranks=_ranks_read(state, cfg.train.workers), store=store,
-                             hashes=not store.remote)
+                             hashes=not store.remote, allow_unverified=cfg.storage.allow_unverified_checkpoints)
             return None
         except CheckpointError as exc:
             unusable = f"the checkpoint Ray Train's record names last is not whole ({exc})"
     elif not unusable and not required and not checkpoint_folders(store, folder):
         return None  # a new run
-    found, state, passed_over = last_resumable(store, folder, hashes=not store.remote, workers=cfg.train.workers)
+    found, state, passed_over = last_resumable(store, folder, hashes=not store.remote, workers=cfg.train.workers,
+                                               allow_unverified=cfg.storage.allow_unverified_checkpoints)
     if found is None:
         why = f" ({unusable})" if unusable else ""
         if passed_over:
@@ -186,12 +187,12 @@ def read_trainer_state(folder: str, store=None) -> dict:
 
 
 def verify_resumable(folder: str, state: dict, ranks=None, weights: bool = True, store=None,
-                     hashes: bool = True) -> None:
+                     hashes: bool = True, allow_unverified: bool = False) -> None:
     """CheckpointError naming the first file a resume would read that is not as it was written (truncated by an
     upload cut short, bit-flipped, missing): each rank's DeepSpeed and RNG state (`ranks`; default every rank of the
-    run that wrote it) and, with `weights`, the consolidated weights (read on another worker count). Checkpoints
-    written before genrec kept these checksums are taken as they are."""
-    from genrec.checkpoint import CheckpointError
+    run that wrote it) and, with `weights`, the consolidated weights (read on another worker count). A checkpoint
+    written before genrec kept these checksums is refused unless allow_unverified (nothing shows it is as written)."""
+    from genrec.checkpoint import UNVERIFIED_HINT, CheckpointError
     from genrec.shards import verify_checksums
     from genrec.storage import local_store
 
@@ -200,7 +201,10 @@ def verify_resumable(folder: str, state: dict, ranks=None, weights: bool = True,
             and state.get("resume_checksums"):  # written by this genrec: its checksums.json must be there
         raise CheckpointError(f"{store.uri(folder + '/' + CHECKSUMS)}: missing (the checkpoint was not written whole)")
     if not state.get("resume_checksums"):
-        return
+        if allow_unverified:
+            return
+        raise CheckpointError(f"{store.uri(folder)}: its resume state has no checksums, so nothing shows it is as "
+                              f"genrec wrote it; refused. {UNVERIFIED_HINT[0].upper()}{UNVERIFIED_HINT[1:]}")
     resume = f"{folder}/{RESUME_DIR}"
     for r in range(state["world"]) if ranks is None else ranks:
         listing = RESUME_CHECKSUMS.format(rank=r)
@@ -209,8 +213,8 @@ def verify_resumable(folder: str, state: dict, ranks=None, weights: bool = True,
                                   "was not written whole)")
 
 
-def last_resumable(store, run_folder: str, hashes: bool = True,
-                   workers: int | None = None) -> tuple[str | None, dict | None, str | None]:
+def last_resumable(store, run_folder: str, hashes: bool = True, workers: int | None = None,
+                   allow_unverified: bool = False) -> tuple[str | None, dict | None, str | None]:
     """The newest checkpoint folder of a run that a resume can go on from (every file it would read checked;
     hashes=False: sizes only; `workers`: the worker count it resumes on, default the checkpoint's own), its trainer
     state, and why the newest folder was passed over if it was (None, None, why: none is)."""
@@ -220,7 +224,8 @@ def last_resumable(store, run_folder: str, hashes: bool = True,
     for folder in checkpoint_folders(store, run_folder):
         try:
             state = read_trainer_state(folder, store)
-            verify_resumable(folder, state, ranks=_ranks_read(state, workers), store=store, hashes=hashes)
+            verify_resumable(folder, state, ranks=_ranks_read(state, workers), store=store, hashes=hashes,
+                             allow_unverified=allow_unverified)
             return folder, state, passed_over
         except CheckpointError as exc:
             passed_over = passed_over or str(exc)
@@ -255,7 +260,8 @@ def failure_message(cfg: GenrecConfig, run_name: str, exc: Exception, resume_hin
     store = cfg.storage.store()
     # Sizes only: a full disk cuts files short, and naming the checkpoint must not read gigabytes back.
     try:
-        found, state, _ = last_resumable(store, store.path("runs", run_name), hashes=False)
+        found, state, _ = last_resumable(store, store.path("runs", run_name), hashes=False,
+                                         allow_unverified=cfg.storage.allow_unverified_checkpoints)
     except Exception as scan:  # the store itself failing: say so, keep the run's own cause first
         return f"training run {run_name} failed: {failure_cause(exc)}; its checkpoints could not be listed ({scan})"
     if found is None:
@@ -403,8 +409,46 @@ def make_engine(cfg: GenrecConfig, model: GenRec, optimizer, scheduler, on_gpu: 
         skip_shm_comm_op()
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=deepspeed_config(cfg, on_gpu))
+    engine.checkpoint_engine = weights_only_checkpoint_engine(engine.checkpoint_engine)
     if cfg.train.compile:
         engine.compile()
+    return engine
+
+
+def deepspeed_safe_globals() -> list:
+    """The non-tensor types DeepSpeed's checkpoints hold (ZeRO 0-3, fp32/bf16/fp16), allowed when they are loaded."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def weights_only_checkpoint_engine(engine):
+    """DeepSpeed's checkpoint engine, loading with weights_only=True: tensors, containers and the few DeepSpeed
+    types its checkpoints hold (deepspeed_safe_globals). Its own TorchCheckpointEngine unpickles anything
+    (weights_only=False), and checksums prove integrity, not origin: whoever can write a resume file in the storage
+    (and its checksums beside it) could run code in every trainer. A file that needs another type is refused,
+    naming the file and the type. Saving is DeepSpeed's own."""
+    import pickle
+
+    from genrec.checkpoint import CheckpointError
+
+    allowed = deepspeed_safe_globals()
+
+    class WeightsOnlyCheckpointEngine(type(engine)):
+        def load(self, path: str, map_location=None):
+            try:
+                with torch.serialization.safe_globals(allowed):
+                    return torch.load(path, map_location=map_location, weights_only=True)
+            except pickle.UnpicklingError as exc:
+                why = next((line.strip() for line in str(exc).splitlines() if "Unsupported global" in line),
+                           str(exc).splitlines()[0])
+                raise CheckpointError(f"{path}: resume state that is not only tensors and DeepSpeed's checkpoint "
+                                      f"types ({why}); refused, not unpickled. Resume from a checkpoint genrec "
+                                      "wrote, or start a new run") from None
+
+    engine.__class__ = WeightsOnlyCheckpointEngine  # the same engine (its config, its save), another load
     return engine
 
 
@@ -479,7 +523,8 @@ def train_func(config: dict) -> None:
         # What this rank is about to load must be as it was written (not bit-flipped or cut short): refused,
         # naming the file, rather than trained on.
         same = state["world"] == world
-        verify_resumable(str(resume_from), state, ranks=[rank] if same else [], weights=not same)
+        verify_resumable(str(resume_from), state, ranks=[rank] if same else [], weights=not same,
+                         allow_unverified=cfg.storage.allow_unverified_checkpoints)
         saved = ModelSpec.from_dict(json.loads(Path(resume_from, CHECKPOINT_SPEC).read_text())["spec"])
         if diff := [f for f in ARCHITECTURE if getattr(saved, f) != getattr(spec, f)]:
             raise ConfigError(f"{resume_from}: the run being resumed built another model ({', '.join(diff)} differ); "

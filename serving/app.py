@@ -285,7 +285,8 @@ class Recommender:
     @serve.multiplexed(max_num_models_per_replica=MAX_MODELS_PER_REPLICA)
     async def load_ranker(self, path: str) -> Ranker:
         """Keyed by checkpoint folder, so a rollout that points `winner` at a new checkpoint loads the new one."""
-        loaded, degraded = load_last_good(path, store=self.store)
+        loaded, degraded = load_last_good(path, store=self.store,
+                                          allow_unverified=self.s["allow_unverified_checkpoints"])
         if degraded:  # a corrupt checkpoint: serve the run's last good one, and say so in /healthz and the logs
             logger.warning("model %s: %s", path, degraded)
             self.degraded[path] = degraded
@@ -509,7 +510,8 @@ def build(cfg: GenrecConfig, checkpoint: str | None = None):
     token = os.environ.get(s.token_env) or s.token
     settings = {k: getattr(s, k) for k in ("default_k", "max_k", "max_history", "max_body_bytes", "batch_max_size",
                                            "batch_wait_s", "state_cache_users", "catalogue_poll_s", "token_env")}
-    settings.update(storage_root=cfg.storage.root, storage_cache=cfg.storage.cache)
+    settings.update(storage_root=cfg.storage.root, storage_cache=cfg.storage.cache,
+                    allow_unverified_checkpoints=cfg.storage.allow_unverified_checkpoints)
     users = UserEvents.bind(s.user_ttl_s, s.max_users, s.max_history)
     return Recommender.options(
         **s.deployment_options(), user_config={"models": served_models(cfg, checkpoint), "default": DEFAULT_MODEL},

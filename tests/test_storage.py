@@ -3,11 +3,15 @@ refused with an error naming it. The faults are real bytes changed on disk. (Che
 removed from open_shards the truncated shard opens; without verify_checksums the flipped checkpoint loads.)"""
 
 import json
+import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+from deepspeed.runtime.fp16.loss_scaler import LossScaler
+from deepspeed.runtime.zero.config import ZeroStageEnum
 
 from genrec.checkpoint import CheckpointError, load_checkpoint, load_last_good
 from genrec.features import build_vocab
@@ -16,7 +20,8 @@ from genrec.runtime import prepare_shards
 from genrec.shards import CHECKSUMS, ShardError, open_shards, verify_checksums, verify_shards, write_checksums
 from genrec.storage import StorageError, relative_inside, store
 from genrec.build import TRAIN_COUNT
-from genrec.train import CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS
+from genrec.train import (CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS, verify_resumable,
+                          weights_only_checkpoint_engine)
 from tests.conftest import tiny_config
 
 
@@ -110,6 +115,24 @@ def test_flipped_or_truncated_checkpoint_is_refused(tmp_path):
     assert load_checkpoint(ckpt).spec.num_items == 3  # restored bytes: usable again
 
 
+def test_a_checkpoint_without_checksums_is_refused_unless_allowed(tmp_path):
+    # Serving weights, and resume state: without their checksums nothing shows they are what genrec wrote.
+    ckpt = tmp_path / "checkpoint"
+    _checkpoint(ckpt)
+    (ckpt / CHECKSUMS).unlink()
+    with pytest.raises(CheckpointError, match=f"{ckpt / CHECKSUMS}: missing, .* refused. If you trust it .*"
+                                              "storage.allow_unverified_checkpoints=true"):
+        load_checkpoint(ckpt)
+    with pytest.raises(CheckpointError, match="checksums.json: missing"):
+        load_last_good(ckpt)
+    assert load_checkpoint(ckpt, allow_unverified=True).spec.num_items == 3
+    assert load_last_good(ckpt, allow_unverified=True)[1] is None
+    state = {"world": 1, "epoch": 1}  # the trainer state of a genrec before resume checksums were kept
+    with pytest.raises(CheckpointError, match="resume state has no checksums, .* refused"):
+        verify_resumable(str(ckpt), state)
+    verify_resumable(str(ckpt), state, allow_unverified=True)
+
+
 def test_a_corrupt_checkpoint_falls_back_to_the_last_good_one_of_its_run(tmp_path):
     older, newer = tmp_path / "checkpoint_2026-11-26_01-00-00.000000", tmp_path / "checkpoint_2026-11-26_02-00-00.0"
     _checkpoint(older)
@@ -137,3 +160,31 @@ def test_a_title_added_without_launch_time_launches_now(tmp_path):
     launch = loaded.items.column("launch_ts").to_pylist()
     assert launch[3] == 123 and before <= launch[4] <= int(time.time())
     assert loaded.model.items.f_launch[5] == launch[4]  # the model's catalogue has it: scored as a new title
+
+
+class _RunsCode:
+    """What a rewritten resume file could hold: unpickling it calls os.mkdir (any callable would do)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+def test_resume_state_is_loaded_without_unpickling_code(tmp_path):
+    # DeepSpeed's own checkpoint engine loads with weights_only=False: a resume file anyone with write access to the
+    # storage rewrites (checksums and all) runs code in every trainer. The trainer's engine loads tensors and
+    # DeepSpeed's few checkpoint types only, and refuses the rest without running it.
+    engine = weights_only_checkpoint_engine(TorchCheckpointEngine(None))
+    good = {"module": {"w": torch.ones(2)}, "loss_scaler": LossScaler(1.0), "stage": ZeroStageEnum.weights}
+    torch.save(good, tmp_path / "good.pt")
+    loaded = engine.load(str(tmp_path / "good.pt"))
+    assert torch.equal(loaded["module"]["w"], torch.ones(2)) and loaded["stage"] == ZeroStageEnum.weights
+    evil = tmp_path / "optim_states.pt"
+    torch.save({"w": torch.ones(2), "x": _RunsCode(str(tmp_path / "ran"))}, evil)
+    with pytest.raises(CheckpointError, match="optim_states.pt: resume state .* refused, not unpickled"):
+        engine.load(str(evil))
+    assert not (tmp_path / "ran").exists()
+    TorchCheckpointEngine(None).load(str(evil))  # what DeepSpeed's own engine does with it
+    assert (tmp_path / "ran").is_dir()
