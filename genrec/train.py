@@ -415,6 +415,14 @@ def make_engine(cfg: GenrecConfig, model: GenRec, optimizer, scheduler, on_gpu: 
     return engine
 
 
+def param_share(module: torch.nn.Module) -> float:
+    """The share of a module's parameter elements held on this rank: DeepSpeed ZeRO-3 keeps each rank's partition in
+    `ds_tensor` and the whole size in `ds_numel`; unpartitioned parameters are held whole."""
+    params = list(module.parameters())
+    held = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in params)
+    return held / max(1, sum(getattr(p, "ds_numel", p.numel()) for p in params))
+
+
 def deepspeed_safe_globals() -> list:
     """The non-tensor types DeepSpeed's checkpoints hold (ZeRO 0-3, fp32/bf16/fp16), allowed when they are loaded."""
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
@@ -633,6 +641,10 @@ def train_func(config: dict) -> None:
             "seed": cfg.train.seed,
             "window_shift_h": cfg.train.window_shift_h,
             "restarts": restarts,
+            # What DeepSpeed really runs (a silent downgrade of the configured stage would show here): its ZeRO
+            # stage, and the share of the parameters this rank holds (1/workers under ZeRO-3, 1 below it).
+            "zero_stage": engine.zero_optimization_stage(),
+            "param_share_per_rank": param_share(engine.module),
             **valid_metrics,
         }
         history.append(metrics)  # every rank: the selection figures are all-reduced, so they agree on stopping

@@ -216,6 +216,9 @@ def test_pretrain_job_two_workers_zero3_survives_a_killed_worker(job_config, kil
         assert h["mfu"] == pytest.approx(h["model_tflops_per_s"] / (0.5 * 2))  # 2 workers of 0.5 TFLOP/s
         assert 0 <= h["input_wait_s"] < h["epoch_time_s"]  # time blocked on Ray Data for the next batch
         assert h["input_wait_share"] == pytest.approx(h["input_wait_s"] / h["epoch_time_s"])
+        # The config asks for ZeRO-3 (train.zero_stage=3, set by this test): DeepSpeed runs it, each of the 2 ranks
+        # holding about half of the parameters (partitions are padded to the ranks), not a silent stage 0-2.
+        assert h["zero_stage"] == 3 and 0.45 <= h["param_share_per_rank"] <= 0.6, h
     # wandb wrote an offline run beside the results
     assert list(cfg.storage.path("wandb").rglob("offline-run-*"))
     # The checkpoint under storage loads with plain torch (no DeepSpeed) and ranks the whole catalogue.
