@@ -9,8 +9,14 @@ committed and checked against the validators Ray itself runs:
     rayjob-sweep.yaml     KubeRay RayJob: the Tune sweep
     serve-config.yaml     the Serve config of the winner (what `serve build` writes, what `serve deploy` takes)
     rayservice.yaml       KubeRay RayService: the same Serve config as serveConfigV2, on a long-lived cluster
+    networkpolicy.yaml    Kubernetes NetworkPolicy: the head's dashboard (and Jobs API) reachable only from the
+                          KubeRay operator and the cluster's own pods
 
-Targets: Ray 2.60 (`cluster.ray_version`) and KubeRay's v1 CRDs (apiVersion ray.io/v1, KubeRay 1.1+).
+Every KubeRay cluster runs Ray's token authentication through KubeRay's authOptions (KubeRay 1.5.1 or later,
+`cluster.kuberay_version`): the operator makes the Secret, sets RAY_AUTH_MODE/RAY_AUTH_TOKEN in every Ray container
+and uses the token itself when it talks to the dashboard.
+
+Targets: Ray 2.60 (`cluster.ray_version`) and KubeRay's v1 CRDs (apiVersion ray.io/v1, KubeRay 1.5.1+ for authOptions).
 """
 
 from __future__ import annotations
@@ -22,13 +28,17 @@ from pathlib import Path
 import yaml
 
 from genrec.config import ClusterConfig, ConfigError, GenrecConfig, NodeGroupConfig
+from genrec.storage import atomic_write_bytes
 
 KUBERAY_API = "ray.io/v1"
 APP_IMPORT_PATH = "serving.app:app"
 DEPLOYMENT = "Recommender"  # the deployment class in serving/app.py
 HEAD_GROUP = "head"  # the name KubeRay's autoscaler gives the head group
 FILES = ("ray-cluster.yaml", "runtime-env.yaml", "rayjob-pretrain.yaml", "rayjob-sweep.yaml", "serve-config.yaml",
-         "rayservice.yaml")
+         "rayservice.yaml", "networkpolicy.yaml")
+CLUSTER_LABEL = "genrec.io/cluster"  # on every pod of the rendered clusters: what the NetworkPolicy selects
+OPERATOR_LABELS = {"app.kubernetes.io/name": "kuberay-operator"}  # the operator's pods, as its Helm chart labels them
+DASHBOARD_PORT = 8265
 
 
 def _cluster(cfg: GenrecConfig) -> ClusterConfig:
@@ -156,7 +166,7 @@ def _pod(container: dict, c: ClusterConfig) -> dict:
     volumes = [{"name": "shm", "emptyDir": {"medium": "Memory"}}]
     if c.storage_pvc:  # None when nothing lives on the mount (a URI storage root: every pod reads the store itself)
         volumes.insert(0, {"name": "storage", "persistentVolumeClaim": {"claimName": c.storage_pvc}})
-    return {"spec": {"containers": [container], "volumes": volumes}}
+    return {"metadata": {"labels": {CLUSTER_LABEL: c.name}}, "spec": {"containers": [container], "volumes": volumes}}
 
 
 def raycluster_spec(cfg: GenrecConfig, for_training: bool) -> dict:
@@ -169,7 +179,7 @@ def raycluster_spec(cfg: GenrecConfig, for_training: bool) -> dict:
     elif not c.storage_pvc:
         raise ConfigError(f"cluster.storage_pvc is null but data.path={cfg.data.path} lies under "
                           f"cluster.storage_mount={c.storage_mount}: name the claim that holds it")
-    ports = [{"containerPort": 6379, "name": "gcs-server"}, {"containerPort": 8265, "name": "dashboard"},
+    ports = [{"containerPort": 6379, "name": "gcs-server"}, {"containerPort": DASHBOARD_PORT, "name": "dashboard"},
              {"containerPort": 10001, "name": "client"}, {"containerPort": cfg.serve.port, "name": "serve"}]
     # The head runs drivers and coordinators, never a training worker or a replica: num-cpus 0 keeps them off it.
     head = {"rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
@@ -182,8 +192,30 @@ def raycluster_spec(cfg: GenrecConfig, for_training: bool) -> dict:
         lo = max(group.min_workers, min(need, group.max_workers))
         groups.append({"groupName": name, "replicas": lo, "minReplicas": lo, "maxReplicas": group.max_workers,
                        "rayStartParams": {}, "template": _pod(_container("ray-worker", image, group, c), c)})
-    return {"rayVersion": c.ray_version, "enableInTreeAutoscaling": True, "headGroupSpec": head,
+    spec = {"rayVersion": c.ray_version, "enableInTreeAutoscaling": True, "headGroupSpec": head,
             "workerGroupSpecs": groups}
+    # The dashboard runs the Jobs API (arbitrary code): every request needs Ray's token. The operator makes the
+    # Secret and gives it to the Ray containers and to itself (config.py refuses an operator without authOptions).
+    return {**spec, "authOptions": {"mode": "token"}}
+
+
+def network_policy(cfg: GenrecConfig) -> dict:
+    """The head pods' ingress: the dashboard port (Jobs API, Serve's REST API) from the KubeRay operator and the
+    cluster's own pods only; the cluster's pods on every port (GCS, client, object transfers); the Serve port from
+    anywhere (the endpoint exists to be reached; its routes that read or change user state want the serve token).
+    KubeRay's operator talks to the dashboard through the head Service, so binding it to 127.0.0.1 would break
+    RayJob and RayService: the policy closes it instead."""
+    c = _cluster(cfg)
+    own = {"podSelector": {"matchLabels": {CLUSTER_LABEL: c.name}}}
+    operator = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": c.operator_namespace}},
+                "podSelector": {"matchLabels": dict(OPERATOR_LABELS)}}
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": f"{c.name}-head", "namespace": c.namespace},
+            "spec": {"podSelector": {"matchLabels": {CLUSTER_LABEL: c.name, "ray.io/node-type": "head"}},
+                     "policyTypes": ["Ingress"],
+                     "ingress": [{"from": [own]},
+                                 {"from": [operator], "ports": [{"protocol": "TCP", "port": DASHBOARD_PORT}]},
+                                 {"ports": [{"protocol": "TCP", "port": cfg.serve.port}]}]}}
 
 
 def _runtime_env_yaml(cfg: GenrecConfig) -> str:
@@ -244,6 +276,7 @@ def render(cfg: GenrecConfig, config_path: str) -> dict[str, dict]:
         "rayjob-sweep.yaml": rayjob(cfg, "sweep", "tuning.sweep", config_path),
         "serve-config.yaml": serve_config(cfg, config_path),
         "rayservice.yaml": rayservice(cfg, config_path),
+        "networkpolicy.yaml": network_policy(cfg),
     }
 
 
@@ -260,13 +293,12 @@ USAGE = {
     "rayjob-sweep.yaml": "Use: kubectl apply -f {out}/rayjob-sweep.yaml",
     "serve-config.yaml": "Use: serve deploy {out}/serve-config.yaml (against a running cluster's dashboard)",
     "rayservice.yaml": "Use: kubectl apply -f {out}/rayservice.yaml",
+    "networkpolicy.yaml": "Use: kubectl apply -f {out}/networkpolicy.yaml (needs a CNI that enforces policies)",
 }
 
 
 def write(cfg: GenrecConfig, config_path: str, out_dir: str | Path) -> list[Path]:
     """Render every file into out_dir (each written atomically), with a header naming its source and use."""
-    from genrec.storage import atomic_write_bytes
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     c = _cluster(cfg)

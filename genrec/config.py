@@ -9,6 +9,7 @@ instead of being silently ignored.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -553,7 +554,7 @@ class NodeGroupConfig(_Section):
 
 class ClusterConfig(_Section):
     """What `genrec cluster render` turns into a `ray up` file and KubeRay RayJob / RayService manifests. Targets
-    Ray 2.60 and KubeRay's v1 CRDs (apiVersion ray.io/v1, KubeRay 1.1 or later)."""
+    Ray 2.60 and KubeRay's v1 CRDs (apiVersion ray.io/v1, KubeRay 1.5.1 or later, for token authentication)."""
     name: str = Field("genrec", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     ray_version: str = "2.60.0"
     image: str = "rayproject/ray:2.60.0-py311-cpu"  # head and CPU (Ray Data) workers
@@ -570,8 +571,17 @@ class ClusterConfig(_Section):
     storage_pvc: str | None = "genrec-storage"
     storage_nfs: str | None = None
     # KubeRay cannot upload a laptop's folder: RayJob and RayService fetch the code from this URI (a zip of the
-    # repository, e.g. a GitHub archive or s3://.../genrec.zip). `ray job submit --working-dir .` uploads instead.
-    code_uri: str = "https://github.com/genrec/genrec/archive/refs/heads/main.zip"
+    # repository). Pinned: an http(s) archive must name a commit (.../archive/<40-hex sha>.zip), since a branch's
+    # archive changes under a running cluster; s3:// and gs:// zips are taken as given (version them yourself).
+    # `ray job submit --working-dir .` uploads instead.
+    code_uri: str = "https://github.com/genrec/genrec/archive/d6a3761b6ba076ad36dc497807a0a4c6ac249abf.zip"
+    # The KubeRay operator the files target: 1.5.1 or later, whose RayCluster authOptions turn Ray's token
+    # authentication on (the operator makes the Secret, sets RAY_AUTH_MODE/RAY_AUTH_TOKEN in every pod, and sends the
+    # token when it talks to the dashboard; an older operator cannot talk to a token-protected one).
+    kuberay_version: str = Field("1.5.1", pattern=r"^\d+\.\d+\.\d+$")
+    # Where the KubeRay operator runs: the rendered NetworkPolicy admits it (and the cluster's own pods, nothing else)
+    # to the head's dashboard port, through which it talks to the Jobs API and Serve.
+    operator_namespace: str = "kuberay-system"
     # What the workers install on top of the Ray image (the runtime environment's pip list): pyproject.toml's
     # dependencies without Ray itself (tests/test_cluster.py keeps the two lists equal).
     pip: list[str] = ["torch==2.13.0", "deepspeed==0.19.8", "pyarrow>=15", "numpy>=1.26", "pydantic>=2.5",
@@ -585,6 +595,22 @@ class ClusterConfig(_Section):
                                                    min_workers=0, max_workers=4)
     gpu_workers: NodeGroupConfig = NodeGroupConfig(instance_type="p5.48xlarge", cpus=192, memory_gb=2048, gpus=8,
                                                    min_workers=0, max_workers=1)
+
+    @field_validator("kuberay_version")
+    @classmethod
+    def _token_auth(cls, v: str) -> str:
+        if tuple(int(p) for p in v.split(".")) < (1, 5, 1):
+            raise ValueError(f"{v}: the rendered clusters run Ray's token authentication, which KubeRay supports "
+                             "from 1.5.1 (RayCluster authOptions); upgrade the operator and say its version here")
+        return v
+
+    @field_validator("code_uri")
+    @classmethod
+    def _pinned(cls, v: str) -> str:
+        if v.startswith(("http://", "https://")) and not re.search(r"/[0-9a-f]{40}\.(zip|tar\.gz)$", v):
+            raise ValueError(f"{v}: an archive that does not name a commit changes under a running cluster; pin "
+                             "it, e.g. https://github.com/ORG/genrec/archive/<40-hex commit>.zip")
+        return v
 
     @model_validator(mode="after")
     def _groups(self) -> "ClusterConfig":

@@ -104,6 +104,30 @@ def test_serve_config_and_rayservice_match_serves_schema(files):
     assert _kuberay_cluster(svc)["gpu-workers"]["min_workers"] == 0
 
 
+def test_kuberay_clusters_run_token_auth_and_only_the_operator_reaches_the_dashboard(files):
+    """The dashboard (the Jobs API runs arbitrary code) wants Ray's token on every KubeRay cluster, and a
+    NetworkPolicy admits only the KubeRay operator and the cluster's own pods to its port on the head."""
+    specs = [files["rayjob-pretrain.yaml"]["spec"]["rayClusterSpec"], files["rayjob-sweep.yaml"]["spec"][
+        "rayClusterSpec"], files["rayservice.yaml"]["spec"]["rayClusterConfig"]]
+    for spec in specs:
+        assert spec["authOptions"] == {"mode": "token"} and spec["rayVersion"] >= "2.52"
+        for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+            assert group["template"]["metadata"]["labels"] == {"genrec.io/cluster": "genrec"}
+    policy = files["networkpolicy.yaml"]
+    assert policy["apiVersion"] == "networking.k8s.io/v1" and policy["metadata"]["namespace"] == "genrec"
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"] == {"genrec.io/cluster": "genrec", "ray.io/node-type": "head"}
+    assert spec["policyTypes"] == ["Ingress"]
+    dashboard = [r for r in spec["ingress"] if any(p["port"] == 8265 for p in r.get("ports", []))]
+    (rule,) = dashboard  # one rule names the dashboard port: the operator's, from its namespace
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kuberay-system"}},
+                             "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}}]
+    open_to_all = [r for r in spec["ingress"] if "from" not in r]  # no source: anyone, so only the Serve port
+    assert [p["port"] for r in open_to_all for p in r["ports"]] == [8000]
+    own = [r for r in spec["ingress"] if "ports" not in r]  # every port: the cluster's own pods only
+    assert own == [{"from": [{"podSelector": {"matchLabels": {"genrec.io/cluster": "genrec"}}}]}]
+
+
 def test_runtime_env_uploads_the_repo_without_venv_data_or_results(files):
     """What Ray's own packaging would upload for `ray job submit --runtime-env runtime-env.yaml` from the repo root:
     every source file (genrec/data included: an unanchored "data/" would drop it), none of the venv or results."""
@@ -138,6 +162,11 @@ def test_worker_packages_are_the_projects_dependencies():
     ("train.workers=2,train.cpus_per_worker=32", None),  # 2 x 32 of a node's 192 CPUs
     ("data.path=data/ml-25m", "data.path=data/ml-25m is not under cluster.storage_mount"),
     ("cluster.name=Genrec_1", "cluster.name"),
+    # An archive of a branch changes under a running cluster: the code must be pinned to a commit.
+    ("cluster.code_uri=https://github.com/genrec/genrec/archive/refs/heads/main.zip", "cluster.code_uri"),
+    ("cluster.code_uri=s3://bucket/genrec-0.3.zip", None),
+    # An operator without authOptions cannot talk to a dashboard behind Ray's token.
+    ("cluster.kuberay_version=1.4.2", "KubeRay supports from 1.5.1"),
 ])
 def test_impossible_cluster_requests_are_refused_by_key(override, message):
     overrides = override.split(",")
