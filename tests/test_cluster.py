@@ -5,7 +5,7 @@
   from them (`_derive_autoscaling_config_from_ray_cr`, which validates the result against the same schema).
 - Serve config (serve-config.yaml and the RayService's serveConfigV2): `ray.serve.schema.ServeDeploySchema`.
 - Runtime environment: `ray.runtime_env.RuntimeEnv`.
-The KubeRay CRD schemas are not installable here: the fields KubeRay v1 (ray.io/v1, 1.1+) requires are checked by
+The KubeRay CRD schemas are not installable here: the fields KubeRay v1 (ray.io/v1, 1.5.1+) requires are checked by
 hand below. These are private Ray modules: the tests pin Ray 2.60 (pyproject.toml) and would need a look on upgrade.
 """
 
