@@ -102,7 +102,8 @@ def interrupted(exc: BaseException) -> int:
 
 
 def cmd_presets(args) -> int:
-    from genrec.model import PRESET_TARGETS, PRESETS, backbone_params
+    from genrec.model import backbone_params
+    from genrec.presets import PRESET_TARGETS, PRESETS
     from genrec.runtime import print_table
 
     rows = [{"preset": name, "layers": L, "width": d, "heads": h, "head_dim": d // h,

@@ -16,6 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from genrec.presets import PRESET_NAMES
+
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the file and the dotted key."""
@@ -161,9 +163,6 @@ class DataConfig(_Section):
                 raise ValueError("data.partitions reads genrec's own column names and no text embeddings: remove "
                                  "data.columns / set data.text_embeddings: none, or remove data.partitions")
         return self
-
-
-PRESET_NAMES = ("100k", "250k", "500k", "1m", "2m", "8m", "32m", "100m", "300m", "1b")
 
 
 class ModelConfig(_Section):

@@ -29,37 +29,9 @@ from genrec.features import (LAUNCH_UNKNOWN, MAX_GENRES, MAX_TOKENS, NUM_AGE_BUC
 from genrec.hstu import HSTUBlock, hstu_params
 from genrec.objectives import (NEG_INF, full_softmax_loss, logq_correction, merge_duplicate_targets, mtp_targets,
                                normalise, sampled_softmax_loss, utility_buckets)
+from genrec.presets import HSTU_PRESETS, PRESETS
 
-# name -> (layers, width, heads). From 2m up, widths are multiples of 128 and head dims 32..128 so GPU kernels stay
-# efficient. The sub-2M ladder (head dim 32) exists for scaling-law fits on one CPU box: a fit needs several sizes.
-PRESETS: dict[str, tuple[int, int, int]] = {
-    "100k": (2, 64, 2),
-    "250k": (5, 64, 2),
-    "500k": (5, 96, 3),
-    "1m": (5, 128, 4),
-    "2m": (10, 128, 4),
-    "8m": (10, 256, 4),
-    "32m": (10, 512, 8),
-    "100m": (14, 768, 12),
-    "300m": (24, 1024, 16),
-    "1b": (20, 2048, 16),
-}
-# The same names for HSTU blocks (5 d^2 per block against 12 d^2): the transformer's widths and heads, with the layers
-# that bring the backbone to the same size.
-HSTU_PRESETS: dict[str, tuple[int, int, int]] = {
-    "100k": (5, 64, 2),
-    "250k": (12, 64, 2),
-    "500k": (11, 96, 3),
-    "1m": (12, 128, 4),
-    "2m": (24, 128, 4),
-    "8m": (24, 256, 4),
-    "32m": (24, 512, 8),
-    "100m": (34, 768, 12),
-    "300m": (58, 1024, 16),
-    "1b": (48, 2048, 16),
-}
 BLOCKS = ("transformer", "hstu")
-PRESET_TARGETS = {"100k": 1e5, "250k": 2.5e5, "500k": 5e5, "1m": 1e6, "2m": 2e6, "8m": 8e6, "32m": 32e6, "100m": 100e6, "300m": 300e6, "1b": 1e9}
 
 NUM_GAP_BUCKETS = 32  # bucket 0 = first event / padding; 1..31 = 1 + floor(log2(1 + gap seconds)), clipped
 NUM_ACTIONS = 8

@@ -4,7 +4,7 @@ import numpy as np
 
 from genrec.config import load_config
 from genrec.defaults import MAX_LEN_AUTO, PRESET_BY_EVENTS, auto_max_seq_len, auto_preset, resolve
-from genrec.model import PRESETS
+from genrec.presets import PRESETS
 from genrec.shards import write_shards
 from tests.test_shards import _dataset
 

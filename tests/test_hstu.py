@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from genrec.hstu import POSITION_BUCKETS, TIME_BUCKETS, HSTUBlock, hstu_params, position_buckets, time_buckets
-from genrec.model import (HSTU_PRESETS, PRESET_TARGETS, GenRec, ModelSpec, Objective, backbone_params,
-                          count_parameters, resolve_shape)
+from genrec.model import GenRec, ModelSpec, Objective, backbone_params, count_parameters, resolve_shape
+from genrec.presets import HSTU_PRESETS, PRESET_TARGETS
 
 
 def test_bias_buckets_by_hand():

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from genrec.features import FeatureVocab, build_vocab, item_features
-from genrec.model import (PRESET_TARGETS, PRESETS, GenRec, ModelSpec, Objective, backbone_params, count_parameters,
+from genrec.model import (GenRec, ModelSpec, Objective, backbone_params, count_parameters,
                           item_features_placeholder)
 from genrec.objectives import draw_id_mask
+from genrec.presets import PRESET_TARGETS, PRESETS
 
 
 @pytest.mark.parametrize("name", list(PRESETS))

@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from genrec.config import ConfigError, load_config
-from genrec.model import PRESETS, backbone_params
+from genrec.model import backbone_params
+from genrec.presets import PRESETS
 from tuning.analysis import analyse, load_experiment, make_report
 
 PRESET_LADDER = ["100k", "250k", "500k", "1m", "2m"]
