@@ -226,6 +226,9 @@ def rayjob(cfg: GenrecConfig, name: str, module: str, config_path: str) -> dict:
     return _kuberay(cfg, "RayJob", name, {
         "entrypoint": entrypoint(module, config_path),
         "runtimeEnvYAML": _runtime_env_yaml(cfg),
+        # The operator submits the job over HTTP itself: the default K8sJobMode runs `ray job submit` from a pod of
+        # its own, which the NetworkPolicy (operator and cluster pods only) would keep from the dashboard.
+        "submissionMode": "HTTPMode",
         "shutdownAfterJobFinishes": True,
         "ttlSecondsAfterFinished": 600,
         "rayClusterSpec": raycluster_spec(cfg, for_training=True),

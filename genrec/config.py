@@ -514,9 +514,10 @@ class ServeConfig(_Section):
     state_cache_users: int = Field(1000, ge=1)
     # How often a replica looks for titles another replica added (a directory listing under storage).
     catalogue_poll_s: float = Field(1.0, ge=0.0)
-    # Bearer token of the routes that change state (POST /titles, /users/{id}/events): read from this environment
-    # variable where the app is deployed, else from `token` (keep secrets out of config files where you can).
-    # With neither, those routes answer 403.
+    # Bearer token of the routes that change or read stored state (POST /titles, POST and DELETE /users/{id},
+    # /recommend by user_id): read from this environment variable where the app is deployed, else from `token`
+    # (keep secrets out of config files where you can; genrec.config.without_secrets keeps it out of every file a
+    # run writes). With neither, those routes answer 403.
     token_env: str = "GENREC_SERVE_TOKEN"
     token: str | None = Field(None, min_length=16)
 

@@ -6,8 +6,9 @@ Serve's `serve_multiplexed_model_id` header) and loaded on demand with `serve.mu
 unloaded). Model forwards of concurrent requests are batched with `serve.batch`.
 
 Routes (OpenAPI page at `/docs`):
-  POST /recommend               top-k titles for a history sent in full, or for a user id (cached state)
+  POST /recommend               top-k titles for a history sent in full, or for a user id (cached state; token)
   POST /users/{user_id}/events  append a user's new events; encoded on top of the cached state (token)
+  DELETE /users/{user_id}       forget a user: the stored events and every replica's cached state (token)
   POST /titles                  add titles to the live catalogue, scored from metadata at once (token)
   GET  /healthz                 the served models and catalogue size
 
@@ -23,8 +24,8 @@ import logging
 import os
 import time
 import weakref
-from typing import Annotated
 from collections import OrderedDict, deque
+from typing import Annotated
 from pathlib import Path
 
 import torch
@@ -196,11 +197,13 @@ class UserEvents:
     def __init__(self, ttl_s: float, max_users: int, max_events: int):
         self.ttl_s, self.max_users, self.max_events = ttl_s, max_users, max_events
         self.users: OrderedDict[int, dict] = OrderedDict()  # least recently updated first
-        # Versions come from one clock and are never reused: a replica's state of a user who was forgotten and came
-        # back can never pass for the new one's.
-        self.clock = 0
+        # Versions come from one clock that starts at this deployment's start time (ns) and never repeats, across
+        # restarts too: a replica's state of a user who was forgotten and came back never passes for the new one's.
+        self.clock = time.time_ns()
+        # Erasures are numbered from the start time as well: a replica whose count comes from an earlier start of
+        # this deployment is told to drop every state (the list it would need is gone).
+        self.erasures_from = self.erasures = time.time_ns()
         self.erased: deque[tuple[int, int]] = deque(maxlen=ERASURES_KEPT)  # (erasure number, user id)
-        self.erasures = 0
 
     def _expire(self) -> None:
         old = time.time() - self.ttl_s
@@ -237,7 +240,7 @@ class UserEvents:
     def erased_since(self, seen: int) -> tuple[int, list[int] | None]:
         """(the latest erasure number, the users erased after erasure `seen`; None when some of those are no longer
         listed: the caller then drops every cached state)."""
-        if self.erasures - seen > len(self.erased):
+        if seen < self.erasures_from or seen > self.erasures or self.erasures - seen > len(self.erased):
             return self.erasures, None
         return self.erasures, [u for n, u in self.erased if n > seen]
 
@@ -317,11 +320,13 @@ class Recommender:
         self.erasures_seen, erased = await self.users.erased_since.remote(self.erasures_seen)
         if erased is None:
             self.states.clear()
-        for user_id in erased or ():
-            self.drop_states(user_id)
+        elif erased:
+            self.drop_states(*erased)
 
-    def drop_states(self, user_id: int) -> None:
-        for key in [k for k in self.states if k[0] == user_id]:
+    def drop_states(self, *user_ids: int) -> None:
+        """Forget the cached states of these users (one pass over the cache)."""
+        users = set(user_ids)
+        for key in [k for k in self.states if k[0] in users]:
             del self.states[key]
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
@@ -400,6 +405,10 @@ class Recommender:
         k = req.k or self.s["default_k"]
         if k > self.s["max_k"]:
             raise HTTPException(422, f"k: {k} is above the maximum of {self.s['max_k']} (serve.max_k)")
+        if req.user_id is not None:
+            # A stored history is personal data: ranking by user id (which with exclude_seen on and off lists the
+            # user's titles) needs the token. A request that sends its own history stays open.
+            self.authorize(authorization)
         mid, ranker = await self.ranker(req.model)
         age = None
         if req.history is not None:
@@ -413,9 +422,6 @@ class Recommender:
                                          f"{unknown[:20]})")
             x, seen, kind = ranker.window(ev), set(ev.items), "history"
         else:
-            # A stored history is personal data: ranking by user id (which with exclude_seen on and off lists the
-            # user's titles) needs the token. A request that sends its own history stays open.
-            self.authorize(authorization)
             state, updated_at = await self.user_state(req.user_id, self.models[mid], ranker)
             x, seen, kind, unknown = state.query, state.seen, "cached", []
             age = max(0.0, time.time() - updated_at)
@@ -445,7 +451,7 @@ class Recommender:
             kind = "incremental" if nxt is not None else kind
         if nxt is None:
             info = await self.users.get.remote(user_id, -1)
-            ev, _ = ranker.resolve(info["events"])
+            ev, _ = ranker.resolve(info["events"] if info else [])  # None: forgotten meanwhile (DELETE)
             nxt = ranker.encode_state(ev, info["version"]) if len(ev) else None
         if nxt is not None:
             self.keep((user_id, path), nxt)
@@ -456,7 +462,7 @@ class Recommender:
     async def forget_user(self, user_id: int = PathParam(..., ge=0),
                           authorization: str | None = Header(None)) -> ForgetResponse:
         """Forget a user (token): the stored events, and every replica's cached state of them (this one at once,
-        the others at their next request)."""
+        the others at their first request after serve.catalogue_poll_s)."""
         self.authorize(authorization)
         deleted = await self.users.forget.remote(user_id)
         self.drop_states(user_id)

@@ -114,7 +114,14 @@ def test_a_forgotten_user_who_returns_never_matches_an_old_cached_state():
     # Same number of events as before: a per-user count would give the same version, and another replica's cached
     # state of the old history would pass for the new one.
     assert users.append(7, events)["version"] != first
-    # Replicas learn whom to drop; one too far behind the kept list is told to drop everything.
-    assert users.erased_since(0) == (2, [7, 7]) and users.erased_since(2) == (2, [])
+    # Replicas learn whom to drop; one too far behind the kept list, or counting from an earlier start of the
+    # deployment (its numbers are not this one's), is told to drop everything.
+    start = users.erasures_from
+    users.forget(8)  # erasures 1 and 2 were user 7's (the second deleted nothing), 3 is user 8's
+    assert users.erased_since(start) == (start + 3, [7, 7, 8]) and users.erased_since(start + 3) == (start + 3, [])
+    assert users.erased_since(start + 2) == (start + 3, [8])
+    assert users.erased_since(0) == (start + 3, None) and users.erased_since(start + 99) == (start + 3, None)
     users.erased = type(users.erased)(list(users.erased)[-1:], maxlen=1)
-    assert users.erased_since(0) == (2, None)
+    assert users.erased_since(start) == (start + 3, None)
+    # A restarted deployment (a new clock) never hands out a version the old one did.
+    assert UserEvents.func_or_class(3600.0, 100, 1000).append(7, events)["version"] > first
