@@ -25,7 +25,7 @@ from genrec.checkpoint import load_checkpoint  # noqa: E402
 from genrec.probes import taste_probe  # noqa: E402
 from genrec.recommend import Ranker  # noqa: E402
 from genrec.runtime import print_table  # noqa: E402
-from genrec.train import CHECKPOINT_WEIGHTS  # noqa: E402
+from genrec.checkpoint import CHECKPOINT_WEIGHTS  # noqa: E402
 
 
 def checkpoint_of(path: Path) -> Path:

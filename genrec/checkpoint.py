@@ -1,8 +1,12 @@
-"""Load a trained checkpoint without DeepSpeed or Ray: plain torch, weights only (no unpickling of objects).
+"""The checkpoint concern in one module: its format, writing, finding, verifying and loading.
 
 A checkpoint folder holds the consolidated weights, the spec (with the semantic tower's feature vocabulary) and the
-item table with each title's training count. The catalogue a model ranks is rebuilt from that table, so titles can be
-added after training (:meth:`LoadedModel.add_items`): they have no trained id row and are scored from metadata alone.
+item table with each title's training count, their checksums, and (for a run that goes on) DeepSpeed's resume state
+under `resume/` with each rank's listing and the trainer state. The trainer writes them (save_for_serving,
+save_resume_state: collective calls of its ranks); resumes find the newest whole one (last_resumable); serving,
+the ranker and the probes load them here with plain torch, weights only (no unpickling of objects), and import no
+training code. The catalogue a model ranks is rebuilt from the item table, so titles can be added after training
+(:meth:`LoadedModel.add_items`): they have no trained id row and are scored from metadata alone.
 """
 
 from __future__ import annotations
@@ -16,17 +20,31 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 
 from genrec.data.schema import DataError
+from genrec.errors import GenrecError
 from genrec.model import GenRec, ModelSpec
-from genrec.shards import CHECKSUMS, verify_checksums
+from genrec.shards import CHECKSUMS, verify_checksums, write_checksums
 from genrec.build import TRAIN_COUNT, catalogue
-from genrec.train import CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS, checkpoint_folders
+from genrec.config import ConfigError, GenrecConfig
+from genrec.storage import StorageError, local_store
 
 
-class CheckpointError(RuntimeError):
+CHECKPOINT_WEIGHTS = "model.pt"
+CHECKPOINT_SPEC = "model.json"
+CHECKPOINT_ITEMS = "items.parquet"
+# Resume state beside the serving files: DeepSpeed's engine checkpoint (weights, optimizer and LR-schedule state, one
+# file per rank's ZeRO partition), each rank's RNG states, and the loop's position and history.
+RESUME_DIR = "resume"
+RESUME_TAG = "state"
+TRAINER_STATE = "trainer_state.json"
+RESUME_CHECKSUMS = "checksums_rank{rank}.json"  # in RESUME_DIR, one per rank: sizes and sha256s of what it wrote
+
+
+class CheckpointError(GenrecError, RuntimeError):
     pass
 
 
@@ -136,8 +154,6 @@ def load_last_good(path: str | Path, device: str = "cpu", store=None,
     the local cache and checked there; a copy that fails its checks is copied again once (the cache is not trusted
     over the store)."""
     if store is not None and store.remote:
-        from genrec.storage import StorageError
-
         try:
             located = store.locate(path)
         except StorageError as exc:
@@ -148,8 +164,6 @@ def load_last_good(path: str | Path, device: str = "cpu", store=None,
         return load_checkpoint(path, device, allow_unverified), None
     except CheckpointError as exc:
         error = exc
-    from genrec.storage import local_store
-
     asked = os.path.abspath(path)
     for other in checkpoint_folders(local_store(), os.path.dirname(asked)):
         if other == asked:
@@ -200,3 +214,113 @@ def _load_last_good_remote(store, path: str, device: str,
         except CheckpointError:
             continue
     raise error
+
+
+# -- finding and verifying a run's checkpoints ------------------------------------------------------------------
+
+def checkpoint_folders(store, run_folder: str) -> list[str]:
+    """A run's checkpoint folders (paths in the store), newest first: Ray Train names them checkpoint_<date>_<time>."""
+    return sorted((e.path for e in store.list(run_folder)
+                   if e.type == pafs.FileType.Directory and e.base_name.startswith("checkpoint_")), reverse=True)
+
+def ranks_read(state: dict, workers: int | None) -> list[int] | None:
+    """The ranks whose DeepSpeed state a resume of this checkpoint on `workers` workers reads: all of them on the
+    same worker count (or None: unknown), none on another (it starts from the consolidated weights)."""
+    return None if workers in (None, state.get("world")) else []
+
+def read_trainer_state(folder: str, store=None) -> dict:
+    """A checkpoint's trainer state (epoch, world size, history...), or CheckpointError naming the file."""
+    store = store or local_store()
+    path = f"{folder}/{TRAINER_STATE}"
+    if not store.is_file(path):
+        raise CheckpointError(f"{store.uri(path)}: missing (a checkpoint written by a genrec before runs could "
+                              "resume, or one whose upload was cut short)")
+    try:
+        return json.loads(store.read_text(path))
+    except ValueError:
+        raise CheckpointError(f"{store.uri(path)}: not readable JSON (written only in part)") from None
+
+def verify_resumable(folder: str, state: dict, ranks=None, weights: bool = True, store=None,
+                     hashes: bool = True, allow_unverified: bool = False) -> None:
+    """CheckpointError naming the first file a resume would read that is not as it was written (truncated by an
+    upload cut short, bit-flipped, missing): each rank's DeepSpeed and RNG state (`ranks`; default every rank of the
+    run that wrote it) and, with `weights`, the consolidated weights (read on another worker count). A checkpoint
+    written before genrec kept these checksums is refused unless allow_unverified (nothing shows it is as written)."""
+    store = store or local_store()
+    if weights and not verify_checksums(folder, CheckpointError, store=store, hashes=hashes) \
+            and state.get("resume_checksums"):  # written by this genrec: its checksums.json must be there
+        raise CheckpointError(f"{store.uri(folder + '/' + CHECKSUMS)}: missing (the checkpoint was not written whole)")
+    if not state.get("resume_checksums"):
+        if allow_unverified:
+            return
+        raise CheckpointError(f"{store.uri(folder)}: its resume state has no checksums, so nothing shows it is as "
+                              f"genrec wrote it; refused. {UNVERIFIED_HINT[0].upper()}{UNVERIFIED_HINT[1:]}")
+    resume = f"{folder}/{RESUME_DIR}"
+    for r in range(state["world"]) if ranks is None else ranks:
+        listing = RESUME_CHECKSUMS.format(rank=r)
+        if not verify_checksums(resume, CheckpointError, listing, store, hashes):
+            raise CheckpointError(f"{store.uri(resume + '/' + listing)}: missing (rank {r}'s part of the checkpoint "
+                                  "was not written whole)")
+
+def last_resumable(store, run_folder: str, hashes: bool = True, workers: int | None = None,
+                   allow_unverified: bool = False) -> tuple[str | None, dict | None, str | None]:
+    """The newest checkpoint folder of a run that a resume can go on from (every file it would read checked;
+    hashes=False: sizes only; `workers`: the worker count it resumes on, default the checkpoint's own), its trainer
+    state, and why the newest folder was passed over if it was (None, None, why: none is)."""
+    passed_over = None
+    for folder in checkpoint_folders(store, run_folder):
+        try:
+            state = read_trainer_state(folder, store)
+            verify_resumable(folder, state, ranks=ranks_read(state, workers), store=store, hashes=hashes,
+                             allow_unverified=allow_unverified)
+            return folder, state, passed_over
+        except CheckpointError as exc:
+            passed_over = passed_over or str(exc)
+    return None, None, passed_over
+
+def local_checkpoint(cfg: GenrecConfig, path: str) -> Path:
+    """A checkpoint folder on this machine: `path` itself, or, when it lies in a URI storage root (a path in the
+    store's filesystem or its scheme://... name), a copy of its serving files in the cache that passes its
+    checksums (genrec.checkpoint.fetch_checkpoint)."""
+    store = cfg.storage.store()
+    if not store.remote:
+        return Path(path)
+
+    def checked(local: Path) -> Path:
+        verify_checksums(local, CheckpointError)
+        return local
+
+    try:
+        return fetch_checkpoint(store, store.locate(path), checked)
+    except (CheckpointError, StorageError) as exc:
+        raise ConfigError(f"checkpoint {path}: {exc}") from None
+
+
+# -- writing (collective calls of the trainer's ranks) ---------------------------------------------------------
+
+def save_for_serving(engine, spec: ModelSpec, items: pa.Table, out_dir: str, extra: dict, rank: int) -> None:
+    """Consolidated weights + spec + the item table (with each title's training count): loads with plain torch
+    (see `genrec.checkpoint`)."""
+    engine.save_16bit_model(out_dir, CHECKPOINT_WEIGHTS)  # collective under ZeRO-3: every rank must call it
+    if rank == 0:
+        Path(out_dir, CHECKPOINT_SPEC).write_text(json.dumps({"spec": spec.to_dict(), **extra}, indent=2))
+        pq.write_table(items, Path(out_dir, CHECKPOINT_ITEMS))
+        # Last: a checkpoint whose checksums exist was written whole; serving refuses one that changed since.
+        write_checksums(out_dir, [CHECKPOINT_WEIGHTS, CHECKPOINT_SPEC, CHECKPOINT_ITEMS])
+
+
+def save_resume_state(engine, out_dir: str, rank: int, gen: torch.Generator, state: dict) -> None:
+    """What a restarted run needs beside the serving files (see RESUME_DIR). Collective: every rank calls it."""
+    engine.save_checkpoint(str(Path(out_dir, RESUME_DIR)), tag=RESUME_TAG)
+    rng = {"sampler": gen.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()  # dropout on the GPU draws from it
+    torch.save(rng, Path(out_dir, RESUME_DIR, f"rng_rank{rank}.pt"))
+    # Each rank's folder holds only what this rank wrote (Ray merges the ranks' folders into the checkpoint): its
+    # listing lets a resume tell a whole checkpoint from one whose upload was cut short (a full disk).
+    resume = Path(out_dir, RESUME_DIR)
+    write_checksums(resume, sorted(p.relative_to(resume).as_posix() for p in resume.rglob("*")
+                                   if p.is_file() and not p.name.startswith("checksums_rank")),
+                    RESUME_CHECKSUMS.format(rank=rank))
+    if rank == 0:
+        Path(out_dir, TRAINER_STATE).write_text(json.dumps({**state, "resume_checksums": True}))

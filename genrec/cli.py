@@ -25,80 +25,7 @@ import urllib.request
 from pathlib import Path
 
 from genrec.config import ConfigError, load_config
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    """Errors that mean bad input: printed as one line naming the file/key, never as a traceback."""
-    from genrec.checkpoint import CheckpointError
-    from genrec.data.schema import DataError
-    from genrec.shards import ShardError
-    from genrec.text_embed import TextEmbeddingUnavailable
-
-    return ConfigError, FileNotFoundError, DataError, ShardError, CheckpointError, TextEmbeddingUnavailable
-
-
-def add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, help="deployment YAML (default: built-in local defaults)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config field, e.g. --set train.workers=4 (repeatable)")
-
-
-def add_run_args(p: argparse.ArgumentParser) -> None:
-    """Flags of a training or sweep run: the config flags plus a run name and a shard rebuild."""
-    add_config_args(p)
-    p.add_argument("--name", default=None, help="run name (default: derived from the config name and the time)")
-    p.add_argument("--rebuild-shards", action="store_true", help="rebuild the shards even if they exist")
-
-
-RESUME_HELP = {"SWEEP": "finish a stopped sweep: its folder or name (finished trials kept, the rest rerun)",
-               "RUN": "continue a stopped run by its name, from its last epoch's checkpoint (a different "
-                      "train.workers restarts the optimizer state from the consolidated weights)"}
-
-
-def add_resume_arg(p: argparse.ArgumentParser, what: str = "SWEEP") -> None:
-    p.add_argument("--resume", default=None, metavar=what, help=RESUME_HELP[what])
-
-
-def run_entrypoint(prog: str, doc: str, run, argv: list[str] | None = None, resume: str | None = None) -> int:
-    """`python -m trainers.pretrain` / `python -m tuning.sweep`: config flags, then run(cfg, name, rebuild).
-    resume: "RUN" or "SWEEP" when the entrypoint takes `--resume`."""
-    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_run_args(p)
-    if resume:
-        add_resume_arg(p, resume)
-    args = p.parse_args(argv)
-    try:
-        extra = {"resume": args.resume} if resume else {}
-        run(load_config(args.config, args.overrides), args.name, args.rebuild_shards, **extra)
-    except _user_errors() as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except _failures() as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except _interrupts() as exc:
-        return interrupted(exc)
-    return 0
-
-
-def _failures() -> tuple[type[Exception], ...]:
-    """Work that failed for a reason the message gives (a training run Ray Train gave up on): one line, exit 1."""
-    from genrec.holdout import SelectionError
-    from genrec.train import TrainingFailed
-
-    return TrainingFailed, SelectionError
-
-
-def _interrupts() -> tuple[type[BaseException], ...]:
-    from genrec.runtime import Interrupted
-
-    return Interrupted, KeyboardInterrupt
-
-
-def interrupted(exc: BaseException) -> int:
-    """Ctrl-C: one line (what was saved and how to go on, when the work says), exit 130 as a shell's SIGINT."""
-    print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
-    return 130
+from genrec.entrypoint import EXPLAINED, add_config_args, add_resume_arg, add_run_args, explain
 
 
 def cmd_presets(args) -> int:
@@ -413,14 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except _user_errors() as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except _failures() as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except _interrupts() as exc:
-        return interrupted(exc)
+    except EXPLAINED as exc:
+        return explain(exc)
 
 
 if __name__ == "__main__":

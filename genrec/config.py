@@ -16,11 +16,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from genrec.errors import ConfigError
 from genrec.presets import PRESET_NAMES
-
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be used; the message names the file and the dotted key."""
+from genrec.storage import Store, store
 
 
 class _Section(BaseModel):
@@ -67,10 +65,8 @@ class StorageConfig(_Section):
     def remote(self) -> bool:
         return "://" in self.root
 
-    def store(self):
+    def store(self) -> Store:
         """The root as a genrec.storage.Store (one per process)."""
-        from genrec.storage import store
-
         return store(self.root, self.cache)
 
     def path(self, *parts: str) -> Path:

@@ -16,12 +16,13 @@ import torch
 
 from genrec.checkpoint import load_checkpoint
 from genrec.config import GenrecConfig
+from genrec.errors import GenrecError
 from genrec.selection import TEST, VALID, best_record, selection_key
 from genrec.shards import ShardSet
 from genrec.tasks import build_plan, evaluate_plan, model_scorer, plan_metrics
 from genrec.build import item_counts
 from genrec.runtime import print_table
-from genrec.train import CHECKPOINT_SPEC, checkpoint_folders, local_checkpoint
+from genrec.checkpoint import CHECKPOINT_SPEC, checkpoint_folders, local_checkpoint
 
 SELECTED = "selected.json"  # in a run's folder: the kept epoch, its checkpoint, validation and test figures
 
@@ -114,5 +115,6 @@ def select_and_test(cfg: GenrecConfig, shards: ShardSet, run_name: str, task: st
     return selected
 
 
-class SelectionError(RuntimeError):
+class SelectionError(GenrecError, RuntimeError):
     """No checkpoint of a run can be chosen: none has a validation figure (the message says which and why)."""
+    exit_code = 1

@@ -4,48 +4,30 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
 from genrec.config import GenrecConfig
+from genrec.errors import GenrecError
 from genrec.data.schema import Dataset
 from genrec.data.loaders import with_tag_text
+from genrec.ray_session import init_ray
+from genrec.scale import build_shards
 from genrec.shards import (ShardError, ShardSet, check_cutoffs, open_shards, resolve_cutoff, tags_before, verify_shards,
                            write_shards)
 
 log = logging.getLogger("genrec")
 
 
-class Interrupted(Exception):
+class Interrupted(GenrecError):
     """Work stopped by the user (Ctrl-C) before it finished: its state is saved, nothing is published from it; the
     message says how to go on. The CLI entrypoints print it (or a bare KeyboardInterrupt) as one line and exit 130,
-    as a shell does for SIGINT. (Ctrl-C of a training run is Ray Train's own: it stops the run and exits 0.)"""
+    as a shell does for SIGINT. (Ray Train's own SIGINT handler stops a training run; genrec.train.fit then raises
+    this, naming the last whole checkpoint.)"""
+    exit_code = 130
+    label = "interrupted"
 
 
-def init_ray(cfg: GenrecConfig | None = None, num_cpus: int | None = None) -> None:
-    """Join the cluster named by RAY_ADDRESS (as under `ray job submit`), or start an embedded local Ray.
-
-    Local Ray is given 127.0.0.1 as its node address and its dashboard binds there. The dashboard runs (Ray's default;
-    one that fails to start is a warning, not an error) because Ray Train's placement-group cleaner asks its State
-    API whether a run's controller is still alive: without it the cleaner cannot free a dead run's placement group
-    and logs a warning every second of training. Ray 2.60's own gRPC servers (GCS, raylet, workers) still listen on
-    every interface, with or without the dashboard (seen with `ss -ltnp`; docs/reliability.md): on a shared host,
-    firewall them.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    # Quiet the per-epoch progress bars of Ray Data inside training workers; our own progress is the epoch table.
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
-    else:
-        # address="local": always a fresh embedded Ray. Without it ray.init() joins any cluster a `ray start` left
-        # on this machine (and refuses num_cpus there); RAY_ADDRESS is how a command is pointed at a cluster.
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=None, dashboard_host="127.0.0.1",
-                 configure_logging=True, logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
 
 
 def data_fingerprint(cfg: GenrecConfig) -> dict:
@@ -75,8 +57,6 @@ def prepare_shards(cfg: GenrecConfig, rebuild: bool = False, echo=print) -> Shar
 
     d = cfg.data
     if d.partitions:  # larger than memory: Ray tasks over user partitions, never the whole table at once
-        from genrec.scale import build_shards
-
         init_ray(cfg)
         return build_shards(d.path, d.items_path, root, cutoff_ts=d.cutoff_ts, cutoff_quantile=d.cutoff_quantile,
                             valid_cutoff_ts=d.valid_cutoff_ts, valid_quantile=d.valid_quantile,

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from genrec.data.schema import (_MAX_PLAUSIBLE_SECONDS, EVENT_SCHEMA, EXTERNAL_ID, ITEM_SCHEMA, DataError, Origin,
                                  _conform, _no_nulls)
+from genrec.ray_session import init_ray
 from genrec.shards import (SPLITS, ShardSet, check_cutoffs, cold_stats, finish_shards, no_training_rows, open_shards,
                            split_sorted, split_stats, train_end, write_part)
 
@@ -245,8 +246,6 @@ def build_shards(events: str | Path, items_path: str | Path, out_dir: str | Path
     buckets.mkdir(parents=True)
     try:
         if not ray.is_initialized():
-            from genrec.runtime import init_ray
-
             init_ray()
         start = time.perf_counter()
         echo(f"scatter: {total:,} events in {len(metas)} file(s) -> {partitions} user partitions ...")

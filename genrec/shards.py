@@ -44,13 +44,14 @@ import pyarrow.parquet as pq
 
 from genrec.data.loaders import with_tag_text
 from genrec.data.schema import Dataset
-from genrec.storage import Store, atomic_write_bytes, atomic_write_json, local_store, relative_inside
+from genrec.errors import GenrecError
+from genrec.storage import Store, atomic_write_json, local_store, relative_inside
 
 SCHEMA_VERSION = 3  # 2: evaluation rows carry the history's utilities; 3: the time split has a validation window
 MANIFEST = "manifest.json"
 
 
-class ShardError(RuntimeError):
+class ShardError(GenrecError, RuntimeError):
     """A shard set that is missing, incomplete or of another schema version."""
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from genrec.config import ConfigError
+from genrec.errors import ConfigError
 
 
 class StorageError(ConfigError):

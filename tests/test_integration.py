@@ -8,8 +8,12 @@ written against the store, so the same assertions hold on both. `make test` runs
 module took 282-318 s alone against 259-268 s (2 cores), and a fresh clone's `make test` ~657 s against ~565 s, past
 the suite's 10-minute budget. Run the other with `GENREC_TEST_STORAGE=s3 .venv/bin/pytest tests/test_integration.py`."""
 
+import contextlib
 import json
 import os
+import signal
+import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -17,9 +21,8 @@ import pyarrow.fs as pafs
 import pytest
 import torch
 
-from genrec.checkpoint import load_checkpoint
+from genrec.checkpoint import load_checkpoint, local_checkpoint
 from genrec.cli import post_json, sample_history
-from genrec.train import local_checkpoint
 from tests.conftest import s3_uri, tiny_config
 
 pytestmark = pytest.mark.integration
@@ -59,6 +62,8 @@ def test_sweep_ranks_trials_and_writes_winner(winner):
     assert not list(Path.cwd().glob("s3:*")) and not Path("integration").exists()  # no URI taken for a local path
     trials = [t for t in manifest["trials"] if t["status"] == "ok"]
     assert sorted((t["max_seq_len"], t["window_shift_h"]) for t in trials) == [(16, 0), (16, 48)]
+    # popularity's figure on the same validation requests stands beside each trial's
+    assert all(0 <= t["popularity_valid_ndcg@10"] <= 1 for t in trials)
     # ranked by the validation figure each trial kept; no test figure in the trial table
     assert [t["valid_ndcg@10"] for t in trials] == sorted((t["valid_ndcg@10"] for t in trials), reverse=True)
     assert not any(k.startswith("test_") or k in ("mrr", "ndcg@10") for t in manifest["trials"] for k in t)
@@ -104,6 +109,29 @@ def test_resume_keeps_finished_trials(winner):
         run(cfg, resume="no-such-sweep")
 
 
+@contextlib.contextmanager
+def ctrl_c_when(ready, timeout_s: float = 120.0):
+    """SIGINT to this process (what Ctrl-C sends) from a watcher thread, once ready() holds. A watcher that never
+    fired is stopped on leaving, so it cannot signal a later test."""
+    done = threading.Event()
+
+    def watch():
+        deadline = time.time() + timeout_s
+        while time.time() < deadline and not done.is_set():
+            if ready():
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join(5)
+
+
 def test_ctrl_c_of_a_tune_run_is_noticed_and_frees_what_it_held(ray_local, tmp_path):
     """tuning.sweep.fit_noting_interrupt, which `genrec sweep` uses to write no winner after Ctrl-C (Tune returns
     normally then, its stopped trials marked TERMINATED like finished ones): SIGINT to this process (what Ctrl-C sends)
@@ -114,9 +142,6 @@ def test_ctrl_c_of_a_tune_run_is_noticed_and_frees_what_it_held(ray_local, tmp_p
     Checked to fail: with the marker check removed (interrupted always False) the first assertion fails, and the
     sweep then died with "every trial failed" and a traceback (with a finished trial beside the stopped one, it
     would have written a winner from the rest)."""
-    import signal
-    import threading
-    import time
 
     import ray.tune
     from ray.util import placement_group_table
@@ -133,23 +158,8 @@ def test_ctrl_c_of_a_tune_run_is_noticed_and_frees_what_it_held(ray_local, tmp_p
                               run_config=ray.tune.RunConfig(name=name, storage_path=str(tmp_path), verbose=0))
 
     found = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGUSR1)
-    done = threading.Event()
-
-    def ctrl_c_after_a_report():
-        deadline = time.time() + 120
-        while time.time() < deadline and not done.is_set():
-            if any(f.stat().st_size for f in (tmp_path / "stopped").glob("*/result.json")):
-                os.kill(os.getpid(), signal.SIGINT)
-                return
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=ctrl_c_after_a_report, daemon=True)
-    watcher.start()
-    try:
+    with ctrl_c_when(lambda: any(f.stat().st_size for f in (tmp_path / "stopped").glob("*/result.json"))):
         results, interrupted = fit_noting_interrupt(tuner(reporting, "stopped"))
-    finally:  # a watcher that never fired must not signal a later test
-        done.set()
-        watcher.join(5)
     assert interrupted is True and (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGUSR1)) == found
     assert len(stopped_trials(results.filesystem, results.experiment_path)) == 1
     deadline = time.time() + 60
@@ -164,6 +174,35 @@ def test_ctrl_c_of_a_tune_run_is_noticed_and_frees_what_it_held(ray_local, tmp_p
     results, interrupted = fit_noting_interrupt(tuner(finishing, "finished"))
     assert interrupted is False and not stopped_trials(results.filesystem, results.experiment_path)
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGUSR1)) == found
+
+
+def test_ctrl_c_of_a_training_run_names_its_checkpoint_and_how_to_go_on(winner):
+    """`genrec train` under Ctrl-C: Ray Train's own SIGINT handler aborts the run and then exits the process (status
+    1, nothing said). genrec.train.fit sees the signal on a wakeup fd and raises Interrupted instead (the CLI prints it
+    and exits 130), naming the last whole checkpoint and `--resume`; the SIGINT handler found is put back and the
+    run's placement groups are freed."""
+
+    from ray.util import placement_group_table
+
+    from genrec.runtime import Interrupted, prepare_shards
+    from genrec.train import fit
+    from genrec.checkpoint import last_resumable
+
+    cfg = winner[0].model_copy(deep=True)
+    cfg.train.epochs, cfg.train.window_shift_h = 500, 0.0
+    shards = prepare_shards(cfg, echo=lambda *_: None)
+    store = cfg.storage.store()
+    found = signal.getsignal(signal.SIGINT)
+    # A whole checkpoint (every file of it written), not its first file: Ray copies them in parallel.
+    with ctrl_c_when(lambda: last_resumable(store, store.path("runs", "ctrl-c"), hashes=False)[0] is not None):
+        with pytest.raises(Interrupted, match="training run ctrl-c stopped; its last whole checkpoint is .*checkpoint_"
+                                              ".*\\(epoch \\d+\\); go on with .* --resume ctrl-c"):
+            fit(cfg, shards, "ctrl-c")
+    assert signal.getsignal(signal.SIGINT) == found
+    deadline = time.time() + 60
+    while any(g["state"] != "REMOVED" for g in placement_group_table().values()) and time.time() < deadline:
+        time.sleep(0.2)
+    assert all(g["state"] == "REMOVED" for g in placement_group_table().values())
 
 
 def test_report_from_the_sweep(winner, tmp_path):
@@ -317,15 +356,11 @@ class RequestLoop:
     exception name as the status)."""
 
     def __init__(self, url: str, history: list[dict], clients: int):
-        import threading
-
         self.url, self.history, self.results = url, history, []
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._client, daemon=True) for _ in range(clients)]
 
     def _client(self):
-        import time
-
         while not self.stop.is_set():
             try:
                 status, body = post_json(f"{self.url}/recommend", {"history": self.history, "k": 5}, timeout=30)
@@ -479,8 +514,6 @@ def test_cached_user_state_equals_a_full_recompute(served):
 
 
 def test_titles_added_live_are_ranked_at_once_and_survive_a_restart(served):
-    import time
-
     from ray import serve
 
     from genrec.cli import start_serve
@@ -523,7 +556,6 @@ def test_rollout_to_a_new_winner_while_requests_keep_succeeding(served, tmp_path
     """`genrec serve --update` in another process, after the winner manifest changed, under a request loop."""
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
     import ray
@@ -611,7 +643,6 @@ def test_serve_keeps_answering_when_a_replica_is_killed(winner):
     SIGKILL. Requests keep succeeding: at most the ones in flight on the killed replica may fail, and Serve brings a
     new replica up."""
     import os
-    import time
 
     import psutil
     from ray import serve

@@ -212,6 +212,7 @@ def test_pretrain_job_two_workers_zero3_survives_a_killed_worker(job_config, kil
     assert all(abs(e - (k + 1) * events[0]) < 0.1 * e for k, e in enumerate(events)), events
     for h in history:
         assert 0 < h["valid_mrr"] <= 1 and h["events_per_s"] > 0 and h["valid_requests"] > 0
+        assert 0 <= h["popularity_valid_ndcg@10"] <= 1  # the bar beside the figure, on the same requests
         assert h["flops_per_token"] > 0 and h["model_tflops_per_s"] > 0
         assert h["mfu"] == pytest.approx(h["model_tflops_per_s"] / (0.5 * 2))  # 2 workers of 0.5 TFLOP/s
         assert 0 <= h["input_wait_s"] < h["epoch_time_s"]  # time blocked on Ray Data for the next batch

@@ -128,8 +128,7 @@ def test_shards_on_s3_are_published_whole_verified_and_rebuilt(s3_server, tmp_pa
 
 
 def test_a_corrupt_checkpoint_on_s3_is_served_from_the_last_good_one(s3_server, tmp_path):
-    from genrec.checkpoint import CheckpointError, load_last_good
-    from genrec.train import CHECKPOINT_WEIGHTS
+    from genrec.checkpoint import CHECKPOINT_WEIGHTS, CheckpointError, load_last_good
     from tests.test_storage import _checkpoint
 
     store = Store(s3_uri(s3_server, "ckpt"), cache=tmp_path / "cache")

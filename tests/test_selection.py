@@ -2,7 +2,9 @@
 
 import math
 
+from genrec.config import load_config
 from genrec.selection import best_record, epochs_since_best, selection_key, should_stop
+from genrec.train import epoch_line
 
 
 def _history(valid, test):
@@ -51,3 +53,14 @@ def test_what_ray_is_told_agrees_with_the_rule():
     first, second = selection_scores(h[:1], "valid_ndcg@10"), selection_scores(h[:2], "valid_ndcg@10")
     assert first[SCORE] > second[SCORE] and first[SCORE] - second[SCORE] < 1e-6  # epoch 1 ranks above its tie
     assert selection_scores(h, "valid_ndcg@10")[BEST_SO_FAR] == 0.2  # epoch 3 reports the best so far
+
+
+def test_the_epoch_line_shows_popularity_beside_the_selection_figure():
+    cfg = load_config(None, ["train.epochs=20"])
+    metrics = {"epoch": 3, "loss": 5.25, "valid_ndcg@10": 0.1211, "valid_mrr": 0.1, "valid_hr@10": 0.2,
+               "popularity_valid_ndcg@10": 0.0436, "events_per_s": 4826.0}
+    line = epoch_line(metrics, cfg, "valid_ndcg@10", best=True)
+    assert line == ("epoch 3/20: loss 5.2500  valid_ndcg@10 0.1211 (popularity 0.0436)  valid_mrr 0.1000  "
+                    "valid_hr@10 0.2000  4,826 events/s  (best so far)")
+    del metrics["popularity_valid_ndcg@10"]  # a history written before popularity was computed per run
+    assert "popularity" not in epoch_line(metrics, cfg, "valid_ndcg@10", best=False)

@@ -13,15 +13,15 @@ from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchChe
 from deepspeed.runtime.fp16.loss_scaler import LossScaler
 from deepspeed.runtime.zero.config import ZeroStageEnum
 
-from genrec.checkpoint import CheckpointError, load_checkpoint, load_last_good
+from genrec.checkpoint import (CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS, CheckpointError, load_checkpoint,
+                               load_last_good, verify_resumable)
 from genrec.features import build_vocab
 from genrec.model import GenRec, ModelSpec
 from genrec.runtime import prepare_shards
 from genrec.shards import CHECKSUMS, ShardError, open_shards, verify_checksums, verify_shards, write_checksums
 from genrec.storage import StorageError, relative_inside, store
 from genrec.build import TRAIN_COUNT
-from genrec.train import (CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS, verify_resumable,
-                          weights_only_checkpoint_engine)
+from genrec.train import weights_only_checkpoint_engine
 from tests.conftest import tiny_config
 
 

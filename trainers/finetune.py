@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 import time
 
-from genrec.cli import run_entrypoint
+from genrec.entrypoint import run_entrypoint
 from genrec.config import GenrecConfig
 
 

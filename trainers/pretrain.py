@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 
-from genrec.cli import run_entrypoint
+from genrec.entrypoint import run_entrypoint
 from genrec.config import GenrecConfig
 
 EPOCH_COLUMNS = ["epoch", "loss", "valid_mrr", "valid_hr@10", "valid_ndcg@10", "events_per_s", "epoch_time_s"]

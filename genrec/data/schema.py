@@ -19,8 +19,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from genrec.errors import GenrecError
 
-class DataError(ValueError):
+
+class DataError(GenrecError, ValueError):
     """Input data that cannot be used. The message names the file, the line/row and/or field, and the fix."""
 
 
