@@ -63,7 +63,7 @@ def main() -> None:
     rows = []
     try:
         from genrec.checkpoint import load_last_good
-        from tuning.analysis import make_report
+        from genrec.study import make_report
         from tuning.sweep import run
 
         for rep, (kind, root) in [(r, kr) for r in range(args.repeats) for kr in roots.items()]:

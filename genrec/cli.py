@@ -105,7 +105,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from tuning.analysis import make_report
+    from genrec.study import make_report
     from tuning.sweep import latest_experiment
 
     results, store = args.results_dir, None
@@ -229,7 +229,7 @@ def cmd_pipeline(args) -> int:
     print("== 2/5 sweep (Ray Tune -> Ray Train + DeepSpeed over Ray Data)")
     manifest = sweep(cfg, resume=args.resume)
     print("== 3/5 report (scaling fits, retrain cost vs stability, gains vs headroom)")
-    from tuning.analysis import make_report
+    from genrec.study import make_report
 
     make_report(manifest["experiment"], args.report_dir, command="genrec " + " ".join(sys.argv[1:]),
                 store=cfg.storage.store())

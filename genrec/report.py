@@ -1,6 +1,6 @@
 """The sweep report: one self-contained HTML page (plots inlined) and a Markdown twin with PNG files beside it.
 
-`write_report(analysis, out_dir, meta)` takes the dict of `tuning.analysis.analyse` and writes:
+`write_report(analysis, out_dir, meta)` takes the dict of `genrec.study.analyse` and writes:
 
     report.html        self-contained: tables and the plots as inline PNG
     report.md          the same tables, linking the PNG files

@@ -14,7 +14,7 @@ import pytest
 from genrec.config import ConfigError, load_config
 from genrec.model import backbone_params
 from genrec.presets import PRESETS
-from tuning.analysis import analyse, load_experiment, make_report
+from genrec.study import analyse, load_experiment, make_report
 
 PRESET_LADDER = ["100k", "250k", "500k", "1m", "2m"]
 LAWS = {"B": (0.20, 2e3, 0.5), "A": (0.35, 1e3, 0.6), "C": (0.60, 5e2, 0.5)}  # task -> (P0, N0, a)
@@ -153,7 +153,7 @@ def test_no_gain_ratio_without_a_pre_training_gain():
     """A task's gain over a negative next-event gain would flip sign (x-15 of a loss): the report says it cannot
     answer instead of printing the ratio."""
     from genrec.report import answers
-    from tuning.analysis import _share
+    from genrec.study import _share
 
     assert _share(0.3, 0.1) == pytest.approx(3.0)
     assert math.isnan(_share(0.3, -0.2)) and math.isnan(_share(0.3, 0.0)) and math.isnan(_share(0.3, math.nan))
@@ -166,7 +166,7 @@ def test_no_gain_ratio_without_a_pre_training_gain():
     assert "gets worse by 1.9%" in text and "falls by 21%" in text and "A +323%" in text
     assert "Not answered: the larger backbone did not gain in pre-training" in text and "x-" not in text
     # A gain inside the seeds' spread is not read as a gain either.
-    from tuning.analysis import gain_noise
+    from genrec.study import gain_noise
 
     noise = gain_noise([0.10, 0.12], [0.11, 0.13])  # means 0.11 -> 0.12: +9%; 2 * sqrt(2e-4/2 + 2e-4/2) / 0.11
     assert noise == pytest.approx(2 * math.sqrt(2e-4) / 0.11) and math.isnan(gain_noise([0.1], [0.2, 0.3]))

@@ -14,6 +14,7 @@ import sys
 import time
 
 from genrec.entrypoint import run_entrypoint
+from genrec.study import RUN_FILE
 from genrec.config import GenrecConfig, with_values, without_secrets
 from genrec.selection import BEST_SO_FAR, selection_key
 
@@ -24,7 +25,6 @@ TRIAL_COLUMNS = ["rank", "preset", "max_seq_len", "seed", "window_shift_h", "bac
                  "valid_hr@10", "valid_ndcg@10", "popularity_valid_ndcg@10", "loss", "best_epoch", "events_per_s",
                  "wall_time_s", "status"]
 FIGURES = ("valid_mrr", "valid_hr@10", "valid_ndcg@10", "popularity_valid_ndcg@10", "loss", "events_per_s")
-RUN_FILE = "genrec_run.json"  # in each Tune trial folder: which genrec run (history, top-k lists) the trial is
 RECIPE = "recipe.yaml"  # in the sweep's folder: the winner's whole config
 
 

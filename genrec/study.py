@@ -24,7 +24,8 @@ from genrec.analysis import (bootstrap_power_law, compute_optimal, fit_cost, fit
                              mean_pairwise_overlap, relative_gain, spearman_with_interval)
 from genrec.config import ConfigError, GenrecConfig
 from genrec.selection import VALID, best_record, selection_key
-from tuning.sweep import RUN_FILE
+
+RUN_FILE = "genrec_run.json"  # in each Tune trial folder: which genrec run (history, top-k lists) the trial is
 
 
 @dataclass
