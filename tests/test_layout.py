@@ -1,0 +1,86 @@
+"""The import rules of the layout, read from the code (every import, at module level or inside a function):
+
+- no import cycles among genrec/, trainers/, tuning/ and serving/;
+- the Serve app, the ranker and the probes reach no training code (the Ray Train loop, DeepSpeed, trainers/, tuning/);
+- trainers/ and tuning/ never import the CLI (entrypoints call into the core, never back);
+- the core (genrec/, the CLI aside: it is an entrypoint) imports no entrypoint.
+
+Checked to fail: on the tree before these rules were met (d6a3761) the three rule tests fail (12 modules on cycles;
+serving.app reaching genrec.train and deepspeed; trainers.pretrain importing the CLI).
+"""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("genrec", "trainers", "tuning", "serving")
+TRAINING = ("genrec.train", "genrec.reference_loop", "deepspeed", "trainers", "tuning")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py") if "__pycache__" not in p.parts}
+
+
+def imports(path: Path, known: dict[str, Path]) -> set[str]:
+    """Every module `path` imports: project modules by name (`from genrec.x import y` is genrec.x.y when that is a
+    module, else genrec.x), other top-level packages by their first name."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
+                     for a in node.names]
+        else:
+            continue
+        for name in names:
+            found.add(name if name.split(".")[0] in PACKAGES else name.split(".")[0])
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    known = modules()
+    return {name: imports(path, known) for name, path in known.items()}
+
+
+def reach(g: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in g.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def test_the_rules_can_fail():
+    g = {"a": {"b"}, "b": {"a", "deepspeed"}}
+    assert reach(g, "a") == {"a", "b", "deepspeed"} and "a" in reach(g, "a")  # a cycle reaches itself
+
+
+def test_no_import_cycles():
+    g = graph()
+    cycles = sorted(m for m in g if m in reach(g, m))
+    assert not cycles, f"modules on an import cycle: {cycles}"
+
+
+def test_serving_the_ranker_and_the_probes_reach_no_training_code():
+    g = graph()
+    for start in ("serving.app", "genrec.recommend", "genrec.probes", "genrec.checkpoint"):
+        training = sorted(m for m in reach(g, start) if m.startswith(TRAINING))
+        assert not training, f"{start} reaches training code: {training}"
+
+
+def test_entrypoints_call_in_and_never_back():
+    g = graph()
+    for name, deps in g.items():
+        if name.startswith(("trainers", "tuning")):
+            assert "genrec.cli" not in deps, f"{name} imports the CLI"
+        if name.startswith("genrec") and name != "genrec.cli":
+            back = sorted(d for d in deps if d.startswith(("trainers", "tuning", "serving")))
+            assert not back, f"{name} imports the entrypoints {back}"
