@@ -1,5 +1,5 @@
 """Data at scale on one machine: write N synthetic events as Parquet in chunks, then build the sequence shards out of
-core (genrec.scale: Ray tasks over user partitions), recording time, events/s and peak memory for each N (issue #8).
+core (genrec.partitioned_build: Ray tasks over user partitions), recording time, events/s and peak memory for each N (issue #8).
 
     .venv/bin/python benchmarks/scale_data.py --events 1e6 1e7 1e8      # 100 events per user, 10^5 titles
     .venv/bin/python benchmarks/scale_data.py --events 1e6 --keep       # keep the data under --work afterwards
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from genrec.data.synthetic import write_events  # noqa: E402
 from genrec.runtime import print_table  # noqa: E402
-from genrec.scale import build_shards  # noqa: E402
+from genrec.partitioned_build import build_shards  # noqa: E402
 
 
 class MemorySampler:

@@ -124,7 +124,7 @@ class DataConfig(_Section):
     min_train_events: int = Field(2, ge=2)
     # Target rows per Parquet shard file.
     users_per_shard: int = Field(20_000, ge=1)
-    # Event logs larger than memory: N builds the shards out of core (genrec.scale), scattering the events into N
+    # Event logs larger than memory: N builds the shards out of core (genrec.partitioned_build), scattering the events into N
     # user partitions with Ray tasks and splitting each on its own. It reads Parquet event files in genrec's event
     # schema (data.source: parquet, data.path: their folder, data.items_path: the item table). None: in memory.
     partitions: int | None = Field(None, ge=1)

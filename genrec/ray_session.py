@@ -1,6 +1,6 @@
 """Joining Ray: the cluster named by RAY_ADDRESS (as under `ray job submit`), or an embedded local one.
 
-Its own module so that the shard builders (genrec.scale) and the entrypoint wiring (genrec.runtime) both use it
+Its own module so that the shard builders (genrec.partitioned_build) and the entrypoint wiring (genrec.runtime) both use it
 without importing each other.
 """
 

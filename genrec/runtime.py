@@ -12,7 +12,7 @@ from genrec.errors import GenrecError
 from genrec.data.schema import Dataset
 from genrec.data.loaders import with_tag_text
 from genrec.ray_session import init_ray
-from genrec.scale import build_shards
+from genrec.partitioned_build import build_shards
 from genrec.shards import (ShardError, ShardSet, check_cutoffs, open_shards, resolve_cutoff, tags_before, verify_shards,
                            write_shards)
 

@@ -261,7 +261,7 @@ def split_stats(split: str, cutoff: int | None, valid_cutoff: int | None) -> dic
 def split_sorted(users, idx, ts, actions, utils, num_items: int, cutoff: int | None, min_train_events: int,
                  split: str, valid_cutoff: int | None = None):
     """The split of events sorted by (user, time), with item indices -> ({split name: rows}, counts, seen,
-    target_counts). Shared by the in-memory build and the partitioned one (genrec.scale), which calls it once per
+    target_counts). Shared by the in-memory build and the partitioned one (genrec.partitioned_build), which calls it once per
     user partition and adds up the counts. `seen` is what cold start is decided from once every partition is in:
     each title's first event time (time split; merged by minimum) or whether it is in a training row
     (leave_one_out; merged by or); target_counts: {"eval": evaluation targets per title, "valid": validation

@@ -182,7 +182,7 @@ def build_plan(shards: ShardSet, ecfg: EvalConfig, cold: np.ndarray, split: str 
     if not files:
         raise ShardError(f"{shards.uri()}: no {SPLIT_NAMES[split]} split in these shards (built by an older genrec); "
                          "rebuild them (--rebuild-shards)")
-    # By user: the in-memory build writes rows in user order, the partitioned one (genrec.scale) by partition; the
+    # By user: the in-memory build writes rows in user order, the partitioned one (genrec.partitioned_build) by partition; the
     # sampled users below must not depend on which build made the shards.
     table = pq.read_table(files, filesystem=shards.fs).sort_by("user_id")
     n = table.num_rows

@@ -1,4 +1,4 @@
-"""The out-of-core shard build (genrec.scale) against the in-memory one, and the chunked synthetic writer."""
+"""The out-of-core shard build (genrec.partitioned_build) against the in-memory one, and the chunked synthetic writer."""
 
 import time
 
@@ -9,7 +9,7 @@ import pytest
 
 from genrec.data.schema import DataError
 from genrec.data.synthetic import generate, write_events
-from genrec.scale import build_shards, partition_of, quantile_from_histogram
+from genrec.partitioned_build import build_shards, partition_of, quantile_from_histogram
 from genrec.shards import open_shards, resolve_cutoff, verify_shards, write_shards
 
 
