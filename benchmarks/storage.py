@@ -69,7 +69,7 @@ def main() -> None:
         for rep, (kind, root) in [(r, kr) for r in range(args.repeats) for kr in roots.items()]:
             cfg = load_config(args.config, [
                 f"storage.root={root}", f"storage.cache={work / 'cache'}", f"name=bench-{kind}-{rep}",
-                f"tune.presets=[{args.preset}]", "tune.max_seq_len=[32]", "tune.seeds=[0]", "tune.window_shifts_h=[0]",
+                f"tune.presets=[{args.preset}]", "tune.max_seq_lens=[32]", "tune.seeds=[0]", "tune.window_shifts_h=[0]",
                 f"tune.epochs={args.epochs}", "tracking.wandb=disabled", *args.overrides])
             init_ray(cfg)
             t0 = time.perf_counter()

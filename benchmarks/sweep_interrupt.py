@@ -41,7 +41,7 @@ def main() -> None:
     cfg = load_config(args.config, [f"storage.root={root}", "name=interrupt", "tracking.wandb=disabled",
                                     *args.overrides])
     cfg.train.epochs, cfg.tune.epochs = args.epochs, None
-    cfg.tune.presets, cfg.tune.max_seq_len = cfg.tune.presets[:1], cfg.tune.max_seq_len[:1]
+    cfg.tune.presets, cfg.tune.max_seq_lens = cfg.tune.presets[:1], cfg.tune.max_seq_lens[:1]
     cfg.tune.seeds, cfg.tune.window_shifts_h = [0], [0.0]
     path = Path(root) / "config.yaml"
     path.write_text(dump_config(cfg))

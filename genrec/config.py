@@ -433,7 +433,7 @@ class TuneConfig(_Section):
     asha_grace_period: int | None = Field(2, ge=1)
     asha_reduction_factor: int = Field(3, ge=2)
     presets: list[str] = ["auto"]
-    max_seq_len: list[int | Literal["auto"]] = ["auto"]
+    max_seq_lens: list[int | Literal["auto"]] = ["auto"]
     max_concurrent_trials: int = Field(1, ge=1)
     # Override train.epochs for trials (None keeps train.epochs).
     epochs: int | None = Field(None, ge=1)
@@ -445,6 +445,9 @@ class TuneConfig(_Section):
     @model_validator(mode="before")
     @classmethod
     def _renamed(cls, data):
+        if isinstance(data, dict) and "max_seq_len" in data:
+            raise ValueError("tune.max_seq_len is now tune.max_seq_lens (it lists the lengths a sweep tries): rename "
+                             "the key")
         if isinstance(data, dict) and "metric" in data:
             raise ValueError("tune.metric is now eval.select_metric (one figure, on the validation split, for every "
                              "choice: kept checkpoint, early stopping, trial ranking): move it there (mrr, hr@10 or "
@@ -456,8 +459,8 @@ class TuneConfig(_Section):
         bad = [p for p in self.presets if p not in PRESET_NAMES and p not in ("custom", "auto")]
         if bad:
             raise ValueError(f"unknown presets {bad}; expected names from {', '.join(PRESET_NAMES)}")
-        if not self.presets or not self.max_seq_len:
-            raise ValueError("tune.presets and tune.max_seq_len must each list at least one value")
+        if not self.presets or not self.max_seq_lens:
+            raise ValueError("tune.presets and tune.max_seq_lens must each list at least one value")
         if not self.seeds or not self.window_shifts_h:
             raise ValueError("tune.seeds and tune.window_shifts_h must each list at least one value")
         if any(h < 0 for h in self.window_shifts_h):
@@ -769,6 +772,21 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         return GenrecConfig.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, source)) from None
+
+
+# Keys renamed since a config could be stored (Tune's param space, a winner manifest): (section, old, new).
+RENAMED_KEYS = (("tune", "max_seq_len", "max_seq_lens"),)
+
+
+def stored_config(tree: dict) -> GenrecConfig:
+    """A config that genrec itself wrote earlier (a sweep's param space, read to report on or resume it), its renamed
+    keys carried over. A config file a person edits is not migrated: load_config refuses an old key by name."""
+    tree = {k: dict(v) if isinstance(v, dict) else v for k, v in tree.items()}
+    for section, old, new in RENAMED_KEYS:
+        part = tree.get(section)
+        if isinstance(part, dict) and old in part and new not in part:
+            part[new] = part.pop(old)
+    return GenrecConfig.model_validate(tree)
 
 
 def with_values(cfg: GenrecConfig, values: dict[str, Any]) -> GenrecConfig:

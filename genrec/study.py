@@ -22,7 +22,7 @@ import numpy as np
 
 from genrec.analysis import (bootstrap_power_law, compute_optimal, fit_cost, fit_log_linear, fit_offset_power_law,
                              mean_pairwise_overlap, relative_gain, spearman_with_interval)
-from genrec.config import ConfigError, GenrecConfig
+from genrec.config import ConfigError, GenrecConfig, stored_config
 from genrec.selection import VALID, best_record, selection_key
 
 RUN_FILE = "genrec_run.json"  # in each Tune trial folder: which genrec run (history, top-k lists) the trial is
@@ -78,7 +78,7 @@ def load_experiment(path: str | Path) -> Experiment:
         params = json.loads((d / "params.json").read_text())
         base, shards = base or params.get("base"), shards or params.get("shards")
         if store is None and base:  # histories and top-k lists live under the sweep's storage (local or a URI)
-            store = GenrecConfig.model_validate(base).storage.store()
+            store = stored_config(base).storage.store()
         run = json.loads((d / RUN_FILE).read_text()) if (d / RUN_FILE).is_file() else {}
         history = []
         if run.get("history") and store is not None and store.is_file(run["history"]):
@@ -93,7 +93,7 @@ def load_experiment(path: str | Path) -> Experiment:
                 and not search:  # a search's scheduler (ASHA) stops trials early by design
             # Stopped with no error and not by early stopping or its budget (a killed driver): not a finished retrain.
             status, error = "incomplete", f"stopped after epoch {history[-1].get('epoch')} of {want}"
-        select = selection_key(GenrecConfig.model_validate(params.get("base") or base).eval.select_metric)
+        select = selection_key(stored_config(params.get("base") or base).eval.select_metric)
         # "auto" sizes are resolved by each trial from the data: its run file says what it trained
         length = run.get("max_seq_len", params["max_seq_len"])
         trials.append(Trial(run.get("preset", params["preset"]), int(length) if length != "auto" else 0,
@@ -103,7 +103,7 @@ def load_experiment(path: str | Path) -> Experiment:
                             run.get("topk"), d.name, select))
     if base is None:
         raise ConfigError(f"{path}: the trials' params.json hold no 'base' config; not a genrec sweep")
-    return Experiment(path, GenrecConfig.model_validate(base), shards, trials)
+    return Experiment(path, stored_config(base), shards, trials)
 
 
 def read_topk(path: str | None, store=None) -> dict:

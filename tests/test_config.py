@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from genrec.config import ConfigError, dump_config, load_config, without_secrets
+from genrec.config import ConfigError, dump_config, load_config, stored_config, without_secrets
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -26,6 +26,7 @@ def test_storage_root_is_resolved_where_the_config_is_loaded(tmp_path, monkeypat
 
 @pytest.mark.parametrize("override, message", [
     ("eval.primary=Z", "eval.primary='Z' is not one of eval.tasks"),
+    ("tune.max_seq_len=[16]", "tune.max_seq_len is now tune.max_seq_lens"),  # renamed: a list, a plural name
     ("eval.tasks={'a b': {targets: next}}", "task names"),
     ("eval.tasks.A.end_h=1", "end_h=1.0 must be after start_h=24.0"),
     ("eval.tasks.B.targets=later", "eval.tasks.B.targets"),
@@ -52,3 +53,11 @@ def test_without_secrets_drops_the_serve_token_and_leaves_the_original():
     assert public.serve.token is None and "a-secret-token" not in dump_config(public)
     assert cfg.serve.token == "a-secret-token-0123456789"  # the process that builds the Serve app keeps it
     assert public.model_dump(exclude={"serve"}) == cfg.model_dump(exclude={"serve"})
+
+
+def test_a_stored_config_of_an_earlier_genrec_is_carried_over():
+    # A sweep's param space written before tune.max_seq_len became tune.max_seq_lens: still reported and resumed.
+    tree = load_config(None).model_dump(mode="json")
+    tree["tune"]["max_seq_len"] = tree["tune"].pop("max_seq_lens")
+    assert stored_config(tree).tune.max_seq_lens == ["auto"]
+    assert "max_seq_len" in tree["tune"]  # the stored tree itself is left as it was

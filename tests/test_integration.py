@@ -47,7 +47,7 @@ def winner(ray_local, storage, request):
     # window ends 10^6 h before the cutoff, before any event: it crashes at its start (no training window), for real.
     root = s3_uri(request.getfixturevalue("s3_server"), "integration", "genrec") if STORAGE == "s3" else storage
     cfg = tiny_config(root, f"storage.cache={storage / 'cache'}", "train.workers=1", "train.cpus_per_worker=0.45", "train.epochs=1",
-                      "tune.presets=[custom]", "tune.max_seq_len=[16]", "tune.max_concurrent_trials=3",
+                      "tune.presets=[custom]", "tune.max_seq_lens=[16]", "tune.max_concurrent_trials=3",
                       "tune.seeds=[0]", "tune.window_shifts_h=[0,48,1000000]", f"serve.token={TOKEN}")
     return cfg, run(cfg, "sweep-test")
 

@@ -15,7 +15,7 @@ import time
 
 from genrec.entrypoint import run_entrypoint
 from genrec.study import RUN_FILE
-from genrec.config import GenrecConfig, with_values, without_secrets
+from genrec.config import GenrecConfig, stored_config, with_values, without_secrets
 from genrec.selection import BEST_SO_FAR, selection_key
 
 # The trial function only drives a TorchTrainer; Tune refuses an empty resource request.
@@ -30,7 +30,7 @@ RECIPE = "recipe.yaml"  # in the sweep's folder: the winner's whole config
 
 def trial_config(base: dict, preset: str, max_seq_len: int, epochs: int | None, seed: int | None = None,
                  window_shift_h: float | None = None, values: dict | None = None) -> GenrecConfig:
-    cfg = GenrecConfig.model_validate(base)
+    cfg = stored_config(base)  # a resumed sweep's param space may come from an earlier genrec
     if values:
         cfg = with_values(cfg, values)
     cfg.model.preset = preset
@@ -209,13 +209,13 @@ def run(cfg: GenrecConfig, sweep: str | None = None, rebuild: bool = False, resu
         key = selection_key(cfg.eval.select_metric)
         if t.search == "grid":
             n = n_trials(t)
-            cells = len(t.presets) * len(t.max_seq_len)
+            cells = len(t.presets) * len(t.max_seq_lens)
             retrains = f" x {len(t.seeds) * len(t.window_shifts_h)} retrains" if n > cells else ""
-            print(f"sweep {sweep}: presets {t.presets} x max_seq_len {t.max_seq_len}{retrains}, {n} trials, "
+            print(f"sweep {sweep}: presets {t.presets} x max_seq_len {t.max_seq_lens}{retrains}, {n} trials, "
                   f"ranked by {key} -> {store.uri(experiment_dir(cfg, sweep))}")
         else:
             print(f"sweep {sweep}: {t.search} search over {', '.join(t.space)} (and presets {t.presets} x max_seq_len "
-                  f"{t.max_seq_len}), {t.num_samples} trials"
+                  f"{t.max_seq_lens}), {t.num_samples} trials"
                   + (f", ASHA from epoch {t.asha_grace_period}" if t.asha_grace_period else "")
                   + f", ranked by {key} -> {store.uri(experiment_dir(cfg, sweep))}")
         tuner = ray.tune.Tuner(
@@ -271,13 +271,13 @@ def param_space(cfg: GenrecConfig, shards, sweep: str) -> dict:
     t = cfg.tune
     space = {"base": cfg.model_dump(mode="json"), "shards": str(shards.root), "sweep": sweep, "epochs": t.epochs}
     if t.search == "grid":
-        return space | {"preset": ray.tune.grid_search(t.presets), "max_seq_len": ray.tune.grid_search(t.max_seq_len),
+        return space | {"preset": ray.tune.grid_search(t.presets), "max_seq_len": ray.tune.grid_search(t.max_seq_lens),
                         "seed": ray.tune.grid_search(t.seeds), "window_shift_h": ray.tune.grid_search(t.window_shifts_h)}
 
     def one_or_choice(values):
         return values[0] if len(values) == 1 else ray.tune.choice(values)
 
-    return space | {"preset": one_or_choice(t.presets), "max_seq_len": one_or_choice(t.max_seq_len),
+    return space | {"preset": one_or_choice(t.presets), "max_seq_len": one_or_choice(t.max_seq_lens),
                     "seed": t.seeds[0], "window_shift_h": t.window_shifts_h[0],
                     "values": {k: domain(d) for k, d in t.space.items()}}
 
@@ -349,7 +349,7 @@ def stopped_trials(fs, path: str) -> list[str]:
 def n_trials(t) -> int:
     if t.search != "grid":
         return t.num_samples
-    return len(t.presets) * len(t.max_seq_len) * len(t.seeds) * len(t.window_shifts_h)
+    return len(t.presets) * len(t.max_seq_lens) * len(t.seeds) * len(t.window_shifts_h)
 
 
 def experiment_dir(cfg: GenrecConfig, sweep: str) -> str:
