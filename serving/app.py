@@ -266,7 +266,7 @@ class Recommender:
         self.store = Store(settings["storage_root"], settings["storage_cache"])
         self.catalogue_dir = catalogue_dir
         self.token_sha256 = token_sha256
-        self.s = settings
+        self.settings = settings
         MAX_BODY_BYTES[0] = settings["max_body_bytes"]
         self.score_batch.set_max_batch_size(settings["batch_max_size"])
         self.score_batch.set_batch_wait_timeout_s(settings["batch_wait_s"])
@@ -289,7 +289,7 @@ class Recommender:
     async def load_ranker(self, path: str) -> Ranker:
         """Keyed by checkpoint folder, so a rollout that points `winner` at a new checkpoint loads the new one."""
         loaded, degraded = load_last_good(path, store=self.store,
-                                          allow_unverified=self.s["allow_unverified_checkpoints"])
+                                          allow_unverified=self.settings["allow_unverified_checkpoints"])
         if degraded:  # a corrupt checkpoint: serve the run's last good one, and say so in /healthz and the logs
             logger.warning("model %s: %s", path, degraded)
             self.degraded[path] = degraded
@@ -307,10 +307,10 @@ class Recommender:
             ranker = await self.load_ranker(self.models[mid])
         except (CheckpointError, OSError) as exc:
             raise HTTPException(503, f"model {mid!r}: {exc}") from None
-        if time.monotonic() - ranker.polled_at >= self.s["catalogue_poll_s"]:
+        if time.monotonic() - ranker.polled_at >= self.settings["catalogue_poll_s"]:
             ranker.sync_titles(self.catalogue_dir, self.store)  # titles another replica added
             ranker.polled_at = time.monotonic()
-        if time.monotonic() - self.erasures_polled >= self.s["catalogue_poll_s"]:
+        if time.monotonic() - self.erasures_polled >= self.settings["catalogue_poll_s"]:
             await self.drop_erased()
         return mid, ranker
 
@@ -359,8 +359,8 @@ class Recommender:
     # -- auth and user state -------------------------------------------------------------------------------------
     def authorize(self, authorization: str | None) -> None:
         if self.token_sha256 is None:
-            raise HTTPException(403, f"this route needs the serve token and none is set: set the environment "
-                                     f"variable {self.s['token_env']} (or serve.token) where the app is deployed")
+            raise HTTPException(403, "this route needs the serve token and none is set: set the environment variable "
+                                     f"{self.settings['token_env']} (or serve.token) where the app is deployed")
         if not authorization or not authorization.startswith("Bearer "):
             raise HTTPException(401, "authorization: send the header 'Authorization: Bearer <token>'",
                                 headers={"WWW-Authenticate": "Bearer"})
@@ -372,7 +372,7 @@ class Recommender:
         if old is None or old.version <= state.version:
             self.states[key] = state
             self.states.move_to_end(key)
-        while len(self.states) > self.s["state_cache_users"]:
+        while len(self.states) > self.settings["state_cache_users"]:
             self.states.popitem(last=False)
 
     async def user_state(self, user_id: int, path: str, ranker: Ranker) -> tuple[UserState, float]:
@@ -402,9 +402,9 @@ class Recommender:
 
     @api.post("/recommend", response_model=RecommendResponse)
     async def recommend(self, req: RecommendRequest, authorization: str | None = Header(None)) -> RecommendResponse:
-        k = req.k or self.s["default_k"]
-        if k > self.s["max_k"]:
-            raise HTTPException(422, f"k: {k} is above the maximum of {self.s['max_k']} (serve.max_k)")
+        k = req.k or self.settings["default_k"]
+        if k > self.settings["max_k"]:
+            raise HTTPException(422, f"k: {k} is above the maximum of {self.settings['max_k']} (serve.max_k)")
         if req.user_id is not None:
             # A stored history is personal data: ranking by user id (which with exclude_seen on and off lists the
             # user's titles) needs the token. A request that sends its own history stays open.
@@ -412,8 +412,8 @@ class Recommender:
         mid, ranker = await self.ranker(req.model)
         age = None
         if req.history is not None:
-            if len(req.history) > self.s["max_history"]:
-                raise HTTPException(422, f"history: {len(req.history)} events, at most {self.s['max_history']} "
+            if len(req.history) > self.settings["max_history"]:
+                raise HTTPException(422, f"history: {len(req.history)} events, at most {self.settings['max_history']} "
                                          "allowed (serve.max_history)")
             check_time_order("history", [e.timestamp for e in req.history])
             ev, unknown = ranker.resolve([e.model_dump() for e in req.history])
