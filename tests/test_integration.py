@@ -287,7 +287,8 @@ def test_the_serve_token_is_written_nowhere(winner):
     # The sweep and the fine-tuning run before this one ran with serve.token set (as a config file may set it): no
     # file of the storage root (Tune's experiment state and param space, the trials' runs and checkpoints, the winner
     # manifest and recipe) nor of the local cache holds its value (wandb, off in the suite, is given the trainer's
-    # config, stripped the same way). Checked to fail without genrec.config.without_secrets.
+    # config, stripped the same way). Tune writes each trial's param space, the whole base config, to params.json:
+    # without genrec.config.without_secrets the token is there.
     cfg, _ = winner
     store = cfg.storage.store()
     files = [i.path for i in store.fs.get_file_info(pafs.FileSelector(store.base, recursive=True))
