@@ -573,7 +573,7 @@ class ClusterConfig(_Section):
     # repository). Pinned: an http(s) archive must name a commit (.../archive/<40-hex sha>.zip), since a branch's
     # archive changes under a running cluster; s3:// and gs:// zips are taken as given (version them yourself).
     # `ray job submit --working-dir .` uploads instead.
-    code_uri: str = "https://github.com/genrec/genrec/archive/d6a3761b6ba076ad36dc497807a0a4c6ac249abf.zip"
+    code_uri: str = "https://github.com/genrec/genrec/archive/6b2aa7a5efb3d68d1b7c751fc873e90e1d1b6055.zip"
     # The KubeRay operator the files target: 1.5.1 or later, whose RayCluster authOptions turn Ray's token
     # authentication on (the operator makes the Secret, sets RAY_AUTH_MODE/RAY_AUTH_TOKEN in every pod, and sends the
     # token when it talks to the dashboard; an older operator cannot talk to a token-protected one).
