@@ -19,7 +19,7 @@ from genrec.config import GenrecConfig
 from genrec.errors import GenrecError
 from genrec.selection import TEST, VALID, best_record, selection_key
 from genrec.shards import ShardSet
-from genrec.tasks import build_plan, evaluate_plan, model_scorer, plan_metrics
+from genrec.tasks import build_plan, count_scorer, evaluate_plan, model_scorer, plan_metrics
 from genrec.build import item_counts
 from genrec.runtime import print_table
 from genrec.checkpoint import CHECKPOINT_SPEC, checkpoint_folders, local_checkpoint
@@ -54,12 +54,7 @@ def popularity(cfg: GenrecConfig, shards: ShardSet, split: str) -> dict:
     """The bar every table stands beside: titles ranked by their training events (the context's titles excluded, as
     for a model), on the same requests, tasks and metrics as a model. Figures named as `split`'s (valid_/test_)."""
     plan, counts = request_plan(cfg, shards, split)
-    row = torch.from_numpy(counts.astype(np.float64))
-
-    def score(_uses, batch):
-        return row.expand(batch["items"].shape[0], -1).clone()
-
-    sums, _ = evaluate_plan(plan, score, 1, batch_size=cfg.eval.batch_size)
+    sums, _ = evaluate_plan(plan, count_scorer(counts), 1, batch_size=cfg.eval.batch_size)
     return {(VALID if split == "valid" else TEST) + k: v for k, v in plan_metrics(sums, cfg.eval.primary).items()}
 
 

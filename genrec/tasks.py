@@ -354,6 +354,16 @@ def plan_metrics(sums: dict, primary: str, k: int = 10) -> dict[str, float]:
     return out
 
 
+def count_scorer(counts, device="cpu") -> Scorer:
+    """Popularity: every context scores each title by its training events (the bar beside a model's figures)."""
+    row = torch.as_tensor(counts, dtype=torch.float64, device=device)
+
+    def score(_uses, b):
+        return row.expand(b["items"].shape[0], -1).clone()
+
+    return score
+
+
 def model_scorer(model, item_matrix: torch.Tensor) -> Scorer:
     def score(_uses, b):
         return model.score_last(b["items"], b["actions"], b["gaps"], b["utils"], b["lengths"], item_matrix,

@@ -36,7 +36,7 @@ from genrec.objectives import draw_id_mask
 from genrec.runtime import Interrupted
 from genrec.selection import SCORE, VALID, best_record, selection_key, selection_scores, should_stop
 from genrec.shards import ShardSet, open_shards
-from genrec.tasks import build_plan, evaluate_plan, model_scorer, plan_metrics
+from genrec.tasks import build_plan, count_scorer, evaluate_plan, model_scorer, plan_metrics
 from genrec.windows import training_windows
 
 POPULARITY = "popularity_"  # prefix of popularity's figures beside the model's in each epoch's record
@@ -403,9 +403,7 @@ def train_func(config: dict) -> None:
     def popularity_figures() -> dict:
         """The bar beside every epoch's figures, computed once per run: titles ranked by their events in this run's
         training window, on the same validation requests (the context's titles excluded, as for the model)."""
-        row = torch.as_tensor(built.counts, dtype=torch.float64, device=device)
-        sums, _ = evaluate_plan(plan, lambda _uses, b: row.expand(b["items"].shape[0], -1).clone(), 1, rank, world,
-                                cfg.eval.batch_size, device)
+        sums, _ = evaluate_plan(plan, count_scorer(built.counts, device), 1, rank, world, cfg.eval.batch_size, device)
         for v in sums.values():
             reduce(v)
         return {POPULARITY + VALID + m: v for m, v in plan_metrics(sums, cfg.eval.primary).items()
