@@ -76,15 +76,15 @@ def main() -> None:
             manifest = run(cfg, f"sweep-{kind}-{rep}")
             sweep_s = time.perf_counter() - t0
             t0 = time.perf_counter()
-            make_report(manifest["experiment"], work / f"report-{kind}-{rep}", resamples=50, echo=lambda *_: None,
+            make_report(manifest.experiment, work / f"report-{kind}-{rep}", resamples=50, echo=lambda *_: None,
                         store=cfg.storage.store())
             report_s = time.perf_counter() - t0
             t0 = time.perf_counter()
-            load_last_good(manifest["checkpoint"], store=cfg.storage.store())
+            load_last_good(manifest.checkpoint, store=cfg.storage.store())
             load_s = time.perf_counter() - t0
-            trial = manifest["trials"][0]
-            rows.append({"storage": kind, "run": rep + 1, "sweep_s": sweep_s, "train_wall_s": trial["wall_time_s"],
-                         "loss": trial["loss"], "valid_mrr": trial["valid_mrr"], "report_s": report_s, "load_winner_s": load_s})
+            trial = manifest.trials[0]
+            rows.append({"storage": kind, "run": rep + 1, "sweep_s": sweep_s, "train_wall_s": trial.wall_time_s,
+                         "loss": trial.loss, "valid_mrr": trial.valid_mrr, "report_s": report_s, "load_winner_s": load_s})
     finally:
         proc.terminate()
     for r in rows:  # against the local run of the same round

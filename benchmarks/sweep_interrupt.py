@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from genrec.config import dump_config, load_config  # noqa: E402
 from genrec.runtime import init_ray  # noqa: E402
+from genrec.winner import read_winner  # noqa: E402
 from tuning.sweep import main as sweep  # noqa: E402
 
 
@@ -86,8 +87,7 @@ def main() -> None:
     print(f"\nresumed sweep: exit {code} after {time.time() - t1:.1f} s; resumed after epoch {resumed_after}; "
           f"epochs {[h['epoch'] for h in history]}; finished epochs kept as they were: "
           f"{history[:resumed_after or 0] == before[:resumed_after or 0]}")
-    manifest = json.loads(store.read_text(cfg.winner_path()))
-    print(f"winner: {manifest['checkpoint']}")
+    print(f"winner: {read_winner(store, cfg.winner_path()).checkpoint}")
 
 
 if __name__ == "__main__":

@@ -231,7 +231,7 @@ def cmd_pipeline(args) -> int:
     print("== 3/5 report (scaling fits, retrain cost vs stability, gains vs headroom)")
     from genrec.study import make_report
 
-    make_report(manifest["experiment"], args.report_dir, command="genrec " + " ".join(sys.argv[1:]),
+    make_report(manifest.experiment, args.report_dir, command="genrec " + " ".join(sys.argv[1:]),
                 store=cfg.storage.store())
     print("== 4/5 serve the winner (Ray Serve)")
     url = start_serve(cfg)

@@ -19,7 +19,6 @@ the field; the replica keeps serving.
 
 import hashlib
 import hmac
-import json
 import logging
 import os
 import time
@@ -40,6 +39,7 @@ from genrec.config import GenrecConfig, load_config
 from genrec.data.schema import DataError
 from genrec.recommend import Ranker, UserState, titles_table, write_titles
 from genrec.storage import Store
+from genrec.winner import read_winner
 
 api = FastAPI(title="genrec", description="Next-title recommendations from a generative recommender.")
 # Set by the replica from serve.max_body_bytes; a module global because the middleware belongs to the app object.
@@ -491,24 +491,13 @@ class Recommender:
         return TitlesResponse(added=ids, titles=ranker.size, update=name)
 
 
-def trial_model_id(trial: dict) -> str:
-    return f"{trial['preset']}-len{trial['max_seq_len']}-s{trial['seed']}-w{trial['window_shift_h']:g}"
-
-
 def served_models(cfg: GenrecConfig, checkpoint: str | None = None) -> dict[str, str]:
     """Model id -> checkpoint folder: the winner and every finished trial of its sweep (or one explicit folder)."""
     store = cfg.storage.store()
     if checkpoint:
         return {DEFAULT_MODEL: store.uri(store.locate(checkpoint)) if store.remote else str(Path(checkpoint).resolve())}
-    winner = cfg.winner_path()
-    if not store.is_file(winner):
-        raise FileNotFoundError(f"{store.uri(winner)}: no winner manifest; run `python -m tuning.sweep --config "
-                                "CONFIG` first, or pass checkpoint=PATH")
-    manifest = json.loads(store.read_text(winner))
-    models = {trial_model_id(t): t["checkpoint"] for t in manifest.get("trials", [])
-              if t.get("status") == "ok" and t.get("checkpoint")}
-    models[DEFAULT_MODEL] = manifest["checkpoint"]
-    return models
+    manifest = read_winner(store, cfg.winner_path())
+    return manifest.served_models() | {DEFAULT_MODEL: manifest.checkpoint}
 
 
 def build(cfg: GenrecConfig, checkpoint: str | None = None):

@@ -23,6 +23,7 @@ import torch
 
 from genrec.checkpoint import load_checkpoint, local_checkpoint
 from genrec.cli import post_json, sample_history
+from genrec.winner import WINNER_SCHEMA_VERSION, read_winner, write_winner_manifest
 from tests.conftest import s3_uri, tiny_config
 
 pytestmark = pytest.mark.integration
@@ -53,9 +54,14 @@ def winner(ray_local, storage, request):
 
 
 def test_sweep_ranks_trials_and_writes_winner(winner):
-    cfg, manifest = winner
+    cfg, typed = winner
     store = cfg.storage.store()
-    assert json.loads(store.read_text(cfg.winner_path())) == json.loads(json.dumps(manifest))
+    # The file reads back as the typed contract serving and fine-tuning read (genrec.winner), field for field.
+    assert read_winner(store, cfg.winner_path()) == typed and typed.schema_version == WINNER_SCHEMA_VERSION
+    # The trial's cost in the trainer's own FLOPs count (one count: genrec.build.model_flops_per_token).
+    won = next(t for t in typed.trials if t.checkpoint == typed.checkpoint)
+    assert typed.cost.train_flops > 0 and typed.cost.train_flops == won.train_flops
+    manifest = typed.model_dump(mode="json")  # as the file holds it
     assert manifest["experiment"] == store.uri(store.path("tune", "sweep-test"))
     from pathlib import Path
 
@@ -101,10 +107,11 @@ def test_resume_keeps_finished_trials(winner):
 
     cfg, manifest = winner
     again = run(cfg, resume="sweep-test")
-    assert again["experiment"] == manifest["experiment"] and again["checkpoint"] == manifest["checkpoint"]
+    assert again.experiment == manifest.experiment and again.checkpoint == manifest.checkpoint
     # (the crashed trial is tried again, and fails again)
-    assert [t.get("wall_time_s") for t in again["trials"]] == [t.get("wall_time_s") for t in manifest["trials"]]
-    assert [t["status"] for t in again["trials"]] == ["ok", "ok", "failed"]
+    assert [getattr(t, "wall_time_s", None) for t in again.trials] == [getattr(t, "wall_time_s", None)
+                                                                         for t in manifest.trials]
+    assert [t.status for t in again.trials] == ["ok", "ok", "failed"]
     with pytest.raises(ConfigError, match="not a Tune experiment folder"):
         run(cfg, resume="no-such-sweep")
 
@@ -216,7 +223,7 @@ def test_report_from_the_sweep(winner, tmp_path):
     # From the store (a bucket: copied to the local cache, analysed, and uploaded beside the results as a local sweep
     # keeps them); the report lands in the sweep's folder.
     store = cfg.storage.store()
-    assert main(["report", manifest["experiment"], "--bootstrap", "50",
+    assert main(["report", manifest.experiment, "--bootstrap", "50",
                  "--set", f"storage.root={cfg.storage.root}", "--set", f"storage.cache={cfg.storage.cache}"]) == 0
     out = store.download(store.path("tune", "sweep-test", "report"), tmp_path / "report")
     md = (out / "report.md").read_text()
@@ -231,7 +238,7 @@ def test_report_from_the_sweep(winner, tmp_path):
     oracle = analysis["oracle"]  # synthetic data: the generator's own ranking, on the same (validation) requests
     assert set(oracle) == set(cfg.eval.tasks) and oracle["B"]["requests"] > 0
     assert all(0 < o["mrr"] <= 1 for o in oracle.values() if o["requests"])  # a task may have no validation request
-    assert oracle["B"]["mrr"] > max(t["valid_mrr"] for t in manifest["trials"] if t["status"] == "ok")
+    assert oracle["B"]["mrr"] > max(t.valid_mrr for t in manifest.trials if t.status == "ok")
 
 
 def test_taste_probe_ranks_each_new_title_where_the_app_ranks_it(winner):
@@ -241,7 +248,7 @@ def test_taste_probe_ranks_each_new_title_where_the_app_ranks_it(winner):
     from genrec.probes import HOUR, NEW_ID_BASE, genre_fans, taste_probe
     from genrec.recommend import Events, Ranker
 
-    loaded = load(*winner[:1], winner[1]["checkpoint"])
+    loaded = load(*winner[:1], winner[1].checkpoint)
     when = int(loaded.items.column("launch_ts").to_numpy().max()) + 2 * 86_400
     ranker = Ranker(loaded, "probe")
     fans = genre_fans(ranker)
@@ -276,7 +283,7 @@ def test_finetune_a_task_on_a_frozen_backbone(winner):
     history = read_history(cfg, "finetune-test")
     # Epoch 0 is the pre-trained model on every task, before any step: the transfer baseline.
     assert [h["epoch"] for h in history] == [0, 1] and history[0]["valid_requests_A"] > 0 and "loss" not in history[0]
-    before, after = load(cfg, manifest["checkpoint"]), load(cfg, result.checkpoint.path)
+    before, after = load(cfg, manifest.checkpoint), load(cfg, result.checkpoint.path)
     b, a = before.model.state_dict(), after.model.state_dict()
     # Frozen: every backbone and embedding weight is the pre-trained one; the new head is not.
     assert all(torch.equal(b[k], a[k]) for k in b if not k.startswith("head."))
@@ -460,7 +467,7 @@ def test_multiplexed_models_each_rank_as_their_own_checkpoint(served):
     cfg, manifest, url = served
     history = sample_history(cfg)
     lists = {}
-    for trial in (t for t in manifest["trials"] if t["status"] == "ok"):
+    for trial in (t.model_dump() for t in manifest.trials if t.status == "ok"):
         mid = f"custom-len16-s0-w{trial['window_shift_h']:g}"
         status, body = post_json(f"{url}/recommend", {"history": history, "k": 10, "model": mid, "request_ts": WHEN})
         assert status == 200 and body["model"] == mid, body
@@ -537,7 +544,7 @@ def test_titles_added_live_are_ranked_at_once_and_survive_a_restart(served):
     body = newest()
     assert [i["item_id"] for i in body["items"]] == [new["item_id"]]
     # Scored through the semantic tower from its metadata alone: the same score the checkpoint gives it here.
-    local = _local_ranker(cfg, manifest["checkpoint"])
+    local = _local_ranker(cfg, manifest.checkpoint)
     expected = _local_top(local, history, 50, launched_after=t0 - 60)
     assert body["items"][0]["score"] == pytest.approx(expected[0]["score"], abs=1e-5)
     # A genre filter keeps only that genre's titles.
@@ -565,13 +572,13 @@ def test_rollout_to_a_new_winner_while_requests_keep_succeeding(served, tmp_path
 
     cfg, manifest, url = served
     store = cfg.storage.store()
-    old, new = manifest["checkpoint"], next(t["checkpoint"] for t in manifest["trials"]
-                                            if t.get("checkpoint") not in (None, manifest["checkpoint"]))
+    old, new = manifest.checkpoint, next(t.checkpoint for t in manifest.trials
+                                         if t.checkpoint not in (None, manifest.checkpoint))
     config = tmp_path / "genrec.yaml"
     config.write_text(dump_config(cfg))
     try:
         with RequestLoop(url, sample_history(cfg), clients=2) as load:
-            store.write_json(cfg.winner_path(), {**manifest, "checkpoint": new})
+            write_winner_manifest(store, cfg.winner_path(), manifest.model_copy(update={"checkpoint": new}))
             out = subprocess.run([str(Path(sys.executable).parent / "genrec"), "serve", "--update", "--config",
                                   str(config), "--address", ray.get_runtime_context().gcs_address],
                                  capture_output=True, text=True, timeout=180)
@@ -583,7 +590,7 @@ def test_rollout_to_a_new_winner_while_requests_keep_succeeding(served, tmp_path
                 time.sleep(0.2)
             time.sleep(1)
     finally:
-        store.write_json(cfg.winner_path(), manifest)
+        write_winner_manifest(store, cfg.winner_path(), manifest)
     seen = [(status, checkpoint) for _, status, checkpoint in load.results]
     names = [c for _, c in seen]
     failed = [s for s, _ in seen if s != 200]
@@ -601,8 +608,8 @@ def test_a_corrupt_checkpoint_is_served_from_the_last_good_one_and_said(served, 
     store = cfg.storage.store()
     run = store.path("runs", "run")
     good, bad = f"{run}/checkpoint_2026-01-01_00-00-00.000000", f"{run}/checkpoint_2026-01-02_00-00-00.000000"
-    store.upload(local_checkpoint(cfg, manifest["checkpoint"]), good)
-    store.upload(local_checkpoint(cfg, manifest["checkpoint"]), bad)
+    store.upload(local_checkpoint(cfg, manifest.checkpoint), good)
+    store.upload(local_checkpoint(cfg, manifest.checkpoint), bad)
     weights = f"{bad}/model.pt"
     data = bytearray(store.read_bytes(weights))
     data[len(data) // 2] ^= 0xFF

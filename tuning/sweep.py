@@ -17,6 +17,7 @@ from genrec.entrypoint import run_entrypoint
 from genrec.study import RUN_FILE
 from genrec.config import GenrecConfig, stored_config, with_values, without_secrets
 from genrec.selection import BEST_SO_FAR, selection_key
+from genrec.winner import WinnerCost, WinnerManifest, write_winner_manifest
 
 # The trial function only drives a TorchTrainer; Tune refuses an empty resource request.
 TRIAL_CPUS = 0.01
@@ -94,6 +95,8 @@ def summarize(results, key: str) -> list[dict]:
         row["backbone_params"] = int(best["backbone_params"])
         row.update(best_epoch=int(best["epoch"]), checkpoint=best.get("checkpoint_path"),
                    wall_time_s=float(last["wall_time_s"]), events_processed=int(last["events_processed"]),
+                   train_flops=float(last["train_flops"]) if last.get("train_flops") == last.get("train_flops")
+                   and last.get("train_flops") is not None else None,  # (NaN != NaN: an epoch without the count)
                    trial_id=r.metrics.get("trial_id"))
         rows.append(row)
     ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: r[key], reverse=True)
@@ -104,7 +107,7 @@ def summarize(results, key: str) -> list[dict]:
 
 
 def write_winner(cfg: GenrecConfig, sweep: str, rows: list[dict], experiment: str | None = None,
-                 shards=None) -> dict:
+                 shards=None) -> WinnerManifest:
     """`experiment`: the Tune folder the rows come from, in the storage's filesystem (default: the sweep's under
     storage.root/tune). With `shards`, the winner (chosen on validation) is scored on their test split, once."""
     cfg = without_secrets(cfg)  # the manifest and the recipe beside it are files anyone with the storage reads
@@ -130,34 +133,33 @@ def write_winner(cfg: GenrecConfig, sweep: str, rows: list[dict], experiment: st
         winner_cfg = resolve_defaults(winner_cfg, shards, echo=lambda *_: None)
         test = figures(score_test(cfg, shards, best["checkpoint"]), TEST)
         popular = figures(popularity(cfg, shards, "eval"), TEST)
-    manifest = {
-        "sweep": sweep,
-        "experiment": store.uri(experiment or experiment_dir(cfg, sweep)),
-        "created_at": time.time(),
+    manifest = WinnerManifest(
+        sweep=sweep,
+        experiment=store.uri(experiment or experiment_dir(cfg, sweep)),
+        created_at=time.time(),
         # How the winner was chosen: only validation figures; the test split was read once, for the winner.
-        "selection": f"highest {selection_key(cfg.eval.select_metric)} (validation split), freshest retrains",
-        "metric": selection_key(cfg.eval.select_metric),
-        "checkpoint": best["checkpoint"],
-        "preset": best["preset"],
-        "max_seq_len": best["max_seq_len"],
-        "seed": best["seed"],
-        "metrics": {k: best[k] for k in ("valid_mrr", "valid_hr@10", "valid_ndcg@10", "loss", "best_epoch")},
-        "values": best.get("values"),  # a search's sampled hyper-parameters (None in a grid)
-        "test": test,
-        "test_popularity": popular,  # the bar: titles ranked by training events, on the same test requests
-        # Training cost of the winning trial. FLOPs: 6 x backbone parameters per processed event (forward +
-        # backward of the transformer blocks), the standard dense estimate; attention and decoding excluded.
-        "cost": {"wall_time_s": best["wall_time_s"], "events_processed": best["events_processed"],
-                 "backbone_train_flops": 6.0 * best["backbone_params"] * best["events_processed"]},
-        "config": winner_cfg.model_dump(mode="json"),
-        "trials": [{k: v for k, v in r.items() if not (isinstance(v, float) and math.isnan(v))} for r in rows],
-    }
-    store.write_json(cfg.winner_path(), manifest)
+        selection=f"highest {selection_key(cfg.eval.select_metric)} (validation split), freshest retrains",
+        metric=selection_key(cfg.eval.select_metric),
+        checkpoint=best["checkpoint"],
+        preset=best["preset"],
+        max_seq_len=best["max_seq_len"],
+        seed=best["seed"],
+        metrics={k: best[k] for k in ("valid_mrr", "valid_hr@10", "valid_ndcg@10", "loss", "best_epoch")},
+        values=best.get("values"),
+        test=test,
+        test_popularity=popular,  # the bar: titles ranked by training events, on the same test requests
+        # The winning trial's whole training, in the trainer's own FLOPs count (genrec.build.model_flops_per_token).
+        cost=WinnerCost(wall_time_s=best["wall_time_s"], events_processed=best["events_processed"],
+                        train_flops=best.get("train_flops")),
+        config=winner_cfg.model_dump(mode="json"),
+        trials=[{k: v for k, v in r.items() if not (isinstance(v, float) and math.isnan(v))} for r in rows],
+    )
+    write_winner_manifest(store, cfg.winner_path(), manifest)
     # The winner's whole config beside the trials: a recipe to commit under configs/ and train again.
     from genrec.config import dump_config
 
     store.write_bytes(f"{experiment or experiment_dir(cfg, sweep)}/{RECIPE}",
-                      (f"# the winner of sweep {sweep}, chosen on {manifest['metric']} (validation)\n"
+                      (f"# the winner of sweep {sweep}, chosen on {manifest.metric} (validation)\n"
                        + dump_config(winner_cfg)).encode())
     return manifest
 
@@ -185,7 +187,8 @@ def resume_dir(cfg: GenrecConfig, resume: str) -> str:
     return path
 
 
-def run(cfg: GenrecConfig, sweep: str | None = None, rebuild: bool = False, resume: str | None = None) -> dict:
+def run(cfg: GenrecConfig, sweep: str | None = None, rebuild: bool = False,
+        resume: str | None = None) -> WinnerManifest:
     import ray.tune
 
     from genrec.runtime import init_ray, prepare_shards, print_table
@@ -244,9 +247,8 @@ def run(cfg: GenrecConfig, sweep: str | None = None, rebuild: bool = False, resu
     searched = list(t.space) if t.search != "grid" else []
     print_table([r | (r.get("values") or {}) for r in rows], TRIAL_COLUMNS[:6] + searched + TRIAL_COLUMNS[6:])
     manifest = write_winner(cfg, sweep, rows, experiment, shards)
-    test = manifest["test"]
-    pop = manifest["test_popularity"]
-    print(f"winner: {manifest['preset']} max_seq_len {manifest['max_seq_len']} ({key} {manifest['metrics'][key]:.4f};"
+    test, pop = manifest.test, manifest.test_popularity
+    print(f"winner: {manifest.preset} max_seq_len {manifest.max_seq_len} ({key} {manifest.metrics[key]:.4f};"
           f" test, read once: ndcg@10 {test['ndcg@10']:.4f}, hr@10 {test['hr@10']:.4f}, mrr {test['mrr']:.4f}; "
           f"popularity {pop['ndcg@10']:.4f}, {pop['hr@10']:.4f}, {pop['mrr']:.4f}) -> {store.uri(cfg.winner_path())}")
     return manifest

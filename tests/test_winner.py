@@ -1,0 +1,55 @@
+"""The winner manifest as a typed, versioned contract (genrec.winner): what tuning writes, serving and fine-tuning
+read back field for field, and what is refused, with the file and the field named."""
+
+import json
+import re
+
+import pytest
+
+from genrec.storage import Store
+from genrec.winner import WINNER_SCHEMA_VERSION, WinnerError, WinnerManifest, read_winner, write_winner_manifest
+
+
+def manifest(**changes) -> dict:
+    trial = {"preset": "custom", "max_seq_len": 16, "seed": 0, "window_shift_h": 48.0, "status": "ok",
+             "checkpoint": "/runs/a/checkpoint_1", "valid_ndcg@10": 0.1, "rank": 1}
+    failed = {"preset": "custom", "max_seq_len": 16, "seed": 0, "window_shift_h": 1e6, "status": "failed",
+              "error": "no training window", "rank": "-"}
+    return {"sweep": "s", "experiment": "/tune/s", "created_at": 1.0, "selection": "highest valid_ndcg@10",
+            "metric": "valid_ndcg@10", "checkpoint": "/runs/b/checkpoint_2", "preset": "custom", "max_seq_len": 16,
+            "seed": 0, "metrics": {"valid_ndcg@10": 0.09, "best_epoch": 2}, "cost": {
+                "wall_time_s": 3.0, "events_processed": 100, "train_flops": 1e9},
+            "config": {"name": "x"}, "trials": [trial, failed], **changes}
+
+
+def test_a_manifest_reads_back_as_written(tmp_path):
+    store = Store(str(tmp_path))
+    written = WinnerManifest.model_validate(manifest())
+    write_winner_manifest(store, str(tmp_path / "winner.json"), written)
+    again = read_winner(store, str(tmp_path / "winner.json"))
+    assert again == written and again.schema_version == WINNER_SCHEMA_VERSION
+    assert again.trials[0].model_extra["valid_ndcg@10"] == 0.1  # a trial's figures travel as extra fields
+    # Serving routes every finished trial by its id; the failed one serves nothing.
+    assert again.served_models() == {"custom-len16-s0-w48": "/runs/a/checkpoint_1"}
+
+
+@pytest.mark.parametrize("change, said", [
+    ({"checkpoint": None}, "field checkpoint: Input should be a valid string"),
+    ({"cost": {"wall_time_s": -1.0, "events_processed": 1}}, "field cost.wall_time_s: Input should be greater"),
+    ({"surprise": 1}, "field surprise: Extra inputs are not permitted"),
+    ({"schema_version": 99}, "schema_version 99, this genrec reads 1"),
+])
+def test_a_manifest_that_does_not_fit_is_refused_naming_the_file_and_field(tmp_path, change, said):
+    path = tmp_path / "winner.json"
+    path.write_text(json.dumps(manifest(**change)))
+    with pytest.raises(WinnerError, match=rf"^{re.escape(str(path))}: .*{said}.*run the sweep again"):
+        read_winner(Store(str(tmp_path)), str(path))
+
+
+def test_a_missing_or_torn_manifest_says_what_to_do(tmp_path):
+    store = Store(str(tmp_path))
+    with pytest.raises(WinnerError, match=r"no winner manifest; run `genrec sweep"):
+        read_winner(store, str(tmp_path / "winner.json"))
+    (tmp_path / "winner.json").write_text('{"sweep": ')
+    with pytest.raises(WinnerError, match=r"winner.json: not readable JSON"):
+        read_winner(store, str(tmp_path / "winner.json"))
