@@ -38,6 +38,7 @@ from genrec.selection import SCORE, VALID, best_record, selection_key, selection
 from genrec.shards import ShardSet, open_shards
 from genrec.tasks import build_plan, count_scorer, evaluate_plan, model_scorer, plan_metrics
 from genrec.windows import training_windows
+from genrec.winner import read_winner
 
 POPULARITY = "popularity_"  # prefix of popularity's figures beside the model's in each epoch's record
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints, in its folder
@@ -181,18 +182,25 @@ def failure_cause(exc: Exception) -> str:
     return "; ".join(dict.fromkeys(lines))
 
 
-def failure_message(cfg: GenrecConfig, run_name: str, exc: Exception, resume_hint: bool = True) -> str:
+def last_whole_checkpoint(cfg: GenrecConfig, run_name: str) -> tuple[str | None, int | None]:
+    """The run's last whole checkpoint (its URI) and epoch, or (None, None), for a message after a failure or a
+    Ctrl-C. Sizes only: a full disk cuts files short, and naming the checkpoint must not read gigabytes back. The
+    store's own errors propagate: each caller says them after its own cause."""
     store = cfg.storage.store()
-    # Sizes only: a full disk cuts files short, and naming the checkpoint must not read gigabytes back.
+    found, state, _ = last_resumable(store, store.path("runs", run_name), hashes=False,
+                                     allow_unverified=cfg.storage.allow_unverified_checkpoints)
+    return (None, None) if found is None else (store.uri(found), state["epoch"])
+
+
+def failure_message(cfg: GenrecConfig, run_name: str, exc: Exception, resume_hint: bool = True) -> str:
     try:
-        found, state, _ = last_resumable(store, store.path("runs", run_name), hashes=False,
-                                         allow_unverified=cfg.storage.allow_unverified_checkpoints)
+        found, epoch = last_whole_checkpoint(cfg, run_name)
     except Exception as scan:  # the store itself failing: say so, keep the run's own cause first
         return f"training run {run_name} failed: {failure_cause(exc)}; its checkpoints could not be listed ({scan})"
     if found is None:
         left = "no whole checkpoint was written"
     else:
-        left = f"its last whole checkpoint is {store.uri(found)} (epoch {state['epoch']})"
+        left = f"its last whole checkpoint is {found} (epoch {epoch})"
         if resume_hint:
             left += f"; once the cause is fixed, go on with --resume {run_name}"
     return f"training run {run_name} failed: {failure_cause(exc)}; {left}"
@@ -219,7 +227,7 @@ def finetune_setup(cfg: GenrecConfig, shards: ShardSet) -> tuple[GenrecConfig, d
         if not store.is_file(cfg.winner_path()):
             raise ConfigError(f"finetune.checkpoint=winner: no winner manifest at {store.uri(cfg.winner_path())}; "
                               "run a sweep first or name a checkpoint folder")
-        path = json.loads(store.read_text(cfg.winner_path()))["checkpoint"]
+        path = read_winner(store, cfg.winner_path()).checkpoint
     local = local_checkpoint(cfg, path)
     spec = read_spec(local)
     ckpt_items = pq.read_table(Path(local, CHECKPOINT_ITEMS), columns=["item_id"]).column("item_id")
@@ -738,13 +746,11 @@ def run_noting_sigint(fit_run):
 
 def interrupt_message(cfg: GenrecConfig, run_name: str) -> str:
     """What a Ctrl-C left: the run's last whole checkpoint and the command that goes on from it."""
-    store = cfg.storage.store()
     try:
-        found, state, _ = last_resumable(store, store.path("runs", run_name), hashes=False,
-                                         allow_unverified=cfg.storage.allow_unverified_checkpoints)
+        found, epoch = last_whole_checkpoint(cfg, run_name)
     except Exception as scan:  # the store itself failing: the interruption is still what to say first
         return f"training run {run_name} stopped; its checkpoints could not be listed ({scan})"
     if found is None:
         return f"training run {run_name} stopped before its first checkpoint; nothing to resume, start it again"
-    return (f"training run {run_name} stopped; its last whole checkpoint is {store.uri(found)} (epoch "
-            f"{state['epoch']}); go on with the same --config and --set flags and --resume {run_name}")
+    return (f"training run {run_name} stopped; its last whole checkpoint is {found} (epoch {epoch}); go on with "
+            f"the same --config and --set flags and --resume {run_name}")
