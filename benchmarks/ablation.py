@@ -42,6 +42,14 @@ VARIANTS = {
     "transformer": ("the transformer block", ["model.block=transformer"]),
     "hstu": ("the HSTU block", ["model.block=hstu"]),
     "mtp-1": ("next-event prediction only", ["model.mtp_k=1"]),
+    # The HSTU block with settings of its own: it learns fastest with the transformer's recipe, then overfits early.
+    "hstu-dropout-0.5": ("the HSTU block, dropout 0.5", ["model.block=hstu", "model.dropout=0.5"]),
+    "hstu-lr-5e-4": ("the HSTU block, learning rate 5e-4", ["model.block=hstu", "train.lr=0.0005"]),
+    "hstu-4-layers": ("the HSTU block, 4 layers", ["model.block=hstu", "model.layers=4"]),
+    "hstu-4-layers-dropout-0.5": ("the HSTU block, 4 layers, dropout 0.5", ["model.block=hstu", "model.layers=4",
+                                                                            "model.dropout=0.5"]),
+    "hstu-width-128": ("the HSTU block at width 128, dropout 0.5", ["model.block=hstu", "model.width=128",
+                                                                     "model.dropout=0.5"]),
 }
 
 
