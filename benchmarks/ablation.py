@@ -6,8 +6,9 @@
 Every run is the reference loop (genrec.reference_loop: genrec's model, objective and step in one process, 2
 threads), leave-one-out on the base config's data, trained to early stopping on validation (patience 5) within
 --budget-s seconds of training. Each variant is the base with one setting put back the way genrec had it before
-(or one feature switched), so a row reads "what this one change does here". Only validation figures: the ablation
-chooses nothing, and the test split is left to the leaderboard.
+(or one feature switched), so a row reads "what this one change does here"; the hstu-* variants change the HSTU
+block's own settings (run them beside `hstu`, their reference). Only validation figures: the ablation chooses
+nothing, and the test split is left to the leaderboard.
 """
 
 from __future__ import annotations

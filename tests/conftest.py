@@ -13,6 +13,10 @@ from genrec.config import load_config
 # Credentials for the tests' own S3 server (s3_root), set before any Ray starts so its workers inherit them; they also
 # keep a stray test from ever reaching a real AWS account. No instance-metadata lookups on this machine.
 os.environ.update(AWS_ACCESS_KEY_ID="genrec-test", AWS_SECRET_ACCESS_KEY="genrec-test", AWS_EC2_METADATA_DISABLED="true")
+# Ray Train's controller polls its workers every 2 s by default: each of the suite's ~10 training runs waits up to
+# that long to be seen finished, and the killed-worker job as long to be seen failed. Set before any Ray starts (the
+# suite's own, and the test head's, whose processes inherit this environment).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
 def free_port() -> int:
