@@ -1,7 +1,7 @@
 """The leaderboard: popularity, a plain SASRec and genrec, side by side in one invocation on one machine.
 
     .venv/bin/python benchmarks/leaderboard.py [--datasets ml-100k ml-latest-small] [--seeds 0 1 2]
-        [--models popularity sasrec genrec-defaults genrec-recipe genrec-hstu] [--out results.json]
+        [--models popularity sasrec genrec-defaults genrec-recipe genrec-hstu genrec-hstu-4l] [--out results.json]
     .venv/bin/python benchmarks/leaderboard.py --table results.json   # the Markdown table of a stored run
 
 Protocol (../shared/notes/baselines.md): leave-one-out (per user, the last event is the test target, the one before
@@ -13,7 +13,9 @@ every model's test users are ranked by one evaluator (plain_sasrec.rank_users), 
 * sasrec: benchmarks/plain_sasrec.py (one process, no Ray), early stopping on validation NDCG@10 (patience 20);
 * genrec-defaults: `genrec train` with no flag but the data (configs/local.yaml's defaults, leave-one-out);
 * genrec-recipe: the data set's recipe found by search (configs/recipe-<dataset>.yaml);
-* genrec-hstu: the recipe with `model.block: hstu`.
+* genrec-hstu: the recipe with `model.block: hstu`;
+* genrec-hstu-4l: the recipe with the HSTU block at 4 layers and dropout 0.5, the best of the HSTU ablation on
+  validation (BENCHMARKS.md; picked from five variants on seed 0, not searched).
 
 genrec runs its real path: shards -> Ray Data -> Ray Train -> DeepSpeed, on an embedded local Ray. Reported per model:
 HR@10, NDCG@10, MRR (mean and spread over seeds), the wall time to the selected checkpoint, training events/s, and
@@ -43,7 +45,10 @@ from plain_sasrec import LooData, loo_data, metrics, rank_users, train_plain  # 
 
 WORK = REPO / "benchmarks" / "work" / "leaderboard"
 DATA = {"ml-100k": ("recbole", None), "ml-latest-small": ("movielens", REPO.parent / "shared/data/ml-latest-small")}
-MODELS = ["popularity", "sasrec", "genrec-defaults", "genrec-recipe", "genrec-hstu"]
+MODELS = ["popularity", "sasrec", "genrec-defaults", "genrec-recipe", "genrec-hstu", "genrec-hstu-4l"]
+# What a genrec row changes in its data set's recipe.
+RECIPE_CHANGES = {"genrec-recipe": [], "genrec-hstu": ["model.block=hstu"],
+                  "genrec-hstu-4l": ["model.block=hstu", "model.layers=4", "model.dropout=0.5"]}
 BOOTSTRAP = 2000
 
 
@@ -66,7 +71,7 @@ def genrec_overrides(name: str, model: str) -> tuple[str | None, list[str]]:
     recipe = REPO / "configs" / f"recipe-{name}.yaml"
     if not recipe.is_file():
         raise SystemExit(f"{recipe}: no recipe for {name}; run its search first (docs in BENCHMARKS.md)")
-    return str(recipe), (["model.block=hstu"] if model == "genrec-hstu" else [])
+    return str(recipe), RECIPE_CHANGES[model]
 
 
 def run_genrec(name: str, model: str, seed: int, data: LooData) -> dict:
