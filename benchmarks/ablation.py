@@ -49,8 +49,6 @@ VARIANTS = {
     "hstu-4-layers": ("the HSTU block, 4 layers", ["model.block=hstu", "model.layers=4"]),
     "hstu-4-layers-dropout-0.5": ("the HSTU block, 4 layers, dropout 0.5", ["model.block=hstu", "model.layers=4",
                                                                             "model.dropout=0.5"]),
-    "hstu-width-128": ("the HSTU block at width 128, dropout 0.5", ["model.block=hstu", "model.width=128",
-                                                                     "model.dropout=0.5"]),
 }
 
 

@@ -38,7 +38,7 @@ from genrec.selection import SCORE, VALID, best_record, selection_key, selection
 from genrec.shards import ShardSet, open_shards
 from genrec.tasks import build_plan, count_scorer, evaluate_plan, model_scorer, plan_metrics
 from genrec.windows import training_windows
-from genrec.winner import read_winner
+from genrec.winner import WinnerError, read_winner
 
 POPULARITY = "popularity_"  # prefix of popularity's figures beside the model's in each epoch's record
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints, in its folder
@@ -224,10 +224,10 @@ def finetune_setup(cfg: GenrecConfig, shards: ShardSet) -> tuple[GenrecConfig, d
         raise ConfigError("finetune.checkpoint: set a pre-trained checkpoint folder, or 'winner' (after a sweep)")
     store = cfg.storage.store()
     if path == "winner":
-        if not store.is_file(cfg.winner_path()):
-            raise ConfigError(f"finetune.checkpoint=winner: no winner manifest at {store.uri(cfg.winner_path())}; "
-                              "run a sweep first or name a checkpoint folder")
-        path = read_winner(store, cfg.winner_path()).checkpoint
+        try:
+            path = read_winner(store, cfg.winner_path()).checkpoint
+        except WinnerError as exc:  # missing or unreadable: said by read_winner, under the key that asked for it
+            raise ConfigError(f"finetune.checkpoint=winner: {exc}") from None
     local = local_checkpoint(cfg, path)
     spec = read_spec(local)
     ckpt_items = pq.read_table(Path(local, CHECKPOINT_ITEMS), columns=["item_id"]).column("item_id")

@@ -93,10 +93,10 @@ def summarize(results, key: str) -> list[dict]:
                 row[k] = best[k] if k == "preset" else int(best[k])
         row.update({k: float(best[k]) for k in FIGURES if k in best})
         row["backbone_params"] = int(best["backbone_params"])
+        flops = last.get("train_flops")  # NaN in a row whose epoch had no count
         row.update(best_epoch=int(best["epoch"]), checkpoint=best.get("checkpoint_path"),
                    wall_time_s=float(last["wall_time_s"]), events_processed=int(last["events_processed"]),
-                   train_flops=float(last["train_flops"]) if last.get("train_flops") == last.get("train_flops")
-                   and last.get("train_flops") is not None else None,  # (NaN != NaN: an epoch without the count)
+                   train_flops=None if flops is None or math.isnan(flops) else float(flops),
                    trial_id=r.metrics.get("trial_id"))
         rows.append(row)
     ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: r[key], reverse=True)
