@@ -7,7 +7,8 @@ Every run is the reference loop (genrec.reference_loop: genrec's model, objectiv
 threads), leave-one-out on the base config's data, trained to early stopping on validation (patience 5) within
 --budget-s seconds of training. Each variant is the base with one setting put back the way genrec had it before
 (or one feature switched), so a row reads "what this one change does here"; the hstu-* variants change the HSTU
-block's own settings (run them beside `hstu`, their reference). Only validation figures: the ablation chooses
+block's own settings (run them beside `hstu`, their reference), and 4-layers-dropout-0.5 tries the
+same two changes on the transformer (run it beside `base`). Only validation figures: the ablation chooses
 nothing, and the test split is left to the leaderboard.
 """
 
@@ -43,12 +44,15 @@ VARIANTS = {
     "transformer": ("the transformer block", ["model.block=transformer"]),
     "hstu": ("the HSTU block", ["model.block=hstu"]),
     "mtp-1": ("next-event prediction only", ["model.mtp_k=1"]),
+    "exclude-history": ("the context's titles left out of the training softmax", ["model.exclude_history=true"]),
     # The HSTU block with settings of its own: it learns fastest with the transformer's recipe, then overfits early.
     "hstu-dropout-0.5": ("the HSTU block, dropout 0.5", ["model.block=hstu", "model.dropout=0.5"]),
     "hstu-lr-5e-4": ("the HSTU block, learning rate 5e-4", ["model.block=hstu", "train.lr=0.0005"]),
     "hstu-4-layers": ("the HSTU block, 4 layers", ["model.block=hstu", "model.layers=4"]),
     "hstu-4-layers-dropout-0.5": ("the HSTU block, 4 layers, dropout 0.5", ["model.block=hstu", "model.layers=4",
                                                                             "model.dropout=0.5"]),
+    # The same two changes on the transformer block: does the deeper, more regularised model help it too?
+    "4-layers-dropout-0.5": ("the transformer block, 4 layers, dropout 0.5", ["model.layers=4", "model.dropout=0.5"]),
 }
 
 

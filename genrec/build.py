@@ -84,12 +84,14 @@ def objective(cfg: GenrecConfig, task: str | None = None) -> Objective:
     trains on its own future window; next-event, cold-start and popular-pool tasks on next-event prediction."""
     m = cfg.model
     base = Objective(decoding=m.decoding, logq=m.logq, mtp_k=m.mtp_k,
-                     half_life_s=None if m.mtp_half_life_h is None else m.mtp_half_life_h * 3600.0)
+                     half_life_s=None if m.mtp_half_life_h is None else m.mtp_half_life_h * 3600.0,
+                     exclude_history=m.exclude_history)
     t = cfg.eval.tasks[task] if task is not None else None
     if t is None or t.targets != "horizon":
         return base
     return Objective(decoding=m.decoding, logq=m.logq, mtp_k=cfg.finetune.horizon_targets, half_life_s=None,
-                     skip=t.skip, min_dt_s=t.start_h * 3600.0, max_dt_s=t.end_h * 3600.0)
+                     skip=t.skip, min_dt_s=t.start_h * 3600.0, max_dt_s=t.end_h * 3600.0,
+                     exclude_history=m.exclude_history)
 
 
 def train_window(cfg: GenrecConfig, shards: ShardSet) -> tuple[int | None, int | None]:

@@ -205,6 +205,9 @@ class ModelConfig(_Section):
     # mtp_k = 1 is plain next-event prediction.
     mtp_k: int = Field(1, ge=1, le=64)
     mtp_half_life_h: float | None = Field(24.0, gt=0.0)
+    # Leave the titles already in a position's context out of its training softmax (never the position's own
+    # targets), as ranking leaves the user's history out.
+    exclude_history: bool = False
     activation_checkpointing: bool = False
 
     @model_validator(mode="after")

@@ -27,8 +27,8 @@ from torch.utils.checkpoint import checkpoint
 from genrec.features import (LAUNCH_UNKNOWN, MAX_GENRES, MAX_TOKENS, NUM_AGE_BUCKETS, YEAR_BUCKETS, FeatureVocab,
                              ItemFeatures, catalogue_age_bias, title_age_buckets)
 from genrec.hstu import HSTUBlock, hstu_params
-from genrec.objectives import (NEG_INF, full_softmax_loss, logq_correction, merge_duplicate_targets, mtp_targets,
-                               normalise, sampled_softmax_loss, utility_buckets)
+from genrec.objectives import (NEG_INF, first_positions, full_softmax_loss, logq_correction, merge_duplicate_targets,
+                               mtp_targets, normalise, sampled_softmax_loss, seen_in_context, utility_buckets)
 from genrec.presets import HSTU_PRESETS, PRESETS
 
 BLOCKS = ("transformer", "hstu")
@@ -341,6 +341,9 @@ class Objective:
     skip: int = 0
     min_dt_s: float = 0.0
     max_dt_s: float | None = None
+    # Leave the titles already in a position's context out of its softmax (never its own targets), as ranking leaves
+    # the user's history out: no capacity spent learning not to repeat what is never asked.
+    exclude_history: bool = False
 
 
 class GenRec(nn.Module):
@@ -419,6 +422,8 @@ class GenRec(nn.Module):
         targets, weights = merge_duplicate_targets(targets.flatten(0, 1), weights.flatten(0, 1))
         keep, weights = normalise(weights)
         targets = targets[keep]
+        width = items.shape[1] - 1
+        rows = keep.nonzero().squeeze(1) if obj.exclude_history else None  # flat (window, position) of each row
         q = self.head(h.flatten(0, 1)[keep])
         # Position t's request is event t + 1, the event a user arrives with (as evaluation and serving see it).
         request = ts[:, 1:].flatten()[keep][:, None] if self.items.age is not None else None
@@ -429,6 +434,9 @@ class GenRec(nn.Module):
             # Only titles with training events compete: one launched after the cutoff must not be trained down
             # (nor the future catalogue leak into training). Padding (row 0) never competes.
             logits.masked_fill_(~self.items.known, NEG_INF)  # in place: a copy is 2 GB at 10^6 titles x 512
+            if rows is not None:
+                first = first_positions(items[:, :-1], logits.shape[1])
+                logits.masked_fill_(seen_in_context(first, rows, width).scatter_(1, targets, False), NEG_INF)
             logits[:, 0] = NEG_INF
             return full_softmax_loss(logits, targets, weights)
         pos = (q[:, None, :] * self.items.encode_output(targets, id_mask)).sum(-1)
@@ -441,6 +449,8 @@ class GenRec(nn.Module):
         if obj.logq:
             draws = negatives.numel() if obj.decoding == "sampled" else int((weights > 0).sum())
             neg = logq_correction(neg, self.log_q[negatives], draws)
+        if rows is not None:  # (a negative that is the row's target is masked by the loss; its positive logit stays)
+            neg = neg.masked_fill(seen_in_context(first_positions(items[:, :-1], 0, negatives), rows, width), NEG_INF)
         return sampled_softmax_loss(pos, targets, weights, neg, negatives)
 
     @torch.no_grad()

@@ -1,4 +1,5 @@
-"""The training objective as pure tensor functions: multi-token targets, (sampled) softmax, logQ, id masking.
+"""The training objective as pure tensor functions: multi-token targets, (sampled) softmax, logQ, id masking,
+the context's titles left out of the softmax.
 
 Kept apart from the network so each piece is tested on hand-computed cases (tests/test_objectives.py).
 
@@ -116,6 +117,30 @@ def sampled_softmax_loss(pos_logits: torch.Tensor, targets: torch.Tensor, weight
     pos_in = pos_logits.masked_fill(weights <= 0, NEG_INF)
     lse = torch.logsumexp(torch.cat([pos_in, neg], dim=1), dim=-1)
     return multilabel_loss(pos_logits, weights, lse)
+
+
+def first_positions(items: torch.Tensor, num_titles: int, columns: torch.Tensor | None = None) -> torch.Tensor:
+    """Where each title first occurs in each window: items (B, T) -> (B, C) positions, T where it does not occur.
+
+    Columns are every title id 0..num_titles - 1 (a table of B x num_titles: the full softmax's catalogue), or the
+    given ids `columns` (C,) (sampled negatives: no catalogue-sized table). Padding (0) occurs nowhere.
+    """
+    b, t = items.shape
+    pos = torch.arange(t, device=items.device).expand(b, t)
+    absent = torch.full_like(pos, t)
+    pos = torch.where(items > 0, pos, absent)
+    if columns is None:
+        first = torch.full((b, num_titles), t, dtype=pos.dtype, device=items.device)
+        return first.scatter_reduce(1, items, pos, reduce="amin")
+    hit = items[:, :, None] == columns[None, None, :]  # (B, T, C)
+    return torch.where(hit, pos[:, :, None], absent[:, :, None]).amin(1)
+
+
+def seen_in_context(first: torch.Tensor, rows: torch.Tensor, width: int) -> torch.Tensor:
+    """(P, C) True where a column's title is already in the context of each row: a row is position t of window b
+    (flat index b x width + t, as (B, T) flattened) and its context is events 0..t of that window. first: (B, C) from
+    first_positions."""
+    return first[rows // width] <= (rows % width)[:, None]
 
 
 def draw_id_mask(num_rows: int, rate: float, generator: torch.Generator | None = None,

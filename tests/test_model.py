@@ -193,6 +193,33 @@ def test_full_softmax_leaves_untrained_titles_out_of_the_partition():
     assert torch.allclose(model(items, a, g, u, ts), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("decoding", ["full", "sampled"])
+def test_exclude_history_leaves_the_contexts_titles_out_of_the_softmax_but_never_a_target(decoding):
+    """Position t's softmax leaves out the titles of events 0..t, except its own target: here title 2 comes back at
+    the end (a re-watch), so position 3 (context 1, 2, 3, 4) keeps 2 as its target and leaves out 1, 3 and 4."""
+    model = _tiny()
+    model.objective = Objective(decoding=decoding, exclude_history=True)
+    items, a, g, u, ts = _batch([[1, 2, 3, 4, 2, 0]])
+    h = model.head(model.hidden(items[:, :-1], a[:, :-1], g[:, :-1], u[:, :-1])[0, :4])  # position 4: no target
+    targets = items[0, 1:5]
+    context = [[1], [1, 2], [1, 2, 3], [1, 2, 3, 4]]
+    if decoding == "full":
+        logits = h @ model.item_matrix().t()
+        logits[:, 0] = float("-inf")
+        for t, seen in enumerate(context):
+            logits[t, [i for i in seen if i != targets[t]]] = float("-inf")
+        expected = torch.nn.functional.cross_entropy(logits, targets)
+        assert torch.allclose(model(items, a, g, u, ts), expected, atol=1e-5)
+    else:
+        negatives = torch.tensor([1, 7, 4])
+        cand = torch.cat([targets[:, None], negatives.expand(4, 3)], 1)
+        logits = (h[:, None, :] * model.items.encode_output(cand)).sum(-1)
+        logits[:, 1] = float("-inf")  # title 1: in every context
+        logits[2:, 3] = float("-inf")  # title 4: the target of position 2 (an accidental hit), then in the context
+        expected = torch.nn.functional.cross_entropy(logits, torch.zeros(4, dtype=torch.long))
+        assert torch.allclose(model(items, a, g, u, ts, negatives), expected, atol=1e-5)
+
+
 def test_title_age_buckets_by_hand():
     from genrec.features import LAUNCH_UNKNOWN, NUM_AGE_BUCKETS, title_age_buckets
 
