@@ -74,7 +74,7 @@ def random_batch(batch: int, span: int, catalogue: int, gen):
     import numpy as np
     import torch
 
-    from genrec.model import NUM_ACTIONS
+    from genrec.windows import NUM_ACTIONS
     from genrec.windows import gap_buckets
 
     items = torch.randint(1, catalogue + 1, (batch, span), generator=gen)

@@ -30,11 +30,10 @@ from genrec.hstu import HSTUBlock, hstu_params
 from genrec.objectives import (NEG_INF, first_positions, full_softmax_loss, logq_correction, merge_duplicate_targets,
                                mtp_targets, normalise, sampled_softmax_loss, seen_in_context, utility_buckets)
 from genrec.presets import HSTU_PRESETS, PRESETS
+from genrec.windows import NUM_ACTIONS, NUM_GAP_BUCKETS
 
 BLOCKS = ("transformer", "hstu")
 
-NUM_GAP_BUCKETS = 32  # bucket 0 = first event / padding; 1..31 = 1 + floor(log2(1 + gap seconds)), clipped
-NUM_ACTIONS = 8
 NUM_UTILITY_BUCKETS = 21  # half units: 0..10 (see objectives.utility_buckets)
 
 

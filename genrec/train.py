@@ -618,6 +618,37 @@ def topk_path(cfg: GenrecConfig, run_name: str) -> str:
 
 
 WINDOW_BYTES_PER_EVENT = 18  # items int32 + actions int8 + gaps int8 + utils float32 + ts int64
+# Materialised windows up to this size are cut in the driver: Ray Data's read and windowing tasks start new worker
+# processes, seconds of start-up for milliseconds of work on small data.
+DRIVER_WINDOWS_BYTES = 64 * 2**20
+WINDOWS_PER_BLOCK = 2048
+
+
+def windows_by_ray_data(shards: ShardSet, max_seq_len: int, window: tuple[int | None, int | None],
+                        task_cpus: float):
+    """The training windows as a Ray Data pipeline: the shards read and windowed by tasks (streamed every epoch,
+    or materialised once)."""
+    import ray.data
+
+    return ray.data.read_parquet(shards.files("train"), columns=["items", "ts", "actions", "utils"],
+                                 filesystem=shards.fs, num_cpus=task_cpus).map_batches(
+        training_windows, fn_kwargs={"max_seq_len": max_seq_len, "ts_min": window[0], "ts_max": window[1]},
+        batch_format="numpy", batch_size=256, num_cpus=task_cpus)
+
+
+def windows_in_driver(shards: ShardSet, max_seq_len: int, window: tuple[int | None, int | None]):
+    """The training windows cut in this process (the same genrec.windows.training_windows the Ray Data tasks run),
+    handed to Ray Data as in-memory blocks of WINDOWS_PER_BLOCK windows."""
+    import ray.data
+    from ray.data.extensions import ArrowTensorArray
+
+    table = pq.read_table(shards.files("train"), columns=["items", "ts", "actions", "utils"], filesystem=shards.fs)
+    out = training_windows({c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names},
+                           max_seq_len, *window)
+    n = len(out["items"])
+    bounds = range(0, n, WINDOWS_PER_BLOCK)
+    return ray.data.from_arrow([pa.table({k: ArrowTensorArray.from_numpy(v[a:a + WINDOWS_PER_BLOCK])
+                                          for k, v in out.items()}) for a in bounds])
 
 
 def build_trainer(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=None, finetune: dict | None = None,
@@ -638,16 +669,17 @@ def build_trainer(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=
         raise ConfigError(f"train.batch_size={t.batch_size} is larger than the {windows // t.workers} training "
                          f"windows each of the {t.workers} workers gets; lower train.batch_size or train.workers"
                          + (" (or the training-window shift)" if window != (None, None) else ""))
-    train_ds = ray.data.read_parquet(shards.files("train"), columns=["items", "ts", "actions", "utils"],
-                                     filesystem=shards.fs, num_cpus=t.data_task_cpus).map_batches(
-        training_windows, fn_kwargs={"max_seq_len": cfg.model.max_seq_len, "ts_min": window[0], "ts_max": window[1]},
-        batch_format="numpy", batch_size=256, num_cpus=t.data_task_cpus)
     window_bytes = windows * (cfg.model.max_seq_len + 1) * WINDOW_BYTES_PER_EVENT
     store = ray.cluster_resources().get("object_store_memory", 0.0)
-    if t.ingest == "materialize" or (t.ingest == "auto" and window_bytes < 0.25 * store):
-        # Windowed once, kept in the object store: each epoch then only shuffles and splits blocks, instead of
-        # re-reading and re-windowing the shards (seconds per epoch on a small box).
-        train_ds = train_ds.materialize()
+    materialize = t.ingest == "materialize" or (t.ingest == "auto" and window_bytes < 0.25 * store)
+    if materialize and window_bytes <= DRIVER_WINDOWS_BYTES:
+        train_ds = windows_in_driver(shards, cfg.model.max_seq_len, window)
+    else:
+        train_ds = windows_by_ray_data(shards, cfg.model.max_seq_len, window, t.data_task_cpus)
+        if materialize:
+            # Windowed once, kept in the object store: each epoch then only shuffles and splits blocks, instead of
+            # re-reading and re-windowing the shards (seconds per epoch on a small box).
+            train_ds = train_ds.materialize()
     use_gpu = t.gpus_per_worker > 0
     resources = {"CPU": t.cpus_per_worker} | ({"GPU": t.gpus_per_worker} if use_gpu else {})
     return TorchTrainer(

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from genrec.model import NUM_ACTIONS, NUM_GAP_BUCKETS
+# The event token's vocabularies (the model's embedding tables are this size). Here, not in genrec.model: Ray Data's
+# windowing tasks import this module, and a new worker process that imports torch spends seconds doing it.
+NUM_GAP_BUCKETS = 32  # bucket 0 = first event / padding; 1..31 = 1 + floor(log2(1 + gap seconds)), clipped
+NUM_ACTIONS = 8
 
 
 def gap_buckets(ts: np.ndarray) -> np.ndarray:

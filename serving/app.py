@@ -78,6 +78,7 @@ async def invalid_request(request, exc: RequestValidationError):
 
 # Up to 10^11 s (year 5138): a larger value is almost surely milliseconds, and would age every title by millennia.
 MAX_TS = 10**11
+MAX_ITEM_ID = 2**63 - 1  # the catalogue stores ids as int64: a larger one is a 422, not an overflow (a 500)
 GenreName = Annotated[str, StringConstraints(max_length=100)]
 
 
@@ -165,7 +166,7 @@ class ForgetResponse(BaseModel):
 
 class Title(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    item_id: int = Field(..., ge=0)
+    item_id: int = Field(..., ge=0, le=MAX_ITEM_ID)
     title: str = Field("", max_length=1000)
     genres: list[GenreName] = Field(default_factory=list, max_length=32)
     year: int | None = Field(None, ge=0, le=3000)

@@ -10,6 +10,10 @@ in the others here): the test asserts the path that matches what the disk holds,
 without Ray by tests/test_cli.py::test_resume_goes_on_from_the_newest_whole_checkpoint_when_ray_trains_record_is_unreadable.
 Checked to fail: with genrec.train.resume_point no longer catching the record's JSON error, the resume below raises
 that JSONDecodeError (in a run where the record was emptied).
+
+The resume runs on 2 workers where the run had 1: going on with another worker count (from the consolidated
+weights, DeepSpeed's optimizer partitions being tied to the world size) is checked here, beside the disk-full
+resume, rather than in a run of its own (each Ray Train run costs the suite ~30 s of start-up).
 """
 
 import json
@@ -67,9 +71,13 @@ def test_a_disk_full_during_a_checkpoint_loses_nothing_and_the_run_goes_on(ray_l
     record = run / "checkpoint_manager_snapshot.json"
     emptied = record.is_file() and record.stat().st_size == 0
 
-    # Room again (as after deleting old runs): --resume goes on from epoch 1 and finishes.
+    # Room again (as after deleting old runs). Never by accident: the run's name alone is refused, naming --resume.
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
-    assert main(["--resume", "full", *flags, "--set", "train.epochs=2"]) == 0
+    assert main(["--name", "full", *flags, "--set", "train.epochs=2"]) == 2
+    assert "pass --resume full to continue it" in capsys.readouterr().err
+    # --resume goes on from epoch 1 and finishes, on 2 workers instead of 1: DeepSpeed's optimizer state does not
+    # load into another world size, so from the consolidated weights with a fresh optimizer.
+    assert main(["--resume", "full", *flags, "--set", "train.epochs=2", "--set", "train.workers=2"]) == 0
     out = capsys.readouterr().out
     if emptied:  # set aside (kept), and the run went on from the newest whole checkpoint
         assert len(list(run.glob("checkpoint_manager_snapshot.json.unusable-*"))) == 1
@@ -80,5 +88,7 @@ def test_a_disk_full_during_a_checkpoint_loses_nothing_and_the_run_goes_on(ray_l
     assert [h["epoch"] for h in history] == [1, 2]
     assert history[0] == read_trainer_state(str(first))["history"][0]  # epoch 1 kept as it was, not redone
     last = checkpoints()[-1]
-    assert last not in (first, *later) and read_trainer_state(str(last))["epoch"] == 2
+    state = read_trainer_state(str(last))
+    assert last not in (first, *later) and state["epoch"] == 2 and state["world"] == 2 and state["restarts"] == 1
+    assert history[1]["restarts"] == 1 and history[1]["loss"] < history[0]["loss"], history  # the weights went on
     load_checkpoint(last)

@@ -430,6 +430,7 @@ def test_serve_answers_http_and_survives_bad_requests(served):
         ("/recommend", {"history": history[::-1]}, 422, "history.1.timestamp"),  # the same rule on both routes
         ("/titles", {"titles": []}, 422, "titles"),
         ("/titles", {"titles": [{"item_id": 10**9, "year": "old"}]}, 422, "year"),
+        ("/titles", {"titles": [{"item_id": 2**63}]}, 422, "item_id"),  # past int64: was a 500 (found by the fuzz)
         ("/titles", {"titles": [{"item_id": 10**9}, {"item_id": 10**9}]}, 422, "titles"),
         ("/titles", {"titles": [{"item_id": history[0]["item_id"]}]}, 409, "item_id"),
     ]

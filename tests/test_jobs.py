@@ -2,7 +2,8 @@
 auth), then `ray job submit --runtime-env <rendered runtime-env.yaml> -- python -m trainers.pretrain --config ...`:
 the real Jobs CLI and API, two DeepSpeed ZeRO-3 workers under Ray Train on that cluster, one of them killed (SIGKILL
 by PID) after the first epoch's checkpoint, the run resumed from it and finished, the loss falling and the checkpoint
-found (and loaded without DeepSpeed) under storage afterwards."""
+found (and loaded without DeepSpeed) under storage afterwards. `--resume` on another worker count is
+tests/test_disk_full.py's (in-process on the suite's Ray, which saves a second job's start-up)."""
 
 import json
 import os
@@ -170,7 +171,7 @@ def job_config(tmp_path_factory):
 @pytest.fixture(scope="module")
 def killed_run(head, job_config, tmp_path_factory):
     """The 3-epoch 2-worker job, one of its Ray Train workers SIGKILLed after epoch 1's checkpoint: (exit code, the
-    job's output, the run folder). Shared by the tests below, so the resume test never depends on test order."""
+    job's output, the run folder)."""
     cfg, path, runtime_env = job_config
     log = tmp_path_factory.mktemp("killed") / "job.log"
     with open(log, "w") as out_file:
@@ -242,32 +243,6 @@ def test_pretrain_job_two_workers_zero3_survives_a_killed_worker(job_config, kil
     assert scores.shape == (1, loaded.spec.num_items + 2) and torch.isfinite(scores[0, -1])
     with pytest.raises(DataError, match="already in the catalogue"):
         loaded.add_items(new)
-
-
-def test_a_finished_run_goes_on_with_resume_on_another_worker_count(head, job_config, killed_run, capsys):
-    """`--resume RUN` after the run above: a 4th epoch on 1 worker instead of 2. DeepSpeed's optimizer partitions
-    do not load into another world size, so the run goes on from the consolidated weights with fresh AdamW state."""
-    cfg, path, runtime_env = job_config
-    run = killed_run[2]
-    assert killed_run[0] == 0, killed_run[1][-4000:]
-    before = json.loads((run / "history.json").read_text())
-    # Never by accident: the name of a run with a checkpoint is refused before Ray starts (so in-process here; the
-    # Jobs CLI's view of a failing job is the last test's).
-    from trainers.pretrain import main as pretrain
-
-    assert pretrain(["--config", str(path), "--name", "pretrain-job"]) == 2
-    assert "--resume pretrain-job" in capsys.readouterr().err
-    done = submit(head, "python", "-m", "trainers.pretrain", "--config", str(path), "--resume", "pretrain-job",
-                  "--set", "train.epochs=4", "--set", "train.workers=1", runtime_env=runtime_env)
-    out = done.stdout + done.stderr
-    assert done.returncode == 0 and "succeeded" in out, out[-4000:]
-    assert "resuming on 1 workers from a checkpoint of 2: consolidated weights, fresh optimizer state" in out
-    assert "epoch 4/4: loss" in out and "epoch 3/4" not in out  # finished epochs are not redone
-    history = json.loads((run / "history.json").read_text())
-    # the first run's last record said how it ended ("max epochs"); the resumed run goes on past it
-    assert before[-1].pop("end") == "max epochs" and history[-1]["end"] == "max epochs"
-    assert history[:3] == before and [h["epoch"] for h in history] == [1, 2, 3, 4]
-    assert history[-1]["loss"] < 1.1 * before[-1]["loss"], (before[-1]["loss"], history[-1]["loss"])
 
 
 def test_a_failing_job_shows_its_error(head, job_config):

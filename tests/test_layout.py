@@ -84,3 +84,12 @@ def test_entrypoints_call_in_and_never_back():
         if name.startswith("genrec") and name != "genrec.cli":
             back = sorted(d for d in deps if d.startswith(("trainers", "tuning", "serving")))
             assert not back, f"{name} imports the entrypoints {back}"
+
+
+def test_ray_datas_windowing_tasks_import_no_torch():
+    """genrec.windows holds the map_batches function every training run's Ray Data tasks run: each new worker
+    process imports its module, and torch alone takes ~3 s to import on this machine's cores (a fresh cluster's
+    windowing took 30 s for 148 users when it did). Checked to fail: with NUM_ACTIONS imported from genrec.model
+    again, torch is reached."""
+    g = graph()
+    assert "torch" not in reach(g, "genrec.windows"), sorted(reach(g, "genrec.windows"))

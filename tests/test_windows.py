@@ -1,6 +1,8 @@
 import numpy as np
+import pytest
 
 from genrec.windows import context_window, gap_buckets, training_windows, window_bounds
+from tests.conftest import tiny_config
 
 
 def test_window_bounds_cover_every_target_once():
@@ -56,3 +58,27 @@ def test_context_window_keeps_the_most_recent_events():
     items, _, _, utils, ts, n = context_window([7], [5], [0], 3)
     assert items.tolist() == [7, 0, 0] and n == 1 and utils.tolist() == [1, 0, 0]
     assert ts.tolist() == [5, 5, 5]  # padding keeps the last time, as training windows do
+
+
+@pytest.mark.integration
+def test_windows_cut_in_the_driver_are_ray_datas_windows(ray_local, tmp_path):
+    """Small data is windowed in the driver (no Ray Data tasks to start); the windows are exactly those the Ray Data
+    pipeline cuts, as a set of rows (Ray Data does not keep the order), here for a training window moved 48 h back in
+    time (its events after that dropped first)."""
+    from genrec.build import train_window
+    from genrec.runtime import prepare_shards
+    from genrec.train import windows_by_ray_data, windows_in_driver
+
+    cfg = tiny_config(tmp_path, "train.window_shift_h=48")
+    shards = prepare_shards(cfg, echo=lambda *_: None)
+    window = train_window(cfg, shards)
+    assert window[1] is not None
+
+    def rows(ds) -> list[tuple]:
+        cols = ("items", "actions", "gaps", "utils", "ts")
+        batches = list(ds.iter_batches(batch_format="numpy", batch_size=None))
+        out = {c: np.concatenate([b[c] for b in batches]) for c in cols}
+        return sorted(tuple(tuple(out[c][i].tolist()) for c in cols) for i in range(len(out["items"])))
+
+    driver = rows(windows_in_driver(shards, cfg.model.max_seq_len, window))
+    assert len(driver) > 100 and driver == rows(windows_by_ray_data(shards, cfg.model.max_seq_len, window, 0.25))
