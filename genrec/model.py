@@ -27,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 from genrec.features import (LAUNCH_UNKNOWN, MAX_GENRES, MAX_TOKENS, NUM_AGE_BUCKETS, YEAR_BUCKETS, FeatureVocab,
                              ItemFeatures, catalogue_age_bias, title_age_buckets)
 from genrec.hstu import HSTUBlock, hstu_params
-from genrec.objectives import (NEG_INF, first_positions, full_softmax_loss, logq_correction, merge_duplicate_targets,
+from genrec.objectives import (NEG_INF, context_titles, full_softmax_loss, logq_correction, merge_duplicate_targets,
                                mtp_targets, normalise, sampled_softmax_loss, seen_in_context, utility_buckets)
 from genrec.presets import HSTU_PRESETS, PRESETS
 from genrec.windows import NUM_ACTIONS, NUM_GAP_BUCKETS
@@ -421,8 +421,8 @@ class GenRec(nn.Module):
         targets, weights = merge_duplicate_targets(targets.flatten(0, 1), weights.flatten(0, 1))
         keep, weights = normalise(weights)
         targets = targets[keep]
-        width = items.shape[1] - 1
-        rows = keep.nonzero().squeeze(1) if obj.exclude_history else None  # flat (window, position) of each row
+        # The titles in each row's context (events 0..t of its window), when they leave its softmax.
+        ctx = context_titles(items[:, :-1], keep.nonzero().squeeze(1)) if obj.exclude_history else None
         q = self.head(h.flatten(0, 1)[keep])
         # Position t's request is event t + 1, the event a user arrives with (as evaluation and serving see it).
         request = ts[:, 1:].flatten()[keep][:, None] if self.items.age is not None else None
@@ -433,9 +433,9 @@ class GenRec(nn.Module):
             # Only titles with training events compete: one launched after the cutoff must not be trained down
             # (nor the future catalogue leak into training). Padding (row 0) never competes.
             logits.masked_fill_(~self.items.known, NEG_INF)  # in place: a copy is 2 GB at 10^6 titles x 512
-            if rows is not None:
-                first = first_positions(items[:, :-1], logits.shape[1])
-                logits.masked_fill_(seen_in_context(first, rows, width).scatter_(1, targets, False), NEG_INF)
+            if ctx is not None:  # never the row's own targets (a title seen before can come back)
+                own = torch.where(weights > 0, targets, torch.zeros_like(targets))
+                logits.masked_fill_(seen_in_context(ctx, logits.shape[1]).scatter_(1, own, False), NEG_INF)
             logits[:, 0] = NEG_INF
             return full_softmax_loss(logits, targets, weights)
         pos = (q[:, None, :] * self.items.encode_output(targets, id_mask)).sum(-1)
@@ -448,8 +448,8 @@ class GenRec(nn.Module):
         if obj.logq:
             draws = negatives.numel() if obj.decoding == "sampled" else int((weights > 0).sum())
             neg = logq_correction(neg, self.log_q[negatives], draws)
-        if rows is not None:  # (a negative that is the row's target is masked by the loss; its positive logit stays)
-            neg = neg.masked_fill(seen_in_context(first_positions(items[:, :-1], 0, negatives), rows, width), NEG_INF)
+        if ctx is not None:  # (a negative that is the row's target is masked by the loss; its positive logit stays)
+            neg = neg.masked_fill(seen_in_context(ctx, 0, negatives), NEG_INF)
         return sampled_softmax_loss(pos, targets, weights, neg, negatives)
 
     @torch.no_grad()

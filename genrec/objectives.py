@@ -119,28 +119,30 @@ def sampled_softmax_loss(pos_logits: torch.Tensor, targets: torch.Tensor, weight
     return multilabel_loss(pos_logits, weights, lse)
 
 
-def first_positions(items: torch.Tensor, num_titles: int, columns: torch.Tensor | None = None) -> torch.Tensor:
-    """Where each title first occurs in each window: items (B, T) -> (B, C) positions, T where it does not occur.
+def context_titles(items: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The titles in each row's context: items (B, T) windows, rows (P,) flat indices b x T + t (as (B, T) flattened)
+    -> (P, T), events 0..t of window b, padding (0) after position t."""
+    width = items.shape[1]
+    ctx = items[rows // width]
+    after = torch.arange(width, device=items.device)[None, :] > (rows % width)[:, None]
+    return ctx.masked_fill(after, 0)
 
-    Columns are every title id 0..num_titles - 1 (a table of B x num_titles: the full softmax's catalogue), or the
-    given ids `columns` (C,) (sampled negatives: no catalogue-sized table). Padding (0) occurs nowhere.
-    """
-    b, t = items.shape
-    pos = torch.arange(t, device=items.device).expand(b, t)
-    absent = torch.full_like(pos, t)
-    pos = torch.where(items > 0, pos, absent)
+
+def seen_in_context(ctx: torch.Tensor, num_titles: int, columns: torch.Tensor | None = None) -> torch.Tensor:
+    """(P, C) True where a column's title is in the row's context (ctx: (P, T) from context_titles; padding 0 is
+    never seen). Columns are every title id 0..num_titles - 1 (the full softmax's catalogue), or the given ids
+    `columns` (C,), repeats allowed (sampled negatives): found by binary search, so memory stays O(P x (T + C))."""
+    p = ctx.shape[0]
     if columns is None:
-        first = torch.full((b, num_titles), t, dtype=pos.dtype, device=items.device)
-        return first.scatter_reduce(1, items, pos, reduce="amin")
-    hit = items[:, :, None] == columns[None, None, :]  # (B, T, C)
-    return torch.where(hit, pos[:, :, None], absent[:, :, None]).amin(1)
-
-
-def seen_in_context(first: torch.Tensor, rows: torch.Tensor, width: int) -> torch.Tensor:
-    """(P, C) True where a column's title is already in the context of each row: a row is position t of window b
-    (flat index b x width + t, as (B, T) flattened) and its context is events 0..t of that window. first: (B, C) from
-    first_positions."""
-    return first[rows // width] <= (rows % width)[:, None]
+        seen = torch.zeros(p, num_titles, dtype=torch.bool, device=ctx.device).scatter_(1, ctx, True)
+        seen[:, 0] = False
+        return seen
+    ids = torch.sort(columns).values
+    slot = torch.searchsorted(ids, ctx).clamp(max=len(ids) - 1)  # where each context title would sit among ids
+    hit = (ids[slot] == ctx) & (ctx > 0)
+    found = torch.zeros(p, len(ids) + 1, dtype=torch.bool, device=ctx.device)
+    found.scatter_(1, torch.where(hit, slot, len(ids)), True)  # a miss lands in the spare last column
+    return found[:, torch.searchsorted(ids, columns)]  # each column read at its id's first sorted slot
 
 
 def draw_id_mask(num_rows: int, rate: float, generator: torch.Generator | None = None,

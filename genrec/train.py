@@ -653,7 +653,8 @@ def windows_in_driver(shards: ShardSet, max_seq_len: int, window: tuple[int | No
 
 def build_trainer(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=None, finetune: dict | None = None,
                   resume_from: str | None = None):
-    """A TorchTrainer for `train_func` over the shard set's training split, streamed by Ray Data.
+    """A TorchTrainer for `train_func` over the shard set's training split, fed by Ray Data (windows cut in this
+    process and materialised for small data, else read and windowed by Ray Data tasks).
 
     `finetune` ({"checkpoint", "task", "mode"}) continues a pre-trained checkpoint on a task's objective."""
     import ray

@@ -3,7 +3,9 @@ auth), then `ray job submit --runtime-env <rendered runtime-env.yaml> -- python 
 the real Jobs CLI and API, two DeepSpeed ZeRO-3 workers under Ray Train on that cluster, one of them killed (SIGKILL
 by PID) after the first epoch's checkpoint, the run resumed from it and finished, the loss falling and the checkpoint
 found (and loaded without DeepSpeed) under storage afterwards. `--resume` on another worker count is
-tests/test_disk_full.py's (in-process on the suite's Ray, which saves a second job's start-up)."""
+tests/test_disk_full.py's (in-process on the suite's Ray, which saves a second job's start-up): 1 worker to 2 (ZeRO-0
+to ZeRO-1), the same consolidated-weights path as this job's run going on from ZeRO-3 on 2 workers to 1, which the
+suite no longer runs."""
 
 import json
 import os

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from genrec.flops import comparison, training_flops_per_token
-from genrec.objectives import (draw_id_mask, first_positions, full_softmax_loss, logq_correction,
+from genrec.objectives import (context_titles, draw_id_mask, full_softmax_loss, logq_correction,
                                merge_duplicate_targets, mtp_targets, normalise, sampled_softmax_loss, seen_in_context,
                                utility_buckets)
 
@@ -95,15 +95,17 @@ def test_logq_correction_makes_sampled_softmax_estimate_the_full_loss():
 def test_the_contexts_titles_by_hand():
     # Window 0: titles 3, 1, 3, then padding; window 1: 2, 4, 0, 0. Titles 0..4 (0 = padding, never seen).
     items = torch.tensor([[3, 1, 3, 0], [2, 4, 0, 0]])
-    first = first_positions(items, 5)
-    assert first.tolist() == [[4, 1, 4, 0, 4], [4, 4, 0, 4, 1]]  # 4 = not in the window
-    # Sampled negatives [4, 3, 2]: the same positions for those columns only.
-    assert first_positions(items, 0, torch.tensor([4, 3, 2])).tolist() == [[4, 0, 4], [1, 4, 0]]
-    # Rows: (window 0, position 0), (0, 1), (1, 1) as flat indices b x 4 + t: 0, 1, 5.
-    seen = seen_in_context(first, torch.tensor([0, 1, 5]), 4)
+    # Rows: (window 0, position 0), (0, 1), (1, 1), (0, 3) as flat indices b x 4 + t: 0, 1, 5, 3.
+    ctx = context_titles(items, torch.tensor([0, 1, 5, 3]))
+    assert ctx.tolist() == [[3, 0, 0, 0], [3, 1, 0, 0], [2, 4, 0, 0], [3, 1, 3, 0]]
+    seen = seen_in_context(ctx, 5)
     assert seen.tolist() == [[False, False, False, True, False],  # context [3]
                              [False, True, False, True, False],  # context [3, 1]
-                             [False, False, True, False, True]]  # context [2, 4]
+                             [False, False, True, False, True],  # context [2, 4]
+                             [False, True, False, True, False]]  # context [3, 1, 3]
+    # Sampled negatives [4, 3, 2, 3, 0] (unsorted, a repeat, padding): the same answers for those columns only.
+    negatives = torch.tensor([4, 3, 2, 3, 0])
+    assert seen_in_context(ctx, 0, negatives).tolist() == seen[:, negatives].tolist()
 
 
 def test_id_mask_rate_over_many_draws():
