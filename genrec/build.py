@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -23,7 +23,7 @@ from genrec.features import (NUM_AGE_BUCKETS, FeatureVocab, age_bucket_counts, a
 from genrec.flops import training_flops_per_token
 from genrec.model import GenRec, ModelSpec, Objective, resolve_shape
 from genrec.shards import ShardSet
-from genrec.windows import in_window
+from genrec.windows import in_window, training_windows
 
 TRAIN_COUNT = "train_count"  # items.parquet column in a checkpoint: training events of each title (0 = cold start)
 
@@ -89,9 +89,8 @@ def objective(cfg: GenrecConfig, task: str | None = None) -> Objective:
     t = cfg.eval.tasks[task] if task is not None else None
     if t is None or t.targets != "horizon":
         return base
-    return Objective(decoding=m.decoding, logq=m.logq, mtp_k=cfg.finetune.horizon_targets, half_life_s=None,
-                     skip=t.skip, min_dt_s=t.start_h * 3600.0, max_dt_s=t.end_h * 3600.0,
-                     exclude_history=m.exclude_history)
+    return replace(base, mtp_k=cfg.finetune.horizon_targets, half_life_s=None, skip=t.skip,
+                   min_dt_s=t.start_h * 3600.0, max_dt_s=t.end_h * 3600.0)
 
 
 def train_window(cfg: GenrecConfig, shards: ShardSet) -> tuple[int | None, int | None]:
@@ -180,6 +179,15 @@ def age_prior(shards: ShardSet, window: tuple[int | None, int | None], launch: t
         return torch.zeros(NUM_AGE_BUCKETS)
     sample = np.random.default_rng(0).choice(times, size=min(requests, len(times)), replace=False)
     return torch.from_numpy(age_log_lift(target_counts, age_bucket_counts(sample, offered))).float()
+
+
+def all_windows(shards: ShardSet, max_seq_len: int,
+                window: tuple[int | None, int | None] = (None, None)) -> dict[str, np.ndarray]:
+    """Every training window of the shards, cut in this process as the trainer's Ray Data tasks cut them
+    (genrec.windows.training_windows): the reference loop's input, and the trainer's for small data."""
+    table = pq.read_table(shards.files("train"), columns=["items", "ts", "actions", "utils"], filesystem=shards.fs)
+    batch = {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
+    return training_windows(batch, max_seq_len, *window)
 
 
 def count_windows(shards: ShardSet, max_seq_len: int, window: tuple[int | None, int | None] = (None, None)) -> int:

@@ -12,26 +12,17 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
-from genrec.build import build_run, num_negatives, optimizer_and_schedule, torch_threads
+from genrec.build import all_windows, build_run, num_negatives, optimizer_and_schedule, torch_threads
 from genrec.config import GenrecConfig
 from genrec.defaults import resolve as resolve_defaults
 from genrec.objectives import draw_id_mask
 from genrec.selection import VALID, selection_key, should_stop
 from genrec.shards import ShardSet
 from genrec.tasks import build_plan, evaluate_plan, model_scorer, plan_metrics
-from genrec.windows import training_windows
 
 WINDOW_COLUMNS = ("items", "actions", "gaps", "utils", "ts")
-
-
-def all_windows(cfg: GenrecConfig, shards: ShardSet, window: tuple[int | None, int | None]) -> dict[str, np.ndarray]:
-    """Every training window of the shards, cut as the trainer's Ray Data step cuts them."""
-    table = pq.read_table(shards.files("train"), columns=["items", "ts", "actions", "utils"], filesystem=shards.fs)
-    batch = {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
-    return training_windows(batch, cfg.model.max_seq_len, *window)
 
 
 @dataclass
@@ -52,7 +43,7 @@ def train_reference(cfg: GenrecConfig, shards: ShardSet, epochs: int | None = No
     if prepare is not None:  # a benchmark's change to the built model (benchmarks/ablation.py)
         prepare(run)
     model = run.model
-    windows = all_windows(cfg, shards, run.window)
+    windows = all_windows(shards, cfg.model.max_seq_len, run.window)
     n = len(windows["items"])
     batch_size = cfg.train.batch_size
     steps_per_epoch = max(1, n // batch_size)

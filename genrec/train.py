@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from genrec.build import (build_run, count_windows, model_flops_per_token, num_negatives, optimizer_and_schedule,
-                          torch_threads, train_window)
+from genrec.build import (all_windows, build_run, count_windows, model_flops_per_token, num_negatives,
+                          optimizer_and_schedule, torch_threads, train_window)
 from genrec.checkpoint import (CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS, RESUME_DIR,
                                RESUME_TAG, TRAINER_STATE, CheckpointError, checkpoint_folders, last_resumable,
                                local_checkpoint, ranks_read, read_spec, read_trainer_state, save_for_serving,
@@ -637,18 +637,15 @@ def windows_by_ray_data(shards: ShardSet, max_seq_len: int, window: tuple[int | 
 
 
 def windows_in_driver(shards: ShardSet, max_seq_len: int, window: tuple[int | None, int | None]):
-    """The training windows cut in this process (the same genrec.windows.training_windows the Ray Data tasks run),
-    handed to Ray Data as in-memory blocks of WINDOWS_PER_BLOCK windows."""
+    """The training windows cut in this process (genrec.build.all_windows, the same windowing the Ray Data tasks
+    run), handed to Ray Data as in-memory blocks of WINDOWS_PER_BLOCK windows."""
     import ray.data
     from ray.data.extensions import ArrowTensorArray
 
-    table = pq.read_table(shards.files("train"), columns=["items", "ts", "actions", "utils"], filesystem=shards.fs)
-    out = training_windows({c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names},
-                           max_seq_len, *window)
-    n = len(out["items"])
-    bounds = range(0, n, WINDOWS_PER_BLOCK)
+    out = all_windows(shards, max_seq_len, window)
     return ray.data.from_arrow([pa.table({k: ArrowTensorArray.from_numpy(v[a:a + WINDOWS_PER_BLOCK])
-                                          for k, v in out.items()}) for a in bounds])
+                                          for k, v in out.items()})
+                                for a in range(0, len(out["items"]), WINDOWS_PER_BLOCK)])
 
 
 def build_trainer(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=None, finetune: dict | None = None,
