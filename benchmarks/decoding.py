@@ -47,7 +47,7 @@ RESULT_TAG = "DECODING_RESULT "
 
 
 def num_negatives(catalogue: int) -> int:
-    """genrec.train.num_negatives with the default config: max(64, 1% of the catalogue), capped at the catalogue."""
+    """genrec.build.num_negatives with the default config: max(64, 1% of the catalogue), capped at the catalogue."""
     return int(min(catalogue, max(MIN_NEGATIVES, round(NEG_FRACTION * catalogue))))
 
 

@@ -8,8 +8,8 @@
 
 Each case builds genrec's model (`GenRec`: item tower, event embedding, backbone, projected head, the sampled-softmax
 objective of `--config`) on the device, wraps it in the trainer's own DeepSpeed engine
-(`genrec.train.make_engine`: bf16 on GPU, ZeRO stage as asked, fused torch AdamW, `train.compile`) and runs the
-trainer's own step (`genrec.train.train_step`) on full windows of synthetic events over a catalogue of `--items`
+(`genrec.engine.make_engine`: bf16 on GPU, ZeRO stage as asked, fused torch AdamW, `train.compile`) and runs the
+trainer's own step (`genrec.engine.train_step`) on full windows of synthetic events over a catalogue of `--items`
 titles, `--tokens` target events per step. It is the model path only, in one process on one device: the data path (Ray Data) is measured
 by benchmarks/ingest.py and the trainer's own `input_wait_share`. Here batches come from a pool prepared in pinned host
 memory, so `input_wait` is the host-side time to take one and start its copy to the GPU.
@@ -45,7 +45,7 @@ from genrec.features import MAX_GENRES, MAX_TOKENS, YEAR_BUCKETS, FeatureVocab, 
 from genrec.flops import mfu, peak_tflops  # noqa: E402
 from genrec.model import GenRec, ModelSpec, backbone_params, resolve_shape  # noqa: E402
 from genrec.build import model_flops_per_token, num_negatives, objective, optimizer_and_schedule  # noqa: E402
-from genrec.train import make_engine, skip_shm_comm_op, train_step  # noqa: E402
+from genrec.engine import make_engine, skip_shm_comm_op, train_step  # noqa: E402
 
 # The default plan, most telling first (a run cut short by its time limit keeps the head of the list):
 # preset:seq_len:zero_stage:activation_checkpointing:compile. The headline (the 1B backbone as fast as it goes), its

@@ -18,7 +18,8 @@ import time
 
 from genrec.config import load_config
 from genrec.runtime import init_ray, prepare_shards, print_table
-from genrec.train import fit, read_history
+from genrec.runs import read_history
+from genrec.train import fit
 
 
 def main() -> None:

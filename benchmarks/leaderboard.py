@@ -83,7 +83,7 @@ def run_genrec(name: str, model: str, seed: int, data: LooData) -> dict:
     """Train through genrec's real path, then rank the test users with the kept checkpoint."""
     from genrec.checkpoint import load_checkpoint
     from genrec.config import load_config
-    from genrec.train import read_history
+    from genrec.runs import read_history
     from trainers.pretrain import run
 
     source, path = data_path(name)

@@ -30,7 +30,9 @@ from genrec.config import load_config  # noqa: E402
 from genrec.defaults import resolve as resolve_defaults  # noqa: E402
 from genrec.reference_loop import train_reference  # noqa: E402
 from genrec.runtime import init_ray, prepare_shards, print_table  # noqa: E402
-from genrec.train import fit, read_history, zero_stage  # noqa: E402
+from genrec.engine import zero_stage  # noqa: E402
+from genrec.runs import read_history  # noqa: E402
+from genrec.train import fit  # noqa: E402
 
 
 def rate(history: list[dict]) -> tuple[float, float]:

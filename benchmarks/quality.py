@@ -39,7 +39,8 @@ from genrec.config import load_config
 from genrec.runtime import init_ray, prepare_shards
 from genrec.shards import open_shards
 from genrec.selection import best_record
-from genrec.train import fit, read_history
+from genrec.runs import read_history
+from genrec.train import fit
 
 REPO = Path(__file__).resolve().parent.parent
 DATASETS = {

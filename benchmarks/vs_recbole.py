@@ -39,7 +39,7 @@ def recbole_dataset(py: Path) -> Path:
 def run_genrec(data_path: Path, epochs: int, overrides: list[str], storage: Path) -> dict:
     from genrec.config import load_config
     from trainers.pretrain import run
-    from genrec.train import read_history
+    from genrec.runs import read_history
 
     cfg = load_config(ROOT / "configs" / "local.yaml", [
         *GENREC_DEFAULTS, f"data.path={data_path}", f"storage.root={storage}", f"train.epochs={epochs}", *overrides])

@@ -41,6 +41,7 @@ CHECKPOINT_ITEMS = "items.parquet"
 RESUME_DIR = "resume"
 RESUME_TAG = "state"
 TRAINER_STATE = "trainer_state.json"
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints, in its folder
 RESUME_CHECKSUMS = "checksums_rank{rank}.json"  # in RESUME_DIR, one per rank: sizes and sha256s of what it wrote
 
 
@@ -277,6 +278,68 @@ def last_resumable(store, run_folder: str, hashes: bool = True, workers: int | N
         except CheckpointError as exc:
             passed_over = passed_over or str(exc)
     return None, None, passed_over
+
+def resume_point(cfg: GenrecConfig, run_name: str, required: bool = False) -> str | None:
+    """Where a run that goes on (`--resume`, or a sweep trial Tune restores) starts: None when Ray Train's record of
+    the run names a checkpoint that is whole (Ray Train restores it) or, unless `required`, when the run has no
+    checkpoint yet (a new run); else the newest checkpoint folder whose files all pass their checks.
+
+    Ray Train writes that record (RAY_SNAPSHOT) in place: a write that fails midway (a full disk) leaves it empty
+    while the checkpoints it listed are still whole, and Ray Train then cannot restore the run at all. The broken
+    record is set aside (kept, renamed) so that Ray Train starts a new one, and train_func loads the folder given.
+    Hashes are read on a local disk; on an object store sizes only (the workers check the hashes of what they load)."""
+    store = cfg.storage.store()
+    folder = store.path("runs", run_name)
+    snapshot = f"{folder}/{RAY_SNAPSHOT}"
+    latest, unusable = None, None
+    if store.is_file(snapshot):
+        try:
+            latest = json.loads(store.read_text(snapshot)).get("latest_checkpoint_result")
+        except ValueError:
+            unusable = (f"Ray Train's record of its checkpoints, {store.uri(snapshot)}, is not readable JSON "
+                        f"({store.size(snapshot):,} bytes: a write cut short, e.g. by a full disk)")
+    if latest:
+        name = latest.get("checkpoint_dir_name", "")
+        if name and not store.is_file(f"{folder}/{name}/{TRAINER_STATE}"):
+            raise ConfigError(f"--resume {run_name}: {store.uri(folder + '/' + name)} has no {TRAINER_STATE} "
+                              "(written by a genrec before runs could resume); start a new run")
+        try:
+            state = read_trainer_state(f"{folder}/{name}", store)
+            verify_resumable(f"{folder}/{name}", state, ranks=ranks_read(state, cfg.train.workers), store=store,
+                             hashes=not store.remote, allow_unverified=cfg.storage.allow_unverified_checkpoints)
+            return None
+        except CheckpointError as exc:
+            unusable = f"the checkpoint Ray Train's record names last is not whole ({exc})"
+    elif not unusable and not required and not checkpoint_folders(store, folder):
+        return None  # a new run
+    found, state, passed_over = last_resumable(store, folder, hashes=not store.remote, workers=cfg.train.workers,
+                                               allow_unverified=cfg.storage.allow_unverified_checkpoints)
+    if found is None:
+        why = f" ({unusable})" if unusable else ""
+        if passed_over:
+            why += f"; its newest checkpoint is not whole ({passed_over}), nor any older one: start a new run"
+        raise ConfigError(f"--resume {run_name}: {store.uri(folder)} holds no checkpoint of a run under "
+                          f"storage.root={cfg.storage.root}{why}"
+                          + ("" if passed_over else "; name a run listed there"))
+    if unusable and store.is_file(snapshot):
+        aside = f"{snapshot}.unusable-{time.strftime('%Y%m%d-%H%M%S')}"
+        store.fs.move(snapshot, aside)
+        unusable += f" (kept as {aside.rsplit('/', 1)[-1]})"
+    print(f"--resume {run_name}: {unusable or 'no record of its checkpoints by Ray Train'}; going on from "
+          f"{found.rsplit('/', 1)[-1]} (epoch {state['epoch']}), its newest checkpoint whose files all pass their "
+          "checks" + (f" (a newer one does not: {passed_over})" if passed_over else ""), flush=True)
+    return found
+
+
+def last_whole_checkpoint(cfg: GenrecConfig, run_name: str) -> tuple[str | None, int | None]:
+    """The run's last whole checkpoint (its URI) and epoch, or (None, None), for a message after a failure or a
+    Ctrl-C. Sizes only: a full disk cuts files short, and naming the checkpoint must not read gigabytes back. The
+    store's own errors propagate: each caller says them after its own cause."""
+    store = cfg.storage.store()
+    found, state, _ = last_resumable(store, store.path("runs", run_name), hashes=False,
+                                     allow_unverified=cfg.storage.allow_unverified_checkpoints)
+    return (None, None) if found is None else (store.uri(found), state["epoch"])
+
 
 def local_checkpoint(cfg: GenrecConfig, path: str) -> Path:
     """A checkpoint folder on this machine: `path` itself, or, when it lies in a URI storage root (a path in the

@@ -50,7 +50,7 @@ def test_prepare_writes_shards(tmp_path, capsys):
 def test_run_names_continue_only_when_asked(tmp_path):
     """Ray Train continues any run whose folder holds a checkpoint: genrec makes that an explicit --resume."""
     from genrec.config import ConfigError
-    from genrec.train import check_run_name
+    from genrec.runs import check_run_name
     from genrec.checkpoint import TRAINER_STATE
     from tests.conftest import tiny_config
 
@@ -84,7 +84,7 @@ def test_resume_goes_on_from_the_newest_whole_checkpoint_when_ray_trains_record_
     (The whole story on a real full disk under Ray Train: tests/test_disk_full.py.)"""
     from genrec.config import ConfigError
     from genrec.shards import write_checksums
-    from genrec.train import check_run_name
+    from genrec.runs import check_run_name
     from genrec.checkpoint import RESUME_CHECKSUMS, TRAINER_STATE
     from tests.conftest import tiny_config
 

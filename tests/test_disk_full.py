@@ -8,7 +8,7 @@ it empty; the run died with a deep traceback, and `--resume` with a JSONDecodeEr
 was whole on disk. Ray Train's record is not emptied every time (whole in one fresh clone's run of this test, emptied
 in the others here): the test asserts the path that matches what the disk holds, and the fallback itself is pinned
 without Ray by tests/test_cli.py::test_resume_goes_on_from_the_newest_whole_checkpoint_when_ray_trains_record_is_unreadable.
-Checked to fail: with genrec.train.resume_point no longer catching the record's JSON error, the resume below raises
+Checked to fail: with genrec.checkpoint.resume_point no longer catching the record's JSON error, the resume below raises
 that JSONDecodeError (in a run where the record was emptied).
 
 The resume runs on 2 workers where the run had 1: going on with another worker count (from the consolidated

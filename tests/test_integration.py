@@ -273,7 +273,7 @@ def test_taste_probe_ranks_each_new_title_where_the_app_ranks_it(winner):
 
 
 def test_finetune_a_task_on_a_frozen_backbone(winner):
-    from genrec.train import read_history
+    from genrec.runs import read_history
     from trainers.finetune import run
 
     cfg, manifest = winner

@@ -10,11 +10,13 @@ serving.app reaching genrec.train and deepspeed; trainers.pretrain importing the
 """
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("genrec", "trainers", "tuning", "serving")
-TRAINING = ("genrec.train", "genrec.reference_loop", "deepspeed", "trainers", "tuning")
+TRAINING = ("genrec.train", "genrec.engine", "genrec.ingest", "genrec.reference_loop", "deepspeed", "trainers",
+            "tuning")
 
 
 def module_name(path: Path) -> str:
@@ -93,3 +95,21 @@ def test_ray_datas_windowing_tasks_import_no_torch():
     again, torch is reached."""
     g = graph()
     assert "torch" not in reach(g, "genrec.windows"), sorted(reach(g, "genrec.windows"))
+
+
+def test_the_readmes_layout_names_every_module_and_only_those():
+    """README's Layout list, one line per module, matches the code: a module added, renamed or removed without its
+    line fails here. A package listed as a folder (`genrec/data/`) stands for its modules."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Layout\n"):]
+    section = section[:section.find("\n## ", 1)] if "\n## " in section[1:] else section
+    listed = set()
+    for line in section.splitlines():
+        if line.startswith("- "):
+            listed |= set(re.findall(r"`([\w/]+(?:\.py|/))`", line.split(": ", 1)[0]))
+    folders = {p for p in listed if p.endswith("/")}
+    files = {str(p.relative_to(ROOT)) for p in modules().values() if p.name != "__init__.py"}
+    unlisted = sorted(f for f in files if f not in listed and not any(f.startswith(d) for d in folders))
+    missing = sorted(p for p in listed if not (ROOT / p).exists())
+    assert not unlisted, f"modules without a line in README's Layout: {unlisted}"
+    assert not missing, f"README's Layout lists what does not exist: {missing}"

@@ -21,7 +21,7 @@ from genrec.runtime import prepare_shards
 from genrec.shards import CHECKSUMS, ShardError, open_shards, verify_checksums, verify_shards, write_checksums
 from genrec.storage import StorageError, relative_inside, store
 from genrec.build import TRAIN_COUNT
-from genrec.train import weights_only_checkpoint_engine
+from genrec.engine import weights_only_checkpoint_engine
 from tests.conftest import tiny_config
 
 

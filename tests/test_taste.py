@@ -22,7 +22,7 @@ from genrec.checkpoint import load_checkpoint
 from genrec.holdout import popularity
 from genrec.selection import best_record
 from genrec.shards import open_shards
-from genrec.train import read_history
+from genrec.runs import read_history
 from genrec.cli import post_json, start_serve
 from genrec.probes import HOUR, NEW_ID_BASE, genre_fans, taste_probe
 from genrec.recommend import Ranker

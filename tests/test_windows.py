@@ -67,7 +67,7 @@ def test_windows_cut_in_the_driver_are_ray_datas_windows(ray_local, tmp_path):
     time (its events after that dropped first)."""
     from genrec.build import train_window
     from genrec.runtime import prepare_shards
-    from genrec.train import windows_by_ray_data, windows_in_driver
+    from genrec.ingest import windows_by_ray_data, windows_in_driver
 
     cfg = tiny_config(tmp_path, "train.window_shift_h=48")
     shards = prepare_shards(cfg, echo=lambda *_: None)

@@ -21,15 +21,17 @@ from genrec.config import GenrecConfig
 def run(cfg: GenrecConfig, run_name: str | None = None, rebuild: bool = False, resume: str | None = None):
     from genrec.holdout import select_and_test
     from genrec.runtime import init_ray, prepare_shards, print_table
-    from genrec.train import check_run_name, finetune_setup, fit, read_history
+    from genrec.finetune import finetune_setup
+    from genrec.runs import check_run_name, read_history
+    from genrec.train import fit
 
     run_name, resume_from = check_run_name(cfg, run_name, resume)
     shards = prepare_shards(cfg, rebuild=rebuild)
     cfg, finetune = finetune_setup(cfg, shards)
     init_ray(cfg)
-    task = finetune["task"]
-    run_name = run_name or f"finetune-{cfg.name}-{task}-{finetune['mode']}-{time.strftime('%Y%m%d-%H%M%S')}"
-    print(f"fine-tuning {finetune['checkpoint']} on task {task} ({finetune['mode']}), {cfg.train.epochs} epochs on "
+    task = finetune.task
+    run_name = run_name or f"finetune-{cfg.name}-{task}-{finetune.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+    print(f"fine-tuning {finetune.checkpoint} on task {task} ({finetune.mode}), {cfg.train.epochs} epochs on "
           f"{cfg.train.workers} workers -> {cfg.storage.store().uri(cfg.storage.store().path('runs', run_name))}")
     result = fit(cfg, shards, run_name, finetune=finetune, resume_from=resume_from, recover=False)
     history = read_history(cfg, run_name)

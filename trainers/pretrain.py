@@ -21,7 +21,9 @@ def run(cfg: GenrecConfig, run_name: str | None = None, rebuild: bool = False, r
     from genrec.defaults import resolve as resolve_defaults
     from genrec.holdout import select_and_test
     from genrec.runtime import init_ray, prepare_shards, print_table
-    from genrec.train import check_run_name, fit, read_history, zero_stage
+    from genrec.engine import zero_stage
+    from genrec.runs import check_run_name, read_history
+    from genrec.train import fit
 
     run_name, resume_from = check_run_name(cfg, run_name, resume)
     shards = prepare_shards(cfg, rebuild=rebuild)

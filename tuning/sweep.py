@@ -56,7 +56,8 @@ def run_trial(config: dict) -> None:
     from genrec.defaults import resolve as resolve_defaults
     from genrec.shards import open_shards
     from genrec.storage import atomic_write_json
-    from genrec.train import fit, history_path, topk_path
+    from genrec.runs import history_path, topk_path
+    from genrec.train import fit
 
     cfg = trial_config(config["base"], config["preset"], config["max_seq_len"], config["epochs"], config["seed"],
                        config["window_shift_h"], config.get("values"))
