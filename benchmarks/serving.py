@@ -47,7 +47,8 @@ from genrec.features import build_vocab  # noqa: E402
 from genrec.model import GenRec, ModelSpec, resolve_shape  # noqa: E402
 from genrec.shards import write_checksums  # noqa: E402
 from genrec.build import TRAIN_COUNT  # noqa: E402
-from genrec.checkpoint import CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS  # noqa: E402
+from genrec.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS,  # noqa: E402
+                               write_weights)
 
 TOKEN = "benchmark-token-0123456789"
 
@@ -61,8 +62,8 @@ def write_checkpoint(folder: Path, preset: str, seq_len: int, items: int) -> Pat
                      dropout=0.0, features=build_vocab(table).to_dict(), title_age=True)
     torch.manual_seed(0)
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save(GenRec(spec).state_dict(), folder / CHECKPOINT_WEIGHTS)
-    (folder / CHECKPOINT_SPEC).write_text(json.dumps({"spec": spec.to_dict(), "preset": preset}))
+    write_weights(GenRec(spec).state_dict(), folder / CHECKPOINT_WEIGHTS)
+    (folder / CHECKPOINT_SPEC).write_text(json.dumps({"format": CHECKPOINT_FORMAT, "spec": spec.to_dict(), "preset": preset}))
     pq.write_table(table, folder / CHECKPOINT_ITEMS)
     write_checksums(folder, [CHECKPOINT_WEIGHTS, CHECKPOINT_SPEC, CHECKPOINT_ITEMS])
     return folder

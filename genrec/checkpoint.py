@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+import safetensors.torch
 import torch
 
 from genrec.data.schema import DataError
@@ -33,9 +34,14 @@ from genrec.config import ConfigError, GenrecConfig
 from genrec.storage import StorageError, local_store
 
 
-CHECKPOINT_WEIGHTS = "model.pt"
+CHECKPOINT_WEIGHTS = "model.safetensors"  # the consolidated weights: tensors only, read without unpickling
 CHECKPOINT_SPEC = "model.json"
 CHECKPOINT_ITEMS = "items.parquet"
+MODEL_CARD = "MODEL_CARD.md"  # written by `genrec export` beside the three files above
+# The serving files' format, kept in model.json as "format". 1 (no "format" key): weights as a torch pickle,
+# LEGACY_WEIGHTS, still loaded (weights only); `genrec export` rewrites one as 2. 2: safetensors weights.
+CHECKPOINT_FORMAT = 2
+LEGACY_WEIGHTS = "model.pt"
 # Resume state beside the serving files: DeepSpeed's engine checkpoint (weights, optimizer and LR-schedule state, one
 # file per rank's ZeRO partition), each rank's RNG states, and the loop's position and history.
 RESUME_DIR = "resume"
@@ -114,11 +120,42 @@ UNVERIFIED_HINT = ("if you trust it (a checkpoint of a genrec before checksums w
                    "--set storage.allow_unverified_checkpoints=true")
 
 
+def weights_file(path: str | Path) -> Path:
+    """The consolidated weights of a checkpoint folder: safetensors, or a format-1 checkpoint's torch file."""
+    path = Path(path)
+    return path / CHECKPOINT_WEIGHTS if (path / CHECKPOINT_WEIGHTS).is_file() or not (
+        path / LEGACY_WEIGHTS).is_file() else path / LEGACY_WEIGHTS
+
+
+def read_weights(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """A checkpoint folder's consolidated weights, as float32 tensors (bf16 training saves bf16). Nothing is
+    unpickled: safetensors, or a format-1 torch file read with weights_only."""
+    f = weights_file(path)
+    if f.name == CHECKPOINT_WEIGHTS:
+        state = safetensors.torch.load_file(str(f), device=device)
+    else:
+        state = torch.load(f, map_location=device, weights_only=True)
+    return {k: v.float() for k, v in state.items()}
+
+
+def write_weights(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """`state` as a safetensors file. Tensors that share memory (tied embeddings) are written once each: safetensors
+    refuses aliases, and loading copies every entry into its parameter anyway."""
+    seen, out = set(), {}
+    for name, tensor in state.items():
+        tensor = tensor.detach().cpu().contiguous()
+        storage = tensor.untyped_storage().data_ptr()  # a view of a seen tensor shares it too
+        out[name] = tensor.clone() if storage in seen else tensor
+        seen.add(storage)
+    safetensors.torch.save_file(out, str(path), metadata={"format": f"genrec-{CHECKPOINT_FORMAT}"})
+
+
 def load_checkpoint(path: str | Path, device: str = "cpu", allow_unverified: bool = False) -> LoadedModel:
     """The model, spec and catalogue of a checkpoint folder, its files checked against checksums.json first (a
-    folder without one is refused unless allow_unverified)."""
+    folder without one is refused unless allow_unverified). Format-1 checkpoints (torch-pickled weights) still load;
+    one written by a newer genrec is refused."""
     path = Path(path)
-    for name in (CHECKPOINT_WEIGHTS, CHECKPOINT_SPEC, CHECKPOINT_ITEMS):
+    for name in (weights_file(path).name, CHECKPOINT_SPEC, CHECKPOINT_ITEMS):
         if not (path / name).is_file():
             raise CheckpointError(f"{path / name}: missing; is {path} a genrec checkpoint folder?")
     try:
@@ -129,14 +166,15 @@ def load_checkpoint(path: str | Path, device: str = "cpu", allow_unverified: boo
         raise CheckpointError(f"{path / CHECKSUMS}: missing, so nothing shows the checkpoint is as genrec wrote it; "
                               f"refused. {UNVERIFIED_HINT[0].upper()}{UNVERIFIED_HINT[1:]}")
     info = json.loads((path / CHECKPOINT_SPEC).read_text())
+    if info.get("format", 1) > CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path / CHECKPOINT_SPEC}: checkpoint format {info['format']}, written by a newer "
+                              f"genrec than this one (format {CHECKPOINT_FORMAT}); upgrade genrec to load it")
     try:
         spec = ModelSpec.from_dict(info["spec"])
     except TypeError as exc:
         raise CheckpointError(f"{path / CHECKPOINT_SPEC}: not a spec this genrec can build ({exc}); retrain") from None
-    state = torch.load(path / CHECKPOINT_WEIGHTS, map_location=device, weights_only=True)
     model = GenRec(spec)
-    # bf16 training saves bf16 weights; serve in fp32 on CPU.
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    model.load_state_dict(read_weights(path, device), strict=True)  # float32: bf16 training saves bf16
     model.eval().to(device)
     loaded = LoadedModel(model, spec, pq.read_table(path / CHECKPOINT_ITEMS), info, path)
     loaded.refresh_catalogue()
@@ -182,7 +220,7 @@ def fetch_checkpoint(store, path: str, use):
     copied (weights, spec, items, checksums; not the optimizer state under resume/). A cached copy that fails
     (CheckpointError from `use`) is copied again once: the cache is not trusted over the store. Errors name the
     store's URI, not the cache."""
-    names = (CHECKPOINT_WEIGHTS, CHECKPOINT_SPEC, CHECKPOINT_ITEMS, CHECKSUMS)
+    names = (CHECKPOINT_WEIGHTS, LEGACY_WEIGHTS, CHECKPOINT_SPEC, CHECKPOINT_ITEMS, CHECKSUMS)
     try:
         try:
             return use(store.fetch(path, only=names))
@@ -262,6 +300,7 @@ def verify_resumable(folder: str, state: dict, ranks=None, weights: bool = True,
         if not verify_checksums(resume, CheckpointError, listing, store, hashes):
             raise CheckpointError(f"{store.uri(resume + '/' + listing)}: missing (rank {r}'s part of the checkpoint "
                                   "was not written whole)")
+
 
 def last_resumable(store, run_folder: str, hashes: bool = True, workers: int | None = None,
                    allow_unverified: bool = False) -> tuple[str | None, dict | None, str | None]:
@@ -361,12 +400,24 @@ def local_checkpoint(cfg: GenrecConfig, path: str) -> Path:
 
 # -- writing (collective calls of the trainer's ranks) ---------------------------------------------------------
 
+def consolidated_weights(engine) -> dict[str, torch.Tensor]:
+    """The whole model's weights on rank 0 (an empty dict elsewhere). Collective under ZeRO-3: every rank must call
+    it. It is the gather DeepSpeed's own save_16bit_model runs, without its torch pickle."""
+    if engine.zero_optimization_partition_weights():
+        state = engine._zero3_consolidated_16bit_state_dict()
+    else:
+        state = engine.module_state_dict()
+    return state if engine.global_rank == 0 else {}
+
+
 def save_for_serving(engine, spec: ModelSpec, items: pa.Table, out_dir: str, extra: dict, rank: int) -> None:
-    """Consolidated weights + spec + the item table (with each title's training count): loads with plain torch
-    (see `genrec.checkpoint`)."""
-    engine.save_16bit_model(out_dir, CHECKPOINT_WEIGHTS)  # collective under ZeRO-3: every rank must call it
+    """Consolidated weights (safetensors) + spec (JSON) + the item table (with each title's training count): loads
+    without DeepSpeed, Ray or unpickling (see `genrec.checkpoint`)."""
+    state = consolidated_weights(engine)
     if rank == 0:
-        Path(out_dir, CHECKPOINT_SPEC).write_text(json.dumps({"spec": spec.to_dict(), **extra}, indent=2))
+        write_weights(state, Path(out_dir, CHECKPOINT_WEIGHTS))
+        Path(out_dir, CHECKPOINT_SPEC).write_text(json.dumps({"format": CHECKPOINT_FORMAT, "spec": spec.to_dict(),
+                                                              **extra}, indent=2))
         pq.write_table(items, Path(out_dir, CHECKPOINT_ITEMS))
         # Last: a checkpoint whose checksums exist was written whole; serving refuses one that changed since.
         write_checksums(out_dir, [CHECKPOINT_WEIGHTS, CHECKPOINT_SPEC, CHECKPOINT_ITEMS])

@@ -15,6 +15,7 @@
     genrec cluster render C OUT_DIR      `ray up` file, KubeRay RayJobs and RayService, Serve config, from one config
     genrec config explain [KEY]          every config key (or one section or key): type, default, bounds, meaning
     genrec config show --config C        the config after --set overrides and validation, as YAML (no serve token)
+    genrec export CHECKPOINT OUT         a checkpoint as safetensors weights + JSON spec + model card (converts old ones)
 """
 
 from __future__ import annotations
@@ -162,6 +163,22 @@ def cmd_config_show(args) -> int:
         # Said, so that a copy of this output used as a config is not taken to carry the token.
         print("# serve.token is set but not shown (it never leaves the process that serves)")
     print_listing(dump_config(without_secrets(cfg)).rstrip("\n"))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from genrec.checkpoint import load_checkpoint, local_checkpoint
+    from genrec.export import export_checkpoint, selected_record
+
+    cfg = load_config(args.config, args.overrides)
+    store = cfg.storage.store()
+    located = store.locate(args.checkpoint)
+    loaded = load_checkpoint(local_checkpoint(cfg, args.checkpoint),
+                             allow_unverified=cfg.storage.allow_unverified_checkpoints)
+    source = "/".join(located.rstrip("/").rsplit("/", 2)[-2:])  # RUN/checkpoint_...
+    out = export_checkpoint(loaded, Path(args.out), source, selected_record(store, located, cfg.winner_path()))
+    print(f"exported {store.uri(located)} -> {out} (safetensors weights, spec, items, checksums, the run's config "
+          "and MODEL_CARD.md)")
     return 0
 
 
@@ -371,6 +388,19 @@ def build_parser() -> argparse.ArgumentParser:
                     "serve.token is never printed (shown as null): the output is safe to paste.")
     add_config_args(s)
     s.set_defaults(fn=cmd_config_show)
+
+    s = sub.add_parser(
+        "export", help="a checkpoint as safetensors weights, a JSON spec and a model card, in a new folder",
+        description="Write CHECKPOINT (a checkpoint folder, or its path or URI in a URI storage.root) to the new "
+                    "folder OUT in the current checkpoint format: model.safetensors (loadable with safetensors "
+                    "alone, nothing unpickled), model.json (the spec), items.parquet, checksums.json, the run's "
+                    "config.yaml and MODEL_CARD.md (data, split, validation figures, the test figures when it is "
+                    "its run's selected checkpoint, the command that retrains it, the commit). A checkpoint of an "
+                    "older format (torch-pickled model.pt) is converted.")
+    s.add_argument("checkpoint", help="the checkpoint folder, e.g. genrec-runs/runs/RUN/checkpoint_...")
+    s.add_argument("out", help="a folder to create for the export (refused when it exists)")
+    add_config_args(s)
+    s.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("pipeline", help="data -> shards -> sweep -> winner -> serve, end to end")
     add_config_args(s)

@@ -848,7 +848,7 @@ class ClusterConfig(_Section):
                     "Serve.")
     pip: list[str] = Field(
         ["torch==2.13.0", "deepspeed==0.19.8", "pyarrow>=15", "numpy>=1.26", "pydantic>=2.5", "pyyaml>=6",
-         "wandb>=0.17", "matplotlib>=3.8", "optuna>=4"],
+         "wandb>=0.17", "matplotlib>=3.8", "optuna>=4", "safetensors>=0.4"],
         description="what the workers install on top of the Ray image (the runtime environment's pip list). "
                     "pyproject.toml's dependencies without Ray itself (tests/test_cluster.py keeps the two lists "
                     "equal).")

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import torch
 
-from genrec.checkpoint import CHECKPOINT_ITEMS, CHECKPOINT_WEIGHTS, local_checkpoint, read_spec
+from genrec.checkpoint import CHECKPOINT_ITEMS, local_checkpoint, read_spec, read_weights
 from genrec.config import ConfigError, GenrecConfig
 from genrec.model import GenRec, ModelSpec
 from genrec.shards import ShardSet
@@ -76,5 +75,4 @@ def load_pretrained(model: GenRec, spec: ModelSpec, path: str) -> None:
     diff = [f for f in ARCHITECTURE if getattr(ckpt_spec, f) != getattr(spec, f)]
     if diff:
         raise ConfigError(f"{path}: the checkpoint's model differs from the run's in {', '.join(diff)}")
-    state = torch.load(Path(path, CHECKPOINT_WEIGHTS), map_location="cpu", weights_only=True)
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    model.load_state_dict(read_weights(path), strict=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,6 +15,24 @@ import ray.train
 from genrec.checkpoint import RAY_SNAPSHOT, checkpoint_folders, last_whole_checkpoint, resume_point
 from genrec.config import ConfigError, GenrecConfig
 from genrec.errors import GenrecError
+
+
+def code_commit() -> str:
+    """The git commit genrec's code was checked out at ("+changes" when the tree differs from it), for the record a
+    checkpoint keeps of what wrote it; "unknown" outside a git checkout (an installed wheel)."""
+    repo = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return "unknown"
+    return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def check_run_name(cfg: GenrecConfig, run_name: str | None, resume: str | None) -> tuple[str | None, str | None]:

@@ -23,8 +23,8 @@ import torch
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from genrec.build import Run, build_run, model_flops_per_token, num_negatives, optimizer_and_schedule, torch_threads
-from genrec.checkpoint import (CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS, RESUME_DIR, RESUME_TAG, local_checkpoint,
-                               read_trainer_state, resume_point, save_for_serving, save_resume_state, verify_resumable)
+from genrec.checkpoint import (CHECKPOINT_SPEC, RESUME_DIR, RESUME_TAG, local_checkpoint, read_trainer_state,
+                               read_weights, resume_point, save_for_serving, save_resume_state, verify_resumable)
 from genrec.config import ConfigError, GenrecConfig, without_secrets
 from genrec.defaults import resolve as resolve_defaults
 from genrec.engine import make_engine, param_share, train_step
@@ -32,7 +32,7 @@ from genrec.finetune import ARCHITECTURE, FinetuneSpec, load_pretrained
 from genrec.flops import mfu, peak_tflops
 from genrec.ingest import check_ingest_room, training_dataset
 from genrec.model import ModelSpec
-from genrec.runs import (TrainingFailed, failure_message, history_path, interrupt_message, topk_path,
+from genrec.runs import (TrainingFailed, code_commit, failure_message, history_path, interrupt_message, topk_path,
                          write_topk)
 from genrec.runtime import Interrupted
 from genrec.selection import SCORE, VALID, best_record, selection_key, selection_scores, should_stop
@@ -146,8 +146,7 @@ def restore(worker: Worker, config: dict, steps_per_epoch: int):
             model.new_head()
         lr_offset = 0
         if state is not None and not same_world:
-            weights = torch.load(folder / CHECKPOINT_WEIGHTS, map_location="cpu", weights_only=True)
-            model.load_state_dict({k: v.float() for k, v in weights.items()}, strict=True)
+            model.load_state_dict(read_weights(folder), strict=True)
             lr_offset = state["epoch"] * steps_per_epoch
             if worker.rank == 0:
                 print(f"resuming on {worker.world} workers from a checkpoint of {state['world']}: consolidated "
@@ -239,7 +238,7 @@ def train_func(config: dict) -> None:
             print(epoch_line(metrics, cfg, worker.select, best), flush=True)
         if tracker is not None:
             tracker.log(metrics, step=epoch + 1)
-        report(worker, engine, gen, progress, metrics)
+        report(worker, engine, gen, progress, metrics, config["commit"])
         end = stop_reason(cfg, history, worker.select, time.perf_counter() - start, worker.reduce)
         if end is not None:
             break
@@ -282,14 +281,16 @@ def epoch_record(worker: Worker, progress: Progress, stats: torch.Tensor, train_
     }
 
 
-def report(worker: Worker, engine, gen: torch.Generator, progress: Progress, metrics: dict) -> None:
+def report(worker: Worker, engine, gen: torch.Generator, progress: Progress, metrics: dict, commit: str) -> None:
     """The epoch's checkpoint (serving weights and resume state) and figures to Ray Train. Every rank reports its
     folder (its ZeRO partition); Ray merges them into one checkpoint, and keeps the best ones by the validation
-    figure (and always the latest, to resume from)."""
+    figure (and always the latest, to resume from). The serving files keep what made them: the data and split, the
+    run's config (no secrets: fit strips them) and the code's commit, for `genrec export`'s model card."""
     with tempfile.TemporaryDirectory() as tmp:
-        save_for_serving(engine, worker.run.spec, worker.run.items, tmp,
-                         {"metrics": metrics, "preset": worker.cfg.model.preset,
-                          "dataset": worker.shards.manifest["dataset"]}, worker.rank)
+        save_for_serving(engine, worker.run.spec, worker.run.items, tmp, {
+            "metrics": metrics, "preset": worker.cfg.model.preset, "dataset": worker.shards.manifest["dataset"],
+            "split": worker.shards.manifest["counts"].get("split"), "commit": commit,
+            "config": worker.cfg.model_dump(mode="json")}, worker.rank)
         save_resume_state(engine, tmp, worker.rank, gen, {
             "epoch": progress.epoch, "events_processed": progress.events_seen, "wall_time_s": progress.wall_time_s,
             "world": worker.world, "restarts": progress.restarts, "history": progress.history})
@@ -357,7 +358,7 @@ def build_trainer(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "shards": str(shards.root), "run_name": run_name,
                            "windows": windows, "history": str(history_path(cfg, run_name)),
                            "topk": str(topk_path(cfg, run_name)), "finetune": finetune,
-                           "resume_from": resume_from},
+                           "resume_from": resume_from, "commit": code_commit()},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=t.workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),

@@ -19,9 +19,11 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
+import safetensors.torch
 import torch
 
-from genrec.checkpoint import load_checkpoint, local_checkpoint
+from genrec.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS, LEGACY_WEIGHTS, load_checkpoint,
+                               local_checkpoint)
 from genrec.cli import post_json, sample_history
 from genrec.winner import WINNER_SCHEMA_VERSION, read_winner, write_winner_manifest
 from tests.conftest import s3_uri, tiny_config
@@ -464,6 +466,29 @@ def test_serve_answers_http_and_survives_bad_requests(served):
     assert post_json(f"{url}/recommend", {"history": history, "k": 5})[0] == 200
 
 
+def test_the_served_checkpoint_is_safetensors_and_exports_with_its_test_figures(served, tmp_path, capsys):
+    """The checkpoint the app serves holds its weights as safetensors (no torch pickle), which load with safetensors
+    alone, equal to the model genrec builds from it; `genrec export` of it writes a model card with the test figures
+    the sweep read once for this winner."""
+    from genrec.cli import main
+    from genrec.config import dump_config, without_secrets
+
+    cfg, manifest, url = served
+    assert _get(f"{url}/healthz")[1]["checkpoint"] == "/".join(manifest.checkpoint.rstrip("/").rsplit("/", 2)[-2:])
+    folder = local_checkpoint(cfg, manifest.checkpoint)
+    assert (folder / CHECKPOINT_WEIGHTS).is_file() and not (folder / LEGACY_WEIGHTS).exists()
+    assert json.loads((folder / CHECKPOINT_SPEC).read_text())["format"] == CHECKPOINT_FORMAT
+    weights = safetensors.torch.load_file(str(folder / CHECKPOINT_WEIGHTS))
+    model = load_checkpoint(folder).model.state_dict()
+    assert weights.keys() == model.keys() and all(torch.equal(weights[k].float(), model[k]) for k in model)
+    config = tmp_path / "config.yaml"
+    config.write_text(dump_config(without_secrets(cfg)))
+    assert main(["export", manifest.checkpoint, str(tmp_path / "out"), "--config", str(config)]) == 0, \
+        capsys.readouterr().err
+    card = (tmp_path / "out" / "MODEL_CARD.md").read_text()
+    assert f"ndcg@10 {manifest.test['ndcg@10']:.4f}" in card and "freshest retrains" in card, card
+
+
 def test_multiplexed_models_each_rank_as_their_own_checkpoint(served):
     cfg, manifest, url = served
     history = sample_history(cfg)
@@ -611,7 +636,7 @@ def test_a_corrupt_checkpoint_is_served_from_the_last_good_one_and_said(served, 
     good, bad = f"{run}/checkpoint_2026-01-01_00-00-00.000000", f"{run}/checkpoint_2026-01-02_00-00-00.000000"
     store.upload(local_checkpoint(cfg, manifest.checkpoint), good)
     store.upload(local_checkpoint(cfg, manifest.checkpoint), bad)
-    weights = f"{bad}/model.pt"
+    weights = f"{bad}/{CHECKPOINT_WEIGHTS}"
     data = bytearray(store.read_bytes(weights))
     data[len(data) // 2] ^= 0xFF
     store.write_bytes(weights, bytes(data))

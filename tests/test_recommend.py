@@ -8,7 +8,8 @@ import pytest
 import torch
 from fastapi import HTTPException
 
-from genrec.checkpoint import CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS, load_checkpoint
+from genrec.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS, load_checkpoint,
+                               write_weights)
 from genrec.features import build_vocab
 from genrec.model import GenRec, ModelSpec
 from genrec.recommend import Events, Ranker, list_updates, titles_table, write_titles
@@ -28,8 +29,8 @@ def ranker(tmp_path):
     spec = ModelSpec(num_items=4, layers=2, width=16, heads=2, max_seq_len=6, dropout=0.0, projection_ratio=2,
                      features=build_vocab(ITEMS).to_dict(), title_age=True)
     torch.manual_seed(0)
-    torch.save(GenRec(spec).state_dict(), tmp_path / CHECKPOINT_WEIGHTS)
-    (tmp_path / CHECKPOINT_SPEC).write_text(json.dumps({"spec": spec.to_dict()}))
+    write_weights(GenRec(spec).state_dict(), tmp_path / CHECKPOINT_WEIGHTS)
+    (tmp_path / CHECKPOINT_SPEC).write_text(json.dumps({"format": CHECKPOINT_FORMAT, "spec": spec.to_dict()}))
     pq.write_table(ITEMS, tmp_path / CHECKPOINT_ITEMS)
     write_checksums(tmp_path, [CHECKPOINT_WEIGHTS, CHECKPOINT_SPEC, CHECKPOINT_ITEMS])
     return Ranker(load_checkpoint(tmp_path), "test")

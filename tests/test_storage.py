@@ -8,13 +8,17 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import safetensors.torch
 import torch
+import yaml
 from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 from deepspeed.runtime.fp16.loss_scaler import LossScaler
 from deepspeed.runtime.zero.config import ZeroStageEnum
 
-from genrec.checkpoint import (CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS, CheckpointError, load_checkpoint,
-                               load_last_good, verify_resumable)
+from genrec.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS, LEGACY_WEIGHTS,
+                               CheckpointError, load_checkpoint, load_last_good, read_spec, verify_resumable,
+                               write_weights)
+from genrec.cli import main as cli_main
 from genrec.features import build_vocab
 from genrec.model import GenRec, ModelSpec
 from genrec.runtime import prepare_shards
@@ -91,8 +95,8 @@ def _checkpoint(folder):
     spec = ModelSpec(num_items=3, layers=1, width=16, heads=2, max_seq_len=4, features=build_vocab(items).to_dict(),
                      title_age=True)
     folder.mkdir()
-    torch.save(GenRec(spec).state_dict(), folder / CHECKPOINT_WEIGHTS)
-    (folder / CHECKPOINT_SPEC).write_text(json.dumps({"spec": spec.to_dict()}))
+    write_weights(GenRec(spec).state_dict(), folder / CHECKPOINT_WEIGHTS)
+    (folder / CHECKPOINT_SPEC).write_text(json.dumps({"format": CHECKPOINT_FORMAT, "spec": spec.to_dict()}))
     pq.write_table(items, folder / CHECKPOINT_ITEMS)
     write_checksums(folder, [CHECKPOINT_WEIGHTS, CHECKPOINT_SPEC, CHECKPOINT_ITEMS])
 
@@ -188,3 +192,69 @@ def test_resume_state_is_loaded_without_unpickling_code(tmp_path):
     assert not (tmp_path / "ran").exists()
     TorchCheckpointEngine(None).load(str(evil))  # what DeepSpeed's own engine does with it
     assert (tmp_path / "ran").is_dir()
+
+
+def test_a_format_1_checkpoint_still_loads_and_a_newer_format_is_refused(tmp_path):
+    """Checkpoints written before safetensors (weights as a torch file, no "format" in model.json) load, weights only;
+    one whose format is newer than this genrec's is refused, naming the file and what to do."""
+    new, old = tmp_path / "new", tmp_path / "old"
+    _checkpoint(new)
+    loaded = load_checkpoint(new)
+    old.mkdir()
+    torch.save(loaded.model.state_dict(), old / LEGACY_WEIGHTS)
+    (old / CHECKPOINT_SPEC).write_text(json.dumps({"spec": loaded.spec.to_dict()}))
+    pq.write_table(loaded.items, old / CHECKPOINT_ITEMS)
+    write_checksums(old, [LEGACY_WEIGHTS, CHECKPOINT_SPEC, CHECKPOINT_ITEMS])
+    legacy = load_checkpoint(old)
+    assert all(torch.equal(v, legacy.model.state_dict()[k]) for k, v in loaded.model.state_dict().items())
+    info = json.loads((new / CHECKPOINT_SPEC).read_text())
+    assert info["format"] == CHECKPOINT_FORMAT
+    (new / CHECKPOINT_SPEC).write_text(json.dumps({**info, "format": CHECKPOINT_FORMAT + 1}))
+    write_checksums(new, [CHECKPOINT_WEIGHTS, CHECKPOINT_SPEC, CHECKPOINT_ITEMS])
+    with pytest.raises(CheckpointError, match=f"{new / CHECKPOINT_SPEC}: checkpoint format {CHECKPOINT_FORMAT + 1}, "
+                                              "written by a newer genrec.*upgrade genrec"):
+        load_checkpoint(new)
+
+
+def test_weights_that_share_memory_are_written_once_each(tmp_path):
+    """safetensors refuses two names on one tensor's memory (a tied table seen twice); each is written as its own copy,
+    with equal values."""
+    table = torch.arange(6.0).reshape(2, 3)
+    write_weights({"a": table, "b": table, "c": table[1]}, tmp_path / "w.safetensors")
+    back = safetensors.torch.load_file(str(tmp_path / "w.safetensors"))
+    assert torch.equal(back["a"], table) and torch.equal(back["b"], table) and torch.equal(back["c"], table[1])
+
+
+def test_export_converts_a_checkpoint_to_safetensors_with_a_model_card(tmp_path, capsys):
+    """`genrec export`: the weights in OUT load with safetensors alone and equal the checkpoint's; the card gives the
+    data, the kept epoch's validation figures, the test figures of the run's selected.json, the retrain command and the
+    commit; a format-1 checkpoint is converted; an existing OUT is refused."""
+    run = tmp_path / "runs" / "run-a"
+    ckpt = run / "checkpoint_2026-12-05_10-00-00.000000"
+    run.mkdir(parents=True)
+    _checkpoint(ckpt)
+    info = json.loads((ckpt / CHECKPOINT_SPEC).read_text())
+    (ckpt / CHECKPOINT_SPEC).write_text(json.dumps({**info, "dataset": "ml-100k", "split": "leave_one_out",
+                                                    "commit": "abc123", "config": {"name": "x"},
+                                                    "metrics": {"epoch": 7, "valid_ndcg@10": 0.1234,
+                                                                "popularity_valid_ndcg@10": 0.0456}}))
+    (ckpt / CHECKPOINT_WEIGHTS).unlink()  # and as format 1: a torch file, converted by the export
+    torch.save(GenRec(read_spec(ckpt)).state_dict(), ckpt / LEGACY_WEIGHTS)
+    write_checksums(ckpt, [LEGACY_WEIGHTS, CHECKPOINT_SPEC, CHECKPOINT_ITEMS])
+    (run / "selected.json").write_text(json.dumps({"rule": "highest valid_ndcg@10", "checkpoint": str(ckpt),
+                                                   "test": {"ndcg@10": 0.0999, "requests": 9}}))
+    out = tmp_path / "exported"
+    assert cli_main(["export", str(ckpt), str(out), "--set", f"storage.root={tmp_path}"]) == 0
+    weights = safetensors.torch.load_file(str(out / CHECKPOINT_WEIGHTS))
+    model = load_checkpoint(ckpt).model.state_dict()
+    assert weights.keys() == model.keys() and all(torch.equal(weights[k], model[k]) for k in model)
+    assert json.loads((out / CHECKPOINT_SPEC).read_text())["format"] == CHECKPOINT_FORMAT
+    assert load_checkpoint(out).spec == read_spec(ckpt)
+    card = (out / "MODEL_CARD.md").read_text()
+    for said in ("ml-100k, leave_one_out split", "epoch 7", "ndcg@10 0.1234", "popularity on the same requests: "
+                 "ndcg@10 0.0456", "**test** (read once", "ndcg@10 0.0999, 9 requests", "genrec train --config "
+                 "config.yaml", "commit abc123"):
+        assert said in card, (said, card)
+    assert yaml.safe_load((out / "config.yaml").read_text()) == {"name": "x"}
+    assert cli_main(["export", str(ckpt), str(out), "--set", f"storage.root={tmp_path}"]) == 2
+    assert f"{out}: already exists" in capsys.readouterr().err
