@@ -15,6 +15,7 @@
     genrec cluster render C OUT_DIR      `ray up` file, KubeRay RayJobs and RayService, Serve config, from one config
     genrec config explain [KEY]          every config key (or one section or key): type, default, bounds, meaning
     genrec config show --config C        the config after --set overrides and validation, as YAML (no serve token)
+    genrec recommend --config C --out D  top-k lists for every user (or --users FILE) as Parquet, through Ray Data
     genrec export CHECKPOINT OUT         a checkpoint as safetensors weights + JSON spec + model card (converts old ones)
 """
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 import urllib.request
@@ -62,6 +64,15 @@ def cmd_flops(args) -> int:
           "genrec/flops.py.\n'paper' = the arXiv 2605.23312 illustration (2x MLP, 12 FLOPs per scored title-dim); "
           "'genrec' = genrec's own blocks (4x MLP, 6 per scored title-dim).")
     return 0
+
+
+def _request_time(text: str) -> int:
+    from genrec.offline import request_time
+
+    try:
+        return request_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_int(text: str) -> int:
@@ -179,6 +190,49 @@ def cmd_export(args) -> int:
     out = export_checkpoint(loaded, Path(args.out), source, selected_record(store, located, cfg.winner_path()))
     print(f"exported {store.uri(located)} -> {out} (safetensors weights, spec, items, checksums, the run's config "
           "and MODEL_CARD.md)")
+    return 0
+
+
+def cmd_recommend(args) -> int:
+    from genrec.checkpoint import local_checkpoint
+    from genrec.offline import (ListSpec, last_timestamp, read_users, recommend_all, training_end,
+                                user_contexts)
+    from genrec.runtime import init_ray, load_dataset, prepare_shards
+    from genrec.winner import WinnerError, read_winner
+
+    cfg = load_config(args.config, args.overrides)
+    store = cfg.storage.store()
+    out = Path(args.out)
+    if out.exists():
+        raise ConfigError(f"--out {out}: already exists; name a new folder (the lists are written as Parquet files "
+                          "in it)")
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        try:
+            checkpoint = read_winner(store, cfg.winner_path()).checkpoint
+        except WinnerError as exc:
+            raise ConfigError(f"{exc}; run `genrec sweep` first, or pass --checkpoint FOLDER") from None
+    quiet = (lambda *_: None) if args.quiet else print
+    events = load_dataset(cfg, quiet).events
+    at = args.at if args.at is not None else last_timestamp(events)
+    until, leave_one_out = None, False
+    if args.context == "training":  # the events the model trained on: where its shards end training
+        leave_one_out = cfg.data.split == "leave_one_out"
+        until = training_end(cfg.data.split, prepare_shards(cfg, echo=quiet).manifest["counts"])
+    contexts = user_contexts(events, at, until, read_users(args.users) if args.users else None, leave_one_out)
+    spec = ListSpec(k=args.k, at=at, exclude_seen=not args.include_seen, genres=tuple(args.genres or ()),
+                    launched_after=args.launched_after, launched_before=args.launched_before)
+    init_ray(cfg)
+    partial = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    started = time.perf_counter()
+    n = recommend_all(contexts, str(local_checkpoint(cfg, checkpoint)), spec, str(partial.resolve()),
+                      actors=args.actors, cpus_per_actor=args.cpus_per_actor,
+                      allow_unverified=cfg.storage.allow_unverified_checkpoints)
+    elapsed = time.perf_counter() - started
+    partial.rename(out)  # whole or absent: an interrupted run leaves only the .partial folder
+    print(f"top-{args.k} lists of {n:,} users ({args.context} context up to {at}, request time {at}) by "
+          f"{checkpoint} -> {out} ({n / max(elapsed, 1e-9):,.0f} users/s with {args.actors} actor(s))")
     return 0
 
 
@@ -390,6 +444,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_config_show)
 
     s = sub.add_parser(
+        "recommend", help="top-k lists for every user (or the given ones) as Parquet, through Ray Data",
+        description="Offline candidate generation: rank every user of the configured data (or those of --users) "
+                    "at the request time --at with the winner's checkpoint (or --checkpoint), by the Serve app's own "
+                    "ranker (same windows, title age at the request time, history excluded, same filters). Each "
+                    "user's context is every event at or before --at (--context all), or only the events the model "
+                    "trained on (--context training). Users travel through Ray Data; an actor pool holds the "
+                    "checkpoint. Output: Parquet files under --out with user_id, request_ts, context_events, "
+                    "item_ids and scores (an empty list for a user none of whose titles the model knows).")
+    add_config_args(s)
+    s.add_argument("--out", required=True, help="a new folder for the Parquet lists")
+    s.add_argument("--users", default=None, help="a file of user ids: one per line, or a Parquet file with a "
+                   "user_id column (default: every user)")
+    s.add_argument("--k", type=_positive_int, default=100, help="titles per user (default: 100)")
+    s.add_argument("--checkpoint", default=None, help="rank with this checkpoint instead of the winner's")
+    s.add_argument("--at", type=_request_time, default=None,
+                   help="request time: Unix seconds or an ISO 8601 date/time, UTC (default: the data's last event)")
+    s.add_argument("--context", choices=["all", "training"], default="all",
+                   help="each user's context: every event up to --at (all), or only the events the model trained "
+                        "on (training)")
+    s.add_argument("--include-seen", action="store_true", help="keep the context's titles in the lists")
+    s.add_argument("--genres", nargs="+", default=None, help="only titles with at least one of these genres")
+    s.add_argument("--launched-after", type=int, default=None, help="only titles launched at or after (Unix s)")
+    s.add_argument("--launched-before", type=int, default=None, help="only titles launched before (Unix s)")
+    s.add_argument("--actors", type=_positive_int, default=1, help="Ray Data actors ranking in parallel")
+    s.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs (and torch threads) per actor")
+    s.add_argument("--quiet", action="store_true", help="print only the summary line")
+    s.set_defaults(fn=cmd_recommend)
+
+    s = sub.add_parser(
         "export", help="a checkpoint as safetensors weights, a JSON spec and a model card, in a new folder",
         description="Write CHECKPOINT (a checkpoint folder, or its path or URI in a URI storage.root) to the new "
                     "folder OUT in the current checkpoint format: model.safetensors (loadable with safetensors "
@@ -405,7 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("pipeline", help="data -> shards -> sweep -> winner -> serve, end to end")
     add_config_args(s)
     s.add_argument("--data", default=None, help="a data folder or file instead of the synthetic default")
-    s.add_argument("--source", default="movielens", choices=["movielens", "recbole", "parquet", "csv"],
+    s.add_argument("--source", default="movielens",
+                   choices=["movielens", "recbole", "sequences", "amazon", "parquet", "csv"],
                    help="layout of --data (default: movielens)")
     s.add_argument("--rebuild-shards", action="store_true")
     s.add_argument("--report-dir", default=None, help="where the report goes (default: the sweep's folder/report)")

@@ -10,7 +10,7 @@ from pathlib import Path
 from genrec.config import GenrecConfig
 from genrec.errors import GenrecError
 from genrec.data.schema import Dataset
-from genrec.data.loaders import with_tag_text
+from genrec.data.loaders import load, with_tag_text
 from genrec.ray_session import init_ray
 from genrec.partitioned_build import build_shards
 from genrec.shards import (ShardError, ShardSet, check_cutoffs, open_shards, resolve_cutoff, tags_before, verify_shards,
@@ -53,8 +53,6 @@ def prepare_shards(cfg: GenrecConfig, rebuild: bool = False, echo=print) -> Shar
     if remote:
         return _publish_fresh(cfg, store, root, echo)
     root = Path(root)
-    from genrec.data.loaders import load
-
     d = cfg.data
     if d.partitions:  # larger than memory: Ray tasks over user partitions, never the whole table at once
         init_ray(cfg)
@@ -63,14 +61,7 @@ def prepare_shards(cfg: GenrecConfig, rebuild: bool = False, echo=print) -> Shar
                             min_train_events=d.min_train_events, split=d.split, partitions=d.partitions,
                             users_per_shard=d.users_per_shard, extra={"data_config": data_fingerprint(cfg)},
                             name=Path(d.path).name, echo=echo)
-    kwargs = d.synthetic.model_dump() if d.source == "synthetic" else {}
-    if d.source in ("parquet", "csv"):
-        kwargs = {"items_path": d.items_path, "columns": d.columns}
-    echo(f"loading {d.source} data{' from ' + d.path if d.path else ''} ...")
-    path = fetch_source(cfg, d.path, "data.path", echo)
-    if kwargs.get("items_path"):
-        kwargs["items_path"] = fetch_source(cfg, kwargs["items_path"], "data.items_path", echo)
-    ds = load(d.source, path, **kwargs)
+    ds = load_dataset(cfg, echo)
     extra = {"data_config": data_fingerprint(cfg)}
     cutoff = valid_cutoff = None  # leave_one_out holds out each user's last two events and needs no cutoff
     if d.split == "time":
@@ -95,6 +86,22 @@ def prepare_shards(cfg: GenrecConfig, rebuild: bool = False, echo=print) -> Shar
     echo(f"shards ({d.split} split): {c['train_users']} training users, {c['train_events']} training events, "
          f"{valid}{c['eval_users']} evaluation users, {c['items']} titles ({c['cold_start_items']} {cold}) -> {root}")
     return shards
+
+
+def load_dataset(cfg: GenrecConfig, echo=print) -> Dataset:
+    """The configured data as genrec's canonical tables (data.source, data.path; a URI is copied to the cache
+    first): what the shards are built from, and what `genrec recommend` takes each user's context from."""
+    d = cfg.data
+    kwargs = d.synthetic.model_dump() if d.source == "synthetic" else {}
+    if d.source in ("parquet", "csv"):
+        kwargs = {"items_path": d.items_path, "columns": d.columns}
+    if d.source == "amazon":
+        kwargs = {"items_path": d.items_path}
+    echo(f"loading {d.source} data{' from ' + d.path if d.path else ''} ...")
+    path = fetch_source(cfg, d.path, "data.path", echo)
+    if kwargs.get("items_path"):
+        kwargs["items_path"] = fetch_source(cfg, kwargs["items_path"], "data.items_path", echo)
+    return load(d.source, path, **kwargs)
 
 
 def fetch_source(cfg: GenrecConfig, path: str | None, key: str, echo=print) -> str | None:

@@ -489,6 +489,46 @@ def test_the_served_checkpoint_is_safetensors_and_exports_with_its_test_figures(
     assert f"ndcg@10 {manifest.test['ndcg@10']:.4f}" in card and "freshest retrains" in card, card
 
 
+def test_batch_recommendations_equal_the_endpoints_answers(served, tmp_path):
+    """`genrec recommend` (Ray Data, an actor holding the winner's checkpoint) writes for each user the list the
+    endpoint answers for the same history (every event up to --at) and request time; a user with no event by then
+    gets an empty list."""
+    import pyarrow.parquet as pq
+
+    from genrec.cli import main
+    from genrec.config import dump_config, without_secrets
+    from genrec.runtime import load_dataset
+
+    cfg, manifest, url = served
+    config = tmp_path / "config.yaml"
+    config.write_text(dump_config(without_secrets(cfg)))
+    events = load_dataset(cfg, lambda *_: None).events.to_pylist()
+    at = sorted(e["timestamp"] for e in events)[len(events) // 3]
+    users = sorted({e["user_id"] for e in events})[:8]
+    (tmp_path / "users.txt").write_text("\n".join(map(str, users)) + "\n")
+    assert main(["recommend", "--config", str(config), "--users", str(tmp_path / "users.txt"), "--k", "7",
+                 "--at", str(at), "--out", str(tmp_path / "lists"), "--cpus-per-actor", "0.5", "--quiet"]) == 0
+    lists = {r["user_id"]: r for r in pq.read_table(tmp_path / "lists").to_pylist()}
+    assert sorted(lists) == users and all(r["request_ts"] == at for r in lists.values())
+    answered = 0
+    for user in users:
+        history = sorted((e for e in events if e["user_id"] == user and e["timestamp"] <= at),
+                         key=lambda e: e["timestamp"])  # stable: equal times keep the file's order
+        row = lists[user]
+        assert row["context_events"] == len(history)
+        if not history:
+            assert row["item_ids"] == [], row
+            continue
+        status, body = post_json(f"{url}/recommend", {"history": [
+            {"item_id": e["item_id"], "timestamp": e["timestamp"], "action": e["action"], "utility": e["utility"]}
+            for e in history], "k": 7, "request_ts": at})
+        assert status == 200, body
+        assert row["item_ids"] == [i["item_id"] for i in body["items"]], (row, body)
+        assert row["scores"] == pytest.approx([i["score"] for i in body["items"]], abs=1e-4)
+        answered += 1
+    assert answered >= 4
+
+
 def test_multiplexed_models_each_rank_as_their_own_checkpoint(served):
     cfg, manifest, url = served
     history = sample_history(cfg)

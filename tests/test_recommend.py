@@ -26,6 +26,11 @@ ITEMS = pa.table({
 
 @pytest.fixture
 def ranker(tmp_path):
+    return small_ranker(tmp_path)
+
+
+def small_ranker(tmp_path) -> Ranker:
+    """A checkpoint of ITEMS (two Sci-Fi, two Romance titles) written to tmp_path, loaded as the app's ranker."""
     spec = ModelSpec(num_items=4, layers=2, width=16, heads=2, max_seq_len=6, dropout=0.0, projection_ratio=2,
                      features=build_vocab(ITEMS).to_dict(), title_age=True)
     torch.manual_seed(0)
