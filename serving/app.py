@@ -40,10 +40,13 @@ from genrec.data.schema import DataError
 from genrec.recommend import Ranker, UserState, titles_table, write_titles
 from genrec.storage import Store
 from genrec.winner import read_winner
+from serving.metrics import AppMetrics
 
 api = FastAPI(title="genrec", description="Next-title recommendations from a generative recommender.")
 # Set by the replica from serve.max_body_bytes; a module global because the middleware belongs to the app object.
 MAX_BODY_BYTES = [4 * 1024 * 1024]
+# The replica's metrics (serving.metrics), set when it starts: the middleware that times requests is the app's.
+METRICS: list[AppMetrics] = []
 # Checkpoints one replica keeps loaded (serve.multiplexed takes a constant); the least recently used is unloaded.
 MAX_MODELS_PER_REPLICA = 4
 ERASURES_KEPT = 100_000  # forgotten users listed for replicas to drop; a replica further behind drops every state
@@ -65,6 +68,22 @@ async def refuse_oversized_bodies(request, call_next):
             return JSONResponse(status_code=413, content={
                 "detail": f"body: {int(size):,} bytes, at most {MAX_BODY_BYTES[0]:,} allowed (serve.max_body_bytes)"})
     return await call_next(request)
+
+
+@api.middleware("http")
+async def measure_requests(request, call_next):
+    """Latency and count of every answered request by route (the path template) and status (serving.metrics).
+    Declared last, so it is the outermost middleware: a body refused for its size is counted too."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await call_next(request)
+        status = response.status_code
+        return response
+    finally:
+        if METRICS:
+            route = request.scope.get("route")
+            METRICS[0].request(getattr(route, "path", "unmatched"), status, time.perf_counter() - started)
 
 
 @api.exception_handler(RequestValidationError)
@@ -269,6 +288,8 @@ class Recommender:
         self.token_sha256 = token_sha256
         self.settings = settings
         MAX_BODY_BYTES[0] = settings["max_body_bytes"]
+        self.metrics = AppMetrics()
+        METRICS[:] = [self.metrics]
         self.score_batch.set_max_batch_size(settings["batch_max_size"])
         self.score_batch.set_batch_wait_timeout_s(settings["batch_wait_s"])
         self.models: dict[str, str] = {}
@@ -338,6 +359,7 @@ class Recommender:
         b = self.batches
         b["batches"], b["requests"] = b["batches"] + 1, b["requests"] + len(jobs)
         b["largest"] = max(b["largest"], len(jobs))
+        self.metrics.batch_size.observe(len(jobs))
         return self._score(jobs)
 
     @staticmethod
@@ -384,7 +406,9 @@ class Recommender:
             self.drop_states(user_id)  # expired or forgotten: nothing of the user stays here either
             raise HTTPException(404, f"user_id: {user_id} has no events here (or they expired after "
                                      f"serve.user_ttl_s); POST /users/{user_id}/events first, or send a history")
-        if state is None or state.version != info["version"]:
+        current = state is not None and state.version == info["version"]
+        self.metrics.user_states.inc(1.0, tags={"result": "hit" if current else "encoded"})
+        if not current:
             ev, unknown = ranker.resolve(info["events"])
             if not len(ev):
                 raise HTTPException(422, f"user_id: none of user {user_id}'s titles are in the catalogue "
@@ -429,6 +453,7 @@ class Recommender:
         scores = await self.score_batch((ranker, x, int(time.time()) if req.request_ts is None else req.request_ts))
         allowed = ranker.candidates(req.genres, req.launched_after, req.launched_before)
         items = ranker.top(scores, k, seen if req.exclude_seen else set(), allowed)
+        self.metrics.rankings.inc(1.0, tags={"model": mid, "checkpoint": ranker.name, "state": kind})
         return RecommendResponse(items=[Recommendation(**i) for i in items], unknown_items=unknown, model=mid,
                                  checkpoint=ranker.name, state=kind, state_age_s=age)
 

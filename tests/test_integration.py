@@ -587,6 +587,35 @@ def test_cached_user_state_equals_a_full_recompute(served):
     assert _delete(f"{url}/users/4242", TOKEN)[1]["events"] == 0  # nothing left to delete
 
 
+def test_the_app_exports_its_metrics_through_rays_prometheus_endpoint(served):
+    """After a few requests, the node's metrics export port (Prometheus text, what a Prometheus server scrapes) shows
+    the app's latency by route and status, the model and checkpoint that answered, user-state lookups and batch
+    sizes (serving.metrics)."""
+    import ray
+
+    cfg, manifest, url = served
+    history = sample_history(cfg, 6)
+    assert post_json(f"{url}/recommend", {"history": history, "k": 3})[0] == 200
+    assert post_json(f"{url}/recommend", {"history": [{"item_id": -1}], "k": 3})[0] == 422
+    assert post_json(f"{url}/users/5151/events", {"events": history}, token=TOKEN)[0] == 200
+    assert post_json(f"{url}/recommend", {"user_id": 5151, "k": 3}, token=TOKEN)[0] == 200
+    assert _delete(f"{url}/users/5151", TOKEN)[0] == 200
+    checkpoint = _get(f"{url}/healthz")[1]["checkpoint"]
+    port = next(n["MetricsExportPort"] for n in ray.nodes() if n["Alive"])
+    wanted = ['genrec_request_seconds_bucket{', 'route="/recommend"', 'status="422"', 'route="/users/{user_id}"',
+              'genrec_recommendations_total{', f'checkpoint="{checkpoint}"', 'state="cached"', 'state="history"',
+              'genrec_user_states_total{', 'result="hit"', 'genrec_batch_size_bucket']
+    deadline = time.monotonic() + 60  # Ray's metrics agent exports what replicas record every few seconds
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        missing = [w for w in wanted if w not in text]
+        if not missing:
+            break
+        assert time.monotonic() < deadline, (missing, [line for line in text.splitlines() if "genrec" in line])
+        time.sleep(1)
+
+
 def test_titles_added_live_are_ranked_at_once_and_survive_a_restart(served):
     from ray import serve
 
