@@ -340,13 +340,18 @@ def optimal_table(a: dict) -> Table:
 
 def trials_table(a: dict) -> Table:
     tasks = list(a["tasks"])
+    select = next((k for r in a["trials"] for k in r if k.startswith("popularity_")), "popularity_").removeprefix(
+        "popularity_")  # the figure trials were kept by, which popularity stands beside
     cols = (["preset", "backbone", "max_seq_len", "seed", "window shift h", "status", "kept epoch", "loss"]
+            + ([f"{select} (validation)", "popularity, same requests"] if select else [])
             + [f"validation MRR {t}" for t in tasks] + ["wall s", "events", "train FLOPs"])
     rows = []
     for r in a["trials"]:
         rows.append([r["preset"], _params(r["backbone_params"]) if r["backbone_params"] else "", r["max_seq_len"],
                      r["seed"], r["window_shift_h"], r["status"] + (f": {r['error']}" if r.get("error") else ""),
-                     r["epochs"], r["loss"]] + [r.get(f"valid_mrr_{t}") for t in tasks]
+                     r["epochs"], r["loss"]]
+                    + ([r.get(select), r.get("popularity_" + select)] if select else [])
+                    + [r.get(f"valid_mrr_{t}") for t in tasks]
                     + [r["wall_time_s"], r["events_processed"], r["train_flops"]])
     return Table(cols, rows)
 

@@ -146,6 +146,8 @@ def trial_rows(exp: Experiment) -> list[dict]:
                "epochs": f.get("epoch"), "loss": f.get("loss"), "wall_time_s": f.get("wall_time_s"),
                "events_processed": f.get("events_processed"), "train_flops": f.get("train_flops")}
         row |= {_metric(k): f.get(_metric(k)) for k in tasks}
+        # The trial's selection figure and popularity's on the same validation requests (the bar beside it).
+        row |= {t.select: f.get(t.select), "popularity_" + t.select: f.get("popularity_" + t.select)}
         if t.status != "ok":
             row["error"] = (t.error or "").splitlines()[-1][:200] if t.error else ""
         rows.append(row)

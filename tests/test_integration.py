@@ -231,6 +231,9 @@ def test_report_from_the_sweep(winner, tmp_path):
     md = (out / "report.md").read_text()
     assert md.count("| custom | 25k |") == 2 + 1  # every trial, every (size, length) cell
     assert "Not answered: it needs three or more" in md  # one size only: no fit, no correlation; said so
+    assert "| valid_ndcg@10 (validation) | popularity, same requests |" in md  # the bar beside every trial
+    ok = [r for r in json.loads((out / "analysis.json").read_text())["trials"] if r["status"] == "ok"]
+    assert ok and all(0 < r["popularity_valid_ndcg@10"] < 1 for r in ok)
     page = (out / "report.html").read_text()
     png = base64.b64decode(page.split('src="data:image/png;base64,')[1].split('"')[0])
     assert png.startswith(b"\x89PNG") and (out / "stability.png").is_file() and (out / "curves.png").is_file()
