@@ -10,13 +10,30 @@ manifest (checkpoint path, config, validation and test figures, cost) is written
 from __future__ import annotations
 
 import math
+import os
+import signal
 import sys
+import threading
 import time
+from pathlib import Path
 
+import pyarrow.fs as pafs
+import ray.tune
+from ray.tune import ExperimentAnalysis
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from genrec.config import (ConfigError, GenrecConfig, dump_config, stored_config, with_values,
+                           without_secrets)
+from genrec.defaults import resolve as resolve_defaults
 from genrec.entrypoint import run_entrypoint
+from genrec.holdout import figures, popularity, score_test
+from genrec.runs import history_path, topk_path
+from genrec.runtime import Interrupted, init_ray, prepare_shards, print_table
+from genrec.selection import BEST_SO_FAR, TEST, selection_key
+from genrec.shards import open_shards
+from genrec.storage import StorageError, atomic_write_json, is_uri
 from genrec.study import RUN_FILE
-from genrec.config import GenrecConfig, stored_config, with_values, without_secrets
-from genrec.selection import BEST_SO_FAR, selection_key
+from genrec.train import fit
 from genrec.winner import WinnerCost, WinnerManifest, write_winner_manifest
 
 # The trial function only drives a TorchTrainer; Tune refuses an empty resource request.
@@ -48,17 +65,6 @@ def trial_config(base: dict, preset: str, max_seq_len: int, epochs: int | None, 
 def run_trial(config: dict) -> None:
     """Tune function trainable: one distributed training run for one (preset, max_seq_len, seed, window shift) and,
     in a search, the trial's sampled values (config["values"])."""
-    from pathlib import Path
-
-    import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from genrec.defaults import resolve as resolve_defaults
-    from genrec.shards import open_shards
-    from genrec.storage import atomic_write_json
-    from genrec.runs import history_path, topk_path
-    from genrec.train import fit
-
     cfg = trial_config(config["base"], config["preset"], config["max_seq_len"], config["epochs"], config["seed"],
                        config["window_shift_h"], config.get("values"))
     shards = open_shards(config["shards"], cfg.storage.store())
@@ -127,10 +133,6 @@ def write_winner(cfg: GenrecConfig, sweep: str, rows: list[dict], experiment: st
                               best["window_shift_h"], best.get("values"))
     test = popular = None
     if shards is not None:
-        from genrec.defaults import resolve as resolve_defaults
-        from genrec.holdout import figures, popularity, score_test
-        from genrec.selection import TEST
-
         winner_cfg = resolve_defaults(winner_cfg, shards, echo=lambda *_: None)
         test = figures(score_test(cfg, shards, best["checkpoint"]), TEST)
         popular = figures(popularity(cfg, shards, "eval"), TEST)
@@ -157,7 +159,6 @@ def write_winner(cfg: GenrecConfig, sweep: str, rows: list[dict], experiment: st
     )
     write_winner_manifest(store, cfg.winner_path(), manifest)
     # The winner's whole config beside the trials: a recipe to commit under configs/ and train again.
-    from genrec.config import dump_config
 
     store.write_bytes(f"{experiment or experiment_dir(cfg, sweep)}/{RECIPE}",
                       (f"# the winner of sweep {sweep}, chosen on {manifest.metric} (validation)\n"
@@ -168,13 +169,6 @@ def write_winner(cfg: GenrecConfig, sweep: str, rows: list[dict], experiment: st
 def resume_dir(cfg: GenrecConfig, resume: str) -> str:
     """The experiment folder a `--resume` names (a path or URI, or a sweep name under the config's storage), as a
     path in the storage's filesystem."""
-    from pathlib import Path
-
-    import ray.tune
-
-    from genrec.config import ConfigError
-    from genrec.storage import StorageError, is_uri
-
     store = cfg.storage.store()
     try:
         path = store.locate(resume) if is_uri(resume) or (not store.remote and Path(resume).expanduser().is_dir()) \
@@ -190,10 +184,6 @@ def resume_dir(cfg: GenrecConfig, resume: str) -> str:
 
 def run(cfg: GenrecConfig, sweep: str | None = None, rebuild: bool = False,
         resume: str | None = None) -> WinnerManifest:
-    import ray.tune
-
-    from genrec.runtime import init_ray, prepare_shards, print_table
-
     cfg = without_secrets(cfg)  # the serve token reaches no trial, experiment state, manifest or recipe
     shards = prepare_shards(cfg, rebuild=rebuild)
     init_ray(cfg)
@@ -236,7 +226,6 @@ def run(cfg: GenrecConfig, sweep: str | None = None, rebuild: bool = False,
     stopped = stopped_trials(results.filesystem, experiment) if interrupted is not False else []
     if interrupted or stopped:
         # A winner picked now could be a trial stopped mid-run, and serving would take it: nothing is written.
-        from genrec.runtime import Interrupted
 
         done = results.num_terminated - len(stopped)
         raise Interrupted(f"sweep {sweep}: stopped with {done} of {n_trials(t) if not resume else len(results)} "
@@ -257,8 +246,6 @@ def run(cfg: GenrecConfig, sweep: str | None = None, rebuild: bool = False,
 
 def domain(dim):
     """A tune.space dimension as a Ray Tune search domain."""
-    import ray.tune
-
     if dim.kind == "choice":
         return ray.tune.choice(dim.values)
     if dim.kind == "int":
@@ -269,8 +256,6 @@ def domain(dim):
 def param_space(cfg: GenrecConfig, shards, sweep: str) -> dict:
     """What Tune varies: the grid's axes, or (a search) one sample of tune.space per trial, the presets and lengths
     as choices."""
-    import ray.tune
-
     t = cfg.tune
     space = {"base": cfg.model_dump(mode="json"), "shards": str(shards.root), "sweep": sweep, "epochs": t.epochs}
     if t.search == "grid":
@@ -288,13 +273,12 @@ def param_space(cfg: GenrecConfig, shards, sweep: str) -> dict:
 def tune_config(cfg: GenrecConfig):
     """Tune's settings: a grid runs every cell; a search samples tune.num_samples trials (Optuna's TPE or at random),
     and ASHA stops the ones whose validation figure lags at each rung."""
-    import ray.tune
-
     t = cfg.tune
     if t.search == "grid":
         return ray.tune.TuneConfig(max_concurrent_trials=t.max_concurrent_trials)
     search_alg = None
     if t.search == "optuna":
+        # Imported here, where a search asks for it: optuna takes seconds to import, and a grid never needs it.
         from ray.tune.search.optuna import OptunaSearch
 
         search_alg = OptunaSearch(seed=cfg.train.seed)
@@ -315,10 +299,6 @@ def fit_noting_interrupt(tuner):
     back the SIGINT handler it found when (and only when) it fires: a marker installed here tells. None when Tune
     catches no signal in this thread. The handlers found are restored afterwards (Tune leaves its own installed,
     which would swallow a later Ctrl-C of the pipeline's report or serve steps)."""
-    import os
-    import signal
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         return tuner.fit(), None
     found = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGUSR1)}
@@ -343,8 +323,6 @@ def fit_noting_interrupt(tuner):
 def stopped_trials(fs, path: str) -> list[str]:
     """Ids of the trials a sweep left unfinished, from the experiment state Tune wrote one last time before stopping
     them (what `Tuner.restore` resumes from): RUNNING or PENDING there."""
-    from ray.tune import ExperimentAnalysis
-
     trials = ExperimentAnalysis(path, storage_filesystem=fs).trials
     return [t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")]
 
@@ -370,10 +348,6 @@ if __name__ == "__main__":
 
 def latest_experiment(cfg: GenrecConfig):
     """The newest sweep folder under the config's storage (for `genrec report` without a folder)."""
-    from genrec.config import ConfigError
-
-    import pyarrow.fs as pafs
-
     store = cfg.storage.store()
     root = store.path("tune")
     sweeps = [d for d in store.list(root) if d.type == pafs.FileType.Directory]
