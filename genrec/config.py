@@ -112,24 +112,39 @@ class SyntheticConfig(_Section):
 
 
 class DataConfig(_Section):
-    source: Literal["synthetic", "movielens", "recbole", "parquet", "csv"] = Field(
+    source: Literal["synthetic", "movielens", "recbole", "sequences", "amazon", "parquet", "csv"] = Field(
         "synthetic",
-        description="where the events come from: generated, a MovieLens or RecBole folder, or a table file. "
+        description="where the events come from: generated, a public dataset as shipped, or a table file. "
                     "synthetic: a seeded watch log (data.synthetic); movielens: a MovieLens folder, CSV "
                     "(ml-latest-small, ml-25m, ...) or .dat (ml-1m, ml-10m) layout; recbole: RecBole atomic files "
-                    "(NAME.inter, optional NAME.item); parquet, csv: an events file (data.path), optionally an item "
-                    "table (data.items_path), columns named by data.columns.")
+                    "(NAME.inter, optional NAME.item); sequences: a SASRec/BERT4Rec-style file of integer ids, each "
+                    "line a user then their next items (`user item item ...`, or `user item` a line as SASRec's "
+                    "data/ml-1m.txt; a user's later lines continue their sequence), file order as time: it has no "
+                    "timestamps, so it needs data.split: leave_one_out and no eval.delays_h; its events are numbered "
+                    "1, 2, 3, ... per user and every title launched before them, so the time-gap inputs, HSTU's time "
+                    "bias, model.title_age and model.mtp_half_life_h see only order (no signal, no harm), and eval "
+                    "tasks that count hours (horizon targets, popular candidates) find (almost) no requests; titles "
+                    "are their ids (no metadata, so the semantic tower hashes only the ids); amazon: an Amazon review "
+                    "file, JSON lines, gzip or not, 2018 release (reviewerID, asin, "
+                    "unixReviewTime, overall) or 2023 (user_id, parent_asin, timestamp, rating), the star rating as "
+                    "utility, with its metadata file as data.items_path (optional: titles, category path as genres, "
+                    "brand or store as text); parquet, csv: an events file (data.path), optionally an item table "
+                    "(data.items_path), columns named by data.columns.")
     path: str | None = Field(
         None,
-        description="folder (movielens, recbole) or events file (parquet, csv); unused for synthetic. A local path, "
-                    "or a URI of an object store (s3://bucket/key, gs://..., with pyarrow.fs options as a query "
-                    "string): copied to storage.cache by the driver that builds the shards, then read as a local one. "
-                    "With data.partitions: the folder of Parquet event files.")
+        description="folder (movielens, recbole) or file (the other sources); unused for synthetic. A folder for "
+                    "movielens and recbole; the sequence file, the Amazon review file or the events file for "
+                    "sequences, amazon, parquet and csv. A local path, or a URI of an object store (s3://bucket/key, "
+                    "gs://..., with pyarrow.fs options as a query string): copied to storage.cache by the driver that "
+                    "builds the shards, then read as a local one. With data.partitions: the folder of Parquet event "
+                    "files.")
     items_path: str | None = Field(
         None,
-        description="item table of the parquet and csv sources: title, genres, year, launch_ts, text. Without one "
-                    "the catalogue is the events' items; data.partitions needs one. A local path or a URI, like "
-                    "data.path.")
+        description="item table of the parquet and csv sources, or the amazon source's metadata file. The table has "
+                    "title, genres, year, launch_ts, text; the metadata file is the release's "
+                    "meta_<Category>.json(.gz) (2018) or meta_<Category>.jsonl(.gz) (2023), of which only the reviewed "
+                    "products are kept. Without one the catalogue is the events' items; data.partitions needs one. A "
+                    "local path or a URI, like data.path.")
     columns: dict[str, str] | None = Field(
         None,
         description="parquet and csv sources: canonical name -> column name in the file. Canonical names: user_id, "
@@ -201,6 +216,12 @@ class DataConfig(_Section):
                              f"{self.cutoff_ts}")
         if self.source != "synthetic" and not self.path:
             raise ValueError(f"data.source={self.source!r} needs data.path (a folder or file to read)")
+        if self.source == "sequences" and self.split == "time":
+            raise ValueError("data.split: time needs real timestamps, and data.source: sequences has none (its events "
+                             "are only in order); set data.split: leave_one_out")
+        if self.source == "sequences" and self.items_path:
+            raise ValueError("data.items_path: data.source: sequences reads no item table (its titles are the item "
+                             "ids); remove data.items_path")
         if self.partitions is not None:
             if self.source != "parquet" or not self.items_path:
                 raise ValueError("data.partitions (the out-of-core build) reads Parquet event files in genrec's event "
@@ -949,6 +970,9 @@ class GenrecConfig(_Section):
                                                   or any(self.tune.window_shifts_h)):
             raise ValueError("training-window shifts (train.window_shift_h, train.window_days, "
                              "tune.window_shifts_h) need data.split: time")
+        if self.data.source == "sequences" and self.eval.delays_h:
+            raise ValueError("eval.delays_h needs real timestamps (a delay is hours before the request), and "
+                             "data.source: sequences has none; set eval.delays_h: []")
         if self.data.partitions and self.storage.remote:
             # Its Ray tasks hand bucket files to each other through a folder every node sees; on a URI root they
             # would each write to their own node's disk.

@@ -5,8 +5,10 @@ from genrec.data.loaders import (
     SOURCES,
     download_movielens,
     load,
+    load_amazon,
     load_movielens,
     load_recbole,
+    load_sequences,
     load_table,
 )
 from genrec.data.schema import EVENT_SCHEMA, EXTERNAL_ID, ITEM_SCHEMA, DataError, Dataset, Origin, validate
@@ -24,8 +26,10 @@ __all__ = [
     "download_movielens",
     "generate",
     "load",
+    "load_amazon",
     "load_movielens",
     "load_recbole",
+    "load_sequences",
     "load_table",
     "validate",
 ]

@@ -1,4 +1,6 @@
-"""Loaders for MovieLens, RecBole atomic files and generic Parquet/CSV tables, all into the canonical Dataset.
+"""Loaders for MovieLens, RecBole atomic files, SASRec-style sequence files, Amazon reviews and generic Parquet/CSV
+tables, all into the canonical Dataset (the sequence and Amazon formats are parsed in genrec.data.sequences and
+genrec.data.amazon).
 
 Text files are read by Arrow as string columns and converted column by column, so a 10M-line file loads in
 seconds without a Python loop per line. A value that does not convert is located (by bisection, only once
@@ -25,10 +27,13 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from genrec.data import synthetic
+from genrec.data.amazon import read_metadata, read_reviews
+from genrec.data.sequences import FORMAT as SEQUENCE_FORMAT
+from genrec.data.sequences import sequence_events
 from genrec.data.schema import (EVENT_SCHEMA, EXTERNAL_ID, ITEM_SCHEMA, TAG_SCHEMA, DataError, Dataset, Origin,
-                                first_true, validate)
+                                first_cast_failure, first_true, validate)
 
-SOURCES = ("synthetic", "movielens", "recbole", "parquet", "csv")
+SOURCES = ("synthetic", "movielens", "recbole", "parquet", "csv", "sequences", "amazon")
 MOVIELENS_NAMES = ("ml-latest-small", "ml-100k", "ml-1m", "ml-10m", "ml-25m", "ml-latest")
 MOVIELENS_URL = "https://files.grouplens.org/datasets/movielens/"
 
@@ -193,24 +198,11 @@ def _is_text(values: pa.ChunkedArray) -> bool:
     return pa.types.is_string(values.type)
 
 
-def _first_failure(values: pa.ChunkedArray, target: pa.DataType) -> int:
-    """Index of the first value that does not cast to `target`, given that the whole column does not."""
-    lo, hi = 0, len(values)
-    while hi - lo > 1:  # invariant: values[lo:hi] holds the first failure
-        mid = (lo + hi) // 2
-        try:
-            pc.cast(values.slice(lo, mid - lo), target)
-            lo = mid
-        except pa.ArrowInvalid:
-            hi = mid
-    return lo
-
-
 def _cast(values: pa.ChunkedArray, target: pa.DataType, origin: Origin, column: str, expected: str) -> pa.ChunkedArray:
     try:
         return pc.cast(values, target)
     except pa.ArrowInvalid:
-        bad = _first_failure(values, target)
+        bad = first_cast_failure(values, target)
         raise origin.error(f"{values[bad].as_py()!r} is not {expected}", "fix or drop this row",
                            row=bad, column=column) from None
 
@@ -267,16 +259,18 @@ def _ids(values: pa.ChunkedArray, origin: Origin, column: str) -> pa.ChunkedArra
     return _number(values, pa.int64(), origin, column, "an integer id")
 
 
-def _numbered_ids(*columns: pa.ChunkedArray) -> tuple[list[pa.ChunkedArray], pa.Array | None]:
+def _numbered_ids(*columns: pa.ChunkedArray, text: bool = False) -> tuple[list[pa.ChunkedArray], pa.Array | None]:
     """Id columns (sharing one id space) as int64.
 
-    Integer ids, including text that is all integers, stay as they are. Otherwise every id is numbered 1..n by
-    its sorted unique string form, so the same input gets the same numbers on every run, and the raw ids are
-    returned too (the raw id of number k at position k-1)."""
-    try:
-        return [pc.cast(c, pa.int64()) if _is_text(c) else c for c in columns], None
-    except pa.ArrowInvalid:
-        pass
+    Integer ids, including text that is all integers, stay as they are unless `text` says the ids are names
+    (Amazon's ASINs: "0001713353" is a book, not the number 1713353). Otherwise every id is numbered 1..n by its
+    sorted unique string form, so the same input gets the same numbers on every run, and the raw ids are returned
+    too (the raw id of number k at position k-1)."""
+    if not text:
+        try:
+            return [pc.cast(c, pa.int64()) if _is_text(c) else c for c in columns], None
+        except pa.ArrowInvalid:
+            pass
     texts = [c if _is_text(c) else pc.cast(c, pa.string()) for c in columns]
     uniques = pc.unique(pa.chunked_array([chunk for t in texts for chunk in t.chunks], pa.string()))
     uniques = uniques.take(pc.sort_indices(uniques))
@@ -434,16 +428,18 @@ def _tag_table(items: pa.ChunkedArray, tags: pa.ChunkedArray, timestamps: pa.Chu
 # ------------------------------------------------------------------------------------------------- assembly
 
 def _assemble(name: str, events: dict[str, pa.ChunkedArray | None], events_origin: Origin,
-              items: dict[str, Any] | None, items_origin: Origin | None, tags: pa.Table | None = None) -> Dataset:
+              items: dict[str, Any] | None, items_origin: Origin | None, tags: pa.Table | None = None, *,
+              text_item_ids: bool = False) -> Dataset:
     """Build both canonical tables from parsed columns and validate them.
 
     `events` holds user_id, item_id (int64, or strings to factorize), timestamp and optional action/utility;
     `items` (None: derive a minimal catalogue from the events) holds item_id and any of the other item fields.
-    String ids are numbered 1..n in sorted order; the items keep the raw id in `external_id`.
+    String ids are numbered 1..n in sorted order; the items keep the raw id in `external_id`. `text_item_ids`:
+    item ids are names even where they are all digits, so they are numbered and kept too.
     """
     (users,), _ = _numbered_ids(events["user_id"])
     given = items["item_id"] if items else None
-    numbered, raw = _numbered_ids(events["item_id"], *([given] if given is not None else []))
+    numbered, raw = _numbered_ids(events["item_id"], *([given] if given is not None else []), text=text_item_ids)
     item_of_event = numbered[0]
     external = None  # raw ids, kept where they had to be numbered
     if given is not None:
@@ -708,6 +704,46 @@ def load_recbole(path: str | os.PathLike, name: str | None = None) -> Dataset:
     return _assemble(name, events, origin, items, items_origin)
 
 
+# ------------------------------------------------------------------------------------------- sequence files
+
+def load_sequences(path: str | os.PathLike) -> Dataset:
+    """A SASRec/BERT4Rec-style sequence file (genrec.data.sequences tells the format): ordered events with synthetic
+    timestamps, each user's k-th event at second k.
+
+    Events have action 0 and utility 1.0 (the files hold neither); the catalogue is the events' items, titled by
+    their ids, every one with launch_ts 0 (launched before any event, so no title is older than another)."""
+    shown = os.fspath(path)
+    file = Path(shown)
+    if file.is_dir():
+        raise DataError(f"{shown}: a folder; data.source: sequences reads one file, e.g. data/ml-1m.txt "
+                        f"({SEQUENCE_FORMAT})")
+    source = _TextFile(file, shown, delimiter=_WHOLE_LINE, quoted=False, header=False)
+    origin = source.origin()
+    events = sequence_events(source.read(["line"])["line"], origin)
+    item_ids = np.unique(events["item_id"])
+    launched = np.zeros(item_ids.size, np.int64)
+    items = {"item_id": pa.chunked_array([item_ids]), "launch_ts": pa.chunked_array([launched])}
+    columns = {name: pa.chunked_array([values]) for name, values in events.items()}
+    # validate() reports event rows, which are not lines here; nothing it checks can fail on what was parsed above.
+    return _assemble(file.stem, columns, Origin(shown, lambda i: f"event {i + 1}"), items, origin)
+
+
+# ------------------------------------------------------------------------------------------- Amazon reviews
+
+def load_amazon(path: str | os.PathLike, items_path: str | os.PathLike | None = None) -> Dataset:
+    """An Amazon review file, 2018 or 2023 release, JSON lines, gzip or not (genrec.data.amazon tells the formats),
+    and optionally the category's metadata file.
+
+    utility = the star rating, action 0 (as MovieLens ratings); the catalogue is the reviewed products, with title,
+    category path (genres) and brand or store (text) from the metadata; ASINs are numbered and kept as external_id,
+    even where all of them are digits (Book ASINs are ISBN-10s)."""
+    reviews = read_reviews(path)
+    items = items_origin = None
+    if items_path is not None:
+        items, items_origin = read_metadata(pc.unique(reviews.events["item_id"]), items_path)
+    return _assemble(reviews.name, reviews.events, reviews.origin, items, items_origin, text_item_ids=True)
+
+
 # -------------------------------------------------------------------------------------------- generic table
 
 def load_table(events_path: str | os.PathLike, items_path: str | os.PathLike | None = None,
@@ -799,7 +835,7 @@ def _plain(values: pa.ChunkedArray) -> pa.ChunkedArray:
 
 def load(source: str, path: str | os.PathLike | None = None, **kw: Any) -> Dataset:
     """Load a dataset by source name: synthetic (kw: generator arguments), movielens, recbole (kw: name),
-    parquet or csv (kw: items_path, columns, timestamp_format)."""
+    sequences, amazon (kw: items_path), parquet or csv (kw: items_path, columns, timestamp_format)."""
     if source not in SOURCES:
         raise DataError(f"data source {source!r}: unknown; use one of {', '.join(SOURCES)}")
     if source == "synthetic":
@@ -813,6 +849,10 @@ def load(source: str, path: str | os.PathLike | None = None, **kw: Any) -> Datas
         return load_movielens(path, **kw)
     if source == "recbole":
         return load_recbole(path, **kw)
+    if source == "sequences":
+        return load_sequences(path, **kw)
+    if source == "amazon":
+        return load_amazon(path, **kw)
     return _load_table(path, fallback_format=source, **kw)
 
 

@@ -99,6 +99,20 @@ def first_true(mask: pa.Array | pa.ChunkedArray) -> int:
     return pc.index(mask, True).as_py()
 
 
+def first_cast_failure(values: pa.Array | pa.ChunkedArray, target: pa.DataType) -> int:
+    """Index of the first value that does not cast to `target`, given that the whole column does not (bisection:
+    only an error being reported pays for it)."""
+    lo, hi = 0, len(values)
+    while hi - lo > 1:  # invariant: values[lo:hi] holds the first failure
+        mid = (lo + hi) // 2
+        try:
+            pc.cast(values.slice(lo, mid - lo), target)
+            lo = mid
+        except pa.ArrowInvalid:
+            hi = mid
+    return lo
+
+
 def validate(dataset: Dataset, source: str, *, events_origin: Origin | None = None,
              items_origin: Origin | None = None) -> Dataset:
     """Check a dataset against the canonical schema and return it with events sorted by (user_id, timestamp).
