@@ -110,7 +110,7 @@ def setup_worker(config: dict) -> Worker:
     os.environ.setdefault("WANDB_SILENT", "true")
     # torch.distributed's renamed-collective warnings fire on every ZeRO-3 gather; they say nothing about our run.
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
-    cfg = GenrecConfig.model_validate(config["cfg"])
+    cfg: GenrecConfig = config["cfg"]  # the typed config itself (it pickles): validated once, by the driver
     finetune = config.get("finetune")
     torch.set_num_threads(torch_threads(cfg, ctx.get_local_world_size()))
     shards = open_shards(config["shards"], cfg.storage.store())
@@ -355,7 +355,7 @@ def build_trainer(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=
     resources = {"CPU": t.cpus_per_worker} | ({"GPU": t.gpus_per_worker} if use_gpu else {})
     return TorchTrainer(
         train_func,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "shards": str(shards.root), "run_name": run_name,
+        train_loop_config={"cfg": cfg, "shards": str(shards.root), "run_name": run_name,
                            "windows": windows, "history": str(history_path(cfg, run_name)),
                            "topk": str(topk_path(cfg, run_name)), "finetune": finetune,
                            "resume_from": resume_from, "commit": code_commit()},
