@@ -268,6 +268,29 @@ def spearman_with_interval(x, y, resamples: int = 2000, seed: int = 0, level: fl
             "p": spearman_permutation_p(x, y, seed=seed)}
 
 
+Z_95 = 1.959963984540054  # the standard normal's 97.5% quantile: two-sided 95%
+
+
+def pairs_for_clear_interval(rho: float, z: float = Z_95) -> int | None:
+    """How many (x, y) pairs a Spearman correlation of this size needs before its 95% interval is clear of zero: the
+    smallest n with |atanh(rho)| > z sqrt((1 + rho^2 / 2) / (n - 3)) (Fisher's z with Bonett and Wright's variance for
+    Spearman's rho). None when rho is 0 or undefined: no number of pairs would do."""
+    if not math.isfinite(rho) or rho == 0:
+        return None
+    if abs(rho) >= 1:
+        return 4
+    return math.floor(3 + z * z * (1 + rho * rho / 2) / math.atanh(abs(rho)) ** 2) + 1
+
+
+def retrains_for_gain(gain: float, noise: float, retrains: int) -> int | None:
+    """Retrains per size before a gain stands above the noise margin `noise` measured with `retrains` each (two
+    standard errors, which shrink as 1/sqrt(retrains)): the smallest m with noise sqrt(retrains / m) < gain. None
+    without a positive gain and margin."""
+    if not (gain > 0 and noise > 0 and retrains >= 1):
+        return None
+    return math.floor(retrains * (noise / gain) ** 2) + 1
+
+
 def topk_overlap(a: dict, b: dict, k: int = 10) -> float:
     """Mean share of the top-k titles two runs serve the same request (keys) in common; nan if none shared."""
     shares = []

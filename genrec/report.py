@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from genrec.analysis import pairs_for_clear_interval, retrains_for_gain, spearman
 from genrec.storage import atomic_write_bytes
 
 
@@ -226,6 +227,11 @@ def answers(a: dict) -> list[str]:
         verdict = (("more expensive retrains serve more stable top lists" if lo > 0 else
                     "more expensive retrains serve less stable top lists") if settled else
                    f"the sweep cannot tell (it needs {MIN_CELLS}+ cells, p < 0.05 and an interval clear of 0)")
+        needed = pairs_for_clear_interval(corr["rho"])
+        if not settled:
+            verdict += (f"; a correlation of this size needs about {max(needed, MIN_CELLS)} cells for a 95% interval "
+                        "clear of zero (Fisher's z)" if needed else "; with rho 0 no number of cells would separate "
+                        "it from zero")
         text = (f"**Does repeated-training cost track score stability?** Across {n_cells} (size, max_seq_len) cells "
                 f"with several retrains, Spearman's rho between training FLOPs per retrain and the top-{st['k']} "
                 f"overlap of retrains is {corr['rho']:+.2f} (95% bootstrap interval {lo:+.2f} to {hi:+.2f}, "
@@ -255,8 +261,11 @@ def answers(a: dict) -> list[str]:
     noise = g.get("next_gain_noise", math.nan)
     if math.isfinite(noise) and nxt <= noise:
         parts = ", ".join(f"{r['task']} {r['gain']:+.0%}" for r in g["rows"] if math.isfinite(r["gain"]))
+        more = retrains_for_gain(nxt, noise, g.get("retrains", 0))
         out.append(f"{head}; per task: {parts}. Not answered: the next-event gain is within the retrains' noise "
-                   f"(two standard errors over seeds: {noise:.0%}), so the tasks' shares of it are noise too.")
+                   f"(two standard errors over seeds: {noise:.0%}), so the tasks' shares of it are noise too"
+                   + (f"; a gain of this size would stand above that noise with about {more} retrains per size "
+                      "(tune.seeds)." if more else "."))
         return out
     rows = [r for r in g["rows"] if math.isfinite(r["gain_vs_next"])]
     parts = ", ".join(f"{r['task']} {r['gain']:+.0%} (x{r['gain_vs_next']:.2f} of next-event, headroom "
@@ -264,8 +273,6 @@ def answers(a: dict) -> list[str]:
     text = f"{head}; per task: {parts}."
     h = [(r["headroom_small"], r["gain_vs_next"]) for r in rows if math.isfinite(r["headroom_small"])]
     if len(h) >= 3:
-        from genrec.analysis import spearman
-
         rho = spearman(*zip(*h))
         text += (f" Across the {len(h)} tasks, Spearman's rho between headroom and the gain ratio is {rho:+.2f} "
                  "(few tasks: a direction, not a test; and headroom comes from a fit to the same runs, so part of "

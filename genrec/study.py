@@ -268,7 +268,8 @@ def gains(exp: Experiment, fits: list[dict]) -> dict:
                      "p0": f.p0 if f else math.nan, "headroom_small": head_small,
                      "relative_headroom_small": head_small / f.p0 if f and f.p0 > 0 else math.nan})
     return {"max_seq_len": seq_len, "small": sizes[0], "large": sizes[-1], "loss_gain": loss_gain,
-            "next_gain": next_gain, "next_gain_noise": next_noise, "primary": primary, "rows": rows}
+            "next_gain": next_gain, "next_gain_noise": next_noise, "retrains": min(len(small), len(large)),
+            "primary": primary, "rows": rows}
 
 
 def gain_noise(small: list, large: list) -> float:

@@ -8,8 +8,9 @@ import scipy.optimize
 import scipy.stats
 
 from genrec.analysis import (PowerLawFit, bootstrap_power_law, compute_optimal, fit_cost, fit_log_linear,
-                             fit_offset_power_law, mean_pairwise_overlap, rankdata, relative_gain, spearman,
-                             spearman_permutation_p, spearman_with_interval, topk_overlap)
+                             fit_offset_power_law, mean_pairwise_overlap, pairs_for_clear_interval, rankdata,
+                             relative_gain, retrains_for_gain, spearman, spearman_permutation_p,
+                             spearman_with_interval, topk_overlap)
 
 
 def law(n, p0, n0, a):
@@ -140,3 +141,20 @@ def test_gains_costs_and_the_compute_optimal_pick():
     # A budget below the smallest size: clipped to the data, flagged unaffordable.
     low = compute_optimal(fits, costs, budget=1e3, n_range=(1e5, 1e7))
     assert all(r["clipped"] and not r["affordable"] for r in low)
+
+
+def test_the_sample_sizes_a_result_would_need_by_hand():
+    # rho 0.5: atanh(0.5) = 0.549306, so n > 3 + 1.959964^2 * (1 + 0.125) / 0.549306^2 = 3 + 4.32159 / 0.301737 = 17.32.
+    assert pairs_for_clear_interval(0.5) == 18
+    # rho -0.42 (the committed synthetic report's): 3 + 3.841459 * 1.0882 / 0.447692^2 = 3 + 4.18028 / 0.200428 = 23.86.
+    assert pairs_for_clear_interval(-0.42) == 24
+    # At n = 18 the interval of rho 0.5 is clear of zero, at n = 17 it is not (the definition, checked directly).
+    half = [abs(math.atanh(0.5)) - 1.959964 * math.sqrt(1.125 / (n - 3)) for n in (17, 18)]
+    assert half[0] < 0 < half[1]
+    assert pairs_for_clear_interval(0.0) is None and pairs_for_clear_interval(math.nan) is None
+    assert pairs_for_clear_interval(1.0) == 4
+    # A gain of 5% under a 10% two-standard-error margin from 3 retrains: the margin shrinks as 1/sqrt(m), so
+    # 0.10 * sqrt(3 / m) < 0.05 needs m > 12: 13 retrains.
+    assert retrains_for_gain(0.05, 0.10, 3) == 13
+    assert retrains_for_gain(0.05, 0.04, 3) == 2  # already above the noise: fewer would do
+    assert retrains_for_gain(-0.01, 0.10, 3) is None and retrains_for_gain(0.05, math.nan, 3) is None

@@ -170,7 +170,20 @@ def test_no_gain_ratio_without_a_pre_training_gain():
 
     noise = gain_noise([0.10, 0.12], [0.11, 0.13])  # means 0.11 -> 0.12: +9%; 2 * sqrt(2e-4/2 + 2e-4/2) / 0.11
     assert noise == pytest.approx(2 * math.sqrt(2e-4) / 0.11) and math.isnan(gain_noise([0.1], [0.2, 0.3]))
-    a["gains"].update(loss_gain=0.01, next_gain=0.09, next_gain_noise=noise,
+    a["gains"].update(loss_gain=0.01, next_gain=0.09, next_gain_noise=noise, retrains=2,
                       rows=[dict(r, gain_vs_next=_share(r["gain"], 0.09)) for r in rows])
     text = answers(a)[1]
     assert "within the retrains' noise (two standard errors over seeds: 26%)" in text and "x35" not in text
+    # ... and says how many retrains per size a gain of this size would need: 2 * (0.257 / 0.09)^2 = 16.3 -> 17.
+    assert "about 17 retrains per size" in text
+
+
+def test_a_correlation_the_sweep_cannot_settle_comes_with_the_cells_it_would_need():
+    from genrec.analysis import Interval
+    from genrec.report import answers
+
+    corr = {"rho": -0.42, "interval": Interval(-0.88, 0.38), "p": 0.30, "n": 6}
+    a = {"primary": "B", "gains": {"rows": []},
+         "stability": {"k": 10, "cells": [{"retrains": 2}] * 6, "correlations": {("train_flops", "topk_overlap"): corr}}}
+    text = answers(a)[0]
+    assert "the sweep cannot tell" in text and "needs about 24 cells for a 95% interval clear of zero" in text
