@@ -25,12 +25,12 @@ from genrec.checkpoint import load_checkpoint  # noqa: E402
 from genrec.probes import taste_probe  # noqa: E402
 from genrec.recommend import Ranker  # noqa: E402
 from genrec.runtime import print_table  # noqa: E402
-from genrec.checkpoint import CHECKPOINT_WEIGHTS  # noqa: E402
+from genrec.checkpoint import CHECKPOINT_SPEC  # noqa: E402
 
 
 def checkpoint_of(path: Path) -> Path:
     """A checkpoint folder, or a run folder's newest checkpoint."""
-    if (path / CHECKPOINT_WEIGHTS).exists():
+    if (path / CHECKPOINT_SPEC).exists():
         return path
     found = sorted(p for p in path.glob("checkpoint_*") if p.is_dir())
     if not found:

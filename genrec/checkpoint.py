@@ -121,21 +121,25 @@ UNVERIFIED_HINT = ("if you trust it (a checkpoint of a genrec before checksums w
 
 
 def weights_file(path: str | Path) -> Path:
-    """The consolidated weights of a checkpoint folder: safetensors, or a format-1 checkpoint's torch file."""
+    """The consolidated weights file a checkpoint folder's model.json says it holds: safetensors (format 2 and up), or
+    a format-1 checkpoint's torch file (no "format" there). The listing in checksums.json then covers that file."""
     path = Path(path)
-    return path / CHECKPOINT_WEIGHTS if (path / CHECKPOINT_WEIGHTS).is_file() or not (
-        path / LEGACY_WEIGHTS).is_file() else path / LEGACY_WEIGHTS
+    try:
+        fmt = json.loads((path / CHECKPOINT_SPEC).read_text()).get("format", 1)
+    except (OSError, ValueError, AttributeError):  # no or unreadable spec: its own check says so
+        fmt = CHECKPOINT_FORMAT
+    return path / (LEGACY_WEIGHTS if fmt == 1 else CHECKPOINT_WEIGHTS)
 
 
-def read_weights(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:
-    """A checkpoint folder's consolidated weights, as float32 tensors (bf16 training saves bf16). Nothing is
-    unpickled: safetensors, or a format-1 torch file read with weights_only."""
+def read_weights(path: str | Path, device: str = "cpu", as_float: bool = True) -> dict[str, torch.Tensor]:
+    """A checkpoint folder's consolidated weights, as float32 tensors (bf16 training saves bf16) unless not
+    `as_float` (then as saved). Nothing is unpickled: safetensors, or a format-1 torch file read with weights_only."""
     f = weights_file(path)
     if f.name == CHECKPOINT_WEIGHTS:
         state = safetensors.torch.load_file(str(f), device=device)
     else:
         state = torch.load(f, map_location=device, weights_only=True)
-    return {k: v.float() for k, v in state.items()}
+    return {k: v.float() for k, v in state.items()} if as_float else state
 
 
 def write_weights(state: dict[str, torch.Tensor], path: str | Path) -> None:

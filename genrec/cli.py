@@ -15,7 +15,7 @@
     genrec cluster render C OUT_DIR      `ray up` file, KubeRay RayJobs and RayService, Serve config, from one config
     genrec config explain [KEY]          every config key (or one section or key): type, default, bounds, meaning
     genrec config show --config C        the config after --set overrides and validation, as YAML (no serve token)
-    genrec recommend --config C --out D  top-k lists for every user (or --users FILE) as Parquet, through Ray Data
+    genrec recommend --config C --out D  top-k lists for every user (or --users FILE) as Parquet, via Ray Data
     genrec export CHECKPOINT OUT         a checkpoint as safetensors weights + JSON spec + model card (converts old ones)
 """
 
@@ -29,6 +29,8 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+
+import pyarrow.fs as pafs
 
 from genrec.config import ConfigError, load_config
 from genrec.entrypoint import EXPLAINED, add_config_args, add_resume_arg, add_run_args, explain
@@ -194,16 +196,19 @@ def cmd_export(args) -> int:
 
 
 def cmd_recommend(args) -> int:
-    from genrec.checkpoint import local_checkpoint
+    import ray
+
     from genrec.offline import (ListSpec, last_timestamp, read_users, recommend_all, training_end,
                                 user_contexts)
     from genrec.runtime import init_ray, load_dataset, prepare_shards
+    from genrec.storage import is_uri
     from genrec.winner import WinnerError, read_winner
 
     cfg = load_config(args.config, args.overrides)
     store = cfg.storage.store()
+    remote_out = is_uri(args.out)
     out = Path(args.out)
-    if out.exists():
+    if not remote_out and out.exists():
         raise ConfigError(f"--out {out}: already exists; name a new folder (the lists are written as Parquet files "
                           "in it)")
     checkpoint = args.checkpoint
@@ -223,16 +228,23 @@ def cmd_recommend(args) -> int:
     spec = ListSpec(k=args.k, at=at, exclude_seen=not args.include_seen, genres=tuple(args.genres or ()),
                     launched_after=args.launched_after, launched_before=args.launched_before)
     init_ray(cfg)
-    partial = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    nodes = sum(n["Alive"] for n in ray.nodes())
+    if nodes > 1 and not remote_out:
+        raise ConfigError(f"--out {out}: a local folder, but the lists are written by tasks on {nodes} nodes; give "
+                          "a URI every node can write (s3://bucket/lists)")
     started = time.perf_counter()
-    n = recommend_all(contexts, str(local_checkpoint(cfg, checkpoint)), spec, str(partial.resolve()),
-                      actors=args.actors, cpus_per_actor=args.cpus_per_actor,
-                      allow_unverified=cfg.storage.allow_unverified_checkpoints)
+    if remote_out:  # an object store has no rename: the files appear as Ray Data writes them
+        fs, path = pafs.FileSystem.from_uri(args.out)
+        n = recommend_all(contexts, cfg, store.locate(checkpoint), spec, path, args.actors, args.cpus_per_actor, fs)
+    else:
+        partial = out.with_name(f".{out.name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        n = recommend_all(contexts, cfg, store.locate(checkpoint), spec, str(partial.resolve()), args.actors,
+                          args.cpus_per_actor)
+        partial.rename(out)  # whole or absent: an interrupted run leaves only the .partial folder
     elapsed = time.perf_counter() - started
-    partial.rename(out)  # whole or absent: an interrupted run leaves only the .partial folder
     print(f"top-{args.k} lists of {n:,} users ({args.context} context up to {at}, request time {at}) by "
-          f"{checkpoint} -> {out} ({n / max(elapsed, 1e-9):,.0f} users/s with {args.actors} actor(s))")
+          f"{checkpoint} -> {args.out} ({n / max(elapsed, 1e-9):,.0f} users/s with {args.actors} actor(s))")
     return 0
 
 
@@ -453,7 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "checkpoint. Output: Parquet files under --out with user_id, request_ts, context_events, "
                     "item_ids and scores (an empty list for a user none of whose titles the model knows).")
     add_config_args(s)
-    s.add_argument("--out", required=True, help="a new folder for the Parquet lists")
+    s.add_argument("--out", required=True, help="a new folder for the Parquet lists, or a URI (s3://...; needed on "
+                   "a cluster of several nodes, where every node writes)")
     s.add_argument("--users", default=None, help="a file of user ids: one per line, or a Parquet file with a "
                    "user_id column (default: every user)")
     s.add_argument("--k", type=_positive_int, default=100, help="titles per user (default: 100)")

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from genrec.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS, MODEL_CARD,
-                               CheckpointError, LoadedModel, write_weights)
+                               CheckpointError, LoadedModel, read_weights, write_weights)
 from genrec.holdout import SELECTED
 from genrec.shards import write_checksums
 from genrec.winner import WinnerError, read_winner
@@ -105,7 +105,7 @@ def export_checkpoint(loaded: LoadedModel, out: Path, source: str, selected: dic
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        write_weights(loaded.model.state_dict(), tmp / CHECKPOINT_WEIGHTS)
+        write_weights(read_weights(loaded.path, as_float=False), tmp / CHECKPOINT_WEIGHTS)  # as trained (bf16 stays)
         info = {**loaded.info, "format": CHECKPOINT_FORMAT}
         (tmp / CHECKPOINT_SPEC).write_text(json.dumps(info, indent=2))
         pq.write_table(loaded.items, tmp / CHECKPOINT_ITEMS)

@@ -23,9 +23,11 @@ import ray
 import ray.data
 import torch
 
-from genrec.checkpoint import load_checkpoint
+from genrec.checkpoint import CheckpointError, load_last_good
+from genrec.config import GenrecConfig
 from genrec.data.schema import DataError
 from genrec.recommend import Ranker
+from genrec.storage import Store
 
 USERS_PER_BLOCK = 256
 
@@ -46,19 +48,24 @@ class ListSpec:
 def user_contexts(events: pa.Table, at: int, until: int | None = None, users: np.ndarray | None = None,
                   leave_one_out: bool = False) -> pa.Table:
     """One row per user (ascending user_id): their events at or before `at` (and before `until` when given) as lists
-    item_ids, ts, actions, utils, oldest first (equal times keep the events' order). `leave_one_out`: without the
-    last two events of each user who has 3 or more (leave-one-out's test and validation targets, never trained on).
-    `users`: only these, in that order (a user without such events gets empty lists)."""
-    ts = events.column("timestamp").to_numpy()
+    item_ids, ts, actions, utils, oldest first (equal times keep the events' order). `leave_one_out`: never the last
+    two events of a user who has 3 or more in the whole log (leave-one-out's test and validation targets, never
+    trained on), whatever `at` is. `users`: only these, in that order (a user without such events gets empty lists)."""
+    ts_all = events.column("timestamp").to_numpy()
+    user_all = events.column("user_id").to_numpy()
+    order = np.lexsort((np.arange(len(user_all)), ts_all, user_all))  # by user, then time, then file order
+    user, ts = user_all[order], ts_all[order]
     keep = ts <= at if until is None else (ts <= at) & (ts < until)
-    user = events.column("user_id").to_numpy()[keep]
-    order = np.lexsort((np.arange(len(user)), ts[keep], user))  # by user, then time, then file order
-    user, ts = user[order], ts[keep][order]
-    cols = {name: events.column(name).to_numpy()[keep][order] for name in ("item_id", "action", "utility")}
+    if leave_one_out:  # each event's position from its user's end, over the whole log
+        first = np.r_[True, user[1:] != user[:-1]] if len(user) else np.zeros(0, bool)
+        starts_all = np.flatnonzero(first)
+        counts = np.diff(np.r_[starts_all, len(user)])
+        from_end = np.repeat(starts_all + counts, counts) - np.arange(len(user))  # 1 for a user's last event
+        keep &= ~((np.repeat(counts, counts) >= 3) & (from_end <= 2))
+    user, ts = user[keep], ts[keep]
+    cols = {name: events.column(name).to_numpy()[order][keep] for name in ("item_id", "action", "utility")}
     starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]]) if len(user) else np.zeros(0, np.int64)
     ends = np.r_[starts[1:], len(user)].astype(np.int64)
-    if leave_one_out:
-        ends = np.where(ends - starts >= 3, ends - 2, ends)
     ids = user[starts]
     if users is not None:  # each asked-for user's range, empty when they have no events
         row = {int(u): j for j, u in enumerate(ids)}
@@ -78,11 +85,19 @@ def user_contexts(events: pa.Table, at: int, until: int | None = None, users: np
 
 
 class TopK:
-    """A Ray Data actor: ranks a block of user contexts with one loaded checkpoint (the Serve app's ranker)."""
+    """A Ray Data actor: ranks blocks of user contexts with one checkpoint, as a Serve replica does: loaded through
+    the storage (a URI root is copied to this node's cache and checked there), with the titles added live
+    (`POST /titles`, under `catalogue`) applied."""
 
-    def __init__(self, checkpoint: str, spec: ListSpec, threads: int, allow_unverified: bool = False):
+    def __init__(self, checkpoint: str, spec: ListSpec, threads: int, storage_root: str, storage_cache: str | None,
+                 catalogue: str, allow_unverified: bool = False):
         torch.set_num_threads(threads)
-        self.ranker = Ranker(load_checkpoint(checkpoint, allow_unverified=allow_unverified), checkpoint)
+        store = Store(storage_root, storage_cache)
+        loaded, degraded = load_last_good(checkpoint, store=store, allow_unverified=allow_unverified)
+        if degraded:  # a batch job must not quietly rank with another checkpoint than the one asked for
+            raise CheckpointError(degraded)
+        self.ranker = Ranker(loaded, checkpoint)
+        self.ranker.sync_titles(catalogue, store)
         self.spec = spec
         self.allowed = self.ranker.candidates(list(spec.genres), spec.launched_after, spec.launched_before)
 
@@ -111,17 +126,20 @@ def rank_contexts(ranker: Ranker, spec: ListSpec, allowed: torch.Tensor | None, 
                      "scores": pa.array(scores, pa.list_(pa.float32()))})
 
 
-def recommend_all(contexts: pa.Table, checkpoint: str, spec: ListSpec, out: str, actors: int = 1,
-                  cpus_per_actor: float = 1.0, allow_unverified: bool = False) -> int:
-    """Rank every row of `contexts` (user_contexts) through Ray Data with `actors` actors, each loading the local
-    checkpoint folder once; the lists are written as Parquet files under the folder `out`. Returns the users ranked."""
+def recommend_all(contexts: pa.Table, cfg: GenrecConfig, checkpoint: str, spec: ListSpec, out: str,
+                  actors: int = 1, cpus_per_actor: float = 1.0, filesystem=None) -> int:
+    """Rank every row of `contexts` (user_contexts) through Ray Data with `actors` actors, each loading `checkpoint`
+    (a path or URI in the config's storage) once, as the Serve app does; the lists are written as Parquet files under
+    the folder `out` (in `filesystem`, a pyarrow filesystem, when given). Returns the users ranked."""
     blocks = [contexts.slice(a, USERS_PER_BLOCK) for a in range(0, contexts.num_rows, USERS_PER_BLOCK)]
-    ds = ray.data.from_arrow(blocks or [contexts])
-    ranked = ds.map_batches(TopK, fn_constructor_kwargs={
+    store = cfg.storage.store()
+    ranked = ray.data.from_arrow(blocks or [contexts]).map_batches(TopK, fn_constructor_kwargs={
         "checkpoint": checkpoint, "spec": spec, "threads": max(1, int(cpus_per_actor)),
-        "allow_unverified": allow_unverified}, batch_size=USERS_PER_BLOCK, batch_format="numpy",
-        concurrency=actors, num_cpus=cpus_per_actor)
-    ranked.write_parquet(out)
+        "storage_root": cfg.storage.root, "storage_cache": cfg.storage.cache,
+        "catalogue": store.path("catalogue", cfg.name),
+        "allow_unverified": cfg.storage.allow_unverified_checkpoints}, batch_size=USERS_PER_BLOCK,
+        batch_format="numpy", concurrency=actors, num_cpus=cpus_per_actor)
+    ranked.write_parquet(out, filesystem=filesystem)
     return contexts.num_rows
 
 

@@ -229,9 +229,11 @@ def answers(a: dict) -> list[str]:
                    f"the sweep cannot tell (it needs {MIN_CELLS}+ cells, p < 0.05 and an interval clear of 0)")
         needed = pairs_for_clear_interval(corr["rho"])
         if not settled:
-            verdict += (f"; a correlation of this size needs about {max(needed, MIN_CELLS)} cells for a 95% interval "
-                        "clear of zero (Fisher's z)" if needed else "; with rho 0 no number of cells would separate "
-                        "it from zero")
+            if needed:
+                verdict += (f"; a correlation of this size needs about {max(needed, MIN_CELLS)} cells for a 95% "
+                            "interval clear of zero (Fisher's z)")
+            elif corr["rho"] == 0:
+                verdict += "; with rho 0 no number of cells would separate it from zero"
         text = (f"**Does repeated-training cost track score stability?** Across {n_cells} (size, max_seq_len) cells "
                 f"with several retrains, Spearman's rho between training FLOPs per retrain and the top-{st['k']} "
                 f"overlap of retrains is {corr['rho']:+.2f} (95% bootstrap interval {lo:+.2f} to {hi:+.2f}, "

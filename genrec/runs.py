@@ -29,8 +29,9 @@ def code_commit() -> str:
             return None
         return out.stdout.strip() if out.returncode == 0 else None
 
+    top = git("rev-parse", "--show-toplevel")
     commit = git("rev-parse", "HEAD")
-    if not commit:
+    if not commit or not top or Path(top).resolve() != repo:  # an installed genrec inside another repository
         return "unknown"
     return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
 

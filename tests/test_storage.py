@@ -207,6 +207,10 @@ def test_a_format_1_checkpoint_still_loads_and_a_newer_format_is_refused(tmp_pat
     write_checksums(old, [LEGACY_WEIGHTS, CHECKPOINT_SPEC, CHECKPOINT_ITEMS])
     legacy = load_checkpoint(old)
     assert all(torch.equal(v, legacy.model.state_dict()[k]) for k, v in loaded.model.state_dict().items())
+    # The file loaded is the one model.json's format names and checksums.json covers: an unlisted safetensors file
+    # dropped beside a format-1 checkpoint is not read.
+    write_weights({k: torch.zeros_like(v) for k, v in loaded.model.state_dict().items()}, old / CHECKPOINT_WEIGHTS)
+    assert all(torch.equal(v, load_checkpoint(old).model.state_dict()[k]) for k, v in loaded.model.state_dict().items())
     info = json.loads((new / CHECKPOINT_SPEC).read_text())
     assert info["format"] == CHECKPOINT_FORMAT
     (new / CHECKPOINT_SPEC).write_text(json.dumps({**info, "format": CHECKPOINT_FORMAT + 1}))
@@ -234,6 +238,7 @@ def test_export_converts_a_checkpoint_to_safetensors_with_a_model_card(tmp_path,
     run.mkdir(parents=True)
     _checkpoint(ckpt)
     info = json.loads((ckpt / CHECKPOINT_SPEC).read_text())
+    info.pop("format")  # written as format 1 (see below)
     (ckpt / CHECKPOINT_SPEC).write_text(json.dumps({**info, "dataset": "ml-100k", "split": "leave_one_out",
                                                     "commit": "abc123", "config": {"name": "x"},
                                                     "metrics": {"epoch": 7, "valid_ndcg@10": 0.1234,
