@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -40,6 +41,14 @@ from genrec.shards import ShardSet, open_shards
 from genrec.tasks import EvalPlan, build_plan, count_scorer, evaluate_plan, model_scorer, plan_metrics
 
 POPULARITY = "popularity_"  # prefix of popularity's figures beside the model's in each epoch's record
+
+
+def say(line: str) -> None:
+    """A worker's line to its stdout, which Ray forwards to the driver once. Not print(): Ray Train patches print on
+    its workers to send each line through the logging handlers as well (RAY_TRAIN_ENABLE_PRINT_PATCH), and every
+    epoch line reached the terminal twice."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 @dataclass
@@ -149,8 +158,8 @@ def restore(worker: Worker, config: dict, steps_per_epoch: int):
             model.load_state_dict(read_weights(folder), strict=True)
             lr_offset = state["epoch"] * steps_per_epoch
             if worker.rank == 0:
-                print(f"resuming on {worker.world} workers from a checkpoint of {state['world']}: consolidated "
-                      "weights, fresh optimizer state (AdamW moments restart)", flush=True)
+                say(f"resuming on {worker.world} workers from a checkpoint of {state['world']}: consolidated "
+                    "weights, fresh optimizer state (AdamW moments restart)")
         optimizer, scheduler = optimizer_and_schedule(cfg, model, steps_per_epoch * cfg.train.epochs, lr_offset,
                                                       fused=worker.device.type == "cuda")
         engine = make_engine(cfg, model, optimizer, scheduler, worker.device.type == "cuda")
@@ -163,7 +172,7 @@ def restore(worker: Worker, config: dict, steps_per_epoch: int):
             if "cuda" in rng and worker.device.type == "cuda":
                 torch.cuda.set_rng_state(rng["cuda"])
         if state is not None and worker.rank == 0:
-            print(f"resumed from {folder.name} after epoch {progress.epoch} (restart {progress.restarts})", flush=True)
+            say(f"resumed from {folder.name} after epoch {progress.epoch} (restart {progress.restarts})")
     return engine, scheduler, gen, progress
 
 
@@ -235,7 +244,7 @@ def train_func(config: dict) -> None:
             cfg.storage.store().write_json(config["history"], history)  # also when Ray keeps only the best metrics
             if best:  # the kept model's top-k lists, for the retrain-stability analysis
                 write_topk(cfg.storage.store(), config["topk"], top)
-            print(epoch_line(metrics, cfg, worker.select, best), flush=True)
+            say(epoch_line(metrics, cfg, worker.select, best))
         if tracker is not None:
             tracker.log(metrics, step=epoch + 1)
         report(worker, engine, gen, progress, metrics, config["commit"])
