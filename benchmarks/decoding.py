@@ -1,4 +1,4 @@
-"""Decoding cost on CPU: full softmax vs sampled softmax vs sampled softmax + projected head (issue #3).
+"""Decoding cost on CPU: full softmax vs sampled softmax vs sampled softmax + projected head.
 
     .venv/bin/python benchmarks/decoding.py [--preset 8m] [--seq-len 64] [--batch 8]
         [--catalogues 10000,100000,1000000] [--steps 3] [--threads 2] [--repeats 1] [--no-semantic]

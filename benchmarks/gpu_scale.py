@@ -1,4 +1,4 @@
-"""The backbone presets on one GPU: tokens/s, MFU, peak memory and input wait under DeepSpeed ZeRO 2/3 (issue #8).
+"""The backbone presets on one GPU: tokens/s, MFU, peak memory and input wait under DeepSpeed ZeRO 2/3.
 
     python benchmarks/gpu_scale.py                          # the default plan below, in its order
     python benchmarks/gpu_scale.py --grid --presets 32m 300m 1b --seq-lens 256 512 1024 --zero 2 3 \\

@@ -1,4 +1,4 @@
-"""What one pre-training cycle costs, projected from a measured per-GPU throughput (issue #8, item 5).
+"""What one pre-training cycle costs, projected from a measured per-GPU throughput.
 
     .venv/bin/python benchmarks/projection.py                       # the H200 figures of BENCHMARKS.md
     .venv/bin/python benchmarks/projection.py --tokens-per-s 76059 --label "1b compiled, H200" --gpus 1 8 80

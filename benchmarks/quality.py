@@ -1,4 +1,4 @@
-"""Cold start and multi-token prediction, measured with genrec's own trainer on a time split (issue #3).
+"""Cold start and multi-token prediction, measured with genrec's own trainer on a time split.
 
     .venv/bin/python benchmarks/quality.py [--dataset synthetic|ml-latest-small|both] [--seeds 0,1,2]
         [--epochs 4] [--preset 2m] [--experiments masking,mtp] [--set KEY=VALUE ...] [--out results.json]

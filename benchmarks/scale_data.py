@@ -1,5 +1,5 @@
 """Data at scale on one machine: write N synthetic events as Parquet in chunks, then build the sequence shards out of
-core (genrec.partitioned_build: Ray tasks over user partitions), recording time, events/s and peak memory for each N (issue #8).
+core (genrec.partitioned_build: Ray tasks over user partitions), recording time, events/s and peak memory for each N.
 
     .venv/bin/python benchmarks/scale_data.py --events 1e6 1e7 1e8      # 100 events per user, 10^5 titles
     .venv/bin/python benchmarks/scale_data.py --events 1e6 --keep       # keep the data under --work afterwards

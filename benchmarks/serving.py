@@ -1,4 +1,4 @@
-"""Serving latency and throughput on loopback, next to the bare model forward (issue #6).
+"""Serving latency and throughput on loopback, next to the bare model forward.
 
     .venv/bin/python benchmarks/serving.py [--preset 2m] [--seq-len 256] [--items 10000] [--history 50]
         [--clients 1,8,32] [--requests 600] [--max-seconds 60] [--malformed 0.01] [--cpus 4]

@@ -1,4 +1,4 @@
-"""Sequence shards from event logs larger than memory: a user-partitioned build driven by Ray (issue #8).
+"""Sequence shards from event logs larger than memory: a user-partitioned build driven by Ray.
 
 `genrec.shards.write_shards` sorts the whole event table in memory; that is fine up to a few 10^7 events. This
 module builds the same shard set (the same rows, manifest counts and cutoff; rows ordered by user inside each

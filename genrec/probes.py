@@ -1,5 +1,5 @@
-"""Does the semantic tower match tastes, or only learn a prior per genre? (issue #6: "a title added by POST /titles is
-ranked high for a user whose history is all its genre").
+"""Does the semantic tower match tastes, or only learn a prior per genre? A title added by POST /titles should rank
+high for a user whose history is all its genre.
 
 For each genre G with enough trained single-genre titles, one new title with only genre G (no id row, no history:
 scored through the tower alone, as `POST /titles` adds it) is added per genre, all launched at the same moment; a
