@@ -222,6 +222,12 @@ def merge_runs(stored: list[dict]) -> dict:
     return pooled
 
 
+def jsonable(runs: dict[str, list[dict]]) -> dict:
+    """A data set's runs as stored: every user's ranks as a list."""
+    return {m: [{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()} for r in rs]
+            for m, rs in runs.items()}
+
+
 def main(argv=None) -> int:
     p = parser(__doc__)
     p.add_argument("--datasets", nargs="+", default=list(DATA), choices=list(DATA))
@@ -266,10 +272,12 @@ def main(argv=None) -> int:
                 print(f"   test {metrics(out['ranks'])}"
                       + (f" (genrec's own evaluator: {out['genrec_test']['ndcg@10']:.4f} NDCG@10)"
                          if "genrec_test" in out else ""), flush=True)
+                # Each finished run is kept at once: a long invocation stopped later loses only the run under way.
+                write("leaderboard", {"rows": all_rows + summarize(name, runs), "partial": True,
+                                      "runs": raw | {name: jsonable(runs)}}, a.out)
         rows = summarize(name, runs)
         all_rows += rows
-        raw[name] = {m: [{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()} for r in rs]
-                     for m, rs in runs.items()}
+        raw[name] = jsonable(runs)
         print(table(rows), flush=True)
     write("leaderboard", {"rows": all_rows, "runs": raw}, a.out)
     print(table(all_rows))
