@@ -41,12 +41,9 @@ from genrec.recommend import Ranker, UserState, titles_table, write_titles
 from genrec.storage import Store
 from genrec.winner import read_winner
 from serving.metrics import AppMetrics
+from serving.middleware import configure_middleware, measure_requests, refuse_oversized_bodies
 
 api = FastAPI(title="genrec", description="Next-title recommendations from a generative recommender.")
-# Set by the replica from serve.max_body_bytes; a module global because the middleware belongs to the app object.
-MAX_BODY_BYTES = [4 * 1024 * 1024]
-# The replica's metrics (serving.metrics), set when it starts: the middleware that times requests is the app's.
-METRICS: list[AppMetrics] = []
 # Checkpoints one replica keeps loaded (serve.multiplexed takes a constant); the least recently used is unloaded.
 MAX_MODELS_PER_REPLICA = 4
 ERASURES_KEPT = 100_000  # forgotten users listed for replicas to drop; a replica further behind drops every state
@@ -54,36 +51,10 @@ DEFAULT_MODEL = "winner"
 logger = logging.getLogger("ray.serve")
 
 
-@api.middleware("http")
-async def refuse_oversized_bodies(request, call_next):
-    """A body larger than serve.max_body_bytes is refused from its Content-Length, before it is read or parsed."""
-    size = request.headers.get("content-length")
-    if size is None and request.method in ("POST", "PUT", "PATCH"):
-        # A chunked body would slip past the limit: every client that sends JSON also sends its length.
-        return JSONResponse(status_code=411, content={"detail": "content-length: required for a request body"})
-    if size is not None:
-        if not size.isdigit():
-            return JSONResponse(status_code=400, content={"detail": f"content-length: {size!r} is not a size"})
-        if int(size) > MAX_BODY_BYTES[0]:
-            return JSONResponse(status_code=413, content={
-                "detail": f"body: {int(size):,} bytes, at most {MAX_BODY_BYTES[0]:,} allowed (serve.max_body_bytes)"})
-    return await call_next(request)
-
-
-@api.middleware("http")
-async def measure_requests(request, call_next):
-    """Latency and count of every answered request by route (the path template) and status (serving.metrics).
-    Declared last, so it is the outermost middleware: a body refused for its size is counted too."""
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await call_next(request)
-        status = response.status_code
-        return response
-    finally:
-        if METRICS:
-            route = request.scope.get("route")
-            METRICS[0].request(getattr(route, "path", "unmatched"), status, time.perf_counter() - started)
+# Declared in this order, so that measure_requests is the outermost middleware (Starlette puts the last one added
+# outside): a body refused for its size is counted too.
+api.middleware("http")(refuse_oversized_bodies)
+api.middleware("http")(measure_requests)
 
 
 @api.exception_handler(RequestValidationError)
@@ -287,9 +258,8 @@ class Recommender:
         self.catalogue_dir = catalogue_dir
         self.token_sha256 = token_sha256
         self.settings = settings
-        MAX_BODY_BYTES[0] = settings["max_body_bytes"]
         self.metrics = AppMetrics()
-        METRICS[:] = [self.metrics]
+        configure_middleware(settings["max_body_bytes"], self.metrics)
         self.score_batch.set_max_batch_size(settings["batch_max_size"])
         self.score_batch.set_batch_wait_timeout_s(settings["batch_wait_s"])
         self.models: dict[str, str] = {}

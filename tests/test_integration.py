@@ -326,6 +326,7 @@ def served(winner):
     cfg, manifest = winner
     cfg = cfg.model_copy(deep=True)
     cfg.serve.token = TOKEN
+    cfg.serve.max_body_bytes = 1_000_000  # not the default: the replica must hand its own limit to the middleware
     return cfg, manifest, start_serve(cfg)
 
 
@@ -455,10 +456,12 @@ def test_serve_answers_http_and_survives_bad_requests(served):
     # Unknown titles are reported back, not silently dropped, and the rest still scores.
     status, body = post_json(f"{url}/recommend", {"history": history + [{"item_id": 10**9}], "k": 3})
     assert status == 200 and body["unknown_items"] == [10**9] and len(body["items"]) == 3
-    # A body over serve.max_body_bytes (4 MiB) is refused before it is parsed.
-    huge = {"history": history * 15_000, "k": 5}  # about 5 MB
+    # A body over serve.max_body_bytes (1,000,000 bytes here) is refused before it is parsed. (Checked to fail: with
+    # the limit kept in a global of serving/app.py, which Serve ships to the replica as a copy, a body over a
+    # configured 1,024-byte limit passed.)
+    huge = {"history": history * 6_000, "k": 5}  # about 2 MB
     status, err = post_json(f"{url}/recommend", huge)
-    assert status == 413 and "serve.max_body_bytes" in err["detail"], (status, err)
+    assert status == 413 and "at most 1,000,000 allowed (serve.max_body_bytes)" in err["detail"], (status, err)
     # A chunked body (no Content-Length) would slip past that limit: it is refused with a 411.
     chunked = urllib.request.Request(f"{url}/recommend", data=iter([json.dumps({"history": history}).encode()]),
                                      headers={"Content-Type": "application/json"})
