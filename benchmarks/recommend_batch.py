@@ -14,11 +14,9 @@ Both run on the same embedded local Ray; the lists of the two are compared (they
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,15 +25,17 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._harness import parser, write  # noqa: E402
+from genrec.cli import post_json  # noqa: E402
 from genrec.config import load_config  # noqa: E402
 from genrec.offline import ListSpec, last_timestamp, recommend_all, user_contexts  # noqa: E402
 from genrec.runtime import init_ray, load_dataset  # noqa: E402
 
 
 def post(url: str, body: dict) -> dict:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=120) as r:
-        return json.loads(r.read())
+    status, answer = post_json(url, body, timeout=120)
+    if status != 200:
+        raise SystemExit(f"{url}: {status} {answer}")
+    return answer
 
 
 def main(argv=None) -> int:
