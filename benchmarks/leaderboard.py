@@ -11,7 +11,8 @@ model is chosen on validation only (epochs, early stopping); the test split is r
 every model's test users are ranked by one evaluator (plain_sasrec.rank_users), so the figures are comparable.
 
 * popularity: the titles most often in training rows, the user's own excluded;
-* sasrec: benchmarks/plain_sasrec.py (one process, no Ray), early stopping on validation NDCG@10 (patience 20);
+* sasrec: benchmarks/plain_sasrec.py (one process, no Ray), early stopping on validation NDCG@10 (patience 20),
+  within the same training-time cap as the data set's genrec recipe (its `train.time_budget_s`);
 * genrec-defaults: `genrec train` with no flag but the data (configs/local.yaml's defaults, leave-one-out);
 * genrec-recipe: the data set's recipe found by search (configs/recipe-<dataset>.yaml);
 * genrec-hstu: the recipe with `model.block: hstu`;
@@ -138,12 +139,21 @@ def run_popularity(data: LooData) -> dict:
     return {"ranks": ranks, "wall_s": 0.0}
 
 
-def run_sasrec(data: LooData, seed: int) -> dict:
-    out = train_plain(data, seed, log=lambda *_: None)
+def recipe_time_cap(name: str) -> float:
+    """The training-time cap of the data set's genrec recipe: the plain SASRec gets the same, so neither row
+    trains longer than the other may."""
+    from genrec.config import load_config
+
+    recipe = REPO / "configs" / f"recipe-{name}.yaml"
+    return load_config(str(recipe)).train.time_budget_s if recipe.is_file() else 1e9
+
+
+def run_sasrec(data: LooData, seed: int, max_seconds: float) -> dict:
+    out = train_plain(data, seed, max_seconds=max_seconds, log=lambda *_: None)
     return {"ranks": rank_users(out["score"], data.test_ctx, data.test_target, data.num_items),
             "valid_ndcg@10": out["valid_ndcg@10"], "wall_s": out["wall_s"], "wall_to_best_s": out["wall_to_best_s"],
             "events_per_s": out["events_per_s"], "epochs": out["epochs"], "best_epoch": out["best_epoch"],
-            "curve": [(c["wall_s"], c["valid_ndcg@10"]) for c in out["curve"]]}
+            "time_cap_s": max_seconds, "curve": [(c["wall_s"], c["valid_ndcg@10"]) for c in out["curve"]]}
 
 
 def user_ndcg(ranks: np.ndarray) -> np.ndarray:
@@ -265,7 +275,7 @@ def main(argv=None) -> int:
                 if model == "popularity":
                     out = run_popularity(data)
                 elif model == "sasrec":
-                    out = run_sasrec(data, seed)
+                    out = run_sasrec(data, seed, recipe_time_cap(name))
                 else:
                     out = run_genrec(name, model, seed, data)
                 runs.setdefault(model, []).append(out | {"seed": seed})
