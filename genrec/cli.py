@@ -280,6 +280,7 @@ def cmd_serve(args) -> int:
 
         from serving.app import served_models
 
+        keep_log(cfg.storage.store(), "logs", f"serve-update-{time.strftime('%Y%m%d-%H%M%S')}.log")
         # The running app's Ray: the one `genrec serve` started on this machine, or RAY_ADDRESS / --address.
         try:
             ray.init(address=args.address or "auto", log_to_driver=False)

@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 import threading
 import traceback
 from contextlib import contextmanager
@@ -252,6 +253,8 @@ def console(verbose: bool = False):
         finally:
             for r in routers:
                 r.drain()
+            if current.log_path is None and current.log.getvalue():  # a command that never named its log's place
+                current.keep_log(Path(tempfile.gettempdir()) / f"genrec-{os.getpid()}.log")
             sys.stdout, sys.stderr = saved
             _repoint({id(routers[0]): saved[0], id(routers[1]): saved[1]})
             _active = None

@@ -126,3 +126,17 @@ def test_without_a_console_say_prints_plainly(capsys):
     say("a line")
     say("an error", err=True)
     assert capsys.readouterr() == ("a line\n", "an error\n")
+
+
+def test_a_log_whose_place_was_never_named_is_kept_and_said(capsys):
+    import os
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.gettempdir()) / f"genrec-{os.getpid()}.log"
+    path.unlink(missing_ok=True)
+    with console():
+        print("(pid=9) a line of Ray's")
+    assert capsys.readouterr().out == f"log: {path}  (Ray's output; --verbose shows it here)\n"
+    assert "a line of Ray's" in path.read_text()
+    path.unlink()
