@@ -31,6 +31,7 @@ from genrec.model import GenRec, ModelSpec
 from genrec.shards import CHECKSUMS, verify_checksums, write_checksums
 from genrec.build import TRAIN_COUNT, catalogue
 from genrec.config import ConfigError, GenrecConfig
+from genrec.console import say
 from genrec.storage import StorageError, local_store
 
 
@@ -368,9 +369,9 @@ def resume_point(cfg: GenrecConfig, run_name: str, required: bool = False) -> st
         aside = f"{snapshot}.unusable-{time.strftime('%Y%m%d-%H%M%S')}"
         store.fs.move(snapshot, aside)
         unusable += f" (kept as {aside.rsplit('/', 1)[-1]})"
-    print(f"--resume {run_name}: {unusable or 'no record of its checkpoints by Ray Train'}; going on from "
-          f"{found.rsplit('/', 1)[-1]} (epoch {state['epoch']}), its newest checkpoint whose files all pass their "
-          "checks" + (f" (a newer one does not: {passed_over})" if passed_over else ""), flush=True)
+    say(f"--resume {run_name}: {unusable or 'no record of its checkpoints by Ray Train'}; going on from "
+        f"{found.rsplit('/', 1)[-1]} (epoch {state['epoch']}), its newest checkpoint whose files all pass their "
+        "checks" + (f" (a newer one does not: {passed_over})" if passed_over else ""))
     return found
 
 

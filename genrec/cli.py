@@ -33,7 +33,8 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from genrec.config import ConfigError, load_config
-from genrec.entrypoint import EXPLAINED, add_config_args, add_resume_arg, add_run_args, explain
+from genrec.console import keep_log, say
+from genrec.entrypoint import add_config_args, add_resume_arg, add_run_args, add_verbose_arg, run_command
 
 
 def cmd_presets(args) -> int:
@@ -88,8 +89,9 @@ def cmd_prepare(args) -> int:
     from genrec.runtime import prepare_shards
 
     cfg = load_config(args.config, args.overrides)
+    keep_log(cfg.storage.store(), "logs", f"prepare-{time.strftime('%Y%m%d-%H%M%S')}.log")
     shards = prepare_shards(cfg, rebuild=args.rebuild)
-    print(json.dumps(shards.manifest["counts"], indent=2))
+    say(json.dumps(shards.manifest["counts"], indent=2))
     return 0
 
 
@@ -206,6 +208,7 @@ def cmd_recommend(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     store = cfg.storage.store()
+    keep_log(store, "logs", f"recommend-{time.strftime('%Y%m%d-%H%M%S')}.log")
     remote_out = is_uri(args.out)
     out = Path(args.out)
     if not remote_out and out.exists():
@@ -217,7 +220,7 @@ def cmd_recommend(args) -> int:
             checkpoint = read_winner(store, cfg.winner_path()).checkpoint
         except WinnerError as exc:
             raise ConfigError(f"{exc}; run `genrec sweep` first, or pass --checkpoint FOLDER") from None
-    quiet = (lambda *_: None) if args.quiet else print
+    quiet = (lambda *_: None) if args.quiet else say
     events = load_dataset(cfg, quiet).events
     at = args.at if args.at is not None else last_timestamp(events)
     until, leave_one_out = None, False
@@ -243,8 +246,8 @@ def cmd_recommend(args) -> int:
                           args.cpus_per_actor)
         partial.rename(out)  # whole or absent: an interrupted run leaves only the .partial folder
     elapsed = time.perf_counter() - started
-    print(f"top-{args.k} lists of {n:,} users ({args.context} context up to {at}, request time {at}) by "
-          f"{checkpoint} -> {args.out} ({n / max(elapsed, 1e-9):,.0f} users/s with {args.actors} actor(s))")
+    say(f"top-{args.k} lists of {n:,} users ({args.context} context up to {at}, request time {at}) by "
+        f"{checkpoint} -> {args.out} ({n / max(elapsed, 1e-9):,.0f} users/s with {args.actors} actor(s))")
     return 0
 
 
@@ -277,6 +280,7 @@ def cmd_serve(args) -> int:
 
         from serving.app import served_models
 
+        keep_log(cfg.storage.store(), "logs", f"serve-update-{time.strftime('%Y%m%d-%H%M%S')}.log")
         # The running app's Ray: the one `genrec serve` started on this machine, or RAY_ADDRESS / --address.
         try:
             ray.init(address=args.address or "auto", log_to_driver=False)
@@ -285,10 +289,11 @@ def cmd_serve(args) -> int:
                               "app with `genrec serve --config C` first, or pass --address (or RAY_ADDRESS)") from None
         deploy(cfg, args.checkpoint)
         models = served_models(cfg, args.checkpoint)
-        print(f"rolled out: winner -> {models['winner']} ({len(models)} models served)")
+        say(f"rolled out: winner -> {models['winner']} ({len(models)} models served)")
         return 0
+    keep_log(cfg.storage.store(), "logs", f"serve-{time.strftime('%Y%m%d-%H%M%S')}.log")
     url = start_serve(cfg, args.checkpoint)
-    print(f"serving at {url} (POST /recommend, GET /healthz, /docs); Ctrl-C stops")
+    say(f"serving at {url} (POST /recommend, GET /healthz, /docs); Ctrl-C stops")
     try:
         while True:
             time.sleep(3600)
@@ -337,26 +342,32 @@ def cmd_pipeline(args) -> int:
     t0 = time.perf_counter()
     data = [f"data.source={args.source}", f"data.path={args.data}"] if args.data else []
     cfg = load_config(args.config, data + args.overrides)
-    print(f"== 1/5 data: {cfg.data.source}")
+    say(f"== 1/5 data: {cfg.data.source}")
     prepare_shards(cfg, rebuild=args.rebuild_shards)
-    print("== 2/5 sweep (Ray Tune -> Ray Train + DeepSpeed over Ray Data)")
+    say("== 2/5 sweep (Ray Tune -> Ray Train + DeepSpeed over Ray Data)")
     manifest = sweep(cfg, resume=args.resume)
-    print("== 3/5 report (scaling fits, retrain cost vs stability, gains vs headroom)")
+    say("== 3/5 report (scaling fits, retrain cost vs stability, gains vs headroom)")
     from genrec.study import make_report
 
     make_report(manifest.experiment, args.report_dir, command="genrec " + " ".join(sys.argv[1:]),
                 store=cfg.storage.store())
-    print("== 4/5 serve the winner (Ray Serve)")
+    say("== 4/5 serve the winner (Ray Serve)")
     url = start_serve(cfg)
     history = sample_history(cfg)
     body = {"history": history, "k": 5}
     status, answer = post_json(f"{url}/recommend", body)
-    print(f"POST {url}/recommend {json.dumps({'history': history[-3:], 'k': 5})[:200]}...\n-> {status}")
-    print(json.dumps(answer, indent=2))
+    say(f"POST {url}/recommend (the last {len(history)} events of an evaluation user, k 5) -> {status}")
+    for rank, item in enumerate(answer.get("items", []), 1):
+        say(f"  {rank}. {item['title'][:60]:<60} {item['score']:8.3f}  (item {item['item_id']})")
+    if status != 200:
+        say(f"  {json.dumps(answer)[:300]}")
     bad_status, bad = post_json(f"{url}/recommend", {"history": [], "k": 5})
-    print(f"an invalid request (empty history) -> {bad_status}: {json.dumps(bad)[:200]}")
+    say(f"an invalid request (empty history) -> {bad_status}: {json.dumps(bad)[:160]}")
+    example = json.dumps({"history": history[-2:], "k": 5})
+    say(f"try it while it runs: curl -s {url}/recommend -H 'Content-Type: application/json' -d '{example}'"
+        "  (`genrec serve --config ...` keeps it up)")
     serve.shutdown()
-    print(f"== 5/5 done in {time.perf_counter() - t0:.0f} s")
+    say(f"== 5/5 done in {time.perf_counter() - t0:.0f} s")
     return 0 if status == 200 else 1
 
 
@@ -382,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = data.add_parser("prepare", help="load the configured data and write Parquet shards")
     add_config_args(s)
     s.add_argument("--rebuild", action="store_true", help="rebuild even if identical shards exist")
+    add_verbose_arg(s)
     s.set_defaults(fn=cmd_prepare)
     s = data.add_parser("download", help="download a MovieLens archive (needs network)")
     s.add_argument("name", help="ml-latest-small, ml-100k, ml-1m, ml-10m, ml-25m or ml-latest")
@@ -416,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--update", action="store_true",
                    help="roll the app running on this Ray (started by `genrec serve`) over to the current winner "
                         "manifest, in place, while it keeps answering")
+    add_verbose_arg(s)
     s.add_argument("--address", default=None, help="with --update: the Ray address (default: RAY_ADDRESS or the "
                    "local cluster)")
     s.set_defaults(fn=cmd_serve)
@@ -483,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--actors", type=_positive_int, default=1, help="Ray Data actors ranking in parallel")
     s.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs (and torch threads) per actor")
     s.add_argument("--quiet", action="store_true", help="print only the summary line")
+    add_verbose_arg(s)
     s.set_defaults(fn=cmd_recommend)
 
     s = sub.add_parser(
@@ -507,16 +521,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rebuild-shards", action="store_true")
     s.add_argument("--report-dir", default=None, help="where the report goes (default: the sweep's folder/report)")
     add_resume_arg(s)
+    add_verbose_arg(s)
     s.set_defaults(fn=cmd_pipeline)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.fn(args)
-    except EXPLAINED as exc:
-        return explain(exc)
+    return run_command(lambda: args.fn(args), args)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,10 @@ from genrec.errors import ConfigError
 from genrec.presets import PRESET_NAMES
 from genrec.storage import Store, store
 
+# The config file's format version (GenrecConfig.version). 1: files before the key (tune.max_seq_len held the
+# sweep's lengths); 2: tune.max_seq_lens.
+CONFIG_VERSION = 2
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -923,6 +927,11 @@ class TrackingConfig(_Section):
 
 
 class GenrecConfig(_Section):
+    version: int = Field(
+        CONFIG_VERSION,
+        description="the config file's format version. A file of an older one is migrated when read (`genrec "
+                    "config show --config FILE` prints it in the current one); a newer one is refused. 1: the files "
+                    "written before this key existed.")
     name: str = Field(
         "local",
         description="the deployment's name: it names its shards, winner manifest, catalogue and runs. Shards live "
@@ -960,6 +969,14 @@ class GenrecConfig(_Section):
         description="the cluster `genrec cluster render` writes files for (null: an embedded local Ray). Absent for "
                     "a laptop; set, it describes the `ray up` file and KubeRay manifests, and every request of the "
                     "config is checked against its nodes.")
+
+    @field_validator("version")
+    @classmethod
+    def _current_version(cls, v: int) -> int:
+        if v != CONFIG_VERSION:  # load_config and stored_config migrate first: a tree built by hand may not be
+            raise ValueError(f"{v}: not this genrec's config version ({CONFIG_VERSION}); read files with "
+                             "genrec.config.load_config, which migrates older ones")
+        return v
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "GenrecConfig":
@@ -1087,6 +1104,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
             raise ConfigError(f"{p}: not valid YAML: {exc}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of sections (storage, data, model, ...)")
+    tree = migrate(tree, source)  # the file's own keys; flags below must use the current names
     for item in overrides or []:
         keys, value = parse_override(item)
         _apply(tree, keys, value, item)
@@ -1096,19 +1114,34 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         raise ConfigError(_format_errors(exc, source)) from None
 
 
-# Keys renamed since a config could be stored (Tune's param space, a winner manifest): (section, old, new).
+# Keys renamed by version 2: (section, old, new). Version 1 files and trees carrying them are migrated.
 RENAMED_KEYS = (("tune", "max_seq_len", "max_seq_lens"),)
 
 
-def stored_config(tree: dict) -> GenrecConfig:
-    """A config that genrec itself wrote earlier (a sweep's param space, read to report on or resume it), its renamed
-    keys carried over. A config file a person edits is not migrated: load_config refuses an old key by name."""
+def migrate(tree: dict, source: str = "(config)") -> dict:
+    """A config tree (a file's, or one genrec stored: a sweep's param space) brought to CONFIG_VERSION: version 1 (no
+    `version` key) has its renamed keys carried over; a newer version is refused, naming `source`. A flag (--set)
+    is not migrated: an old key there is refused by name."""
+    version = tree.get("version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ConfigError(f"{source}: version: {version!r}: expected a config format version, 1 to {CONFIG_VERSION}")
+    if version > CONFIG_VERSION:
+        raise ConfigError(f"{source}: version: {version}: written for a newer genrec (this one reads config versions "
+                          f"1 to {CONFIG_VERSION}); upgrade genrec, or rewrite the file in version {CONFIG_VERSION}")
     tree = {k: dict(v) if isinstance(v, dict) else v for k, v in tree.items()}
-    for section, old, new in RENAMED_KEYS:
-        part = tree.get(section)
-        if isinstance(part, dict) and old in part and new not in part:
-            part[new] = part.pop(old)
-    return GenrecConfig.model_validate(tree)
+    if version < 2:
+        for section, old, new in RENAMED_KEYS:
+            part = tree.get(section)
+            if isinstance(part, dict) and old in part and new not in part:
+                part[new] = part.pop(old)
+    tree["version"] = CONFIG_VERSION
+    return tree
+
+
+def stored_config(tree: dict) -> GenrecConfig:
+    """A config that genrec itself wrote earlier (a sweep's param space, read to report on or resume it), migrated
+    to the current version."""
+    return GenrecConfig.model_validate(migrate(tree, "stored config"))
 
 
 def with_values(cfg: GenrecConfig, values: dict[str, Any]) -> GenrecConfig:

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from genrec.console import say
 from genrec.config import GenrecConfig
 from genrec.model import resolve_shape
 from genrec.shards import ShardSet
@@ -53,7 +54,7 @@ def auto_preset(train_events: int) -> str:
     return next(name for bound, name in PRESET_BY_EVENTS if train_events < bound)
 
 
-def resolve(cfg: GenrecConfig, shards: ShardSet, echo=print) -> GenrecConfig:
+def resolve(cfg: GenrecConfig, shards: ShardSet, echo=say) -> GenrecConfig:
     """`cfg` with every "auto" model value chosen from the shards (said, with the reason, through `echo`)."""
     m = cfg.model
     if AUTO not in (m.preset, m.max_seq_len, m.decoding, m.projection_ratio):

@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from genrec.config import load_config
+from genrec.console import console
 from genrec.errors import GenrecError
 
 # What is said in one line, never as a traceback: every genrec error (the exit code is the error's), a path that is
@@ -36,9 +37,31 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                    help="override one config field, e.g. --set train.workers=4 (repeatable)")
 
 
+def add_verbose_arg(p: argparse.ArgumentParser) -> None:
+    """`--verbose`, on the commands that run Ray: they print genrec's own lines and keep Ray's output in a log file
+    (genrec.console), whose path they print."""
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's own output live too (its logs, Ray Data plans, Tune and Serve messages, worker "
+                        "output); it always goes to the command's log file, whose path is printed")
+    p.set_defaults(console=True)
+
+
+def run_command(work, args: argparse.Namespace) -> int:
+    """work() under a console when the command has --verbose (one that runs Ray), then one line for an EXPLAINED
+    error (the log keeps its traceback)."""
+    try:
+        if getattr(args, "console", False):
+            with console(args.verbose):
+                return work()
+        return work()
+    except EXPLAINED as exc:
+        return explain(exc)
+
+
 def add_run_args(p: argparse.ArgumentParser) -> None:
-    """Flags of a training or sweep run: the config flags plus a run name and a shard rebuild."""
+    """Flags of a training or sweep run: the config flags plus a run name, a shard rebuild and --verbose."""
     add_config_args(p)
+    add_verbose_arg(p)
     p.add_argument("--name", default=None, help="run name (default: derived from the config name and the time)")
     p.add_argument("--rebuild-shards", action="store_true", help="rebuild the shards even if they exist")
 
@@ -60,9 +83,10 @@ def run_entrypoint(prog: str, doc: str, run, argv: list[str] | None = None, resu
     if resume:
         add_resume_arg(p, resume)
     args = p.parse_args(argv)
-    try:
+
+    def work() -> int:
         extra = {"resume": args.resume} if resume else {}
         run(load_config(args.config, args.overrides), args.name, args.rebuild_shards, **extra)
-    except EXPLAINED as exc:
-        return explain(exc)
-    return 0
+        return 0
+
+    return run_command(work, args)

@@ -21,6 +21,7 @@ from genrec.selection import TEST, VALID, best_record, selection_key
 from genrec.shards import ShardSet
 from genrec.tasks import build_plan, count_scorer, evaluate_plan, model_scorer, plan_metrics
 from genrec.build import item_counts
+from genrec.console import say
 from genrec.runtime import print_table
 from genrec.checkpoint import CHECKPOINT_SPEC, checkpoint_folders, local_checkpoint
 
@@ -102,7 +103,7 @@ def select_and_test(cfg: GenrecConfig, shards: ShardSet, run_name: str, task: st
     test = score_test(cfg, shards, checkpoint)
     selected = write_selected(cfg, run_folder, record, store.uri(checkpoint), test, key,
                               popularity(cfg, shards, "eval"))
-    print(f"kept epoch {record['epoch']} (highest {key} {record[key]:.4f}): {store.uri(checkpoint)}")
+    say(f"kept epoch {record['epoch']} (highest {key} {record[key]:.4f}): {store.uri(checkpoint)}")
     suffix = f"_{task}" if task else ""
     names = [f"{m}{suffix}" for m in ("mrr", "hr@10", "ndcg@10", "requests")]
     print_table([{"split": split.replace("_", " "), **{m: selected[split].get(m) for m in names}}

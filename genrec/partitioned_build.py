@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from genrec.console import say
 from genrec.data.schema import (_MAX_PLAUSIBLE_SECONDS, EVENT_SCHEMA, EXTERNAL_ID, ITEM_SCHEMA, DataError, Origin,
                                  _conform, _no_nulls)
 from genrec.ray_session import init_ray
@@ -216,7 +217,7 @@ def build_shards(events: str | Path, items_path: str | Path, out_dir: str | Path
                  cutoff_quantile: float = 0.9, valid_cutoff_ts: int | None = None,
                  valid_quantile: float | None = 0.8, min_train_events: int = 2, split: str = "time",
                  partitions: int | None = None, users_per_shard: int = 20_000, extra: dict | None = None,
-                 name: str = "parquet", batch_rows: int = BATCH_ROWS, echo=print) -> ShardSet:
+                 name: str = "parquet", batch_rows: int = BATCH_ROWS, echo=say) -> ShardSet:
     """Shards from Parquet event files of any size (see the module docstring). Runs its tasks on the Ray cluster
     this process is connected to, or on an embedded local one it starts."""
     import ray

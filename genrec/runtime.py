@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 from genrec.config import GenrecConfig
+from genrec.console import say
 from genrec.errors import GenrecError
 from genrec.data.schema import Dataset
 from genrec.data.loaders import load, with_tag_text
@@ -35,7 +35,7 @@ def data_fingerprint(cfg: GenrecConfig) -> dict:
     return cfg.data.model_dump(mode="json", exclude={"users_per_shard", "partitions"})
 
 
-def prepare_shards(cfg: GenrecConfig, rebuild: bool = False, echo=print) -> ShardSet:
+def prepare_shards(cfg: GenrecConfig, rebuild: bool = False, echo=say) -> ShardSet:
     """Load the configured data and write its shards (time or leave-one-out split, `data.split`), unless identical
     shards already exist."""
     store = cfg.storage.store()
@@ -88,7 +88,7 @@ def prepare_shards(cfg: GenrecConfig, rebuild: bool = False, echo=print) -> Shar
     return shards
 
 
-def load_dataset(cfg: GenrecConfig, echo=print) -> Dataset:
+def load_dataset(cfg: GenrecConfig, echo=say) -> Dataset:
     """The configured data as genrec's canonical tables (data.source, data.path; a URI is copied to the cache
     first): what the shards are built from, and what `genrec recommend` takes each user's context from."""
     d = cfg.data
@@ -104,7 +104,7 @@ def load_dataset(cfg: GenrecConfig, echo=print) -> Dataset:
     return load(d.source, path, **kwargs)
 
 
-def fetch_source(cfg: GenrecConfig, path: str | None, key: str, echo=print) -> str | None:
+def fetch_source(cfg: GenrecConfig, path: str | None, key: str, echo=say) -> str | None:
     """Raw data named by a URI (data.path, data.items_path): copied, file or folder, to storage.cache (fresh each
     time shards are built: the source may have changed), and that copy's path returned; a local path as it is.
     Only the driver that builds the shards reads the raw data."""
@@ -150,10 +150,8 @@ def _publish_fresh(cfg: GenrecConfig, store, root: str, echo) -> ShardSet:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def print_table(rows: list[dict], columns: list[str], file=None) -> None:
-    """A plain aligned text table (what a person reads in a terminal or a job log)."""
-    file = file or sys.stdout  # looked up per call: a default bound at import would outlive a redirected stdout
-
+def print_table(rows: list[dict], columns: list[str]) -> None:
+    """A plain aligned text table (what a person reads in a terminal or a job log), said as genrec's own lines."""
     def fmt(v) -> str:
         if isinstance(v, float):
             return f"{v:.4f}" if abs(v) < 100 else f"{v:,.0f}"
@@ -161,10 +159,10 @@ def print_table(rows: list[dict], columns: list[str], file=None) -> None:
 
     cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)), file=file)
-    print("  ".join("-" * w for w in widths), file=file)
+    say("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
+    say("  ".join("-" * w for w in widths))
     for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)), file=file)
+        say("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
 
 
 def dumps(obj) -> str:

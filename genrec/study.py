@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from genrec.console import say
 from genrec.analysis import (bootstrap_power_law, compute_optimal, fit_cost, fit_log_linear, fit_offset_power_law,
                              mean_pairwise_overlap, relative_gain, spearman_with_interval)
 from genrec.config import ConfigError, GenrecConfig, stored_config
@@ -404,7 +405,7 @@ def training_curves(exp: Experiment) -> list[dict]:
 
 
 def make_report(results_dir: str | Path, out_dir: str | Path | None = None, budget_flops: float | None = None,
-                resamples: int | None = None, command: str = "", echo=print, store=None) -> dict:
+                resamples: int | None = None, command: str = "", echo=say, store=None) -> dict:
     """Read a sweep's Tune results, analyse them and write the report (HTML + Markdown + PNG) -> the paths.
 
     Results under a URI storage root (`store`, or a scheme://... results_dir) are copied to the local cache first;

@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import signal
-import sys
 import tempfile
 import threading
 import time
@@ -27,6 +26,7 @@ from genrec.build import Run, build_run, model_flops_per_token, num_negatives, o
 from genrec.checkpoint import (CHECKPOINT_SPEC, RESUME_DIR, RESUME_TAG, local_checkpoint, read_trainer_state,
                                read_weights, resume_point, save_for_serving, save_resume_state, verify_resumable)
 from genrec.config import ConfigError, GenrecConfig, without_secrets
+from genrec.console import eta, progress_bar, worker_progress, worker_say
 from genrec.defaults import resolve as resolve_defaults
 from genrec.engine import make_engine, param_share, train_step
 from genrec.finetune import ARCHITECTURE, FinetuneSpec, load_pretrained
@@ -41,14 +41,7 @@ from genrec.shards import ShardSet, open_shards
 from genrec.tasks import EvalPlan, build_plan, count_scorer, evaluate_plan, model_scorer, plan_metrics
 
 POPULARITY = "popularity_"  # prefix of popularity's figures beside the model's in each epoch's record
-
-
-def say(line: str) -> None:
-    """A worker's line to its stdout, which Ray forwards to the driver once. Not print(): Ray Train patches print on
-    its workers to send each line through the logging handlers as well (RAY_TRAIN_ENABLE_PRINT_PATCH), and every
-    epoch line reached the terminal twice."""
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+PROGRESS_EVERY_S = 2.0  # how often rank 0 says how far an epoch is (a bar on a terminal; the log keeps each)
 
 
 @dataclass
@@ -158,7 +151,7 @@ def restore(worker: Worker, config: dict, steps_per_epoch: int):
             model.load_state_dict(read_weights(folder), strict=True)
             lr_offset = state["epoch"] * steps_per_epoch
             if worker.rank == 0:
-                say(f"resuming on {worker.world} workers from a checkpoint of {state['world']}: consolidated "
+                worker_say(f"resuming on {worker.world} workers from a checkpoint of {state['world']}: consolidated "
                     "weights, fresh optimizer state (AdamW moments restart)")
         optimizer, scheduler = optimizer_and_schedule(cfg, model, steps_per_epoch * cfg.train.epochs, lr_offset,
                                                       fused=worker.device.type == "cuda")
@@ -172,7 +165,7 @@ def restore(worker: Worker, config: dict, steps_per_epoch: int):
             if "cuda" in rng and worker.device.type == "cuda":
                 torch.cuda.set_rng_state(rng["cuda"])
         if state is not None and worker.rank == 0:
-            say(f"resumed from {folder.name} after epoch {progress.epoch} (restart {progress.restarts})")
+            worker_say(f"resumed from {folder.name} after epoch {progress.epoch} (restart {progress.restarts})")
     return engine, scheduler, gen, progress
 
 
@@ -220,6 +213,7 @@ def train_func(config: dict) -> None:
                                                local_shuffle_seed=cfg.train.seed + epoch, device=str(worker.device),
                                                prefetch_batches=cfg.train.prefetch_batches))
         input_wait = 0.0  # time the loop spends blocked on Ray Data for its next batch
+        shown = t0  # when rank 0 last said how far the epoch is
         while True:
             tw = time.perf_counter()
             batch = next(batches, None)
@@ -229,6 +223,10 @@ def train_func(config: dict) -> None:
             loss, events = train_step(engine, batch, trained, n_neg, run.mask_rate, gen)
             # loss.item() waits for the step, so the next batch's wait is measured from the step's real end.
             stats += torch.tensor([loss.item(), 1.0, events], dtype=torch.float64)
+            if worker.rank == 0 and time.perf_counter() - shown >= PROGRESS_EVERY_S:
+                shown = time.perf_counter()
+                worker_progress(epoch_progress(epoch + 1, cfg.train.epochs, int(stats[1]), steps_per_epoch,
+                                               float(stats[2]) * worker.world, shown - t0, history, worker.select))
         train_time = time.perf_counter() - t0
         worker.reduce(stats)
         progress.epoch, progress.events_seen = epoch + 1, progress.events_seen + int(stats[2])
@@ -244,7 +242,8 @@ def train_func(config: dict) -> None:
             cfg.storage.store().write_json(config["history"], history)  # also when Ray keeps only the best metrics
             if best:  # the kept model's top-k lists, for the retrain-stability analysis
                 write_topk(cfg.storage.store(), config["topk"], top)
-            say(epoch_line(metrics, cfg, worker.select, best))
+            # A lone run says every epoch; a sweep's trial draws them in place and says one line at its end.
+            (worker_say if config["each_epoch"] else worker_progress)(epoch_line(metrics, cfg, worker.select, best))
         if tracker is not None:
             tracker.log(metrics, step=epoch + 1)
         report(worker, engine, gen, progress, metrics, config["commit"])
@@ -254,6 +253,8 @@ def train_func(config: dict) -> None:
     if worker.rank == 0 and history:  # how the run ended: a finished retrain, even when it stopped before train.epochs
         history[-1]["end"] = end or "max epochs"
         cfg.storage.store().write_json(config["history"], history)
+        if not config["each_epoch"]:
+            worker_say(run_line(config["run_name"], history, worker.select))
     if tracker is not None:
         tracker.finish()
 
@@ -344,6 +345,27 @@ def epoch_line(metrics: dict, cfg: GenrecConfig, select: str, best: bool) -> str
             f"{metrics['events_per_s']:,.0f} events/s{'  (best so far)' if best else ''}")
 
 
+def epoch_progress(epoch: int, epochs: int, step: int, steps: int, events: float, elapsed_s: float,
+                   history: list[dict], select: str) -> str:
+    """The line of an epoch under way: its bar, events/s so far (rank 0's events times the workers), the time left
+    at that pace, and the last epoch's validation figure."""
+    left = f"  ETA {eta(elapsed_s * (steps - step) / step)}" if 0 < step <= steps else ""
+    last = f"  last {select} {history[-1][select]:.4f}" if history and select in history[-1] else ""
+    return (f"epoch {epoch}/{epochs} {progress_bar(step, steps)}  {events / max(elapsed_s, 1e-9):,.0f} events/s"
+            f"{left}{last}")
+
+
+def run_line(run_name: str, history: list[dict], select: str) -> str:
+    """One line for a finished run (a sweep's trial): its epochs and how it ended, the kept epoch's validation figure
+    beside popularity's, its wall time."""
+    best = best_record(history, select)
+    kept = "no validation figure" if best is None else f"kept epoch {best['epoch']}: {select} {best[select]:.4f}"
+    pop = history[-1].get(POPULARITY + select)
+    return (f"{run_name}: {len(history)} epochs ({history[-1].get('end', 'stopped')}), {kept}"
+            + (f" (popularity {pop:.4f})" if best is not None and pop is not None else "")
+            + f", {history[-1]['wall_time_s']:.0f} s")
+
+
 def gather_rows(rows: list, world: int) -> list:
     if world == 1 or not torch.distributed.is_initialized():
         return rows
@@ -353,10 +375,12 @@ def gather_rows(rows: list, world: int) -> list:
 
 
 def build_trainer(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=None,
-                  finetune: FinetuneSpec | None = None, resume_from: str | None = None) -> TorchTrainer:
+                  finetune: FinetuneSpec | None = None, resume_from: str | None = None,
+                  each_epoch: bool = True) -> TorchTrainer:
     """A TorchTrainer for `train_func` over the shard set's training windows (genrec.ingest.training_dataset).
     `finetune` continues a pre-trained checkpoint on a task's objective; `resume_from` is the checkpoint folder a
-    run goes on from when Ray Train's own record of it is unusable (genrec.checkpoint.resume_point)."""
+    run goes on from when Ray Train's own record of it is unusable (genrec.checkpoint.resume_point); each_epoch:
+    a line said per epoch (a lone run), else one at the end (a sweep's trial, its epochs drawn in place)."""
     t = cfg.train
     storage = cfg.storage.store()
     train_ds, windows = training_dataset(cfg, shards)
@@ -367,7 +391,7 @@ def build_trainer(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=
         train_loop_config={"cfg": cfg, "shards": str(shards.root), "run_name": run_name,
                            "windows": windows, "history": str(history_path(cfg, run_name)),
                            "topk": str(topk_path(cfg, run_name)), "finetune": finetune,
-                           "resume_from": resume_from, "commit": code_commit()},
+                           "resume_from": resume_from, "commit": code_commit(), "each_epoch": each_epoch},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=t.workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
@@ -384,7 +408,7 @@ def build_trainer(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=
 
 def fit(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=None, reserved_cpus: float = 0.0,
         finetune: FinetuneSpec | None = None, resume_from: str | None = None, resume_hint: bool = True,
-        recover: bool = True):
+        recover: bool = True, each_epoch: bool = True):
     """Train; TrainingFailed (one line: the cause, the last whole checkpoint, `--resume RUN` unless not resume_hint)
     when Ray Train gives up on the run. recover: look for where the run goes on (resume_point) unless the caller
     did (check_run_name)."""
@@ -393,7 +417,7 @@ def fit(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=None, rese
     check_ingest_room(cfg, reserved_cpus)
     if recover and resume_from is None:  # a sweep trial that Tune restores goes on here, past an unusable record
         resume_from = resume_point(cfg, run_name)
-    trainer = build_trainer(cfg, shards, run_name, callbacks, finetune, resume_from)
+    trainer = build_trainer(cfg, shards, run_name, callbacks, finetune, resume_from, each_epoch)
     result, error, interrupted = run_noting_sigint(trainer.fit)
     if interrupted:
         raise Interrupted(interrupt_message(cfg, run_name)) from None

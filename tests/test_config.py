@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from genrec.config import ConfigError, dump_config, load_config, stored_config, without_secrets
+from genrec.config import CONFIG_VERSION, ConfigError, dump_config, load_config, stored_config, without_secrets
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -58,6 +58,38 @@ def test_without_secrets_drops_the_serve_token_and_leaves_the_original():
 def test_a_stored_config_of_an_earlier_genrec_is_carried_over():
     # A sweep's param space written before tune.max_seq_len became tune.max_seq_lens: still reported and resumed.
     tree = load_config(None).model_dump(mode="json")
+    del tree["version"]  # an earlier genrec wrote none: version 1
     tree["tune"]["max_seq_len"] = tree["tune"].pop("max_seq_lens")
     assert stored_config(tree).tune.max_seq_lens == ["auto"]
-    assert "max_seq_len" in tree["tune"]  # the stored tree itself is left as it was
+    assert "max_seq_len" in tree["tune"] and "version" not in tree  # the stored tree itself is left as it was
+
+
+def test_the_config_files_version_older_migrated_newer_refused(tmp_path, capsys):
+    from genrec.cli import main
+
+    old = tmp_path / "old.yaml"  # version 1: no version key, the sweep's lengths under their old name
+    old.write_text("name: old\ntune:\n  max_seq_len: [16, 32]\n")
+    cfg = load_config(old)
+    assert cfg.version == CONFIG_VERSION == 2 and cfg.tune.max_seq_lens == [16, 32]
+    # `genrec config show` is the command that rewrites it in the current version.
+    assert main(["config", "show", "--config", str(old)]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("version: 2\n") and "max_seq_lens:\n  - 16\n  - 32" in shown
+    # In a file of the current version the old key is an error naming the new one; so is a flag in any file.
+    current = tmp_path / "current.yaml"
+    current.write_text("version: 2\ntune:\n  max_seq_len: [16]\n")
+    with pytest.raises(ConfigError, match="tune.max_seq_len is now tune.max_seq_lens"):
+        load_config(current)
+    with pytest.raises(ConfigError, match="tune.max_seq_len is now tune.max_seq_lens"):
+        load_config(old, ["tune.max_seq_len=[8]"])
+    newer = tmp_path / "newer.yaml"
+    newer.write_text("version: 3\nname: x\n")
+    with pytest.raises(ConfigError, match=f"^{newer}: version: 3: written for a newer genrec \\(this one reads config "
+                                          "versions 1 to 2\\); upgrade genrec"):
+        load_config(newer)
+    for bad in ("version: 0", "version: two", "version: true"):
+        (tmp_path / "bad.yaml").write_text(bad + "\n")
+        with pytest.raises(ConfigError, match="version: .*expected a config format version, 1 to 2"):
+            load_config(tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match="version"):  # a flag may not claim another version
+        load_config(None, ["version=1"])

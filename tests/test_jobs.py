@@ -26,6 +26,7 @@ import pytest
 import torch
 import yaml
 
+from genrec.console import LOG_NAME
 from genrec.checkpoint import load_checkpoint
 from genrec.cluster import runtime_env
 from genrec.config import dump_config
@@ -205,6 +206,14 @@ def test_pretrain_job_two_workers_zero3_survives_a_killed_worker(job_config, kil
     resumed = re.search(r"resumed from checkpoint_\S+ after epoch (\d) \(restart 1\)", out)
     assert resumed and resumed[1] in ("1", "2"), out[-4000:]
     assert out.count("epoch 3/3: loss") == 1, out[-4000:]  # the job's own progress, streamed back once by the CLI
+    # Quiet by default: the job's output has genrec's lines, with no worker's line as Ray forwards it ("(Name pid=N)
+    # ..."); those, with Ray Data's and Ray Train's own, are in the run's log file, whose path the job said.
+    log = run / LOG_NAME
+    assert f"log: {log}" in out, out[-4000:]
+    forwarded = re.compile(r"^(\x1b\[\d+m)?\(\w+ pid=\d+", re.MULTILINE)
+    assert not forwarded.search(out), out[-4000:]
+    logged = log.read_text()
+    assert forwarded.search(logged) and "epoch 3/3: loss" in logged and "resumed from checkpoint_" in logged
     history = json.loads((run / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert [h["restarts"] for h in history] == [0] * int(resumed[1]) + [1] * (3 - int(resumed[1]))

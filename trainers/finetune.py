@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 import time
 
+from genrec.console import LOG_NAME, keep_log, say
 from genrec.entrypoint import run_entrypoint
 from genrec.config import GenrecConfig
 
@@ -26,22 +27,23 @@ def run(cfg: GenrecConfig, run_name: str | None = None, rebuild: bool = False, r
     from genrec.train import fit
 
     run_name, resume_from = check_run_name(cfg, run_name, resume)
+    task = cfg.finetune.task
+    run_name = run_name or f"finetune-{cfg.name}-{task}-{cfg.finetune.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+    keep_log(cfg.storage.store(), "runs", run_name, LOG_NAME)
     shards = prepare_shards(cfg, rebuild=rebuild)
     cfg, finetune = finetune_setup(cfg, shards)
     init_ray(cfg)
-    task = finetune.task
-    run_name = run_name or f"finetune-{cfg.name}-{task}-{finetune.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
-    print(f"fine-tuning {finetune.checkpoint} on task {task} ({finetune.mode}), {cfg.train.epochs} epochs on "
-          f"{cfg.train.workers} workers -> {cfg.storage.store().uri(cfg.storage.store().path('runs', run_name))}")
+    say(f"fine-tuning {finetune.checkpoint} on task {task} ({finetune.mode}), {cfg.train.epochs} epochs on "
+        f"{cfg.train.workers} workers -> {cfg.storage.store().uri(cfg.storage.store().path('runs', run_name))}")
     result = fit(cfg, shards, run_name, finetune=finetune, resume_from=resume_from, recover=False)
     history = read_history(cfg, run_name)
     columns = ["epoch", "loss"] + [f"valid_mrr_{t}" for t in cfg.eval.tasks] + [f"valid_hr@10_{task}"]
     print_table(history, columns)
-    print(f"task {task} (validation): MRR {history[0][f'valid_mrr_{task}']:.4f} before fine-tuning, "
-          f"{history[-1][f'valid_mrr_{task}']:.4f} after {len(history) - 1} epochs")
+    say(f"task {task} (validation): MRR {history[0][f'valid_mrr_{task}']:.4f} before fine-tuning, "
+        f"{history[-1][f'valid_mrr_{task}']:.4f} after {len(history) - 1} epochs")
     if result.checkpoint is None:  # resumed from a checkpoint of the last epoch: nothing left to train
-        print(f"nothing to train: {run_name} had finished its {cfg.train.epochs} epochs; pass --set "
-              "finetune.epochs=N to train longer")
+        say(f"nothing to train: {run_name} had finished its {cfg.train.epochs} epochs; pass --set "
+            "finetune.epochs=N to train longer")
         return result
     select_and_test(cfg, shards, run_name, task)
     return result

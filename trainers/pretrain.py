@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import time
 
+from genrec.console import LOG_NAME, keep_log, say
 from genrec.entrypoint import run_entrypoint
 from genrec.config import GenrecConfig
 
@@ -26,20 +27,21 @@ def run(cfg: GenrecConfig, run_name: str | None = None, rebuild: bool = False, r
     from genrec.train import fit
 
     run_name, resume_from = check_run_name(cfg, run_name, resume)
+    run_name = run_name or f"pretrain-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    keep_log(cfg.storage.store(), "runs", run_name, LOG_NAME)
     shards = prepare_shards(cfg, rebuild=rebuild)
     cfg = resolve_defaults(cfg, shards)
     init_ray(cfg)
-    run_name = run_name or f"pretrain-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    print(f"training {cfg.model.preset} (max_seq_len {cfg.model.max_seq_len}) on {cfg.train.workers} workers, "
+    say(f"training {cfg.model.preset} (max_seq_len {cfg.model.max_seq_len}) on {cfg.train.workers} workers, "
           f"DeepSpeed ZeRO-{zero_stage(cfg)}, up to {cfg.train.epochs} epochs -> "
-          f"{cfg.storage.store().uri(cfg.storage.store().path('runs', run_name))}")
+        f"{cfg.storage.store().uri(cfg.storage.store().path('runs', run_name))}")
     result = fit(cfg, shards, run_name, resume_from=resume_from, recover=False)
     history = read_history(cfg, run_name)
     print_table(history, EPOCH_COLUMNS)
     if result.checkpoint is None:  # resumed from a checkpoint of the last epoch: nothing left to train
-        print(f"nothing to train: {run_name} had finished its {cfg.train.epochs} epochs"
-              + (f" ({cfg.storage.store().uri(resume_from)})" if resume_from else "")
-              + "; pass --set train.epochs=N to train longer")
+        say(f"nothing to train: {run_name} had finished its {cfg.train.epochs} epochs"
+            + (f" ({cfg.storage.store().uri(resume_from)})" if resume_from else "")
+            + "; pass --set train.epochs=N to train longer")
         return result
     select_and_test(cfg, shards, run_name)
     return result

@@ -22,6 +22,7 @@ import ray.tune
 from ray.tune import ExperimentAnalysis
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from genrec.console import LOG_NAME, keep_log, say
 from genrec.config import (ConfigError, GenrecConfig, dump_config, stored_config, with_values,
                            without_secrets)
 from genrec.defaults import resolve as resolve_defaults
@@ -76,7 +77,7 @@ def run_trial(config: dict) -> None:
                       {"run": name, "history": str(history_path(cfg, name)), "topk": str(topk_path(cfg, name)),
                        "preset": cfg.model.preset, "max_seq_len": cfg.model.max_seq_len})  # "auto" resolved
     fit(cfg, shards, name, callbacks=[TuneReportCallback()], reserved_cpus=TRIAL_CPUS,
-        resume_hint=False)  # a trial goes on with the sweep's --resume
+        resume_hint=False, each_epoch=False)  # a trial goes on with the sweep's --resume
 
 
 def summarize(results, key: str) -> list[dict]:
@@ -185,33 +186,36 @@ def resume_dir(cfg: GenrecConfig, resume: str) -> str:
 def run(cfg: GenrecConfig, sweep: str | None = None, rebuild: bool = False,
         resume: str | None = None) -> WinnerManifest:
     cfg = without_secrets(cfg)  # the serve token reaches no trial, experiment state, manifest or recipe
+    store = cfg.storage.store()
+    if resume:
+        path = resume_dir(cfg, resume)
+        sweep = path.rstrip("/").rsplit("/", 1)[-1]
+    else:
+        sweep = sweep or f"sweep-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    keep_log(store, "tune", sweep, LOG_NAME)
     shards = prepare_shards(cfg, rebuild=rebuild)
     init_ray(cfg)
-    store = cfg.storage.store()
     t = cfg.tune
     trainable = ray.tune.with_resources(run_trial, {"cpu": TRIAL_CPUS})
     if resume:
         # A sweep that was stopped (Ctrl-C, a lost head node): finished trials are kept as they are; trials that
         # were running or had failed start again. Every trial keeps the configuration the sweep started with.
-        path = resume_dir(cfg, resume)
-        sweep = path.rstrip("/").rsplit("/", 1)[-1]
-        print(f"sweep {sweep}: resuming {store.uri(path)} (finished trials kept; unfinished and failed ones rerun)")
+        say(f"sweep {sweep}: resuming {store.uri(path)} (finished trials kept; unfinished and failed ones rerun)")
         tuner = ray.tune.Tuner.restore(path, trainable, resume_unfinished=True, restart_errored=True,
                                        storage_filesystem=store.fs)
     else:
-        sweep = sweep or f"sweep-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         key = selection_key(cfg.eval.select_metric)
         if t.search == "grid":
             n = n_trials(t)
             cells = len(t.presets) * len(t.max_seq_lens)
             retrains = f" x {len(t.seeds) * len(t.window_shifts_h)} retrains" if n > cells else ""
-            print(f"sweep {sweep}: presets {t.presets} x max_seq_len {t.max_seq_lens}{retrains}, {n} trials, "
-                  f"ranked by {key} -> {store.uri(experiment_dir(cfg, sweep))}")
+            say(f"sweep {sweep}: presets {t.presets} x max_seq_len {t.max_seq_lens}{retrains}, {n} trials, "
+                f"ranked by {key} -> {store.uri(experiment_dir(cfg, sweep))}")
         else:
-            print(f"sweep {sweep}: {t.search} search over {', '.join(t.space)} (and presets {t.presets} x max_seq_len "
-                  f"{t.max_seq_lens}), {t.num_samples} trials"
-                  + (f", ASHA from epoch {t.asha_grace_period}" if t.asha_grace_period else "")
-                  + f", ranked by {key} -> {store.uri(experiment_dir(cfg, sweep))}")
+            say(f"sweep {sweep}: {t.search} search over {', '.join(t.space)} (and presets {t.presets} x max_seq_len "
+                f"{t.max_seq_lens}), {t.num_samples} trials"
+                + (f", ASHA from epoch {t.asha_grace_period}" if t.asha_grace_period else "")
+                + f", ranked by {key} -> {store.uri(experiment_dir(cfg, sweep))}")
         tuner = ray.tune.Tuner(
             trainable,
             param_space=param_space(cfg, shards, sweep),
@@ -238,9 +242,9 @@ def run(cfg: GenrecConfig, sweep: str | None = None, rebuild: bool = False,
     print_table([r | (r.get("values") or {}) for r in rows], TRIAL_COLUMNS[:6] + searched + TRIAL_COLUMNS[6:])
     manifest = write_winner(cfg, sweep, rows, experiment, shards)
     test, pop = manifest.test, manifest.test_popularity
-    print(f"winner: {manifest.preset} max_seq_len {manifest.max_seq_len} ({key} {manifest.metrics[key]:.4f};"
-          f" test, read once: ndcg@10 {test['ndcg@10']:.4f}, hr@10 {test['hr@10']:.4f}, mrr {test['mrr']:.4f}; "
-          f"popularity {pop['ndcg@10']:.4f}, {pop['hr@10']:.4f}, {pop['mrr']:.4f}) -> {store.uri(cfg.winner_path())}")
+    say(f"winner: {manifest.preset} max_seq_len {manifest.max_seq_len} ({key} {manifest.metrics[key]:.4f};"
+        f" test, read once: ndcg@10 {test['ndcg@10']:.4f}, hr@10 {test['hr@10']:.4f}, mrr {test['mrr']:.4f}; "
+        f"popularity {pop['ndcg@10']:.4f}, {pop['hr@10']:.4f}, {pop['mrr']:.4f}) -> {store.uri(cfg.winner_path())}")
     return manifest
 
 
