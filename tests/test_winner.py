@@ -53,3 +53,18 @@ def test_a_missing_or_torn_manifest_says_what_to_do(tmp_path):
     (tmp_path / "winner.json").write_text('{"sweep": ')
     with pytest.raises(WinnerError, match=r"winner.json: not readable JSON"):
         read_winner(store, str(tmp_path / "winner.json"))
+
+
+def test_a_trials_shape_is_read_from_numpy_scalars():
+    """What a trial trained, from its best epoch as Tune's metrics dataframe holds it: a pandas row of numpy scalars.
+    A sweep over max_seq_len "auto" (the demo's) kept the word, and its winner manifest was refused."""
+    import numpy as np
+    import pandas as pd
+
+    from tuning.sweep import trained_shape
+
+    row = pd.DataFrame({"preset": ["100k"], "max_seq_len": [np.int64(96)], "loss": [5.0]}).iloc[0]
+    assert isinstance(row["max_seq_len"], np.integer)
+    assert trained_shape(row) == {"preset": "100k", "max_seq_len": 96}
+    assert trained_shape(pd.Series({"preset": "2m", "max_seq_len": float("nan")})) == {"preset": "2m"}
+    assert trained_shape(pd.Series({"loss": 1.0})) == {}

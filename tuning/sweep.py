@@ -10,6 +10,7 @@ manifest (checkpoint path, config, validation and test figures, cost) is written
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import signal
 import sys
@@ -80,6 +81,19 @@ def run_trial(config: dict) -> None:
         resume_hint=False, each_epoch=False)  # a trial goes on with the sweep's --resume
 
 
+def trained_shape(record) -> dict:
+    """The preset and max_seq_len a trial trained, from one of its reported epochs ("auto" resolved from the data),
+    where the record has them. A pandas row holds numpy scalars (np.int64 is no int: a sweep over max_seq_len "auto"
+    kept the word and its winner manifest was refused)."""
+    shape = {}
+    if "preset" in record and isinstance(record["preset"], str):
+        shape["preset"] = record["preset"]
+    length = record.get("max_seq_len") if hasattr(record, "get") else None
+    if isinstance(length, numbers.Real) and not isinstance(length, bool) and length == length:  # NaN: not reported
+        shape["max_seq_len"] = int(length)
+    return shape
+
+
 def summarize(results, key: str) -> list[dict]:
     """One row per trial at the epoch it keeps (the highest validation `key`, earliest of equals: genrec.selection),
     ranked by that figure (best first; failed trials last)."""
@@ -96,9 +110,7 @@ def summarize(results, key: str) -> list[dict]:
             continue
         best = df.loc[df[key].idxmax()]  # the first of equal maxima: the earliest epoch
         last = df.iloc[-1]
-        for k in ("preset", "max_seq_len"):  # what the trial trained ("auto" resolved from the data)
-            if k in best and isinstance(best[k], (str, int, float)) and best[k] == best[k]:
-                row[k] = best[k] if k == "preset" else int(best[k])
+        row.update(trained_shape(best))
         row.update({k: float(best[k]) for k in FIGURES if k in best})
         row["backbone_params"] = int(best["backbone_params"])
         flops = last.get("train_flops")  # NaN in a row whose epoch had no count
