@@ -364,8 +364,9 @@ def cmd_pipeline(args) -> int:
     bad_status, bad = post_json(f"{url}/recommend", {"history": [], "k": 5})
     say(f"an invalid request (empty history) -> {bad_status}: {json.dumps(bad)[:160]}")
     example = json.dumps({"history": history[-2:], "k": 5})
-    say(f"try it while it runs: curl -s {url}/recommend -H 'Content-Type: application/json' -d '{example}'"
-        "  (`genrec serve --config ...` keeps it up)")
+    serve_cmd = "genrec serve" + (f" --config {args.config}" if args.config else "")
+    say(f"to try it: `{serve_cmd}` (serves until Ctrl-C), then curl -s {url}/recommend -H 'Content-Type: "
+        f"application/json' -d '{example}'")
     serve.shutdown()
     say(f"== 5/5 done in {time.perf_counter() - t0:.0f} s")
     return 0 if status == 200 else 1
