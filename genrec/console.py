@@ -145,8 +145,9 @@ class Console:
         with self._lock:
             if path != self.log_path:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                so_far = self.log.getvalue() if isinstance(self.log, io.StringIO) else None
-                if so_far is None:  # a file already: carry its text over to the new place
+                if self.log_path is None:
+                    so_far = self.log.getvalue()
+                else:  # a file already: carry its text over to the new place
                     self.log.flush()
                     so_far = Path(self.log_path).read_text(errors="replace")
                     self.log.close()
@@ -160,7 +161,7 @@ class Console:
 
     def close(self) -> None:
         with self._lock:
-            if not isinstance(self.log, io.StringIO):
+            if self.log_path is not None:
                 self.log.close()
 
 
