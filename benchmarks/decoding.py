@@ -1,7 +1,8 @@
 """Decoding cost on CPU: full softmax vs sampled softmax vs sampled softmax + projected head.
 
     .venv/bin/python benchmarks/decoding.py [--preset 8m] [--seq-len 64] [--batch 8]
-        [--catalogues 10000,100000,1000000] [--steps 3] [--threads 2] [--repeats 1] [--no-semantic]
+        [--catalogues 10000,100000,1000000] [--modes full,sampled,sampled+projected] [--steps 3] [--threads 2]
+        [--repeats 1] [--no-semantic] [--max-step-s 120] [--mem-limit-gb GB] [--out FILE]
 
 One fixed backbone (a genrec.model preset) trained for a few steps on random windows of `seq_len + 1` events over
 catalogues of growing size, under three decodings:
@@ -20,8 +21,9 @@ Beside the measured speed-up vs full softmax, each row prints the FLOPs ratio fr
 (training_flops_per_token, "genrec" convention): what the speed-up would be if only the matmuls of the backbone and
 the decoding layer cost time. On a shared machine other load only ever adds time (and with 2 threads a descheduled
 thread stalls the other at every barrier), so beside the median the table gives the best step over all repeats and
-the speed-up computed both ways, and splits the best step into forward / backward / AdamW wall time. The JSON also
-keeps every step and the CPU seconds each used (time.process_time).
+the speed-up computed both ways, and splits the best step into forward / backward / AdamW wall time. The results JSON
+(benchmarks/_harness.write) also keeps every step and the CPU seconds each used (time.process_time), the load
+average before and after, and every child's raw result.
 """
 
 from __future__ import annotations
@@ -36,6 +38,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._harness import parser, write  # noqa: E402
+from genrec.features import MAX_GENRES, MAX_TOKENS, YEAR_BUCKETS, FeatureVocab, ItemFeatures  # noqa: E402
+from genrec.flops import training_flops_per_token  # noqa: E402
+from genrec.model import GenRec, ModelSpec, Objective, count_parameters, resolve_shape  # noqa: E402
+from genrec.windows import NUM_ACTIONS, gap_buckets  # noqa: E402
 
 MODES = {  # name -> (decoding, projection_ratio)
     "full": ("full", 1),
@@ -56,10 +69,6 @@ def num_negatives(catalogue: int) -> int:
 
 def synthetic_catalogue(n: int, vocab, gen):
     """Random but valid ItemFeatures for titles 1..n (row 0 = padding): 1-3 genres, a year bucket, 4-32 tokens."""
-    import torch
-
-    from genrec.features import MAX_GENRES, MAX_TOKENS, YEAR_BUCKETS, ItemFeatures
-
     genres = torch.randint(1, len(vocab.genres) + 1, (n + 1, MAX_GENRES), generator=gen)
     genres[torch.arange(MAX_GENRES)[None, :] >= torch.randint(1, 4, (n + 1, 1), generator=gen)] = 0
     year = torch.randint(1, YEAR_BUCKETS, (n + 1,), generator=gen)
@@ -71,12 +80,6 @@ def synthetic_catalogue(n: int, vocab, gen):
 
 def random_batch(batch: int, span: int, catalogue: int, gen):
     """Windows of `span` events: titles 1..catalogue, ascending timestamps, log2 gap buckets as genrec.windows."""
-    import numpy as np
-    import torch
-
-    from genrec.windows import NUM_ACTIONS
-    from genrec.windows import gap_buckets
-
     items = torch.randint(1, catalogue + 1, (batch, span), generator=gen)
     actions = torch.randint(0, NUM_ACTIONS, (batch, span), generator=gen)
     utils = torch.randint(1, 11, (batch, span), generator=gen).float() / 2  # ratings 0.5..5
@@ -87,11 +90,6 @@ def random_batch(batch: int, span: int, catalogue: int, gen):
 
 
 def child(cfg: dict) -> dict:
-    import torch
-
-    from genrec.features import FeatureVocab
-    from genrec.model import GenRec, ModelSpec, Objective, count_parameters, resolve_shape
-
     torch.set_num_threads(cfg["threads"])
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1)
@@ -160,8 +158,6 @@ def child_main(cfg: dict) -> None:
 
 def flops_ratio(layers: int, width: int, seq_len: int, catalogue: int, mode: str) -> tuple[float, float]:
     """(training FLOPs per token of `mode`, full / mode) from genrec.flops, "genrec" convention."""
-    from genrec.flops import training_flops_per_token
-
     decoding, ratio = MODES[mode]
     full = training_flops_per_token(layers, width, seq_len, catalogue, "full", NEG_FRACTION, 1, convention="genrec")
     this = training_flops_per_token(layers, width, seq_len, catalogue, decoding, NEG_FRACTION, ratio,
@@ -178,14 +174,6 @@ def mem_available_gb() -> float:
     except OSError:
         pass
     return 8.0
-
-
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parent).stdout.strip() or None
-    except OSError:
-        return None
 
 
 def run_child(cfg: dict, timeout_s: float) -> dict:
@@ -231,8 +219,19 @@ TABLE_HEAD = ("| catalogue | mode | step s (median) | step s (best) | tokens/s (
               "best step: forward / backward / AdamW s |\n|---|---|---|---|---|---|---|---|---|---|---|")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def table(results: dict) -> str:
+    """The Markdown table of a run's results (one row per catalogue and mode), then the run's settings."""
+    a, shape = results["args"], results["shape"]
+    before, after = results["load_before"], results["load_after"]
+    return "\n".join([TABLE_HEAD, *(fmt_row(r) for r in results["rows"])]) + (
+        f"\n\npreset {a['preset']} ({shape['layers']} layers, width {shape['width']}), seq_len {a['seq_len']}, "
+        f"batch {a['batch']}, semantic {'on' if a['semantic'] else 'off'}, {a['threads']} threads, {a['steps']} timed "
+        f"steps x {a['repeats']} repeat(s), child memory cap {results['mem_limit_gb']} GB; load average "
+        f"{before[0]:.2f} {before[1]:.2f} {before[2]:.2f} before, {after[0]:.2f} {after[1]:.2f} {after[2]:.2f} after")
+
+
+def main(argv=None) -> int:
+    p = parser(__doc__)
     p.add_argument("--preset", default="8m", help="backbone preset of genrec.model.PRESETS (default 8m)")
     p.add_argument("--seq-len", type=int, default=64, help="events per window read by the model (default 64)")
     p.add_argument("--batch", type=int, default=8, help="windows per step (default 8)")
@@ -247,14 +246,11 @@ def main() -> None:
                    help="a config whose warm-up step exceeds this is reported as too slow (default 120)")
     p.add_argument("--mem-limit-gb", type=float, default=None,
                    help="address-space cap of each child (default 80%% of MemAvailable at start)")
-    p.add_argument("--out", default="benchmarks/results/decoding.json", help="JSON output path")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.child is not None:
         child_main(json.loads(args.child))
-        return
-
-    from genrec.model import resolve_shape
+        return 0
 
     layers, width, heads = resolve_shape(args.preset)
     catalogues = [int(c) for c in args.catalogues.split(",") if c.strip()]
@@ -322,22 +318,18 @@ def main() -> None:
             rows.append(row)
 
     load_after = os.getloadavg()
-    print(f"\nload average after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}\n")
-    print(TABLE_HEAD)
-    for r in rows:
-        print(fmt_row(r))
-
-    out_path = Path(args.out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps({
-        "args": {k: v for k, v in vars(args).items() if k != "child"}, "mem_limit_gb": mem_limit,
-        "shape": {"layers": layers, "width": width, "heads": heads}, "started_utc": started,
-        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    results = {
+        "rows": rows, "args": {k: v for k, v in vars(args).items() if k not in ("child", "out")},
+        "mem_limit_gb": mem_limit, "shape": {"layers": layers, "width": width, "heads": heads},
+        "started_utc": started, "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
-        "genrec_commit": git_commit(), "load_before": load_before, "load_after": load_after, "rows": rows,
-        "runs": {f"{c}/{m}": v for (c, m), v in runs.items()}}, indent=1))
-    print(f"\nwrote {out_path}")
+        "load_before": list(load_before), "load_after": list(load_after),
+        "runs": {f"{c}/{m}": v for (c, m), v in runs.items()}}
+    print()
+    print(table(results))
+    write("decoding", results, args.out)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -3,22 +3,28 @@
     python benchmarks/gpu_scale.py                          # the default plan below, in its order
     python benchmarks/gpu_scale.py --grid --presets 32m 300m 1b --seq-lens 256 512 1024 --zero 2 3 \\
         --ckpt off on --compile off on                      # every combination
-    python benchmarks/gpu_scale.py --plan 1b:512:2:off:off --profile   # one case, with a kernel profile
+    python benchmarks/gpu_scale.py --plan 1b:512:2:off:off --profile 1b:512:2:off:off   # one case, profiled
     python benchmarks/gpu_scale.py --device cpu --plan 100k:32:2:off:off --steps 2 --warmup 1   # CPU smoke run
 
 Each case builds genrec's model (`GenRec`: item tower, event embedding, backbone, projected head, the sampled-softmax
 objective of `--config`) on the device, wraps it in the trainer's own DeepSpeed engine
 (`genrec.engine.make_engine`: bf16 on GPU, ZeRO stage as asked, fused torch AdamW, `train.compile`) and runs the
 trainer's own step (`genrec.engine.train_step`) on full windows of synthetic events over a catalogue of `--items`
-titles, `--tokens` target events per step. It is the model path only, in one process on one device: the data path (Ray Data) is measured
+titles, `--tokens` target events per step, each case in a process of its own (DeepSpeed engines are not freed
+in-process). It is the model path only, one process on one device: the data path (Ray Data) is measured
 by benchmarks/ingest.py and the trainer's own `input_wait_share`. Here batches come from a pool prepared in pinned host
 memory, so `input_wait` is the host-side time to take one and start its copy to the GPU.
 
-Reported per case: tokens/s (target events per second), model TFLOP/s and MFU (genrec.flops: 6N backbone + attention
-+ the decoding head, against the device's dense bf16 peak), step time, peak GPU memory (torch's allocator) beside
-DeepSpeed's own ZeRO model-state estimate, time to the first step (engine start + compile) and the loss of the first
-and last step (a finite, falling loss says the step is real). Rows go to --out as JSON lines as each case ends, so a
-run cut short keeps what it measured; a case that fails (out of memory, a compile error) is a row with its error.
+Timed: `--steps` steps after `--warmup` untimed ones (the first of which also compiles); engine start, compile and
+the first step are reported apart as the time to the first step, and the peak memory is counted from the end of the
+warm-up. Reported per case: tokens/s (target events per second), model TFLOP/s and MFU (genrec.flops: 6N backbone +
+attention + the decoding head, against the device's dense bf16 peak; the embeddings and item tower are not counted),
+step time, peak GPU memory (torch's allocator) beside DeepSpeed's own ZeRO model-state estimate, time to the first
+step and the loss of the first and last step (a finite, falling loss says the step is real). The results JSON (--out,
+default benchmarks/results/gpu_scale-<time>.json: the harness's meta, the device and its bf16 peak and measured matmul
+rate, the settings and the rows) is rewritten as each case ends, so a run cut short keeps what it measured; a case
+that fails (out of memory, a compile error, --case-timeout-s) is a row with its error. `--profile` writes each
+profiled case's kernel breakdown to profile-<case>.txt beside the JSON.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import platform
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -40,6 +47,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, without installing genrec
 
+from benchmarks._harness import RESULTS, parser, write  # noqa: E402
 from genrec.config import load_config  # noqa: E402
 from genrec.features import MAX_GENRES, MAX_TOKENS, YEAR_BUCKETS, FeatureVocab, ItemFeatures  # noqa: E402
 from genrec.flops import mfu, peak_tflops  # noqa: E402
@@ -49,8 +57,8 @@ from genrec.engine import make_engine, skip_shm_comm_op, train_step  # noqa: E40
 
 # The default plan, most telling first (a run cut short by its time limit keeps the head of the list):
 # preset:seq_len:zero_stage:activation_checkpointing:compile. The headline (the 1B backbone as fast as it goes), its
-# eager baseline, then one axis at a time (optimizer, dropout, length, ZeRO stage, checkpointing, size): about 6 min
-# on an H100 or H200, the side-by-side of BENCHMARKS.md on another card.
+# eager baseline, then one axis at a time (optimizer, dropout, length, ZeRO stage, checkpointing, size): sized for
+# one short lease on one card, the side-by-side of BENCHMARKS.md on another card (its timing is in BENCHMARKS.md).
 DEFAULT_PLAN = [
     "1b:512:2:off:on:model.dropout=0", "1b:512:2:off:off", "1b:512:2:off:off:adam=foreach",
     "1b:512:2:off:off:model.dropout=0", "1b:256:2:off:off", "1b:1024:2:off:off", "1b:512:3:off:off",
@@ -109,6 +117,8 @@ def zero_estimate_gb(model: torch.nn.Module, stage: int) -> float:
     """DeepSpeed's own estimate of the model states (params, grads, optimizer) on one GPU, no offload, in GB."""
     total = sum(p.numel() for p in model.parameters())
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
+    # deepspeed is imported only once setup() has set DS_ACCELERATOR (it picks its accelerator when imported), and
+    # only on a GPU run: --help and table() need no deepspeed.
     if stage == 3:  # estimate_zero3_model_states_mem_needs(offload off), one GPU
         from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
         _, gpu, _ = estimate_zero3_model_states_mem_needs(total, largest, 1, 1, cpu_offload=False,
@@ -140,7 +150,7 @@ def run_case(case: dict, args, device: torch.device, peak: float | None) -> dict
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    with device:  # built on the device: initialising 1B parameters on the host takes tens of seconds
+    with device:  # built on the device: initialising 1B parameters on the host is slow
         model = GenRec(spec)
     model.objective = objective(cfg)
     model.set_catalogue(synthetic_catalogue(args.items, vocab, gen), None)
@@ -210,6 +220,7 @@ def case_name(case: dict) -> str:
 
 def profile(step, sync, path: Path) -> dict:
     """Three steps under torch.profiler: CUDA time by kernel family, and the top kernels, written to `path`."""
+    # Imported here: only a --profile case loads the profiler.
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
@@ -277,7 +288,7 @@ def setup(args, distributed: bool) -> tuple[torch.device, str, float | None]:
     if device.type == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if distributed:
-        import deepspeed
+        import deepspeed  # here, after DS_ACCELERATOR above: deepspeed picks its accelerator when first imported
 
         if device.type == "cpu":
             skip_shm_comm_op()  # before init_distributed, which would otherwise JIT-build it (genrec.train)
@@ -296,25 +307,57 @@ def setup(args, distributed: bool) -> tuple[torch.device, str, float | None]:
     return device, name, peak_tflops(name) if device.type == "cuda" else None
 
 
-def child(args) -> None:
-    """One case in this process (--child): its row is appended to --out."""
+def child(args) -> int:
+    """One case in this process (--child): its row is appended to --rows (JSON lines) for the parent to read."""
     device, _, peak = setup(args, distributed=True)
     case = parse_case(args.plan[0])
-    out = Path(args.out)
-    args.profile_dir = out.parent if args.profile is not None else None
+    args.profile_dir = Path(args.out).parent if args.profile is not None else None
     try:
         row = run_case(case, args, device, peak)
     except Exception as exc:  # an out-of-memory or compile failure is a result too
         traceback.print_exc()
         row = {**case, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
     row["name"] = case_name(case)
-    with out.open("a") as f:
+    with Path(args.rows).open("a") as f:
         f.write(json.dumps(row) + "\n")
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+    return 0
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def table(results: dict) -> str:
+    """The Markdown table of a run's rows (a failed case: its error), and the device and settings under it."""
+    def fmt(v, spec: str) -> str:
+        return format(v, spec) if v is not None else "-"
+
+    out = ["| case | batch | tokens/s | model TFLOP/s | MFU | step ms | peak GB | ZeRO model-state estimate GB | "
+           "input wait | first step s | loss first -> last |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        case = r.get("text", r.get("name"))
+        if "error" in r:
+            error = " ".join(r["error"].split()).replace("|", "\\|")
+            out.append(f"| {case} | failed: {error} |" + " |" * 9)
+            continue
+        out.append(f"| {case} | {r['batch']} | {r['tokens_per_s']:,.0f} | {r['model_tflops_per_s']:,.1f} | "
+                   f"{fmt(r['mfu'], '.1%')} | {r['step_ms']:,.1f} | {fmt(r['peak_mem_gb'], '.1f')} | "
+                   f"{fmt(r['zero_estimate_gb'], '.1f')} | {r['input_wait_share']:.2%} | {r['first_step_s']:.1f} | "
+                   f"{r['loss_first']:.3f} -> {r['loss_last']:.3f} |")
+    peak, matmul = results.get("peak_bf16_tflops"), results.get("matmul_bf16_tflops")
+    ceiling = (f"MFU against {peak:,.0f} TFLOP/s dense bf16" if peak else "no MFU (no bf16 peak known for the device)")
+    if matmul:
+        ceiling += f", a bare 8192^3 bf16 matmul here: {matmul:,.0f} TFLOP/s"
+    out.append(f"\n{results['device']}: {results['tokens_per_step']:,} target events per step, {results['items']:,} "
+               f"titles, {results['warmup']} untimed + {results['steps']} timed steps, one process per case; {ceiling}")
+    bad = [r.get("text", r.get("name")) for r in results["rows"]
+           if "error" not in r and not math.isfinite(r["loss_last"])]
+    notes = ([f"loss not finite: {', '.join(bad)}"] if bad else []) + (
+        [f"not run (--deadline-s): {', '.join(results['not_run'])}"] if results.get("not_run") else [])
+    if notes:
+        out.append("; ".join(notes))
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    p = parser(__doc__)
     p.add_argument("--config", default="configs/local.yaml", help="objective, dropout, head: as users train")
     p.add_argument("--plan", nargs="+", help="cases PRESET:SEQ_LEN:ZERO:CKPT:COMPILE, run in this order")
     p.add_argument("--grid", action="store_true", help="every combination of the lists below instead of a plan")
@@ -331,10 +374,10 @@ def main() -> None:
     p.add_argument("--case-timeout-s", type=float, default=300, help="kill a case that runs longer than this")
     p.add_argument("--profile", nargs="*", help="cases (as in --plan) to profile for 3 more steps")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--rows", default=None, help=argparse.SUPPRESS)  # a child's row goes here (JSON lines)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--out", default="benchmarks/results/gpu_scale.jsonl")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="config override KEY=VALUE")
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     if args.grid:
         cases = [parse_case(f"{pr}:{L}:{z}:{c}:{k}")
@@ -347,57 +390,58 @@ def main() -> None:
     # Each case in a fresh process: DeepSpeed engines are not freed in-process, and the next case's peak memory (and
     # whether it fits at all) would include the last one's.
     device, name, peak = setup(args, distributed=False)
-    import deepspeed
+    import deepspeed  # after setup(), which sets DS_ACCELERATOR: deepspeed picks its accelerator when first imported
 
-    out = Path(args.out)
+    # One path for the whole run: the JSON is rewritten there as each case ends.
+    out = Path(args.out) if args.out else RESULTS / f"gpu_scale-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     head = {"device": name, "peak_bf16_tflops": peak, "matmul_bf16_tflops": matmul_tflops(device),
             "torch": torch.__version__, "deepspeed": deepspeed.__version__, "tokens_per_step": args.tokens,
             "items": args.items, "steps": args.steps, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     print(json.dumps(head), flush=True)
-    with out.open("a") as f:
-        f.write(json.dumps({"run": head}) + "\n")
+    rows, not_run = [], []
+    results = {**head, "warmup": args.warmup, "config": args.config, "overrides": args.overrides,
+               "plan": [c["text"] for c in cases], "profiled": args.profile or [], "deadline_s": args.deadline_s,
+               "case_timeout_s": args.case_timeout_s, "rows": rows, "not_run": not_run}
+    fd, rows_file = tempfile.mkstemp(prefix="gpu_scale-", suffix=".jsonl")  # the children's rows, handed back
+    os.close(fd)
+    rows_path = Path(rows_file)
     start = time.perf_counter()
-    rows = []
     profiled = set(args.profile or [])
-    for case in cases:
-        if args.deadline_s is not None and time.perf_counter() - start > args.deadline_s:
-            print(f"deadline: {case_name(case)} and later cases not run", flush=True)
-            break
-        print(f"[{time.perf_counter() - start:6.0f} s] {case_name(case)} ...", flush=True)
-        cmd = [sys.executable, __file__, "--child", "--plan", case["text"], "--out", str(out), "--config", args.config,
-               "--tokens", str(args.tokens), "--items", str(args.items), "--steps", str(args.steps),
-               "--warmup", str(args.warmup), "--device", args.device, *sum((["--set", o] for o in args.overrides), [])]
-        if case["text"] in profiled:
-            cmd.append("--profile")
-        before = out.read_text().count("\n")
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.case_timeout_s)
-        except subprocess.TimeoutExpired as exc:
-            proc = subprocess.CompletedProcess(cmd, -9, "", f"no result in {args.case_timeout_s} s: killed. "
-                                               f"{(exc.stderr or b'')[-300:]!r}")
-        lines = out.read_text().splitlines()[before:]
-        row = json.loads(lines[-1]) if lines else {
-            **case, "name": case_name(case), "error": f"exit {proc.returncode}: {proc.stderr.strip()[-300:]}"}
-        if "error" in row:
-            print(proc.stderr[-3000:], flush=True)
-        rows.append(row)
-        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
-    print(f"\n{name}: {args.tokens} target events per step, {args.items:,} titles, {args.steps} timed steps")
-    print(f"{'case':<44} {'tokens/s':>10} {'TFLOP/s':>8} {'MFU':>6} {'step ms':>8} {'peak GB':>8} "
-          f"{'ZeRO est GB':>11} {'wait':>6} {'1st s':>6} {'loss':>13}")
-    for r in rows:
-        if "error" in r:
-            print(f"{r['name']:<44} {r['error'][:100]}")
-            continue
-        fmt = (lambda v, spec: format(v, spec) if v is not None else "-")
-        print(f"{r['name']:<44} {r['tokens_per_s']:>10,.0f} {r['model_tflops_per_s']:>8.1f} "
-              f"{fmt(r['mfu'], '>6.1%')} {r['step_ms']:>8.1f} {fmt(r['peak_mem_gb'], '>8.1f')} "
-              f"{fmt(r['zero_estimate_gb'], '>11.1f')} {r['input_wait_share']:>6.1%} {r['first_step_s']:>6.1f} "
-              f"{r['loss_first']:>6.2f}>{r['loss_last']:<6.2f}")
-        if not math.isfinite(r["loss_last"]):
-            print(f"  {r['name']}: the loss is not finite")
+    try:
+        for case in cases:
+            if args.deadline_s is not None and time.perf_counter() - start > args.deadline_s:
+                print(f"deadline: {case_name(case)} and later cases not run", flush=True)
+                not_run.extend(c["text"] for c in cases[cases.index(case):])
+                break
+            print(f"[{time.perf_counter() - start:6.0f} s] {case_name(case)} ...", flush=True)
+            cmd = [sys.executable, __file__, "--child", "--plan", case["text"], "--rows", str(rows_path),
+                   "--out", str(out), "--config", args.config, "--tokens", str(args.tokens), "--items",
+                   str(args.items), "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
+                   *sum((["--set", o] for o in args.overrides), [])]
+            if case["text"] in profiled:
+                cmd.append("--profile")
+            before = rows_path.read_text().count("\n")
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.case_timeout_s)
+            except subprocess.TimeoutExpired as exc:
+                proc = subprocess.CompletedProcess(cmd, -9, "", f"no result in {args.case_timeout_s} s: killed. "
+                                                   f"{(exc.stderr or b'')[-300:]!r}")
+            lines = rows_path.read_text().splitlines()[before:]
+            row = json.loads(lines[-1]) if lines else {
+                **case, "name": case_name(case), "error": f"exit {proc.returncode}: {proc.stderr.strip()[-300:]}"}
+            if "error" in row:
+                print(proc.stderr[-3000:], flush=True)
+            rows.append(row)
+            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+            write("gpu_scale", results, str(out))
+    finally:
+        rows_path.unlink(missing_ok=True)
+    write("gpu_scale", results, str(out))
+    print()
+    print(table(results))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

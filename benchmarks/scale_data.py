@@ -4,15 +4,21 @@ core (genrec.partitioned_build: Ray tasks over user partitions), recording time,
     .venv/bin/python benchmarks/scale_data.py --events 1e6 1e7 1e8      # 100 events per user, 10^5 titles
     .venv/bin/python benchmarks/scale_data.py --events 1e6 --keep       # keep the data under --work afterwards
 
-Memory is sampled every 0.2 s over this process and every Ray worker process (proportional set size, psutil's
-`memory_full_info().pss`: shared pages such as the object store counted once, split among the processes that map
-them): the peak of their sum and of the largest single process. Each N runs on a fresh local Ray with --cpus CPUs. Rows are appended
-to --out (JSON lines) as each N finishes; the table and a plot (memory and time against event count) come at the end.
+For each N, the events are generated (genrec.data.synthetic.write_events, in a process of its own, so that what its
+heap keeps does not count as the build's memory) and timed, that process's start included; then the shards are built
+with genrec.partitioned_build.build_shards on a fresh local Ray with --cpus CPUs, and the build's time is build_shards
+alone (Ray's start and shutdown are not counted). Memory is sampled every 0.2 s over this process and every Ray worker
+process (proportional set size, psutil's `memory_full_info().pss`: shared pages such as the object store counted once,
+split among the processes that map them): the peak of their sum and of the largest single process; the generator's
+peak is that of this process and its children. The sizes of the generated input and of the shards on disk are
+reported beside. Each N's row is printed as a JSON line as it finishes (a run cut short keeps its figures in the
+log); the results JSON (--out, default benchmarks/results/scale_data-<time>.json, with the harness's meta), the table
+and, with more than one N, a plot (memory and time against event count, --plot) come at the end: the harness's meta
+loads torch, which must not sit in this process while later N are measured.
 """
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import json
 import multiprocessing
@@ -26,8 +32,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._harness import parser, write  # noqa: E402
 from genrec.data.synthetic import write_events  # noqa: E402
-from genrec.runtime import print_table  # noqa: E402
 from genrec.partitioned_build import build_shards  # noqa: E402
 
 
@@ -77,8 +83,25 @@ def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def table(results: dict) -> str:
+    """The Markdown table of the rows (one per event count), and the settings under it."""
+    out = ["| events | users | input files | partitions | generate s | build s | build events/s | "
+           "build peak PSS, all processes | largest process | generate peak | input on disk | shards on disk |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        out.append(f"| {r['events']:,} | {r['users']:,} | {r['input_files']} | {r['partitions']} | "
+                   f"{r['generate_s']:.1f} | {r['build_s']:.1f} | {r['build_events_per_s']:,.0f} | "
+                   f"{r['build_peak_pss_total_gb']:.2f} GiB | {r['build_peak_pss_single_gb']:.2f} GiB | "
+                   f"{r['generate_peak_pss_gb']:.2f} GiB | {r['input_gb']:.3f} GiB | {r['shards_gb']:.3f} GiB |")
+    parts = results["partitions"] if results.get("partitions") else "one per 2M events"
+    out.append(f"\n{results['cpus']} CPUs (a fresh local Ray for each N), {results['events_per_user']} events per "
+               f"user, {results['items']:,} titles, {results['users_per_chunk']:,} users per input file, "
+               f"partitions: {parts}")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    p = parser(__doc__)
     p.add_argument("--events", nargs="+", type=float, default=[1e6, 1e7, 1e8])
     p.add_argument("--events-per-user", type=int, default=100)
     p.add_argument("--items", type=int, default=100_000)
@@ -86,16 +109,18 @@ def main() -> None:
     p.add_argument("--partitions", type=int, default=None, help="user partitions (default: one per 2M events)")
     p.add_argument("--cpus", type=int, default=2)
     p.add_argument("--work", default="benchmarks/work/scale")
-    p.add_argument("--out", default="benchmarks/results/scale_data.jsonl")
     p.add_argument("--plot", default="benchmarks/results/scale_data.png")
     p.add_argument("--keep", action="store_true", help="keep the generated events and shards")
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
+    # Imported here, not at the top: the generator's spawned process imports this module again, and ray there would
+    # add to the generator's measured memory.
     import ray
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
+    results = {"rows": rows, "events_per_user": args.events_per_user, "items": args.items,
+               "users_per_chunk": args.users_per_chunk, "partitions": args.partitions, "cpus": args.cpus,
+               "events_asked": [int(n) for n in args.events], "plot": None}
     for n in args.events:
         n = int(n)
         users = max(1, n // args.events_per_user)
@@ -131,14 +156,11 @@ def main() -> None:
                "train_users": c["train_users"], "eval_users": c["eval_users"], "cpus": args.cpus,
                "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
         rows.append(row)
-        with out.open("a") as f:
-            f.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    print_table(rows, ["events", "partitions", "generate_s", "build_s", "build_events_per_s",
-                       "build_peak_pss_total_gb", "build_peak_pss_single_gb", "input_gb", "shards_gb"])
     if len(rows) > 1:
+        # Imported here: only a run of more than one N draws the plot, and the backend is chosen before pyplot loads.
         import matplotlib
 
         matplotlib.use("Agg")
@@ -159,7 +181,12 @@ def main() -> None:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(args.plot, dpi=120)
         print(f"plot: {args.plot}")
+        results["plot"] = str(args.plot)
+    write("scale_data", results, args.out)  # after every measurement: it imports torch and ray here
+    print()
+    print(table(results))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

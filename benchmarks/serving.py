@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/serving.py [--preset 2m] [--seq-len 256] [--items 10000] [--history 50]
         [--clients 1,8,32] [--requests 600] [--max-seconds 60] [--malformed 0.01] [--cpus 4]
+        [--k 10] [--out RESULTS.json]
 
 What it does, all on this machine:
 
@@ -19,14 +20,17 @@ What it does, all on this machine:
    top of the key/value cache) vs the same history sent in full (POST /recommend re-encodes it), over HTTP and in
    process (`Ranker.extend_state` vs `Ranker.encode_state`).
 
-Writes benchmarks/results/serving.json and prints the tables.
+Counted in a served latency: a valid request's wall time at the client, from sending it on a kept-alive connection to
+the answer read (loopback, Serve's proxy, the batch wait, the model, JSON both ways). Not counted: malformed or failed
+requests, and 20 warm-up requests at 1 client (the replica loads the model on its first).
+Writes one results JSON (`--out`, default benchmarks/results/serving-<time>.json: the served rows, the bare forward,
+Serve's floor, the cached state) and prints the table; exits 1 if a valid request failed or a malformed one got no 4xx.
 """
 
-import argparse
+from __future__ import annotations
+
 import http.client
 import json
-import os
-import platform
 import random
 import sys
 import tempfile
@@ -37,18 +41,23 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import ray
 import torch
+from ray import serve
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._harness import parser, write  # noqa: E402
+from genrec.cli import deploy  # noqa: E402
+from genrec.config import load_config  # noqa: E402
 from genrec.data.synthetic import generate  # noqa: E402
 from genrec.features import build_vocab  # noqa: E402
 from genrec.model import GenRec, ModelSpec, resolve_shape  # noqa: E402
+from genrec.recommend import Events, Ranker  # noqa: E402
 from genrec.shards import write_checksums  # noqa: E402
 from genrec.build import TRAIN_COUNT  # noqa: E402
 from genrec.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS,  # noqa: E402
-                               write_weights)
+                               load_checkpoint, write_weights)
 
 TOKEN = "benchmark-token-0123456789"
 
@@ -146,8 +155,28 @@ def bare(ranker, hists: list[list[dict]], batch: int, repeats: int, k: int) -> d
     return {"batch": batch, "p50_ms": 1e3 * pct(times, 50), "p99_ms": 1e3 * pct(times, 99)}
 
 
+def table(results: dict) -> str:
+    """The served rows against the bare forward, then Serve's floor, the bare forward and the cached user state."""
+    out = ["| clients | p50 ms | p99 ms | req/s | mean server batch | bare forward p99 ms (batch) | p99 / bare | "
+           "valid errors | malformed not 4xx |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        valid = r["valid_ok"] + r["valid_errors"]
+        out.append(f"| {r['clients']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['throughput_rps']:.1f} | "
+                   f"{r['mean_batch']:.1f} | {r['bare_p99_ms']:.1f} ({r['bare_batch']}) | {r['p99_over_bare']:.2f} | "
+                   f"{r['valid_errors']} of {valid} | {r['malformed_not_4xx']} of {r['requests'] - valid} |")
+    f, c = results["serve_floor"], results["cached_state"]
+    bare = ", ".join(f"batch {b['batch']} {b['p50_ms']:.1f} / {b['p99_ms']:.1f} ms" for b in results["bare"])
+    out.append(f"\nServe's floor (GET /healthz, no model work, 1 client): p50 {f['p50_ms']:.1f} ms, p99 "
+               f"{f['p99_ms']:.1f} ms; bare forward (encode + score + top-k, p50 / p99): {bare}.")
+    out.append(f"Cached state, {c['history_events']}-event history + 1 event: encoder "
+               f"{c['encode_incremental_p50_ms']:.2f} ms (incremental) vs {c['encode_full_p50_ms']:.2f} ms "
+               f"(full window, {c['encode_full_p50_ms'] / c['encode_incremental_p50_ms']:.1f}x); over HTTP "
+               f"{c['http_incremental_p50_ms']:.1f} ms vs {c['http_full_p50_ms']:.1f} ms (POST /recommend), p50s.")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--preset", default="2m")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--items", type=int, default=10_000)
@@ -158,16 +187,7 @@ def main(argv=None) -> int:
     p.add_argument("--malformed", type=float, default=0.01, help="share of malformed requests mixed in")
     p.add_argument("--cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serving.json"))
     args = p.parse_args(argv)
-
-    import ray
-    from ray import serve
-
-    from genrec.checkpoint import load_checkpoint
-    from genrec.cli import deploy
-    from genrec.config import load_config
-    from genrec.recommend import Ranker
 
     torch.set_num_threads(1)  # as a replica does
     work = Path(tempfile.mkdtemp(prefix="genrec-serving-bench-"))
@@ -244,8 +264,6 @@ def main(argv=None) -> int:
         inc_http.append(dt)
         full_http.append(post("/recommend", {"history": long, "k": args.k, "request_ts": 1_800_000_000})[0])
     ev, _ = ranker.resolve(long)
-    from genrec.recommend import Events
-
     head = Events(ev.items[:-1], ev.ts[:-1], ev.actions[:-1], ev.utils[:-1])
     tail = Events(ev.items[-1:], ev.ts[-1:], ev.actions[-1:], ev.utils[-1:])
     state = ranker.encode_state(head, len(head))
@@ -263,32 +281,16 @@ def main(argv=None) -> int:
     serve.shutdown()
     ray.shutdown()
 
-    print("\nbare forward (this process: encode + score + top-k)")
-    for b, r in bare_rows.items():
-        print(f"  batch {b:>3}: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms")
-    print(f"\nServe's floor (GET /healthz, no model work): p50 {floor_ms['p50_ms']:.1f} ms, "
-          f"p99 {floor_ms['p99_ms']:.1f} ms")
-    print("\nserved (POST /recommend over loopback) vs the bare forward at the batch the requests can share")
-    print(f"{'clients':>7} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7} {'bare b':>6} {'bare p99':>8} "
-          f"{'p99/bare':>8} {'errors':>6} {'bad!4xx':>7}")
-    for r in served:
-        print(f"{r['clients']:>7} {r['requests']:>8} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} "
-              f"{r['throughput_rps']:>7.1f} {r['bare_batch']:>6} {r['bare_p99_ms']:>8.1f} {r['p99_over_bare']:>8.2f} "
-              f"{r['valid_errors']:>6} {r['malformed_not_4xx']:>7}")
-    print(f"\ncached state, {args.seq_len}-event history + 1 event: HTTP {cached['http_incremental_p50_ms']:.1f} ms "
-          f"(incremental) vs {cached['http_full_p50_ms']:.1f} ms (full history in /recommend); encoder alone "
-          f"{cached['encode_incremental_p50_ms']:.2f} ms vs {cached['encode_full_p50_ms']:.2f} ms "
-          f"({cached['encode_full_p50_ms'] / cached['encode_incremental_p50_ms']:.1f}x)")
-    result = {"command": "python " + " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.platform(),
-              "cpus": os.cpu_count(), "torch": torch.__version__, "ray": ray.__version__, "args": vars(args),
-              "bare": list(bare_rows.values()), "serve_floor": floor_ms, "served": served, "cached_state": cached}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"-> {args.out}")
+    results = {"rows": served, "bare": list(bare_rows.values()), "serve_floor": floor_ms, "cached_state": cached,
+               "args": vars(args), "model": {"layers": ranker.spec.layers, "width": ranker.spec.width,
+                                             "titles": ranker.size},
+               "serve_batch": {"max_size": batch_max, "wait_s": cfg.serve.batch_wait_s}}
+    print()
+    print(table(results))
+    write("serving", results, args.out)
     bad = [r for r in served if r["valid_errors"] or r["malformed_not_4xx"]]
     return 1 if bad else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())
