@@ -1,8 +1,10 @@
 """What every benchmark shares: its arguments, the record of where and how it ran, JSON results, tables.
 
-A benchmark writes one JSON file (--out, default benchmarks/results/<name>-<time>.json) holding `meta` (command,
-machine, CPUs, date, commit, torch and ray versions) and its own `results`; BENCHMARKS.md tables are made from those
-files (benchmarks/tables.py), not copied by hand.
+A benchmark is a module benchmarks/<name>.py with `main(argv)` (its arguments from `parser`, here) and a pure
+`table(results) -> str`. A run writes one JSON file (--out, default benchmarks/results/<name>-<time>.json) holding
+`meta` (the benchmark's name, command, machine, CPUs, date, commit, torch and ray versions) and its own `results`;
+BENCHMARKS.md tables are made from those files by benchmarks/tables.py, which calls the module's `table`, not copied
+by hand.
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ def write(name: str, results, out: str | None = None, extra: dict | None = None)
     path = Path(out) if out else RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"meta": meta() | (extra or {}), "results": results}, indent=2, default=float) + "\n")
+    # The benchmark's name goes with its figures: tables.py finds the module whose `table` renders them by it.
+    doc = {"meta": meta() | {"benchmark": name} | (extra or {}), "results": results}
+    tmp.write_text(json.dumps(doc, indent=2, default=float) + "\n")
     tmp.replace(path)
     print(f"results -> {path}")
     return path

@@ -19,7 +19,13 @@ every model's test users are ranked by one evaluator (plain_sasrec.rank_users), 
 * genrec-hstu-4l: the recipe with the HSTU block at 4 layers and dropout 0.5, the best of the HSTU ablation on
   validation (BENCHMARKS.md; picked from five variants on seed 0, not searched);
 * genrec-exclude-history: the recipe with `model.exclude_history: true` (the context's titles left out of the
-  training softmax), +3.8% over the recipe in the ablation on seed 0's validation split.
+  training softmax), the best variant of the ablation on seed 0's validation split (BENCHMARKS.md);
+* recbole-sasrec (ML-100K only: RecBole's bundled copy is the same data): RecBole 1.2.1's SASRec in its own venv
+  (benchmarks/recbole_peer.py; its defaults, CE over every title, batch 256, length 200 as the plain SASRec's),
+  early-stopped by RecBole on validation NDCG@10 (20 validations without a gain) within the same time cap. Its best
+  model's scores of every test user are ranked here by the same evaluator as every other row (RecBole's own
+  evaluation masks no history for sequential models); the users whose test target differs between RecBole's split
+  and genrec's (same-second events ordered differently) are counted and said.
 
 genrec runs its real path: shards -> Ray Data -> Ray Train -> DeepSpeed, on an embedded local Ray. Reported per model:
 HR@10, NDCG@10, MRR (mean and spread over seeds), the wall time to the selected checkpoint, training events/s, and
@@ -34,11 +40,13 @@ ml-latest-small from ../shared/data. Neither is committed.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -50,7 +58,7 @@ from plain_sasrec import LooData, loo_data, metrics, rank_users, train_plain  # 
 WORK = REPO / "benchmarks" / "work" / "leaderboard"
 DATA = {"ml-100k": ("recbole", None), "ml-latest-small": ("movielens", REPO.parent / "shared/data/ml-latest-small")}
 MODELS = ["popularity", "sasrec", "genrec-defaults", "genrec-recipe", "genrec-hstu", "genrec-hstu-4l",
-          "genrec-exclude-history"]
+          "genrec-exclude-history", "recbole-sasrec"]
 # What a genrec row changes in its data set's recipe.
 RECIPE_CHANGES = {"genrec-recipe": [], "genrec-hstu": ["model.block=hstu"],
                   "genrec-hstu-4l": ["model.block=hstu", "model.layers=4", "model.dropout=0.5"],
@@ -156,6 +164,37 @@ def run_sasrec(data: LooData, seed: int, max_seconds: float) -> dict:
             "time_cap_s": max_seconds, "curve": [(c["wall_s"], c["valid_ndcg@10"]) for c in out["curve"]]}
 
 
+def run_recbole_sasrec(name: str, seed: int, data: LooData, items_path: str, max_seconds: float) -> dict:
+    """RecBole's SASRec trained in its own venv; its test scores ranked by this benchmark's evaluator."""
+    if name != "ml-100k":
+        raise SystemExit(f"recbole-sasrec: RecBole's bundled data is ML-100K; leave it out of --models for {name}")
+    work = WORK / "recbole"
+    work.mkdir(parents=True, exist_ok=True)
+    result, scores_file = work / f"result-s{seed}.json", work / f"scores-s{seed}.npz"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "recbole_peer.py"), "--epochs", "400", "--max-len",
+                    "200", "--stopping-step", "20", "--max-seconds", str(max_seconds), "--seed", str(seed),
+                    "--scores-file", str(scores_file), "--out", str(result)], check=True)
+    rb = json.loads(result.read_text())
+    peer = np.load(scores_file)
+    # RecBole's tokens are the data's own ids: its columns to the shards' item indices, its rows to our users.
+    items = pq.read_table(items_path, columns=["item_id", "index"])
+    index_of = dict(zip(map(str, items.column("item_id").to_pylist()), items.column("index").to_pylist()))
+    columns = np.asarray([index_of.get(str(token), 0) for token in peer["items"]])  # 0: RecBole's [PAD]
+    matrix = np.full((len(peer["users"]), data.num_items + 1), -np.inf, np.float32)
+    matrix[:, columns[columns > 0]] = peer["scores"][:, columns > 0]
+    row_of = {str(token): k for k, token in enumerate(peer["users"])}
+    rows = np.asarray([row_of[str(u)] for u in data.users])
+    agree = int(sum(index_of.get(str(t)) == target for t, target in zip(peer["targets"][rows], data.test_target)))
+    position = {id(c): k for k, c in enumerate(data.test_ctx)}
+    ranks = rank_users(lambda ctx: torch.from_numpy(matrix[rows[[position[id(c)] for c in ctx]]]), data.test_ctx,
+                       data.test_target, data.num_items)
+    best = max(rb["history"], key=lambda h: h["valid_ndcg@10"])
+    return {"ranks": ranks, "wall_s": rb["wall_s"], "wall_to_best_s": best["elapsed_s"],
+            "events_per_s": rb["samples_per_s"], "epochs": rb["epochs"], "best_epoch": best["epoch"],
+            "recbole_valid_ndcg@10": rb["best_valid_ndcg@10"], "recbole_test": {k: rb[f"test_{k}"] for k in (
+                "hr@10", "ndcg@10", "mrr@10")}, "targets_agree": agree, "time_cap_s": max_seconds}
+
+
 def user_ndcg(ranks: np.ndarray) -> np.ndarray:
     return np.where(ranks <= 10, 1.0 / np.log2(ranks + 1.0), 0.0)
 
@@ -199,20 +238,28 @@ def summarize(name: str, runs: dict[str, list[dict]]) -> list[dict]:
     return rows
 
 
-def table(rows: list[dict]) -> str:
-    """The Markdown table of BENCHMARKS.md and the README."""
-    def ms(r, m):
-        return f"{r[m]:.4f} ± {r[m + '_spread']:.4f}"
+def table(results: dict) -> str:
+    """The Markdown table of a stored run (BENCHMARKS.md and the README)."""
+    return rows_table(results["rows"])
 
-    out = ["| data | model | HR@10 | NDCG@10 | MRR | genrec − SASRec NDCG@10 (95% CI) | to selected ckpt | events/s |"
-           " to SASRec's valid NDCG@10 |", "|---|---|---|---|---|---|---|---|---|"]
+
+def rows_table(rows: list[dict]) -> str:
+    """The leaderboard's rows as a Markdown table: mean ± spread over seeds (the mean alone for one seed)."""
+    def ms(r, m):
+        return f"{r[m]:.4f}" + (f" ± {r[m + '_spread']:.4f}" if r["seeds"] > 1 else "")
+
+    out = ["| data | model | seeds | HR@10 | NDCG@10 | MRR | genrec − SASRec NDCG@10 (95% CI) | to selected ckpt | "
+           "events/s | to SASRec's valid NDCG@10 |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         vs = r.get("vs_sasrec")
         vs_s = (f"{vs['mean']:+.4f} [{vs['lo']:+.4f}, {vs['hi']:+.4f}] ({vs['relative']:+.1%})" if vs else "")
+        to_best = f"{r['wall_to_best_s']:,.0f} s" if "wall_to_best_s" in r else ""
+        rate = f"{r['events_per_s']:,.0f}" if "events_per_s" in r else ""
         reach = r.get("time_to_sasrec_valid_s")
-        out.append(f"| {r['dataset']} | {r['model']} | {ms(r, 'hr@10')} | {ms(r, 'ndcg@10')} | {ms(r, 'mrr')} | "
-                   f"{vs_s} | {r.get('wall_to_best_s', 0):.0f} s | {r.get('events_per_s', 0):,.0f} | "
-                   f"{'' if r['model'] in ('popularity', 'sasrec') else ('never' if reach is None else f'{reach:.0f} s')} |")
+        reach_s = ("" if r["model"] in ("popularity", "sasrec") or "time_to_sasrec_valid_s" not in r else
+                   "never" if reach is None else f"{reach:,.0f} s")
+        out.append(f"| {r['dataset']} | {r['model']} | {r['seeds']} | {ms(r, 'hr@10')} | {ms(r, 'ndcg@10')} | "
+                   f"{ms(r, 'mrr')} | {vs_s} | {to_best} | {rate} | {reach_s} |")
     return "\n".join(out)
 
 
@@ -249,14 +296,14 @@ def main(argv=None) -> int:
                         "side by side) into one table and results JSON, then exit")
     a = p.parse_args(argv)
     if a.table:
-        print(table(json.loads(Path(a.table).read_text())["results"]["rows"]))
+        print(table(json.loads(Path(a.table).read_text())["results"]))
         return 0
     if a.merge:
         raw = merge_runs([json.loads(Path(f).read_text())["results"]["runs"] for f in a.merge])
         rows = [row for name, runs in raw.items() for row in summarize(name, {
             m: [{k: (np.asarray(v) if k == "ranks" else v) for k, v in r.items()} for r in rs] for m, rs in runs.items()})]
         write("leaderboard", {"rows": rows, "runs": raw, "merged": [str(f) for f in a.merge]}, a.out)
-        print(table(rows))
+        print(rows_table(rows))
         return 0
     from genrec.config import load_config
     from genrec.runtime import prepare_shards
@@ -276,6 +323,10 @@ def main(argv=None) -> int:
                     out = run_popularity(data)
                 elif model == "sasrec":
                     out = run_sasrec(data, seed, recipe_time_cap(name))
+                elif model == "recbole-sasrec":
+                    out = run_recbole_sasrec(name, seed, data, shards.items_path, recipe_time_cap(name))
+                    print(f"   test targets equal to RecBole's split for {out['targets_agree']} of {len(data.users)} "
+                          f"users; RecBole's own evaluator (no history masked): {out['recbole_test']}", flush=True)
                 else:
                     out = run_genrec(name, model, seed, data)
                 runs.setdefault(model, []).append(out | {"seed": seed})
@@ -288,9 +339,9 @@ def main(argv=None) -> int:
         rows = summarize(name, runs)
         all_rows += rows
         raw[name] = jsonable(runs)
-        print(table(rows), flush=True)
+        print(rows_table(rows), flush=True)
     write("leaderboard", {"rows": all_rows, "runs": raw}, a.out)
-    print(table(all_rows))
+    print(rows_table(all_rows))
     return 0
 
 

@@ -2,13 +2,16 @@
 
     .venv/bin/python benchmarks/overhead.py --data data/ml-100k --source recbole [--epochs 4] [--set KEY=VALUE ...]
     .venv/bin/python benchmarks/overhead.py --synthetic-items 24000 --set model.decoding=sampled   # a larger catalogue
+    .venv/bin/python benchmarks/overhead.py --synthetic-items 400 --zero-stages 0 1 3 --set train.workers=2
 
 Both train the same model (genrec.build: the config's preset, objective, decoding and features) on the same
 leave-one-out shards and windows for the same epochs:
 
 * plain: genrec.reference_loop, one process, windows in memory, torch AdamW, `--threads` threads;
-* full: `trainers.pretrain` (shards -> Ray Data -> Ray Train -> DeepSpeed at the config's ZeRO stage, its workers
-  and threads), on an embedded local Ray.
+* full: genrec's trainer (shards -> Ray Data -> Ray Train -> DeepSpeed at the config's ZeRO stage, its workers and
+  threads), on an embedded local Ray; with `--zero-stages 0 1 3`, once per ZeRO stage (the same run otherwise), to
+  show what each stage costs the model on these cores (on CPU the workers talk over gloo; on GPUs, NCCL, the ratios
+  differ and must be measured there).
 
 The figure is training events per second (target events over the seconds spent in optimizer steps, input waits
 included for the full path): epoch 1 is left out of both (start-up, first-touch), so neither evaluation nor start-up
@@ -26,10 +29,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._harness import parser, write  # noqa: E402
-from genrec.config import load_config  # noqa: E402
+from genrec.config import load_config, without_secrets  # noqa: E402
 from genrec.defaults import resolve as resolve_defaults  # noqa: E402
 from genrec.reference_loop import train_reference  # noqa: E402
-from genrec.runtime import init_ray, prepare_shards, print_table  # noqa: E402
+from genrec.runtime import init_ray, prepare_shards  # noqa: E402
 from genrec.engine import zero_stage  # noqa: E402
 from genrec.runs import read_history  # noqa: E402
 from genrec.train import fit  # noqa: E402
@@ -43,6 +46,25 @@ def rate(history: list[dict]) -> tuple[float, float]:
     return events / seconds, seconds
 
 
+def table(results: dict) -> str:
+    """The Markdown table of a stored run: each path's training events/s, and its share of the plain loop's."""
+    rows = results["rows"]
+    out = ["| path | training events/s | vs the plain loop | last epoch's loss | input wait | whole run |",
+           "|---|---|---|---|---|---|"]
+    for r in rows:
+        wait = f"{r['input_wait_share']:.1%}" if "input_wait_share" in r else ""
+        wall = f"{r['wall_s']:.0f} s" if "wall_s" in r else ""
+        share = r.get("vs_plain", r["events_per_s"] / rows[0]["events_per_s"])
+        out.append(f"| {r['path']} | {r['events_per_s']:,.0f} | {share:.1%} | {r['loss_last']:.4f} | {wait} | {wall} |")
+    model = results.get("config", {}).get("model", {})
+    titles = f"{results['titles']:,} titles, " if "titles" in results else ""
+    first = f", {rows[1]['path'].split(', ')[-1]}" if len(rows) > 2 else ""
+    decoding = results.get("decoding", model.get("decoding"))
+    out.append(f"\ngenrec / plain: **{results['ratio']:.1%}**{first} ({titles}{decoding} decoding, "
+               f"epochs 2-{results['epochs']}, training time only)")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     p = parser(__doc__)
     p.add_argument("--data", default=None, help="a MovieLens folder, or RecBole atomic files with --source recbole")
@@ -52,6 +74,8 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--threads", type=int, default=2, help="threads of the plain loop (default: every core here)")
     p.add_argument("--storage", default="benchmarks/work/overhead")
+    p.add_argument("--zero-stages", type=int, nargs="+", default=None, choices=[0, 1, 2, 3], metavar="STAGE",
+                   help="run the full path once per DeepSpeed ZeRO stage (default: once, at train.zero_stage)")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     a = p.parse_args(argv)
     if (a.data is None) == (a.synthetic_items is None):
@@ -59,34 +83,41 @@ def main(argv=None) -> int:
     data = ([f"data.source={a.source}", f"data.path={a.data}", f"name=overhead-{a.source}"] if a.data else
             ["data.source=synthetic", f"data.synthetic.items={a.synthetic_items}", "data.synthetic.users=3000",
              "data.synthetic.events_per_user=50", f"name=overhead-synthetic-{a.synthetic_items}"])
-    cfg = load_config(a.config, [*data, "data.split=leave_one_out", f"storage.root={a.storage}",
-                                 "tracking.wandb=disabled", f"train.epochs={a.epochs}", "train.patience=null",
-                                 "train.time_budget_s=null", *a.overrides])
+    base = [*data, "data.split=leave_one_out", f"storage.root={a.storage}", "tracking.wandb=disabled",
+            f"train.epochs={a.epochs}", "train.patience=null", "train.time_budget_s=null", *a.overrides]
+    cfg = load_config(a.config, base)
     shards = prepare_shards(cfg)
     cfg = resolve_defaults(cfg, shards)
     print(f"plain loop: {a.epochs} epochs, {a.threads} threads ...", flush=True)
     plain = train_reference(cfg, shards, epochs=a.epochs, threads=a.threads, validate=False).history
-    print(f"genrec's full path: {cfg.train.workers} worker(s) x {cfg.train.torch_threads} threads, ZeRO-"
-          f"{zero_stage(cfg)} ...", flush=True)
-
+    rows = [{"path": "plain loop (one process)", "events_per_s": rate(plain)[0], "loss_last": plain[-1]["loss"]}]
+    histories = {"plain": plain}
     init_ray(cfg)
-    name = f"overhead-{time.strftime('%Y%m%d-%H%M%S')}"
-    t0 = time.perf_counter()
-    fit(cfg, shards, name)
-    wall = time.perf_counter() - t0
-    full = read_history(cfg, name)
-    later = full[1:] or full
-    rows = [{"path": "plain loop (one process)", "events_per_s": rate(plain)[0], "loss_last": plain[-1]["loss"]},
-            {"path": "genrec (Ray Data + Ray Train + DeepSpeed)", "events_per_s": rate(full)[0],
-             "loss_last": full[-1]["loss"], "wall_s": wall,
-             "input_wait_share": sum(h["input_wait_s"] for h in later) / sum(h["epoch_time_s"] for h in later)}]
-    ratio = rows[1]["events_per_s"] / rows[0]["events_per_s"]
-    print_table(rows, ["path", "events_per_s", "loss_last", "input_wait_share", "wall_s"])
-    print(f"genrec / plain: {ratio:.1%} of the plain loop's training events/s (epochs 2-{a.epochs}, training only)")
-    write("overhead", {"rows": rows, "ratio": ratio, "epochs": a.epochs, "threads_plain": a.threads,
-                       "titles": shards.num_items, "decoding": cfg.model.decoding,
-                       "config": cfg.model_dump(mode="json"), "plain_history": plain, "full_history": full},
-          a.out)
+    for stage in a.zero_stages or [None]:
+        staged = [*base, f"train.zero_stage={stage}"]
+        run_cfg = cfg if stage is None else resolve_defaults(load_config(a.config, staged), shards)
+        label = f"genrec (Ray Data + Ray Train + DeepSpeed), ZeRO-{zero_stage(run_cfg)}"
+        print(f"{label}: {run_cfg.train.workers} worker(s) x {run_cfg.train.torch_threads} threads ...", flush=True)
+        name = f"overhead-{time.strftime('%Y%m%d-%H%M%S')}"
+        t0 = time.perf_counter()
+        fit(run_cfg, shards, name)
+        wall = time.perf_counter() - t0
+        full = read_history(run_cfg, name)
+        later = full[1:] or full
+        histories[f"zero{zero_stage(run_cfg)}"] = full
+        rows.append({"path": label, "zero_stage": zero_stage(run_cfg), "workers": run_cfg.train.workers,
+                     "events_per_s": rate(full)[0], "loss_last": full[-1]["loss"], "wall_s": wall,
+                     "input_wait_share": sum(h["input_wait_s"] for h in later) / sum(h["epoch_time_s"] for h in later)})
+    for r in rows:
+        r["vs_plain"] = r["events_per_s"] / rows[0]["events_per_s"]
+    # "ratio" and "full_history" are the first full-path run's (the config's own stage unless --zero-stages).
+    results = {"rows": rows, "ratio": rows[1]["vs_plain"], "epochs": a.epochs, "threads_plain": a.threads,
+               "titles": shards.num_items, "decoding": cfg.model.decoding,
+               "config": without_secrets(cfg).model_dump(mode="json"),
+               "plain_history": plain, "full_history": histories[f"zero{rows[1]['zero_stage']}"],
+               "histories": histories}
+    print(table(results))
+    write("overhead", results, a.out)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Peer baseline: RecBole's SASRec on ML-100K, leave-one-out, full ranking, in RecBole's own virtual environment.
 
     python benchmarks/recbole_peer.py [--epochs 1] [--max-len 50] [--batch-size 256] [--threads 2] [--seed 2020]
-                                      [--out result.json] [--install-only]
+        [--stopping-step 10] [--max-seconds S] [--scores-file scores.npz] [--out result.json] [--install-only]
 
 RecBole 1.2.1 pins an old Ray and breaks on NumPy 2, so it never shares genrec's venv: this script (stdlib only)
 creates benchmarks/work/recbole-venv once, installs the pinned packages there (a marker file records the pins; a
@@ -67,6 +67,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256, help="train_batch_size")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in the runner")
     p.add_argument("--seed", type=int, default=2020)
+    p.add_argument("--stopping-step", type=int, default=10, help="validations without a gain before stopping")
+    p.add_argument("--max-seconds", type=float, default=1e9, help="stop at the first validation past this time")
+    p.add_argument("--scores-file", type=Path, help="every test user's scores over the catalogue (.npz)")
     p.add_argument("--out", type=Path, help="also write the JSON result here")
     p.add_argument("--install-only", action="store_true", help="set up the venv and stop")
     args = p.parse_args()
@@ -82,7 +85,10 @@ def main() -> None:
     result_file.unlink(missing_ok=True)  # never report a stale result
     cmd = [str(py), str(HERE / "_recbole_runner.py"), "--epochs", str(args.epochs), "--max-len", str(args.max_len),
            "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--seed", str(args.seed),
+           "--stopping-step", str(args.stopping_step), "--max-seconds", str(args.max_seconds),
            "--result-file", str(result_file)]
+    if args.scores_file:
+        cmd += ["--scores-file", str(args.scores_file.resolve())]
     log("running " + " ".join(cmd[1:]))
     # RecBole logs to stdout and stderr; send all of it to our stderr so our stdout ends with the JSON alone.
     rc = subprocess.run(cmd, cwd=run_dir, stdout=sys.stderr).returncode

@@ -38,6 +38,18 @@ def post(url: str, body: dict) -> dict:
     return answer
 
 
+def table(results: dict) -> str:
+    """The Markdown table of a stored run: users/s of each path for the same users, and whether the lists agree."""
+    n = results["users"]
+    rows = [("batch (`genrec recommend`: Ray Data, actor pool)", results["batch_s"], f"{results['actors']} actor(s)"),
+            ("endpoint (POST /recommend, one replica)", results["endpoint_s"], f"{results['clients']} clients")]
+    out = ["| path | users | k | seconds | users/s | parallelism |", "|---|---|---|---|---|---|"]
+    out += [f"| {path} | {n:,} | {results['k']} | {s:.1f} | {n / s:,.1f} | {par} |" for path, s, par in rows]
+    out.append(f"\nbatch / endpoint: **{results['endpoint_s'] / results['batch_s']:.1f}x**; the two lists equal for "
+               f"{results['lists_equal']:,} of {n:,} users")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     p = parser(__doc__)
     p.add_argument("--config", default=None, help="the deployment config (data, storage, serve)")
@@ -83,10 +95,11 @@ def main(argv=None) -> int:
     same = sum(batch[r["user_id"]] == [i["item_id"] for i in ans["items"]] for r, ans in zip(rows, answers))
     print(f"lists equal for {same:,} of {n:,} users")
     serve.shutdown()
-    write("recommend-batch", {"users": n, "k": a.k, "actors": a.actors, "clients": a.clients,
-                              "batch_s": batch_s, "batch_users_per_s": n / batch_s,
-                              "endpoint_s": endpoint_s, "endpoint_users_per_s": n / endpoint_s,
-                              "lists_equal": same, "checkpoint": a.checkpoint}, a.out)
+    results = {"users": n, "k": a.k, "actors": a.actors, "clients": a.clients, "batch_s": batch_s,
+               "batch_users_per_s": n / batch_s, "endpoint_s": endpoint_s, "endpoint_users_per_s": n / endpoint_s,
+               "lists_equal": same, "checkpoint": a.checkpoint}
+    print(table(results))
+    write("recommend_batch", results, a.out)
     return 0 if same == n else 1
 
 
