@@ -102,23 +102,23 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--storage", default="benchmarks/work/ablation")
-    a = p.parse_args(argv)
+    args = p.parse_args(argv)
     rows, runs = [], {}
-    base_cfg = load_config(a.base, [])
-    for name in a.variants:
+    base_cfg = load_config(args.base, [])
+    for name in args.variants:
         what, changes = VARIANTS[name]
         flags = [c for c in changes if "=" not in c]
         sets = [c for c in changes if "=" in c]
-        if name != "base" and not flags and load_config(a.base, sets) == base_cfg:
+        if name != "base" and not flags and load_config(args.base, sets) == base_cfg:
             print(f"{name}: skipped, the base already has it ({' '.join(sets)})", flush=True)
             continue
         figures = []
-        for seed in a.seeds:
-            cfg = load_config(a.base, [f"storage.root={a.storage}", f"train.seed={seed}", "train.patience=5",
-                                       f"train.time_budget_s={a.budget_s}", "tracking.wandb=disabled", *sets])
+        for seed in args.seeds:
+            cfg = load_config(args.base, [f"storage.root={args.storage}", f"train.seed={seed}", "train.patience=5",
+                                       f"train.time_budget_s={args.budget_s}", "tracking.wandb=disabled", *sets])
             shards = prepare_shards(cfg, echo=lambda *_: None)
             cfg = resolve_defaults(cfg, shards, echo=lambda *_: None)
-            history = train_reference(cfg, shards, threads=a.threads,
+            history = train_reference(cfg, shards, threads=args.threads,
                                       prepare=lambda run: apply_old(flags, run)).history
             best = max(history, key=lambda h: h["valid_ndcg@10"])
             figures.append(best["valid_ndcg@10"])
@@ -132,9 +132,9 @@ def main(argv=None) -> int:
     base = next((r["valid_ndcg@10"] for r in rows if r["variant"] == "base"), None)
     for r in rows:
         r["vs_base"] = (r["valid_ndcg@10"] / base - 1) if base else None
-    results = {"rows": rows, "runs": runs, "base": a.base, "budget_s": a.budget_s}
+    results = {"rows": rows, "runs": runs, "base": args.base, "budget_s": args.budget_s}
     print(table(results))
-    write("ablation", results, a.out)
+    write("ablation", results, args.out)
     return 0
 
 

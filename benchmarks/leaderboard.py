@@ -294,30 +294,30 @@ def main(argv=None) -> int:
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                    help="pool the runs of stored results (e.g. one invocation per seed, each running every model "
                         "side by side) into one table and results JSON, then exit")
-    a = p.parse_args(argv)
-    if a.table:
-        print(table(json.loads(Path(a.table).read_text())["results"]))
+    args = p.parse_args(argv)
+    if args.table:
+        print(table(json.loads(Path(args.table).read_text())["results"]))
         return 0
-    if a.merge:
-        raw = merge_runs([json.loads(Path(f).read_text())["results"]["runs"] for f in a.merge])
+    if args.merge:
+        raw = merge_runs([json.loads(Path(f).read_text())["results"]["runs"] for f in args.merge])
         rows = [row for name, runs in raw.items() for row in summarize(name, {
             m: [{k: (np.asarray(v) if k == "ranks" else v) for k, v in r.items()} for r in rs] for m, rs in runs.items()})]
-        write("leaderboard", {"rows": rows, "runs": raw, "merged": [str(f) for f in a.merge]}, a.out)
+        write("leaderboard", {"rows": rows, "runs": raw, "merged": [str(f) for f in args.merge]}, args.out)
         print(rows_table(rows))
         return 0
     from genrec.config import load_config
     from genrec.runtime import prepare_shards
 
     all_rows, raw = [], {}
-    for name in a.datasets:
+    for name in args.datasets:
         source, path = data_path(name)
         cfg = load_config(None, [f"data.source={source}", f"data.path={path}", "data.split=leave_one_out",
                                  f"name={name}-loo", f"storage.root={WORK / 'runs'}"])
         shards = prepare_shards(cfg)
         data = loo_data(shards)
         runs: dict[str, list[dict]] = {}
-        for model in a.models:
-            for seed in ([0] if model == "popularity" else a.seeds):
+        for model in args.models:
+            for seed in ([0] if model == "popularity" else args.seeds):
                 print(f"== {name}: {model}, seed {seed}", flush=True)
                 if model == "popularity":
                     out = run_popularity(data)
@@ -335,12 +335,12 @@ def main(argv=None) -> int:
                          if "genrec_test" in out else ""), flush=True)
                 # Each finished run is kept at once: a long invocation stopped later loses only the run under way.
                 write("leaderboard", {"rows": all_rows + summarize(name, runs), "partial": True,
-                                      "runs": raw | {name: jsonable(runs)}}, a.out)
+                                      "runs": raw | {name: jsonable(runs)}}, args.out)
         rows = summarize(name, runs)
         all_rows += rows
         raw[name] = jsonable(runs)
         print(rows_table(rows), flush=True)
-    write("leaderboard", {"rows": all_rows, "runs": raw}, a.out)
+    write("leaderboard", {"rows": all_rows, "runs": raw}, args.out)
     print(rows_table(all_rows))
     return 0
 

@@ -77,25 +77,25 @@ def main(argv=None) -> int:
     p.add_argument("--zero-stages", type=int, nargs="+", default=None, choices=[0, 1, 2, 3], metavar="STAGE",
                    help="run the full path once per DeepSpeed ZeRO stage (default: once, at train.zero_stage)")
     p.add_argument("--set", dest="overrides", action="append", default=[])
-    a = p.parse_args(argv)
-    if (a.data is None) == (a.synthetic_items is None):
+    args = p.parse_args(argv)
+    if (args.data is None) == (args.synthetic_items is None):
         p.error("give --data or --synthetic-items")
-    data = ([f"data.source={a.source}", f"data.path={a.data}", f"name=overhead-{a.source}"] if a.data else
-            ["data.source=synthetic", f"data.synthetic.items={a.synthetic_items}", "data.synthetic.users=3000",
-             "data.synthetic.events_per_user=50", f"name=overhead-synthetic-{a.synthetic_items}"])
-    base = [*data, "data.split=leave_one_out", f"storage.root={a.storage}", "tracking.wandb=disabled",
-            f"train.epochs={a.epochs}", "train.patience=null", "train.time_budget_s=null", *a.overrides]
-    cfg = load_config(a.config, base)
+    data = ([f"data.source={args.source}", f"data.path={args.data}", f"name=overhead-{args.source}"] if args.data else
+            ["data.source=synthetic", f"data.synthetic.items={args.synthetic_items}", "data.synthetic.users=3000",
+             "data.synthetic.events_per_user=50", f"name=overhead-synthetic-{args.synthetic_items}"])
+    base = [*data, "data.split=leave_one_out", f"storage.root={args.storage}", "tracking.wandb=disabled",
+            f"train.epochs={args.epochs}", "train.patience=null", "train.time_budget_s=null", *args.overrides]
+    cfg = load_config(args.config, base)
     shards = prepare_shards(cfg)
     cfg = resolve_defaults(cfg, shards)
-    print(f"plain loop: {a.epochs} epochs, {a.threads} threads ...", flush=True)
-    plain = train_reference(cfg, shards, epochs=a.epochs, threads=a.threads, validate=False).history
+    print(f"plain loop: {args.epochs} epochs, {args.threads} threads ...", flush=True)
+    plain = train_reference(cfg, shards, epochs=args.epochs, threads=args.threads, validate=False).history
     rows = [{"path": "plain loop (one process)", "events_per_s": rate(plain)[0], "loss_last": plain[-1]["loss"]}]
     histories = {"plain": plain}
     init_ray(cfg)
-    for stage in a.zero_stages or [None]:
+    for stage in args.zero_stages or [None]:
         staged = [*base, f"train.zero_stage={stage}"]
-        run_cfg = cfg if stage is None else resolve_defaults(load_config(a.config, staged), shards)
+        run_cfg = cfg if stage is None else resolve_defaults(load_config(args.config, staged), shards)
         label = f"genrec (Ray Data + Ray Train + DeepSpeed), ZeRO-{zero_stage(run_cfg)}"
         print(f"{label}: {run_cfg.train.workers} worker(s) x {run_cfg.train.torch_threads} threads ...", flush=True)
         name = f"overhead-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -111,13 +111,13 @@ def main(argv=None) -> int:
     for r in rows:
         r["vs_plain"] = r["events_per_s"] / rows[0]["events_per_s"]
     # "ratio" and "full_history" are the first full-path run's (the config's own stage unless --zero-stages).
-    results = {"rows": rows, "ratio": rows[1]["vs_plain"], "epochs": a.epochs, "threads_plain": a.threads,
+    results = {"rows": rows, "ratio": rows[1]["vs_plain"], "epochs": args.epochs, "threads_plain": args.threads,
                "titles": shards.num_items, "decoding": cfg.model.decoding,
                "config": without_secrets(cfg).model_dump(mode="json"),
                "plain_history": plain, "full_history": histories[f"zero{rows[1]['zero_stage']}"],
                "histories": histories}
     print(table(results))
-    write("overhead", results, a.out)
+    write("overhead", results, args.out)
     return 0
 
 

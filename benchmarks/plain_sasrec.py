@@ -195,11 +195,11 @@ def main(argv=None) -> int:
     p.add_argument("--max-len", type=int, default=200)
     p.add_argument("--patience", type=int, default=20)
     p.add_argument("--max-seconds", type=float, default=1e9)
-    a = p.parse_args(argv)
-    cfg = load_config(None, [f"data.source={a.source}", f"data.path={a.data}", "data.split=leave_one_out",
-                             f"storage.root={a.storage}", f"name={a.source}-loo"])
+    args = p.parse_args(argv)
+    cfg = load_config(None, [f"data.source={args.source}", f"data.path={args.data}", "data.split=leave_one_out",
+                             f"storage.root={args.storage}", f"name={args.source}-loo"])
     data = loo_data(prepare_shards(cfg))
-    out = train_plain(data, a.seed, a.max_len, patience=a.patience, max_seconds=a.max_seconds)
+    out = train_plain(data, args.seed, args.max_len, patience=args.patience, max_seconds=args.max_seconds)
     test = metrics(rank_users(out["score"], data.test_ctx, data.test_target, data.num_items))
     print(json.dumps({k: v for k, v in out.items() if k not in ("model", "score", "curve")} | {"test": test}))
     return 0

@@ -59,47 +59,47 @@ def main(argv=None) -> int:
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--actors", type=int, default=1)
     p.add_argument("--clients", type=int, default=8)
-    a = p.parse_args(argv)
+    args = p.parse_args(argv)
     from ray import serve
 
     from serving.app import build
 
-    cfg = load_config(a.config, a.overrides)
+    cfg = load_config(args.config, args.overrides)
     events = load_dataset(cfg, lambda *_: None).events
     at = last_timestamp(events)
     contexts = user_contexts(events, at)
-    if a.users:
-        contexts = contexts.slice(0, a.users)
+    if args.users:
+        contexts = contexts.slice(0, args.users)
     n = contexts.num_rows
     init_ray(cfg)
     out = Path(tempfile.mkdtemp()) / "lists"
     started = time.perf_counter()
-    recommend_all(contexts, cfg, a.checkpoint, ListSpec(k=a.k, at=at), str(out), actors=a.actors)
+    recommend_all(contexts, cfg, args.checkpoint, ListSpec(k=args.k, at=at), str(out), actors=args.actors)
     batch_s = time.perf_counter() - started
     batch = {r["user_id"]: r["item_ids"] for r in pq.read_table(out).to_pylist()}
-    print(f"batch: {n:,} users in {batch_s:.1f} s ({n / batch_s:,.1f} users/s, {a.actors} actor(s))", flush=True)
+    print(f"batch: {n:,} users in {batch_s:.1f} s ({n / batch_s:,.1f} users/s, {args.actors} actor(s))", flush=True)
 
     serve.start(http_options={"host": "127.0.0.1", "port": cfg.serve.port})
-    serve.run(build(cfg, a.checkpoint), name="genrec", route_prefix="/", blocking=False)
+    serve.run(build(cfg, args.checkpoint), name="genrec", route_prefix="/", blocking=False)
     url = f"http://127.0.0.1:{cfg.serve.port}/recommend"
     rows = contexts.to_pylist()
     bodies = [{"history": [{"item_id": i, "timestamp": t, "action": c, "utility": u}
                            for i, t, c, u in zip(r["item_ids"], r["ts"], r["actions"], r["utils"])],
-               "k": a.k, "request_ts": at} for r in rows]
+               "k": args.k, "request_ts": at} for r in rows]
     post(url, bodies[0])  # the replica loads the checkpoint on its first request: not timed
     started = time.perf_counter()
-    with ThreadPoolExecutor(a.clients) as pool:
+    with ThreadPoolExecutor(args.clients) as pool:
         answers = list(pool.map(lambda b: post(url, b), bodies))
     endpoint_s = time.perf_counter() - started
-    print(f"endpoint: {n:,} users in {endpoint_s:.1f} s ({n / endpoint_s:,.1f} users/s, {a.clients} clients)")
+    print(f"endpoint: {n:,} users in {endpoint_s:.1f} s ({n / endpoint_s:,.1f} users/s, {args.clients} clients)")
     same = sum(batch[r["user_id"]] == [i["item_id"] for i in ans["items"]] for r, ans in zip(rows, answers))
     print(f"lists equal for {same:,} of {n:,} users")
     serve.shutdown()
-    results = {"users": n, "k": a.k, "actors": a.actors, "clients": a.clients, "batch_s": batch_s,
+    results = {"users": n, "k": args.k, "actors": args.actors, "clients": args.clients, "batch_s": batch_s,
                "batch_users_per_s": n / batch_s, "endpoint_s": endpoint_s, "endpoint_users_per_s": n / endpoint_s,
-               "lists_equal": same, "checkpoint": a.checkpoint}
+               "lists_equal": same, "checkpoint": args.checkpoint}
     print(table(results))
-    write("recommend_batch", results, a.out)
+    write("recommend_batch", results, args.out)
     return 0 if same == n else 1
 
 

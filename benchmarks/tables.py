@@ -88,23 +88,23 @@ def main(argv=None) -> int:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--write", action="store_true", help="regenerate the marked tables of these Markdown files")
     mode.add_argument("--check", action="store_true", help="exit 1 if a marked table differs from its JSON")
-    a = p.parse_args(argv)
-    if not (a.write or a.check):
-        for path in a.files:
+    args = p.parse_args(argv)
+    if not (args.write or args.check):
+        for path in args.files:
             print(render(Path(path)) + "\n")
         return 0
     stale_all = []
-    for name in a.files:
+    for name in args.files:
         path = Path(name)
         text = path.read_text()
         fresh, stale = regenerate(text, name)
         stale_all += stale
-        if a.write and fresh != text:
+        if args.write and fresh != text:
             tmp = path.with_name(f".{path.name}.tmp")
             tmp.write_text(fresh)
             tmp.replace(path)
             print(f"{name}: {len(stale)} table(s) regenerated")
-    if a.check and stale_all:
+    if args.check and stale_all:
         print("tables that differ from their JSON (run benchmarks/tables.py --write on the file):\n  "
               + "\n  ".join(stale_all))
         return 1
