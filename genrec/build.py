@@ -17,15 +17,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from genrec.checkpoint import TRAIN_COUNT, catalogue_features
 from genrec.config import ConfigError, GenrecConfig
-from genrec.features import (NUM_AGE_BUCKETS, FeatureVocab, age_bucket_counts, age_log_lift, build_vocab, item_features,
+from genrec.features import (NUM_AGE_BUCKETS, FeatureVocab, age_bucket_counts, age_log_lift, build_vocab,
                              title_age_buckets)
 from genrec.flops import training_flops_per_token
 from genrec.model import GenRec, ModelSpec, Objective, resolve_shape
 from genrec.shards import ShardSet
 from genrec.windows import in_window, training_windows
-
-TRAIN_COUNT = "train_count"  # items.parquet column in a checkpoint: training events of each title (0 = cold start)
 
 
 @dataclass
@@ -141,13 +140,9 @@ def item_counts(shards: ShardSet, window: tuple[int | None, int | None] = (None,
 
 
 def catalogue(spec: ModelSpec, items: pa.Table, counts: np.ndarray | None, decoding: str = "sampled"):
-    """(features, known, log_q) for GenRec.set_catalogue from an item table (with `index`) and training counts."""
-    feats = item_features(items, FeatureVocab.from_dict(spec.features))
-    n = len(feats) - 1
-    known = torch.zeros(n + 1, dtype=torch.bool)
-    if counts is not None:
-        m = min(len(counts), n + 1)
-        known[:m] = torch.from_numpy(counts[:m] > 0)
+    """(features, known, log_q) for GenRec.set_catalogue from an item table (with `index`) and training counts: the
+    catalogue a checkpoint's model ranks (genrec.checkpoint.catalogue_features) and the sampling correction."""
+    feats, known = catalogue_features(spec, items, counts)
     if decoding == "in_batch" and counts is not None:  # a batch's targets are drawn ~ training frequency
         c = torch.from_numpy(counts.astype(np.float64))
         log_q = torch.log((c + 1.0) / (c.sum() + len(c))).float()
