@@ -24,9 +24,10 @@ def zero_stage(cfg: GenrecConfig) -> int:
         return int(cfg.train.zero_stage)
     if cfg.train.workers == 1:
         return 0
-    m = cfg.model
-    layers, width, _ = resolve_shape(m.preset, m.layers, m.width, m.heads, m.block)
-    return 3 if backbone_params(layers, width, m.block) >= ZERO3_FROM_PARAMS else 1
+    model_cfg = cfg.model
+    layers, width, _ = resolve_shape(model_cfg.preset, model_cfg.layers, model_cfg.width, model_cfg.heads,
+                                     model_cfg.block)
+    return 3 if backbone_params(layers, width, model_cfg.block) >= ZERO3_FROM_PARAMS else 1
 
 
 def deepspeed_config(cfg: GenrecConfig, on_gpu: bool) -> dict:

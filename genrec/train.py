@@ -374,11 +374,11 @@ def build_trainer(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=
     `finetune` continues a pre-trained checkpoint on a task's objective; `resume_from` is the checkpoint folder a
     run goes on from when Ray Train's own record of it is unusable (genrec.checkpoint.resume_point); each_epoch:
     a line said per epoch (a lone run), else one at the end (a sweep's trial, its epochs drawn in place)."""
-    t = cfg.train
+    train_cfg = cfg.train
     storage = cfg.storage.store()
     train_ds, windows = training_dataset(cfg, shards)
-    use_gpu = t.gpus_per_worker > 0
-    resources = {"CPU": t.cpus_per_worker} | ({"GPU": t.gpus_per_worker} if use_gpu else {})
+    use_gpu = train_cfg.gpus_per_worker > 0
+    resources = {"CPU": train_cfg.cpus_per_worker} | ({"GPU": train_cfg.gpus_per_worker} if use_gpu else {})
     return TorchTrainer(
         train_func,
         train_loop_config={"cfg": cfg, "shards": str(shards.root), "run_name": run_name,
@@ -386,12 +386,12 @@ def build_trainer(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=
                            "topk": str(topk_path(cfg, run_name)), "finetune": finetune,
                            "resume_from": resume_from, "commit": code_commit(), "each_epoch": each_epoch},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=t.workers, use_gpu=use_gpu,
+        scaling_config=ray.train.ScalingConfig(num_workers=train_cfg.workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(name=run_name, storage_path=storage.path("runs"),
                                        storage_filesystem=storage.fs if storage.remote else None,
                                        callbacks=callbacks or [],
-                                       failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+                                       failure_config=ray.train.FailureConfig(max_failures=train_cfg.max_failures),
                                        checkpoint_config=ray.train.CheckpointConfig(
                                            num_to_keep=2,
                                            checkpoint_score_attribute=SCORE,
