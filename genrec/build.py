@@ -17,15 +17,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from genrec.checkpoint import TRAIN_COUNT, catalogue_features
 from genrec.config import ConfigError, GenrecConfig
-from genrec.features import (NUM_AGE_BUCKETS, FeatureVocab, age_bucket_counts, age_log_lift, build_vocab, item_features,
+from genrec.features import (NUM_AGE_BUCKETS, FeatureVocab, age_bucket_counts, age_log_lift, build_vocab,
                              title_age_buckets)
 from genrec.flops import training_flops_per_token
 from genrec.model import GenRec, ModelSpec, Objective, resolve_shape
 from genrec.shards import ShardSet
 from genrec.windows import in_window, training_windows
-
-TRAIN_COUNT = "train_count"  # items.parquet column in a checkpoint: training events of each title (0 = cold start)
 
 
 @dataclass
@@ -69,43 +68,48 @@ def build_run(cfg: GenrecConfig, shards: ShardSet, task: str | None = None) -> R
 
 
 def model_spec(cfg: GenrecConfig, shards: ShardSet, items: pa.Table | None = None) -> ModelSpec:
-    m = cfg.model
-    layers, width, heads = resolve_shape(m.preset, m.layers, m.width, m.heads, m.block)
-    items = pq.read_table(shards.items_path, filesystem=shards.fs) if items is None and m.semantic else items
-    vocab = build_vocab(items, m.text_buckets) if m.semantic else FeatureVocab()
-    return ModelSpec(num_items=shards.num_items, layers=layers, width=width, heads=heads, max_seq_len=m.max_seq_len,
-                     dropout=m.dropout, activation_checkpointing=m.activation_checkpointing,
-                     projection_ratio=m.projection_ratio, semantic=m.semantic, features=vocab.to_dict(),
-                     title_age=m.title_age, tie_embeddings=m.tie_embeddings, block=m.block)
+    model_cfg = cfg.model
+    layers, width, heads = resolve_shape(model_cfg.preset, model_cfg.layers, model_cfg.width, model_cfg.heads,
+                                         model_cfg.block)
+    if items is None and model_cfg.semantic:
+        items = pq.read_table(shards.items_path, filesystem=shards.fs)
+    vocab = build_vocab(items, model_cfg.text_buckets) if model_cfg.semantic else FeatureVocab()
+    return ModelSpec(num_items=shards.num_items, layers=layers, width=width, heads=heads,
+                     max_seq_len=model_cfg.max_seq_len, dropout=model_cfg.dropout,
+                     activation_checkpointing=model_cfg.activation_checkpointing,
+                     projection_ratio=model_cfg.projection_ratio, semantic=model_cfg.semantic,
+                     features=vocab.to_dict(), title_age=model_cfg.title_age,
+                     tie_embeddings=model_cfg.tie_embeddings, block=model_cfg.block)
 
 
 def objective(cfg: GenrecConfig, task: str | None = None) -> Objective:
     """The training objective: pre-training's (next events, MTP), or a task's when fine-tuning on it. A horizon task
     trains on its own future window; next-event, cold-start and popular-pool tasks on next-event prediction."""
-    m = cfg.model
-    base = Objective(decoding=m.decoding, logq=m.logq, mtp_k=m.mtp_k,
-                     half_life_s=None if m.mtp_half_life_h is None else m.mtp_half_life_h * 3600.0,
-                     exclude_history=m.exclude_history)
-    t = cfg.eval.tasks[task] if task is not None else None
-    if t is None or t.targets != "horizon":
+    model_cfg = cfg.model
+    half_life_h = model_cfg.mtp_half_life_h
+    base = Objective(decoding=model_cfg.decoding, logq=model_cfg.logq, mtp_k=model_cfg.mtp_k,
+                     half_life_s=None if half_life_h is None else half_life_h * 3600.0,
+                     exclude_history=model_cfg.exclude_history)
+    task_cfg = cfg.eval.tasks[task] if task is not None else None
+    if task_cfg is None or task_cfg.targets != "horizon":
         return base
-    return replace(base, mtp_k=cfg.finetune.horizon_targets, half_life_s=None, skip=t.skip,
-                   min_dt_s=t.start_h * 3600.0, max_dt_s=t.end_h * 3600.0)
+    return replace(base, mtp_k=cfg.finetune.horizon_targets, half_life_s=None, skip=task_cfg.skip,
+                   min_dt_s=task_cfg.start_h * 3600.0, max_dt_s=task_cfg.end_h * 3600.0)
 
 
 def train_window(cfg: GenrecConfig, shards: ShardSet) -> tuple[int | None, int | None]:
     """[ts_min, ts_max) of the training events (None = unbounded): the window moved back from the training end (the
     validation cutoff) by train.window_shift_h and cut to train.window_days. Time split only (the config refuses
     shifts on leave-one-out)."""
-    t = cfg.train
-    if not t.window_shift_h and not t.window_days:
+    shift_h, days = cfg.train.window_shift_h, cfg.train.window_days
+    if not shift_h and not days:
         return None, None
     counts = shards.manifest["counts"]
     cutoff = counts.get("valid_cutoff") or counts.get("cutoff")
     if cutoff is None:
         raise ConfigError("train.window_shift_h / train.window_days need time-split shards (data.split: time)")
-    ts_max = int(cutoff - t.window_shift_h * 3600) if t.window_shift_h else None
-    ts_min = int((ts_max if ts_max is not None else cutoff) - t.window_days * 86400) if t.window_days else None
+    ts_max = int(cutoff - shift_h * 3600) if shift_h else None
+    ts_min = int((ts_max if ts_max is not None else cutoff) - days * 86400) if days else None
     return ts_min, ts_max
 
 
@@ -141,13 +145,9 @@ def item_counts(shards: ShardSet, window: tuple[int | None, int | None] = (None,
 
 
 def catalogue(spec: ModelSpec, items: pa.Table, counts: np.ndarray | None, decoding: str = "sampled"):
-    """(features, known, log_q) for GenRec.set_catalogue from an item table (with `index`) and training counts."""
-    feats = item_features(items, FeatureVocab.from_dict(spec.features))
-    n = len(feats) - 1
-    known = torch.zeros(n + 1, dtype=torch.bool)
-    if counts is not None:
-        m = min(len(counts), n + 1)
-        known[:m] = torch.from_numpy(counts[:m] > 0)
+    """(features, known, log_q) for GenRec.set_catalogue from an item table (with `index`) and training counts: the
+    catalogue a checkpoint's model ranks (genrec.checkpoint.catalogue_features) and the sampling correction."""
+    feats, known = catalogue_features(spec, items, counts)
     if decoding == "in_batch" and counts is not None:  # a batch's targets are drawn ~ training frequency
         c = torch.from_numpy(counts.astype(np.float64))
         log_q = torch.log((c + 1.0) / (c.sum() + len(c))).float()

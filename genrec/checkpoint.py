@@ -3,16 +3,19 @@
 A checkpoint folder holds the consolidated weights, the spec (with the semantic tower's feature vocabulary) and the
 item table with each title's training count, their checksums, and (for a run that goes on) DeepSpeed's resume state
 under `resume/` with each rank's listing and the trainer state. The trainer writes them (save_for_serving,
-save_resume_state: collective calls of its ranks); resumes find the newest whole one (last_resumable); serving,
-the ranker and the probes load them here with plain torch, weights only (no unpickling of objects), and import no
-training code. The catalogue a model ranks is rebuilt from the item table, so titles can be added after training
-(:meth:`LoadedModel.add_items`): they have no trained id row and are scored from metadata alone.
+save_resume_state: collective calls of its ranks) and reads its resume state back (load_resume_state); `genrec
+export` rewrites the serving files with the same writer (write_serving_files); resumes find the newest whole one
+(last_resumable); serving, the ranker and the probes load them here with plain torch, weights only (no unpickling
+of objects), and import no training code. The catalogue a model ranks is rebuilt from the item table
+(catalogue_features), so titles can be added after training (:meth:`LoadedModel.add_items`): they have no trained id
+row and are scored from metadata alone.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,19 +28,20 @@ import pyarrow.parquet as pq
 import safetensors.torch
 import torch
 
-from genrec.data.schema import DataError
-from genrec.errors import GenrecError
-from genrec.model import GenRec, ModelSpec
-from genrec.shards import CHECKSUMS, verify_checksums, write_checksums
-from genrec.build import TRAIN_COUNT, catalogue
 from genrec.config import ConfigError, GenrecConfig
 from genrec.console import say
+from genrec.data.schema import DataError
+from genrec.errors import GenrecError
+from genrec.features import FeatureVocab, ItemFeatures, item_features
+from genrec.model import GenRec, ModelSpec
+from genrec.shards import CHECKSUMS, verify_checksums, write_checksums
 from genrec.storage import StorageError, local_store
 
 
 CHECKPOINT_WEIGHTS = "model.safetensors"  # the consolidated weights: tensors only, read without unpickling
 CHECKPOINT_SPEC = "model.json"
 CHECKPOINT_ITEMS = "items.parquet"
+TRAIN_COUNT = "train_count"  # CHECKPOINT_ITEMS column: training events of each title (0 = cold start)
 MODEL_CARD = "MODEL_CARD.md"  # written by `genrec export` beside the three files above
 # The serving files' format, kept in model.json as "format". 1 (no "format" key): weights as a torch pickle,
 # LEGACY_WEIGHTS, still loaded (weights only); `genrec export` rewrites one as 2. 2: safetensors weights.
@@ -50,6 +54,7 @@ RESUME_TAG = "state"
 TRAINER_STATE = "trainer_state.json"
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints, in its folder
 RESUME_CHECKSUMS = "checksums_rank{rank}.json"  # in RESUME_DIR, one per rank: sizes and sha256s of what it wrote
+RESUME_RNG = "rng_rank{rank}.pt"  # in RESUME_DIR, one per rank: its RNG states (the sampler's, torch's, CUDA's)
 
 
 class CheckpointError(GenrecError, RuntimeError):
@@ -71,8 +76,7 @@ class LoadedModel:
             counts[index] = self.items.column(TRAIN_COUNT).to_numpy()
         else:  # a checkpoint without counts: every title of the training catalogue has an id row
             counts[1:self.spec.num_items + 1] = 1
-        feats, known, _ = catalogue(self.spec, self.items, counts)
-        self.model.set_catalogue(feats, known)
+        self.model.set_catalogue(*catalogue_features(self.spec, self.items, counts))
 
     def add_items(self, new_items: pa.Table) -> list[int]:
         """Append titles (item_id, title, genres, year, launch_ts, text) to the catalogue without retraining.
@@ -106,15 +110,44 @@ class LoadedModel:
         return index.tolist()
 
 
+def catalogue_features(spec: ModelSpec, items: pa.Table,
+                       counts: np.ndarray | None) -> tuple[ItemFeatures, torch.Tensor]:
+    """The catalogue a model ranks, from an item table (with `index`) and each index's training events: every title's
+    features, and which titles have a trained id row (counts above zero; none known without counts)."""
+    feats = item_features(items, FeatureVocab.from_dict(spec.features))
+    known = torch.zeros(len(feats), dtype=torch.bool)
+    if counts is not None:
+        counted = min(len(counts), len(feats))
+        known[:counted] = torch.from_numpy(counts[:counted] > 0)
+    return feats, known
+
+
+def read_info(folder: str | Path, store=None) -> dict:
+    """A checkpoint's model.json: its format, the spec and what the trainer wrote beside them (metrics, preset,
+    dataset...), read from `store` (a genrec.storage.Store; default the local disk). CheckpointError names the file."""
+    store = store or local_store()
+    path = f"{folder}/{CHECKPOINT_SPEC}"
+    if not store.is_file(path):
+        raise CheckpointError(f"{store.uri(path)}: missing; is {store.uri(folder)} a genrec checkpoint folder?")
+    try:
+        return json.loads(store.read_text(path))
+    except ValueError:
+        raise CheckpointError(f"{store.uri(path)}: not readable JSON (written only in part); use another "
+                              "checkpoint of the run, or retrain") from None
+
+
+def spec_of(info: dict, folder: str | Path) -> ModelSpec:
+    """The model spec of a checkpoint's model.json (read_info), or CheckpointError naming the file."""
+    try:
+        return ModelSpec.from_dict(info["spec"])
+    except (TypeError, KeyError) as exc:
+        raise CheckpointError(f"{folder}/{CHECKPOINT_SPEC}: not a spec this genrec can build ({exc}); "
+                              "retrain") from None
+
+
 def read_spec(path: str | Path) -> ModelSpec:
     """The model spec saved beside a checkpoint's weights."""
-    f = Path(path) / CHECKPOINT_SPEC
-    if not f.is_file():
-        raise CheckpointError(f"{f}: missing; is {path} a genrec checkpoint folder?")
-    try:
-        return ModelSpec.from_dict(json.loads(f.read_text())["spec"])
-    except (TypeError, KeyError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{f}: not a spec this genrec can build ({exc}); retrain") from None
+    return spec_of(read_info(path), path)
 
 
 UNVERIFIED_HINT = ("if you trust it (a checkpoint of a genrec before checksums were kept), pass "
@@ -126,8 +159,8 @@ def weights_file(path: str | Path) -> Path:
     a format-1 checkpoint's torch file (no "format" there). The listing in checksums.json then covers that file."""
     path = Path(path)
     try:
-        fmt = json.loads((path / CHECKPOINT_SPEC).read_text()).get("format", 1)
-    except (OSError, ValueError, AttributeError):  # no or unreadable spec: its own check says so
+        fmt = read_info(path).get("format", 1)
+    except (CheckpointError, OSError, AttributeError):  # no or unreadable spec: its own check says so
         fmt = CHECKPOINT_FORMAT
     return path / (LEGACY_WEIGHTS if fmt == 1 else CHECKPOINT_WEIGHTS)
 
@@ -170,14 +203,11 @@ def load_checkpoint(path: str | Path, device: str = "cpu", allow_unverified: boo
     if not verified and not allow_unverified:
         raise CheckpointError(f"{path / CHECKSUMS}: missing, so nothing shows the checkpoint is as genrec wrote it; "
                               f"refused. {UNVERIFIED_HINT[0].upper()}{UNVERIFIED_HINT[1:]}")
-    info = json.loads((path / CHECKPOINT_SPEC).read_text())
+    info = read_info(path)
     if info.get("format", 1) > CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path / CHECKPOINT_SPEC}: checkpoint format {info['format']}, written by a newer "
                               f"genrec than this one (format {CHECKPOINT_FORMAT}); upgrade genrec to load it")
-    try:
-        spec = ModelSpec.from_dict(info["spec"])
-    except TypeError as exc:
-        raise CheckpointError(f"{path / CHECKPOINT_SPEC}: not a spec this genrec can build ({exc}); retrain") from None
+    spec = spec_of(info, path)
     model = GenRec(spec)
     model.load_state_dict(read_weights(path, device), strict=True)  # float32: bf16 training saves bf16
     model.eval().to(device)
@@ -415,17 +445,24 @@ def consolidated_weights(engine) -> dict[str, torch.Tensor]:
     return state if engine.global_rank == 0 else {}
 
 
+def write_serving_files(out_dir: str | Path, state: dict[str, torch.Tensor], info: dict, items: pa.Table) -> None:
+    """The serving files in this genrec's format: weights (safetensors), model.json (`info`: the spec and what goes
+    beside it, its "format" set to this genrec's whatever `info` said), the item table (with each title's training
+    count), then their checksums. They load without DeepSpeed, Ray or unpickling (load_checkpoint)."""
+    write_weights(state, Path(out_dir, CHECKPOINT_WEIGHTS))
+    info = {"format": CHECKPOINT_FORMAT, **{k: v for k, v in info.items() if k != "format"}}
+    Path(out_dir, CHECKPOINT_SPEC).write_text(json.dumps(info, indent=2))
+    pq.write_table(items, Path(out_dir, CHECKPOINT_ITEMS))
+    # Last: a checkpoint whose checksums exist was written whole; serving refuses one that changed since.
+    write_checksums(out_dir, [CHECKPOINT_WEIGHTS, CHECKPOINT_SPEC, CHECKPOINT_ITEMS])
+
+
 def save_for_serving(engine, spec: ModelSpec, items: pa.Table, out_dir: str, extra: dict, rank: int) -> None:
-    """Consolidated weights (safetensors) + spec (JSON) + the item table (with each title's training count): loads
-    without DeepSpeed, Ray or unpickling (see `genrec.checkpoint`)."""
+    """The serving files (write_serving_files) of the engine's model, with `extra` beside the spec in model.json.
+    Collective under ZeRO-3: every rank calls it, rank 0 writes."""
     state = consolidated_weights(engine)
     if rank == 0:
-        write_weights(state, Path(out_dir, CHECKPOINT_WEIGHTS))
-        Path(out_dir, CHECKPOINT_SPEC).write_text(json.dumps({"format": CHECKPOINT_FORMAT, "spec": spec.to_dict(),
-                                                              **extra}, indent=2))
-        pq.write_table(items, Path(out_dir, CHECKPOINT_ITEMS))
-        # Last: a checkpoint whose checksums exist was written whole; serving refuses one that changed since.
-        write_checksums(out_dir, [CHECKPOINT_WEIGHTS, CHECKPOINT_SPEC, CHECKPOINT_ITEMS])
+        write_serving_files(out_dir, state, {"spec": spec.to_dict(), **extra}, items)
 
 
 def save_resume_state(engine, out_dir: str, rank: int, gen: torch.Generator, state: dict) -> None:
@@ -434,7 +471,7 @@ def save_resume_state(engine, out_dir: str, rank: int, gen: torch.Generator, sta
     rng = {"sampler": gen.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()  # dropout on the GPU draws from it
-    torch.save(rng, Path(out_dir, RESUME_DIR, f"rng_rank{rank}.pt"))
+    torch.save(rng, Path(out_dir, RESUME_DIR, RESUME_RNG.format(rank=rank)))
     # Each rank's folder holds only what this rank wrote (Ray merges the ranks' folders into the checkpoint): its
     # listing lets a resume tell a whole checkpoint from one whose upload was cut short (a full disk).
     resume = Path(out_dir, RESUME_DIR)
@@ -443,3 +480,33 @@ def save_resume_state(engine, out_dir: str, rank: int, gen: torch.Generator, sta
                     RESUME_CHECKSUMS.format(rank=rank))
     if rank == 0:
         Path(out_dir, TRAINER_STATE).write_text(json.dumps({**state, "resume_checksums": True}))
+
+
+# -- loading resume state (the trainer's ranks, on the worker count that wrote it) -----------------------------
+
+def read_resume_file(path: str | Path, allowed: list | tuple = (), map_location=None):
+    """A file of a checkpoint's resume state, loaded with weights_only: tensors, containers and the `allowed` types
+    (DeepSpeed's checkpoint types, for its engine's files). Anything else is refused, naming the file and the type,
+    and not unpickled: checksums prove integrity, not origin, so whoever can rewrite a resume file (and its checksums
+    beside it) could otherwise run code in every trainer."""
+    try:
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        why = next((line.strip() for line in str(exc).splitlines() if "Unsupported global" in line),
+                   str(exc).splitlines()[0])
+        raise CheckpointError(f"{path}: resume state that is not only tensors and the types genrec's checkpoints "
+                              f"hold ({why}); refused, not unpickled. Resume from a checkpoint genrec wrote, or "
+                              "start a new run") from None
+
+
+def load_resume_state(engine, folder: str | Path, rank: int, gen: torch.Generator) -> None:
+    """What save_resume_state wrote, back into a run on the same worker count: DeepSpeed's engine state (weights,
+    optimizer, LR schedule; its engine loads through read_resume_file, see genrec.engine) and this rank's RNG states
+    (the sampler's generator `gen`, torch's, and CUDA's when `gen` is on the GPU). Collective: every rank calls it."""
+    engine.load_checkpoint(str(Path(folder, RESUME_DIR)), tag=RESUME_TAG)
+    rng = read_resume_file(Path(folder, RESUME_DIR, RESUME_RNG.format(rank=rank)))
+    gen.set_state(rng["sampler"])
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and gen.device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"])

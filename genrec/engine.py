@@ -7,11 +7,9 @@ its first import, which the worker does when it starts (genrec.train.train_func)
 
 from __future__ import annotations
 
-import pickle
-
 import torch
 
-from genrec.checkpoint import CheckpointError
+from genrec.checkpoint import read_resume_file
 from genrec.config import GenrecConfig
 from genrec.model import GenRec, backbone_params, resolve_shape
 from genrec.objectives import draw_id_mask
@@ -26,9 +24,10 @@ def zero_stage(cfg: GenrecConfig) -> int:
         return int(cfg.train.zero_stage)
     if cfg.train.workers == 1:
         return 0
-    m = cfg.model
-    layers, width, _ = resolve_shape(m.preset, m.layers, m.width, m.heads, m.block)
-    return 3 if backbone_params(layers, width, m.block) >= ZERO3_FROM_PARAMS else 1
+    model_cfg = cfg.model
+    layers, width, _ = resolve_shape(model_cfg.preset, model_cfg.layers, model_cfg.width, model_cfg.heads,
+                                     model_cfg.block)
+    return 3 if backbone_params(layers, width, model_cfg.block) >= ZERO3_FROM_PARAMS else 1
 
 
 def deepspeed_config(cfg: GenrecConfig, on_gpu: bool) -> dict:
@@ -92,24 +91,16 @@ def deepspeed_safe_globals() -> list:
 
 
 def weights_only_checkpoint_engine(engine):
-    """DeepSpeed's checkpoint engine, loading with weights_only=True: tensors, containers and the few DeepSpeed
-    types its checkpoints hold (deepspeed_safe_globals). Its own TorchCheckpointEngine unpickles anything
-    (weights_only=False), and checksums prove integrity, not origin: whoever can write a resume file in the storage
-    (and its checksums beside it) could run code in every trainer. A file that needs another type is refused,
-    naming the file and the type. Saving is DeepSpeed's own."""
+    """DeepSpeed's checkpoint engine, loading through genrec.checkpoint.read_resume_file: weights_only=True, with
+    tensors, containers and the few DeepSpeed types its checkpoints hold (deepspeed_safe_globals). Its own
+    TorchCheckpointEngine unpickles anything (weights_only=False), and checksums prove integrity, not origin:
+    whoever can write a resume file in the storage (and its checksums beside it) could run code in every trainer. A
+    file that needs another type is refused, naming the file and the type. Saving is DeepSpeed's own."""
     allowed = deepspeed_safe_globals()
 
     class WeightsOnlyCheckpointEngine(type(engine)):
         def load(self, path: str, map_location=None):
-            try:
-                with torch.serialization.safe_globals(allowed):
-                    return torch.load(path, map_location=map_location, weights_only=True)
-            except pickle.UnpicklingError as exc:
-                why = next((line.strip() for line in str(exc).splitlines() if "Unsupported global" in line),
-                           str(exc).splitlines()[0])
-                raise CheckpointError(f"{path}: resume state that is not only tensors and DeepSpeed's checkpoint "
-                                      f"types ({why}); refused, not unpickled. Resume from a checkpoint genrec "
-                                      "wrote, or start a new run") from None
+            return read_resume_file(path, allowed, map_location)
 
     engine.__class__ = WeightsOnlyCheckpointEngine  # the same engine (its config, its save), another load
     return engine

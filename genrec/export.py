@@ -15,13 +15,11 @@ import json
 import shutil
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import yaml
 
-from genrec.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS, MODEL_CARD,
-                               CheckpointError, LoadedModel, read_weights, write_weights)
+from genrec.checkpoint import (CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS, MODEL_CARD, CheckpointError,
+                               LoadedModel, read_weights, write_serving_files)
 from genrec.holdout import SELECTED
-from genrec.shards import write_checksums
 from genrec.winner import WinnerError, read_winner
 
 CONFIG_COPY = "config.yaml"
@@ -105,13 +103,10 @@ def export_checkpoint(loaded: LoadedModel, out: Path, source: str, selected: dic
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        write_weights(read_weights(loaded.path, as_float=False), tmp / CHECKPOINT_WEIGHTS)  # as trained (bf16 stays)
-        info = {**loaded.info, "format": CHECKPOINT_FORMAT}
-        (tmp / CHECKPOINT_SPEC).write_text(json.dumps(info, indent=2))
-        pq.write_table(loaded.items, tmp / CHECKPOINT_ITEMS)
-        write_checksums(tmp, [CHECKPOINT_WEIGHTS, CHECKPOINT_SPEC, CHECKPOINT_ITEMS])
-        if info.get("config"):
-            (tmp / CONFIG_COPY).write_text(yaml.safe_dump(info["config"], sort_keys=False))
+        # The weights as trained (bf16 stays), in this genrec's format whatever the checkpoint's.
+        write_serving_files(tmp, read_weights(loaded.path, as_float=False), loaded.info, loaded.items)
+        if loaded.info.get("config"):
+            (tmp / CONFIG_COPY).write_text(yaml.safe_dump(loaded.info["config"], sort_keys=False))
         (tmp / MODEL_CARD).write_text(model_card(loaded, source, selected))
         tmp.rename(out)
     except BaseException:

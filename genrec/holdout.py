@@ -9,21 +9,18 @@ sweep), never fed back into one.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import torch
 
-from genrec.checkpoint import load_checkpoint
+from genrec.build import item_counts
+from genrec.checkpoint import CheckpointError, checkpoint_folders, load_checkpoint, local_checkpoint, read_info
 from genrec.config import GenrecConfig
+from genrec.console import say
 from genrec.errors import GenrecError
+from genrec.runtime import print_table
 from genrec.selection import TEST, VALID, best_record, selection_key
 from genrec.shards import ShardSet
 from genrec.tasks import build_plan, count_scorer, evaluate_plan, model_scorer, plan_metrics
-from genrec.build import item_counts
-from genrec.console import say
-from genrec.runtime import print_table
-from genrec.checkpoint import CHECKPOINT_SPEC, checkpoint_folders, local_checkpoint
 
 SELECTED = "selected.json"  # in a run's folder: the kept epoch, its checkpoint, validation and test figures
 
@@ -89,8 +86,8 @@ def select_and_test(cfg: GenrecConfig, shards: ShardSet, run_name: str, task: st
     kept = {}
     for folder in checkpoint_folders(store, run_folder):
         try:
-            metrics = json.loads(store.read_text(f"{folder}/{CHECKPOINT_SPEC}"))["metrics"]
-        except (OSError, ValueError, KeyError):  # a checkpoint cut short: not a candidate
+            metrics = read_info(folder, store)["metrics"]
+        except (CheckpointError, OSError, KeyError):  # a checkpoint cut short: not a candidate
             continue
         kept.setdefault(int(metrics["epoch"]), (folder, metrics))
     record = best_record([m for _, m in sorted(kept.values(), key=lambda fm: fm[1]["epoch"])], key)

@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from genrec.checkpoint import TRAIN_COUNT
 from genrec.recommend import Events, Ranker, titles_table
-from genrec.build import TRAIN_COUNT
 
 HOUR = 3600
 NEW_ID_BASE = 9_000_000_000_000  # item ids of the probe's titles: far from any real catalogue's

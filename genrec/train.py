@@ -8,7 +8,6 @@ Tune trial use exactly this pair, so a sweep trains the way a single run does.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import tempfile
@@ -23,8 +22,8 @@ import torch
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from genrec.build import Run, build_run, model_flops_per_token, num_negatives, optimizer_and_schedule, torch_threads
-from genrec.checkpoint import (CHECKPOINT_SPEC, RESUME_DIR, RESUME_TAG, local_checkpoint, read_trainer_state,
-                               read_weights, resume_point, save_for_serving, save_resume_state, verify_resumable)
+from genrec.checkpoint import (load_resume_state, local_checkpoint, read_spec, read_trainer_state, read_weights,
+                               resume_point, save_for_serving, save_resume_state, verify_resumable)
 from genrec.config import ConfigError, GenrecConfig, without_secrets
 from genrec.console import eta, progress_bar, worker_progress, worker_say
 from genrec.defaults import resolve as resolve_defaults
@@ -32,7 +31,6 @@ from genrec.engine import make_engine, param_share, train_step
 from genrec.finetune import ARCHITECTURE, FinetuneSpec, load_pretrained
 from genrec.flops import mfu, peak_tflops
 from genrec.ingest import check_ingest_room, training_dataset
-from genrec.model import ModelSpec
 from genrec.runs import (TrainingFailed, code_commit, failure_message, history_path, interrupt_message, topk_path,
                          write_topk)
 from genrec.runtime import Interrupted
@@ -157,13 +155,8 @@ def restore(worker: Worker, config: dict, steps_per_epoch: int):
                                                       fused=worker.device.type == "cuda")
         engine = make_engine(cfg, model, optimizer, scheduler, worker.device.type == "cuda")
         gen = torch.Generator(device=worker.device).manual_seed(cfg.train.seed * 1000 + worker.rank)
-        if same_world:
-            engine.load_checkpoint(str(folder / RESUME_DIR), tag=RESUME_TAG)  # weights, optimizer, LR schedule
-            rng = torch.load(folder / RESUME_DIR / f"rng_rank{worker.rank}.pt", weights_only=True)
-            gen.set_state(rng["sampler"])
-            torch.set_rng_state(rng["torch"])
-            if "cuda" in rng and worker.device.type == "cuda":
-                torch.cuda.set_rng_state(rng["cuda"])
+        if same_world:  # weights, optimizer, LR schedule and this rank's RNG states
+            load_resume_state(engine, folder, worker.rank, gen)
         if state is not None and worker.rank == 0:
             worker_say(f"resumed from {folder.name} after epoch {progress.epoch} (restart {progress.restarts})")
     return engine, scheduler, gen, progress
@@ -182,7 +175,7 @@ def resume_folder(worker: Worker, config: dict, stack: contextlib.ExitStack) -> 
     same = state["world"] == worker.world
     verify_resumable(str(folder), state, ranks=[worker.rank] if same else [], weights=not same,
                      allow_unverified=worker.cfg.storage.allow_unverified_checkpoints)
-    saved = ModelSpec.from_dict(json.loads(Path(folder, CHECKPOINT_SPEC).read_text())["spec"])
+    saved = read_spec(folder)
     if diff := [f for f in ARCHITECTURE if getattr(saved, f) != getattr(worker.run.spec, f)]:
         raise ConfigError(f"{folder}: the run being resumed built another model ({', '.join(diff)} differ); "
                           "resume with the config it was started with, or start a new run")
@@ -381,11 +374,11 @@ def build_trainer(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=
     `finetune` continues a pre-trained checkpoint on a task's objective; `resume_from` is the checkpoint folder a
     run goes on from when Ray Train's own record of it is unusable (genrec.checkpoint.resume_point); each_epoch:
     a line said per epoch (a lone run), else one at the end (a sweep's trial, its epochs drawn in place)."""
-    t = cfg.train
+    train_cfg = cfg.train
     storage = cfg.storage.store()
     train_ds, windows = training_dataset(cfg, shards)
-    use_gpu = t.gpus_per_worker > 0
-    resources = {"CPU": t.cpus_per_worker} | ({"GPU": t.gpus_per_worker} if use_gpu else {})
+    use_gpu = train_cfg.gpus_per_worker > 0
+    resources = {"CPU": train_cfg.cpus_per_worker} | ({"GPU": train_cfg.gpus_per_worker} if use_gpu else {})
     return TorchTrainer(
         train_func,
         train_loop_config={"cfg": cfg, "shards": str(shards.root), "run_name": run_name,
@@ -393,12 +386,12 @@ def build_trainer(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=
                            "topk": str(topk_path(cfg, run_name)), "finetune": finetune,
                            "resume_from": resume_from, "commit": code_commit(), "each_epoch": each_epoch},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=t.workers, use_gpu=use_gpu,
+        scaling_config=ray.train.ScalingConfig(num_workers=train_cfg.workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(name=run_name, storage_path=storage.path("runs"),
                                        storage_filesystem=storage.fs if storage.remote else None,
                                        callbacks=callbacks or [],
-                                       failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+                                       failure_config=ray.train.FailureConfig(max_failures=train_cfg.max_failures),
                                        checkpoint_config=ray.train.CheckpointConfig(
                                            num_to_keep=2,
                                            checkpoint_score_attribute=SCORE,

@@ -1,7 +1,8 @@
 """The import rules of the layout, read from the code (every import, at module level or inside a function):
 
 - no import cycles among genrec/, trainers/, tuning/ and serving/;
-- the Serve app, the ranker and the probes reach no training code (the Ray Train loop, DeepSpeed, trainers/, tuning/);
+- the Serve app, the ranker, the probes and the checkpoint module reach no training code (the Ray Train loop, the
+  training set-up of genrec.build, DeepSpeed, trainers/, tuning/);
 - trainers/ and tuning/ never import the CLI (entrypoints call into the core, never back);
 - the core (genrec/, the CLI aside: it is an entrypoint) imports no entrypoint.
 
@@ -15,8 +16,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("genrec", "trainers", "tuning", "serving")
-TRAINING = ("genrec.train", "genrec.engine", "genrec.ingest", "genrec.reference_loop", "deepspeed", "trainers",
-            "tuning")
+TRAINING = ("genrec.train", "genrec.build", "genrec.engine", "genrec.ingest", "genrec.reference_loop", "deepspeed",
+            "trainers", "tuning")
 
 
 def module_name(path: Path) -> str:

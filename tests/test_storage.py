@@ -16,15 +16,14 @@ from deepspeed.runtime.fp16.loss_scaler import LossScaler
 from deepspeed.runtime.zero.config import ZeroStageEnum
 
 from genrec.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS, LEGACY_WEIGHTS,
-                               CheckpointError, load_checkpoint, load_last_good, read_spec, verify_resumable,
-                               write_weights)
+                               TRAIN_COUNT, CheckpointError, load_checkpoint, load_last_good, load_resume_state,
+                               read_spec, save_resume_state, verify_resumable, write_weights)
 from genrec.cli import main as cli_main
 from genrec.features import build_vocab
 from genrec.model import GenRec, ModelSpec
 from genrec.runtime import prepare_shards
 from genrec.shards import CHECKSUMS, ShardError, open_shards, verify_checksums, verify_shards, write_checksums
 from genrec.storage import StorageError, relative_inside, store
-from genrec.build import TRAIN_COUNT
 from genrec.engine import weights_only_checkpoint_engine
 from tests.conftest import tiny_config
 
@@ -192,6 +191,29 @@ def test_resume_state_is_loaded_without_unpickling_code(tmp_path):
     assert not (tmp_path / "ran").exists()
     TorchCheckpointEngine(None).load(str(evil))  # what DeepSpeed's own engine does with it
     assert (tmp_path / "ran").is_dir()
+
+
+class _EngineStandIn:
+    """DeepSpeed's engine state is DeepSpeed's own; what genrec writes and reads beside it is each rank's RNG file."""
+
+    def save_checkpoint(self, folder, tag):
+        os.makedirs(os.path.join(folder, tag))
+
+    def load_checkpoint(self, folder, tag):
+        assert os.path.isdir(os.path.join(folder, tag))
+
+
+def test_a_ranks_rng_states_come_back_from_its_resume_state(tmp_path):
+    """save_resume_state's RNG file of a rank is the one load_resume_state reads back (and its listing covers it):
+    the sampler and torch draw after a resume what they would have drawn without the restart."""
+    sampler = torch.Generator().manual_seed(1)
+    save_resume_state(_EngineStandIn(), str(tmp_path), 1, sampler, {"world": 2})
+    unbroken = torch.rand(3, generator=sampler), torch.rand(3)
+    restarted = torch.Generator().manual_seed(99)
+    torch.manual_seed(99)
+    load_resume_state(_EngineStandIn(), tmp_path, 1, restarted)
+    assert torch.equal(torch.rand(3, generator=restarted), unbroken[0]) and torch.equal(torch.rand(3), unbroken[1])
+    verify_resumable(str(tmp_path), {"world": 2, "resume_checksums": True}, ranks=[1], weights=False)
 
 
 def test_a_format_1_checkpoint_still_loads_and_a_newer_format_is_refused(tmp_path):
