@@ -18,3 +18,13 @@ class GenrecError(Exception):
 class ConfigError(GenrecError, ValueError):
     """A config file or override that cannot be used; the message names the file and the dotted key. (Here rather
     than in genrec.config so that genrec.storage, which the config's storage section opens, needs no config.)"""
+
+
+class SweepFailed(GenrecError, RuntimeError):
+    """A sweep none of whose trials can be served: every one failed or reported no validation figure (the message
+    lists each trial's error). Nothing is written."""
+    exit_code = 1
+
+
+class ProbeError(GenrecError, ValueError):
+    """A probe that can tell nothing about this checkpoint or its catalogue (the message says what is missing)."""

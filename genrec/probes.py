@@ -16,6 +16,7 @@ import torch
 
 from genrec.checkpoint import TRAIN_COUNT
 from genrec.recommend import Events, Ranker, titles_table
+from genrec.errors import ProbeError
 
 HOUR = 3600
 NEW_ID_BASE = 9_000_000_000_000  # item ids of the probe's titles: far from any real catalogue's
@@ -41,15 +42,15 @@ def taste_probe(ranker: Ranker, when: int | None = None, history_len: int = 20, 
     before it, the fans' histories end two days before it. Adds the probe's titles to `ranker` (use a ranker of its
     own)."""
     if ranker.model.items.tower is None:
-        raise ValueError("taste probe: the checkpoint has no semantic tower (model.semantic: false); every new title "
-                         "would score alike")
+        raise ProbeError("taste probe: the checkpoint has no semantic tower (model.semantic: false); every new title "
+                         "would score alike. Probe a checkpoint trained with model.semantic: true")
     if when is None:
         when = int(ranker.loaded.items.column("launch_ts").to_numpy().max()) + 48 * HOUR
     fans = genre_fans(ranker, history_len, min_titles)
     genres = list(fans)
     if len(genres) < 2:
-        raise ValueError(f"taste probe: {len(genres)} genre(s) with {min_titles}+ trained single-genre titles; "
-                         "need 2 or more")
+        raise ProbeError(f"taste probe: {len(genres)} genre(s) with {min_titles}+ trained single-genre titles; "
+                         "need 2 or more (lower min_titles, or probe a model trained on more genres)")
     # Genre alone (and the launch year): no title or text, whose hashed words would add the same noise to every fan.
     rows = [{"item_id": NEW_ID_BASE + k, "genres": [g]} for k, g in enumerate(genres)]
     ranker.add_titles(titles_table(rows, now=when - 24 * HOUR))

@@ -2,9 +2,10 @@
 
 One rule everywhere (the trainer's kept checkpoint and early stopping, Tune's ranking, the sweep's winner, the
 report): the highest validation figure of the selection metric (`eval.select_metric` on the primary task, at no
-serving delay), the earliest epoch among equals. Test figures never enter a choice: they are scored once, for the
-selected model, after the choice is made. Pure functions over per-epoch history records (dicts), tested on
-hand-made histories.
+serving delay), the earliest epoch among equals. A trial is scored by its kept epoch's figure; a sweep's winner is the
+best trial among those trained on the freshest window. Test figures never enter a choice: they are scored once, for
+the selected model, after the choice is made. Pure functions over plain records (dicts: an epoch's figures, or a
+trial's), tested on hand-made histories and trials.
 """
 
 from __future__ import annotations
@@ -61,3 +62,24 @@ def selection_scores(history: list[dict], key: str) -> dict:
 def should_stop(history: list[dict], key: str, patience: int | None) -> bool:
     """Early stopping: `patience` epochs in a row without a better validation figure (None: never)."""
     return patience is not None and bool(history) and epochs_since_best(history, key) >= patience
+
+
+def rank_trials(trials: list[dict], key: str) -> list[dict]:
+    """Trials best first by `key` (each one's kept-epoch figure), the earlier of equals first; trials without a figure
+    (failed ones) last, in the order given."""
+    return sorted(trials, key=lambda trial: -_value(trial, key))
+
+
+WINDOW_SHIFT = "window_shift_h"  # a trial's hours between its training window's end and the cutoff (0: freshest)
+
+
+def winning_trial(trials: list[dict], key: str) -> dict | None:
+    """The trial a sweep serves: among the trials with a figure, those trained on the freshest window (the smallest
+    WINDOW_SHIFT: shifted retrains are there to measure retrain stability, serving wants the latest events),
+    then the highest `key` (the earliest of equals, as best_record). A better trial on an older window never wins.
+    None when no trial has a figure."""
+    scored = [trial for trial in trials if _value(trial, key) > -math.inf]
+    if not scored:
+        return None
+    freshest = min(trial.get(WINDOW_SHIFT, 0.0) for trial in scored)
+    return best_record([trial for trial in scored if trial.get(WINDOW_SHIFT, 0.0) == freshest], key)

@@ -3,7 +3,8 @@
 import math
 
 from genrec.config import load_config
-from genrec.selection import best_record, epochs_since_best, selection_key, should_stop
+from genrec.selection import (best_record, epochs_since_best, rank_trials, selection_key, should_stop,
+                              winning_trial)
 from genrec.train import epoch_line
 
 
@@ -64,3 +65,30 @@ def test_the_epoch_line_shows_popularity_beside_the_selection_figure():
                     "valid_hr@10 0.2000  4,826 events/s  (best so far)")
     del metrics["popularity_valid_ndcg@10"]  # a history written before popularity was computed per run
     assert "popularity" not in epoch_line(metrics, cfg, "valid_ndcg@10", best=False)
+
+
+def _trial(name, valid, shift=0.0):
+    """One sweep trial as tuning.sweep summarizes it: its kept epoch's validation figure (absent: it failed)."""
+    return {"name": name, "window_shift_h": shift, **({} if valid is None else {"valid_ndcg@10": valid})}
+
+
+def test_the_winner_is_the_best_trial_on_the_freshest_window_not_a_better_older_one():
+    trials = [_trial("old-best", 0.30, shift=48.0), _trial("fresh", 0.20), _trial("fresh-best", 0.25),
+              _trial("oldest", 0.40, shift=96.0), _trial("failed", None)]
+    assert winning_trial(trials, "valid_ndcg@10")["name"] == "fresh-best"
+    # ranking shows every trial by its figure (the older windows too): a table, not the choice
+    assert [t["name"] for t in rank_trials(trials, "valid_ndcg@10")] == [
+        "oldest", "old-best", "fresh-best", "fresh", "failed"]
+    # with no trial on the unshifted window, the least shifted one is the freshest
+    assert winning_trial(trials[:1] + trials[3:], "valid_ndcg@10")["name"] == "old-best"
+
+
+def test_trial_ties_keep_the_earlier_trial_and_trials_without_a_figure_never_win():
+    trials = [_trial("nan", math.nan), _trial("first", 0.2), _trial("failed", None), _trial("second", 0.2)]
+    assert winning_trial(trials, "valid_ndcg@10")["name"] == "first"
+    assert [t["name"] for t in rank_trials(trials, "valid_ndcg@10")] == ["first", "second", "nan", "failed"]
+    # a failed trial on a fresher window does not make the freshest window one with no figure
+    shifted = [_trial("failed-fresh", None), _trial("shifted", 0.1, shift=24.0)]
+    assert winning_trial(shifted, "valid_ndcg@10")["name"] == "shifted"
+    assert winning_trial([_trial("failed", None), _trial("nan", math.nan)], "valid_ndcg@10") is None
+    assert winning_trial([], "valid_ndcg@10") is None

@@ -68,3 +68,45 @@ def test_a_trials_shape_is_read_from_numpy_scalars():
     assert trained_shape(row) == {"preset": "100k", "max_seq_len": 96}
     assert trained_shape(pd.Series({"preset": "2m", "max_seq_len": float("nan")})) == {"preset": "2m"}
     assert trained_shape(pd.Series({"loss": 1.0})) == {}
+
+
+def test_the_sweep_keeps_each_trials_best_epoch_and_says_in_one_line_when_no_trial_can_be_served(tmp_path, capsys):
+    """tuning.sweep's trial table and winner follow genrec.selection (the earliest of a trial's best epochs; failed
+    trials last), and a sweep whose every trial failed is a GenrecError with one line per the CLI, not a traceback."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from genrec.config import load_config
+    from genrec.entrypoint import explain
+    from genrec.errors import SweepFailed
+    from tuning.sweep import summarize, write_winner
+
+    def result(valid, error=None, shift=0.0):
+        epochs = pd.DataFrame({"epoch": range(1, len(valid) + 1), "valid_ndcg@10": valid, "valid_mrr": 0.1,
+                               "valid_hr@10": 0.2, "loss": 5.0, "backbone_params": 10,
+                               "checkpoint_path": [f"/ck/{shift}/{e}" for e in range(1, len(valid) + 1)],
+                               "wall_time_s": 1.0, "events_processed": 100})
+        return SimpleNamespace(config={"preset": "2m", "max_seq_len": 16, "seed": 0, "window_shift_h": shift},
+                               metrics_dataframe=epochs, error=error, metrics={"trial_id": str(shift)})
+
+    rows = summarize([result([0.1, 0.3, float("nan"), 0.3], shift=0.0), result([0.5], error=RuntimeError("x")),
+                      result([0.4], shift=24.0)], "valid_ndcg@10")
+    assert [(r["rank"], r["status"], r.get("best_epoch")) for r in rows] == [(1, "ok", 1), (2, "ok", 2),
+                                                                              ("-", "failed", None)]
+    assert rows[1]["checkpoint"] == "/ck/0.0/2"  # the earlier of the two best epochs
+
+    cfg = load_config(None, [f"storage.root={tmp_path}"])
+    # the winner is the unshifted window's trial, though a trial on an older window scored higher
+    manifest = write_winner(cfg, "s", rows)
+    assert manifest.checkpoint.endswith("/ck/0.0/2") and manifest.metrics["best_epoch"] == 2
+    failed = [{"preset": "custom", "max_seq_len": 16, "seed": 0, "window_shift_h": 0.0, "status": "failed",
+               "error": f"Traceback (most recent call last):\n  ...\nValueError: no training window {s}"}
+              for s in (1, 1, 2)]
+    with pytest.raises(SweepFailed) as caught:
+        write_winner(cfg, "s", failed)
+    assert explain(caught.value) == 1  # what `genrec sweep` and `python -m tuning.sweep` print, and exit with
+    message = capsys.readouterr().err
+    assert message.startswith("error: sweep s: ") and message.count("\n") == 1 and "Traceback" not in message
+    assert ("every trial failed (custom/len16: ValueError: no training window 1; custom/len16: ValueError: no "
+            "training window 2)") in message and "--resume s" in message

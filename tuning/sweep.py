@@ -24,14 +24,15 @@ from ray.tune import ExperimentAnalysis
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from genrec.console import LOG_NAME, keep_log, say
-from genrec.config import (ConfigError, GenrecConfig, dump_config, stored_config, with_values,
+from genrec.config import (ConfigError, GenrecConfig, TuneConfig, dump_config, stored_config, with_values,
                            without_secrets)
 from genrec.defaults import resolve as resolve_defaults
 from genrec.entrypoint import run_entrypoint
+from genrec.errors import SweepFailed
 from genrec.holdout import figures, popularity, score_test
 from genrec.runs import history_path, topk_path
 from genrec.runtime import Interrupted, init_ray, prepare_shards, print_table
-from genrec.selection import BEST_SO_FAR, TEST, selection_key
+from genrec.selection import BEST_SO_FAR, TEST, best_record, rank_trials, selection_key, winning_trial
 from genrec.shards import open_shards
 from genrec.storage import StorageError, atomic_write_json, is_uri
 from genrec.study import RUN_FILE
@@ -95,21 +96,22 @@ def trained_shape(record) -> dict:
 
 
 def summarize(results, key: str) -> list[dict]:
-    """One row per trial at the epoch it keeps (the highest validation `key`, earliest of equals: genrec.selection),
-    ranked by that figure (best first; failed trials last)."""
+    """One row per trial at the epoch it keeps (the highest validation `key`, earliest of equals), ranked by that
+    figure (best first; failed trials last): genrec.selection's best_record and rank_trials."""
     rows = []
-    for r in results:
-        cfg = r.config
-        row = {"preset": cfg["preset"], "max_seq_len": cfg["max_seq_len"], "seed": cfg.get("seed", 0),
-               "window_shift_h": cfg.get("window_shift_h", 0.0), "status": "ok", "error": None,
-               **({"values": dict(cfg["values"])} if cfg.get("values") else {})}
-        df = r.metrics_dataframe
-        if r.error is not None or df is None or key not in df or df[key].isna().all():
-            row.update(status="failed", error=str(r.error) if r.error else "no metrics reported")
+    for result in results:
+        params = result.config
+        row = {"preset": params["preset"], "max_seq_len": params["max_seq_len"], "seed": params.get("seed", 0),
+               "window_shift_h": params.get("window_shift_h", 0.0), "status": "ok", "error": None,
+               **({"values": dict(params["values"])} if params.get("values") else {})}
+        df = result.metrics_dataframe
+        epochs = df.to_dict("records") if df is not None else []
+        best = best_record(epochs, key) if result.error is None else None
+        if best is None:
+            row.update(status="failed", error=str(result.error) if result.error else "no metrics reported")
             rows.append(row)
             continue
-        best = df.loc[df[key].idxmax()]  # the first of equal maxima: the earliest epoch
-        last = df.iloc[-1]
+        last = epochs[-1]
         row.update(trained_shape(best))
         row.update({k: float(best[k]) for k in FIGURES if k in best})
         row["backbone_params"] = int(best["backbone_params"])
@@ -117,13 +119,23 @@ def summarize(results, key: str) -> list[dict]:
         row.update(best_epoch=int(best["epoch"]), checkpoint=best.get("checkpoint_path"),
                    wall_time_s=float(last["wall_time_s"]), events_processed=int(last["events_processed"]),
                    train_flops=None if flops is None or math.isnan(flops) else float(flops),
-                   trial_id=r.metrics.get("trial_id"))
+                   trial_id=result.metrics.get("trial_id"))
         rows.append(row)
-    ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: r[key], reverse=True)
-    ranked = ok + [r for r in rows if r["status"] != "ok"]
-    for i, r in enumerate(ranked, 1):
-        r["rank"] = i if r["status"] == "ok" else "-"
+    ranked = rank_trials(rows, key)
+    for place, row in enumerate(ranked, 1):
+        row["rank"] = place if row["status"] == "ok" else "-"
     return ranked
+
+
+def failure_causes(rows: list[dict]) -> str:
+    """The failed trials' errors on one line: each distinct cause (the last line of its error, where a Ray error's
+    traceback ends in the exception) after the trials it stopped."""
+    causes: dict[str, dict[str, None]] = {}
+    for row in rows:
+        if row["status"] != "ok":
+            lines = str(row["error"]).strip().splitlines() or ["unknown error"]
+            causes.setdefault(lines[-1].strip(), {})[f"{row['preset']}/len{row['max_seq_len']}"] = None
+    return "; ".join(f"{', '.join(trials)}: {cause}" for cause, trials in causes.items())
 
 
 def write_winner(cfg: GenrecConfig, sweep: str, rows: list[dict], experiment: str | None = None,
@@ -135,13 +147,14 @@ def write_winner(cfg: GenrecConfig, sweep: str, rows: list[dict], experiment: st
     for r in rows:  # Tune names checkpoints by their path in the storage's filesystem: the manifest by their URI
         if isinstance(r.get("checkpoint"), str) and r["checkpoint"]:
             r["checkpoint"] = store.uri(r["checkpoint"])
-    # Serving wants the freshest model: the winner is the best trial among those trained up to the cutoff.
-    ok = [r for r in rows if r["status"] == "ok"]
-    freshest = min((r["window_shift_h"] for r in ok), default=0.0)
-    best = next((r for r in ok if r["window_shift_h"] == freshest), rows[0])
-    if best["status"] != "ok" or not best.get("checkpoint"):
-        raise RuntimeError("every trial failed; no winner to write:\n" +
-                           "\n".join(f"  {r['preset']}/len{r['max_seq_len']}: {r['error']}" for r in rows))
+    key = selection_key(cfg.eval.select_metric)
+    best = winning_trial(rows, key)  # the freshest window's best trial on validation
+    if best is None or not best.get("checkpoint"):
+        what = (f"every trial failed ({failure_causes(rows)})" if best is None else
+                f"the winning trial {best['preset']}/len{best['max_seq_len']} kept no checkpoint")
+        raise SweepFailed(f"sweep {sweep}: {what}; no winner written. Each trial's error.txt under "
+                          f"{store.uri(experiment or experiment_dir(cfg, sweep))} holds its traceback; fix the cause, "
+                          f"then `--resume {sweep}` with the same --config and --set flags reruns the failed trials")
     winner_cfg = trial_config(cfg.model_dump(mode="json"), best["preset"], best["max_seq_len"], None, best["seed"],
                               best["window_shift_h"], best.get("values"))
     test = popular = None
@@ -154,8 +167,8 @@ def write_winner(cfg: GenrecConfig, sweep: str, rows: list[dict], experiment: st
         experiment=store.uri(experiment or experiment_dir(cfg, sweep)),
         created_at=time.time(),
         # How the winner was chosen: only validation figures; the test split was read once, for the winner.
-        selection=f"highest {selection_key(cfg.eval.select_metric)} (validation split), freshest retrains",
-        metric=selection_key(cfg.eval.select_metric),
+        selection=f"highest {key} (validation split), freshest retrains",
+        metric=key,
         checkpoint=best["checkpoint"],
         preset=best["preset"],
         max_seq_len=best["max_seq_len"],
@@ -207,7 +220,7 @@ def run(cfg: GenrecConfig, sweep: str | None = None, rebuild: bool = False,
     keep_log(store, "tune", sweep, LOG_NAME)
     shards = prepare_shards(cfg, rebuild=rebuild)
     init_ray(cfg)
-    t = cfg.tune
+    tune_cfg = cfg.tune
     trainable = ray.tune.with_resources(run_trial, {"cpu": TRIAL_CPUS})
     if resume:
         # A sweep that was stopped (Ctrl-C, a lost head node): finished trials are kept as they are; trials that
@@ -217,16 +230,16 @@ def run(cfg: GenrecConfig, sweep: str | None = None, rebuild: bool = False,
                                        storage_filesystem=store.fs)
     else:
         key = selection_key(cfg.eval.select_metric)
-        if t.search == "grid":
-            n = n_trials(t)
-            cells = len(t.presets) * len(t.max_seq_lens)
-            retrains = f" x {len(t.seeds) * len(t.window_shifts_h)} retrains" if n > cells else ""
-            say(f"sweep {sweep}: presets {t.presets} x max_seq_len {t.max_seq_lens}{retrains}, {n} trials, "
-                f"ranked by {key} -> {store.uri(experiment_dir(cfg, sweep))}")
+        if tune_cfg.search == "grid":
+            trials = trial_count(tune_cfg)
+            cells = len(tune_cfg.presets) * len(tune_cfg.max_seq_lens)
+            retrains = f" x {len(tune_cfg.seeds) * len(tune_cfg.window_shifts_h)} retrains" if trials > cells else ""
+            say(f"sweep {sweep}: presets {tune_cfg.presets} x max_seq_len {tune_cfg.max_seq_lens}{retrains}, "
+                f"{trials} trials, ranked by {key} -> {store.uri(experiment_dir(cfg, sweep))}")
         else:
-            say(f"sweep {sweep}: {t.search} search over {', '.join(t.space)} (and presets {t.presets} x max_seq_len "
-                f"{t.max_seq_lens}), {t.num_samples} trials"
-                + (f", ASHA from epoch {t.asha_grace_period}" if t.asha_grace_period else "")
+            say(f"sweep {sweep}: {tune_cfg.search} search over {', '.join(tune_cfg.space)} (and presets "
+                f"{tune_cfg.presets} x max_seq_len {tune_cfg.max_seq_lens}), {tune_cfg.num_samples} trials"
+                + (f", ASHA from epoch {tune_cfg.asha_grace_period}" if tune_cfg.asha_grace_period else "")
                 + f", ranked by {key} -> {store.uri(experiment_dir(cfg, sweep))}")
         tuner = ray.tune.Tuner(
             trainable,
@@ -244,13 +257,14 @@ def run(cfg: GenrecConfig, sweep: str | None = None, rebuild: bool = False,
         # A winner picked now could be a trial stopped mid-run, and serving would take it: nothing is written.
 
         done = results.num_terminated - len(stopped)
-        raise Interrupted(f"sweep {sweep}: stopped with {done} of {n_trials(t) if not resume else len(results)} "
-                          f"trials finished; no winner written. Go on with the same --config and --set flags and "
+        planned = trial_count(tune_cfg) if not resume else len(results)
+        raise Interrupted(f"sweep {sweep}: stopped with {done} of {planned} trials finished; no winner written. "
+                          f"Go on with the same --config and --set flags and "
                           f"`--resume {resume or sweep}` (finished trials kept; stopped ones continue from their last "
                           f"epoch's checkpoint, failed ones rerun): {store.uri(experiment)}")
     key = selection_key(cfg.eval.select_metric)
     rows = summarize(results, key)
-    searched = list(t.space) if t.search != "grid" else []
+    searched = list(tune_cfg.space) if tune_cfg.search != "grid" else []
     print_table([r | (r.get("values") or {}) for r in rows], TRIAL_COLUMNS[:6] + searched + TRIAL_COLUMNS[6:])
     manifest = write_winner(cfg, sweep, rows, experiment, shards)
     test, pop = manifest.test, manifest.test_popularity
@@ -272,41 +286,45 @@ def domain(dim):
 def param_space(cfg: GenrecConfig, shards, sweep: str) -> dict:
     """What Tune varies: the grid's axes, or (a search) one sample of tune.space per trial, the presets and lengths
     as choices."""
-    t = cfg.tune
-    space = {"base": cfg.model_dump(mode="json"), "shards": str(shards.root), "sweep": sweep, "epochs": t.epochs}
-    if t.search == "grid":
-        return space | {"preset": ray.tune.grid_search(t.presets), "max_seq_len": ray.tune.grid_search(t.max_seq_lens),
-                        "seed": ray.tune.grid_search(t.seeds), "window_shift_h": ray.tune.grid_search(t.window_shifts_h)}
+    tune_cfg = cfg.tune
+    space = {"base": cfg.model_dump(mode="json"), "shards": str(shards.root), "sweep": sweep,
+             "epochs": tune_cfg.epochs}
+    if tune_cfg.search == "grid":
+        return space | {"preset": ray.tune.grid_search(tune_cfg.presets),
+                        "max_seq_len": ray.tune.grid_search(tune_cfg.max_seq_lens),
+                        "seed": ray.tune.grid_search(tune_cfg.seeds),
+                        "window_shift_h": ray.tune.grid_search(tune_cfg.window_shifts_h)}
 
     def one_or_choice(values):
         return values[0] if len(values) == 1 else ray.tune.choice(values)
 
-    return space | {"preset": one_or_choice(t.presets), "max_seq_len": one_or_choice(t.max_seq_lens),
-                    "seed": t.seeds[0], "window_shift_h": t.window_shifts_h[0],
-                    "values": {k: domain(d) for k, d in t.space.items()}}
+    return space | {"preset": one_or_choice(tune_cfg.presets), "max_seq_len": one_or_choice(tune_cfg.max_seq_lens),
+                    "seed": tune_cfg.seeds[0], "window_shift_h": tune_cfg.window_shifts_h[0],
+                    "values": {k: domain(d) for k, d in tune_cfg.space.items()}}
 
 
 def tune_config(cfg: GenrecConfig):
     """Tune's settings: a grid runs every cell; a search samples tune.num_samples trials (Optuna's TPE or at random),
     and ASHA stops the ones whose validation figure lags at each rung."""
-    t = cfg.tune
-    if t.search == "grid":
-        return ray.tune.TuneConfig(max_concurrent_trials=t.max_concurrent_trials)
+    tune_cfg = cfg.tune
+    if tune_cfg.search == "grid":
+        return ray.tune.TuneConfig(max_concurrent_trials=tune_cfg.max_concurrent_trials)
     search_alg = None
-    if t.search == "optuna":
+    if tune_cfg.search == "optuna":
         # Imported here, where a search asks for it: optuna takes seconds to import, and a grid never needs it.
         from ray.tune.search.optuna import OptunaSearch
 
         search_alg = OptunaSearch(seed=cfg.train.seed)
     scheduler = None
-    if t.asha_grace_period:
+    if tune_cfg.asha_grace_period:
         from ray.tune.schedulers import ASHAScheduler
 
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=t.epochs or cfg.train.epochs,
-                                  grace_period=t.asha_grace_period, reduction_factor=t.asha_reduction_factor)
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=tune_cfg.epochs or cfg.train.epochs,
+                                  grace_period=tune_cfg.asha_grace_period,
+                                  reduction_factor=tune_cfg.asha_reduction_factor)
     # The searcher and ASHA read a trial's latest report: its best validation figure so far, not the epoch's own.
     return ray.tune.TuneConfig(metric=BEST_SO_FAR, mode="max", search_alg=search_alg, scheduler=scheduler,
-                               num_samples=t.num_samples, max_concurrent_trials=t.max_concurrent_trials)
+                               num_samples=tune_cfg.num_samples, max_concurrent_trials=tune_cfg.max_concurrent_trials)
 
 
 def fit_noting_interrupt(tuner):
@@ -343,10 +361,11 @@ def stopped_trials(fs, path: str) -> list[str]:
     return [t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")]
 
 
-def n_trials(t) -> int:
-    if t.search != "grid":
-        return t.num_samples
-    return len(t.presets) * len(t.max_seq_lens) * len(t.seeds) * len(t.window_shifts_h)
+def trial_count(tune_cfg: TuneConfig) -> int:
+    """How many trials a new sweep runs: every grid cell's retrains, or a search's samples."""
+    if tune_cfg.search != "grid":
+        return tune_cfg.num_samples
+    return len(tune_cfg.presets) * len(tune_cfg.max_seq_lens) * len(tune_cfg.seeds) * len(tune_cfg.window_shifts_h)
 
 
 def experiment_dir(cfg: GenrecConfig, sweep: str) -> str:
