@@ -55,9 +55,8 @@ from genrec.features import build_vocab  # noqa: E402
 from genrec.model import GenRec, ModelSpec, resolve_shape  # noqa: E402
 from genrec.recommend import Events, Ranker  # noqa: E402
 from genrec.shards import write_checksums  # noqa: E402
-from genrec.build import TRAIN_COUNT  # noqa: E402
 from genrec.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS,  # noqa: E402
-                               load_checkpoint, write_weights)
+                               TRAIN_COUNT, load_checkpoint, write_weights)
 
 TOKEN = "benchmark-token-0123456789"
 

@@ -8,13 +8,12 @@ import pytest
 import torch
 from fastapi import HTTPException
 
-from genrec.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS, load_checkpoint,
-                               write_weights)
+from genrec.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS, TRAIN_COUNT,
+                               load_checkpoint, write_weights)
 from genrec.features import build_vocab
 from genrec.model import GenRec, ModelSpec
 from genrec.recommend import Events, Ranker, list_updates, titles_table, write_titles
 from genrec.shards import write_checksums
-from genrec.build import TRAIN_COUNT
 from serving.app import UserEvents, check_time_order
 
 ITEMS = pa.table({
