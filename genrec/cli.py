@@ -40,7 +40,7 @@ from genrec.entrypoint import add_config_args, add_resume_arg, add_run_args, add
 def cmd_presets(args) -> int:
     from genrec.model import backbone_params
     from genrec.presets import PRESET_TARGETS, PRESETS
-    from genrec.runtime import print_table
+    from genrec.console import print_table
 
     rows = [{"preset": name, "layers": L, "width": d, "heads": h, "head_dim": d // h,
              "backbone_params": f"{backbone_params(L, d):,}",
@@ -53,7 +53,7 @@ def cmd_presets(args) -> int:
 
 def cmd_flops(args) -> int:
     from genrec.flops import comparison
-    from genrec.runtime import print_table
+    from genrec.console import print_table
 
     rows = comparison(args.layers, args.width, args.seq_len, args.items, args.negatives_fraction,
                       args.projection_ratio, args.convention)
@@ -86,7 +86,7 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from genrec.runtime import prepare_shards
+    from genrec.preparation import prepare_shards
 
     cfg = load_config(args.config, args.overrides)
     keep_log(cfg.storage.store(), "logs", f"prepare-{time.strftime('%Y%m%d-%H%M%S')}.log")
@@ -139,7 +139,7 @@ def cmd_report(args) -> int:
 
 def cmd_cluster_render(args) -> int:
     from genrec.cluster import write
-    from genrec.runtime import print_table
+    from genrec.console import print_table
 
     cfg = load_config(args.config, args.overrides)
     # The config as the cluster's jobs see it: a path relative to the working dir they are started in (an absolute
@@ -202,7 +202,8 @@ def cmd_recommend(args) -> int:
 
     from genrec.offline import (ListSpec, last_timestamp, read_users, recommend_all, training_end,
                                 user_contexts)
-    from genrec.runtime import init_ray, load_dataset, prepare_shards
+    from genrec.preparation import load_dataset, prepare_shards
+    from genrec.ray_session import init_ray
     from genrec.storage import is_uri
     from genrec.winner import WinnerError, read_winner
 
@@ -265,7 +266,7 @@ def start_serve(cfg, checkpoint: str | None = None):
     """Start Serve on the configured host/port and deploy the winner; returns the base URL."""
     from ray import serve
 
-    from genrec.runtime import init_ray
+    from genrec.ray_session import init_ray
 
     init_ray(cfg)
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
@@ -336,7 +337,7 @@ def sample_history(cfg, n: int = 8) -> list[dict]:
 def cmd_pipeline(args) -> int:
     from ray import serve
 
-    from genrec.runtime import prepare_shards
+    from genrec.preparation import prepare_shards
     from tuning.sweep import run as sweep
 
     t0 = time.perf_counter()

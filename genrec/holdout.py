@@ -21,8 +21,7 @@ from genrec.selection import TEST, VALID, best_record, selection_key
 from genrec.shards import ShardSet
 from genrec.tasks import build_plan, count_scorer, evaluate_plan, model_scorer, plan_metrics
 from genrec.build import item_counts
-from genrec.console import say
-from genrec.runtime import print_table
+from genrec.console import print_table, say
 from genrec.checkpoint import CHECKPOINT_SPEC, checkpoint_folders, local_checkpoint
 
 SELECTED = "selected.json"  # in a run's folder: the kept epoch, its checkpoint, validation and test figures
