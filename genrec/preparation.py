@@ -1,5 +1,5 @@
 """The data a config names, made ready for a run: the source loaded (a URI copied to the cache first), and its shards
-written unless identical ones already exist. Every entrypoint that trains, sweeps, serves or recommends starts here."""
+written unless identical ones already exist. The entrypoints that train, sweep or recommend start here."""
 
 from __future__ import annotations
 
