@@ -23,7 +23,7 @@ from benchmarks._harness import mean_spread, parser, write  # noqa: E402
 from genrec.config import load_config  # noqa: E402
 from genrec.defaults import resolve as resolve_defaults  # noqa: E402
 from genrec.reference_loop import train_reference  # noqa: E402
-from genrec.runtime import prepare_shards  # noqa: E402
+from genrec.preparation import prepare_shards  # noqa: E402
 
 # name -> (what it changes, overrides); applied to the base one at a time.
 VARIANTS = {

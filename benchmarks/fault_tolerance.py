@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._harness import parser, write  # noqa: E402
 from genrec.config import load_config  # noqa: E402
-from genrec.runtime import print_table  # noqa: E402
+from genrec.console import print_table  # noqa: E402
 
 COLUMNS = ["run", "killed_at_s", "restarts", "wall_s", "final_loss", "final_valid_mrr", "epochs"]
 

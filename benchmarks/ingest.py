@@ -25,14 +25,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._harness import parser, write  # noqa: E402
 from genrec.config import load_config  # noqa: E402
-from genrec.runtime import init_ray, prepare_shards  # noqa: E402
+from genrec.preparation import prepare_shards  # noqa: E402
+from genrec.ray_session import init_ray  # noqa: E402
 from genrec.runs import read_history  # noqa: E402
 from genrec.train import fit  # noqa: E402
 
 
 def table(results: dict) -> str:
     """The Markdown table (one row per ingest mode and variant), then the run's settings."""
-    def num(v) -> str:  # as genrec.runtime.print_table writes a float
+    def num(v) -> str:  # as genrec.console.print_table writes a float
         if v is None:
             return "-"
         return f"{v:.4f}" if abs(v) < 100 else f"{v:,.0f}"

@@ -306,7 +306,7 @@ def main(argv=None) -> int:
         print(rows_table(rows))
         return 0
     from genrec.config import load_config
-    from genrec.runtime import prepare_shards
+    from genrec.preparation import prepare_shards
 
     all_rows, raw = [], {}
     for name in args.datasets:

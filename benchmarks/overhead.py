@@ -32,7 +32,8 @@ from benchmarks._harness import parser, write  # noqa: E402
 from genrec.config import load_config, without_secrets  # noqa: E402
 from genrec.defaults import resolve as resolve_defaults  # noqa: E402
 from genrec.reference_loop import train_reference  # noqa: E402
-from genrec.runtime import init_ray, prepare_shards  # noqa: E402
+from genrec.preparation import prepare_shards  # noqa: E402
+from genrec.ray_session import init_ray  # noqa: E402
 from genrec.engine import zero_stage  # noqa: E402
 from genrec.runs import read_history  # noqa: E402
 from genrec.train import fit  # noqa: E402

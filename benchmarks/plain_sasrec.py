@@ -185,7 +185,7 @@ def train_plain(data: LooData, seed: int = 0, max_len: int = 200, batch: int = 1
 
 def main(argv=None) -> int:
     from genrec.config import load_config
-    from genrec.runtime import prepare_shards
+    from genrec.preparation import prepare_shards
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", required=True, help="a MovieLens folder or RecBole atomic files")

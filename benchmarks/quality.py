@@ -49,7 +49,8 @@ from benchmarks._harness import meta, parser, write  # noqa: E402
 from genrec.checkpoint import load_checkpoint  # noqa: E402
 from genrec.config import TaskConfig, load_config  # noqa: E402
 from genrec.runs import read_history  # noqa: E402
-from genrec.runtime import init_ray, prepare_shards  # noqa: E402
+from genrec.preparation import prepare_shards  # noqa: E402
+from genrec.ray_session import init_ray  # noqa: E402
 from genrec.selection import best_record  # noqa: E402
 from genrec.shards import open_shards  # noqa: E402
 from genrec.tasks import build_plan, context_batches  # noqa: E402

@@ -28,7 +28,8 @@ from benchmarks._harness import parser, write  # noqa: E402
 from genrec.cli import post_json  # noqa: E402
 from genrec.config import load_config  # noqa: E402
 from genrec.offline import ListSpec, last_timestamp, recommend_all, user_contexts  # noqa: E402
-from genrec.runtime import init_ray, load_dataset  # noqa: E402
+from genrec.preparation import load_dataset  # noqa: E402
+from genrec.ray_session import init_ray  # noqa: E402
 
 
 def post(url: str, body: dict) -> dict:

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._harness import parser, write  # noqa: E402
 from genrec.checkpoint import load_last_good  # noqa: E402
 from genrec.config import load_config  # noqa: E402
-from genrec.runtime import init_ray  # noqa: E402
+from genrec.ray_session import init_ray  # noqa: E402
 from genrec.study import make_report  # noqa: E402
 from tuning.sweep import run  # noqa: E402
 

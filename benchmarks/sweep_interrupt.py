@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._harness import parser, write  # noqa: E402
 from genrec.config import dump_config, load_config, without_secrets  # noqa: E402
-from genrec.runtime import init_ray  # noqa: E402
+from genrec.ray_session import init_ray  # noqa: E402
 from genrec.winner import read_winner  # noqa: E402
 from tuning.sweep import main as sweep  # noqa: E402
 

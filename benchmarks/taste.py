@@ -24,7 +24,7 @@ from benchmarks._harness import parser, write  # noqa: E402
 from genrec.checkpoint import CHECKPOINT_SPEC, load_checkpoint  # noqa: E402
 from genrec.probes import taste_probe  # noqa: E402
 from genrec.recommend import Ranker  # noqa: E402
-from genrec.runtime import print_table  # noqa: E402
+from genrec.console import print_table  # noqa: E402
 
 
 def checkpoint_of(path: Path) -> Path:

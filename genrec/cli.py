@@ -31,16 +31,26 @@ import urllib.request
 from pathlib import Path
 
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
-from genrec.config import ConfigError, load_config
-from genrec.console import keep_log, say
+from genrec.cluster import write as write_cluster_files
+from genrec.config import ConfigError, dump_config, load_config, without_secrets
+from genrec.config_docs import format_docs, select
+from genrec.console import keep_log, print_table, say
 from genrec.entrypoint import add_config_args, add_resume_arg, add_run_args, add_verbose_arg, run_command
+from genrec.flops import comparison
+from genrec.presets import PRESET_TARGETS, PRESETS
+from genrec.ray_session import init_ray
+from genrec.storage import is_uri
+from genrec.winner import WinnerError, read_winner
+
+# The rule for imports here: what reaches torch, Ray or pyarrow's compute layer (the model, training, tuning, serving,
+# the data loaders and shards, the sweep study) is imported inside the command that needs it, so that `genrec --help`,
+# a mistyped flag and the light commands (presets, flops, config) do not wait for those libraries to load.
 
 
 def cmd_presets(args) -> int:
     from genrec.model import backbone_params
-    from genrec.presets import PRESET_TARGETS, PRESETS
-    from genrec.runtime import print_table
 
     rows = [{"preset": name, "layers": L, "width": d, "heads": h, "head_dim": d // h,
              "backbone_params": f"{backbone_params(L, d):,}",
@@ -52,9 +62,6 @@ def cmd_presets(args) -> int:
 
 
 def cmd_flops(args) -> int:
-    from genrec.flops import comparison
-    from genrec.runtime import print_table
-
     rows = comparison(args.layers, args.width, args.seq_len, args.items, args.negatives_fraction,
                       args.projection_ratio, args.convention)
     print(f"training FLOPs per token: {args.layers} layers, width {args.width}, sequence length {args.seq_len}, "
@@ -86,7 +93,7 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from genrec.runtime import prepare_shards
+    from genrec.preparation import prepare_shards
 
     cfg = load_config(args.config, args.overrides)
     keep_log(cfg.storage.store(), "logs", f"prepare-{time.strftime('%Y%m%d-%H%M%S')}.log")
@@ -138,9 +145,6 @@ def cmd_report(args) -> int:
 
 
 def cmd_cluster_render(args) -> int:
-    from genrec.cluster import write
-    from genrec.runtime import print_table
-
     cfg = load_config(args.config, args.overrides)
     # The config as the cluster's jobs see it: a path relative to the working dir they are started in (an absolute
     # path of this machine means nothing on the cluster).
@@ -148,7 +152,7 @@ def cmd_cluster_render(args) -> int:
     if Path(as_path).is_absolute() and not args.as_path:
         raise ConfigError(f"{args.config}: give the config relative to the repository root (e.g. cluster/genrec.yaml), "
                           "or name its path on the cluster with --as-path")
-    paths = write(cfg, as_path, args.out_dir)
+    paths = write_cluster_files(cfg, as_path, args.out_dir)
     print_table([{"file": str(p), "use": p.read_text().splitlines()[1].split("Use: ", 1)[-1]} for p in paths],
                 ["file", "use"])
     return 0
@@ -164,15 +168,11 @@ def print_listing(text: str) -> None:
 
 
 def cmd_config_explain(args) -> int:
-    from genrec.config_docs import format_docs, select
-
     print_listing(format_docs(select(args.key)))
     return 0
 
 
 def cmd_config_show(args) -> int:
-    from genrec.config import dump_config, without_secrets
-
     cfg = load_config(args.config, args.overrides)
     if cfg.serve.token is not None:
         # Said, so that a copy of this output used as a config is not taken to carry the token.
@@ -202,9 +202,7 @@ def cmd_recommend(args) -> int:
 
     from genrec.offline import (ListSpec, last_timestamp, read_users, recommend_all, training_end,
                                 user_contexts)
-    from genrec.runtime import init_ray, load_dataset, prepare_shards
-    from genrec.storage import is_uri
-    from genrec.winner import WinnerError, read_winner
+    from genrec.preparation import load_dataset, prepare_shards
 
     cfg = load_config(args.config, args.overrides)
     store = cfg.storage.store()
@@ -265,8 +263,6 @@ def start_serve(cfg, checkpoint: str | None = None):
     """Start Serve on the configured host/port and deploy the winner; returns the base URL."""
     from ray import serve
 
-    from genrec.runtime import init_ray
-
     init_ray(cfg)
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     deploy(cfg, checkpoint)
@@ -322,8 +318,6 @@ def post_json(url: str, body: dict, timeout: float = 30.0, token: str | None = N
 
 def sample_history(cfg, n: int = 8) -> list[dict]:
     """The most recent events of the first evaluation user, as a client would send them."""
-    import pyarrow.parquet as pq
-
     from genrec.shards import open_shards
 
     shards = open_shards(cfg.shards_dir(), cfg.storage.store())
@@ -336,7 +330,8 @@ def sample_history(cfg, n: int = 8) -> list[dict]:
 def cmd_pipeline(args) -> int:
     from ray import serve
 
-    from genrec.runtime import prepare_shards
+    from genrec.preparation import prepare_shards
+    from genrec.study import make_report
     from tuning.sweep import run as sweep
 
     t0 = time.perf_counter()
@@ -347,8 +342,6 @@ def cmd_pipeline(args) -> int:
     say("== 2/5 sweep (Ray Tune -> Ray Train + DeepSpeed over Ray Data)")
     manifest = sweep(cfg, resume=args.resume)
     say("== 3/5 report (scaling fits, retrain cost vs stability, gains vs headroom)")
-    from genrec.study import make_report
-
     make_report(manifest.experiment, args.report_dir, command="genrec " + " ".join(sys.argv[1:]),
                 store=cfg.storage.store())
     say("== 4/5 serve the winner (Ray Serve)")
@@ -375,7 +368,15 @@ def cmd_pipeline(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="genrec", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
+    # In the order `genrec --help` lists the commands.
+    for add in (add_model_shape_commands, add_data_commands, add_training_commands, add_serve_command,
+                add_cluster_commands, add_config_commands, add_model_output_commands, add_pipeline_command):
+        add(sub)
+    return p
 
+
+def add_model_shape_commands(sub) -> None:
+    """`genrec presets` and `genrec flops`: what a model shape costs, no config needed."""
     s = sub.add_parser("presets", help="list size presets and exact backbone parameter counts")
     s.set_defaults(fn=cmd_presets)
 
@@ -390,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="paper: the paper's illustration; genrec: genrec's own blocks (default: paper)")
     s.set_defaults(fn=cmd_flops)
 
+
+def add_data_commands(sub) -> None:
+    """`genrec data prepare` and `genrec data download`."""
     data = sub.add_parser("data", help="prepare shards or download data").add_subparsers(dest="data_cmd", required=True)
     s = data.add_parser("prepare", help="load the configured data and write Parquet shards")
     add_config_args(s)
@@ -401,13 +405,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dest", default="data", help="folder to extract into (default: data)")
     s.set_defaults(fn=cmd_download)
 
+
+def add_training_commands(sub) -> None:
+    """`genrec train`, `finetune` and `sweep` (the Ray Train and Tune entrypoints), and `genrec report` of a sweep."""
     for name, fn, helptext in (("train", cmd_train, "pre-train one model"),
                                ("finetune", cmd_finetune, "continue a pre-trained checkpoint on one task"),
                                ("sweep", cmd_sweep, "Ray Tune sweep; writes the winner manifest")):
         s = sub.add_parser(name, help=helptext)
         add_run_args(s)
-        if name in ("sweep", "train", "finetune"):
-            add_resume_arg(s, "SWEEP" if name == "sweep" else "RUN")
+        add_resume_arg(s, "SWEEP" if name == "sweep" else "RUN")
         s.set_defaults(fn=fn)
 
     s = sub.add_parser("report", help="scaling fits, cost vs stability, gains vs headroom: HTML + PNG report",
@@ -423,6 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bootstrap", type=_positive_int, default=None, help="bootstrap resamples per fit")
     s.set_defaults(fn=cmd_report)
 
+
+def add_serve_command(sub) -> None:
+    """`genrec serve`, and its `--update` of a running app."""
     s = sub.add_parser("serve", help="serve the winner checkpoint with Ray Serve")
     add_config_args(s)
     s.add_argument("--checkpoint", default=None, help="serve this checkpoint folder instead of the winner")
@@ -434,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "local cluster)")
     s.set_defaults(fn=cmd_serve)
 
+
+def add_cluster_commands(sub) -> None:
+    """`genrec cluster render`."""
     cluster = sub.add_parser("cluster", help="cluster files rendered from the config").add_subparsers(
         dest="cluster_cmd", required=True)
     s = cluster.add_parser(
@@ -451,6 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "relative to the repository root)")
     s.set_defaults(fn=cmd_cluster_render)
 
+
+def add_config_commands(sub) -> None:
+    """`genrec config explain` and `genrec config show`."""
     config = sub.add_parser("config", help="explain the config's keys, or show a config as commands resolve it"
                             ).add_subparsers(dest="config_cmd", required=True)
     s = config.add_parser(
@@ -469,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(s)
     s.set_defaults(fn=cmd_config_show)
 
+
+def add_model_output_commands(sub) -> None:
+    """`genrec recommend` and `genrec export`: what a trained checkpoint gives outside Serve."""
     s = sub.add_parser(
         "recommend", help="top-k lists for every user (or the given ones) as Parquet, through Ray Data",
         description="Offline candidate generation: rank every user of the configured data (or those of --users) "
@@ -513,6 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(s)
     s.set_defaults(fn=cmd_export)
 
+
+def add_pipeline_command(sub) -> None:
+    """`genrec pipeline`: data to an answered request, end to end."""
     s = sub.add_parser("pipeline", help="data -> shards -> sweep -> winner -> serve, end to end")
     add_config_args(s)
     s.add_argument("--data", default=None, help="a data folder or file instead of the synthetic default")
@@ -524,7 +545,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_resume_arg(s)
     add_verbose_arg(s)
     s.set_defaults(fn=cmd_pipeline)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -79,6 +79,21 @@ def eta(seconds: float) -> str:
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
 
 
+def print_table(rows: list[dict], columns: list[str]) -> None:
+    """A plain aligned text table (what a person reads in a terminal or a job log), said as genrec's own lines."""
+    def fmt(v) -> str:
+        if isinstance(v, float):
+            return f"{v:.4f}" if abs(v) < 100 else f"{v:,.0f}"
+        return str(v)
+
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    say("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
+    say("  ".join("-" * w for w in widths))
+    for row in cells:
+        say("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
 class Terminal:
     """The real streams, with at most one progress line drawn in place (on a TTY only)."""
 

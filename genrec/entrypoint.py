@@ -15,7 +15,7 @@ from genrec.console import console
 from genrec.errors import GenrecError
 
 # What is said in one line, never as a traceback: every genrec error (the exit code is the error's), a path that is
-# not there (2), Ctrl-C outside the places that turn it into genrec.runtime.Interrupted (130).
+# not there (2), Ctrl-C outside the places that turn it into genrec.errors.Interrupted (130).
 EXPLAINED = (GenrecError, FileNotFoundError, KeyboardInterrupt)
 
 

@@ -15,6 +15,15 @@ class GenrecError(Exception):
     label = "error"  # how the CLI prefixes the one line it prints
 
 
+class Interrupted(GenrecError):
+    """Work stopped by the user (Ctrl-C) before it finished: its state is saved, nothing is published from it; the
+    message says how to go on. The CLI entrypoints print it (or a bare KeyboardInterrupt) as one line and exit 130,
+    as a shell does for SIGINT. (Ray Train's own SIGINT handler stops a training run; genrec.train.fit then raises
+    this, naming the last whole checkpoint.)"""
+    exit_code = 130
+    label = "interrupted"
+
+
 class ConfigError(GenrecError, ValueError):
     """A config file or override that cannot be used; the message names the file and the dotted key. (Here rather
     than in genrec.config so that genrec.storage, which the config's storage section opens, needs no config.)"""

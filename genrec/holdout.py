@@ -15,9 +15,8 @@ import torch
 from genrec.build import item_counts
 from genrec.checkpoint import CheckpointError, checkpoint_folders, load_checkpoint, local_checkpoint, read_info
 from genrec.config import GenrecConfig
-from genrec.console import say
+from genrec.console import print_table, say
 from genrec.errors import GenrecError
-from genrec.runtime import print_table
 from genrec.selection import TEST, VALID, best_record, selection_key
 from genrec.shards import ShardSet
 from genrec.tasks import build_plan, count_scorer, evaluate_plan, model_scorer, plan_metrics

@@ -1,7 +1,7 @@
 """Joining Ray: the cluster named by RAY_ADDRESS (as under `ray job submit`), or an embedded local one.
 
-Its own module so that the shard builders (genrec.partitioned_build) and the entrypoint wiring (genrec.runtime) both use it
-without importing each other.
+Its own module so that the out-of-core shard builder (genrec.partitioned_build), the data preparation that calls it
+(genrec.preparation) and the entrypoints all use it without importing each other.
 """
 
 from __future__ import annotations

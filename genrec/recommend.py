@@ -18,7 +18,6 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -27,10 +26,8 @@ import torch
 
 from genrec.checkpoint import LoadedModel
 from genrec.data.schema import ITEM_SCHEMA
+from genrec.storage import Store, local_store
 from genrec.windows import context_window, gap_buckets
-
-if TYPE_CHECKING:
-    from genrec.storage import Store
 
 UPDATE_SUFFIX = ".parquet"
 
@@ -103,7 +100,7 @@ class Ranker:
             self._index()
         return table.column("item_id").to_pylist()
 
-    def sync_titles(self, folder: str | Path | None, store: "Store | None" = None) -> int:
+    def sync_titles(self, folder: str | Path | None, store: Store | None = None) -> int:
         """Apply the catalogue updates under folder (local, or a path in a URI storage's `store`) this ranker has
         not applied yet (in file-name order)."""
         added = 0
@@ -219,12 +216,10 @@ def titles_table(rows: list[dict], now: int | None = None) -> pa.Table:
     return pa.table(cols, schema=ITEM_SCHEMA)
 
 
-def write_titles(folder: str | Path, table: pa.Table, store: "Store | None" = None) -> str:
+def write_titles(folder: str | Path, table: pa.Table, store: Store | None = None) -> str:
     """Write one catalogue update atomically (Store.write_bytes: a temporary file renamed into place, or one PUT on
     a URI storage's `store`; default the local disk); returns its file name. Names sort in time order and never
     collide, so concurrent replicas cannot overwrite each other's updates."""
-    from genrec.storage import local_store
-
     name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}{UPDATE_SUFFIX}"
     buf = io.BytesIO()
     pq.write_table(table, buf)
@@ -232,10 +227,8 @@ def write_titles(folder: str | Path, table: pa.Table, store: "Store | None" = No
     return name
 
 
-def list_updates(folder: str | Path | None, store: "Store | None" = None) -> list[str]:
+def list_updates(folder: str | Path | None, store: Store | None = None) -> list[str]:
     """Catalogue update files under folder, oldest first (temporary files of unfinished writes are skipped)."""
-    from genrec.storage import local_store
-
     if folder is None:
         return []
     return sorted(e.base_name for e in (store or local_store()).list(str(folder))

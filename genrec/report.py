@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 
-from genrec.analysis import pairs_for_clear_interval, retrains_for_gain, spearman
+from genrec.analysis import (CostModel, Interval, LogLinearFit, PowerLawFit, pairs_for_clear_interval, retrains_for_gain,
+                             spearman)
 from genrec.storage import atomic_write_bytes
 
 
@@ -72,6 +75,8 @@ class Table:
 # --------------------------------------------------------------------------------------------------- plots
 
 def _plt():
+    """matplotlib with its file-only backend, imported when a plot is drawn: it is slow to import, and every command
+    that imports this module (through genrec.study) would pay for it otherwise."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -81,17 +86,15 @@ def _plt():
 
 
 def _save(fig, path: Path) -> None:
-    import io
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     _plt().close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
 
-def plot_fits(a: dict, path: Path, oracle: dict | None) -> bool:
-    tasks = list(a["tasks"])
-    fits = a["fits"]
+def plot_fits(analysis: dict, path: Path, oracle: dict | None) -> bool:
+    tasks = list(analysis["tasks"])
+    fits = analysis["fits"]
     if not any(len(f["n"]) for f in fits):
         return False
     plt = _plt()
@@ -123,7 +126,7 @@ def plot_fits(a: dict, path: Path, oracle: dict | None) -> bool:
         ax.set_xscale("log")
         ax.set_xlabel("backbone parameters")
         ax.set_ylabel("MRR")
-        desc = a["tasks"][task].get("description") or ""
+        desc = analysis["tasks"][task].get("description") or ""
         ax.set_title(f"task {task}" + (f": {desc}" if desc else ""), fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
@@ -136,15 +139,15 @@ def plot_fits(a: dict, path: Path, oracle: dict | None) -> bool:
     return True
 
 
-def plot_stability(a: dict, path: Path) -> bool:
-    st = a["stability"]
-    cells = [c for c in st["cells"] if c["retrains"] > 1]
+def plot_stability(analysis: dict, path: Path) -> bool:
+    stability = analysis["stability"]
+    cells = [c for c in stability["cells"] if c["retrains"] > 1]
     if not cells:
         return False
     plt = _plt()
-    primary = a["primary"]
+    primary = analysis["primary"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    for ax, key, label in ((axes[0], "topk_overlap", f"top-{st['k']} overlap between retrains (same requests)"),
+    for ax, key, label in ((axes[0], "topk_overlap", f"top-{stability['k']} overlap between retrains (same requests)"),
                            (axes[1], f"mrr_{primary}_std", f"std of MRR (task {primary}) across retrains")):
         x = [c["train_flops"] for c in cells]
         y = [c[key] for c in cells]
@@ -152,7 +155,7 @@ def plot_stability(a: dict, path: Path) -> bool:
         for c, xi, yi in zip(cells, x, y):
             ax.annotate(f"{c['preset']}/{c['max_seq_len']}", (xi, yi), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
-        corr = st["correlations"].get(("train_flops", key))
+        corr = stability["correlations"].get(("train_flops", key))
         title = label
         if corr:
             title += f"\nSpearman rho {corr['rho']:+.2f} [{corr['interval'].low:+.2f}, {corr['interval'].high:+.2f}]"
@@ -165,9 +168,9 @@ def plot_stability(a: dict, path: Path) -> bool:
     return True
 
 
-def plot_gains(a: dict, path: Path) -> bool:
-    g = a["gains"]
-    rows = [r for r in g.get("rows", []) if math.isfinite(r["gain_vs_next"]) and math.isfinite(r["headroom_small"])]
+def plot_gains(analysis: dict, path: Path) -> bool:
+    gains = analysis["gains"]
+    rows = [r for r in gains.get("rows", []) if math.isfinite(r["gain_vs_next"]) and math.isfinite(r["headroom_small"])]
     if not rows:
         return False
     plt = _plt()
@@ -176,9 +179,9 @@ def plot_gains(a: dict, path: Path) -> bool:
     for r in rows:
         ax.annotate(r["task"], (r["headroom_small"], r["gain_vs_next"]), xytext=(4, 3), textcoords="offset points")
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel(f"headroom P0 - P(N) at the smallest backbone ({_params(g['small'])})")
+    ax.set_xlabel(f"headroom P0 - P(N) at the smallest backbone ({_params(gains['small'])})")
     ax.set_ylabel("task MRR gain / next-event MRR gain")
-    ax.set_title(f"gain {_params(g['small'])} -> {_params(g['large'])} (max_seq_len {g['max_seq_len']})",
+    ax.set_title(f"gain {_params(gains['small'])} -> {_params(gains['large'])} (max_seq_len {gains['max_seq_len']})",
                  fontsize=10)
     ax.grid(alpha=0.3)
     _save(fig, path)
@@ -214,13 +217,13 @@ MIN_CELLS = 5  # below this many (size, length) cells a rank correlation is not 
 # of the mean): its fits are shown but flagged.
 MIN_REQUESTS = 30
 
-def answers(a: dict) -> list[str]:
+def answers(analysis: dict) -> list[str]:
     """The two open questions, answered in words from this sweep's numbers (never fixed text)."""
     out = []
-    st = a["stability"]
-    corr = st["correlations"].get(("train_flops", "topk_overlap"))
-    corr_std = st["correlations"].get(("train_flops", f"mrr_{a['primary']}_std"))
-    n_cells = sum(c["retrains"] > 1 for c in st["cells"])
+    stability = analysis["stability"]
+    corr = stability["correlations"].get(("train_flops", "topk_overlap"))
+    corr_std = stability["correlations"].get(("train_flops", f"mrr_{analysis['primary']}_std"))
+    n_cells = sum(c["retrains"] > 1 for c in stability["cells"])
     if corr:
         lo, hi = corr["interval"].low, corr["interval"].high
         settled = corr["n"] >= MIN_CELLS and corr["p"] < 0.05 and (lo > 0 or hi < 0)
@@ -235,41 +238,44 @@ def answers(a: dict) -> list[str]:
             elif corr["rho"] == 0:
                 verdict += "; with rho 0 no number of cells would separate it from zero"
         text = (f"**Does repeated-training cost track score stability?** Across {n_cells} (size, max_seq_len) cells "
-                f"with several retrains, Spearman's rho between training FLOPs per retrain and the top-{st['k']} "
+                f"with several retrains, Spearman's rho between training FLOPs per retrain and the "
+                f"top-{stability['k']} "
                 f"overlap of retrains is {corr['rho']:+.2f} (95% bootstrap interval {lo:+.2f} to {hi:+.2f}, "
                 f"permutation p = {corr['p']:.3f}, n = {corr['n']}): {verdict}.")
         if corr_std:
-            text += (f" Against the spread of task {a['primary']}'s MRR across retrains: rho {corr_std['rho']:+.2f} "
+            text += (f" Against the spread of task {analysis['primary']}'s MRR across retrains: "
+                     f"rho {corr_std['rho']:+.2f} "
                      f"({corr_std['interval'].low:+.2f} to {corr_std['interval'].high:+.2f}, p = {corr_std['p']:.3f}).")
         out.append(text)
     else:
         out.append("**Does repeated-training cost track score stability?** Not answered: it needs three or more "
                    "(size, max_seq_len) cells with two or more retrains each (tune.seeds, tune.window_shifts_h).")
-    g = a["gains"]
+    gains = analysis["gains"]
     title = "**How much do pre-training gains shrink on tasks with little headroom?**"
-    if not g.get("rows"):
+    if not gains.get("rows"):
         out.append(f"{title} Not answered: it needs two or more backbone sizes.")
         return out
-    loss, nxt = g["loss_gain"], g["next_gain"]
-    head = (f"{title} From {_params(g['small'])} to {_params(g['large'])} (max_seq_len {g['max_seq_len']}), "
+    loss, nxt = gains["loss_gain"], gains["next_gain"]
+    head = (f"{title} From {_params(gains['small'])} to {_params(gains['large'])} "
+            f"(max_seq_len {gains['max_seq_len']}), "
             f"pre-training loss {'improves' if loss > 0 else 'gets worse'} by {abs(loss):.1%} and next-event MRR "
-            f"(task {g['primary']}) {'rises' if nxt > 0 else 'falls'} by {abs(nxt):.0%}")
+            f"(task {gains['primary']}) {'rises' if nxt > 0 else 'falls'} by {abs(nxt):.0%}")
     if not (math.isfinite(nxt) and nxt > 0):
-        parts = ", ".join(f"{r['task']} {r['gain']:+.0%}" for r in g["rows"] if math.isfinite(r["gain"]))
+        parts = ", ".join(f"{r['task']} {r['gain']:+.0%}" for r in gains["rows"] if math.isfinite(r["gain"]))
         out.append(f"{head}; per task: {parts}. Not answered: the larger backbone did not gain in pre-training, so "
                    "there is no pre-training gain for the tasks' gains to shrink from (train longer, or on more "
                    "data, until size helps next-event MRR).")
         return out
-    noise = g.get("next_gain_noise", math.nan)
+    noise = gains.get("next_gain_noise", math.nan)
     if math.isfinite(noise) and nxt <= noise:
-        parts = ", ".join(f"{r['task']} {r['gain']:+.0%}" for r in g["rows"] if math.isfinite(r["gain"]))
-        more = retrains_for_gain(nxt, noise, g.get("retrains", 0))
+        parts = ", ".join(f"{r['task']} {r['gain']:+.0%}" for r in gains["rows"] if math.isfinite(r["gain"]))
+        more = retrains_for_gain(nxt, noise, gains.get("retrains", 0))
         out.append(f"{head}; per task: {parts}. Not answered: the next-event gain is within the retrains' noise "
                    f"(two standard errors over seeds: {noise:.0%}), so the tasks' shares of it are noise too"
                    + (f"; a gain of this size would stand above that noise with about {more} retrains per size "
                       "(tune.seeds)." if more else "."))
         return out
-    rows = [r for r in g["rows"] if math.isfinite(r["gain_vs_next"])]
+    rows = [r for r in gains["rows"] if math.isfinite(r["gain_vs_next"])]
     parts = ", ".join(f"{r['task']} {r['gain']:+.0%} (x{r['gain_vs_next']:.2f} of next-event, headroom "
                       f"{_fmt(r['headroom_small'])})" for r in rows)
     text = f"{head}; per task: {parts}."
@@ -283,11 +289,11 @@ def answers(a: dict) -> list[str]:
     return out
 
 
-def fit_table(a: dict, oracle: dict | None) -> Table:
+def fit_table(analysis: dict, oracle: dict | None) -> Table:
     cols = (["task", "max_seq_len", "points", "sizes", "P0", "P0 95% interval", "N0", "a", "RMSE offset law",
              "RMSE log-linear"] + (["generator reference MRR"] if oracle else []) + ["notes"])
     rows = []
-    for f in a["fits"]:
+    for f in analysis["fits"]:
         fit, boot, ll = f["fit"], f["boot"], f["loglinear"]
         row = [f["task"], f["max_seq_len"], f["points"], f["sizes"]]
         if fit is None:
@@ -300,7 +306,7 @@ def fit_table(a: dict, oracle: dict | None) -> Table:
         if oracle:
             row.append(oracle.get(f["task"], {}).get("mrr"))
         notes = ["needs 3+ sizes"] if fit is None else list(fit.warnings)
-        n = a.get("requests", {}).get(f["task"])
+        n = analysis.get("requests", {}).get(f["task"])
         if n is not None and n < MIN_REQUESTS:
             notes.insert(0, f"only {n} requests: too few to read")
         row.append("; ".join(notes))
@@ -308,54 +314,55 @@ def fit_table(a: dict, oracle: dict | None) -> Table:
     return Table(cols, rows)
 
 
-def headroom_table(a: dict) -> Table:
+def headroom_table(analysis: dict) -> Table:
     cols = ["task", "max_seq_len", "backbone", "measured MRR", "fitted P(N)", "headroom P0 - P(N)"]
     rows = [[f["task"], f["max_seq_len"], _params(s["n"]), s["measured"], s["predicted"], s["headroom"]]
-            for f in a["fits"] if f["fit"] is not None for s in f["per_size"]]
+            for f in analysis["fits"] if f["fit"] is not None for s in f["per_size"]]
     return Table(cols, rows)
 
 
-def stability_table(a: dict) -> Table:
-    tasks = list(a["tasks"])
-    st = a["stability"]
+def stability_table(analysis: dict) -> Table:
+    tasks = list(analysis["tasks"])
+    stability = analysis["stability"]
     cols = (["preset", "backbone", "max_seq_len", "retrains", "train FLOPs", "wall s", "events",
-             f"top-{st['k']} overlap"] + [f"MRR {t} mean ± std" for t in tasks])
+             f"top-{stability['k']} overlap"] + [f"MRR {t} mean ± std" for t in tasks])
     rows = [[c["preset"], _params(c["backbone_params"]), c["max_seq_len"], c["retrains"], c["train_flops"],
              c["wall_time_s"], c["events_processed"], c["topk_overlap"]]
-            + [f"{_fmt(c[f'mrr_{t}_mean'])} ± {_fmt(c[f'mrr_{t}_std'])}" for t in tasks] for c in st["cells"]]
+            + [f"{_fmt(c[f'mrr_{t}_mean'])} ± {_fmt(c[f'mrr_{t}_std'])}" for t in tasks] for c in stability["cells"]]
     return Table(cols, rows)
 
 
-def correlation_table(a: dict) -> Table:
+def correlation_table(analysis: dict) -> Table:
     rows = [[cost, stab, c["n"], c["rho"], f"[{_fmt(c['interval'].low)}, {_fmt(c['interval'].high)}]", c["p"]]
-            for (cost, stab), c in a["stability"]["correlations"].items()]
+            for (cost, stab), c in analysis["stability"]["correlations"].items()]
     return Table(["cost", "stability", "cells", "Spearman rho", "95% bootstrap interval", "permutation p"], rows)
 
 
-def gains_table(a: dict) -> Table:
+def gains_table(analysis: dict) -> Table:
     rows = [[r["task"], r["mrr_small"], r["mrr_large"], r["gain"], r["gain_vs_next"], r["gain_vs_loss"], r["p0"],
-             r["headroom_small"], r["relative_headroom_small"]] for r in a["gains"].get("rows", [])]
+             r["headroom_small"], r["relative_headroom_small"]] for r in analysis["gains"].get("rows", [])]
     return Table(["task", "MRR smallest", "MRR largest", "relative gain", "gain / next-event gain",
                   "gain / loss gain", "P0", "headroom at smallest", "headroom / P0"], rows)
 
 
-def optimal_table(a: dict) -> Table:
-    o = a["optimal"]
+def optimal_table(analysis: dict) -> Table:
+    optimal = analysis["optimal"]
     rows = [[r["key"], _params(r["n"]) + (" (clipped to the sizes measured)" if r["clipped"] else ""),
-             r["cost"], r["affordable"], r["predicted"]] for r in o.get("rows", [])]
+             r["cost"], r["affordable"], r["predicted"]] for r in optimal.get("rows", [])]
     return Table(["max_seq_len", "largest affordable backbone", "predicted train FLOPs", "within budget",
-                  f"predicted MRR (task {o.get('task', '')})"], rows)
+                  f"predicted MRR (task {optimal.get('task', '')})"], rows)
 
 
-def trials_table(a: dict) -> Table:
-    tasks = list(a["tasks"])
-    select = next((k for r in a["trials"] for k in r if k.startswith("popularity_")), "popularity_").removeprefix(
-        "popularity_")  # the figure trials were kept by, which popularity stands beside
+def trials_table(analysis: dict) -> Table:
+    tasks = list(analysis["tasks"])
+    # the figure trials were kept by, which popularity stands beside
+    select = next((k for r in analysis["trials"] for k in r if k.startswith("popularity_")),
+                  "popularity_").removeprefix("popularity_")
     cols = (["preset", "backbone", "max_seq_len", "seed", "window shift h", "status", "kept epoch", "loss"]
             + ([f"{select} (validation)", "popularity, same requests"] if select else [])
             + [f"validation MRR {t}" for t in tasks] + ["wall s", "events", "train FLOPs"])
     rows = []
-    for r in a["trials"]:
+    for r in analysis["trials"]:
         rows.append([r["preset"], _params(r["backbone_params"]) if r["backbone_params"] else "", r["max_seq_len"],
                      r["seed"], r["window_shift_h"], r["status"] + (f": {r['error']}" if r.get("error") else ""),
                      r["epochs"], r["loss"]]
@@ -365,24 +372,22 @@ def trials_table(a: dict) -> Table:
     return Table(cols, rows)
 
 
-def task_table(a: dict) -> Table:
+def task_table(analysis: dict) -> Table:
     rows = []
-    for name, t in a["tasks"].items():
+    for name, t in analysis["tasks"].items():
         target = {"next": "first title after the request not in the context",
                   "horizon": f"titles {t['start_h']:g}-{t['end_h']:g} h after the request, after the next "
                              f"{t['skip']} events",
                   "cold": "first title with no training event"}[t["targets"]]
         cand = ("whole catalogue" if t["candidates"] == "all" else
                 f"top {t['pool_size']} titles of the {t['window_days']:g} days before, launched by the request")
-        rows.append([name, t.get("description", ""), target, cand, a.get("requests", {}).get(name)])
+        rows.append([name, t.get("description", ""), target, cand, analysis.get("requests", {}).get(name)])
     return Table(["task", "description", "targets", "candidates", "requests scored"], rows)
 
 
 # --------------------------------------------------------------------------------------------------- page
 
 def _jsonable(x):
-    from genrec.analysis import CostModel, Interval, LogLinearFit, PowerLawFit
-
     if isinstance(x, dict):
         return {(k if isinstance(k, str) else " / ".join(map(str, k)) if isinstance(k, tuple) else str(k)):
                 _jsonable(v) for k, v in x.items() if k not in ("p0_samples",)}
@@ -399,38 +404,41 @@ def _jsonable(x):
     return x
 
 
-def write_report(a: dict, out_dir: str | Path, meta: dict, oracle: dict | None = None,
+def write_report(analysis: dict, out_dir: str | Path, meta: dict, oracle: dict | None = None,
                  curves: list[dict] | None = None) -> dict[str, Path]:
     """Write report.html, report.md, the PNG plots and analysis.json into out_dir; returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plots = {}
-    for name, fn in (("fits", lambda p: plot_fits(a, p, oracle)), ("stability", lambda p: plot_stability(a, p)),
-                     ("gains", lambda p: plot_gains(a, p)),
-                     ("curves", lambda p: plot_curves(curves or [], a["primary"], p))):
+    for name, fn in (("fits", lambda p: plot_fits(analysis, p, oracle)),
+                     ("stability", lambda p: plot_stability(analysis, p)),
+                     ("gains", lambda p: plot_gains(analysis, p)),
+                     ("curves", lambda p: plot_curves(curves or [], analysis["primary"], p))):
         path = out / f"{name}.png"
         if fn(path):
             plots[name] = path
         elif path.exists():
             path.unlink()  # a stale plot from an earlier report of the same folder would mislead
 
-    o = a["optimal"]
+    optimal = analysis["optimal"]
     sections = [
-        ("Tasks", [task_table(a)], None),
-        ("Answers", [], "\n\n".join(answers(a))),
-        ("Scaling fits per task", [fit_table(a, oracle), headroom_table(a)], "fits"),
-        ("Repeated-training cost vs score stability", [stability_table(a), correlation_table(a)], "stability"),
-        ("Pre-training gain vs downstream gain", [gains_table(a)], "gains"),
-        ("Compute-optimal pick", [optimal_table(a)],
-         (f"Budget: {_fmt(o['budget_flops'])} training FLOPs per retrain ({o['budget_source']}; "
+        ("Tasks", [task_table(analysis)], None),
+        ("Answers", [], "\n\n".join(answers(analysis))),
+        ("Scaling fits per task", [fit_table(analysis, oracle), headroom_table(analysis)], "fits"),
+        ("Repeated-training cost vs score stability", [stability_table(analysis), correlation_table(analysis)],
+         "stability"),
+        ("Pre-training gain vs downstream gain", [gains_table(analysis)], "gains"),
+        ("Compute-optimal pick", [optimal_table(analysis)],
+         (f"Budget: {_fmt(optimal['budget_flops'])} training FLOPs per retrain ({optimal['budget_source']}; "
           f"`--budget-flops` sets it). " +
-          (f"Best measured cell within it: {o['grid_best']['preset']} / max_seq_len {o['grid_best']['max_seq_len']} "
-           f"(MRR {_fmt(o['grid_best']['mrr'])} at {_fmt(o['grid_best']['cost'])} FLOPs). "
-           if o.get("grid_best") else "No measured cell fits the budget. ") +
+          (f"Best measured cell within it: {optimal['grid_best']['preset']} / "
+           f"max_seq_len {optimal['grid_best']['max_seq_len']} "
+           f"(MRR {_fmt(optimal['grid_best']['mrr'])} at {_fmt(optimal['grid_best']['cost'])} FLOPs). "
+           if optimal.get("grid_best") else "No measured cell fits the budget. ") +
           "The fits' pick: for each max_seq_len the largest backbone the budget buys (log-log cost model per length) "
-          "and the metric its fit predicts there.") if o else "No trial reported training FLOPs."),
+          "and the metric its fit predicts there.") if optimal else "No trial reported training FLOPs."),
         ("Training curves", [], "curves"),
-        ("Every trial", [trials_table(a)], None),
+        ("Every trial", [trials_table(analysis)], None),
     ]
     intro = [f"**Results:** `{meta.get('experiment', '')}`",
              f"**Data:** {meta.get('dataset', '')} ({meta.get('counts', '')})",
@@ -475,14 +483,13 @@ def write_report(a: dict, out_dir: str | Path, meta: dict, oracle: dict | None =
     paths = {"html": out / "report.html", "md": out / "report.md", "json": out / "analysis.json", **plots}
     atomic_write_bytes(paths["html"], doc.encode())
     atomic_write_bytes(paths["md"], "\n".join(md).encode())
-    atomic_write_bytes(paths["json"], json.dumps(_jsonable({"meta": meta, "oracle": oracle, **a}), indent=1).encode())
+    figures = _jsonable({"meta": meta, "oracle": oracle, **analysis})
+    atomic_write_bytes(paths["json"], json.dumps(figures, indent=1).encode())
     return paths
 
 
 def _md_inline(text: str) -> str:
     """**bold** and `code` of our own sentences, escaped."""
-    import re
-
     t = html.escape(text)
     t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
     return re.sub(r"`(.+?)`", r"<code>\1</code>", t)

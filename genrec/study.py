@@ -15,16 +15,22 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from genrec.console import say
 from genrec.analysis import (bootstrap_power_law, compute_optimal, fit_cost, fit_log_linear, fit_offset_power_law,
                              mean_pairwise_overlap, relative_gain, spearman_with_interval)
 from genrec.config import ConfigError, GenrecConfig, stored_config
+from genrec.data.synthetic import Oracle, simulate
+from genrec.report import write_report
 from genrec.selection import VALID, best_record, selection_key
+from genrec.shards import ShardError, open_shards
+from genrec.storage import Store, is_uri, local_store
 
 RUN_FILE = "genrec_run.json"  # in each Tune trial folder: which genrec run (history, top-k lists) the trial is
 
@@ -110,11 +116,7 @@ def load_experiment(path: str | Path) -> Experiment:
 def read_topk(path: str | None, store=None) -> dict:
     """(user_id, request ts) -> top-k item indices, from a run's topk.parquet (empty when missing); `path` is in
     `store`'s filesystem (default: the local disk)."""
-    import pyarrow.parquet as pq
-
     if store is None:
-        from genrec.storage import local_store
-
         store = local_store()
     if not path or not store.is_file(path):
         return {}
@@ -344,13 +346,12 @@ def oracle_metrics(config: GenrecConfig, shards_root: str) -> dict | None:
     requests, targets and candidate pools as the models (delay 0): how predictable the generator made each task."""
     if config.data.source != "synthetic":
         return None
-    import pyarrow.parquet as pq
+    # torch and the evaluation code on it are imported here: only a synthetic sweep's reference needs them, and the
+    # report of any other sweep (`genrec report`) does not load them.
     import torch
 
-    from genrec.data.synthetic import Oracle, simulate
-    from genrec.shards import open_shards
-    from genrec.tasks import EvalPlan, build_plan, evaluate_plan, plan_metrics
     from genrec.build import item_counts
+    from genrec.tasks import EvalPlan, build_plan, evaluate_plan, plan_metrics
 
     shards = open_shards(shards_root, config.storage.store())
     _, latent = simulate(**config.data.synthetic.model_dump())
@@ -411,12 +412,6 @@ def make_report(results_dir: str | Path, out_dir: str | Path | None = None, budg
     Results under a URI storage root (`store`, or a scheme://... results_dir) are copied to the local cache first;
     the report is then written locally (out_dir, default the copy's report/) and, without out_dir, also uploaded
     beside the results (<sweep>/report), where a local sweep keeps it."""
-    import time
-
-    from genrec.report import write_report
-    from genrec.shards import ShardError, open_shards
-    from genrec.storage import Store, is_uri
-
     remote = None
     if is_uri(str(results_dir)) and (store is None or not store.remote):
         store = Store(str(results_dir))
@@ -431,7 +426,7 @@ def make_report(results_dir: str | Path, out_dir: str | Path | None = None, budg
     out = Path(out_dir) if out_dir else exp.path / "report"
     echo(f"report: {len(exp.ok)} of {len(exp.trials)} trials usable in {exp.path}; bootstrap "
          f"{resamples or exp.config.report.bootstrap} resamples per fit ...")
-    a = analyse(exp, budget_flops, resamples)
+    analysis = analyse(exp, budget_flops, resamples)
     counts, dataset, oracle = "", exp.config.data.source, None
     try:
         shards = open_shards(exp.shards, exp.config.storage.store())
@@ -460,7 +455,7 @@ def make_report(results_dir: str | Path, out_dir: str | Path | None = None, budg
                      f"up to {max((tr.history[-1].get('epoch', 0) for tr in exp.ok), default=0)} epochs"),
             "command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "oracle_error": oracle_error,
             "select": selection_key(exp.config.eval.select_metric)}
-    paths = write_report(a, out, meta, oracle, training_curves(exp))
+    paths = write_report(analysis, out, meta, oracle, training_curves(exp))
     echo(f"report -> {paths['html']} (and report.md, {len(paths) - 3} plots)")
     if remote and not out_dir:
         store.upload(out, f"{remote}/report")

@@ -33,7 +33,7 @@ from genrec.flops import mfu, peak_tflops
 from genrec.ingest import check_ingest_room, training_dataset
 from genrec.runs import (TrainingFailed, code_commit, failure_message, history_path, interrupt_message, topk_path,
                          write_topk)
-from genrec.runtime import Interrupted
+from genrec.errors import Interrupted
 from genrec.selection import SCORE, VALID, best_record, selection_key, selection_scores, should_stop
 from genrec.shards import ShardSet, open_shards
 from genrec.tasks import EvalPlan, build_plan, count_scorer, evaluate_plan, model_scorer, plan_metrics

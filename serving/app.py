@@ -323,9 +323,9 @@ class Recommender:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def score_batch(self, jobs: list[tuple]) -> list[torch.Tensor]:
-        """Score concurrent requests together, on the event loop. (On a worker thread, so that the loop parses the
-        next requests meanwhile, was measured slower on 2 cores: 28.8 vs 39.5 req/s at 8 clients, batches no
-        larger: the proxy, not the loop, spaces the requests out there.)"""
+        """Score concurrent requests together, on the event loop. Not on a worker thread (so that the loop parses the
+        next requests meanwhile): the proxy, not the loop, is what spaces the requests out, so a thread made the
+        batches no larger and only added its hand-off; it measured slower (BENCHMARKS.md, "Serving")."""
         b = self.batches
         b["batches"], b["requests"] = b["batches"] + 1, b["requests"] + len(jobs)
         b["largest"] = max(b["largest"], len(jobs))
@@ -497,15 +497,16 @@ def served_models(cfg: GenrecConfig, checkpoint: str | None = None) -> dict[str,
 
 
 def build(cfg: GenrecConfig, checkpoint: str | None = None):
-    s = cfg.serve
-    token = os.environ.get(s.token_env) or s.token
-    settings = {k: getattr(s, k) for k in ("default_k", "max_k", "max_history", "max_body_bytes", "batch_max_size",
-                                           "batch_wait_s", "state_cache_users", "catalogue_poll_s", "token_env")}
+    serve_config = cfg.serve
+    token = os.environ.get(serve_config.token_env) or serve_config.token
+    settings = {k: getattr(serve_config, k) for k in ("default_k", "max_k", "max_history", "max_body_bytes",
+                                                      "batch_max_size", "batch_wait_s", "state_cache_users",
+                                                      "catalogue_poll_s", "token_env")}
     settings.update(storage_root=cfg.storage.root, storage_cache=cfg.storage.cache,
                     allow_unverified_checkpoints=cfg.storage.allow_unverified_checkpoints)
-    users = UserEvents.bind(s.user_ttl_s, s.max_users, s.max_history)
+    users = UserEvents.bind(serve_config.user_ttl_s, serve_config.max_users, serve_config.max_history)
     return Recommender.options(
-        **s.deployment_options(), user_config={"models": served_models(cfg, checkpoint), "default": DEFAULT_MODEL},
+        **serve_config.deployment_options(), user_config={"models": served_models(cfg, checkpoint), "default": DEFAULT_MODEL},
     ).bind(users, cfg.storage.store().path("catalogue", cfg.name), sha256(token) if token else None, settings)
 
 

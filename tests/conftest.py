@@ -28,7 +28,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def ray_local():
     """One real local Ray for every integration test (starting Ray costs seconds; 2 CPUs like CI). With its dashboard,
-    as genrec.runtime.init_ray starts it: Ray Train's placement-group cleaner asks the dashboard's State API whether a
+    as genrec.ray_session.init_ray starts it: Ray Train's placement-group cleaner asks the dashboard's State API whether a
     stopped run's controller is dead, and without it leaves the run's group held (seen in the Ctrl-C sweep test)."""
     import ray
 

@@ -126,7 +126,7 @@ def test_an_interrupted_entrypoint_is_one_line_and_exit_130(stop, capsys):
     """What `python -m tuning.sweep` / `trainers.pretrain` print and return when stopped: an interrupted sweep's own
     line (how to go on), or a bare Ctrl-C before Tune runs (shard build, Ray start); never a traceback."""
     from genrec.entrypoint import run_entrypoint
-    from genrec.runtime import Interrupted
+    from genrec.errors import Interrupted
 
     def run(cfg, name, rebuild, resume=None):
         if stop == "sweep":

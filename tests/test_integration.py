@@ -193,7 +193,8 @@ def test_ctrl_c_of_a_training_run_names_its_checkpoint_and_how_to_go_on(winner):
 
     from ray.util import placement_group_table
 
-    from genrec.runtime import Interrupted, prepare_shards
+    from genrec.errors import Interrupted
+    from genrec.preparation import prepare_shards
     from genrec.train import fit
     from genrec.checkpoint import last_resumable
 
@@ -503,7 +504,7 @@ def test_batch_recommendations_equal_the_endpoints_answers(served, tmp_path):
 
     from genrec.cli import main
     from genrec.config import dump_config, without_secrets
-    from genrec.runtime import load_dataset
+    from genrec.preparation import load_dataset
 
     cfg, manifest, url = served
     config = tmp_path / "config.yaml"

@@ -153,7 +153,7 @@ def test_write_events_chunks_are_seeded_and_canonical(tmp_path):
 def test_pipeline_builds_partitioned_shards_from_config(tmp_path, ray_local):
     """data.partitions sends prepare_shards through the out-of-core build; an unchanged config reuses the shards."""
     from genrec.config import load_config
-    from genrec.runtime import prepare_shards
+    from genrec.preparation import prepare_shards
 
     write_events(tmp_path / "raw", users=120, items=60, events_per_user=15, users_per_chunk=50, echo=lambda *_: None)
     cfg = load_config(None, [f"storage.root={tmp_path / 'runs'}", "data.source=parquet",

@@ -91,7 +91,7 @@ def test_storage_root_uris_are_checked_where_the_config_is_loaded(tmp_path):
 
 
 def test_shards_on_s3_are_published_whole_verified_and_rebuilt(s3_server, tmp_path):
-    from genrec.runtime import prepare_shards
+    from genrec.preparation import prepare_shards
 
     cfg = tiny_config(s3_uri(s3_server, "shards"), f"storage.cache={tmp_path / 'cache'}")
     store = cfg.storage.store()
@@ -177,7 +177,7 @@ def test_raw_data_named_by_a_uri_is_copied_and_built_as_a_local_file(s3_server, 
     bucket): the shard-building driver copies them to storage.cache and builds the same shards, byte for byte, as
     from the local files; a missing object, an unknown scheme and the out-of-core build on a URI are refused by key."""
     from genrec.data.synthetic import generate
-    from genrec.runtime import prepare_shards
+    from genrec.preparation import prepare_shards
 
     ds = generate(users=60, items=40, events_per_user=12, seed=3)
     src = tmp_path / "src"

@@ -255,7 +255,7 @@ def test_leave_one_out_without_training_rows_is_a_clear_error(tmp_path):
 
 def test_prepare_shards_follows_data_split(tmp_path):
     from genrec.config import load_config
-    from genrec.runtime import prepare_shards
+    from genrec.preparation import prepare_shards
 
     overrides = [f"storage.root={tmp_path}", "data.synthetic.users=40", "data.synthetic.items=30",
                  "data.synthetic.events_per_user=8"]

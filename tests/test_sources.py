@@ -15,7 +15,7 @@ from genrec.cli import build_parser
 from genrec.config import load_config
 from genrec.data import DataError, load, load_amazon, load_sequences
 from genrec.errors import ConfigError
-from genrec.runtime import prepare_shards
+from genrec.preparation import prepare_shards
 from genrec.shards import split_sequences, split_tables
 
 

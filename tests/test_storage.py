@@ -21,7 +21,7 @@ from genrec.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_ITEMS, CHECKPOINT_S
 from genrec.cli import main as cli_main
 from genrec.features import build_vocab
 from genrec.model import GenRec, ModelSpec
-from genrec.runtime import prepare_shards
+from genrec.preparation import prepare_shards
 from genrec.shards import CHECKSUMS, ShardError, open_shards, verify_checksums, verify_shards, write_checksums
 from genrec.storage import StorageError, relative_inside, store
 from genrec.engine import weights_only_checkpoint_engine

@@ -66,7 +66,7 @@ def test_windows_cut_in_the_driver_are_ray_datas_windows(ray_local, tmp_path):
     pipeline cuts, as a set of rows (Ray Data does not keep the order), here for a training window moved 48 h back in
     time (its events after that dropped first)."""
     from genrec.build import train_window
-    from genrec.runtime import prepare_shards
+    from genrec.preparation import prepare_shards
     from genrec.ingest import windows_by_ray_data, windows_in_driver
 
     cfg = tiny_config(tmp_path, "train.window_shift_h=48")

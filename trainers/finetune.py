@@ -14,14 +14,17 @@ from __future__ import annotations
 import sys
 import time
 
-from genrec.console import LOG_NAME, keep_log, say
+from genrec.console import LOG_NAME, keep_log, print_table, say
 from genrec.entrypoint import run_entrypoint
 from genrec.config import GenrecConfig
 
 
 def run(cfg: GenrecConfig, run_name: str | None = None, rebuild: bool = False, resume: str | None = None):
+    # Imported when a run starts, not at the top: they reach torch, DeepSpeed and Ray Train, which
+    # `python -m trainers.finetune --help` must not wait for.
     from genrec.holdout import select_and_test
-    from genrec.runtime import init_ray, prepare_shards, print_table
+    from genrec.preparation import prepare_shards
+    from genrec.ray_session import init_ray
     from genrec.finetune import finetune_setup
     from genrec.runs import check_run_name, read_history
     from genrec.train import fit

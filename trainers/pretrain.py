@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 
-from genrec.console import LOG_NAME, keep_log, say
+from genrec.console import LOG_NAME, keep_log, print_table, say
 from genrec.entrypoint import run_entrypoint
 from genrec.config import GenrecConfig
 
@@ -19,9 +19,12 @@ EPOCH_COLUMNS = ["epoch", "loss", "valid_mrr", "valid_hr@10", "valid_ndcg@10", "
 
 
 def run(cfg: GenrecConfig, run_name: str | None = None, rebuild: bool = False, resume: str | None = None):
+    # Imported when a run starts, not at the top: they reach torch, DeepSpeed and Ray Train, which
+    # `python -m trainers.pretrain --help` must not wait for.
     from genrec.defaults import resolve as resolve_defaults
     from genrec.holdout import select_and_test
-    from genrec.runtime import init_ray, prepare_shards, print_table
+    from genrec.preparation import prepare_shards
+    from genrec.ray_session import init_ray
     from genrec.engine import zero_stage
     from genrec.runs import check_run_name, read_history
     from genrec.train import fit

@@ -23,15 +23,16 @@ import ray.tune
 from ray.tune import ExperimentAnalysis
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from genrec.console import LOG_NAME, keep_log, say
+from genrec.console import LOG_NAME, keep_log, print_table, say
 from genrec.config import (ConfigError, GenrecConfig, TuneConfig, dump_config, stored_config, with_values,
                            without_secrets)
 from genrec.defaults import resolve as resolve_defaults
 from genrec.entrypoint import run_entrypoint
-from genrec.errors import SweepFailed
+from genrec.errors import Interrupted, SweepFailed
 from genrec.holdout import figures, popularity, score_test
+from genrec.preparation import prepare_shards
+from genrec.ray_session import init_ray
 from genrec.runs import history_path, topk_path
-from genrec.runtime import Interrupted, init_ray, prepare_shards, print_table
 from genrec.selection import BEST_SO_FAR, TEST, best_record, rank_trials, selection_key, winning_trial
 from genrec.shards import open_shards
 from genrec.storage import StorageError, atomic_write_json, is_uri

