@@ -108,9 +108,10 @@ def weights_only_checkpoint_engine(engine):
 
 def train_step(engine, batch: dict, trained: torch.Tensor, n_neg: int | None, mask_rate: float,
                gen: torch.Generator) -> tuple[torch.Tensor, float]:
-    """One optimizer step on a batch of windows (the trainer's and benchmarks/gpu_scale.py's): draws the shared
-    uniform negatives among `trained` and this step's collaborative-embedding mask, then forward, backward, step.
-    Returns the loss (not synchronised) and the batch's target events."""
+    """One optimizer step on a batch of windows (the trainer's, genrec.reference_loop's and benchmarks/gpu_scale.py's;
+    `engine` is a DeepSpeed engine or the reference loop's plain-torch stand-in): draws the shared uniform negatives
+    among `trained` and this step's collaborative-embedding mask, then forward, backward, step. Returns the loss (not
+    synchronised) and the batch's target events."""
     items, actions, gaps, ts = (batch[k].long() for k in ("items", "actions", "gaps", "ts"))
     device = items.device
     negatives = None if n_neg is None else trained[

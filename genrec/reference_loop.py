@@ -1,15 +1,20 @@
-"""genrec's model, objective and step in one plain PyTorch process: no Ray, no DeepSpeed, windows held in memory.
+"""genrec's model, objective and step in one PyTorch process: no Ray, windows held in memory.
 
 The reference the full path (shards -> Ray Data -> Ray Train -> DeepSpeed, genrec.train) is measured against:
 benchmarks/overhead.py runs both side by side on the same model and cores, and the golden-loss test pins this loop's
 first steps. It builds the run exactly as the trainer does (genrec.build: model, catalogue, objective, optimizer,
-schedule) and cuts the same training windows (genrec.windows); only distribution differs.
+schedule), cuts the same training windows (genrec.windows) and takes every step through the trainer's own
+genrec.engine.train_step: on a plain-torch stand-in for the DeepSpeed engine (TorchEngine, the benchmarks' loop), or on
+the trainer's DeepSpeed engine itself (genrec.engine.make_engine) as one rank on CPU. Only distribution differs.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -17,7 +22,7 @@ import torch
 from genrec.build import all_windows, build_run, num_negatives, optimizer_and_schedule, torch_threads
 from genrec.config import GenrecConfig
 from genrec.defaults import resolve as resolve_defaults
-from genrec.objectives import draw_id_mask
+from genrec.engine import make_engine, train_step
 from genrec.selection import VALID, selection_key, should_stop
 from genrec.shards import ShardSet
 from genrec.tasks import build_plan, evaluate_plan, model_scorer, plan_metrics
@@ -31,12 +36,73 @@ class ReferenceRun:
     model: torch.nn.Module
 
 
+class TorchEngine:
+    """What genrec.engine.train_step asks of a DeepSpeed engine, in plain torch: the step DeepSpeed takes on one rank
+    in fp32 (forward; backward; gradients clipped to train.grad_clip, optimizer step, gradients cleared, LR schedule
+    step). The golden-loss test holds it to the DeepSpeed engine's losses."""
+
+    def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule, grad_clip: float):
+        self.module, self.optimizer, self.schedule, self.grad_clip = module, optimizer, schedule, grad_clip
+
+    def __call__(self, *inputs):
+        return self.module(*inputs)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self) -> None:
+        torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.schedule.step()
+
+
+def one_rank_world() -> None:
+    """torch.distributed in this process as a one-worker run's worker has it on CPU: a world of one rank over gloo.
+    Set up once and kept for the life of the process: DeepSpeed keeps the groups of the first world it sees, and an
+    engine built in a later world would fail on them. A one-rank world already here is used as it is."""
+    if torch.distributed.is_initialized():
+        if torch.distributed.get_world_size() != 1:
+            raise RuntimeError("train_reference(engine='deepspeed') steps as one rank, and this process is in a world "
+                               f"of {torch.distributed.get_world_size()}: call it from a process outside it")
+        return
+    with socket.socket() as probe:  # a free port for the group's rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+
+
+def deepspeed_engine(cfg: GenrecConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule):
+    """The trainer's DeepSpeed engine (genrec.engine.make_engine) in this process, on CPU as one rank. LOCAL_RANK
+    (which the engine reads) and DS_ACCELERATOR ("cpu" unless set: DeepSpeed reads it when first imported, in
+    make_engine) are set while it is built, then put back as they were: a Ray started later in this process must not
+    hand them to its workers."""
+    one_rank_world()
+    saved = {key: os.environ.get(key) for key in ("LOCAL_RANK", "DS_ACCELERATOR")}
+    os.environ["LOCAL_RANK"] = "0"
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    try:
+        engine = make_engine(cfg, model, optimizer, schedule, on_gpu=False)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    if engine.device.type != "cpu":
+        raise RuntimeError(f"DeepSpeed placed the model on {engine.device}: it picked its accelerator when it was "
+                           "first imported in this process; set DS_ACCELERATOR=cpu before importing it")
+    return engine
+
+
 def train_reference(cfg: GenrecConfig, shards: ShardSet, epochs: int | None = None, threads: int | None = None,
-                    validate: bool = True, max_steps: int | None = None, log=None, prepare=None) -> ReferenceRun:
+                    validate: bool = True, max_steps: int | None = None, log=None, prepare=None,
+                    engine: Literal["torch", "deepspeed"] = "torch") -> ReferenceRun:
     """Train for `epochs` (default train.epochs; early stopping and the time budget as the trainer applies them when
     `validate`). Each record: epoch, loss (mean over the epoch's steps), steps, target events, training seconds
     (steps only: no evaluation, no start-up), events/s, per-step losses, and the validation figures. `prepare(run)`
-    may change the built model before training."""
+    may change the built model before training. Every step is genrec.engine.train_step's, on `engine`: "torch"
+    (TorchEngine: no DeepSpeed) or "deepspeed" (the trainer's engine, built by deepspeed_engine)."""
     cfg = resolve_defaults(cfg, shards, echo=log or (lambda *_: None))
     torch.set_num_threads(threads or torch_threads(cfg, workers_here=1))
     run = build_run(cfg, shards)
@@ -49,6 +115,8 @@ def train_reference(cfg: GenrecConfig, shards: ShardSet, epochs: int | None = No
     steps_per_epoch = max(1, n // batch_size)
     epochs = epochs or cfg.train.epochs
     optimizer, schedule = optimizer_and_schedule(cfg, model, steps_per_epoch * epochs)
+    stepper = (deepspeed_engine(cfg, model, optimizer, schedule) if engine == "deepspeed" else
+               TorchEngine(model, optimizer, schedule, cfg.train.grad_clip))
     gen = torch.Generator().manual_seed(cfg.train.seed * 1000)
     order_rng = np.random.default_rng(cfg.train.seed)
     n_neg = num_negatives(cfg, len(run.trained))
@@ -63,20 +131,10 @@ def train_reference(cfg: GenrecConfig, shards: ShardSet, epochs: int | None = No
         losses, events, t0 = [], 0, time.perf_counter()
         for s in range(steps_per_epoch):
             idx = order[s * batch_size:(s + 1) * batch_size]
-            items, actions, gaps, ts = (torch.from_numpy(windows[k][idx]).long() for k in ("items", "actions", "gaps",
-                                                                                               "ts"))
-            utils = torch.from_numpy(windows["utils"][idx]).float()
-            negatives = None if n_neg is None else run.trained[torch.randint(0, len(run.trained), (n_neg,),
-                                                                             generator=gen)]
-            loss = model(items, actions, gaps, utils, ts, negatives,
-                         draw_id_mask(run.spec.num_items + 1, run.mask_rate, gen))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            optimizer.step()
-            schedule.step()
+            batch = {k: torch.from_numpy(windows[k][idx]) for k in WINDOW_COLUMNS}
+            loss, batch_events = train_step(stepper, batch, run.trained, n_neg, run.mask_rate, gen)
             losses.append(loss.item())
-            events += int((items[:, 1:] > 0).sum())
+            events += int(batch_events)
             steps_done += 1
             if max_steps is not None and steps_done >= max_steps:
                 break

@@ -1,11 +1,22 @@
-"""The golden loss curve: the first steps of a tiny seeded single-process run of the trainer's own model, objective and
-step (genrec.reference_loop, built by genrec.build as the Ray worker builds it), pinned to 1e-4.
+"""The golden loss curve: the first steps of a tiny seeded single-process run of the trainer's model, objective and
+step, pinned to 1e-4.
 
-A refactor that changes behaviour (initialisation, features, the objective, the optimizer, the windows) moves these
-numbers; one that only moves code does not. Ray Data's block order across workers is not deterministic, so the
-single-process path is what is pinned. Change the numbers only with a change that means to change training, and say
-so in its commit. Checked to fail: zero-initialised event features drawn at random again move every step after the
-first."""
+What is pinned: genrec.reference_loop on the model, catalogue, objective, optimizer (AdamW and its parameter groups),
+LR schedule and windows genrec.build makes as the Ray worker makes them, every step taken by the trainer's own
+genrec.engine.train_step (negatives, collaborative-embedding mask, loss, backward, step) on the trainer's own DeepSpeed
+engine (genrec.engine.make_engine: its config, clipping included), built in this process as one rank on CPU (gloo,
+ZeRO-0, fp32), as a one-worker run on CPU builds it. The same steps on the reference loop's plain-torch engine (what
+the benchmarks run) are held to the same curve, so the two cannot drift apart. Not pinned: Ray Data's batches (their
+block order across workers is not deterministic) and the checkpoints.
+
+A refactor that changes behaviour (initialisation, features, the objective, the optimizer, the windows, the step) moves
+these numbers; one that only moves code does not. Change the numbers only with a change that means to change training,
+and say so in its commit. Checked to fail: zero-initialised event features drawn at random again move every step after
+the first; DeepSpeed's clipping at half of train.grad_clip moves the DeepSpeed curve from the fourth step on (the
+plain-torch one stays: the two cases tell which side moved); the MTP's second target at half weight, weight decay on
+every parameter, or train_step drawing the id mask before the negatives move both."""
+
+import sys
 
 import pytest
 
@@ -17,12 +28,29 @@ from genrec.shards import write_shards
 GOLDEN = [1.402672, 1.651094, 1.181164, 2.057785, 1.958846, 2.244751, 1.910745, 1.571838]
 
 
-def test_the_first_steps_follow_the_golden_loss_curve(tmp_path):
+def deepspeed_elsewhere() -> str | None:
+    """The accelerator DeepSpeed took when this process first imported it, where that is not the CPU (a GPU machine
+    whose tests imported it before DS_ACCELERATOR was set): the pinned path is the CPU one."""
+    deepspeed = sys.modules.get("deepspeed")
+    name = None if deepspeed is None else deepspeed.accelerator.get_accelerator().device_name()
+    return None if name in (None, "cpu") else name
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
     ds = generate(users=60, items=40, events_per_user=20, days=30, genres=4, seed=1)
-    shards = write_shards(ds, tmp_path / "s", None, split="leave_one_out")
+    shards = write_shards(ds, tmp_path_factory.mktemp("golden") / "s", None, split="leave_one_out")
     cfg = load_config(None, ["model.preset=custom", "model.layers=1", "model.width=16", "model.heads=2",
                              "model.max_seq_len=8", "model.dropout=0.1", "model.decoding=sampled",
                              "model.num_negatives=8", "model.mtp_k=2", "model.id_mask_rate=0.1", "train.batch_size=8",
                              "train.lr=0.01", "train.seed=3"])
-    run = train_reference(cfg, shards, epochs=1, threads=1, validate=False, max_steps=len(GOLDEN))
+    return cfg, shards
+
+
+@pytest.mark.parametrize("engine", ["deepspeed", "torch"])
+def test_the_first_steps_follow_the_golden_loss_curve(tiny_run, engine):
+    if engine == "deepspeed" and deepspeed_elsewhere():
+        pytest.skip(f"DeepSpeed was imported on {deepspeed_elsewhere()} in this process; the golden curve is the CPU's")
+    cfg, shards = tiny_run
+    run = train_reference(cfg, shards, epochs=1, threads=1, validate=False, max_steps=len(GOLDEN), engine=engine)
     assert run.history[0]["losses"] == pytest.approx(GOLDEN, abs=1e-4)
