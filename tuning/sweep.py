@@ -181,7 +181,7 @@ def write_winner(cfg: GenrecConfig, sweep: str, rows: list[dict], experiment: st
         # The winning trial's whole training, in the trainer's own FLOPs count (genrec.build.model_flops_per_token).
         cost=WinnerCost(wall_time_s=best["wall_time_s"], events_processed=best["events_processed"],
                         train_flops=best.get("train_flops")),
-        config=winner_cfg.model_dump(mode="json"),
+        config=winner_cfg,
         trials=[{k: v for k, v in r.items() if not (isinstance(v, float) and math.isnan(v))} for r in rows],
     )
     write_winner_manifest(store, cfg.winner_path(), manifest)
