@@ -52,9 +52,9 @@ RECIPE = "recipe.yaml"  # in the sweep's folder: the winner's whole config
 
 def trial_config(base: dict, preset: str, max_seq_len: int, epochs: int | None, seed: int | None = None,
                  window_shift_h: float | None = None, values: dict | None = None) -> GenrecConfig:
-    cfg = stored_config(base)  # a resumed sweep's param space may come from an earlier genrec
-    if values:
-        cfg = with_values(cfg, values)
+    """A trial's config from the sweep's config tree, validated once (the search's sampled values set in the tree
+    first); both readers migrate it, as a resumed sweep's param space may come from an earlier genrec."""
+    cfg = with_values(base, values) if values else stored_config(base)
     cfg.model.preset = preset
     cfg.model.max_seq_len = max_seq_len
     if epochs:
@@ -288,6 +288,7 @@ def param_space(cfg: GenrecConfig, shards, sweep: str) -> dict:
     """What Tune varies: the grid's axes, or (a search) one sample of tune.space per trial, the presets and lengths
     as choices."""
     tune_cfg = cfg.tune
+    # A JSON tree, not a GenrecConfig: Tune's params.json (which `genrec report` reads) would stringify the object.
     space = {"base": cfg.model_dump(mode="json"), "shards": str(shards.root), "sweep": sweep,
              "epochs": tune_cfg.epochs}
     if tune_cfg.search == "grid":
