@@ -52,6 +52,9 @@ LEGACY_WEIGHTS = "model.pt"
 RESUME_DIR = "resume"
 RESUME_TAG = "state"
 TRAINER_STATE = "trainer_state.json"
+# TRAINER_STATE's format, kept in it as "format". 1: the first (files without the key read as 1). A newer one is
+# refused: its fields may mean something this genrec does not know.
+TRAINER_STATE_FORMAT = 1
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints, in its folder
 RESUME_CHECKSUMS = "checksums_rank{rank}.json"  # in RESUME_DIR, one per rank: sizes and sha256s of what it wrote
 RESUME_RNG = "rng_rank{rank}.pt"  # in RESUME_DIR, one per rank: its RNG states (the sampler's, torch's, CUDA's)
@@ -310,9 +313,17 @@ def read_trainer_state(folder: str, store=None) -> dict:
         raise CheckpointError(f"{store.uri(path)}: missing (a checkpoint written by a genrec before runs could "
                               "resume, or one whose upload was cut short)")
     try:
-        return json.loads(store.read_text(path))
+        state = json.loads(store.read_text(path))
     except ValueError:
         raise CheckpointError(f"{store.uri(path)}: not readable JSON (written only in part)") from None
+    version = state.get("format", TRAINER_STATE_FORMAT) if isinstance(state, dict) else None
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{store.uri(path)}: not a trainer state genrec wrote (a JSON object with an integer "
+                              "format); resume from another checkpoint of the run, or start a new run")
+    if version > TRAINER_STATE_FORMAT:
+        raise CheckpointError(f"{store.uri(path)}: trainer state format {version}, written by a newer genrec than "
+                              f"this one (format {TRAINER_STATE_FORMAT}); upgrade genrec to resume from it")
+    return state
 
 def verify_resumable(folder: str, state: dict, ranks=None, weights: bool = True, store=None,
                      hashes: bool = True, allow_unverified: bool = False) -> None:
@@ -479,7 +490,8 @@ def save_resume_state(engine, out_dir: str, rank: int, gen: torch.Generator, sta
                                    if p.is_file() and not p.name.startswith("checksums_rank")),
                     RESUME_CHECKSUMS.format(rank=rank))
     if rank == 0:
-        Path(out_dir, TRAINER_STATE).write_text(json.dumps({**state, "resume_checksums": True}))
+        Path(out_dir, TRAINER_STATE).write_text(json.dumps({**state, "format": TRAINER_STATE_FORMAT,
+                                                            "resume_checksums": True}))
 
 
 # -- loading resume state (the trainer's ranks, on the worker count that wrote it) -----------------------------

@@ -1146,9 +1146,10 @@ def stored_config(tree: dict) -> GenrecConfig:
     return GenrecConfig.model_validate(migrate(tree, "stored config"))
 
 
-def with_values(cfg: GenrecConfig, values: dict[str, Any]) -> GenrecConfig:
-    """`cfg` with dotted keys set (a search trial's sampled values), validated like --set overrides."""
-    tree = cfg.model_dump(mode="json")
+def with_values(tree: dict, values: dict[str, Any]) -> GenrecConfig:
+    """A config tree genrec stored (a sweep's param space, migrated as stored_config does) with dotted keys set (a
+    search trial's sampled values), validated once, like --set overrides."""
+    tree = migrate(tree, "stored config")
     for key, value in values.items():
         path = [p for p in key.split(".") if p]
         _apply(tree, path, value, f"{key}={value}")

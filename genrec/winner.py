@@ -1,9 +1,10 @@
 """The winner manifest: the contract between tuning, which writes it, and serving and fine-tuning, which read it.
 
 One typed, versioned record per config (`GenrecConfig.winner_path()`): which checkpoint won a sweep, how it was
-chosen (validation only), its one reading of the test split beside popularity's, what it cost, its whole config,
-and every trial (serving multiplexes the finished ones). A manifest that does not match this model is refused with
-the file and the field named, never half-read.
+chosen (validation only), its one reading of the test split beside popularity's, what it cost, its whole config
+(a GenrecConfig; in the file, the config tree a config file holds, without the serve token), and every trial
+(serving multiplexes the finished ones). A manifest that does not match this model is refused with the file and the
+field named, never half-read.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from genrec.config import GenrecConfig, migrate, without_secrets
 from genrec.errors import GenrecError
 from genrec.storage import Store
 
@@ -73,8 +75,14 @@ class WinnerManifest(BaseModel):
     test: dict[str, float] | None = None  # the test split, read once for the winner
     test_popularity: dict[str, float] | None = None  # popularity on the same test requests: the bar
     cost: WinnerCost
-    config: dict[str, Any]  # the winner's whole config (secrets stripped)
+    config: GenrecConfig  # the winner's whole config (secrets stripped when written)
     trials: list[WinnerTrial]
+
+    @field_validator("config", mode="before")
+    @classmethod
+    def _current_config_version(cls, value: Any) -> Any:
+        # A manifest of an earlier genrec holds its config in that genrec's config version (1: no `version` key).
+        return migrate(value, "config") if isinstance(value, dict) else value
 
     def served_models(self) -> dict[str, str]:
         """Model id -> checkpoint of every finished trial (the winner's own id among them)."""
@@ -95,7 +103,8 @@ def parse_winner(text: str, where: str) -> WinnerManifest:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "(the whole file)"
-        raise WinnerError(f"{where}: field {field}: {first['msg']} ({exc.error_count()} problem"
+        message = first["msg"].removeprefix("Value error, ")
+        raise WinnerError(f"{where}: field {field}: {message} ({exc.error_count()} problem"
                           f"{'s' if exc.error_count() > 1 else ''}); run the sweep again to rewrite it") from None
 
 
@@ -108,5 +117,7 @@ def read_winner(store: Store, path: str) -> WinnerManifest:
 
 
 def write_winner_manifest(store: Store, path: str, manifest: WinnerManifest) -> None:
-    """Atomically (Store.write_bytes), as every genrec write."""
-    store.write_json(path, manifest.model_dump(mode="json"))
+    """Atomically (Store.write_bytes), as every genrec write; the config as its JSON tree, never with the serve token
+    (the file is read by anyone with the storage)."""
+    public = manifest.model_copy(update={"config": without_secrets(manifest.config)})
+    store.write_json(path, public.model_dump(mode="json"))

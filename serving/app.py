@@ -24,6 +24,7 @@ import os
 import time
 import weakref
 from collections import OrderedDict, deque
+from dataclasses import dataclass
 from typing import Annotated
 from pathlib import Path
 
@@ -247,21 +248,51 @@ class UserEvents:
         return out
 
 
+@dataclass(frozen=True)
+class ReplicaSettings:
+    """What a replica reads of the config: the serve.* limits and the storage it loads from. Built once (`of`), where
+    the app is built, and pickled to each replica with the deployment's bind arguments (a module-level class, so it
+    pickles by reference)."""
+
+    default_k: int
+    max_k: int
+    max_history: int
+    max_body_bytes: int
+    batch_max_size: int
+    batch_wait_s: float
+    state_cache_users: int
+    catalogue_poll_s: float
+    token_env: str
+    storage_root: str
+    storage_cache: str | None
+    allow_unverified_checkpoints: bool
+
+    @classmethod
+    def of(cls, cfg: GenrecConfig) -> "ReplicaSettings":
+        serve_config, storage = cfg.serve, cfg.storage
+        return cls(default_k=serve_config.default_k, max_k=serve_config.max_k, max_history=serve_config.max_history,
+                   max_body_bytes=serve_config.max_body_bytes, batch_max_size=serve_config.batch_max_size,
+                   batch_wait_s=serve_config.batch_wait_s, state_cache_users=serve_config.state_cache_users,
+                   catalogue_poll_s=serve_config.catalogue_poll_s, token_env=serve_config.token_env,
+                   storage_root=storage.root, storage_cache=storage.cache,
+                   allow_unverified_checkpoints=storage.allow_unverified_checkpoints)
+
+
 @serve.deployment
 @serve.ingress(api)
 class Recommender:
-    def __init__(self, users, catalogue_dir: str, token_sha256: str | None, settings: dict):
+    def __init__(self, users, catalogue_dir: str, token_sha256: str | None, settings: ReplicaSettings):
         torch.set_num_threads(1)
         self.users = users
         # Catalogue updates and checkpoints live in the config's storage: a local folder or a URI (genrec.storage).
-        self.store = Store(settings["storage_root"], settings["storage_cache"])
+        self.store = Store(settings.storage_root, settings.storage_cache)
         self.catalogue_dir = catalogue_dir
         self.token_sha256 = token_sha256
         self.settings = settings
         self.metrics = AppMetrics()
-        configure_middleware(settings["max_body_bytes"], self.metrics)
-        self.score_batch.set_max_batch_size(settings["batch_max_size"])
-        self.score_batch.set_batch_wait_timeout_s(settings["batch_wait_s"])
+        configure_middleware(settings.max_body_bytes, self.metrics)
+        self.score_batch.set_max_batch_size(settings.batch_max_size)
+        self.score_batch.set_batch_wait_timeout_s(settings.batch_wait_s)
         self.models: dict[str, str] = {}
         self.default = DEFAULT_MODEL
         self.rankers: weakref.WeakValueDictionary[str, Ranker] = weakref.WeakValueDictionary()
@@ -281,7 +312,7 @@ class Recommender:
     async def load_ranker(self, path: str) -> Ranker:
         """Keyed by checkpoint folder, so a rollout that points `winner` at a new checkpoint loads the new one."""
         loaded, degraded = load_last_good(path, store=self.store,
-                                          allow_unverified=self.settings["allow_unverified_checkpoints"])
+                                          allow_unverified=self.settings.allow_unverified_checkpoints)
         if degraded:  # a corrupt checkpoint: serve the run's last good one, and say so in /healthz and the logs
             logger.warning("model %s: %s", path, degraded)
             self.degraded[path] = degraded
@@ -299,10 +330,10 @@ class Recommender:
             ranker = await self.load_ranker(self.models[mid])
         except (CheckpointError, OSError) as exc:
             raise HTTPException(503, f"model {mid!r}: {exc}") from None
-        if time.monotonic() - ranker.polled_at >= self.settings["catalogue_poll_s"]:
+        if time.monotonic() - ranker.polled_at >= self.settings.catalogue_poll_s:
             ranker.sync_titles(self.catalogue_dir, self.store)  # titles another replica added
             ranker.polled_at = time.monotonic()
-        if time.monotonic() - self.erasures_polled >= self.settings["catalogue_poll_s"]:
+        if time.monotonic() - self.erasures_polled >= self.settings.catalogue_poll_s:
             await self.drop_erased()
         return mid, ranker
 
@@ -353,7 +384,7 @@ class Recommender:
     def authorize(self, authorization: str | None) -> None:
         if self.token_sha256 is None:
             raise HTTPException(403, "this route needs the serve token and none is set: set the environment variable "
-                                     f"{self.settings['token_env']} (or serve.token) where the app is deployed")
+                                     f"{self.settings.token_env} (or serve.token) where the app is deployed")
         if not authorization or not authorization.startswith("Bearer "):
             raise HTTPException(401, "authorization: send the header 'Authorization: Bearer <token>'",
                                 headers={"WWW-Authenticate": "Bearer"})
@@ -365,7 +396,7 @@ class Recommender:
         if old is None or old.version <= state.version:
             self.states[key] = state
             self.states.move_to_end(key)
-        while len(self.states) > self.settings["state_cache_users"]:
+        while len(self.states) > self.settings.state_cache_users:
             self.states.popitem(last=False)
 
     async def user_state(self, user_id: int, path: str, ranker: Ranker) -> tuple[UserState, float]:
@@ -397,9 +428,9 @@ class Recommender:
 
     @api.post("/recommend", response_model=RecommendResponse)
     async def recommend(self, req: RecommendRequest, authorization: str | None = Header(None)) -> RecommendResponse:
-        k = req.k or self.settings["default_k"]
-        if k > self.settings["max_k"]:
-            raise HTTPException(422, f"k: {k} is above the maximum of {self.settings['max_k']} (serve.max_k)")
+        k = req.k or self.settings.default_k
+        if k > self.settings.max_k:
+            raise HTTPException(422, f"k: {k} is above the maximum of {self.settings.max_k} (serve.max_k)")
         if req.user_id is not None:
             # A stored history is personal data: ranking by user id (which with exclude_seen on and off lists the
             # user's titles) needs the token. A request that sends its own history stays open.
@@ -407,8 +438,8 @@ class Recommender:
         mid, ranker = await self.ranker(req.model)
         age = None
         if req.history is not None:
-            if len(req.history) > self.settings["max_history"]:
-                raise HTTPException(422, f"history: {len(req.history)} events, at most {self.settings['max_history']} "
+            if len(req.history) > self.settings.max_history:
+                raise HTTPException(422, f"history: {len(req.history)} events, at most {self.settings.max_history} "
                                          "allowed (serve.max_history)")
             check_time_order("history", [e.timestamp for e in req.history])
             ev, unknown = ranker.resolve([e.model_dump() for e in req.history])
@@ -499,15 +530,11 @@ def served_models(cfg: GenrecConfig, checkpoint: str | None = None) -> dict[str,
 def build(cfg: GenrecConfig, checkpoint: str | None = None):
     serve_config = cfg.serve
     token = os.environ.get(serve_config.token_env) or serve_config.token
-    settings = {k: getattr(serve_config, k) for k in ("default_k", "max_k", "max_history", "max_body_bytes",
-                                                      "batch_max_size", "batch_wait_s", "state_cache_users",
-                                                      "catalogue_poll_s", "token_env")}
-    settings.update(storage_root=cfg.storage.root, storage_cache=cfg.storage.cache,
-                    allow_unverified_checkpoints=cfg.storage.allow_unverified_checkpoints)
     users = UserEvents.bind(serve_config.user_ttl_s, serve_config.max_users, serve_config.max_history)
     return Recommender.options(
         **serve_config.deployment_options(), user_config={"models": served_models(cfg, checkpoint), "default": DEFAULT_MODEL},
-    ).bind(users, cfg.storage.store().path("catalogue", cfg.name), sha256(token) if token else None, settings)
+    ).bind(users, cfg.storage.store().path("catalogue", cfg.name), sha256(token) if token else None,
+           ReplicaSettings.of(cfg))
 
 
 def app(args: dict[str, str]):

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from genrec.config import CONFIG_VERSION, ConfigError, dump_config, load_config, stored_config, without_secrets
+from genrec.config import (CONFIG_VERSION, ConfigError, GenrecConfig, dump_config, load_config, stored_config,
+                           with_values, without_secrets)
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -62,6 +63,22 @@ def test_a_stored_config_of_an_earlier_genrec_is_carried_over():
     tree["tune"]["max_seq_len"] = tree["tune"].pop("max_seq_lens")
     assert stored_config(tree).tune.max_seq_lens == ["auto"]
     assert "max_seq_len" in tree["tune"] and "version" not in tree  # the stored tree itself is left as it was
+
+
+def test_a_search_trials_values_are_set_in_the_stored_tree_and_validated_once(monkeypatch):
+    # A search trial's config: the sweep's stored tree (of an earlier genrec here) migrated, its sampled values set,
+    # then one validation of the whole config (not one of the tree and another after the values).
+    tree = load_config(None).model_dump(mode="json")
+    del tree["version"]
+    tree["tune"]["max_seq_len"] = tree["tune"].pop("max_seq_lens")
+    validated = []
+    real = GenrecConfig.model_validate.__func__
+    monkeypatch.setattr(GenrecConfig, "model_validate",
+                        classmethod(lambda cls, *a, **k: validated.append(1) or real(cls, *a, **k)))
+    cfg = with_values(tree, {"train.lr": 0.01})
+    assert cfg.train.lr == 0.01 and cfg.tune.max_seq_lens == ["auto"] and len(validated) == 1
+    with pytest.raises(ConfigError, match=r"^search values train.lr=-1: invalid config\n  train.lr: "):
+        with_values(tree, {"train.lr": -1})
 
 
 def test_the_config_files_version_older_migrated_newer_refused(tmp_path, capsys):

@@ -4,6 +4,7 @@ removed from open_shards the truncated shard opens; without verify_checksums the
 
 import json
 import os
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,8 +17,9 @@ from deepspeed.runtime.fp16.loss_scaler import LossScaler
 from deepspeed.runtime.zero.config import ZeroStageEnum
 
 from genrec.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_ITEMS, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS, LEGACY_WEIGHTS,
-                               TRAIN_COUNT, CheckpointError, load_checkpoint, load_last_good, load_resume_state,
-                               read_spec, save_resume_state, verify_resumable, write_weights)
+                               TRAIN_COUNT, TRAINER_STATE, TRAINER_STATE_FORMAT, CheckpointError, load_checkpoint,
+                               load_last_good, load_resume_state, read_spec, read_trainer_state, save_resume_state,
+                               verify_resumable, write_weights)
 from genrec.cli import main as cli_main
 from genrec.features import build_vocab
 from genrec.model import GenRec, ModelSpec
@@ -214,6 +216,21 @@ def test_a_ranks_rng_states_come_back_from_its_resume_state(tmp_path):
     load_resume_state(_EngineStandIn(), tmp_path, 1, restarted)
     assert torch.equal(torch.rand(3, generator=restarted), unbroken[0]) and torch.equal(torch.rand(3), unbroken[1])
     verify_resumable(str(tmp_path), {"world": 2, "resume_checksums": True}, ranks=[1], weights=False)
+
+
+def test_a_trainer_state_without_its_format_loads_and_a_newer_format_is_refused(tmp_path):
+    """trainer_state.json carries its format: one written before the key reads as the first format; one of a newer
+    genrec is refused, naming the file and what to do, rather than resumed from fields this genrec may misread."""
+    save_resume_state(_EngineStandIn(), str(tmp_path), 0, torch.Generator(), {"epoch": 2, "world": 1})
+    assert read_trainer_state(str(tmp_path)) == {"epoch": 2, "world": 1, "format": TRAINER_STATE_FORMAT,
+                                                 "resume_checksums": True}
+    path = tmp_path / TRAINER_STATE
+    path.write_text(json.dumps({"epoch": 2, "world": 1, "resume_checksums": True}))
+    assert read_trainer_state(str(tmp_path))["epoch"] == 2
+    path.write_text(json.dumps({"epoch": 2, "world": 1, "format": TRAINER_STATE_FORMAT + 1}))
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(path))}: trainer state format "
+                                              rf"{TRAINER_STATE_FORMAT + 1}, written by a newer genrec.*upgrade genrec"):
+        read_trainer_state(str(tmp_path))
 
 
 def test_a_format_1_checkpoint_still_loads_and_a_newer_format_is_refused(tmp_path):

@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from genrec.config import CONFIG_VERSION, GenrecConfig
 from genrec.storage import Store
 from genrec.winner import WINNER_SCHEMA_VERSION, WinnerError, WinnerManifest, read_winner, write_winner_manifest
 
@@ -33,7 +34,34 @@ def test_a_manifest_reads_back_as_written(tmp_path):
     assert again.served_models() == {"custom-len16-s0-w48": "/runs/a/checkpoint_1"}
 
 
+def test_the_config_reads_back_typed_from_a_config_tree_without_the_serve_token(tmp_path):
+    """The manifest's config is a GenrecConfig; the file holds it as the config tree a config file holds (the shape
+    earlier genrecs wrote), and never the serve token, though the object written carried one."""
+    store = Store(str(tmp_path))
+    written = WinnerManifest.model_validate(manifest(config={"name": "x", "serve": {"token": "s3cret-s3cret-s3cret"}}))
+    assert isinstance(written.config, GenrecConfig) and written.config.serve.token == "s3cret-s3cret-s3cret"
+    write_winner_manifest(store, str(tmp_path / "winner.json"), written)
+    text = (tmp_path / "winner.json").read_text()
+    assert "s3cret-s3cret-s3cret" not in text
+    on_disk = json.loads(text)["config"]
+    assert on_disk["name"] == "x" and on_disk["version"] == CONFIG_VERSION and on_disk["serve"]["token"] is None
+    again = read_winner(store, str(tmp_path / "winner.json"))
+    assert again.config.name == "x" and again.config.serve.token is None
+    assert written.config.serve.token == "s3cret-s3cret-s3cret"  # the caller's manifest is left as it was
+
+
+def test_a_manifest_whose_config_is_of_config_version_1_still_loads(tmp_path):
+    """A manifest of an earlier genrec holds its config in that genrec's config version: migrated as it is read."""
+    path = tmp_path / "winner.json"
+    path.write_text(json.dumps(manifest(config={"name": "x", "tune": {"max_seq_len": [16, 32]}})))
+    loaded = read_winner(Store(str(tmp_path)), str(path))
+    assert loaded.config.version == CONFIG_VERSION and loaded.config.tune.max_seq_lens == [16, 32]
+
+
 @pytest.mark.parametrize("change, said", [
+    ({"config": {"name": "x", "model": {"surprise": 1}}}, "field config.model.surprise: Extra inputs are not permitted"),
+    ({"config": {"version": CONFIG_VERSION + 1}}, f"field config: config: version: {CONFIG_VERSION + 1}: written for "
+                                                  "a newer genrec"),
     ({"checkpoint": None}, "field checkpoint: Input should be a valid string"),
     ({"cost": {"wall_time_s": -1.0, "events_processed": 1}}, "field cost.wall_time_s: Input should be greater"),
     ({"surprise": 1}, "field surprise: Extra inputs are not permitted"),

@@ -52,9 +52,9 @@ RECIPE = "recipe.yaml"  # in the sweep's folder: the winner's whole config
 
 def trial_config(base: dict, preset: str, max_seq_len: int, epochs: int | None, seed: int | None = None,
                  window_shift_h: float | None = None, values: dict | None = None) -> GenrecConfig:
-    cfg = stored_config(base)  # a resumed sweep's param space may come from an earlier genrec
-    if values:
-        cfg = with_values(cfg, values)
+    """A trial's config from the sweep's config tree, validated once (the search's sampled values set in the tree
+    first); both readers migrate it, as a resumed sweep's param space may come from an earlier genrec."""
+    cfg = with_values(base, values) if values else stored_config(base)
     cfg.model.preset = preset
     cfg.model.max_seq_len = max_seq_len
     if epochs:
@@ -181,7 +181,7 @@ def write_winner(cfg: GenrecConfig, sweep: str, rows: list[dict], experiment: st
         # The winning trial's whole training, in the trainer's own FLOPs count (genrec.build.model_flops_per_token).
         cost=WinnerCost(wall_time_s=best["wall_time_s"], events_processed=best["events_processed"],
                         train_flops=best.get("train_flops")),
-        config=winner_cfg.model_dump(mode="json"),
+        config=winner_cfg,
         trials=[{k: v for k, v in r.items() if not (isinstance(v, float) and math.isnan(v))} for r in rows],
     )
     write_winner_manifest(store, cfg.winner_path(), manifest)
@@ -288,6 +288,7 @@ def param_space(cfg: GenrecConfig, shards, sweep: str) -> dict:
     """What Tune varies: the grid's axes, or (a search) one sample of tune.space per trial, the presets and lengths
     as choices."""
     tune_cfg = cfg.tune
+    # A JSON tree, not a GenrecConfig: Tune's params.json (which `genrec report` reads) would stringify the object.
     space = {"base": cfg.model_dump(mode="json"), "shards": str(shards.root), "sweep": sweep,
              "epochs": tune_cfg.epochs}
     if tune_cfg.search == "grid":
