@@ -62,7 +62,7 @@ def head(tmp_path_factory):
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = "http://127.0.0.1:" + next(p for p in ports if p.startswith("--dashboard-port=")).split("=")[1]
     try:
-        wait_for_jobs_api(url, env, proc, tmp / "head.log")
+        wait_for_jobs_api(url, proc, tmp / "head.log")
         yield url, env, ray_tmp
     finally:  # also when the head never came up: nothing of it may outlive the test
         os.killpg(proc.pid, signal.SIGTERM)
@@ -75,28 +75,19 @@ def head(tmp_path_factory):
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def wait_for_jobs_api(url: str, env: dict, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+def wait_for_jobs_api(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    """Until the dashboard answers (a 401 without a token: the Jobs API is up, and guarded)."""
     deadline = time.time() + timeout
     while True:
         try:
             urllib.request.urlopen(f"{url}/api/version", timeout=5)
-            break
-        except urllib.error.HTTPError:  # 401 without a token: the Jobs API is up (and guarded)
-            break
+            return
+        except urllib.error.HTTPError:
+            return
         except OSError:
             if proc.poll() is not None or time.time() > deadline:
                 pytest.fail(f"ray start --head did not come up:\n{log.read_text()[-3000:]}")
             time.sleep(1)
-    # The dashboard answers before its job agent has registered ("No available agent to submit job"): a trivial
-    # job that succeeds is the readiness probe (and checks the token path on its own).
-    while True:
-        probe = subprocess.run([RAY, "job", "submit", "--address", url, "--", "python", "-c", "pass"], env=env,
-                               capture_output=True, text=True, timeout=120)
-        if probe.returncode == 0:
-            return
-        if "No available agent" not in probe.stdout + probe.stderr or time.time() > deadline:
-            pytest.fail(f"the Jobs API at {url} refused a trivial job:\n{(probe.stdout + probe.stderr)[-3000:]}")
-        time.sleep(2)
 
 
 def submit_command(head, *entrypoint, runtime_env: Path) -> list[str]:
@@ -172,9 +163,9 @@ def job_config(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def killed_run(head, job_config, tmp_path_factory):
+def killed_run(head, job_config, failing_job, tmp_path_factory):
     """The 3-epoch 2-worker job, one of its Ray Train workers SIGKILLed after epoch 1's checkpoint: (exit code, the
-    job's output, the run folder)."""
+    job's output, the run folder). Submitted once the Jobs API took a job (the failing one)."""
     cfg, path, runtime_env = job_config
     log = tmp_path_factory.mktemp("killed") / "job.log"
     with open(log, "w") as out_file:
@@ -256,11 +247,25 @@ def test_pretrain_job_two_workers_zero3_survives_a_killed_worker(job_config, kil
         loaded.add_items(new)
 
 
-def test_a_failing_job_shows_its_error(head, job_config):
+@pytest.fixture(scope="module")
+def failing_job(head, job_config) -> subprocess.CompletedProcess:
+    """A pre-training job whose config is refused (train.workers=0), submitted as soon as the dashboard answers: it is
+    also the Jobs API's readiness probe. The dashboard answers before its job agent has registered ("No available
+    agent to submit job"), so it is submitted again until an agent takes it; its own start-up is the job's."""
     _, path, runtime_env = job_config
-    done = submit(head, "python", "-m", "trainers.pretrain", "--config", str(path), "--set", "train.workers=0",
-                  runtime_env=runtime_env, timeout=180)
-    out = done.stdout + done.stderr
-    assert done.returncode == 1 and "failed" in out, out[-4000:]
+    deadline = time.time() + 120
+    while True:
+        done = submit(head, "python", "-m", "trainers.pretrain", "--config", str(path), "--set", "train.workers=0",
+                      runtime_env=runtime_env, timeout=180)
+        if "No available agent" not in done.stdout + done.stderr:
+            return done
+        if time.time() > deadline:
+            pytest.fail(f"the Jobs API at {head[0]} took no job:\n{(done.stdout + done.stderr)[-3000:]}")
+        time.sleep(2)
+
+
+def test_a_failing_job_shows_its_error(failing_job):
+    out = failing_job.stdout + failing_job.stderr
+    assert failing_job.returncode == 1 and "failed" in out, out[-4000:]
     # The job's log ends with genrec's one-line error naming the key, not a traceback.
     assert "train.workers: Input should be greater than or equal to 1" in out and "Traceback" not in out, out[-4000:]
