@@ -92,6 +92,7 @@ def run_genrec(name: str, model: str, seed: int, data: LooData) -> dict:
     """Train through genrec's real path, then rank the test users with the kept checkpoint."""
     from genrec.checkpoint import load_checkpoint
     from genrec.config import load_config
+    from genrec.console import console
     from genrec.runs import read_history
     from trainers.pretrain import run
 
@@ -103,7 +104,8 @@ def run_genrec(name: str, model: str, seed: int, data: LooData) -> dict:
                                "tracking.wandb=disabled", *extra])
     run_name = f"{name}-{model}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     t0 = time.perf_counter()
-    run(cfg, run_name)
+    with console():  # as `genrec train` runs: Ray's and the workers' lines to the run's log, progress only on a tty
+        run(cfg, run_name)
     wall = time.perf_counter() - t0
     store = cfg.storage.store()
     selected = json.loads(store.read_text(store.path("runs", run_name, "selected.json")))
