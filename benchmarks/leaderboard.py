@@ -50,10 +50,9 @@ import pyarrow.parquet as pq
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchmarks._harness import REPO, mean_spread, parser, write  # noqa: E402
-from plain_sasrec import LooData, loo_data, metrics, rank_users, train_plain  # noqa: E402
+from benchmarks.plain_sasrec import LooData, loo_data, metrics, rank_users, train_plain  # noqa: E402
 
 WORK = REPO / "benchmarks" / "work" / "leaderboard"
 DATA = {"ml-100k": ("recbole", None), "ml-latest-small": ("movielens", REPO.parent / "shared/data/ml-latest-small")}

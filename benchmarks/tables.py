@@ -27,7 +27,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))  # the benchmarks import their siblings by bare name
 
 BEGIN = re.compile(r"^<!-- table: (\S+) -->$")
 END = "<!-- end table -->"

@@ -43,3 +43,13 @@ def test_a_table_edited_by_hand_is_found(tmp_path, capsys):
     assert "leaderboard-ml100k-seeds012-exclhist.json" in capsys.readouterr().out
     assert tables.main(["--write", str(copy)]) == 0 and tables.main(["--check", str(copy)]) == 0
     assert copy.read_text() == text
+
+
+def test_importing_every_benchmark_hides_no_package_of_the_repository():
+    """benchmarks/serving.py must not shadow the serving package (a benchmark that put benchmarks/ first on sys.path
+    broke every later `import serving.app` of the test session)."""
+    for name in BENCHMARKS:
+        importlib.import_module(f"benchmarks.{name}")
+    import serving.app
+
+    assert Path(serving.app.__file__).resolve() == ROOT / "serving" / "app.py"
