@@ -5,6 +5,8 @@ Nothing is run here: the stored JSON is rendered again and compared."""
 import importlib
 import inspect
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,11 +47,15 @@ def test_a_table_edited_by_hand_is_found(tmp_path, capsys):
     assert copy.read_text() == text
 
 
-def test_importing_every_benchmark_hides_no_package_of_the_repository():
-    """benchmarks/serving.py must not shadow the serving package (a benchmark that put benchmarks/ first on sys.path
-    broke every later `import serving.app` of the test session)."""
-    for name in BENCHMARKS:
-        importlib.import_module(f"benchmarks.{name}")
-    import serving.app
-
-    assert Path(serving.app.__file__).resolve() == ROOT / "serving" / "app.py"
+def test_no_benchmark_puts_its_own_folder_on_the_import_path():
+    """benchmarks/serving.py must not shadow the serving package: a benchmark module that put benchmarks/ first on
+    sys.path made every later `import serving.app` of the test session find benchmarks/serving.py instead. The
+    benchmarks import each other as benchmarks.<name>, with the repository's root alone on the path."""
+    for path in sorted((ROOT / "benchmarks").glob("*.py")):
+        for line in path.read_text().splitlines():
+            if "sys.path.insert" in line or "sys.path.append" in line:
+                assert "parents[1]" in line or "(REPO)" in line, f"{path.name}: {line.strip()}"
+    probe = ("import sys; from importlib.machinery import PathFinder; import benchmarks.tables; "
+             "print(PathFinder.find_spec('serving', sys.path).origin)")
+    found = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert Path(found.stdout.strip()).resolve() == ROOT / "serving" / "__init__.py", found.stdout + found.stderr
