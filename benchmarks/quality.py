@@ -294,6 +294,9 @@ def main(argv=None) -> int:
                         "launching after the cutoff to measure cold start)")
     p.add_argument("--movielens-cutoff", type=float, default=0.6,
                    help="data.cutoff_quantile for ml-latest-small (default 0.6: the most evaluation users)")
+    p.add_argument("--valid-window", type=float, default=0.1,
+                   help="the validation window, as a share of events just before the cutoff "
+                        "(data.valid_quantile = cutoff minus this)")
     p.add_argument("--storage", default=str(REPO / "benchmarks/work/quality"))
     p.add_argument("--set", dest="overrides", action="append", default=[], help="KEY=VALUE config override")
     p.add_argument("--rediagnose", metavar="RESULTS_JSON", default=None,
@@ -320,7 +323,8 @@ def main(argv=None) -> int:
     for dataset in datasets:
         cutoff = args.synthetic_cutoff if dataset == "synthetic" else args.movielens_cutoff
         base = [f"storage.root={args.storage}", f"name=quality-{dataset}", *DATASETS[dataset],
-                f"data.cutoff_quantile={cutoff}", f"model.preset={args.preset}",
+                f"data.cutoff_quantile={cutoff}", f"data.valid_quantile={round(cutoff - args.valid_window, 6)}",
+                f"model.preset={args.preset}",
                 f"model.max_seq_len={args.max_seq_len}", f"train.epochs={args.epochs}", "eval.delays_h=[24,48]",
                 "tracking.wandb=disabled"]
         cfg = load_config(args.config, base + args.overrides)
