@@ -165,6 +165,24 @@ def run_sasrec(data: LooData, seed: int, max_seconds: float) -> dict:
             "time_cap_s": max_seconds, "curve": [(c["wall_s"], c["valid_ndcg@10"]) for c in out["curve"]]}
 
 
+def peer_ranks(peer, data: LooData, items_path: str) -> tuple[np.ndarray, int]:
+    """(each test user's rank of their target, ranked by this benchmark's evaluator from a peer's scores; the users
+    whose test target is the same in the peer's split). `peer`: users, targets and items as the data's own ids (a
+    peer's tokens), and scores (users x items)."""
+    items = pq.read_table(items_path, columns=["item_id", "index"])
+    index_of = dict(zip(map(str, items.column("item_id").to_pylist()), items.column("index").to_pylist()))
+    columns = np.asarray([index_of.get(str(token), 0) for token in peer["items"]])  # 0: the peer's padding
+    matrix = np.full((len(peer["users"]), data.num_items + 1), -np.inf, np.float32)
+    matrix[:, columns[columns > 0]] = peer["scores"][:, columns > 0]
+    row_of = {str(token): k for k, token in enumerate(peer["users"])}
+    rows = np.asarray([row_of[str(u)] for u in data.users])
+    agree = int(sum(index_of.get(str(t)) == target for t, target in zip(peer["targets"][rows], data.test_target)))
+    position = {id(c): k for k, c in enumerate(data.test_ctx)}
+    ranks = rank_users(lambda ctx: torch.from_numpy(matrix[rows[[position[id(c)] for c in ctx]]]), data.test_ctx,
+                       data.test_target, data.num_items)
+    return ranks, agree
+
+
 def run_recbole_sasrec(name: str, seed: int, data: LooData, items_path: str, max_seconds: float) -> dict:
     """RecBole's SASRec trained in its own venv; its test scores ranked by this benchmark's evaluator."""
     if name != "ml-100k":
@@ -176,19 +194,7 @@ def run_recbole_sasrec(name: str, seed: int, data: LooData, items_path: str, max
                     "200", "--stopping-step", "20", "--max-seconds", str(max_seconds), "--seed", str(seed),
                     "--scores-file", str(scores_file), "--out", str(result)], check=True)
     rb = json.loads(result.read_text())
-    peer = np.load(scores_file)
-    # RecBole's tokens are the data's own ids: its columns to the shards' item indices, its rows to our users.
-    items = pq.read_table(items_path, columns=["item_id", "index"])
-    index_of = dict(zip(map(str, items.column("item_id").to_pylist()), items.column("index").to_pylist()))
-    columns = np.asarray([index_of.get(str(token), 0) for token in peer["items"]])  # 0: RecBole's [PAD]
-    matrix = np.full((len(peer["users"]), data.num_items + 1), -np.inf, np.float32)
-    matrix[:, columns[columns > 0]] = peer["scores"][:, columns > 0]
-    row_of = {str(token): k for k, token in enumerate(peer["users"])}
-    rows = np.asarray([row_of[str(u)] for u in data.users])
-    agree = int(sum(index_of.get(str(t)) == target for t, target in zip(peer["targets"][rows], data.test_target)))
-    position = {id(c): k for k, c in enumerate(data.test_ctx)}
-    ranks = rank_users(lambda ctx: torch.from_numpy(matrix[rows[[position[id(c)] for c in ctx]]]), data.test_ctx,
-                       data.test_target, data.num_items)
+    ranks, agree = peer_ranks(np.load(scores_file), data, items_path)
     best = max(rb["history"], key=lambda h: h["valid_ndcg@10"])
     return {"ranks": ranks, "wall_s": rb["wall_s"], "wall_to_best_s": best["elapsed_s"],
             "events_per_s": rb["samples_per_s"], "epochs": rb["epochs"], "best_epoch": best["epoch"],
