@@ -51,6 +51,10 @@ VARIANTS = {
     "hstu-4-layers": ("the HSTU block, 4 layers", ["model.block=hstu", "model.layers=4"]),
     "hstu-4-layers-dropout-0.5": ("the HSTU block, 4 layers, dropout 0.5", ["model.block=hstu", "model.layers=4",
                                                                             "model.dropout=0.5"]),
+    # Against the defaults (configs/defaults-ml-100k-loo.yaml): what learns more within the pipeline's budget?
+    "lr-4e-3": ("learning rate 4e-3", ["train.lr=0.004"]),
+    "batch-32": ("batch 32", ["train.batch_size=32"]),
+    "mtp-2": ("two-token prediction", ["model.mtp_k=2"]),
     # The same two changes on the transformer block: does the deeper, more regularised model help it too?
     "4-layers-dropout-0.5": ("the transformer block, 4 layers, dropout 0.5", ["model.layers=4", "model.dropout=0.5"]),
 }

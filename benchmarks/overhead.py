@@ -17,7 +17,9 @@ The figure is training events per second (target events over the seconds spent i
 included for the full path): epoch 1 is left out of both (start-up, first-touch), so neither evaluation nor start-up
 is counted. The full path's whole wall time (Ray start, shard check, evaluation, checkpoints) is reported beside it.
 `--synthetic-items N` trains on the seeded synthetic generator with N titles instead (3,000 users, 50 events each),
-to show how the step's cost follows the catalogue: only as much as the decoding mode scores.
+to show how the step's cost follows the catalogue: only as much as the decoding mode scores. `--rounds N` alternates
+the two N times in the one invocation and pools them, for a ratio that one short run per path cannot hold (the
+machine's speed drifts between runs).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+
+import ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -47,6 +51,13 @@ def rate(history: list[dict]) -> tuple[float, float]:
     return events / seconds, seconds
 
 
+def pooled(histories: list[list[dict]]) -> dict:
+    """Training events/s of one path over several runs (epochs 2.. of each): their events over their seconds."""
+    rates = [rate(h) for h in histories]
+    seconds = sum(sec for _, sec in rates)
+    return {"events_per_s": sum(eps * sec for eps, sec in rates) / seconds, "train_s": seconds}
+
+
 def table(results: dict) -> str:
     """The Markdown table of a stored run: each path's training events/s, and its share of the plain loop's."""
     rows = results["rows"]
@@ -63,6 +74,10 @@ def table(results: dict) -> str:
     decoding = results.get("decoding", model.get("decoding"))
     out.append(f"\ngenrec / plain: **{results['ratio']:.1%}**{first} ({titles}{decoding} decoding, "
                f"epochs 2-{results['epochs']}, training time only)")
+    if results.get("rounds"):
+        each = ", ".join(f"{r['ratio']:.1%}" for r in results["rounds"])
+        out[-1] += (f"; {len(results['rounds'])} alternated rounds (plain, genrec, plain, ...), pooled; each round: "
+                    f"{each}")
     return "\n".join(out)
 
 
@@ -77,6 +92,10 @@ def main(argv=None) -> int:
     p.add_argument("--storage", default="benchmarks/work/overhead")
     p.add_argument("--zero-stages", type=int, nargs="+", default=None, choices=[0, 1, 2, 3], metavar="STAGE",
                    help="run the full path once per DeepSpeed ZeRO stage (default: once, at train.zero_stage)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="alternate the plain loop and the full path this many times (plain, genrec, plain, genrec, "
+                        "...; Ray stopped during each plain loop); events/s pooled over the rounds, each round's "
+                        "ratio beside it")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     args = p.parse_args(argv)
     if (args.data is None) == (args.synthetic_items is None):
@@ -86,37 +105,59 @@ def main(argv=None) -> int:
              "data.synthetic.events_per_user=50", f"name=overhead-synthetic-{args.synthetic_items}"])
     base = [*data, "data.split=leave_one_out", f"storage.root={args.storage}", "tracking.wandb=disabled",
             f"train.epochs={args.epochs}", "train.patience=null", "train.time_budget_s=null", *args.overrides]
+    if args.rounds > 1 and args.zero_stages and len(args.zero_stages) > 1:
+        p.error("--rounds alternates one plain loop with one full path: give at most one --zero-stages")
     cfg = load_config(args.config, base)
     shards = prepare_shards(cfg)
     cfg = resolve_defaults(cfg, shards)
-    print(f"plain loop: {args.epochs} epochs, {args.threads} threads ...", flush=True)
-    plain = train_reference(cfg, shards, epochs=args.epochs, threads=args.threads, validate=False).history
-    rows = [{"path": "plain loop (one process)", "events_per_s": rate(plain)[0], "loss_last": plain[-1]["loss"]}]
-    histories = {"plain": plain}
-    init_ray(cfg)
-    for stage in args.zero_stages or [None]:
-        staged = [*base, f"train.zero_stage={stage}"]
-        run_cfg = cfg if stage is None else resolve_defaults(load_config(args.config, staged), shards)
-        label = f"genrec (Ray Data + Ray Train + DeepSpeed), ZeRO-{zero_stage(run_cfg)}"
-        print(f"{label}: {run_cfg.train.workers} worker(s) x {run_cfg.train.torch_threads} threads ...", flush=True)
-        name = f"overhead-{time.strftime('%Y%m%d-%H%M%S')}"
-        t0 = time.perf_counter()
-        fit(run_cfg, shards, name)
-        wall = time.perf_counter() - t0
-        full = read_history(run_cfg, name)
-        later = full[1:] or full
-        histories[f"zero{zero_stage(run_cfg)}"] = full
+    histories, rounds = {}, []
+    for k in range(args.rounds):
+        tag = f"round {k + 1}/{args.rounds}: " if args.rounds > 1 else ""
+        print(f"{tag}plain loop: {args.epochs} epochs, {args.threads} threads ...", flush=True)
+        plain = train_reference(cfg, shards, epochs=args.epochs, threads=args.threads, validate=False).history
+        histories[f"plain{k}" if k else "plain"] = plain
+        done = {"plain": plain}
+        init_ray(cfg)
+        for stage in args.zero_stages or [None]:
+            staged = [*base, f"train.zero_stage={stage}"]
+            run_cfg = cfg if stage is None else resolve_defaults(load_config(args.config, staged), shards)
+            label = f"genrec (Ray Data + Ray Train + DeepSpeed), ZeRO-{zero_stage(run_cfg)}"
+            print(f"{tag}{label}: {run_cfg.train.workers} worker(s) x {run_cfg.train.torch_threads} threads ...",
+                  flush=True)
+            name = f"overhead-{time.strftime('%Y%m%d-%H%M%S')}"
+            t0 = time.perf_counter()
+            fit(run_cfg, shards, name)
+            wall = time.perf_counter() - t0
+            full = read_history(run_cfg, name)
+            key = f"zero{zero_stage(run_cfg)}"
+            histories[f"{key}-{k}" if k else key] = full
+            done[label] = (full, wall, run_cfg)
+        # Ray's own processes (raylet, dashboard, controllers) are the full path's cost, not the plain loop's: each
+        # round's plain loop runs with Ray stopped, as the first one does.
+        ray.shutdown()
+        rounds.append(done)
+    rows = [{"path": "plain loop (one process)", **pooled([r["plain"] for r in rounds]),
+             "loss_last": rounds[-1]["plain"][-1]["loss"]}]
+    for label in [k for k in rounds[0] if k != "plain"]:
+        fulls = [r[label][0] for r in rounds]
+        later = [h for full in fulls for h in (full[1:] or full)]
+        run_cfg = rounds[0][label][2]
         rows.append({"path": label, "zero_stage": zero_stage(run_cfg), "workers": run_cfg.train.workers,
-                     "events_per_s": rate(full)[0], "loss_last": full[-1]["loss"], "wall_s": wall,
+                     **pooled(fulls), "loss_last": fulls[-1][-1]["loss"],
+                     "wall_s": sum(r[label][1] for r in rounds) / len(rounds),
                      "input_wait_share": sum(h["input_wait_s"] for h in later) / sum(h["epoch_time_s"] for h in later)})
     for r in rows:
         r["vs_plain"] = r["events_per_s"] / rows[0]["events_per_s"]
     # "ratio" and "full_history" are the first full-path run's (the config's own stage unless --zero-stages).
+    first = rows[1]["path"]
     results = {"rows": rows, "ratio": rows[1]["vs_plain"], "epochs": args.epochs, "threads_plain": args.threads,
                "titles": shards.num_items, "decoding": cfg.model.decoding,
                "config": without_secrets(cfg).model_dump(mode="json"),
-               "plain_history": plain, "full_history": histories[f"zero{rows[1]['zero_stage']}"],
+               "plain_history": rounds[0]["plain"], "full_history": rounds[0][first][0],
                "histories": histories}
+    if args.rounds > 1:
+        results["rounds"] = [{"plain_events_per_s": rate(r["plain"])[0], "events_per_s": rate(r[first][0])[0],
+                              "ratio": rate(r[first][0])[0] / rate(r["plain"])[0]} for r in rounds]
     print(table(results))
     write("overhead", results, args.out)
     return 0

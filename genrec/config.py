@@ -549,7 +549,9 @@ class EvalConfig(_Section):
         3, ge=1,
         description="requests per user: the first event after the cutoff and the next session starts. A session "
                     "starts with an event at least eval.session_gap_h after the previous one; up to this many "
-                    "requests. Leave-one-out shards give one request (the last event).")
+                    "requests. A user with no event before the cutoff (new in the window) is asked at its later "
+                    "session starts, its first session as context. Leave-one-out shards give one request (the last "
+                    "event).")
     session_gap_h: float = Field(
         1.0, gt=0.0, description="hours without events after which an event starts a new session (a request).")
     max_users: int | None = Field(

@@ -76,9 +76,13 @@ def prepare_shards(cfg: GenrecConfig, rebuild: bool = False, echo=say) -> ShardS
                           extra=extra, split=data_config.split, valid_cutoff=valid_cutoff)
     counts = shards.manifest["counts"]
     cold = "first seen after training ends" if data_config.split == "time" else "in no training row"
-    valid = f"{counts['valid_users']} validation users, " if "valid_users" in counts else ""
+    def users(split: str) -> str:
+        new = counts.get(f"{split}_new_users", 0)
+        return f"{counts[f'{split}_users']}" + (f" ({new} new in the window)" if new else "")
+
+    valid = f"{users('valid')} validation users, " if "valid_users" in counts else ""
     echo(f"shards ({data_config.split} split): {counts['train_users']} training users, {counts['train_events']} "
-         f"training events, {valid}{counts['eval_users']} evaluation users, {counts['items']} titles "
+         f"training events, {valid}{users('eval')} evaluation users, {counts['items']} titles "
          f"({counts['cold_start_items']} {cold}) -> {root}")
     return shards
 

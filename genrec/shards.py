@@ -5,7 +5,7 @@ Layout of a shard set (one folder, renamed into place only once complete, so no 
     manifest.json          schema version, split, cutoff, counts, cold-start share, every file with rows and sha256
     items.parquet          the item vocabulary: item_id -> index (1..n; 0 is padding) plus metadata
     train/part-NNNNN.parquet   one row per user: events before the cutoff (items, ts, actions, utils lists)
-    eval/part-NNNNN.parquet    one row per user with events on both sides: history before, targets after the cutoff
+    eval/part-NNNNN.parquet    one row per user with events after the cutoff: history before it, then the targets
     valid/part-NNNNN.parquet   like eval, one step earlier: what every choice (epoch, early stop, trial) is made on
 
 Splits (`split=`):
@@ -14,7 +14,8 @@ Splits (`split=`):
   event as history; events in [valid_cutoff, cutoff) are the validation targets, with the events before
   valid_cutoff as history; training sees only the events before valid_cutoff. A model is not retrained on the
   validation window: at test time it reads those events as context, as leave-one-out's test request reads the
-  validation event.
+  validation event. A user new in a window (no event before it) has a row with an empty history: its requests are
+  its later session starts in the window, with its own earlier events there as context (genrec.tasks).
 - "leave_one_out" (SASRec / HSTU, RecBole's LS valid_and_test): per user with 3+ events, the last event is the
   eval (test) target with every earlier event as history, the second-to-last is the valid target with the events
   before it as history, and training sees everything before the last two. Users with fewer than 3 events are not
@@ -160,16 +161,21 @@ def _lists(values: np.ndarray, offsets: np.ndarray, type_: pa.DataType) -> pa.Li
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, type_))
 
 
-def _user_rows(users, items, ts, actions, utils, keep: np.ndarray) -> pa.Table:
-    """Group sorted events (by user, then time) into one row per user, keeping only events where `keep`."""
+def _user_rows(users, items, ts, actions, utils, keep: np.ndarray, row_users: np.ndarray | None = None) -> pa.Table:
+    """Group sorted events (by user ascending, then time) into one row per user, keeping only events where `keep`.
+    With `row_users` (ascending): one row for each of those users instead, empty where none of its events is kept."""
+    if row_users is not None:
+        keep = keep & np.isin(users, row_users)
     u, it, t, a, w = users[keep], items[keep], ts[keep], actions[keep], utils[keep]
-    if u.size == 0:
-        starts = np.zeros(0, dtype=np.int64)
+    if row_users is not None:
+        starts = np.searchsorted(u, row_users, side="left")
+        ids = np.asarray(row_users, np.int64)
     else:
-        starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
+        starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]]) if u.size else np.zeros(0, dtype=np.int64)
+        ids = u[starts]
     offsets = np.r_[starts, u.size].astype(np.int32)
     return pa.table({
-        "user_id": pa.array(u[starts], pa.int64()),
+        "user_id": pa.array(ids, pa.int64()),
         "items": _lists(it, offsets, pa.int32()),
         "ts": _lists(t, offsets, pa.int64()),
         "actions": _lists(a, offsets, pa.int8()),
@@ -286,10 +292,11 @@ def split_sorted(users, idx, ts, actions, utils, num_items: int, cutoff: int | N
         "events": int(len(users)),
         "train_events": int(trained.sum()),
         "train_users": train.num_rows,
-        **({"valid_events": int((before & ~trained).sum()), "valid_users": tables["valid"].num_rows}
-           if valid_cutoff is not None else {}),
+        **({"valid_events": int((before & ~trained).sum()), "valid_users": tables["valid"].num_rows,
+            "valid_new_users": _new_users(tables["valid"])} if valid_cutoff is not None else {}),
         "eval_events": int((~before).sum()),
         "eval_users": tables["eval"].num_rows,
+        "eval_new_users": _new_users(tables["eval"]),
     }
     return (tables, counts, first_seen,
             {"eval": np.bincount(idx[~before], minlength=num_items + 1),
@@ -297,14 +304,16 @@ def split_sorted(users, idx, ts, actions, utils, num_items: int, cutoff: int | N
 
 
 def _history_and_targets(users, idx, ts, actions, utils, history: np.ndarray, targets: np.ndarray) -> pa.Table:
-    """Evaluation-schema rows of the users with events on both sides: the `history` events, then the `targets`.
-    Both tables are sorted by user, so an isin mask on each lines them up (Arrow joins do not carry list columns)."""
-    hist = _user_rows(users, idx, ts, actions, utils, history)
+    """Evaluation-schema rows of every user with `targets` events: the user's `history` events (none for a user new
+    in the window: its requests then read its own earlier events in the window, genrec.tasks), then the targets."""
     after = _user_rows(users, idx, ts, actions, utils, targets)
-    after_users = after.column("user_id").to_numpy()
-    hist_users = hist.column("user_id").to_numpy()
-    return _eval_rows(hist.filter(pa.array(np.isin(hist_users, after_users))),
-                      after.filter(pa.array(np.isin(after_users, hist_users))))
+    hist = _user_rows(users, idx, ts, actions, utils, history, row_users=after.column("user_id").to_numpy())
+    return _eval_rows(hist, after)
+
+
+def _new_users(rows: pa.Table) -> int:
+    """Evaluation rows of users new in the window (no event before it)."""
+    return int((pc.list_value_length(rows.column("items")).to_numpy() == 0).sum())
 
 
 def cold_stats(split: str, seen: np.ndarray, end: int | None, target_counts: dict[str, np.ndarray]) -> dict:

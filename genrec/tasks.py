@@ -1,8 +1,10 @@
 """Downstream tasks: requests, targets, candidate sets and serving delays over the evaluation shards.
 
 A **request** is a user arriving at time r: the first event after the training cutoff, then the user's next session
-starts (an event at least `eval.session_gap_h` after the previous one), up to `eval.requests_per_user` of them. On
-leave-one-out shards the one request is the held-out last event (the SASRec/HSTU protocol).
+starts (an event at least `eval.session_gap_h` after the previous one), up to `eval.requests_per_user` of them. A
+user new in the window (no event before the cutoff) is a new member: its first session is its context, and its
+requests are its later session starts. On leave-one-out shards the one request is the held-out last event (the
+SASRec/HSTU protocol).
 
 For every request and every **serving delay** d (`eval.delays_h`, 0 always), the model reads the user's events up
 to r - d (for d = 0: every event before the request), as a cache that stale would. Targets are fixed per request
@@ -143,11 +145,13 @@ def launch_times(shards: ShardSet, items: np.ndarray, ts: np.ndarray) -> np.ndar
 
 
 def request_positions(ts: np.ndarray, start: int, gap_s: float, limit: int) -> list[int]:
-    """The first event at or after `start` and the following session starts (gap >= gap_s), at most `limit`."""
+    """The first event at or after `start` and the following session starts (gap >= gap_s), at most `limit`. With
+    no event before `start` (a user new in the window) the first session is the context, not a request."""
     if start >= len(ts):
         return []
     later = np.flatnonzero(np.diff(ts[start:]) >= gap_s) + start + 1
-    return [start, *later.tolist()][:limit]
+    first = [start] if start else []
+    return [*first, *later.tolist()][:limit]
 
 
 def task_targets(task: TaskConfig, items: np.ndarray, ts: np.ndarray, pos: int, seen: set, cold: np.ndarray

@@ -112,14 +112,17 @@ def test_time_split_validation_window_by_hand():
     train, valid, ev = tables["train"], tables["valid"], tables["eval"]
     # user 1: 10, 20 before 25 (items 1, 2); user 3: 5, 6; user 2's first event is at 50
     assert train.column("user_id").to_pylist() == [1, 3] and train.column("items").to_pylist() == [[1, 2], [3, 2]]
-    # validation: user 1's history [1, 2], target 30 (item 3) at 30; users 2 and 3 have nothing on both sides
-    assert valid.column("user_id").to_pylist() == [1]
-    assert valid.column("items").to_pylist() == [[1, 2]] and valid.column("targets").to_pylist() == [[3]]
+    # validation: user 1's history [1, 2], target 30 (item 3) at 30; user 2 is new in the window (its first event,
+    # at 50, is in it): a row with an empty history; user 3 has no event in the window
+    assert valid.column("user_id").to_pylist() == [1, 2]
+    assert valid.column("items").to_pylist() == [[1, 2], []] and valid.column("ts").to_pylist() == [[10, 20], []]
+    assert valid.column("targets").to_pylist() == [[3], [2]] and valid.column("target_ts").to_pylist() == [[30], [50]]
     # test rows are those of the split without a validation window: history up to the cutoff
     assert ev.column("items").to_pylist() == [[1, 2, 3], [2]] and ev.column("targets").to_pylist() == [[4, 1], [3]]
     assert stats["split"] == "time" and stats["cutoff"] == 100 and stats["valid_cutoff"] == 25
     assert (stats["train_events"], stats["valid_events"], stats["eval_events"]) == (4, 2, 3)
-    assert (stats["valid_users"], stats["eval_users"]) == (1, 2)
+    assert (stats["valid_users"], stats["eval_users"]) == (2, 2)
+    assert (stats["valid_new_users"], stats["eval_new_users"]) == (1, 0)
     # no training event: 30 (first at 30, 50's title index 3? no: item 30 is first seen at 5) -> cold are 40 and 50;
     # item 30 was first seen at 5 (user 3). Validation targets: 30 (t=30), 20 (t=50): none cold.
     assert stats["cold_start_items"] == 2 and stats["cold_start_valid_share"] == 0.0

@@ -130,6 +130,32 @@ def test_request_positions():
     assert request_positions(ts, 1, 3600, 5) == [1, 3, 5, 6]  # gaps of 4980, 3990 and 11000 s
     assert request_positions(ts, 1, 3600, 2) == [1, 3]
     assert request_positions(ts, 7, 3600, 2) == []
+    # a user new in the window (nothing before position 0): its first session is context, not a request
+    assert request_positions(ts, 0, 3600, 5) == [3, 5, 6]
+    assert request_positions(ts, 0, 3600, 1) == [3]
+
+
+def test_a_user_new_in_the_window_is_asked_after_its_first_session(tmp_path):
+    """User 4's first event comes after the cutoff: its first session (days 11) is its context, its request is its
+    next session start (day 14), and the target is that session's first title."""
+    rows = [(1, 1, 1 * D), (1, 2, 2 * D), (1, 3, 11 * D),  # user 1: trains on days 1-2, asked at day 11
+            (4, 2, 11 * D), (4, 3, 11 * D + 60), (4, 1, 14 * D), (4, 3, 14 * D + 60)]  # user 4: new after the cutoff
+    users, items, ts = (list(c) for c in zip(*rows))
+    events = pa.table({"user_id": pa.array(users, pa.int64()), "item_id": pa.array(items, pa.int64()),
+                       "timestamp": pa.array(ts, pa.int64()), "action": pa.array([0] * len(rows), pa.int32()),
+                       "utility": pa.array([1.0] * len(rows), pa.float32())})
+    catalogue = pa.table({"item_id": pa.array([1, 2, 3], pa.int64()), "title": list("abc"),
+                          "genres": pa.array([[]] * 3, pa.list_(pa.string())), "year": pa.array([None] * 3, pa.int32()),
+                          "launch_ts": pa.array([0, 0, 0], pa.int64()), "text": [""] * 3})
+    shards = write_shards(Dataset(events, catalogue, "new-user"), tmp_path / "s", cutoff=10 * D)
+    assert (shards.manifest["counts"]["eval_users"], shards.manifest["counts"]["eval_new_users"]) == (2, 1)
+    cfg = load_config(None, ["eval.tasks={B: {targets: next}}", "eval.primary=B", "finetune.task=B",
+                              "eval.requests_per_user=3"])
+    plan = build_plan(shards, cfg.eval, np.zeros(4, bool), split="eval")
+    got = {(r.user, r.ts // D): (r.ends, r.targets["B"].tolist()) for r in plan.requests}
+    assert got == {(1, 11): ({0.0: 2}, [3]), (4, 14): ({0.0: 2}, [1])}
+    items, ts, _, _ = plan.seqs[next(r.seq for r in plan.requests if r.user == 4)]
+    assert items.tolist() == [2, 3, 1, 3] and ts.tolist()[:2] == [11 * D, 11 * D + 60]
 
 
 @pytest.mark.skipif(not ML_SMALL.is_dir(), reason="needs ../shared/data/ml-latest-small")
