@@ -27,7 +27,7 @@ from genrec.preparation import prepare_shards  # noqa: E402
 
 # name -> (what it changes, overrides); applied to the base one at a time.
 VARIANTS = {
-    "base": ("the recipe as it is", []),
+    "base": ("the base config as it is (--base)", []),
     "features-random": ("action/utility/gap embeddings drawn at random (std 0.02), as before", ["features_random"]),
     "warmup-cosine": ("20 warm-up steps and a cosine to 10% over 100 epochs, as before",
                       ["train.warmup_steps=20", "train.lr_schedule=cosine"]),
@@ -55,6 +55,8 @@ VARIANTS = {
     "lr-4e-3": ("learning rate 4e-3", ["train.lr=0.004"]),
     "batch-32": ("batch 32", ["train.batch_size=32"]),
     "mtp-2": ("two-token prediction", ["model.mtp_k=2"]),
+    "exclude-history-batch-32": ("the context's titles left out of the training softmax, batch 32",
+                                 ["model.exclude_history=true", "train.batch_size=32"]),
     # The same two changes on the transformer block: does the deeper, more regularised model help it too?
     "4-layers-dropout-0.5": ("the transformer block, 4 layers, dropout 0.5", ["model.layers=4", "model.dropout=0.5"]),
 }

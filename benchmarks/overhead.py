@@ -24,6 +24,7 @@ machine's speed drifts between runs).
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -55,7 +56,10 @@ def pooled(histories: list[list[dict]]) -> dict:
     """Training events/s of one path over several runs (epochs 2.. of each): their events over their seconds."""
     rates = [rate(h) for h in histories]
     seconds = sum(sec for _, sec in rates)
-    return {"events_per_s": sum(eps * sec for eps, sec in rates) / seconds, "train_s": seconds}
+    # The median epoch too: one epoch slowed by something else on the machine moves the pooled figure, not this one.
+    epochs = [rate([e])[0] for h in histories for e in (h[1:] or h)]
+    return {"events_per_s": sum(eps * sec for eps, sec in rates) / seconds, "train_s": seconds,
+            "median_epoch_events_per_s": float(statistics.median(epochs))}
 
 
 def table(results: dict) -> str:
@@ -78,6 +82,9 @@ def table(results: dict) -> str:
         each = ", ".join(f"{r['ratio']:.1%}" for r in results["rounds"])
         out[-1] += (f"; {len(results['rounds'])} alternated rounds (plain, genrec, plain, ...), pooled; each round: "
                     f"{each}")
+        if "median_epoch_events_per_s" in rows[1]:
+            median = rows[1]["median_epoch_events_per_s"] / rows[0]["median_epoch_events_per_s"]
+            out[-1] += f"; median epoch against median epoch: {median:.1%}"
     return "\n".join(out)
 
 

@@ -328,9 +328,10 @@ class ModelConfig(_Section):
         description="MTP weight = utility x 2^(-dt / half-life), the half-life in hours. dt: the target's time after "
                     "the position's event; null: the utility alone (no decay).")
     exclude_history: bool = Field(
-        False,
+        True,
         description="leave the context's titles out of the training softmax, as ranking leaves out history. Never "
-                    "the position's own targets.")
+                    "the position's own targets. false: every title competes at every position (genrec before "
+                    "2026-12-06; the recipes and searches as measured).")
     activation_checkpointing: bool = Field(
         False,
         description="recompute the blocks' activations in the backward pass instead of keeping them. Less memory for "

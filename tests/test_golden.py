@@ -42,8 +42,8 @@ def tiny_run(tmp_path_factory):
     shards = write_shards(ds, tmp_path_factory.mktemp("golden") / "s", None, split="leave_one_out")
     cfg = load_config(None, ["model.preset=custom", "model.layers=1", "model.width=16", "model.heads=2",
                              "model.max_seq_len=8", "model.dropout=0.1", "model.decoding=sampled",
-                             "model.num_negatives=8", "model.mtp_k=2", "model.id_mask_rate=0.1", "train.batch_size=8",
-                             "train.lr=0.01", "train.seed=3"])
+                             "model.num_negatives=8", "model.mtp_k=2", "model.id_mask_rate=0.1",
+                             "model.exclude_history=false", "train.batch_size=8", "train.lr=0.01", "train.seed=3"])
     return cfg, shards
 
 
