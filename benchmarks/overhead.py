@@ -117,12 +117,11 @@ def main(argv=None) -> int:
     cfg = load_config(args.config, base)
     shards = prepare_shards(cfg)
     cfg = resolve_defaults(cfg, shards)
-    histories, rounds = {}, []
+    rounds = []  # per round: {"plain": history, full-path label: (history, wall seconds, config)}
     for k in range(args.rounds):
         tag = f"round {k + 1}/{args.rounds}: " if args.rounds > 1 else ""
         print(f"{tag}plain loop: {args.epochs} epochs, {args.threads} threads ...", flush=True)
         plain = train_reference(cfg, shards, epochs=args.epochs, threads=args.threads, validate=False).history
-        histories[f"plain{k}" if k else "plain"] = plain
         done = {"plain": plain}
         init_ray(cfg)
         for stage in args.zero_stages or [None]:
@@ -135,10 +134,7 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             fit(run_cfg, shards, name)
             wall = time.perf_counter() - t0
-            full = read_history(run_cfg, name)
-            key = f"zero{zero_stage(run_cfg)}"
-            histories[f"{key}-{k}" if k else key] = full
-            done[label] = (full, wall, run_cfg)
+            done[label] = (read_history(run_cfg, name), wall, run_cfg)
         # Ray's own processes (raylet, dashboard, controllers) are the full path's cost, not the plain loop's: each
         # round's plain loop runs with Ray stopped, as the first one does.
         ray.shutdown()
@@ -155,6 +151,12 @@ def main(argv=None) -> int:
                      "input_wait_share": sum(h["input_wait_s"] for h in later) / sum(h["epoch_time_s"] for h in later)})
     for r in rows:
         r["vs_plain"] = r["events_per_s"] / rows[0]["events_per_s"]
+    # Every run's history: "plain", "zero0" for the first round, "plain1", "zero0-1", ... for the later ones.
+    histories = {}
+    for k, done in enumerate(rounds):
+        histories[f"plain{k}" if k else "plain"] = done["plain"]
+        for full, _, run_cfg in (v for key, v in done.items() if key != "plain"):
+            histories[f"zero{zero_stage(run_cfg)}-{k}" if k else f"zero{zero_stage(run_cfg)}"] = full
     # "ratio" and "full_history" are the first full-path run's (the config's own stage unless --zero-stages).
     first = rows[1]["path"]
     results = {"rows": rows, "ratio": rows[1]["vs_plain"], "epochs": args.epochs, "threads_plain": args.threads,
@@ -163,8 +165,9 @@ def main(argv=None) -> int:
                "plain_history": rounds[0]["plain"], "full_history": rounds[0][first][0],
                "histories": histories}
     if args.rounds > 1:
-        results["rounds"] = [{"plain_events_per_s": rate(r["plain"])[0], "events_per_s": rate(r[first][0])[0],
-                              "ratio": rate(r[first][0])[0] / rate(r["plain"])[0]} for r in rounds]
+        per_round = [(rate(r["plain"])[0], rate(r[first][0])[0]) for r in rounds]
+        results["rounds"] = [{"plain_events_per_s": plain, "events_per_s": full, "ratio": full / plain}
+                             for plain, full in per_round]
     print(table(results))
     write("overhead", results, args.out)
     return 0

@@ -76,15 +76,17 @@ def prepare_shards(cfg: GenrecConfig, rebuild: bool = False, echo=say) -> ShardS
                           extra=extra, split=data_config.split, valid_cutoff=valid_cutoff)
     counts = shards.manifest["counts"]
     cold = "first seen after training ends" if data_config.split == "time" else "in no training row"
-    def users(split: str) -> str:
-        new = counts.get(f"{split}_new_users", 0)
-        return f"{counts[f'{split}_users']}" + (f" ({new} new in the window)" if new else "")
-
-    valid = f"{users('valid')} validation users, " if "valid_users" in counts else ""
+    valid = f"{users_said(counts, 'valid')} validation users, " if "valid_users" in counts else ""
     echo(f"shards ({data_config.split} split): {counts['train_users']} training users, {counts['train_events']} "
-         f"training events, {valid}{users('eval')} evaluation users, {counts['items']} titles "
+         f"training events, {valid}{users_said(counts, 'eval')} evaluation users, {counts['items']} titles "
          f"({counts['cold_start_items']} {cold}) -> {root}")
     return shards
+
+
+def users_said(counts: dict, split: str) -> str:
+    """A split's evaluation users as the shard build says them: "85 (64 new in the window)"."""
+    new = counts.get(f"{split}_new_users", 0)
+    return f"{counts[f'{split}_users']}" + (f" ({new} new in the window)" if new else "")
 
 
 def load_dataset(cfg: GenrecConfig, echo=say) -> Dataset:
