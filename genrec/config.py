@@ -402,14 +402,17 @@ class TrainConfig(_Section):
                     "best epoch's checkpoint is the run's model. null: train every epoch (the best one is still the "
                     "one kept).")
     time_budget_s: float | None = Field(
-        240.0, gt=0.0,
-        description="a run stops after the epoch during which its wall time passes this (null: no budget). The "
-                    "default keeps `genrec pipeline --data DIR` on a laptop within minutes; set null (or more) for "
-                    "long runs.")
-    batch_size: int = Field(
-        64, ge=1,
-        description="training windows per step on each worker. DeepSpeed's micro-batch per device: a step trains on "
-                    "train.workers x batch_size windows, and each worker needs at least this many.")
+        420.0, gt=0.0,
+        description="a run's training seconds at most: no epoch starts that would end past this (null: no budget). "
+                    "The next epoch is paced by the last one (training, validation and checkpoint), so a run "
+                    "ends within its budget unless an epoch runs slower than the one before. The default keeps "
+                    "`genrec pipeline --data DIR` on a laptop within minutes; set null (or more) for long runs.")
+    batch_size: int | Literal["auto"] = Field(
+        "auto",
+        description="training windows per step on each worker; auto: 64, or 32 on small data. DeepSpeed's "
+                    "micro-batch per device: a step trains on train.workers x batch_size windows, and each worker needs "
+                    "at least this many. auto (genrec.defaults): 32 when an epoch of 64-window steps would be under 64 "
+                    "steps per worker (ML-100K, ml-latest-small), else 64; never more than a worker's windows.")
     lr: float = Field(
         2e-3, gt=0.0,
         description="AdamW's learning rate. Reached after train.warmup_steps, then shaped by train.lr_schedule; "
@@ -477,6 +480,13 @@ class TrainConfig(_Section):
         description="worker losses a run survives: it resumes from the last epoch's checkpoint. Ray Train's "
                     "FailureConfig (-1 = any number): the worker group restarts and training resumes from the last "
                     "epoch's checkpoint (weights, optimizer, LR schedule, RNG), redoing that epoch.")
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_size(cls, v):
+        if v != "auto" and v < 1:
+            raise ValueError("train.batch_size must be 1 or more (or auto)")
+        return v
 
 
 class TaskConfig(_Section):

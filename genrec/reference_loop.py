@@ -23,7 +23,7 @@ from genrec.build import all_windows, build_run, num_negatives, optimizer_and_sc
 from genrec.config import GenrecConfig
 from genrec.defaults import resolve as resolve_defaults
 from genrec.engine import make_engine, train_step
-from genrec.selection import VALID, selection_key, should_stop
+from genrec.selection import VALID, budget_spent, selection_key, should_stop
 from genrec.shards import ShardSet
 from genrec.tasks import build_plan, evaluate_plan, model_scorer, plan_metrics
 
@@ -153,7 +153,7 @@ def train_reference(cfg: GenrecConfig, shards: ShardSet, epochs: int | None = No
             log(record)
         if max_steps is not None and steps_done >= max_steps:
             break
-        if validate and (should_stop(history, select, cfg.train.patience) or (
-                cfg.train.time_budget_s is not None and record["wall_time_s"] >= cfg.train.time_budget_s)):
+        if validate and (should_stop(history, select, cfg.train.patience) or budget_spent(
+                [r["wall_time_s"] for r in history], record["wall_time_s"], cfg.train.time_budget_s)):
             break
     return ReferenceRun(history, model)

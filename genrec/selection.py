@@ -64,6 +64,17 @@ def should_stop(history: list[dict], key: str, patience: int | None) -> bool:
     return patience is not None and bool(history) and epochs_since_best(history, key) >= patience
 
 
+def budget_spent(wall_times_s: list[float], elapsed_s: float, budget_s: float | None) -> bool:
+    """The time budget as a ceiling: spent once the run's wall time has reached it, or when one more epoch at the
+    last epoch's pace would end past it. `wall_times_s`: each finished epoch's wall time since the run started, so
+    the last epoch's pace is everything it took (training, validation, its checkpoint before it); None: no budget.
+    A run then ends within its budget unless an epoch runs slower than the one before it."""
+    if budget_s is None:
+        return False
+    last_epoch_s = wall_times_s[-1] - (wall_times_s[-2] if len(wall_times_s) > 1 else 0.0) if wall_times_s else 0.0
+    return elapsed_s >= budget_s or elapsed_s + last_epoch_s > budget_s
+
+
 def rank_trials(trials: list[dict], key: str) -> list[dict]:
     """Trials best first by `key` (each one's kept-epoch figure), the earlier of equals first; trials without a figure
     (failed ones) last, in the order given."""

@@ -34,7 +34,8 @@ from genrec.ingest import check_ingest_room, training_dataset
 from genrec.runs import (TrainingFailed, code_commit, failure_message, history_path, interrupt_message, topk_path,
                          write_topk)
 from genrec.errors import Interrupted
-from genrec.selection import SCORE, VALID, best_record, selection_key, selection_scores, should_stop
+from genrec.selection import (SCORE, VALID, best_record, budget_spent, selection_key, selection_scores,
+                             should_stop)
 from genrec.shards import ShardSet, open_shards
 from genrec.tasks import EvalPlan, build_plan, count_scorer, evaluate_plan, model_scorer, plan_metrics
 
@@ -314,13 +315,14 @@ def start_tracking(cfg: GenrecConfig, run_name: str):
 
 def stop_reason(cfg: GenrecConfig, history: list[dict], select: str, elapsed_s: float, reduce) -> str | None:
     """Why training stops after the epochs in `history`: "early stopping" (train.patience epochs without a better
-    validation figure), "time budget" (train.time_budget_s spent: rank 0's clock, shared, so every rank stops at the
-    same epoch), or None to go on."""
+    validation figure), "time budget" (train.time_budget_s spent, or the next epoch would end past it: rank 0's
+    clock, shared, so every rank stops at the same epoch), or None to go on."""
     if should_stop(history, select, cfg.train.patience):
         return "early stopping"
     if cfg.train.time_budget_s is None:
         return None
-    over = torch.tensor([float(elapsed_s >= cfg.train.time_budget_s)], dtype=torch.float64)
+    spent = budget_spent([r["wall_time_s"] for r in history], elapsed_s, cfg.train.time_budget_s)
+    over = torch.tensor([float(spent)], dtype=torch.float64)
     return "time budget" if reduce(over).item() > 0 else None
 
 

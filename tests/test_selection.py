@@ -3,7 +3,7 @@
 import math
 
 from genrec.config import load_config
-from genrec.selection import (best_record, epochs_since_best, rank_trials, selection_key, should_stop,
+from genrec.selection import (best_record, budget_spent, epochs_since_best, rank_trials, selection_key, should_stop,
                               winning_trial)
 from genrec.train import epoch_line
 
@@ -43,6 +43,18 @@ def test_early_stopping_after_patience_epochs_without_a_better_validation_figure
     # a test figure, however it moves, never stops a run
     h = _history([0.10, 0.12, 0.13], [0.5, 0.1, 0.0])
     assert not should_stop(h, key, 1)
+
+
+def test_the_time_budget_is_a_ceiling_at_the_last_epochs_pace():
+    # epochs ended at 50, 110 and 160 s: the last one took 50 s
+    walls = [50.0, 110.0, 160.0]
+    assert not budget_spent(walls, 160.0, 210.0)  # one more 50 s epoch ends at 210 s: still within
+    assert budget_spent(walls, 160.0, 209.0)  # ... or 1 s past it: stop now
+    assert budget_spent(walls, 161.0, 210.0)  # the checkpoint after the epoch took a second: 211 s would pass it
+    assert budget_spent(walls, 250.0, 240.0)  # already past it
+    assert budget_spent([], 240.0, 240.0) and not budget_spent([], 239.0, 240.0)  # nothing to pace by yet
+    assert not budget_spent([30.0], 30.0, 60.0) and budget_spent([30.0], 30.0, 59.0)  # the first epoch paces itself
+    assert not budget_spent(walls, 1e9, None)  # no budget
 
 
 def test_what_ray_is_told_agrees_with_the_rule():
