@@ -57,6 +57,15 @@ VARIANTS = {
     "mtp-2": ("two-token prediction", ["model.mtp_k=2"]),
     "exclude-history-batch-32": ("the context's titles left out of the training softmax, batch 32",
                                  ["model.exclude_history=true", "train.batch_size=32"]),
+    # Against the defaults on a larger catalogue (configs/defaults-ml-latest-small-loo.yaml, 9,125 titles): does a
+    # cheaper softmax learn more within the budget than the full one?
+    "sampled-1024": ("sampled softmax with 1,024 uniform negatives a batch instead of the full softmax",
+                     ["model.decoding=sampled", "model.num_negatives=1024"]),
+    "sampled-1024-logq": ("sampled softmax with 1,024 uniform negatives a batch, logQ-corrected",
+                          ["model.decoding=sampled", "model.num_negatives=1024", "model.logq=true"]),
+    "dropout-0.3": ("dropout 0.3 (the recipes': 0.39)", ["model.dropout=0.3"]),
+    "sampled-1024-dropout-0.3": ("sampled softmax with 1,024 uniform negatives a batch, dropout 0.3",
+                                 ["model.decoding=sampled", "model.num_negatives=1024", "model.dropout=0.3"]),
     # The same two changes on the transformer block: does the deeper, more regularised model help it too?
     "4-layers-dropout-0.5": ("the transformer block, 4 layers, dropout 0.5", ["model.layers=4", "model.dropout=0.5"]),
 }
