@@ -71,7 +71,8 @@ def budget_spent(wall_times_s: list[float], elapsed_s: float, budget_s: float | 
     A run then ends within its budget unless an epoch runs slower than the one before it."""
     if budget_s is None:
         return False
-    last_epoch_s = wall_times_s[-1] - (wall_times_s[-2] if len(wall_times_s) > 1 else 0.0) if wall_times_s else 0.0
+    ends = [0.0, 0.0, *wall_times_s]  # the run's start stands before the first epoch; no epoch yet: no pace
+    last_epoch_s = ends[-1] - ends[-2]
     return elapsed_s >= budget_s or elapsed_s + last_epoch_s > budget_s
 
 
