@@ -63,6 +63,10 @@ VARIANTS = {
                      ["model.decoding=sampled", "model.num_negatives=1024"]),
     "sampled-1024-logq": ("sampled softmax with 1,024 uniform negatives a batch, logQ-corrected",
                           ["model.decoding=sampled", "model.num_negatives=1024", "model.logq=true"]),
+    "exclude-history-sampled-1024": ("the context's titles left out of the training softmax, sampled softmax with "
+                                     "1,024 uniform negatives a batch",
+                                     ["model.exclude_history=true", "model.decoding=sampled",
+                                      "model.num_negatives=1024"]),
     "dropout-0.3": ("dropout 0.3 (the recipes': 0.39)", ["model.dropout=0.3"]),
     "sampled-1024-dropout-0.3": ("sampled softmax with 1,024 uniform negatives a batch, dropout 0.3",
                                  ["model.decoding=sampled", "model.num_negatives=1024", "model.dropout=0.3"]),
