@@ -25,7 +25,7 @@ from genrec.defaults import resolve as resolve_defaults
 from genrec.engine import make_engine, train_step
 from genrec.selection import VALID, budget_spent, selection_key, should_stop
 from genrec.shards import ShardSet
-from genrec.tasks import build_plan, evaluate_plan, model_scorer, plan_metrics
+from genrec.tasks import EvalPlan, build_plan, evaluate_plan, model_scorer, plan_metrics
 
 WINDOW_COLUMNS = ("items", "actions", "gaps", "utils", "ts")
 
@@ -97,12 +97,13 @@ def deepspeed_engine(cfg: GenrecConfig, model: torch.nn.Module, optimizer: torch
 
 def train_reference(cfg: GenrecConfig, shards: ShardSet, epochs: int | None = None, threads: int | None = None,
                     validate: bool = True, max_steps: int | None = None, log=None, prepare=None,
-                    engine: Literal["torch", "deepspeed"] = "torch") -> ReferenceRun:
+                    engine: Literal["torch", "deepspeed"] = "torch", on_step=None) -> ReferenceRun:
     """Train for `epochs` (default train.epochs; early stopping and the time budget as the trainer applies them when
     `validate`). Each record: epoch, loss (mean over the epoch's steps), steps, target events, training seconds
     (steps only: no evaluation, no start-up), events/s, per-step losses, and the validation figures. `prepare(run)`
-    may change the built model before training. Every step is genrec.engine.train_step's, on `engine`: "torch"
-    (TorchEngine: no DeepSpeed) or "deepspeed" (the trainer's engine, built by deepspeed_engine)."""
+    may change the built model before training; `on_step(model)` is called after every optimizer step
+    (benchmarks/weight_average.py keeps its averaged copies with it). Every step is genrec.engine.train_step's, on
+    `engine`: "torch" (TorchEngine: no DeepSpeed) or "deepspeed" (the trainer's engine, built by deepspeed_engine)."""
     cfg = resolve_defaults(cfg, shards, echo=log or (lambda *_: None))
     torch.set_num_threads(threads or torch_threads(cfg, workers_here=1))
     run = build_run(cfg, shards)
@@ -133,6 +134,8 @@ def train_reference(cfg: GenrecConfig, shards: ShardSet, epochs: int | None = No
             idx = order[s * batch_size:(s + 1) * batch_size]
             batch = {k: torch.from_numpy(windows[k][idx]) for k in WINDOW_COLUMNS}
             loss, batch_events = train_step(stepper, batch, run.trained, n_neg, run.mask_rate, gen)
+            if on_step is not None:
+                on_step(model)
             losses.append(loss.item())
             events += int(batch_events)
             steps_done += 1
@@ -142,11 +145,7 @@ def train_reference(cfg: GenrecConfig, shards: ShardSet, epochs: int | None = No
         record = {"epoch": epoch, "loss": float(np.mean(losses)), "steps": len(losses), "events": events,
                   "train_s": train_s, "events_per_s": events / max(train_s, 1e-9), "losses": losses}
         if plan is not None:
-            model.eval()
-            with torch.no_grad():
-                sums, _ = evaluate_plan(plan, model_scorer(model, model.item_matrix()), run.spec.max_seq_len,
-                                        batch_size=cfg.eval.batch_size)
-            record |= {VALID + k: v for k, v in plan_metrics(sums, cfg.eval.primary).items()}
+            record |= validation_figures(plan, model, cfg)
         record["wall_time_s"] = time.perf_counter() - start
         history.append(record)
         if log:
@@ -157,3 +156,12 @@ def train_reference(cfg: GenrecConfig, shards: ShardSet, epochs: int | None = No
                 [r["wall_time_s"] for r in history], record["wall_time_s"], cfg.train.time_budget_s)):
             break
     return ReferenceRun(history, model)
+
+
+def validation_figures(plan: EvalPlan, model: torch.nn.Module, cfg: GenrecConfig) -> dict:
+    """A model's figures on the validation requests of `plan`, as valid_<metric> (eval mode, no gradients)."""
+    model.eval()
+    with torch.no_grad():
+        sums, _ = evaluate_plan(plan, model_scorer(model, model.item_matrix()), model.spec.max_seq_len,
+                                batch_size=cfg.eval.batch_size)
+    return {VALID + k: v for k, v in plan_metrics(sums, cfg.eval.primary).items()}

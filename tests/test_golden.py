@@ -16,10 +16,13 @@ the first; DeepSpeed's clipping at half of train.grad_clip moves the DeepSpeed c
 plain-torch one stays: the two cases tell which side moved); the MTP's second target at half weight, weight decay on
 every parameter, or train_step drawing the id mask before the negatives move both."""
 
+import copy
 import sys
 
 import pytest
+import torch
 
+from benchmarks.weight_average import ema_update
 from genrec.config import load_config
 from genrec.data.synthetic import generate
 from genrec.reference_loop import train_reference
@@ -54,3 +57,23 @@ def test_the_first_steps_follow_the_golden_loss_curve(tiny_run, engine):
     cfg, shards = tiny_run
     run = train_reference(cfg, shards, epochs=1, threads=1, validate=False, max_steps=len(GOLDEN), engine=engine)
     assert run.history[0]["losses"] == pytest.approx(GOLDEN, abs=1e-4)
+
+
+def test_on_step_sees_the_weights_after_every_step_and_the_average_moves_by_one_minus_decay(tiny_run):
+    """benchmarks/weight_average.py keeps its averages through train_reference's on_step: called once per optimizer
+    step, after the step (the weights it sees differ each time). The average itself on a hand-made case: from 1 toward
+    3 by (1 - 0.75) is 1.5, then toward 5 is 2.375."""
+    cfg, shards = tiny_run
+    seen = []
+    train_reference(cfg, shards, epochs=1, threads=1, validate=False, max_steps=3,
+                    on_step=lambda model: seen.append(next(model.parameters()).detach().clone()))
+    assert len(seen) == 3 and not torch.equal(seen[0], seen[1]) and not torch.equal(seen[1], seen[2])
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    average = copy.deepcopy(model)
+    with torch.no_grad():
+        average.weight.fill_(1.0)
+        for w, expected in ((3.0, 1.5), (5.0, 2.375)):
+            model.weight.fill_(w)
+            ema_update(average, model, 0.75)
+            assert average.weight.item() == pytest.approx(expected)
