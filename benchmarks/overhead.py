@@ -13,7 +13,8 @@ leave-one-out shards and windows for the same epochs:
   show what each stage costs the model on these cores (on CPU the workers talk over gloo; on GPUs, NCCL, the ratios
   differ and must be measured there).
 
-The figure is training events per second (target events over the seconds spent in optimizer steps, input waits
+Both run with genrec.ray_session.WORKER_ENV in their environment (this process sets it before torch is imported,
+as a local Ray's workers get it), so they allocate alike. The figure is training events per second (target events over the seconds spent in optimizer steps, input waits
 included for the full path): epoch 1 is left out of both (start-up, first-touch), so neither evaluation nor start-up
 is counted. The full path's whole wall time (Ray start, shard check, evaluation, checkpoints) is reported beside it.
 `--synthetic-items N` trains on the seeded synthetic generator with N titles instead (3,000 users, 50 events each),
@@ -24,6 +25,7 @@ machine's speed drifts between runs).
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -33,12 +35,18 @@ import ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from genrec.ray_session import WORKER_ENV, init_ray  # noqa: E402
+
+# The plain loop runs in this process: it gets the environment genrec's workers get (PyTorch's huge-page setting
+# among it), before anything imports torch, so that both paths allocate alike.
+for _key, _value in WORKER_ENV.items():
+    os.environ.setdefault(_key, _value)
+
 from benchmarks._harness import parser, write  # noqa: E402
 from genrec.config import load_config, without_secrets  # noqa: E402
 from genrec.defaults import resolve as resolve_defaults  # noqa: E402
 from genrec.reference_loop import train_reference  # noqa: E402
 from genrec.preparation import prepare_shards  # noqa: E402
-from genrec.ray_session import init_ray  # noqa: E402
 from genrec.engine import zero_stage  # noqa: E402
 from genrec.runs import read_history  # noqa: E402
 from genrec.train import fit  # noqa: E402

@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from genrec.config import ClusterConfig, ConfigError, GenrecConfig, NodeGroupConfig
+from genrec.ray_session import WORKER_ENV
 from genrec.storage import atomic_write_bytes
 
 KUBERAY_API = "ray.io/v1"
@@ -54,9 +55,10 @@ def entrypoint(module: str, config_path: str) -> str:
 
 def runtime_env(cfg: GenrecConfig, working_dir: str = ".") -> dict:
     """The job's runtime environment: the repository as the working dir (without venv, data and results), the
-    pip packages the workers need on top of the Ray image, and CPU DeepSpeed where a worker has no GPU."""
+    pip packages the workers need on top of the Ray image, the environment a local session's workers get
+    (genrec.ray_session.WORKER_ENV), and CPU DeepSpeed where a worker has no GPU."""
     c = _cluster(cfg)
-    env = {"working_dir": working_dir, "env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}}
+    env = {"working_dir": working_dir, "env_vars": dict(WORKER_ENV)}
     if c.pip:  # empty: the nodes' Python already has genrec's dependencies (a local head, a custom image)
         env["pip"] = list(c.pip)
     if working_dir == ".":
