@@ -14,8 +14,8 @@ leave-one-out shards and windows for the same epochs:
   differ and must be measured there).
 
 Both run with genrec.ray_session.WORKER_ENV in their environment (this process sets it before torch is imported,
-as a local Ray's workers get it), so they allocate alike. The figure is training events per second (target events over the seconds spent in optimizer steps, input waits
-included for the full path): epoch 1 is left out of both (start-up, first-touch), so neither evaluation nor start-up
+as a local Ray's workers get it), so they allocate alike. The figure is training events per second (target events
+over the seconds spent in optimizer steps, input waits included for the full path): epoch 1 is left out of both (start-up, first-touch), so neither evaluation nor start-up
 is counted. The full path's whole wall time (Ray start, shard check, evaluation, checkpoints) is reported beside it.
 `--synthetic-items N` trains on the seeded synthetic generator with N titles instead (3,000 users, 50 events each),
 to show how the step's cost follows the catalogue: only as much as the decoding mode scores. `--rounds N` alternates
@@ -25,7 +25,6 @@ machine's speed drifts between runs).
 
 from __future__ import annotations
 
-import os
 import statistics
 import sys
 import time
@@ -35,12 +34,11 @@ import ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from genrec.ray_session import WORKER_ENV, init_ray  # noqa: E402
+from genrec.ray_session import init_ray, set_worker_env  # noqa: E402
 
 # The plain loop runs in this process: it gets the environment genrec's workers get (PyTorch's huge-page setting
 # among it), before anything imports torch, so that both paths allocate alike.
-for _key, _value in WORKER_ENV.items():
-    os.environ.setdefault(_key, _value)
+set_worker_env()
 
 from benchmarks._harness import parser, write  # noqa: E402
 from genrec.config import load_config, without_secrets  # noqa: E402

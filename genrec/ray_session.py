@@ -24,6 +24,13 @@ WORKER_ENV = {
 }
 
 
+def set_worker_env() -> None:
+    """WORKER_ENV into this process's environment, a variable already set kept: the processes a local Ray starts
+    from here inherit it, and so does PyTorch in this process if it has not allocated yet."""
+    for key, value in WORKER_ENV.items():
+        os.environ.setdefault(key, value)
+
+
 def init_ray(cfg: GenrecConfig | None = None, num_cpus: int | None = None) -> None:
     """Join the cluster named by RAY_ADDRESS (as under `ray job submit`), or start an embedded local Ray.
 
@@ -38,9 +45,7 @@ def init_ray(cfg: GenrecConfig | None = None, num_cpus: int | None = None) -> No
 
     if ray.is_initialized():
         return
-    # A local Ray's processes inherit this process's environment when they start.
-    for key, value in WORKER_ENV.items():
-        os.environ.setdefault(key, value)
+    set_worker_env()  # before a local Ray starts: its processes inherit this environment
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
     else:
