@@ -112,6 +112,13 @@ class SyntheticConfig(_Section):
         0.2, ge=0.0, le=1.0,
         description="share of titles launched during the span, uniformly in time. The others exist from the start "
                     "(at least one title always does, so the first sessions have something to watch).")
+    sessions: Literal["scattered", "daily"] = Field(
+        "scattered",
+        description="when users watch. scattered: sessions at random times, days apart, each with a genre of its "
+                    "own. daily: as on streaming services, at each user's habitual evening hour on most days (the "
+                    "busier the user, the more days), a session keeping the previous one's genre half the time and "
+                    "often continuing the series it ended in: a context 24-48 h stale misses sessions that decide "
+                    "the next ones (what model.mtp_k > 1 is for).")
     seed: int = Field(0, description="seed of the generator: the same settings give the same events.")
 
 

@@ -18,6 +18,13 @@ The generative story, in the order it is drawn:
   already launched, so new titles reach the users whose tastes match their genres.
 * **Series order.** Within a session, after part j the user often goes on to part j+1 (when it has launched):
   next-title prediction can beat popularity.
+* **Daily sessions** (`sessions="daily"`; the default, `"scattered"`, is the story above). Streaming users watch at
+  their habitual hour (an evening hour each, +-30 min a day), one session a day, in streaks of consecutive days
+  (STREAK_DAYS on average) with days off between them (several sessions a day only for a user with more sessions
+  than the span has days), and carry what they watched into the next day: a session keeps
+  the previous session's genre with probability INTENT_CARRY, and its first title often continues the series the
+  previous session ended in (the same SERIES_CONTINUE). So a context 24-48 h stale misses sessions that decide the
+  next ones, which is what multi-token prediction is for.
 * **Feedback.** utility is a watch fraction in (0, 1], higher when the title's genres match the user's taste;
   action is 0 (watch) or, for a small share that grows with utility, 1 (rate).
 """
@@ -80,6 +87,13 @@ EVENT_GAP_S = (20.0, 150.0)  # within a session: minimum + exponential mean, sec
 SESSION_MIN_GAP_S = 6 * 3600  # sessions are at least this far apart (when the span leaves room)
 EXPLORE_SHARE = 0.1  # sessions whose genre ignores the user's taste
 SERIES_CONTINUE = 0.6  # P(next part of a series follows the previous one in a session, when launched)
+INTENT_CARRY = 0.5  # daily sessions: P(a session keeps the previous session's genre)
+HABIT_HOUR = (20.0, 2.0)  # daily sessions: mean and spread of a user's habitual hour, clipped to HABIT_RANGE_H
+HABIT_RANGE_H = (9.0, 22.0)
+HABIT_JITTER_S = 1800.0  # daily sessions: a session's start differs from the habit by N(0, this), clipped to 2x
+STREAK_DAYS = 4.0  # daily sessions: mean run of consecutive days with a session
+DAILY_GAP_S = 3 * 3600  # daily sessions: at least this between the end of a session and the next start
+SESSION_KINDS = ("scattered", "daily")
 UTILITY_CONCENTRATION = 6.0  # Beta concentration of the watch fraction around its mean
 RATE_SHARE = (0.02, 0.1)  # P(action = rate) = a + b * utility
 
@@ -99,7 +113,8 @@ class _Catalogue:
 
 
 def generate(users: int = 600, items: int = 400, events_per_user: int = 60, days: int = 120, genres: int = 12,
-             seed: int = 0, start_ts: int = 1_700_000_000, new_item_share: float = 0.2) -> Dataset:
+             seed: int = 0, start_ts: int = 1_700_000_000, new_item_share: float = 0.2,
+             sessions: str = "scattered") -> Dataset:
     """A deterministic (per seed) synthetic dataset in the canonical schema.
 
     users: number of users (ids 1..users); every user has at least 2 events.
@@ -111,8 +126,10 @@ def generate(users: int = 600, items: int = 400, events_per_user: int = 60, days
     start_ts: Unix seconds at which the span starts.
     new_item_share: share of titles launched during the span (uniformly in time); the others exist from the
         start. At least one title always exists from the start, so the first sessions have something to watch.
+    sessions: "scattered" (sessions at random times, days apart) or "daily" (at each user's habitual hour on most
+        days, genre and series carried from one session to the next; the module docstring tells both).
     """
-    return simulate(users, items, events_per_user, days, genres, seed, start_ts, new_item_share)[0]
+    return simulate(users, items, events_per_user, days, genres, seed, start_ts, new_item_share, sessions)[0]
 
 
 @dataclass
@@ -123,20 +140,24 @@ class Latent:
     taste: np.ndarray  # (users, genres)
     popularity: np.ndarray  # (days, items)
     start_ts: int
+    daily: bool = False  # sessions="daily": genre and series carried across sessions
 
 
 def simulate(users: int = 600, items: int = 400, events_per_user: int = 60, days: int = 120, genres: int = 12,
-             seed: int = 0, start_ts: int = 1_700_000_000, new_item_share: float = 0.2) -> tuple[Dataset, Latent]:
+             seed: int = 0, start_ts: int = 1_700_000_000, new_item_share: float = 0.2,
+             sessions: str = "scattered") -> tuple[Dataset, Latent]:
     """`generate`, plus the latent state the events were drawn from."""
     _check(users=users, items=items, events_per_user=events_per_user, days=days, genres=genres)
     _check_share(new_item_share)
+    _check_sessions(sessions)
     rng = np.random.default_rng(seed)
     cat = _catalogue(rng, items, genres, days, start_ts, new_item_share)
+    daily = sessions == "daily"
     user, item, ts, utility, action, taste, popularity = _interactions(rng, cat, users, events_per_user, days,
-                                                                       start_ts)
+                                                                       start_ts, daily)
     events = _event_table(user + 1, item, ts, utility, action)
     return (validate(Dataset(events, _item_table(cat), "synthetic"), "synthetic"),
-            Latent(cat, taste, popularity, start_ts))
+            Latent(cat, taste, popularity, start_ts, daily))
 
 
 def _event_table(user_id: np.ndarray, item: np.ndarray, ts: np.ndarray, utility: np.ndarray,
@@ -203,6 +224,11 @@ def _check(**counts: int) -> None:
     for name, value in counts.items():
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise DataError(f"synthetic: argument '{name}': {value!r} is not a positive integer; pass one >= 1")
+
+
+def _check_sessions(sessions: str) -> None:
+    if sessions not in SESSION_KINDS:
+        raise DataError(f"synthetic: argument 'sessions': {sessions!r} is not one of {', '.join(SESSION_KINDS)}")
 
 
 def _check_share(new_item_share: float) -> None:
@@ -305,9 +331,10 @@ def _popularity(cat: _Catalogue, days: int, start_ts: int) -> np.ndarray:
 
 
 def _interactions(rng: np.random.Generator, cat: _Catalogue, users: int, events_per_user: int, days: int,
-                  start_ts: int) -> tuple[np.ndarray, ...]:
+                  start_ts: int, daily: bool = False) -> tuple[np.ndarray, ...]:
     """-> (user, item, timestamp, utility, action) arrays (0-based user and item), sorted by user and time, then
-    the users' tastes (users, genres) and the titles' popularity (days, items) they were drawn from."""
+    the users' tastes (users, genres) and the titles' popularity (days, items) they were drawn from. daily: the
+    daily-session story (module docstring); without it no draw differs from before it existed."""
     genres = len(cat.genre_names)
     taste = rng.dirichlet(TASTE_CONCENTRATION * cat.genre_weight + 1e-3, users)
     activity = rng.lognormal(-ACTIVITY_SIGMA**2 / 2, ACTIVITY_SIGMA, users)
@@ -328,16 +355,23 @@ def _interactions(rng: np.random.Generator, cat: _Catalogue, users: int, events_
     offset = elapsed - elapsed[session_first][session]
     duration = np.r_[offset[session_first[1:] - 1], offset[-1]]
 
-    session_start = _session_starts(rng, session_user, duration, users, days * DAY) + start_ts
+    if daily:
+        session_start = _daily_session_starts(rng, session_user, duration, users, days) + start_ts
+    else:
+        session_start = _session_starts(rng, session_user, duration, users, days * DAY) + start_ts
     session_day = np.clip(((session_start - start_ts) // DAY).astype(np.int64), 0, days - 1)
     explore = rng.random(len(session_user)) < EXPLORE_SHARE
     session_genre = np.where(explore, rng.integers(0, genres, len(session_user)),
                              _draw_rows(taste, session_user, rng))
+    if daily:
+        session_genre = _carry_intent(rng, session_genre, session_user)
     ts = np.floor(session_start[session] + offset).astype(np.int64)
 
     popularity = _popularity(cat, days, start_ts)
     fresh = _fresh_titles(rng, cat, popularity, session_genre[session], session_day[session])
-    item = _follow_series(rng, cat, fresh, position, ts)
+    # Daily sessions continue series across sessions: the position that counts is then the user's, not the session's.
+    item = _follow_series(rng, cat, fresh, np.arange(n) - np.flatnonzero(first_of_user)[user] if daily else position,
+                          ts)
 
     # Watch fraction: higher when the title carries the user's favourite genres.
     match = np.minimum((cat.has_genre[item] * taste[user]).sum(axis=1) / taste[user].max(axis=1), 1.0)
@@ -365,6 +399,50 @@ def _session_starts(rng: np.random.Generator, session_user: np.ndarray, duration
     return running - (running - step)[first][np.cumsum(first) - 1]
 
 
+def _daily_session_starts(rng: np.random.Generator, session_user: np.ndarray, duration: np.ndarray, users: int,
+                          days: int) -> np.ndarray:
+    """Daily session start offsets (seconds from the span's start): a user's sessions fall on consecutive days in
+    streaks (each session after the first starts a new streak with probability 1 / STREAK_DAYS), the user's free
+    days (the span's days minus their sessions) cut into random gaps before each streak and after the last. A user
+    with more sessions than days spreads them evenly, several a day. Each day's session starts at the user's habitual
+    hour plus that day's jitter; one that would overlap the session before it starts DAILY_GAP_S after that one ends
+    (a heavy user's last may spill past the span's last day)."""
+    n = len(session_user)
+    per_user = np.bincount(session_user, minlength=users)
+    first = np.r_[True, session_user[1:] != session_user[:-1]]
+    user_start = np.flatnonzero(first)
+    index = np.arange(n) - user_start[session_user]  # the session's number among its user's
+    streak = first | (rng.random(n) < 1.0 / STREAK_DAYS)
+    share = rng.exponential(1.0, n) * streak
+    total = np.bincount(session_user, weights=share, minlength=users) + rng.exponential(1.0, users)
+    free = np.maximum(days - per_user, 0)[session_user]
+    gaps = np.cumsum(free * share / total[session_user])
+    gaps -= (gaps - free * share / total[session_user])[user_start][session_user]  # per-user running sum
+    crowded = per_user[session_user] > days
+    day = np.where(crowded, index * days // np.maximum(per_user[session_user], 1),
+                   index + np.floor(gaps + 1e-9).astype(np.int64))
+    day = np.minimum(day, days - 1)
+    habit = np.clip(rng.normal(HABIT_HOUR[0], HABIT_HOUR[1], users), *HABIT_RANGE_H) * 3600
+    jitter = np.clip(rng.normal(0.0, HABIT_JITTER_S, n), -2 * HABIT_JITTER_S, 2 * HABIT_JITTER_S)
+    wanted = day * float(DAY) + habit[session_user] + jitter
+    # start_i = max(wanted_i, start_{i-1} + duration_{i-1} + gap): with C_i the durations and gaps before i,
+    # start_i = C_i + max_{j <= i} (wanted_j - C_j), a running max that restarts with each user (a per-user offset
+    # far larger than any time keeps one user's maxima from reaching the next user).
+    step = np.where(first, 0.0, np.r_[0.0, duration[:-1]] + DAILY_GAP_S)
+    running = np.cumsum(step)
+    c = running - running[first][np.cumsum(first) - 1]
+    offset = session_user * (2.0 * ((days + 1) * DAY + running[-1]) + 1.0)
+    return c + np.maximum.accumulate(wanted - c + offset) - offset
+
+
+def _carry_intent(rng: np.random.Generator, genre: np.ndarray, session_user: np.ndarray) -> np.ndarray:
+    """Each session after a user's first keeps the previous session's genre with probability INTENT_CARRY (so a
+    run of carried sessions all have the genre of the run's first)."""
+    first = np.r_[True, session_user[1:] != session_user[:-1]]
+    carried = ~first & (rng.random(len(genre)) < INTENT_CARRY)
+    return genre[np.maximum.accumulate(np.where(carried, 0, np.arange(len(genre))))]
+
+
 def _fresh_titles(rng: np.random.Generator, cat: _Catalogue, popularity: np.ndarray, genre: np.ndarray,
                   day: np.ndarray) -> np.ndarray:
     """For each event, a title of its session's genre drawn by that day's popularity among launched titles
@@ -387,8 +465,9 @@ def _fresh_titles(rng: np.random.Generator, cat: _Catalogue, popularity: np.ndar
 
 def _follow_series(rng: np.random.Generator, cat: _Catalogue, fresh: np.ndarray, position: np.ndarray,
                    ts: np.ndarray) -> np.ndarray:
-    """Within sessions, replace the fresh title by the next part of the previous title's series, often, when
-    that part has launched. Sequential by position in session, vectorised across sessions."""
+    """Replace the fresh title by the next part of the previous title's series, often, when that part has
+    launched, at every `position` after 0: the position in the session (within sessions only) or in the user's
+    events (daily sessions: across sessions too). Sequential by position, vectorised across sessions or users."""
     item = fresh.copy()
     goes_on = rng.random(len(item)) < SERIES_CONTINUE
     by_position = np.argsort(position, kind="stable")
@@ -409,16 +488,20 @@ class Oracle:
     """The generator's own probabilities: a reference for each task on synthetic data.
 
     **Next event** (exact): at a request by user u at time r, the generator's next event either opens a session --
-    a genre g from (1 - EXPLORE_SHARE) x taste_u + EXPLORE_SHARE / genres, then a title of g by that day's
-    popularity among launched titles (any launched title when g has none) -- or, when the context's last event is
-    under an hour old, continues the current session: the session's genre (whose posterior follows from the
-    session's events so far) or, with probability SERIES_CONTINUE, the next part of the last title's series.
-    Ranking by that probability is Bayes-optimal for the next event; the "next" task's target is that event unless
-    it repeats a title of the context, and the popular pool restricts the same scores.
+    a genre g, then a title of g by that day's popularity among launched titles (any launched title when g has none)
+    -- or, when the context's last event is under an hour old, continues the current session: the session's genre or,
+    with probability SERIES_CONTINUE, the next part of the last title's series. A session's genre is fresh, from
+    (1 - EXPLORE_SHARE) x taste_u + EXPLORE_SHARE / genres; with daily sessions it is the previous session's genre
+    with probability INTENT_CARRY, and a session's first title continues the previous title's series as inside a
+    session. The genres of a user's sessions are then a hidden Markov chain, and the posterior of the current one
+    comes from a forward pass over every session of the context (without carry, from the current session's events
+    alone). Ranking by that probability is Bayes-optimal for the next event; the "next" task's target is that event
+    unless it repeats a title of the context, and the popular pool restricts the same scores.
 
-    **Horizon** (approximate): the mean over the horizon's days of the session-opening probabilities, i.e. the
-    expected share of the user's future sessions that pick the title (series continuations and repeats aside).
-    **Cold** targets (the first cold title at or after the request) are ranked by the next-event probabilities."""
+    **Horizon** (approximate): the mean over the horizon's days of the session-opening probabilities from the
+    user's taste, i.e. the expected share of the user's future sessions that pick the title (series continuations,
+    carried genres and repeats aside). **Cold** targets (the first cold title at or after the request) are ranked by
+    the next-event probabilities."""
 
     def __init__(self, latent: Latent):
         self.lat = latent
@@ -432,6 +515,7 @@ class Oracle:
                                  pop[:, :, None] / np.where(total > 0, total, 1)[:, :, None])  # (days, items, g)
         genres = len(cat.genre_names)
         self.weights = (1 - EXPLORE_SHARE) * latent.taste + EXPLORE_SHARE / genres  # (users, genres)
+        self.carry = INTENT_CARRY if latent.daily else 0.0
 
     def _day(self, ts) -> np.ndarray:
         days = self.lat.popularity.shape[0]
@@ -447,26 +531,30 @@ class Oracle:
         """(items,): P(next title) for 1-based `user` at time `ts`, given the context (1-based item ids, times)."""
         items = np.asarray(context_items, np.int64) - 1
         times = np.asarray(context_ts, np.int64)
-        # The current session: the trailing events of the context that are under an hour apart, if the last is.
-        start = len(items)
-        if start and ts - times[-1] < SESSION_GAP_S:
-            start -= 1
-            while start > 0 and times[start] - times[start - 1] < SESSION_GAP_S:
-                start -= 1
-        post = self.weights[user - 1].copy()
-        if start == len(items):  # a new session
-            return self.by_genre[self._day(ts)] @ post
-        by_genre = self.by_genre[self._day(times[start])]  # the generator draws a session's titles on its first day
-        for k in range(start, len(items)):
-            c = self._continues(items[k - 1], times[k]) if k > start else 0.0
-            like = (1 - c) * by_genre[items[k]] + (c if items[k] == items[k - 1] + 1 else 0.0)
-            post = post * like
-            post /= post.sum() if post.sum() > 0 else 1.0
-        c = self._continues(items[-1], ts)
-        p = (1 - c) * (by_genre @ post)
-        if c:
-            p[items[-1] + 1] += c
-        return p
+        n = len(items)
+        opens = np.r_[True, np.diff(times) >= SESSION_GAP_S] if n else np.zeros(0, bool)
+        request_opens = not n or ts - times[-1] >= SESSION_GAP_S
+        # Without carry only the current session's events say anything about its genre.
+        first = 0 if self.carry else (n if request_opens else int(np.flatnonzero(opens)[-1]))
+        weights = self.weights[user - 1]
+        post, by_genre = None, None
+        for k in range(first, n + 1):
+            at = ts if k == n else times[k]
+            if (request_opens if k == n else opens[k]):
+                # A session opens: its genre's prior, its day's title draw, a series carried over (daily only).
+                post = weights if post is None else self.carry * post + (1 - self.carry) * weights
+                by_genre = self.by_genre[self._day(at)]
+                c = self._continues(items[k - 1], at) if k > 0 and self.lat.daily else 0.0
+            else:
+                c = self._continues(items[k - 1], at)
+            if k == n:
+                p = (1 - c) * (by_genre @ post)
+                if c:
+                    p[items[-1] + 1] += c
+                return p
+            post = post * ((1 - c) * by_genre[items[k]] + (c if k > 0 and items[k] == items[k - 1] + 1 else 0.0))
+            post = post / post.sum() if post.sum() > 0 else post
+        raise AssertionError("unreachable: the loop returns at k == n")
 
     def horizon(self, user: int, ts: int, start_s: float, end_s: float) -> np.ndarray:
         """(items,): mean session probability over the days of [ts + start_s, ts + end_s) inside the span."""
