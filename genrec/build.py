@@ -24,7 +24,7 @@ from genrec.features import (NUM_AGE_BUCKETS, FeatureVocab, age_bucket_counts, a
 from genrec.flops import training_flops_per_token
 from genrec.model import GenRec, ModelSpec, Objective, resolve_shape
 from genrec.shards import ShardSet
-from genrec.windows import in_window, training_windows
+from genrec.windows import in_window, training_windows, window_count
 
 
 @dataclass
@@ -39,6 +39,7 @@ class Run:
     trained: torch.Tensor  # indices of titles with training events: where sampled negatives are drawn
     mask_rate: float  # collaborative-embedding masking rate
     cold: np.ndarray  # per item index: no event in the shards' training rows (what held-out tasks call cold)
+    targets_from: int | None = None  # only events from this time on are targets (train.new_window_h)
 
 
 def build_run(cfg: GenrecConfig, shards: ShardSet, task: str | None = None) -> Run:
@@ -52,7 +53,8 @@ def build_run(cfg: GenrecConfig, shards: ShardSet, task: str | None = None) -> R
     items = items.append_column(TRAIN_COUNT, pa.array(counts[items.column("index").to_numpy()]))
     torch.manual_seed(cfg.train.seed)
     model = GenRec(spec)
-    model.objective = objective(cfg, task)
+    since = targets_from(cfg, shards)
+    model.objective = replace(objective(cfg, task), targets_from=since)
     model.set_catalogue(*catalogue(spec, items, counts, cfg.model.decoding))
     if model.items.age is not None:
         with torch.no_grad():
@@ -64,7 +66,7 @@ def build_run(cfg: GenrecConfig, shards: ShardSet, task: str | None = None) -> R
     # Negatives come from titles with training events only: a title launched after the cutoff would otherwise be
     # pushed down as a negative at every step (and the future catalogue would leak into training).
     return Run(model, spec, items, window, counts, torch.from_numpy(np.flatnonzero(counts > 0)),
-               id_mask_rate(cfg, shards), cold)
+               id_mask_rate(cfg, shards), cold, since)
 
 
 def model_spec(cfg: GenrecConfig, shards: ShardSet, items: pa.Table | None = None) -> ModelSpec:
@@ -111,6 +113,17 @@ def train_window(cfg: GenrecConfig, shards: ShardSet) -> tuple[int | None, int |
     ts_max = int(cutoff - shift_h * 3600) if shift_h else None
     ts_min = int((ts_max if ts_max is not None else cutoff) - days * 86400) if days else None
     return ts_min, ts_max
+
+
+def targets_from(cfg: GenrecConfig, shards: ShardSet) -> int | None:
+    """The Unix time from which training events are targets (train.new_window_h hours before the training window's
+    end; None: every event is): a retrain on its new window, the older events its context."""
+    if cfg.train.new_window_h is None:
+        return None
+    cutoff = shards.manifest["counts"].get("valid_cutoff") or shards.manifest["counts"].get("cutoff")
+    if cutoff is None:
+        raise ConfigError("train.new_window_h needs time-split shards (data.split: time)")
+    return int(cutoff - (cfg.train.window_shift_h + cfg.train.new_window_h) * 3600)
 
 
 def num_negatives(cfg: GenrecConfig, num_items: int) -> int | None:
@@ -181,26 +194,29 @@ def age_prior(shards: ShardSet, window: tuple[int | None, int | None], launch: t
     return torch.from_numpy(age_log_lift(target_counts, age_bucket_counts(sample, offered))).float()
 
 
-def all_windows(shards: ShardSet, max_seq_len: int,
-                window: tuple[int | None, int | None] = (None, None)) -> dict[str, np.ndarray]:
+def all_windows(shards: ShardSet, max_seq_len: int, window: tuple[int | None, int | None] = (None, None),
+                targets_from: int | None = None) -> dict[str, np.ndarray]:
     """Every training window of the shards, cut in this process as the trainer's Ray Data tasks cut them
     (genrec.windows.training_windows): the reference loop's input, and the trainer's for small data."""
     table = pq.read_table(shards.files("train"), columns=["items", "ts", "actions", "utils"], filesystem=shards.fs)
     batch = {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
-    return training_windows(batch, max_seq_len, *window)
+    return training_windows(batch, max_seq_len, *window, targets_from=targets_from)
 
 
-def count_windows(shards: ShardSet, max_seq_len: int, window: tuple[int | None, int | None] = (None, None)) -> int:
+def count_windows(shards: ShardSet, max_seq_len: int, window: tuple[int | None, int | None] = (None, None),
+                  targets_from: int | None = None) -> int:
     """Training windows per epoch: a user with n events in the window gives ceil((n - 1) / max_seq_len) (see
-    window_bounds)."""
+    window_bounds); with targets_from, ceil(min(m, n - 1) / max_seq_len) for the m events from then on (the windows
+    holding a target, cut from the end)."""
     total = 0
     for path in shards.files("train"):
         t = pq.read_table(path, columns=["ts"], filesystem=shards.fs).column("ts")
-        if window == (None, None):
+        if window == (None, None) and targets_from is None:
             n = pc.list_value_length(t).to_numpy()
-        else:
-            n = np.array([int(in_window(np.asarray(ts, np.int64), *window).sum()) for ts in t.to_pylist()], np.int64)
-        total += int(np.sum(np.ceil(np.clip(n - 1, 0, None) / max_seq_len)))
+            total += int(np.sum(np.ceil(np.clip(n - 1, 0, None) / max_seq_len)))
+            continue
+        total += sum(window_count(np.asarray(ts, np.int64), max_seq_len, *window, targets_from)
+                     for ts in t.to_pylist())
     return total
 
 

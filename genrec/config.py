@@ -453,6 +453,18 @@ class TrainConfig(_Section):
         None, gt=0.0,
         description="time split: train only on the last this-many days before the window's end (null: all). The "
                     "window's end is the validation cutoff moved back by train.window_shift_h.")
+    init_from: str | None = Field(
+        None,
+        description="a checkpoint (folder or URI) whose weights the run starts from: a warm-started retrain. "
+                    "null: fresh weights. It must have the run's model (shape, block, head) and catalogue; the "
+                    "optimizer and learning-rate schedule start fresh. Its figures on this run's validation requests, "
+                    "before any step, are reported with the first epoch (start_valid_*).")
+    new_window_h: float | None = Field(
+        None, gt=0.0,
+        description="time split: targets are only the events of the window's last this-many hours. Older events "
+                    "are context only. A warm-started retrain (train.init_from) trains on what happened since "
+                    "its predecessor's window ended: the predecessor's train.window_shift_h minus this run's. null: "
+                    "every event of the window is a target.")
     shuffle_buffer: int = Field(
         2048, ge=0, description="windows in the local shuffle buffer of the streamed training data (0: none).")
     torch_threads: int | Literal["auto"] = Field(
@@ -1006,8 +1018,8 @@ class GenrecConfig(_Section):
             raise ValueError(f"finetune.task={self.finetune.task!r} is not one of eval.tasks "
                              f"({', '.join(self.eval.tasks)})")
         if self.data.split == "leave_one_out" and (self.train.window_shift_h or self.train.window_days
-                                                  or any(self.tune.window_shifts_h)):
-            raise ValueError("training-window shifts (train.window_shift_h, train.window_days, "
+                                                  or self.train.new_window_h or any(self.tune.window_shifts_h)):
+            raise ValueError("training-window shifts (train.window_shift_h, train.window_days, train.new_window_h, "
                              "tune.window_shifts_h) need data.split: time")
         if self.data.source == "sequences" and self.eval.delays_h:
             raise ValueError("eval.delays_h needs real timestamps (a delay is hours before the request), and "

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from genrec.build import count_windows, train_window
+from genrec.build import count_windows, targets_from, train_window
 from genrec.console import say
 from genrec.config import GenrecConfig
 from genrec.model import resolve_shape
@@ -95,7 +95,7 @@ def resolve(cfg: GenrecConfig, shards: ShardSet, echo=say) -> GenrecConfig:
         said.append(f"projection_ratio {out.model.projection_ratio} (width {width}"
                     + (", tied embeddings" if m.tie_embeddings else "") + ")")
     if cfg.train.batch_size == AUTO:
-        windows = count_windows(shards, out.model.max_seq_len, train_window(cfg, shards))
+        windows = count_windows(shards, out.model.max_seq_len, train_window(cfg, shards), targets_from(cfg, shards))
         per_worker = windows // cfg.train.workers
         out.train.batch_size = auto_batch_size(per_worker)
         said.append(f"batch_size {out.train.batch_size} ({per_worker:,} training windows per worker: "

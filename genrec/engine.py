@@ -120,4 +120,7 @@ def train_step(engine, batch: dict, trained: torch.Tensor, n_neg: int | None, ma
     loss = engine(items, actions, gaps, batch["utils"].float(), ts, negatives, id_mask)
     engine.backward(loss)
     engine.step()
-    return loss, float((items[:, 1:] > 0).sum())
+    targets = items[:, 1:] > 0
+    if (since := engine.module.objective.targets_from) is not None:  # older events were context only
+        targets &= ts[:, 1:] >= since
+    return loss, float(targets.sum())

@@ -46,13 +46,7 @@ def finetune_setup(cfg: GenrecConfig, shards: ShardSet) -> tuple[GenrecConfig, F
             path = read_winner(store, cfg.winner_path()).checkpoint
         except WinnerError as exc:  # missing or unreadable: said by read_winner, under the key that asked for it
             raise ConfigError(f"finetune.checkpoint=winner: {exc}") from None
-    local = local_checkpoint(cfg, path)
-    spec = read_spec(local)
-    ckpt_items = pq.read_table(Path(local, CHECKPOINT_ITEMS), columns=["item_id"]).column("item_id")
-    shard_items = pq.read_table(shards.items_path, columns=["item_id"], filesystem=shards.fs).column("item_id")
-    if not ckpt_items.equals(shard_items):
-        raise ConfigError(f"finetune.checkpoint={path}: its catalogue ({len(ckpt_items)} titles) is not the one of "
-                          f"the shards at {shards.uri()} ({len(shard_items)}); fine-tune on the data it was trained on")
+    spec = read_spec(start_checkpoint(cfg, shards, path, "finetune.checkpoint"))
     out = cfg.model_copy(deep=True)
     out.model.preset, out.model.layers, out.model.width, out.model.heads = "custom", spec.layers, spec.width, spec.heads
     out.model.max_seq_len, out.model.projection_ratio = spec.max_seq_len, spec.projection_ratio
@@ -66,6 +60,18 @@ def finetune_setup(cfg: GenrecConfig, shards: ShardSet) -> tuple[GenrecConfig, F
         raise ConfigError("finetune.mode=head trains a new projected decoding head; the checkpoint has none "
                           "(projection_ratio 1): use finetune.mode=full")
     return out, FinetuneSpec(checkpoint=str(path), task=ft.task, mode=ft.mode)
+
+
+def start_checkpoint(cfg: GenrecConfig, shards: ShardSet, path: str, key: str) -> str:
+    """The local copy of a checkpoint a run starts from (`key` names the setting), checked to rank the same catalogue
+    as the shards (same titles, same order)."""
+    local = local_checkpoint(cfg, path)
+    ckpt_items = pq.read_table(Path(local, CHECKPOINT_ITEMS), columns=["item_id"]).column("item_id")
+    shard_items = pq.read_table(shards.items_path, columns=["item_id"], filesystem=shards.fs).column("item_id")
+    if not ckpt_items.equals(shard_items):
+        raise ConfigError(f"{key}={path}: its catalogue ({len(ckpt_items)} titles) is not the one of the shards at "
+                          f"{shards.uri()} ({len(shard_items)}); start from a checkpoint trained on this data")
+    return str(local)
 
 
 def load_pretrained(model: GenRec, spec: ModelSpec, path: str) -> None:

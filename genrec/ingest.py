@@ -8,7 +8,7 @@ import ray
 import ray.data
 from ray.data.extensions import ArrowTensorArray
 
-from genrec.build import all_windows, count_windows, train_window
+from genrec.build import all_windows, count_windows, targets_from, train_window
 from genrec.config import ConfigError, GenrecConfig
 from genrec.shards import ShardSet
 from genrec.windows import training_windows
@@ -21,19 +21,21 @@ WINDOWS_PER_BLOCK = 2048
 
 
 def windows_by_ray_data(shards: ShardSet, max_seq_len: int, window: tuple[int | None, int | None],
-                        task_cpus: float):
+                        task_cpus: float, since: int | None = None):
     """The training windows as a Ray Data pipeline: the shards read and windowed by tasks (streamed every epoch,
     or materialised once)."""
     return ray.data.read_parquet(shards.files("train"), columns=["items", "ts", "actions", "utils"],
                                  filesystem=shards.fs, num_cpus=task_cpus).map_batches(
-        training_windows, fn_kwargs={"max_seq_len": max_seq_len, "ts_min": window[0], "ts_max": window[1]},
+        training_windows, fn_kwargs={"max_seq_len": max_seq_len, "ts_min": window[0], "ts_max": window[1],
+                                     "targets_from": since},
         batch_format="numpy", batch_size=256, num_cpus=task_cpus)
 
 
-def windows_in_driver(shards: ShardSet, max_seq_len: int, window: tuple[int | None, int | None]):
+def windows_in_driver(shards: ShardSet, max_seq_len: int, window: tuple[int | None, int | None],
+                      since: int | None = None):
     """The training windows cut in this process (genrec.build.all_windows, the same windowing the Ray Data tasks
     run), handed to Ray Data as in-memory blocks of WINDOWS_PER_BLOCK windows."""
-    out = all_windows(shards, max_seq_len, window)
+    out = all_windows(shards, max_seq_len, window, since)
     return ray.data.from_arrow([pa.table({k: ArrowTensorArray.from_numpy(v[a:a + WINDOWS_PER_BLOCK])
                                           for k, v in out.items()})
                                 for a in range(0, len(out["items"]), WINDOWS_PER_BLOCK)])
@@ -55,18 +57,18 @@ def training_dataset(cfg: GenrecConfig, shards: ShardSet) -> tuple[ray.data.Data
     process up to DRIVER_WINDOWS_BYTES, else by Ray Data tasks and kept in the object store (train.ingest: auto,
     materialize or stream)."""
     t = cfg.train
-    window = train_window(cfg, shards)
-    windows = count_windows(shards, cfg.model.max_seq_len, window)
+    window, since = train_window(cfg, shards), targets_from(cfg, shards)
+    windows = count_windows(shards, cfg.model.max_seq_len, window, since)
     if windows // t.workers < t.batch_size:
         raise ConfigError(f"train.batch_size={t.batch_size} is larger than the {windows // t.workers} training "
                           f"windows each of the {t.workers} workers gets; lower train.batch_size or train.workers"
-                          + (" (or the training-window shift)" if window != (None, None) else ""))
+                          + (" (or the training-window shift)" if window != (None, None) or since else ""))
     window_bytes = windows * (cfg.model.max_seq_len + 1) * WINDOW_BYTES_PER_EVENT
     object_store = ray.cluster_resources().get("object_store_memory", 0.0)
     materialize = t.ingest == "materialize" or (t.ingest == "auto" and window_bytes < 0.25 * object_store)
     if materialize and window_bytes <= DRIVER_WINDOWS_BYTES:
-        return windows_in_driver(shards, cfg.model.max_seq_len, window), windows
-    streamed = windows_by_ray_data(shards, cfg.model.max_seq_len, window, t.data_task_cpus)
+        return windows_in_driver(shards, cfg.model.max_seq_len, window, since), windows
+    streamed = windows_by_ray_data(shards, cfg.model.max_seq_len, window, t.data_task_cpus, since)
     # Windowed once, kept in the object store: each epoch then only shuffles and splits blocks, instead of
     # re-reading and re-windowing the shards (seconds per epoch on a small box).
     return (streamed.materialize() if materialize else streamed), windows

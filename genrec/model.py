@@ -343,6 +343,8 @@ class Objective:
     # Leave the titles already in a position's context out of its softmax (never its own targets), as ranking leaves
     # the user's history out: no capacity spent learning not to repeat what is never asked.
     exclude_history: bool = False
+    # Only events at or after this Unix time are targets (train.new_window_h: a retrain on its new window).
+    targets_from: int | None = None
 
 
 class GenRec(nn.Module):
@@ -417,7 +419,7 @@ class GenRec(nn.Module):
         obj = self.objective
         h = self.hidden(items[:, :-1], actions[:, :-1], gaps[:, :-1], utils[:, :-1], id_mask, ts[:, :-1])
         targets, weights = mtp_targets(items, ts, utils, obj.mtp_k, obj.half_life_s, obj.skip, obj.min_dt_s,
-                                       obj.max_dt_s)
+                                       obj.max_dt_s, obj.targets_from)
         targets, weights = merge_duplicate_targets(targets.flatten(0, 1), weights.flatten(0, 1))
         keep, weights = normalise(weights)
         targets = targets[keep]

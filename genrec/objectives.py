@@ -21,14 +21,16 @@ NEG_INF = float("-inf")
 
 def mtp_targets(items: torch.Tensor, ts: torch.Tensor, utils: torch.Tensor, k: int,
                 half_life_s: float | None, skip: int = 0, min_dt_s: float = 0.0,
-                max_dt_s: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                max_dt_s: float | None = None,
+                targets_from: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Targets and unnormalised weights for windows of T + 1 events (right-padded with item 0).
 
     items, ts, utils: (B, T + 1). Returns targets (B, T, k) (0 = none) and weights (B, T, k) for the T input
     positions: target j of position t is event t + 1 + skip + j when it lies in the window. A long-horizon task's
     objective skips the next `skip` events and keeps only events with min_dt_s <= dt < max_dt_s, dt measured from
     event t + 1 (the request, as evaluation measures it: the event a user arrives with). The half-life decay counts
-    from event t, the context's last event.
+    from event t, the context's last event. targets_from: only events at or after this Unix time are targets (a
+    retrain on its new window: older events are context only).
     """
     b, span = items.shape
     t = span - 1
@@ -46,6 +48,8 @@ def mtp_targets(items: torch.Tensor, ts: torch.Tensor, utils: torch.Tensor, k: i
             dt = (ts[:, o:o + n].double() - ctx_ts[:, :n]).clamp(min=0.0)
             w = w * torch.exp(-LN2 * dt / half_life_s).float()
         valid = (tgt > 0) & (items[:, :n] > 0)
+        if targets_from is not None:
+            valid &= ts[:, o:o + n] >= targets_from
         if min_dt_s > 0 or max_dt_s is not None:
             since_request = ts[:, o:o + n].double() - ts[:, 1:1 + n].double()
             if min_dt_s > 0:

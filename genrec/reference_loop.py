@@ -110,7 +110,7 @@ def train_reference(cfg: GenrecConfig, shards: ShardSet, epochs: int | None = No
     if prepare is not None:  # a benchmark's change to the built model (benchmarks/ablation.py)
         prepare(run)
     model = run.model
-    windows = all_windows(shards, cfg.model.max_seq_len, run.window)
+    windows = all_windows(shards, cfg.model.max_seq_len, run.window, run.targets_from)
     n = len(windows["items"])
     batch_size = cfg.train.batch_size
     steps_per_epoch = max(1, n // batch_size)

@@ -28,7 +28,7 @@ from genrec.config import ConfigError, GenrecConfig, without_secrets
 from genrec.console import eta, progress_bar, worker_progress, worker_say
 from genrec.defaults import resolve as resolve_defaults
 from genrec.engine import make_engine, param_share, train_step
-from genrec.finetune import ARCHITECTURE, FinetuneSpec, load_pretrained
+from genrec.finetune import ARCHITECTURE, FinetuneSpec, load_pretrained, start_checkpoint
 from genrec.flops import mfu, peak_tflops
 from genrec.ingest import check_ingest_room, training_dataset
 from genrec.runs import (TrainingFailed, code_commit, failure_message, history_path, interrupt_message, topk_path,
@@ -100,6 +100,7 @@ class Progress:
     wall_time_s: float = 0.0
     history: list[dict] = field(default_factory=list)
     restarts: int = 0
+    start: dict = field(default_factory=dict)  # a warm start's figures before any step (not kept: epoch 1 has them)
 
 
 def setup_worker(config: dict) -> Worker:
@@ -132,7 +133,8 @@ def restore(worker: Worker, config: dict, steps_per_epoch: int):
     loads is checked first (not bit-flipped or cut short, the same model). DeepSpeed's optimizer partitions load only
     into the same number of ranks: on another worker count the run goes on from the consolidated weights with a fresh
     optimizer, the LR schedule moved to where it was. A fine-tuning run that starts loads its pre-trained weights and
-    scores them first (epoch 0, the transfer baseline)."""
+    scores them first (epoch 0, the transfer baseline); a warm-started retrain (train.init_from) loads its
+    predecessor's weights and scores them too (start_valid_*, reported with epoch 1: not an epoch to keep)."""
     cfg, model, spec = worker.cfg, worker.run.model, worker.run.spec
     with contextlib.ExitStack() as stack:
         folder, state = resume_folder(worker, config, stack)
@@ -142,6 +144,9 @@ def restore(worker: Worker, config: dict, steps_per_epoch: int):
         if worker.finetune and state is None:
             load_pretrained(model, spec, str(local_checkpoint(cfg, worker.finetune.checkpoint)))
             progress.history.append({"epoch": 0, **worker.validate(model.to(worker.device))[0]})
+        elif cfg.train.init_from and state is None:  # a warm-started retrain: its predecessor's weights
+            load_pretrained(model, spec, str(local_checkpoint(cfg, cfg.train.init_from)))
+            progress.start = {f"start_{k}": v for k, v in worker.validate(model.to(worker.device))[0].items()}
         if worker.finetune and worker.finetune.mode == "head":  # linear-probe style: only a fresh decoding head learns
             model.requires_grad_(False)
             model.new_head()
@@ -228,7 +233,8 @@ def train_func(config: dict) -> None:
         progress.wall_time_s = time.perf_counter() - start
         metrics = epoch_record(worker, progress, stats, train_time, input_wait, flops_per_token) | {
             "lr": scheduler.get_last_lr()[0], **popular, "zero_stage": engine.zero_optimization_stage(),
-            "param_share_per_rank": param_share(engine.module), **valid_metrics}
+            "param_share_per_rank": param_share(engine.module), **valid_metrics,
+            **(progress.start if epoch == 0 else {})}
         history.append(metrics)  # every rank: the selection figures are all-reduced, so they agree on stopping
         metrics |= selection_scores(history, worker.select)
         best = best_record(history, worker.select) is metrics
@@ -281,6 +287,7 @@ def epoch_record(worker: Worker, progress: Progress, stats: torch.Tensor, train_
         "id_mask_rate": worker.run.mask_rate,
         "seed": cfg.train.seed,
         "window_shift_h": cfg.train.window_shift_h,
+        "warm_start": cfg.train.init_from is not None,
         "restarts": progress.restarts,
     }
 
@@ -410,6 +417,8 @@ def fit(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=None, rese
     cfg = without_secrets(cfg)  # the serve token reaches no worker, checkpoint or wandb run
     cfg = resolve_defaults(cfg, shards)  # "auto" values from the data (genrec.defaults); a no-op when resolved
     check_ingest_room(cfg, reserved_cpus)
+    if cfg.train.init_from:  # said here, before any worker starts: a checkpoint of another catalogue
+        start_checkpoint(cfg, shards, cfg.train.init_from, "train.init_from")
     if recover and resume_from is None:  # a sweep trial that Tune restores goes on here, past an unusable record
         resume_from = resume_point(cfg, run_name)
     trainer = build_trainer(cfg, shards, run_name, callbacks, finetune, resume_from, each_epoch)

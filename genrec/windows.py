@@ -57,13 +57,26 @@ def in_window(ts: np.ndarray, ts_min: int | None, ts_max: int | None) -> np.ndar
     return keep
 
 
+def window_count(ts: np.ndarray, max_seq_len: int, ts_min: int | None = None, ts_max: int | None = None,
+                 targets_from: int | None = None) -> int:
+    """How many windows training_windows cuts from one user's event times (sorted): ceil((n - 1) / max_seq_len) for
+    the n events in [ts_min, ts_max); with targets_from, ceil(min(m, n - 1) / max_seq_len) for the m of them from
+    then on (windows are cut from the end, so those holding a new target are the last ones)."""
+    ts = np.asarray(ts, np.int64)
+    ts = ts[in_window(ts, ts_min, ts_max)]
+    targets = len(ts) - 1 if targets_from is None else min(int((ts >= targets_from).sum()), len(ts) - 1)
+    return -(-max(targets, 0) // max_seq_len)
+
+
 def training_windows(batch: dict[str, np.ndarray], max_seq_len: int, ts_min: int | None = None,
-                     ts_max: int | None = None) -> dict[str, np.ndarray]:
+                     ts_max: int | None = None, targets_from: int | None = None) -> dict[str, np.ndarray]:
     """Ray Data `map_batches` UDF: a batch of user rows (list columns items/ts/actions/utils) -> a batch of windows.
 
     Output columns, each (n_windows, max_seq_len + 1): items, actions, gaps, utils, ts. The model reads the first
     max_seq_len events as inputs and the events after each position as its (multi-token) targets. Events outside
-    the training window [ts_min, ts_max) are dropped first (a retrain on a window moved in time).
+    the training window [ts_min, ts_max) are dropped first (a retrain on a window moved in time). With targets_from
+    only the windows holding an event from then on are kept (a retrain on its new window: the objective makes the
+    older events context only, genrec.objectives.mtp_targets).
     """
     rows = []
     utils_col = batch.get("utils")
@@ -78,6 +91,8 @@ def training_windows(batch: dict[str, np.ndarray], max_seq_len: int, ts_min: int
             items, ts, actions, utils = items[keep], ts[keep], actions[keep], utils[keep]
         gaps = gap_buckets(ts)
         for s, e in window_bounds(len(items), max_seq_len):
+            if targets_from is not None and ts[e - 1] < targets_from:  # the window's newest event is its last
+                continue
             rows.append((items[s:e], actions[s:e], gaps[s:e], utils[s:e], ts[s:e]))
     n, span = len(rows), max_seq_len + 1
     out = {"items": np.zeros((n, span), np.int32), "actions": np.zeros((n, span), np.int8),

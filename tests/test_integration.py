@@ -18,7 +18,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 import ray
 import safetensors.torch
@@ -323,6 +325,47 @@ def test_finetune_a_task_on_a_frozen_backbone(winner):
     assert not torch.equal(b["head.1.weight"], a["head.1.weight"])
 
 
+def test_a_warm_started_retrain_starts_from_its_predecessor_and_trains_only_the_new_window(winner):
+    """The sweep's retrain whose window ended 48 h before the cutoff, moved forward: the fresh window's retrain starts
+    from its weights (train.init_from) and trains only on the 48 h since (train.new_window_h), the older events its
+    context."""
+    from genrec.build import build_run, count_windows, targets_from
+    from genrec.defaults import resolve
+    from genrec.preparation import prepare_shards
+    from genrec.runs import read_history
+    from genrec.train import fit
+
+    cfg, manifest = winner
+    older = next(t for t in manifest.trials if t.status == "ok" and t.window_shift_h == 48)
+    cfg = cfg.model_copy(deep=True)
+    cfg.model.max_seq_len, cfg.train.epochs = older.max_seq_len, 1
+    cfg.train.init_from, cfg.train.new_window_h = older.checkpoint, 48.0
+    shards = prepare_shards(cfg, echo=lambda *_: None)
+    result = fit(cfg, shards, "warm-test")
+    [epoch] = read_history(cfg, "warm-test")
+    # Its targets: the training events of the last 48 h (not a user's very first event: nothing precedes it).
+    since = targets_from(cfg, shards)
+    ts = [np.asarray(t) for f in shards.files("train")
+          for t in pq.read_table(f, columns=["ts"], filesystem=shards.fs).column("ts").to_pylist()]
+    new = sum(min(int((t >= since).sum()), len(t) - 1) for t in ts)
+    assert since == shards.manifest["counts"]["valid_cutoff"] - 48 * 3600 and 0 < new < sum(len(t) for t in ts) / 10
+    # Every step on windows holding a new target (the last, partial batch dropped), and no older event a target.
+    windows = count_windows(shards, older.max_seq_len, (None, None), since)
+    assert epoch["steps"] == windows // cfg.train.batch_size >= 1 and epoch["warm_start"] is True
+    assert new - (windows % cfg.train.batch_size) * older.max_seq_len <= epoch["events_processed"] <= new
+    # Its predecessor's figures on this run's validation requests, before any step, beside its own after the epoch.
+    assert 0 < epoch["start_valid_ndcg@10"] <= 1 and epoch["start_valid_requests"] == epoch["valid_requests"]
+    # It ends near its predecessor's weights, not near the fresh ones the same seed gives.
+    fresh = build_run(resolve(cfg, shards, echo=lambda *_: None), shards).model.state_dict()
+    before, after = load(cfg, older.checkpoint).model.state_dict(), load(cfg, result.checkpoint.path).model.state_dict()
+
+    def distance(a, b):
+        return sum(float(((a[k].float() - b[k].float()) ** 2).sum()) for k in before)
+
+    moved, apart = distance(after, before), distance(fresh, before)
+    assert moved < 0.5 * apart, (moved, apart)
+
+
 def test_the_serve_token_is_written_nowhere(winner):
     # The sweep and the fine-tuning run before this one ran with serve.token set (as a config file may set it): no
     # file of the storage root (Tune's experiment state and param space, the trials' runs and checkpoints, the winner
@@ -527,7 +570,6 @@ def test_batch_recommendations_equal_the_endpoints_answers(served, tmp_path):
     """`genrec recommend` (Ray Data, an actor holding the winner's checkpoint) writes for each user the list the
     endpoint answers for the same history (every event up to --at) and request time; a user with no event by then
     gets an empty list."""
-    import pyarrow.parquet as pq
 
     from genrec.cli import main
     from genrec.config import dump_config, without_secrets

@@ -54,6 +54,17 @@ def test_horizon_objective_skips_the_next_events_and_keeps_its_time_window():
     assert weights[0].tolist() == [[0, 1, 1], [1, 1, 0], [0, 1, 0], [1, 0, 0], [0, 0, 0]]
 
 
+def test_a_retrain_on_its_new_window_targets_only_the_new_events():
+    # Events at 0, 1, 2, 3, 4 h; the new window starts at 2 h: the events before it are context only.
+    items, ts = torch.tensor([[1, 2, 3, 4, 5]]), torch.tensor([[0, 1, 2, 3, 4]]) * HOUR
+    targets, weights = mtp_targets(items, ts, torch.ones(1, 5), k=2, half_life_s=None, targets_from=2 * HOUR)
+    # Position 0 (context: title 1) would predict 2 and 3: only 3 (at 2 h) is new. Positions 1-3 predict from 3 on.
+    assert targets[0].tolist() == [[0, 3], [3, 4], [4, 5], [5, 0]]
+    assert weights[0].tolist() == [[0, 1], [1, 1], [1, 1], [1, 0]]
+    everything, _ = mtp_targets(items, ts, torch.ones(1, 5), k=2, half_life_s=None)
+    assert everything[0, 0].tolist() == [2, 3]
+
+
 def test_full_softmax_multilabel_by_hand():
     logits = torch.tensor([[float("-inf"), 1.0, 2.0, 0.0]])
     targets, weights = torch.tensor([[1, 2]]), torch.tensor([[0.25, 0.75]])

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from genrec.windows import context_window, gap_buckets, training_windows, window_bounds
+from genrec.windows import context_window, gap_buckets, training_windows, window_bounds, window_count
 from tests.conftest import tiny_config
 
 
@@ -51,6 +51,30 @@ def test_training_windows_drop_events_outside_the_training_window():
     assert training_windows(batch, max_seq_len=4, ts_max=10)["items"].shape == (0, 5)  # one event: no window
 
 
+def test_a_retrain_on_its_new_window_keeps_the_windows_holding_a_new_target_with_their_context():
+    batch = {"items": np.array([np.arange(1, 11), np.array([3, 4, 5])], dtype=object),
+             "ts": np.array([np.arange(10) * 10, np.array([0, 5, 8])], dtype=object),
+             "actions": np.array([np.zeros(10), np.zeros(3)], dtype=object),
+             "utils": np.array([np.ones(10), np.ones(3)], dtype=object)}
+    # New events from t = 75 on: the first user's last two (80, 90), none of the second's.
+    out = training_windows(batch, max_seq_len=4, targets_from=75)
+    assert out["items"].tolist() == [[6, 7, 8, 9, 10]]  # one window: its older events are the context
+    assert [window_count(ts, 4, targets_from=75) for ts in batch["ts"]] == [1, 0]
+    # The count matches the windows cut, whatever the window and its new part (the trainer's steps per epoch).
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(0, 30))
+        ts = np.sort(rng.integers(0, 100, n))
+        one = {"items": np.array([np.arange(1, n + 1)], dtype=object), "ts": np.array([ts], dtype=object),
+               "actions": np.array([np.zeros(n)], dtype=object), "utils": np.array([np.ones(n)], dtype=object)}
+        ts_max, since, length = [None, 90][rng.integers(2)], [None, int(rng.integers(0, 100))][rng.integers(2)], \
+            int(rng.integers(1, 8))
+        cut = training_windows(one, length, ts_max=ts_max, targets_from=since)
+        assert len(cut["items"]) == window_count(ts, length, ts_max=ts_max, targets_from=since)
+        if since is not None and len(cut["items"]):
+            assert (cut["ts"][:, -1] >= since).all()
+
+
 def test_context_window_keeps_the_most_recent_events():
     items, actions, gaps, utils, ts, n = context_window([1, 2, 3, 4, 5], [0, 10, 20, 30, 40], [0] * 5, 3,
                                                         [1, 2, 3, 4, 5])
@@ -82,3 +106,8 @@ def test_windows_cut_in_the_driver_are_ray_datas_windows(ray_local, tmp_path):
 
     driver = rows(windows_in_driver(shards, cfg.model.max_seq_len, window))
     assert len(driver) > 100 and driver == rows(windows_by_ray_data(shards, cfg.model.max_seq_len, window, 0.25))
+    # A retrain on its new window (the last 10 days of it): the windows holding a new target, the same both ways.
+    since = window[1] - 240 * 3600
+    driver = rows(windows_in_driver(shards, cfg.model.max_seq_len, window, since))
+    assert 10 < len(driver) < 100 and all(r[4][-1] >= since for r in driver)
+    assert driver == rows(windows_by_ray_data(shards, cfg.model.max_seq_len, window, 0.25, since))
