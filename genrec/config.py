@@ -710,6 +710,13 @@ class TuneConfig(_Section):
         [0.0],
         description="hours before the cutoff the training window ends (0 = freshest). Each is a train.window_shift_h "
                     "of the retrains; a search keeps one.")
+    warm_start: bool = Field(
+        False,
+        description="also retrain each cell and seed warm, as production retraining does. From the oldest window "
+                    "to the freshest, each shift's retrain starts from the previous one's kept checkpoint "
+                    "(train.init_from; the oldest that trained from scratch starts the chain) and trains on the "
+                    "hours since (train.new_window_h), beside the retrains from scratch. Grid only; one Tune "
+                    "experiment per shift in the sweep's folder (warm-w<shift>).")
 
     @model_validator(mode="before")
     @classmethod
@@ -734,6 +741,9 @@ class TuneConfig(_Section):
             raise ValueError("tune.seeds and tune.window_shifts_h must each list at least one value")
         if any(h < 0 for h in self.window_shifts_h):
             raise ValueError("tune.window_shifts_h: shifts are hours >= 0 before the cutoff")
+        if self.warm_start and (self.search != "grid" or len(set(self.window_shifts_h)) < 2):
+            raise ValueError("tune.warm_start chains retrains over training windows: it needs tune.search: grid and "
+                             "two or more tune.window_shifts_h")
         if self.search != "grid" and (len(self.seeds) > 1 or len(self.window_shifts_h) > 1):
             raise ValueError("a search (tune.search: optuna/random) tunes one training window and seed: keep one value "
                              "in tune.seeds and tune.window_shifts_h (retrains are for tune.search: grid)")

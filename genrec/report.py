@@ -250,6 +250,8 @@ def answers(analysis: dict) -> list[str]:
     else:
         out.append("**Does repeated-training cost track score stability?** Not answered: it needs three or more "
                    "(size, max_seq_len) cells with two or more retrains each (tune.seeds, tune.window_shifts_h).")
+    if warm := warm_sentence(analysis):
+        out.append(warm)
     gains = analysis["gains"]
     title = "**How much do pre-training gains shrink on tasks with little headroom?**"
     if not gains.get("rows"):
@@ -332,6 +334,46 @@ def stability_table(analysis: dict) -> Table:
     return Table(cols, rows)
 
 
+def warm_table(analysis: dict) -> Table | None:
+    """Warm-started retrains beside the ones from scratch on the same windows (tune.warm_start); None without any."""
+    warm = analysis["stability"].get("warm") or []
+    if not warm:
+        return None
+    tasks = list(analysis["tasks"])
+    cols = (["preset", "backbone", "max_seq_len", "retrain", "retrains", "train FLOPs", "wall s", "events",
+             f"top-{analysis['stability']['k']} overlap"] + [f"MRR {t} mean ± std" for t in tasks])
+    rows = [[c["preset"], _params(c["backbone_params"]), c["max_seq_len"], c["retrain"], c["retrains"],
+             c["train_flops"], c["wall_time_s"], c["events_processed"], c["topk_overlap"]]
+            + [f"{_fmt(c[f'mrr_{t}_mean'])} ± {_fmt(c[f'mrr_{t}_std'])}" for t in tasks] for c in warm]
+    return Table(cols, rows)
+
+
+def warm_sentence(analysis: dict) -> str | None:
+    """What warm starts change, in words from the sweep's numbers: cost per retrain and stability against retrains
+    from scratch on the same windows."""
+    warm = analysis["stability"].get("warm") or []
+    pairs = [(a, b) for a, b in zip(warm[::2], warm[1::2]) if a["retrains"] and b["retrains"]]
+    if not pairs:
+        return None
+    primary, k = analysis["primary"], analysis["stability"]["k"]
+    ratio = [b["train_flops"] / a["train_flops"] for a, b in pairs
+             if np.isfinite(a["train_flops"]) and a["train_flops"] > 0 and np.isfinite(b["train_flops"])]
+    overlap = [(a["topk_overlap"], b["topk_overlap"]) for a, b in pairs
+               if np.isfinite(a["topk_overlap"]) and np.isfinite(b["topk_overlap"])]
+    mrr = [(a[f"mrr_{primary}_mean"], b[f"mrr_{primary}_mean"]) for a, b in pairs]
+    text = (f"**Warm-started retrains** ({len(pairs)} (size, max_seq_len) cells, each retrain starting from the "
+            "previous window's and training on the hours since, beside retrains from scratch on the same windows): ")
+    parts = []
+    if ratio:
+        parts.append(f"they cost {np.mean(ratio):.2f}x the training FLOPs of a retrain from scratch (mean over "
+                     f"cells, {min(ratio):.2f}-{max(ratio):.2f})")
+    if overlap:
+        parts.append(f"their top-{k} lists overlap {np.mean([b for _, b in overlap]):.2f} between retrains against "
+                     f"{np.mean([a for a, _ in overlap]):.2f} from scratch")
+    parts.append(f"task {primary}'s MRR {np.mean([b for _, b in mrr]):.4f} against {np.mean([a for a, _ in mrr]):.4f}")
+    return text + "; ".join(parts) + "."
+
+
 def correlation_table(analysis: dict) -> Table:
     rows = [[cost, stab, c["n"], c["rho"], f"[{_fmt(c['interval'].low)}, {_fmt(c['interval'].high)}]", c["p"]]
             for (cost, stab), c in analysis["stability"]["correlations"].items()]
@@ -364,7 +406,8 @@ def trials_table(analysis: dict) -> Table:
     rows = []
     for r in analysis["trials"]:
         rows.append([r["preset"], _params(r["backbone_params"]) if r["backbone_params"] else "", r["max_seq_len"],
-                     r["seed"], r["window_shift_h"], r["status"] + (f": {r['error']}" if r.get("error") else ""),
+                     r["seed"], f"{r['window_shift_h']:g}" + (" (warm)" if r.get("warm") else ""),
+                     r["status"] + (f": {r['error']}" if r.get("error") else ""),
                      r["epochs"], r["loss"]]
                     + ([r.get(select), r.get("popularity_" + select)] if select else [])
                     + [r.get(f"valid_mrr_{t}") for t in tasks]
@@ -425,7 +468,8 @@ def write_report(analysis: dict, out_dir: str | Path, meta: dict, oracle: dict |
         ("Tasks", [task_table(analysis)], None),
         ("Answers", [], "\n\n".join(answers(analysis))),
         ("Scaling fits per task", [fit_table(analysis, oracle), headroom_table(analysis)], "fits"),
-        ("Repeated-training cost vs score stability", [stability_table(analysis), correlation_table(analysis)],
+        ("Repeated-training cost vs score stability",
+         [t for t in (stability_table(analysis), correlation_table(analysis), warm_table(analysis)) if t is not None],
          "stability"),
         ("Pre-training gain vs downstream gain", [gains_table(analysis)], "gains"),
         ("Compute-optimal pick", [optimal_table(analysis)],

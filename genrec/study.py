@@ -48,6 +48,7 @@ class Trial:
     topk_path: str | None = None
     folder: str = ""
     select: str = "valid_ndcg@10"  # the history key the run's kept epoch was chosen by
+    warm: bool = False  # started from the previous window's retrain (tune.warm_start), not from scratch
 
     @property
     def final(self) -> dict:
@@ -68,7 +69,13 @@ class Experiment:
 
     @property
     def ok(self) -> list[Trial]:
-        return [t for t in self.trials if t.status == "ok"]
+        """The finished retrains from scratch: what the fits, gains and the cost-stability question read."""
+        return [t for t in self.trials if t.status == "ok" and not t.warm]
+
+    @property
+    def warm(self) -> list[Trial]:
+        """The finished warm-started retrains (tune.warm_start), compared with the ones from scratch."""
+        return [t for t in self.trials if t.status == "ok" and t.warm]
 
 
 def load_experiment(path: str | Path) -> Experiment:
@@ -76,13 +83,16 @@ def load_experiment(path: str | Path) -> Experiment:
     path = Path(path)
     if not path.is_dir():
         raise ConfigError(f"{path}: no such folder; pass a sweep's results folder (storage.root/tune/<sweep>)")
-    folders = sorted(d for d in path.iterdir() if (d / "params.json").is_file())
+    # A warm-started sweep keeps each window's warm retrains in a Tune experiment of its own inside (warm-w<shift>).
+    levels = [path] + sorted(d for d in path.iterdir() if d.is_dir() and d.name.startswith("warm-w"))
+    folders = sorted(d for level in levels for d in level.iterdir() if (d / "params.json").is_file())
     if not folders:
         raise ConfigError(f"{path}: no Tune trial folders (with params.json) in it; pass a sweep's results folder "
                           "(storage.root/tune/<sweep>, printed by `genrec sweep`)")
     trials, base, shards, store = [], None, None, None
     for d in folders:
         params = json.loads((d / "params.json").read_text())
+        params |= params.get("link") or {}  # a warm level's trial: its cell, seed, window and predecessor
         base, shards = base or params.get("base"), shards or params.get("shards")
         if store is None and base:  # histories and top-k lists live under the sweep's storage (local or a URI)
             store = stored_config(base).storage.store()
@@ -107,7 +117,7 @@ def load_experiment(path: str | Path) -> Experiment:
                             int(params.get("seed", 0)),
                             float(params.get("window_shift_h", 0.0)), status,
                             error or (None if history else "no metrics reported"), history, run.get("run"),
-                            run.get("topk"), d.name, select))
+                            run.get("topk"), d.name, select, bool(params.get("init_from"))))
     if base is None:
         raise ConfigError(f"{path}: the trials' params.json hold no 'base' config; not a genrec sweep")
     return Experiment(path, stored_config(base), shards, trials)
@@ -145,7 +155,8 @@ def trial_rows(exp: Experiment) -> list[dict]:
     for t in exp.trials:
         f = t.final
         row = {"preset": t.preset, "backbone_params": int(f["backbone_params"]) if "backbone_params" in f else None,
-               "max_seq_len": t.max_seq_len, "seed": t.seed, "window_shift_h": t.window_shift_h, "status": t.status,
+               "max_seq_len": t.max_seq_len, "seed": t.seed, "window_shift_h": t.window_shift_h, "warm": t.warm,
+               "status": t.status,
                "epochs": f.get("epoch"), "loss": f.get("loss"), "wall_time_s": f.get("wall_time_s"),
                "events_processed": f.get("events_processed"), "train_flops": f.get("train_flops")}
         row |= {_metric(k): f.get(_metric(k)) for k in tasks}
@@ -209,6 +220,7 @@ def stability(exp: Experiment, k: int, resamples: int, seed: int) -> dict:
         rows.append(row)
     primary = exp.config.eval.primary
     usable = [r for r in rows if r["retrains"] > 1]
+    warm = warm_against_cold(exp, k, tasks)
     corr = {}
     if len(usable) >= 3:
         for cost in ("train_flops", "wall_time_s"):
@@ -217,7 +229,31 @@ def stability(exp: Experiment, k: int, resamples: int, seed: int) -> dict:
                 if len(pairs) >= 3:
                     x, y = zip(*pairs)
                     corr[(cost, stab)] = spearman_with_interval(x, y, resamples, seed)
-    return {"cells": rows, "correlations": corr, "k": k}
+    return {"cells": rows, "correlations": corr, "k": k, "warm": warm}
+
+
+def warm_against_cold(exp: Experiment, k: int, tasks: list[str]) -> list[dict]:
+    """Per (preset, max_seq_len) with warm-started retrains: the warm ones and the ones from scratch on the same
+    training windows, side by side: mean cost per retrain (to the kept epoch), each task's MRR mean and spread, and
+    the mean pairwise top-k overlap of each kind's lists (the same requests)."""
+    out = []
+    cells = sorted({(t.preset, t.max_seq_len) for t in exp.warm})
+    for preset, seq_len in cells:
+        warm = [t for t in exp.warm if (t.preset, t.max_seq_len) == (preset, seq_len)]
+        shifts = {t.window_shift_h for t in warm}
+        cold = [t for t in exp.ok if (t.preset, t.max_seq_len) == (preset, seq_len) and t.window_shift_h in shifts]
+        for kind, trials in (("from scratch", cold), ("warm-started", warm)):
+            tops = [x for x in (read_topk(t.topk_path, exp.config.storage.store()) for t in trials) if x]
+            row = {"preset": preset, "backbone_params": warm[0].params, "max_seq_len": seq_len, "retrain": kind,
+                   "retrains": len(trials), "train_flops": _mean(t.final.get("train_flops") for t in trials),
+                   "wall_time_s": _mean(t.final.get("wall_time_s") for t in trials),
+                   "events_processed": _mean(t.final.get("events_processed") for t in trials),
+                   "topk_overlap": mean_pairwise_overlap(tops, k) if len(tops) > 1 else math.nan}
+            for task in tasks:
+                vals = [t.final.get(_metric(task)) for t in trials]
+                row[f"mrr_{task}_mean"], row[f"mrr_{task}_std"] = _mean(vals), _std(vals)
+            out.append(row)
+    return out
 
 
 def _shown(path: Path) -> str:

@@ -52,10 +52,13 @@ def winner(ray_local, storage, request):
     # 2 retrains (a training window ending at the cutoff, and one ending 48 h before), run side by side. One length
     # keeps the suite short: a grid over lengths is the same grid_search code with another axis. A third trial's
     # window ends 10^6 h before the cutoff, before any event: it crashes at its start (no training window), for real.
+    # Then a warm-started retrain (tune.warm_start): the freshest window's, from the 48-h-old one's checkpoint (the
+    # crashed window starts no chain).
     root = s3_uri(request.getfixturevalue("s3_server"), "integration", "genrec") if STORAGE == "s3" else storage
     cfg = tiny_config(root, f"storage.cache={storage / 'cache'}", "train.workers=1", "train.cpus_per_worker=0.45", "train.epochs=1",
                       "tune.presets=[custom]", "tune.max_seq_lens=[16]", "tune.max_concurrent_trials=3",
-                      "tune.seeds=[0]", "tune.window_shifts_h=[0,48,1000000]", f"serve.token={TOKEN}")
+                      "tune.seeds=[0]", "tune.window_shifts_h=[0,48,1000000]", "tune.warm_start=true",
+                      f"serve.token={TOKEN}")
     return cfg, run(cfg, "sweep-test")
 
 
@@ -72,12 +75,16 @@ def test_sweep_ranks_trials_and_writes_winner(winner):
     from pathlib import Path
 
     assert not list(Path.cwd().glob("s3:*")) and not Path("integration").exists()  # no URI taken for a local path
-    trials = [t for t in manifest["trials"] if t["status"] == "ok"]
+    trials = [t for t in manifest["trials"] if t["status"] == "ok" and not t.get("warm")]
     assert sorted((t["max_seq_len"], t["window_shift_h"]) for t in trials) == [(16, 0), (16, 48)]
+    [warm] = [t for t in manifest["trials"] if t.get("warm")]  # the fresh window's, from the 48-h-old retrain
+    older = next(t for t in trials if t["window_shift_h"] == 48)
+    assert (warm["window_shift_h"], warm["new_window_h"], warm["init_from"]) == (0, 48, older["checkpoint"])
     # popularity's figure on the same validation requests stands beside each trial's
     assert all(0 <= t["popularity_valid_ndcg@10"] <= 1 for t in trials)
     # ranked by the validation figure each trial kept; no test figure in the trial table
-    assert [t["valid_ndcg@10"] for t in trials] == sorted((t["valid_ndcg@10"] for t in trials), reverse=True)
+    ranked = [t["valid_ndcg@10"] for t in manifest["trials"] if t["status"] == "ok"]
+    assert ranked == sorted(ranked, reverse=True)
     assert not any(k.startswith("test_") or k in ("mrr", "ndcg@10") for t in manifest["trials"] for k in t)
     # The crashing trial is reported failed, with its error, ranked last; the sweep went on without it.
     failed = manifest["trials"][-1]
@@ -117,7 +124,7 @@ def test_resume_keeps_finished_trials(winner):
     # (the crashed trial is tried again, and fails again)
     assert [getattr(t, "wall_time_s", None) for t in again.trials] == [getattr(t, "wall_time_s", None)
                                                                          for t in manifest.trials]
-    assert [t.status for t in again.trials] == ["ok", "ok", "failed"]
+    assert [t.status for t in again.trials] == ["ok", "ok", "ok", "failed"]  # the warm level restored too
     with pytest.raises(ConfigError, match="not a Tune experiment folder"):
         run(cfg, resume="no-such-sweep")
 
@@ -259,7 +266,9 @@ def test_report_from_the_sweep(winner, tmp_path):
                  "--set", f"storage.root={cfg.storage.root}", "--set", f"storage.cache={cfg.storage.cache}"]) == 0
     out = store.download(store.path("tune", "sweep-test", "report"), tmp_path / "report")
     md = (out / "report.md").read_text()
-    assert md.count("| custom | 25k |") == 2 + 1  # every trial, every (size, length) cell
+    # every trial (the warm one said so), every (size, length) cell, and it warm-started and from scratch
+    assert md.count("| custom | 25k |") == 3 + 1 + 2 and md.count(" 0 (warm) |") == 1
+    assert "**Warm-started retrains** (1 (size, max_seq_len) cells" in md
     assert "Not answered: it needs three or more" in md  # one size only: no fit, no correlation; said so
     assert "| valid_ndcg@10 (validation) | popularity, same requests |" in md  # the bar beside every trial
     ok = [r for r in json.loads((out / "analysis.json").read_text())["trials"] if r["status"] == "ok"]
@@ -326,23 +335,24 @@ def test_finetune_a_task_on_a_frozen_backbone(winner):
 
 
 def test_a_warm_started_retrain_starts_from_its_predecessor_and_trains_only_the_new_window(winner):
-    """The sweep's retrain whose window ended 48 h before the cutoff, moved forward: the fresh window's retrain starts
-    from its weights (train.init_from) and trains only on the 48 h since (train.new_window_h), the older events its
-    context."""
+    """The sweep's warm retrain (tune.warm_start): the fresh window's, started from the weights of the retrain whose
+    window ended 48 h before (train.init_from), trained only on the 48 h since (train.new_window_h), the older
+    events its context."""
     from genrec.build import build_run, count_windows, targets_from
     from genrec.defaults import resolve
     from genrec.preparation import prepare_shards
-    from genrec.runs import read_history
-    from genrec.train import fit
+    from genrec.study import load_experiment
 
     cfg, manifest = winner
+    [warm] = [t for t in manifest.trials if getattr(t, "warm", False)]
     older = next(t for t in manifest.trials if t.status == "ok" and t.window_shift_h == 48)
+    store = cfg.storage.store()
+    folder = store.fetch(store.locate(manifest.experiment), fresh=True) if store.remote else manifest.experiment
+    [trial] = load_experiment(folder).warm  # as the report reads it
+    [epoch] = trial.history
     cfg = cfg.model_copy(deep=True)
-    cfg.model.max_seq_len, cfg.train.epochs = older.max_seq_len, 1
-    cfg.train.init_from, cfg.train.new_window_h = older.checkpoint, 48.0
+    cfg.model.max_seq_len, cfg.train.init_from, cfg.train.new_window_h = older.max_seq_len, older.checkpoint, 48.0
     shards = prepare_shards(cfg, echo=lambda *_: None)
-    result = fit(cfg, shards, "warm-test")
-    [epoch] = read_history(cfg, "warm-test")
     # Its targets: the training events of the last 48 h (not a user's very first event: nothing precedes it).
     since = targets_from(cfg, shards)
     ts = [np.asarray(t) for f in shards.files("train")
@@ -357,7 +367,7 @@ def test_a_warm_started_retrain_starts_from_its_predecessor_and_trains_only_the_
     assert 0 < epoch["start_valid_ndcg@10"] <= 1 and epoch["start_valid_requests"] == epoch["valid_requests"]
     # It ends near its predecessor's weights, not near the fresh ones the same seed gives.
     fresh = build_run(resolve(cfg, shards, echo=lambda *_: None), shards).model.state_dict()
-    before, after = load(cfg, older.checkpoint).model.state_dict(), load(cfg, result.checkpoint.path).model.state_dict()
+    before, after = load(cfg, older.checkpoint).model.state_dict(), load(cfg, warm.checkpoint).model.state_dict()
 
     def distance(a, b):
         return sum(float(((a[k].float() - b[k].float()) ** 2).sum()) for k in before)

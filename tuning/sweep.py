@@ -68,14 +68,18 @@ def trial_config(base: dict, preset: str, max_seq_len: int, epochs: int | None, 
 
 def run_trial(config: dict) -> None:
     """Tune function trainable: one distributed training run for one (preset, max_seq_len, seed, window shift) and,
-    in a search, the trial's sampled values (config["values"])."""
+    in a search, the trial's sampled values (config["values"]); a warm level's trial (config["link"]) starts from its
+    predecessor's checkpoint and trains on the hours since."""
+    config = config | config.get("link", {})
     cfg = trial_config(config["base"], config["preset"], config["max_seq_len"], config["epochs"], config["seed"],
                        config["window_shift_h"], config.get("values"))
+    if config.get("init_from"):
+        cfg.train.init_from, cfg.train.new_window_h = config["init_from"], config["new_window_h"]
     shards = open_shards(config["shards"], cfg.storage.store())
     cfg = resolve_defaults(cfg, shards)
     ctx = ray.tune.get_context()
     name = (f"{config['sweep']}-{config['preset']}-len{config['max_seq_len']}-s{config['seed']}"
-            f"-w{config['window_shift_h']:g}-{ctx.get_trial_id()}")
+            f"-w{config['window_shift_h']:g}{'-warm' if config.get('init_from') else ''}-{ctx.get_trial_id()}")
     atomic_write_json(Path(ctx.get_trial_dir(), RUN_FILE),
                       {"run": name, "history": str(history_path(cfg, name)), "topk": str(topk_path(cfg, name)),
                        "preset": cfg.model.preset, "max_seq_len": cfg.model.max_seq_len})  # "auto" resolved
@@ -101,10 +105,12 @@ def summarize(results, key: str) -> list[dict]:
     figure (best first; failed trials last): genrec.selection's best_record and rank_trials."""
     rows = []
     for result in results:
-        params = result.config
+        params = result.config | result.config.get("link", {})
         row = {"preset": params["preset"], "max_seq_len": params["max_seq_len"], "seed": params.get("seed", 0),
                "window_shift_h": params.get("window_shift_h", 0.0), "status": "ok", "error": None,
-               **({"values": dict(params["values"])} if params.get("values") else {})}
+               **({"values": dict(params["values"])} if params.get("values") else {}),
+               **({"warm": True, "init_from": params["init_from"], "new_window_h": params["new_window_h"]}
+                  if params.get("init_from") else {})}
         df = result.metrics_dataframe
         epochs = df.to_dict("records") if df is not None else []
         best = best_record(epochs, key) if result.error is None else None
@@ -122,10 +128,67 @@ def summarize(results, key: str) -> list[dict]:
                    train_flops=None if flops is None or math.isnan(flops) else float(flops),
                    trial_id=result.metrics.get("trial_id"))
         rows.append(row)
-    ranked = rank_trials(rows, key)
-    for place, row in enumerate(ranked, 1):
+    return ranked(rows, key)
+
+
+def ranked(rows: list[dict], key: str) -> list[dict]:
+    """The rows ranked by their kept validation figure (genrec.selection.rank_trials), each with its place."""
+    out = rank_trials(rows, key)
+    for place, row in enumerate(out, 1):
         row["rank"] = place if row["status"] == "ok" else "-"
-    return ranked
+    return out
+
+
+def warm_levels(cfg: GenrecConfig, shards, sweep: str, experiment: str, rows: list[dict], trainable) -> list[dict]:
+    """tune.warm_start: for each cell and seed, the training windows from the oldest to the freshest, each retrain
+    starting from the previous link's kept checkpoint and training on the hours since (the oldest retrain from
+    scratch that finished starts the chain; a failed link is bridged by the retrain from scratch at its window). One
+    Tune experiment per window, `warm-w<shift>` in the sweep's folder (restored, not rerun, by `--resume`)."""
+    store = cfg.storage.store()
+    key = selection_key(cfg.eval.select_metric)
+    cold = {(r["preset"], r["max_seq_len"], r["seed"], r["window_shift_h"]): r["checkpoint"] for r in rows
+            if r["status"] == "ok" and r.get("checkpoint")}
+    last: dict[tuple, tuple[float, str]] = {}  # (preset, max_seq_len, seed) -> the chain's last (shift, checkpoint)
+    out = []
+    for shift in sorted(set(cfg.tune.window_shifts_h), reverse=True):
+        links = [{"preset": p, "max_seq_len": length, "seed": s, "window_shift_h": shift,
+                  "init_from": store.uri(checkpoint), "new_window_h": before - shift}
+                 for (p, length, s), (before, checkpoint) in sorted(last.items())]
+        level = warm_level(cfg, shards, sweep, experiment, shift, links, trainable, key) if links else []
+        out += level
+        done = {(r["preset"], r["max_seq_len"], r["seed"]): r["checkpoint"] for r in level
+                if r["status"] == "ok" and r.get("checkpoint")}
+        for cell in {c[:3] for c in cold} | set(last):
+            if cell in done or (*cell, shift) in cold:
+                last[cell] = (shift, done.get(cell) or cold[(*cell, shift)])
+    return out
+
+
+def warm_level(cfg: GenrecConfig, shards, sweep: str, experiment: str, shift: float, links: list[dict], trainable,
+               key: str) -> list[dict]:
+    """One window's warm-started retrains as a Tune experiment inside the sweep's folder -> their rows."""
+    store = cfg.storage.store()
+    name = f"warm-w{shift:g}"
+    path = f"{experiment.rstrip('/')}/{name}"
+    say(f"sweep {sweep}: {len(links)} warm-started retrains on the window ending {shift:g} h before the cutoff "
+        f"({links[0]['new_window_h']:g} h since their predecessors')")
+    if store.is_dir(path) and ray.tune.Tuner.can_restore(path, storage_filesystem=store.fs):
+        tuner = ray.tune.Tuner.restore(path, trainable, resume_unfinished=True, restart_errored=True,
+                                       storage_filesystem=store.fs)
+    else:
+        space = {"base": cfg.model_dump(mode="json"), "shards": str(shards.root), "sweep": sweep,
+                 "epochs": cfg.tune.epochs, "link": ray.tune.grid_search(links)}
+        tuner = ray.tune.Tuner(trainable, param_space=space,
+                               tune_config=ray.tune.TuneConfig(max_concurrent_trials=cfg.tune.max_concurrent_trials),
+                               run_config=ray.tune.RunConfig(name=name, storage_path=experiment, verbose=0,
+                                                             storage_filesystem=store.fs if store.remote else None))
+    results, interrupted = fit_noting_interrupt(tuner)
+    stopped = stopped_trials(results.filesystem, results.experiment_path) if interrupted is not False else []
+    if interrupted or stopped:
+        raise Interrupted(f"sweep {sweep}: stopped during the warm-started retrains of {name}; no winner written. Go "
+                          f"on with the same --config and --set flags and `--resume {sweep}` (finished trials "
+                          f"kept): {store.uri(path)}")
+    return summarize(results, key)
 
 
 def failure_causes(rows: list[dict]) -> str:
@@ -149,7 +212,9 @@ def write_winner(cfg: GenrecConfig, sweep: str, rows: list[dict], experiment: st
         if isinstance(r.get("checkpoint"), str) and r["checkpoint"]:
             r["checkpoint"] = store.uri(r["checkpoint"])
     key = selection_key(cfg.eval.select_metric)
-    best = winning_trial(rows, key)  # the freshest window's best trial on validation
+    # The freshest window's best trial on validation, among the retrains from scratch (a recipe that trains again
+    # without its predecessors; warm-started retrains stand beside them in the trial table).
+    best = winning_trial([r for r in rows if not r.get("warm")], key)
     if best is None or not best.get("checkpoint"):
         what = (f"every trial failed ({failure_causes(rows)})" if best is None else
                 f"the winning trial {best['preset']}/len{best['max_seq_len']} kept no checkpoint")
@@ -265,8 +330,12 @@ def run(cfg: GenrecConfig, sweep: str | None = None, rebuild: bool = False,
                           f"epoch's checkpoint, failed ones rerun): {store.uri(experiment)}")
     key = selection_key(cfg.eval.select_metric)
     rows = summarize(results, key)
+    if tune_cfg.warm_start:
+        rows = ranked(rows + warm_levels(cfg, shards, sweep, experiment, rows, trainable), key)
     searched = list(tune_cfg.space) if tune_cfg.search != "grid" else []
-    print_table([r | (r.get("values") or {}) for r in rows], TRIAL_COLUMNS[:6] + searched + TRIAL_COLUMNS[6:])
+    warm = ["warm"] if tune_cfg.warm_start else []
+    print_table([r | (r.get("values") or {}) for r in rows], TRIAL_COLUMNS[:5] + warm + TRIAL_COLUMNS[5:6] + searched
+                + TRIAL_COLUMNS[6:])
     manifest = write_winner(cfg, sweep, rows, experiment, shards)
     test, pop = manifest.test, manifest.test_popularity
     say(f"winner: {manifest.preset} max_seq_len {manifest.max_seq_len} ({key} {manifest.metrics[key]:.4f};"
