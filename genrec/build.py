@@ -21,7 +21,7 @@ from genrec.checkpoint import TRAIN_COUNT, catalogue_features
 from genrec.config import ConfigError, GenrecConfig
 from genrec.features import (NUM_AGE_BUCKETS, FeatureVocab, age_bucket_counts, age_log_lift, build_vocab,
                              title_age_buckets)
-from genrec.flops import training_flops_per_token
+from genrec.flops import Flops, training_flops_per_token
 from genrec.model import GenRec, ModelSpec, Objective, resolve_shape
 from genrec.shards import ShardSet
 from genrec.windows import in_window, training_windows, window_count
@@ -256,14 +256,20 @@ def optimizer_and_schedule(cfg: GenrecConfig, model: torch.nn.Module, total_step
     return optimizer, schedule
 
 
-def model_flops_per_token(cfg: GenrecConfig, spec: ModelSpec, num_items: int, n_neg: int | None) -> float:
-    """Model FLOPs per training token (genrec's own blocks; see genrec.flops): in-batch scores every target of the
-    batch, sampled its shared negatives, full the whole catalogue. The semantic tower and embeddings are not counted."""
+def model_flops(cfg: GenrecConfig, spec: ModelSpec, num_items: int, n_neg: int | None) -> Flops:
+    """Model FLOPs per training token, backbone (every input token) and decoding (every target) apart (genrec's own
+    blocks; see genrec.flops): in-batch scores every target of the batch, sampled its shared negatives, full the whole
+    catalogue. The semantic tower and embeddings are not counted."""
     return training_flops_per_token(
         spec.layers, spec.width, spec.max_seq_len, num_items,
         "full" if cfg.model.decoding == "full" else "sampled", projection_ratio=spec.projection_ratio,
         num_negatives=n_neg if n_neg is not None else cfg.train.batch_size * spec.max_seq_len * cfg.model.mtp_k,
-        convention="genrec", block=spec.block).total
+        convention="genrec", block=spec.block)
+
+
+def model_flops_per_token(cfg: GenrecConfig, spec: ModelSpec, num_items: int, n_neg: int | None) -> float:
+    """model_flops' total: a token that is also a target (every token, but a retrain's context-only ones)."""
+    return model_flops(cfg, spec, num_items, n_neg).total
 
 
 def torch_threads(cfg: GenrecConfig, workers_here: int | None = None) -> int:

@@ -62,10 +62,13 @@ def finetune_setup(cfg: GenrecConfig, shards: ShardSet) -> tuple[GenrecConfig, F
     return out, FinetuneSpec(checkpoint=str(path), task=ft.task, mode=ft.mode)
 
 
-def start_checkpoint(cfg: GenrecConfig, shards: ShardSet, path: str, key: str) -> str:
+def start_checkpoint(cfg: GenrecConfig, shards: ShardSet, path: str, key: str, spec: ModelSpec | None = None) -> str:
     """The local copy of a checkpoint a run starts from (`key` names the setting), checked to rank the same catalogue
-    as the shards (same titles, same order)."""
+    as the shards (same titles, same order) and, given the run's `spec`, to be the same model."""
     local = local_checkpoint(cfg, path)
+    if spec is not None and (diff := [f for f in ARCHITECTURE if getattr(read_spec(local), f) != getattr(spec, f)]):
+        raise ConfigError(f"{key}={path}: the checkpoint's model differs from the run's in {', '.join(diff)}; start "
+                          "from a checkpoint of the same model (or set those model.* keys as it has them)")
     ckpt_items = pq.read_table(Path(local, CHECKPOINT_ITEMS), columns=["item_id"]).column("item_id")
     shard_items = pq.read_table(shards.items_path, columns=["item_id"], filesystem=shards.fs).column("item_id")
     if not ckpt_items.equals(shard_items):

@@ -460,7 +460,7 @@ def make_report(results_dir: str | Path, out_dir: str | Path | None = None, budg
         results_dir = store.fetch(remote, fresh=True)
     exp = load_experiment(results_dir)
     out = Path(out_dir) if out_dir else exp.path / "report"
-    echo(f"report: {len(exp.ok)} of {len(exp.trials)} trials usable in {exp.path}; bootstrap "
+    echo(f"report: {len(exp.ok) + len(exp.warm)} of {len(exp.trials)} trials usable in {exp.path}; bootstrap "
          f"{resamples or exp.config.report.bootstrap} resamples per fit ...")
     analysis = analyse(exp, budget_flops, resamples)
     counts, dataset, oracle = "", exp.config.data.source, None
@@ -487,7 +487,7 @@ def make_report(results_dir: str | Path, out_dir: str | Path | None = None, budg
             "grid": (f"presets {', '.join(p for _, p in presets) or t.presets} x max_seq_len "
                      f"{sorted({tr.max_seq_len for tr in exp.trials})} x seeds {sorted({tr.seed for tr in exp.trials})}"
                      f" x training-window shifts {sorted({tr.window_shift_h for tr in exp.trials})} h: "
-                     f"{len(exp.trials)} trials, {len(exp.ok)} usable, "
+                     f"{len(exp.trials)} trials, {len(exp.ok) + len(exp.warm)} usable, "
                      f"up to {max((tr.history[-1].get('epoch', 0) for tr in exp.ok), default=0)} epochs"),
             "command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "oracle_error": oracle_error,
             "select": selection_key(exp.config.eval.select_metric)}

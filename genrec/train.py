@@ -21,7 +21,8 @@ import ray.train
 import torch
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from genrec.build import Run, build_run, model_flops_per_token, num_negatives, optimizer_and_schedule, torch_threads
+from genrec.build import (Run, build_run, model_flops, model_spec, num_negatives, optimizer_and_schedule,
+                          torch_threads)
 from genrec.checkpoint import (load_resume_state, local_checkpoint, read_spec, read_trainer_state, read_weights,
                                resume_point, save_for_serving, save_resume_state, verify_resumable)
 from genrec.config import ConfigError, GenrecConfig, without_secrets
@@ -29,7 +30,7 @@ from genrec.console import eta, progress_bar, worker_progress, worker_say
 from genrec.defaults import resolve as resolve_defaults
 from genrec.engine import make_engine, param_share, train_step
 from genrec.finetune import ARCHITECTURE, FinetuneSpec, load_pretrained, start_checkpoint
-from genrec.flops import mfu, peak_tflops
+from genrec.flops import Flops, mfu, peak_tflops
 from genrec.ingest import check_ingest_room, training_dataset
 from genrec.runs import (TrainingFailed, code_commit, failure_message, history_path, interrupt_message, topk_path,
                          write_topk)
@@ -101,6 +102,7 @@ class Progress:
     history: list[dict] = field(default_factory=list)
     restarts: int = 0
     start: dict = field(default_factory=dict)  # a warm start's figures before any step (not kept: epoch 1 has them)
+    tokens_seen: int = 0  # input tokens: the target events and, in a retrain on its new window, their context
 
 
 def setup_worker(config: dict) -> Worker:
@@ -139,7 +141,8 @@ def restore(worker: Worker, config: dict, steps_per_epoch: int):
     with contextlib.ExitStack() as stack:
         folder, state = resume_folder(worker, config, stack)
         progress = Progress() if state is None else Progress(
-            state["epoch"], state["events_processed"], state["wall_time_s"], state["history"], state["restarts"] + 1)
+            state["epoch"], state["events_processed"], state["wall_time_s"], state["history"], state["restarts"] + 1,
+            tokens_seen=state.get("tokens_processed", state["events_processed"]))
         same_world = state is not None and state["world"] == worker.world
         if worker.finetune and state is None:
             load_pretrained(model, spec, str(local_checkpoint(cfg, worker.finetune.checkpoint)))
@@ -196,7 +199,7 @@ def train_func(config: dict) -> None:
     engine, scheduler, gen, progress = restore(worker, config, steps_per_epoch)
     trained = run.trained.to(worker.device)
     n_neg = num_negatives(cfg, len(trained))
-    flops_per_token = model_flops_per_token(cfg, run.spec, worker.shards.num_items, n_neg)
+    flops = model_flops(cfg, run.spec, worker.shards.num_items, n_neg)
     tracker = start_tracking(cfg, config["run_name"]) if worker.rank == 0 else None
     data = ray.train.get_dataset_shard("train")
     history = progress.history
@@ -206,7 +209,7 @@ def train_func(config: dict) -> None:
     for epoch in range(progress.epoch, cfg.train.epochs if end is None else progress.epoch):
         engine.train()
         t0 = time.perf_counter()
-        stats = torch.zeros(3, dtype=torch.float64)  # [sum loss, steps, target events]
+        stats = torch.zeros(4, dtype=torch.float64)  # [sum loss, steps, target events, input tokens]
         batches = iter(data.iter_torch_batches(batch_size=cfg.train.batch_size, drop_last=True,
                                                local_shuffle_buffer_size=cfg.train.shuffle_buffer or None,
                                                local_shuffle_seed=cfg.train.seed + epoch, device=str(worker.device),
@@ -221,7 +224,8 @@ def train_func(config: dict) -> None:
                 break
             loss, events = train_step(engine, batch, trained, n_neg, run.mask_rate, gen)
             # loss.item() waits for the step, so the next batch's wait is measured from the step's real end.
-            stats += torch.tensor([loss.item(), 1.0, events], dtype=torch.float64)
+            tokens = float((batch["items"][:, 1:] > 0).sum())  # the events a step reads (targets or context)
+            stats += torch.tensor([loss.item(), 1.0, events, tokens], dtype=torch.float64)
             if worker.rank == 0 and time.perf_counter() - shown >= PROGRESS_EVERY_S:
                 shown = time.perf_counter()
                 worker_progress(epoch_progress(epoch + 1, cfg.train.epochs, int(stats[1]), steps_per_epoch,
@@ -229,9 +233,10 @@ def train_func(config: dict) -> None:
         train_time = time.perf_counter() - t0
         worker.reduce(stats)
         progress.epoch, progress.events_seen = epoch + 1, progress.events_seen + int(stats[2])
+        progress.tokens_seen += int(stats[3])
         valid_metrics, top = worker.validate(engine.module)
         progress.wall_time_s = time.perf_counter() - start
-        metrics = epoch_record(worker, progress, stats, train_time, input_wait, flops_per_token) | {
+        metrics = epoch_record(worker, progress, stats, train_time, input_wait, flops) | {
             "lr": scheduler.get_last_lr()[0], **popular, "zero_stage": engine.zero_optimization_stage(),
             "param_share_per_rank": param_share(engine.module), **valid_metrics,
             **(progress.start if epoch == 0 else {})}
@@ -260,10 +265,13 @@ def train_func(config: dict) -> None:
 
 
 def epoch_record(worker: Worker, progress: Progress, stats: torch.Tensor, train_time: float, input_wait: float,
-                 flops_per_token: float) -> dict:
-    """An epoch's figures of the run itself: loss, speed, input wait, FLOPs and MFU, and what it was run with."""
+                 flops: Flops) -> dict:
+    """An epoch's figures of the run itself: loss, speed, input wait, FLOPs and MFU, and what it was run with. FLOPs:
+    the backbone's for every input token, the decoding's for every target (the same events, but in a retrain on its
+    new window, whose context is read, not predicted)."""
     cfg, spec = worker.cfg, worker.run.spec
     events_per_s = float(stats[2]) / max(train_time, 1e-9)
+    tflops_per_s = (flops.backbone * float(stats[3]) + flops.decoding * float(stats[2])) / max(train_time, 1e-9) / 1e12
     return {
         "epoch": progress.epoch,
         "loss": float(stats[0] / max(stats[1], 1)),
@@ -277,13 +285,12 @@ def epoch_record(worker: Worker, progress: Progress, stats: torch.Tensor, train_
         "backbone_params": spec.backbone_params,
         "preset": cfg.model.preset,  # as resolved from the data when the config said "auto"
         "max_seq_len": spec.max_seq_len,
-        "flops_per_token": flops_per_token,
-        # Training FLOPs so far (model FLOPs per token x target events): the cost of one retrain at its end.
-        "train_flops": flops_per_token * progress.events_seen,
-        "model_tflops_per_s": flops_per_token * events_per_s / 1e12,
+        "flops_per_token": flops.total,
+        # Training FLOPs so far: the cost of one retrain at its end.
+        "train_flops": flops.backbone * progress.tokens_seen + flops.decoding * progress.events_seen,
+        "model_tflops_per_s": tflops_per_s,
         # Against the devices' dense bf16 peak (one device per worker); absent on CPU or an unknown GPU.
-        **({"mfu": mfu(flops_per_token * events_per_s / 1e12, worker.peak_tflops, worker.world)}
-           if worker.peak_tflops else {}),
+        **({"mfu": mfu(tflops_per_s, worker.peak_tflops, worker.world)} if worker.peak_tflops else {}),
         "id_mask_rate": worker.run.mask_rate,
         "seed": cfg.train.seed,
         "window_shift_h": cfg.train.window_shift_h,
@@ -303,7 +310,8 @@ def report(worker: Worker, engine, gen: torch.Generator, progress: Progress, met
             "split": worker.shards.manifest["counts"].get("split"), "commit": commit,
             "config": worker.cfg.model_dump(mode="json")}, worker.rank)
         save_resume_state(engine, tmp, worker.rank, gen, {
-            "epoch": progress.epoch, "events_processed": progress.events_seen, "wall_time_s": progress.wall_time_s,
+            "epoch": progress.epoch, "events_processed": progress.events_seen, "tokens_processed": progress.tokens_seen,
+            "wall_time_s": progress.wall_time_s,
             "world": worker.world, "restarts": progress.restarts, "history": progress.history})
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
@@ -417,8 +425,11 @@ def fit(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=None, rese
     cfg = without_secrets(cfg)  # the serve token reaches no worker, checkpoint or wandb run
     cfg = resolve_defaults(cfg, shards)  # "auto" values from the data (genrec.defaults); a no-op when resolved
     check_ingest_room(cfg, reserved_cpus)
-    if cfg.train.init_from:  # said here, before any worker starts: a checkpoint of another catalogue
-        start_checkpoint(cfg, shards, cfg.train.init_from, "train.init_from")
+    if cfg.train.init_from:  # said here, before any worker starts: a checkpoint of another catalogue or model
+        if finetune is not None:
+            raise ConfigError("train.init_from and fine-tuning's finetune.checkpoint both name the checkpoint a run "
+                              "starts from; unset train.init_from")
+        start_checkpoint(cfg, shards, cfg.train.init_from, "train.init_from", model_spec(cfg, shards))
     if recover and resume_from is None:  # a sweep trial that Tune restores goes on here, past an unusable record
         resume_from = resume_point(cfg, run_name)
     trainer = build_trainer(cfg, shards, run_name, callbacks, finetune, resume_from, each_epoch)

@@ -53,7 +53,7 @@ class WinnerCost(BaseModel):
 
     wall_time_s: float = Field(ge=0.0)
     events_processed: int = Field(ge=0)
-    # The trainer's own count (genrec.build.model_flops_per_token x events): backbone, attention and decoding.
+    # The trainer's own count (genrec.build.model_flops: the backbone per input token, decoding per target).
     train_flops: float | None = Field(None, ge=0.0)
 
 

@@ -363,6 +363,8 @@ def test_a_warm_started_retrain_starts_from_its_predecessor_and_trains_only_the_
     windows = count_windows(shards, older.max_seq_len, (None, None), since)
     assert epoch["steps"] == windows // cfg.train.batch_size >= 1 and epoch["warm_start"] is True
     assert new - (windows % cfg.train.batch_size) * older.max_seq_len <= epoch["events_processed"] <= new
+    # Its cost counts the backbone on the context it read too, not only the decoding of its targets.
+    assert epoch["train_flops"] > 1.5 * epoch["flops_per_token"] * epoch["events_processed"]
     # Its predecessor's figures on this run's validation requests, before any step, beside its own after the epoch.
     assert 0 < epoch["start_valid_ndcg@10"] <= 1 and epoch["start_valid_requests"] == epoch["valid_requests"]
     # It ends near its predecessor's weights, not near the fresh ones the same seed gives.

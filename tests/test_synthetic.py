@@ -84,6 +84,15 @@ def test_daily_sessions_carry_genre_and_series_across_days(daily, scattered):
     assert d_share > s_share + 0.15  # the same genre as the session before
 
 
+def test_daily_sessions_of_users_busier_than_the_span_stay_in_it():
+    """A user with more sessions than days watches several times a day, each session still one of its own (an hour
+    or more after the one before), within the span (up to about a dozen a day: busier ones spill past its end)."""
+    ds = generate(users=30, items=200, events_per_user=150, days=5, genres=6, seed=1, sessions="daily")
+    user, _, ts, first, opens = session_table(ds)
+    assert np.bincount(user[opens]).max() > 5 * 5  # busier than one session a day
+    assert ts.min() >= START and ts.max() < START + 6 * DAY
+
+
 def test_daily_sessions_are_deterministic_and_checked():
     a, b = generate(**SIZE, sessions="daily"), generate(**SIZE, sessions="daily")
     assert a.events.equals(b.events)

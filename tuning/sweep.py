@@ -143,7 +143,8 @@ def warm_levels(cfg: GenrecConfig, shards, sweep: str, experiment: str, rows: li
     """tune.warm_start: for each cell and seed, the training windows from the oldest to the freshest, each retrain
     starting from the previous link's kept checkpoint and training on the hours since (the oldest retrain from
     scratch that finished starts the chain; a failed link is bridged by the retrain from scratch at its window). One
-    Tune experiment per window, `warm-w<shift>` in the sweep's folder (restored, not rerun, by `--resume`)."""
+    Tune experiment per window, `warm-w<shift>` in the sweep's folder (restored, not rerun, by `--resume`: a restored
+    window keeps the links it started with, even where a retrain from scratch that failed then finished)."""
     store = cfg.storage.store()
     key = selection_key(cfg.eval.select_metric)
     cold = {(r["preset"], r["max_seq_len"], r["seed"], r["window_shift_h"]): r["checkpoint"] for r in rows
@@ -170,8 +171,9 @@ def warm_level(cfg: GenrecConfig, shards, sweep: str, experiment: str, shift: fl
     store = cfg.storage.store()
     name = f"warm-w{shift:g}"
     path = f"{experiment.rstrip('/')}/{name}"
-    say(f"sweep {sweep}: {len(links)} warm-started retrains on the window ending {shift:g} h before the cutoff "
-        f"({links[0]['new_window_h']:g} h since their predecessors')")
+    since = " or ".join(f"{h:g}" for h in sorted({link["new_window_h"] for link in links}))
+    say(f"sweep {sweep}: {len(links)} warm-started retrains on the window ending {shift:g} h before the cutoff, each "
+        f"trained on the {since} h since its predecessor's")
     if store.is_dir(path) and ray.tune.Tuner.can_restore(path, storage_filesystem=store.fs):
         tuner = ray.tune.Tuner.restore(path, trainable, resume_unfinished=True, restart_errored=True,
                                        storage_filesystem=store.fs)

@@ -404,9 +404,10 @@ def _daily_session_starts(rng: np.random.Generator, session_user: np.ndarray, du
     """Daily session start offsets (seconds from the span's start): a user's sessions fall on consecutive days in
     streaks (each session after the first starts a new streak with probability 1 / STREAK_DAYS), the user's free
     days (the span's days minus their sessions) cut into random gaps before each streak and after the last. A user
-    with more sessions than days spreads them evenly, several a day. Each day's session starts at the user's habitual
-    hour plus that day's jitter; one that would overlap the session before it starts DAILY_GAP_S after that one ends
-    (a heavy user's last may spill past the span's last day)."""
+    with more sessions than days spreads them evenly, several a day, spread over the day. Each day's session starts at
+    the user's habitual hour plus that day's jitter; one that would come too soon after the session before it starts
+    DAILY_GAP_S after that one ends (an hour and a bit for a crowded user's: still a session of its own; beyond about
+    a dozen sessions a day they no longer fit in it, and the last ones spill past the span's end)."""
     n = len(session_user)
     per_user = np.bincount(session_user, minlength=users)
     first = np.r_[True, session_user[1:] != session_user[:-1]]
@@ -418,17 +419,22 @@ def _daily_session_starts(rng: np.random.Generator, session_user: np.ndarray, du
     free = np.maximum(days - per_user, 0)[session_user]
     gaps = np.cumsum(free * share / total[session_user])
     gaps -= (gaps - free * share / total[session_user])[user_start][session_user]  # per-user running sum
-    crowded = per_user[session_user] > days
-    day = np.where(crowded, index * days // np.maximum(per_user[session_user], 1),
-                   index + np.floor(gaps + 1e-9).astype(np.int64))
+    sessions = per_user[session_user]
+    crowded = sessions > days
+    day = np.where(crowded, index * days // sessions, index + np.floor(gaps + 1e-9).astype(np.int64))
     day = np.minimum(day, days - 1)
     habit = np.clip(rng.normal(HABIT_HOUR[0], HABIT_HOUR[1], users), *HABIT_RANGE_H) * 3600
     jitter = np.clip(rng.normal(0.0, HABIT_JITTER_S, n), -2 * HABIT_JITTER_S, 2 * HABIT_JITTER_S)
-    wanted = day * float(DAY) + habit[session_user] + jitter
+    # A crowded user's m sessions a day are spread over it, DAY / m apart, with gaps that fit them in a day.
+    per_day = np.maximum(1, -(-sessions // days))
+    within_day = index - (-(-day * sessions // days))
+    wanted = day * float(DAY) + np.maximum(
+        0.0, jitter + np.where(crowded, (within_day + 0.5) * DAY / per_day, habit[session_user]))
+    min_gap = np.minimum(DAILY_GAP_S, np.maximum(1.05 * SESSION_GAP_S, DAY / (2.0 * per_day)))
     # start_i = max(wanted_i, start_{i-1} + duration_{i-1} + gap): with C_i the durations and gaps before i,
     # start_i = C_i + max_{j <= i} (wanted_j - C_j), a running max that restarts with each user (a per-user offset
     # far larger than any time keeps one user's maxima from reaching the next user).
-    step = np.where(first, 0.0, np.r_[0.0, duration[:-1]] + DAILY_GAP_S)
+    step = np.where(first, 0.0, np.r_[0.0, duration[:-1]] + min_gap)
     running = np.cumsum(step)
     c = running - running[first][np.cumsum(first) - 1]
     offset = session_user * (2.0 * ((days + 1) * DAY + running[-1]) + 1.0)
