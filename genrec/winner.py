@@ -39,11 +39,13 @@ class WinnerTrial(BaseModel):
     status: Literal["ok", "failed"]
     error: str | None = None
     checkpoint: str | None = None  # the kept epoch's checkpoint, as a URI of the storage (None when failed)
+    warm: bool = False  # started from the previous window's retrain (tune.warm_start)
 
     @property
     def model_id(self) -> str:
-        """The id serving routes a request's `model` to."""
-        return f"{self.preset}-len{self.max_seq_len}-s{self.seed}-w{self.window_shift_h:g}"
+        """The id serving routes a request's `model` to (a warm-started retrain's ends in -warm)."""
+        return f"{self.preset}-len{self.max_seq_len}-s{self.seed}-w{self.window_shift_h:g}" + ("-warm" if self.warm
+                                                                                              else "")
 
 
 class WinnerCost(BaseModel):

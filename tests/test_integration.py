@@ -628,7 +628,7 @@ def test_multiplexed_models_each_rank_as_their_own_checkpoint(served):
     history = sample_history(cfg)
     lists = {}
     for trial in (t.model_dump() for t in manifest.trials if t.status == "ok"):
-        mid = f"custom-len16-s0-w{trial['window_shift_h']:g}"
+        mid = f"custom-len16-s0-w{trial['window_shift_h']:g}" + ("-warm" if trial["warm"] else "")
         status, body = post_json(f"{url}/recommend", {"history": history, "k": 10, "model": mid, "request_ts": WHEN})
         assert status == 200 and body["model"] == mid, body
         expected = _local_top(_local_ranker(cfg, trial["checkpoint"]), history, 10)
@@ -636,6 +636,7 @@ def test_multiplexed_models_each_rank_as_their_own_checkpoint(served):
         assert [i["score"] for i in body["items"]] == pytest.approx([e["score"] for e in expected], abs=1e-5)
         lists[mid] = [i["item_id"] for i in body["items"]]
     assert lists["custom-len16-s0-w0"] != lists["custom-len16-s0-w48"]  # two models, two rankings
+    assert "custom-len16-s0-w0-warm" in lists  # the warm-started retrain of the same window: a model of its own
     # Serve's own multiplexing header picks the model too.
     req = urllib.request.Request(
         f"{url}/recommend", data=json.dumps({"history": history, "k": 10, "request_ts": WHEN}).encode(),
