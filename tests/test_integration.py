@@ -482,7 +482,7 @@ def test_serve_answers_http_and_survives_bad_requests(served):
     assert url.startswith("http://127.0.0.1:")
     status, health = _get(f"{url}/healthz")
     assert status == 200 and health["status"] == "ok" and health["titles"] == 80
-    assert health["models"] == ["custom-len16-s0-w0", "custom-len16-s0-w48", "winner"]
+    assert health["models"] == ["custom-len16-s0-w0", "custom-len16-s0-w0-warm", "custom-len16-s0-w48", "winner"]
 
     history = sample_history(cfg)
     status, body = post_json(f"{url}/recommend", {"history": history, "k": 5})
