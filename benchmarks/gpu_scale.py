@@ -172,7 +172,7 @@ def run_case(case: dict, args, device: torch.device, peak: float | None) -> dict
         tw = time.perf_counter()
         b = {k: v.to(device, non_blocking=True) for k, v in pool[i % len(pool)].items()}
         wait = time.perf_counter() - tw
-        loss, _ = train_step(engine, b, trained, n_neg, mask_rate, step_gen)
+        loss, _, _ = train_step(engine, b, trained, n_neg, mask_rate, step_gen)
         return wait, loss.item()  # .item() waits for the step, as the trainer's loss.item() does
 
     engine.train()

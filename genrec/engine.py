@@ -111,7 +111,8 @@ def train_step(engine, batch: dict, trained: torch.Tensor, n_neg: int | None, ma
     """One optimizer step on a batch of windows (the trainer's, genrec.reference_loop's and benchmarks/gpu_scale.py's;
     `engine` is a DeepSpeed engine or the reference loop's plain-torch stand-in): draws the shared uniform negatives
     among `trained` and this step's collaborative-embedding mask, then forward, backward, step. Returns the loss (not
-    synchronised) and the batch's target events."""
+    synchronised), the batch's target events and its input tokens (the same, but in a retrain on its new window,
+    whose older events are context only), read from the device in one transfer."""
     items, actions, gaps, ts = (batch[k].long() for k in ("items", "actions", "gaps", "ts"))
     device = items.device
     negatives = None if n_neg is None else trained[
@@ -120,7 +121,9 @@ def train_step(engine, batch: dict, trained: torch.Tensor, n_neg: int | None, ma
     loss = engine(items, actions, gaps, batch["utils"].float(), ts, negatives, id_mask)
     engine.backward(loss)
     engine.step()
-    targets = items[:, 1:] > 0
-    if (since := engine.module.objective.targets_from) is not None:  # older events were context only
-        targets &= ts[:, 1:] >= since
-    return loss, float(targets.sum())
+    tokens = items[:, 1:] > 0
+    if (since := engine.module.objective.targets_from) is None:
+        events = float(tokens.sum())
+        return loss, events, events
+    events, read = torch.stack([(tokens & (ts[:, 1:] >= since)).sum(), tokens.sum()]).tolist()  # older: context only
+    return loss, float(events), float(read)

@@ -133,7 +133,7 @@ def train_reference(cfg: GenrecConfig, shards: ShardSet, epochs: int | None = No
         for s in range(steps_per_epoch):
             idx = order[s * batch_size:(s + 1) * batch_size]
             batch = {k: torch.from_numpy(windows[k][idx]) for k in WINDOW_COLUMNS}
-            loss, batch_events = train_step(stepper, batch, run.trained, n_neg, run.mask_rate, gen)
+            loss, batch_events, _ = train_step(stepper, batch, run.trained, n_neg, run.mask_rate, gen)
             if on_step is not None:
                 on_step(model)
             losses.append(loss.item())

@@ -324,28 +324,25 @@ def headroom_table(analysis: dict) -> Table:
 
 
 def stability_table(analysis: dict) -> Table:
+    return cells_table(analysis, analysis["stability"]["cells"])
+
+
+def cells_table(analysis: dict, cells: list[dict], kind: bool = False) -> Table:
+    """Retrains per (size, length) cell (genrec.study.retrains_summary), with their kind (warm or from scratch)."""
     tasks = list(analysis["tasks"])
-    stability = analysis["stability"]
-    cols = (["preset", "backbone", "max_seq_len", "retrains", "train FLOPs", "wall s", "events",
-             f"top-{stability['k']} overlap"] + [f"MRR {t} mean ± std" for t in tasks])
-    rows = [[c["preset"], _params(c["backbone_params"]), c["max_seq_len"], c["retrains"], c["train_flops"],
-             c["wall_time_s"], c["events_processed"], c["topk_overlap"]]
-            + [f"{_fmt(c[f'mrr_{t}_mean'])} ± {_fmt(c[f'mrr_{t}_std'])}" for t in tasks] for c in stability["cells"]]
+    cols = (["preset", "backbone", "max_seq_len"] + (["retrain"] if kind else [])
+            + ["retrains", "train FLOPs", "wall s", "events", f"top-{analysis['stability']['k']} overlap"]
+            + [f"MRR {t} mean ± std" for t in tasks])
+    rows = [[c["preset"], _params(c["backbone_params"]), c["max_seq_len"]] + ([c["retrain"]] if kind else [])
+            + [c["retrains"], c["train_flops"], c["wall_time_s"], c["events_processed"], c["topk_overlap"]]
+            + [f"{_fmt(c[f'mrr_{t}_mean'])} ± {_fmt(c[f'mrr_{t}_std'])}" for t in tasks] for c in cells]
     return Table(cols, rows)
 
 
 def warm_table(analysis: dict) -> Table | None:
     """Warm-started retrains beside the ones from scratch on the same windows (tune.warm_start); None without any."""
     warm = analysis["stability"].get("warm") or []
-    if not warm:
-        return None
-    tasks = list(analysis["tasks"])
-    cols = (["preset", "backbone", "max_seq_len", "retrain", "retrains", "train FLOPs", "wall s", "events",
-             f"top-{analysis['stability']['k']} overlap"] + [f"MRR {t} mean ± std" for t in tasks])
-    rows = [[c["preset"], _params(c["backbone_params"]), c["max_seq_len"], c["retrain"], c["retrains"],
-             c["train_flops"], c["wall_time_s"], c["events_processed"], c["topk_overlap"]]
-            + [f"{_fmt(c[f'mrr_{t}_mean'])} ± {_fmt(c[f'mrr_{t}_std'])}" for t in tasks] for c in warm]
-    return Table(cols, rows)
+    return cells_table(analysis, warm, kind=True) if warm else None
 
 
 def warm_sentence(analysis: dict) -> str | None:

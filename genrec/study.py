@@ -206,18 +206,8 @@ def stability(exp: Experiment, k: int, resamples: int, seed: int) -> dict:
     tasks = list(exp.config.eval.tasks)
     rows = []
     for (preset, seq_len), trials in sorted(cells.items(), key=lambda kv: (kv[1][0].params, kv[0][1])):
-        tops = [read_topk(t.topk_path, exp.config.storage.store()) for t in trials]
-        tops = [x for x in tops if x]
-        row = {"preset": preset, "backbone_params": trials[0].params, "max_seq_len": seq_len,
-               "retrains": len(trials), "train_flops": _mean(t.final.get("train_flops") for t in trials),
-               "wall_time_s": _mean(t.final.get("wall_time_s") for t in trials),
-               "events_processed": _mean(t.final.get("events_processed") for t in trials),
-               "topk_overlap": mean_pairwise_overlap(tops, k) if len(tops) > 1 else math.nan}
-        for task in tasks:
-            vals = [t.final.get(_metric(task)) for t in trials]
-            row[f"mrr_{task}_mean"] = _mean(vals)
-            row[f"mrr_{task}_std"] = _std(vals)
-        rows.append(row)
+        rows.append({"preset": preset, "backbone_params": trials[0].params, "max_seq_len": seq_len}
+                    | retrains_summary(exp, trials, k, tasks))
     primary = exp.config.eval.primary
     usable = [r for r in rows if r["retrains"] > 1]
     warm = warm_against_cold(exp, k, tasks)
@@ -243,17 +233,23 @@ def warm_against_cold(exp: Experiment, k: int, tasks: list[str]) -> list[dict]:
         shifts = {t.window_shift_h for t in warm}
         cold = [t for t in exp.ok if (t.preset, t.max_seq_len) == (preset, seq_len) and t.window_shift_h in shifts]
         for kind, trials in (("from scratch", cold), ("warm-started", warm)):
-            tops = [x for x in (read_topk(t.topk_path, exp.config.storage.store()) for t in trials) if x]
-            row = {"preset": preset, "backbone_params": warm[0].params, "max_seq_len": seq_len, "retrain": kind,
-                   "retrains": len(trials), "train_flops": _mean(t.final.get("train_flops") for t in trials),
-                   "wall_time_s": _mean(t.final.get("wall_time_s") for t in trials),
-                   "events_processed": _mean(t.final.get("events_processed") for t in trials),
-                   "topk_overlap": mean_pairwise_overlap(tops, k) if len(tops) > 1 else math.nan}
-            for task in tasks:
-                vals = [t.final.get(_metric(task)) for t in trials]
-                row[f"mrr_{task}_mean"], row[f"mrr_{task}_std"] = _mean(vals), _std(vals)
-            out.append(row)
+            out.append({"preset": preset, "backbone_params": warm[0].params, "max_seq_len": seq_len, "retrain": kind}
+                       | retrains_summary(exp, trials, k, tasks))
     return out
+
+
+def retrains_summary(exp: Experiment, trials: list[Trial], k: int, tasks: list[str]) -> dict:
+    """A set of retrains in figures: how many, their mean cost to the kept epoch (FLOPs, wall time, events), the mean
+    pairwise top-k overlap of their lists (the same requests), each task's MRR mean and spread."""
+    tops = [x for x in (read_topk(t.topk_path, exp.config.storage.store()) for t in trials) if x]
+    row = {"retrains": len(trials), "train_flops": _mean(t.final.get("train_flops") for t in trials),
+           "wall_time_s": _mean(t.final.get("wall_time_s") for t in trials),
+           "events_processed": _mean(t.final.get("events_processed") for t in trials),
+           "topk_overlap": mean_pairwise_overlap(tops, k) if len(tops) > 1 else math.nan}
+    for task in tasks:
+        vals = [t.final.get(_metric(task)) for t in trials]
+        row[f"mrr_{task}_mean"], row[f"mrr_{task}_std"] = _mean(vals), _std(vals)
+    return row
 
 
 def _shown(path: Path) -> str:

@@ -222,9 +222,8 @@ def train_func(config: dict) -> None:
             input_wait += time.perf_counter() - tw
             if batch is None:
                 break
-            loss, events = train_step(engine, batch, trained, n_neg, run.mask_rate, gen)
+            loss, events, tokens = train_step(engine, batch, trained, n_neg, run.mask_rate, gen)
             # loss.item() waits for the step, so the next batch's wait is measured from the step's real end.
-            tokens = float((batch["items"][:, 1:] > 0).sum())  # the events a step reads (targets or context)
             stats += torch.tensor([loss.item(), 1.0, events, tokens], dtype=torch.float64)
             if worker.rank == 0 and time.perf_counter() - shown >= PROGRESS_EVERY_S:
                 shown = time.perf_counter()
