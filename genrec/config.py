@@ -457,8 +457,8 @@ class TrainConfig(_Section):
         None,
         description="a checkpoint (folder or URI) whose weights the run starts from: a warm-started retrain. "
                     "null: fresh weights. It must have the run's model (shape, block, head) and catalogue; the "
-                    "optimizer and learning-rate schedule start fresh. Its figures on this run's validation requests, "
-                    "before any step, are reported with the first epoch (start_valid_*).")
+                    "optimizer and learning-rate schedule start fresh. The weights it starts from are its epoch 0: "
+                    "scored on validation and kept if no epoch beats them.")
     new_window_h: float | None = Field(
         None, gt=0.0,
         description="time split: targets are only the events of the window's last this-many hours. Older events "
@@ -716,7 +716,16 @@ class TuneConfig(_Section):
                     "to the freshest, each shift's retrain starts from the previous one's kept checkpoint "
                     "(train.init_from; the oldest that trained from scratch starts the chain) and trains on the "
                     "hours since (train.new_window_h), beside the retrains from scratch. Grid only; one Tune "
-                    "experiment per shift in the sweep's folder (warm-w<shift>).")
+                    "experiment per shift in the sweep's folder (warm-w<shift>). Each keeps its predecessor (its "
+                    "epoch 0) when no epoch it trains beats it on validation.")
+    warm_lr_scale: float = Field(
+        1.0, gt=0.0, le=1.0,
+        description="a warm-started retrain's learning rate: train.lr times this. A retrain that continues a trained "
+                    "model on a day of events moves less far at a lower rate.")
+    warm_replay_h: float = Field(
+        0.0, ge=0.0,
+        description="replay: a warm-started retrain's targets also span this many older hours. Events before its "
+                    "predecessor's window ended are trained again beside the new ones.")
 
     @model_validator(mode="before")
     @classmethod

@@ -333,8 +333,12 @@ def cells_table(analysis: dict, cells: list[dict], kind: bool = False) -> Table:
     cols = (["preset", "backbone", "max_seq_len"] + (["retrain"] if kind else [])
             + ["retrains", "train FLOPs", "wall s", "events", f"top-{analysis['stability']['k']} overlap"]
             + [f"MRR {t} mean ± std" for t in tasks])
+    if kind:  # a warm-started retrain may keep the weights it started from: its cost is then the whole run's
+        cols[cols.index("events") + 1:cols.index("events") + 1] = ["run FLOPs", "run wall s", "kept its start"]
     rows = [[c["preset"], _params(c["backbone_params"]), c["max_seq_len"]] + ([c["retrain"]] if kind else [])
-            + [c["retrains"], c["train_flops"], c["wall_time_s"], c["events_processed"], c["topk_overlap"]]
+            + [c["retrains"], c["train_flops"], c["wall_time_s"], c["events_processed"]]
+            + ([c.get("run_train_flops"), c.get("run_wall_time_s"), c.get("kept_start")] if kind else [])
+            + [c["topk_overlap"]]
             + [f"{_fmt(c[f'mrr_{t}_mean'])} ± {_fmt(c[f'mrr_{t}_std'])}" for t in tasks] for c in cells]
     return Table(cols, rows)
 
@@ -353,8 +357,10 @@ def warm_sentence(analysis: dict) -> str | None:
     if not pairs:
         return None
     primary, k = analysis["primary"], analysis["stability"]["k"]
-    ratio = [b["train_flops"] / a["train_flops"] for a, b in pairs
-             if np.isfinite(a["train_flops"]) and a["train_flops"] > 0 and np.isfinite(b["train_flops"])]
+    # The whole runs' cost (patience included): a warm retrain that kept its start cost its epochs all the same.
+    ratio = [b["run_train_flops"] / a["run_train_flops"] for a, b in pairs
+             if np.isfinite(a["run_train_flops"]) and a["run_train_flops"] > 0 and np.isfinite(b["run_train_flops"])]
+    kept = sum(b.get("kept_start", 0) for _, b in pairs)
     overlap = [(a["topk_overlap"], b["topk_overlap"]) for a, b in pairs
                if np.isfinite(a["topk_overlap"]) and np.isfinite(b["topk_overlap"])]
     mrr = [(a[f"mrr_{primary}_mean"], b[f"mrr_{primary}_mean"]) for a, b in pairs]
@@ -362,8 +368,10 @@ def warm_sentence(analysis: dict) -> str | None:
             "previous window's and training on the hours since, beside retrains from scratch on the same windows): ")
     parts = []
     if ratio:
-        parts.append(f"they cost {np.mean(ratio):.2f}x the training FLOPs of a retrain from scratch (mean over "
-                     f"cells, {min(ratio):.2f}-{max(ratio):.2f})")
+        parts.append(f"a whole warm run costs {np.mean(ratio):.2f}x the training FLOPs of one from scratch (mean over "
+                     f"cells, {min(ratio):.2f}-{max(ratio):.2f}; the patience epochs included)")
+    parts.append(f"{kept} of {sum(b['retrains'] for _, b in pairs)} kept the weights they started from (no epoch "
+                 "beat them on validation)")
     if overlap:
         parts.append(f"their top-{k} lists overlap {np.mean([b for _, b in overlap]):.2f} between retrains against "
                      f"{np.mean([a for a, _ in overlap]):.2f} from scratch")

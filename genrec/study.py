@@ -56,6 +56,11 @@ class Trial:
         return best_record(self.history, self.select) or (self.history[-1] if self.history else {})
 
     @property
+    def spent(self) -> dict:
+        """The record of the run's last epoch: its whole cost, the epochs after the kept one (patience) included."""
+        return self.history[-1] if self.history else {}
+
+    @property
     def params(self) -> float:
         return float(self.final.get("backbone_params", math.nan))
 
@@ -239,12 +244,17 @@ def warm_against_cold(exp: Experiment, k: int, tasks: list[str]) -> list[dict]:
 
 
 def retrains_summary(exp: Experiment, trials: list[Trial], k: int, tasks: list[str]) -> dict:
-    """A set of retrains in figures: how many, their mean cost to the kept epoch (FLOPs, wall time, events), the mean
-    pairwise top-k overlap of their lists (the same requests), each task's MRR mean and spread."""
+    """A set of retrains in figures: how many, their mean cost to the kept epoch (FLOPs, wall time, events) and of the
+    whole run (the patience epochs after the kept one included), how many kept the weights they started from (a
+    warm-started retrain's epoch 0), the mean pairwise top-k overlap of their lists (the same requests), each task's
+    MRR mean and spread."""
     tops = [x for x in (read_topk(t.topk_path, exp.config.storage.store()) for t in trials) if x]
     row = {"retrains": len(trials), "train_flops": _mean(t.final.get("train_flops") for t in trials),
            "wall_time_s": _mean(t.final.get("wall_time_s") for t in trials),
            "events_processed": _mean(t.final.get("events_processed") for t in trials),
+           "run_train_flops": _mean(t.spent.get("train_flops") for t in trials),
+           "run_wall_time_s": _mean(t.spent.get("wall_time_s") for t in trials),
+           "kept_start": sum(t.final.get("epoch") == 0 for t in trials),
            "topk_overlap": mean_pairwise_overlap(tops, k) if len(tops) > 1 else math.nan}
     for task in tasks:
         vals = [t.final.get(_metric(task)) for t in trials]

@@ -101,7 +101,6 @@ class Progress:
     wall_time_s: float = 0.0
     history: list[dict] = field(default_factory=list)
     restarts: int = 0
-    start: dict = field(default_factory=dict)  # a warm start's figures before any step (not kept: epoch 1 has them)
     tokens_seen: int = 0  # input tokens: the target events and, in a retrain on its new window, their context
 
 
@@ -136,7 +135,7 @@ def restore(worker: Worker, config: dict, steps_per_epoch: int):
     into the same number of ranks: on another worker count the run goes on from the consolidated weights with a fresh
     optimizer, the LR schedule moved to where it was. A fine-tuning run that starts loads its pre-trained weights and
     scores them first (epoch 0, the transfer baseline); a warm-started retrain (train.init_from) loads its
-    predecessor's weights and scores them too (start_valid_*, reported with epoch 1: not an epoch to keep)."""
+    predecessor's weights, which the loop reports as its epoch 0 (`start_epoch`)."""
     cfg, model, spec = worker.cfg, worker.run.model, worker.run.spec
     with contextlib.ExitStack() as stack:
         folder, state = resume_folder(worker, config, stack)
@@ -149,7 +148,6 @@ def restore(worker: Worker, config: dict, steps_per_epoch: int):
             progress.history.append({"epoch": 0, **worker.validate(model.to(worker.device))[0]})
         elif cfg.train.init_from and state is None:  # a warm-started retrain: its predecessor's weights
             load_pretrained(model, spec, str(local_checkpoint(cfg, cfg.train.init_from)))
-            progress.start = {f"start_{k}": v for k, v in worker.validate(model.to(worker.device))[0].items()}
         if worker.finetune and worker.finetune.mode == "head":  # linear-probe style: only a fresh decoding head learns
             model.requires_grad_(False)
             model.new_head()
@@ -204,6 +202,8 @@ def train_func(config: dict) -> None:
     data = ray.train.get_dataset_shard("train")
     history = progress.history
     start = time.perf_counter() - progress.wall_time_s
+    if cfg.train.init_from and not history:
+        start_epoch(worker, engine, gen, progress, popular, flops, config)
     # A resumed run may be done already.
     end = stop_reason(cfg, history, worker.select, time.perf_counter() - start, worker.reduce)
     for epoch in range(progress.epoch, cfg.train.epochs if end is None else progress.epoch):
@@ -237,8 +237,7 @@ def train_func(config: dict) -> None:
         progress.wall_time_s = time.perf_counter() - start
         metrics = epoch_record(worker, progress, stats, train_time, input_wait, flops) | {
             "lr": scheduler.get_last_lr()[0], **popular, "zero_stage": engine.zero_optimization_stage(),
-            "param_share_per_rank": param_share(engine.module), **valid_metrics,
-            **(progress.start if epoch == 0 else {})}
+            "param_share_per_rank": param_share(engine.module), **valid_metrics}
         history.append(metrics)  # every rank: the selection figures are all-reduced, so they agree on stopping
         metrics |= selection_scores(history, worker.select)
         best = best_record(history, worker.select) is metrics
@@ -261,6 +260,25 @@ def train_func(config: dict) -> None:
             worker_say(run_line(config["run_name"], history, worker.select))
     if tracker is not None:
         tracker.finish()
+
+
+def start_epoch(worker: Worker, engine, gen: torch.Generator, progress: Progress, popular: dict, flops: Flops,
+                config: dict) -> None:
+    """A warm-started retrain's epoch 0: its predecessor as loaded, scored on this run's validation requests and
+    reported with a checkpoint like any epoch. It is kept when no trained epoch beats it (production keeps serving
+    the model it has when a retrain does not improve on it), and train.patience counts from it."""
+    valid_metrics, top = worker.validate(engine.module)
+    record = epoch_record(worker, progress, torch.zeros(4, dtype=torch.float64), 0.0, 0.0, flops)
+    record |= {k: None for k in ("loss", "events_per_s", "model_tflops_per_s", "mfu") if k in record}  # no step yet
+    record |= {**popular, "zero_stage": engine.zero_optimization_stage(),
+               "param_share_per_rank": param_share(engine.module), **valid_metrics}
+    progress.history.append(record)
+    record |= selection_scores(progress.history, worker.select)
+    if worker.rank == 0:
+        worker.cfg.storage.store().write_json(config["history"], progress.history)
+        write_topk(worker.cfg.storage.store(), config["topk"], top)
+        (worker_say if config["each_epoch"] else worker_progress)(epoch_line(record, worker.cfg, worker.select, True))
+    report(worker, engine, gen, progress, record, config["commit"])
 
 
 def epoch_record(worker: Worker, progress: Progress, stats: torch.Tensor, train_time: float, input_wait: float,
@@ -350,6 +368,8 @@ def epoch_line(metrics: dict, cfg: GenrecConfig, select: str, best: bool) -> str
         return f"{k} {metrics[k]:.4f}{beside}"
 
     figures = "  ".join(figure(k) for k in shown if k in metrics)
+    if metrics["epoch"] == 0:
+        return f"epoch 0 (the weights it starts from): {figures}"
     return (f"epoch {metrics['epoch']}/{cfg.train.epochs}: loss {metrics['loss']:.4f}  {figures}  "
             f"{metrics['events_per_s']:,.0f} events/s{'  (best so far)' if best else ''}")
 

@@ -58,7 +58,7 @@ def winner(ray_local, storage, request):
     cfg = tiny_config(root, f"storage.cache={storage / 'cache'}", "train.workers=1", "train.cpus_per_worker=0.45", "train.epochs=1",
                       "tune.presets=[custom]", "tune.max_seq_lens=[16]", "tune.max_concurrent_trials=3",
                       "tune.seeds=[0]", "tune.window_shifts_h=[0,48,1000000]", "tune.warm_start=true",
-                      f"serve.token={TOKEN}")
+                      "tune.warm_lr_scale=0.5", f"serve.token={TOKEN}")
     return cfg, run(cfg, "sweep-test")
 
 
@@ -80,6 +80,7 @@ def test_sweep_ranks_trials_and_writes_winner(winner):
     [warm] = [t for t in manifest["trials"] if t.get("warm")]  # the fresh window's, from the 48-h-old retrain
     older = next(t for t in trials if t["window_shift_h"] == 48)
     assert (warm["window_shift_h"], warm["new_window_h"], warm["init_from"]) == (0, 48, older["checkpoint"])
+    assert warm["lr"] == cfg.train.lr * 0.5  # tune.warm_lr_scale
     # popularity's figure on the same validation requests stands beside each trial's
     assert all(0 <= t["popularity_valid_ndcg@10"] <= 1 for t in trials)
     # ranked by the validation figure each trial kept; no test figure in the trial table
@@ -341,6 +342,7 @@ def test_a_warm_started_retrain_starts_from_its_predecessor_and_trains_only_the_
     from genrec.build import build_run, count_windows, targets_from
     from genrec.defaults import resolve
     from genrec.preparation import prepare_shards
+    from genrec.selection import best_record
     from genrec.study import load_experiment
 
     cfg, manifest = winner
@@ -349,7 +351,7 @@ def test_a_warm_started_retrain_starts_from_its_predecessor_and_trains_only_the_
     store = cfg.storage.store()
     folder = store.fetch(store.locate(manifest.experiment), fresh=True) if store.remote else manifest.experiment
     [trial] = load_experiment(folder).warm  # as the report reads it
-    [epoch] = trial.history
+    start, epoch = trial.history  # epoch 0: the predecessor as loaded, then the one trained epoch
     cfg = cfg.model_copy(deep=True)
     cfg.model.max_seq_len, cfg.train.init_from, cfg.train.new_window_h = older.max_seq_len, older.checkpoint, 48.0
     shards = prepare_shards(cfg, echo=lambda *_: None)
@@ -365,11 +367,23 @@ def test_a_warm_started_retrain_starts_from_its_predecessor_and_trains_only_the_
     assert new - (windows % cfg.train.batch_size) * older.max_seq_len <= epoch["events_processed"] <= new
     # Its cost counts the backbone on the context it read too, not only the decoding of its targets.
     assert epoch["train_flops"] > 1.5 * epoch["flops_per_token"] * epoch["events_processed"]
-    # Its predecessor's figures on this run's validation requests, before any step, beside its own after the epoch.
-    assert 0 < epoch["start_valid_ndcg@10"] <= 1 and epoch["start_valid_requests"] == epoch["valid_requests"]
-    # It ends near its predecessor's weights, not near the fresh ones the same seed gives.
+    # Epoch 0 is its predecessor on this run's validation requests, before any step, at no cost; a checkpoint it
+    # keeps (the predecessor's weights exactly) when the trained epoch does not beat it on validation.
+    assert (start["epoch"], start["steps"], start["train_flops"], start["loss"]) == (0, 0, 0, None)
+    assert 0 < start["valid_ndcg@10"] <= 1 and start["valid_requests"] == epoch["valid_requests"]
+    kept = best_record(trial.history, trial.select)
+    assert trial.final is kept and warm.best_epoch == kept["epoch"]
+    run_dir = store.locate(warm.checkpoint).rsplit("/", 1)[0]
+    saved = [store.uri(i.path) for i in store.list(run_dir)
+             if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")]
+    by_epoch = {load(cfg, c).info["metrics"]["epoch"]: c for c in saved}  # Ray kept both (train.epochs=1)
+    as_loaded, trained = by_epoch[0], by_epoch[1]
+    before = load(cfg, older.checkpoint).model.state_dict()
+    assert all(torch.equal(before[k], w) for k, w in load(cfg, as_loaded).model.state_dict().items())
+    assert warm.checkpoint == (as_loaded if kept["epoch"] == 0 else trained)
+    # The trained epoch ends near its predecessor's weights, not near the fresh ones the same seed gives.
     fresh = build_run(resolve(cfg, shards, echo=lambda *_: None), shards).model.state_dict()
-    before, after = load(cfg, older.checkpoint).model.state_dict(), load(cfg, warm.checkpoint).model.state_dict()
+    after = load(cfg, trained).model.state_dict()
 
     def distance(a, b):
         return sum(float(((a[k].float() - b[k].float()) ** 2).sum()) for k in before)

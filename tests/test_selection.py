@@ -6,6 +6,7 @@ from genrec.config import load_config
 from genrec.selection import (best_record, budget_spent, epochs_since_best, rank_trials, selection_key, should_stop,
                               winning_trial)
 from genrec.train import epoch_line
+from tuning.sweep import warm_link
 
 
 def _history(valid, test):
@@ -104,3 +105,27 @@ def test_trial_ties_keep_the_earlier_trial_and_trials_without_a_figure_never_win
     assert winning_trial(shifted, "valid_ndcg@10")["name"] == "shifted"
     assert winning_trial([_trial("failed", None), _trial("nan", math.nan)], "valid_ndcg@10") is None
     assert winning_trial([], "valid_ndcg@10") is None
+
+
+def test_a_warm_retrain_keeps_the_weights_it_started_from_unless_an_epoch_beats_them():
+    """A warm-started retrain's epoch 0 is its predecessor as loaded (genrec.train.start_epoch): one more epoch under
+    the same rule, so it is kept when no trained epoch beats it, and patience counts from it."""
+    cfg = load_config(None, ["train.epochs=20"])
+    start = {"epoch": 0, "loss": None, "events_per_s": None, "valid_ndcg@10": 0.30, "valid_mrr": 0.2,
+             "valid_hr@10": 0.5}
+    worse = [start] + _history([0.29, 0.28], [0.9, 0.9])
+    assert best_record(worse, "valid_ndcg@10") is start and should_stop(worse, "valid_ndcg@10", patience=2)
+    better = [start] + _history([0.29, 0.31], [0.0, 0.0])
+    assert best_record(better, "valid_ndcg@10")["epoch"] == 2 and not should_stop(better, "valid_ndcg@10", 2)
+    assert epoch_line(start, cfg, "valid_ndcg@10", best=True) == (
+        "epoch 0 (the weights it starts from): valid_ndcg@10 0.3000  valid_mrr 0.2000  valid_hr@10 0.5000")
+
+
+def test_a_warm_link_trains_the_hours_since_its_predecessor_at_a_scaled_rate():
+    cfg = load_config(None, ["train.lr=0.002", "tune.window_shifts_h=[48,24,0]", "tune.warm_start=true"])
+    link = warm_link(cfg, ("1m", 64, 3), 0.0, 24.0, "s3://b/ckpt")
+    assert link == {"preset": "1m", "max_seq_len": 64, "seed": 3, "window_shift_h": 0.0, "init_from": "s3://b/ckpt",
+                    "new_window_h": 24.0, "lr": 0.002}
+    cfg = load_config(None, ["train.lr=0.002", "tune.warm_lr_scale=0.25", "tune.warm_replay_h=72"])
+    link = warm_link(cfg, ("1m", 64, 3), 24.0, 48.0, "s3://b/ckpt")
+    assert (link["new_window_h"], link["lr"]) == (24.0 + 72.0, 0.0005)

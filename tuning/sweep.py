@@ -75,6 +75,7 @@ def run_trial(config: dict) -> None:
                        config["window_shift_h"], config.get("values"))
     if config.get("init_from"):
         cfg.train.init_from, cfg.train.new_window_h = config["init_from"], config["new_window_h"]
+        cfg.train.lr = config.get("lr", cfg.train.lr)  # a warm level started before tune.warm_lr_scale: as it ran
     shards = open_shards(config["shards"], cfg.storage.store())
     cfg = resolve_defaults(cfg, shards)
     ctx = ray.tune.get_context()
@@ -109,8 +110,8 @@ def summarize(results, key: str) -> list[dict]:
         row = {"preset": params["preset"], "max_seq_len": params["max_seq_len"], "seed": params.get("seed", 0),
                "window_shift_h": params.get("window_shift_h", 0.0), "status": "ok", "error": None,
                **({"values": dict(params["values"])} if params.get("values") else {}),
-               **({"warm": True, "init_from": params["init_from"], "new_window_h": params["new_window_h"]}
-                  if params.get("init_from") else {})}
+               **({"warm": True, "init_from": params["init_from"], "new_window_h": params["new_window_h"],
+                   **({"lr": params["lr"]} if "lr" in params else {})} if params.get("init_from") else {})}
         df = result.metrics_dataframe
         epochs = df.to_dict("records") if df is not None else []
         best = best_record(epochs, key) if result.error is None else None
@@ -152,9 +153,8 @@ def warm_levels(cfg: GenrecConfig, shards, sweep: str, experiment: str, rows: li
     last: dict[tuple, tuple[float, str]] = {}  # (preset, max_seq_len, seed) -> the chain's last (shift, checkpoint)
     out = []
     for shift in sorted(set(cfg.tune.window_shifts_h), reverse=True):
-        links = [{"preset": p, "max_seq_len": length, "seed": s, "window_shift_h": shift,
-                  "init_from": store.uri(checkpoint), "new_window_h": before - shift}
-                 for (p, length, s), (before, checkpoint) in sorted(last.items())]
+        links = [warm_link(cfg, cell, shift, before, store.uri(checkpoint))
+                 for cell, (before, checkpoint) in sorted(last.items())]
         level = warm_level(cfg, shards, sweep, experiment, shift, links, trainable, key) if links else []
         out += level
         done = {(r["preset"], r["max_seq_len"], r["seed"]): r["checkpoint"] for r in level
@@ -165,6 +165,16 @@ def warm_levels(cfg: GenrecConfig, shards, sweep: str, experiment: str, rows: li
     return out
 
 
+def warm_link(cfg: GenrecConfig, cell: tuple, shift: float, before: float, checkpoint: str) -> dict:
+    """One warm-started retrain of a (preset, max_seq_len, seed) cell on the window ending `shift` h before the
+    cutoff, from the checkpoint of the cell's retrain on the window ending `before` h before it: its targets are the
+    hours since (plus tune.warm_replay_h older ones), at train.lr times tune.warm_lr_scale."""
+    preset, max_seq_len, seed = cell
+    return {"preset": preset, "max_seq_len": max_seq_len, "seed": seed, "window_shift_h": shift,
+            "init_from": checkpoint, "new_window_h": before - shift + cfg.tune.warm_replay_h,
+            "lr": cfg.train.lr * cfg.tune.warm_lr_scale}
+
+
 def warm_level(cfg: GenrecConfig, shards, sweep: str, experiment: str, shift: float, links: list[dict], trainable,
                key: str) -> list[dict]:
     """One window's warm-started retrains as a Tune experiment inside the sweep's folder -> their rows."""
@@ -173,7 +183,7 @@ def warm_level(cfg: GenrecConfig, shards, sweep: str, experiment: str, shift: fl
     path = f"{experiment.rstrip('/')}/{name}"
     since = " or ".join(f"{h:g}" for h in sorted({link["new_window_h"] for link in links}))
     say(f"sweep {sweep}: {len(links)} warm-started retrains on the window ending {shift:g} h before the cutoff, each "
-        f"trained on the {since} h since its predecessor's")
+        f"trained on its last {since} h from its predecessor's weights")
     if store.is_dir(path) and ray.tune.Tuner.can_restore(path, storage_filesystem=store.fs):
         tuner = ray.tune.Tuner.restore(path, trainable, resume_unfinished=True, restart_errored=True,
                                        storage_filesystem=store.fs)
