@@ -719,9 +719,9 @@ class TuneConfig(_Section):
                     "experiment per shift in the sweep's folder (warm-w<shift>). Each keeps its predecessor (its "
                     "epoch 0) when no epoch it trains beats it on validation.")
     warm_lr_scale: float = Field(
-        1.0, gt=0.0, le=1.0,
-        description="a warm-started retrain's learning rate: train.lr times this. A retrain that continues a trained "
-                    "model on a day of events moves less far at a lower rate.")
+        0.1, gt=0.0, le=1.0,
+        description="a warm-started retrain's learning rate: train.lr times this. At the full rate a day of events "
+                    "pulled the model below its start in one epoch; at a tenth it stayed level (BENCHMARKS.md).")
     warm_replay_h: float = Field(
         0.0, ge=0.0,
         description="replay: a warm-started retrain's targets also span this many older hours. Events before its "

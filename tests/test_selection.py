@@ -125,7 +125,7 @@ def test_a_warm_link_trains_the_hours_since_its_predecessor_at_a_scaled_rate():
     cfg = load_config(None, ["train.lr=0.002", "tune.window_shifts_h=[48,24,0]", "tune.warm_start=true"])
     link = warm_link(cfg, ("1m", 64, 3), 0.0, 24.0, "s3://b/ckpt")
     assert link == {"preset": "1m", "max_seq_len": 64, "seed": 3, "window_shift_h": 0.0, "init_from": "s3://b/ckpt",
-                    "new_window_h": 24.0, "lr": 0.002}
+                    "new_window_h": 24.0, "lr": 0.002 * 0.1}  # tune.warm_lr_scale's default
     cfg = load_config(None, ["train.lr=0.002", "tune.warm_lr_scale=0.25", "tune.warm_replay_h=72"])
     link = warm_link(cfg, ("1m", 64, 3), 24.0, 48.0, "s3://b/ckpt")
     assert (link["new_window_h"], link["lr"]) == (24.0 + 72.0, 0.0005)
