@@ -447,8 +447,8 @@ class TrainConfig(_Section):
         0.0, ge=0.0,
         description="time split: the training window ends this many hours before the validation cutoff. Retraining "
                     "\"a day later\" is a window moved forward in time: with 48 the model trains only on events older "
-                    "than the cutoff - 48 h (as if trained two days before it) and is evaluated on the same requests "
-                    "as every other retrain.")
+                    "than the cutoff - 48 h (as if trained two days before it). It is validated on the window just "
+                    "after its own (eval.moving_validation) and also scored on the requests every retrain shares.")
     window_days: float | None = Field(
         None, gt=0.0,
         description="time split: train only on the last this-many days before the window's end (null: all). The "
@@ -586,8 +586,15 @@ class EvalConfig(_Section):
         1.0, gt=0.0, description="hours without events after which an event starts a new session (a request).")
     max_users: int | None = Field(
         None, ge=1,
-        description="cap on validation users scored each epoch (null: all), drawn with eval.seed. Every retrain "
-                    "scores the same requests. The test split is always scored whole.")
+        description="cap on validation users scored each epoch (null: all), drawn with eval.seed. Retrains on one "
+                    "validation window score the same requests. The test split is always scored whole.")
+    moving_validation: bool = Field(
+        True,
+        description="time split: a retrain on a shifted window is validated just after its training ends. With "
+                    "train.window_shift_h = s its epochs are kept and stopped on the validation window moved s hours "
+                    "back, as a retrain trained then could be. Beside them, every epoch is also scored on the shared "
+                    "window's requests (shared_valid_*), which retrains' stability is measured on. false: every "
+                    "retrain is validated on the shared window.")
     seed: int = Field(0, description="seed of the validation users drawn when eval.max_users caps them.")
     batch_size: int = Field(256, ge=1, description="contexts scored per forward pass in evaluation.")
     topk: int = Field(

@@ -493,8 +493,11 @@ def write_report(analysis: dict, out_dir: str | Path, meta: dict, oracle: dict |
              f"**Data:** {meta.get('dataset', '')} ({meta.get('counts', '')})",
              f"**Sweep:** {meta.get('grid', '')}",
              "**Split:** every figure is from the **validation** split, at the epoch each run keeps (its highest "
-             f"{meta.get('select', 'validation figure')}); costs are what a run spent up to that epoch. The test split "
-             "is read once, for the sweep's winner (its manifest), never for a choice made here.",
+             f"{meta.get('select', 'validation figure')}); costs are what a run spent up to that epoch. "
+             + ("A retrain on a shifted training window keeps its epoch by the validation window just after its "
+                "own; retrains are compared (stability, warm against from scratch) on the validation requests they "
+                "all share. " if meta.get("moving_validation") else "")
+             + "The test split is read once, for the sweep's winner (its manifest), never for a choice made here.",
              f"**Made by:** `{meta.get('command', '')}` on {meta.get('date', '')}"]
     if oracle:
         intro.append("**Generator reference:** on synthetic data each task is also scored by the generator's own "

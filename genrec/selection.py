@@ -14,6 +14,9 @@ import math
 
 VALID = "valid_"  # metric-name prefix of a validation figure
 TEST = "test_"  # ... and of a test figure (scored once, for the selected checkpoint)
+# ... and of a shifted retrain's figure on the validation requests every retrain shares (eval.moving_validation):
+# what retrains are compared on, never what one keeps its epochs by
+SHARED = "shared_valid_"
 
 
 def selection_key(metric: str, task: str | None = None) -> str:

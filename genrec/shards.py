@@ -311,6 +311,29 @@ def _history_and_targets(users, idx, ts, actions, utils, history: np.ndarray, ta
     return _eval_rows(hist, after)
 
 
+def _flat(rows: pa.Table, cols: tuple[str, ...]) -> tuple[np.ndarray, ...]:
+    """A table's list columns `cols` (one list per user row) as flat arrays, with each event's user_id first."""
+    lengths = pc.list_value_length(rows.column(cols[0])).fill_null(0).to_numpy()
+    users = np.repeat(rows.column("user_id").to_numpy(), lengths)
+    return (users, *(pc.list_flatten(rows.column(c)).to_numpy() for c in cols))
+
+
+def shifted_window_rows(train: pa.Table, valid: pa.Table, start: int, end: int) -> pa.Table:
+    """Evaluation-schema rows of a validation window moved back in time to [start, end), from a time split's training
+    rows (events before the validation cutoff) and validation rows (history, then the window's events): every user
+    with an event in [start, end), its events before `start` as history, the window's as targets; later events are
+    not read. What a retrain whose training window ends at `start` is validated on."""
+    hist = _flat(valid, ("items", "ts", "actions", "utils"))
+    later = _flat(valid, ("targets", "target_ts", "target_actions", "target_utils"))
+    alone = train.filter(pa.array(~np.isin(train.column("user_id").to_numpy(), valid.column("user_id").to_numpy())))
+    rest = _flat(alone, ("items", "ts", "actions", "utils"))
+    users, items, ts, actions, utils = (np.concatenate(parts) for parts in zip(hist, later, rest))
+    order = np.lexsort((ts, users))  # stable: equal times keep their order in the row
+    users, items, ts, actions, utils = (a[order] for a in (users, items, ts, actions, utils))
+    return _history_and_targets(users, items.astype(np.int32), ts.astype(np.int64), actions.astype(np.int8),
+                                utils.astype(np.float32), ts < start, (ts >= start) & (ts < end))
+
+
 def _new_users(rows: pa.Table) -> int:
     """Evaluation rows of users new in the window (no event before it)."""
     return int((pc.list_value_length(rows.column("items")).to_numpy() == 0).sum())

@@ -28,7 +28,7 @@ from genrec.analysis import (bootstrap_power_law, compute_optimal, fit_cost, fit
 from genrec.config import ConfigError, GenrecConfig, stored_config
 from genrec.data.synthetic import Oracle, simulate
 from genrec.report import write_report
-from genrec.selection import VALID, best_record, selection_key
+from genrec.selection import SHARED, VALID, best_record, selection_key
 from genrec.shards import ShardError, open_shards
 from genrec.storage import Store, is_uri, local_store
 
@@ -257,9 +257,16 @@ def retrains_summary(exp: Experiment, trials: list[Trial], k: int, tasks: list[s
            "kept_start": sum(t.final.get("epoch") == 0 for t in trials),
            "topk_overlap": mean_pairwise_overlap(tops, k) if len(tops) > 1 else math.nan}
     for task in tasks:
-        vals = [t.final.get(_metric(task)) for t in trials]
+        vals = [shared_figure(t, task) for t in trials]
         row[f"mrr_{task}_mean"], row[f"mrr_{task}_std"] = _mean(vals), _std(vals)
     return row
+
+
+def shared_figure(trial: Trial, task: str, name: str = "mrr"):
+    """A retrain's kept-epoch figure on the validation requests every retrain shares, what retrains are compared
+    on: a shifted retrain's shared_valid_ figure (it was validated on its own window, eval.moving_validation), else
+    its valid_ one (its window is the shared one)."""
+    return trial.final.get(f"{SHARED}{name}_{task}", trial.final.get(_metric(task, name=name)))
 
 
 def _shown(path: Path) -> str:
@@ -371,11 +378,11 @@ def analyse(exp: Experiment, budget_flops: float | None = None, resamples: int |
 
 
 def task_requests(exp: Experiment) -> dict[str, int]:
-    """How many requests each task was scored on (the most any trial reports: a task's requests are the same for
-    every retrain, but an early-stopped trial may lack the metric)."""
+    """How many of the shared validation requests each task was scored on (the most any trial reports: they are
+    the same for every retrain, but an early-stopped trial may lack the metric)."""
     out = {}
     for task in exp.config.eval.tasks:
-        counts = [t.final.get(f"{VALID}requests_{task}") for t in exp.ok]
+        counts = [shared_figure(t, task, "requests") for t in exp.ok]
         counts = [int(c) for c in counts if c is not None and np.isfinite(c)]
         if counts:
             out[task] = max(counts)
@@ -496,7 +503,9 @@ def make_report(results_dir: str | Path, out_dir: str | Path | None = None, budg
                      f"{len(exp.trials)} trials, {len(exp.ok) + len(exp.warm)} usable, "
                      f"up to {max((tr.history[-1].get('epoch', 0) for tr in exp.ok), default=0)} epochs"),
             "command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "oracle_error": oracle_error,
-            "select": selection_key(exp.config.eval.select_metric)}
+            "select": selection_key(exp.config.eval.select_metric),
+            # shifted retrains validated on windows of their own (eval.moving_validation), compared on shared requests
+            "moving_validation": any(k.startswith(SHARED) for tr in exp.trials for k in tr.final)}
     paths = write_report(analysis, out, meta, oracle, training_curves(exp))
     echo(f"report -> {paths['html']} (and report.md, {len(paths) - 3} plots)")
     if remote and not out_dir:

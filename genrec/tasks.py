@@ -44,7 +44,7 @@ import torch
 
 from genrec.config import EvalConfig, TaskConfig
 from genrec.metrics import from_sums, multi_rank_sums, relevant_ranks
-from genrec.shards import ShardError, ShardSet
+from genrec.shards import ShardError, ShardSet, shifted_window_rows
 from genrec.windows import context_window
 
 DAY = 86_400
@@ -173,13 +173,15 @@ def task_targets(task: TaskConfig, items: np.ndarray, ts: np.ndarray, pos: int, 
 SPLIT_NAMES = {"valid": "validation", "eval": "test"}
 
 
-def build_plan(shards: ShardSet, ecfg: EvalConfig, cold: np.ndarray, split: str = "valid") -> EvalPlan:
+def build_plan(shards: ShardSet, ecfg: EvalConfig, cold: np.ndarray, split: str = "valid",
+               shift_h: float = 0.0) -> EvalPlan:
     """Every request of a held-out split ("valid": every choice is made on it; "eval": the test split, read once
     for a selected model) with its per-delay contexts and per-task targets and pools.
 
     `cold` (per item index): titles with no training event in this run's training window. Validation users are
-    sampled (eval.max_users) with eval.seed only, so retrains with other seeds or windows score the same requests;
-    the test split is scored whole."""
+    sampled (eval.max_users) with eval.seed only, so retrains with other seeds score the same requests; the test
+    split is scored whole. `shift_h` (time split, "valid"): the validation window moved back that many hours, as
+    for a retrain whose training window ends that much before the validation cutoff (train.window_shift_h)."""
     if split not in SPLIT_NAMES:
         raise ValueError(f"split {split!r}: expected one of {', '.join(SPLIT_NAMES)}")
     files = shards.files(split)
@@ -189,6 +191,13 @@ def build_plan(shards: ShardSet, ecfg: EvalConfig, cold: np.ndarray, split: str 
     # By user: the in-memory build writes rows in user order, the partitioned one (genrec.partitioned_build) by partition; the
     # sampled users below must not depend on which build made the shards.
     table = pq.read_table(files, filesystem=shards.fs).sort_by("user_id")
+    if shift_h:
+        counts = shards.manifest["counts"]
+        if split != "valid" or counts.get("valid_cutoff") is None:
+            raise ValueError("a shifted validation window needs a time split's validation rows (data.split: time)")
+        train = pq.read_table(shards.files("train"), filesystem=shards.fs)
+        table = shifted_window_rows(train, table, int(counts["valid_cutoff"] - shift_h * HOUR),
+                                    int(counts["cutoff"] - shift_h * HOUR))
     n = table.num_rows
     users = np.arange(n)
     if split == "valid" and ecfg.max_users is not None and n > ecfg.max_users:

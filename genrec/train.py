@@ -35,7 +35,7 @@ from genrec.ingest import check_ingest_room, training_dataset
 from genrec.runs import (TrainingFailed, code_commit, failure_message, history_path, interrupt_message, topk_path,
                          write_topk)
 from genrec.errors import Interrupted
-from genrec.selection import (SCORE, VALID, best_record, budget_spent, selection_key, selection_scores,
+from genrec.selection import (SCORE, SHARED, VALID, best_record, budget_spent, selection_key, selection_scores,
                              should_stop)
 from genrec.shards import ShardSet, open_shards
 from genrec.tasks import EvalPlan, build_plan, count_scorer, evaluate_plan, model_scorer, plan_metrics
@@ -56,6 +56,7 @@ class Worker:
     shards: ShardSet
     run: Run
     plan: EvalPlan
+    shared_plan: EvalPlan | None  # a shifted retrain's: the requests every retrain shares (None: `plan` is them)
     select: str  # the validation figure that chooses epochs and stops early
     finetune: FinetuneSpec | None  # the pre-trained checkpoint this run continues, if any
     peak_tflops: float | None  # the device's dense bf16 peak, for MFU (None on CPU or an unknown GPU)
@@ -69,17 +70,26 @@ class Worker:
         return t
 
     def validate(self, module) -> tuple[dict, list]:
-        """Every task at every delay on the validation requests (this rank's share, summed over ranks), as
-        valid_<metric> figures, and each request's top-k list (rank 0 holds all of them)."""
+        """Every task at every delay on this run's validation requests (this rank's share, summed over ranks), as
+        valid_<metric> figures, and each request's top-k list (rank 0 holds all of them). A shifted retrain's are
+        also scored on the requests every retrain shares (shared_valid_<metric>), and its top-k lists come from
+        those: retrains' lists are compared request by request."""
         module.eval()
+        figures, top = self.score(self.plan, module, VALID)
+        if self.shared_plan is not None:
+            shared, top = self.score(self.shared_plan, module, SHARED)
+            figures |= shared
+        return figures, top
+
+    def score(self, plan: EvalPlan, module, prefix: str) -> tuple[dict, list]:
         with torch.no_grad():
-            sums, top = evaluate_plan(self.plan, model_scorer(module, module.item_matrix()), self.run.spec.max_seq_len,
+            sums, top = evaluate_plan(plan, model_scorer(module, module.item_matrix()), self.run.spec.max_seq_len,
                                       self.rank, self.world, self.cfg.eval.batch_size, self.device,
                                       topk=self.cfg.eval.topk)
         for v in sums.values():
             self.reduce(v)
-        figures = {VALID + k: v for k, v in plan_metrics(sums, self.cfg.eval.primary).items()}
-        return figures, gather_rows(top, self.world)
+        return ({prefix + k: v for k, v in plan_metrics(sums, self.cfg.eval.primary).items()},
+                gather_rows(top, self.world))
 
     def popularity(self) -> dict:
         """The bar beside every epoch's figures, computed once per run: titles ranked by their events in this run's
@@ -120,8 +130,11 @@ def setup_worker(config: dict) -> Worker:
     run = build_run(cfg, shards, finetune.task if finetune else None)
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
     peak = cfg.train.peak_tflops or (peak_tflops(torch.cuda.get_device_name(device)) if on_gpu else None)
+    # A retrain on a shifted window is validated on the window just after its own (eval.moving_validation).
+    shift_h = cfg.train.window_shift_h if cfg.eval.moving_validation else 0.0
     return Worker(cfg, ctx.get_world_rank(), ctx.get_world_size(), device, shards, run,
-                  build_plan(shards, cfg.eval, run.cold, split="valid"),
+                  build_plan(shards, cfg.eval, run.cold, split="valid", shift_h=shift_h),
+                  build_plan(shards, cfg.eval, run.cold, split="valid") if shift_h else None,
                   selection_key(cfg.eval.select_metric, finetune.task if finetune else None), finetune, peak)
 
 

@@ -392,6 +392,33 @@ def test_a_warm_started_retrain_starts_from_its_predecessor_and_trains_only_the_
     assert moved < 0.5 * apart, (moved, apart)
 
 
+def test_a_shifted_retrain_is_validated_on_the_window_after_its_own(winner):
+    """eval.moving_validation: the retrain whose training window ends 48 h before the validation cutoff keeps its
+    epochs by the validation window moved 48 h back (what a retrain then could be validated on), and is also scored on
+    the requests every retrain shares, which its top-k lists (the stability analysis) come from."""
+    from genrec.preparation import prepare_shards
+    from genrec.study import load_experiment, read_topk
+    from genrec.tasks import build_plan
+
+    cfg, manifest = winner
+    store = cfg.storage.store()
+    folder = store.fetch(store.locate(manifest.experiment), fresh=True) if store.remote else manifest.experiment
+    trials = {t.window_shift_h: t for t in load_experiment(folder).ok}
+    fresh, shifted = trials[0.0], trials[48.0]
+    assert not any(k.startswith("shared_") for k in fresh.final)  # its window is the shared one
+    assert shifted.final["shared_valid_requests"] == fresh.final["valid_requests"]
+    assert 0 < shifted.final["valid_ndcg@10"] <= 1 and 0 < shifted.final["shared_valid_ndcg@10"] <= 1
+    assert read_topk(shifted.topk_path, store).keys() == read_topk(fresh.topk_path, store).keys()
+    # The moved window's requests: at times from 48 h before the validation cutoff to 48 h before the cutoff.
+    shards = prepare_shards(cfg, echo=lambda *_: None)
+    counts = shards.manifest["counts"]
+    cold = np.zeros(shards.num_items + 1, bool)
+    moved = build_plan(shards, cfg.eval, cold, shift_h=48.0).requests
+    assert sum(cfg.eval.primary in r.targets for r in moved) == shifted.final["valid_requests"] > 0
+    assert all(counts["valid_cutoff"] - 48 * 3600 <= r.ts < counts["cutoff"] - 48 * 3600 for r in moved)
+    assert {(r.user, r.ts) for r in moved} != {(r.user, r.ts) for r in build_plan(shards, cfg.eval, cold).requests}
+
+
 def test_the_serve_token_is_written_nowhere(winner):
     # The sweep and the fine-tuning run before this one ran with serve.token set (as a config file may set it): no
     # file of the storage root (Tune's experiment state and param space, the trials' runs and checkpoints, the winner

@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from genrec.data.schema import Dataset
-from genrec.shards import (SCHEMA_VERSION, ShardError, open_shards, resolve_cutoff, split_sequences, split_tables,
-                           write_shards)
+from genrec.shards import (SCHEMA_VERSION, ShardError, open_shards, resolve_cutoff, shifted_window_rows,
+                           split_sequences, split_tables, write_shards)
 
 
 def _dataset() -> Dataset:
@@ -307,3 +307,33 @@ def test_leave_one_out_on_ml_latest_small():
     assert stats["eval_events"] == stats["valid_events"] == n_eval
     assert stats["train_events"] == ev.num_rows - 2 * n_eval
     assert 0.0 <= stats["cold_start_eval_share"] < 0.2
+
+
+def _rows(users, seqs, target_seqs=None):
+    """Shard rows by hand: per user a list of (item, ts) events (and its window's target events: eval schema)."""
+    def cols(prefix, seqs):
+        return {f"{prefix}items": pa.array([[i for i, _ in s] for s in seqs], pa.list_(pa.int32())),
+                f"{prefix}ts": pa.array([[t for _, t in s] for s in seqs], pa.list_(pa.int64())),
+                f"{prefix}actions": pa.array([[0] * len(s) for s in seqs], pa.list_(pa.int8())),
+                f"{prefix}utils": pa.array([[1.0] * len(s) for s in seqs], pa.list_(pa.float32()))}
+    out = {"user_id": pa.array(users, pa.int64()), **cols("", seqs)}
+    if target_seqs is not None:
+        targets = cols("target_", target_seqs)
+        out |= {"targets": targets.pop("target_items"), **targets}
+    return pa.table(out)
+
+
+def test_a_validation_window_moved_back_reads_each_users_events_before_its_end():
+    """Validation cutoff 100, cutoff 200, moved back 30: the window [70, 170). History: the events before 70;
+    targets: those in the window; what comes later is not read. Users come from the validation rows and, for those
+    with no event in the shared window, from the training rows."""
+    train = _rows([1, 2, 3], [[(1, 10), (2, 50), (3, 80)], [(6, 20), (7, 75)], [(1, 5), (2, 40)]])
+    valid = _rows([1, 4, 5], [[(1, 10), (2, 50), (3, 80)], [], [(2, 60)]],
+                  [[(4, 120), (5, 190)], [(8, 150), (9, 160)], [(3, 180)]])
+    rows = shifted_window_rows(train, valid, 70, 170).to_pydict()
+    assert rows["user_id"] == [1, 2, 4]  # 3: nothing in the window; 5: only after it
+    assert rows["items"] == [[1, 2], [6], []] and rows["ts"] == [[10, 50], [20], []]
+    assert rows["targets"] == [[3, 4], [7], [8, 9]] and rows["target_ts"] == [[80, 120], [75], [150, 160]]
+    # Not moved: the shared window's own rows, exactly.
+    same = shifted_window_rows(train, valid, 100, 200)
+    assert same.to_pydict() == {k: v for k, v in valid.to_pydict().items()}
