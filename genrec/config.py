@@ -462,9 +462,9 @@ class TrainConfig(_Section):
     new_window_h: float | None = Field(
         None, gt=0.0,
         description="time split: targets are only the events of the window's last this-many hours. Older events "
-                    "are context only. A warm-started retrain (train.init_from) trains on what happened since "
-                    "its predecessor's window ended: the predecessor's train.window_shift_h minus this run's. null: "
-                    "every event of the window is a target.")
+                    "are context only. A sweep's warm-started retrain (train.init_from) trains on what happened "
+                    "since its predecessor's window ended (the predecessor's train.window_shift_h minus this run's), "
+                    "plus tune.warm_replay_h. null: every event of the window is a target.")
     shuffle_buffer: int = Field(
         2048, ge=0, description="windows in the local shuffle buffer of the streamed training data (0: none).")
     torch_threads: int | Literal["auto"] = Field(
@@ -722,7 +722,8 @@ class TuneConfig(_Section):
         description="also retrain each cell and seed warm, as production retraining does. From the oldest window "
                     "to the freshest, each shift's retrain starts from the previous one's kept checkpoint "
                     "(train.init_from; the oldest that trained from scratch starts the chain) and trains on the "
-                    "hours since (train.new_window_h), beside the retrains from scratch. Grid only; one Tune "
+                    "hours since (train.new_window_h; plus tune.warm_replay_h) at train.lr x tune.warm_lr_scale, "
+                    "beside the retrains from scratch. Grid only; one Tune "
                     "experiment per shift in the sweep's folder (warm-w<shift>). Each keeps its predecessor (its "
                     "epoch 0) when no epoch it trains beats it on validation.")
     warm_lr_scale: float = Field(

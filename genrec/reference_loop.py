@@ -5,7 +5,9 @@ benchmarks/overhead.py runs both side by side on the same model and cores, and t
 first steps. It builds the run exactly as the trainer does (genrec.build: model, catalogue, objective, optimizer,
 schedule), cuts the same training windows (genrec.windows) and takes every step through the trainer's own
 genrec.engine.train_step: on a plain-torch stand-in for the DeepSpeed engine (TorchEngine, the benchmarks' loop), or on
-the trainer's DeepSpeed engine itself (genrec.engine.make_engine) as one rank on CPU. Only distribution differs.
+the trainer's DeepSpeed engine itself (genrec.engine.make_engine) as one rank on CPU. Only distribution differs, and
+two things the trainer adds for retrains over shifted windows, which this loop does not run: a warm start's epoch 0
+(train.init_from) and the moved validation window (eval.moving_validation).
 """
 
 from __future__ import annotations

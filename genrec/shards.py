@@ -322,10 +322,20 @@ def shifted_window_rows(train: pa.Table, valid: pa.Table, start: int, end: int) 
     """Evaluation-schema rows of a validation window moved back in time to [start, end), from a time split's training
     rows (events before the validation cutoff) and validation rows (history, then the window's events): every user
     with an event in [start, end), its events before `start` as history, the window's as targets; later events are
-    not read. What a retrain whose training window ends at `start` is validated on."""
+    not read. What a retrain whose training window ends at `start` is validated on. A user with fewer training events
+    than data.min_train_events and none in the shared window has no row here (at the default of 2 such a user has no
+    request: a new member's first session is its context)."""
     hist = _flat(valid, ("items", "ts", "actions", "utils"))
     later = _flat(valid, ("targets", "target_ts", "target_actions", "target_utils"))
-    alone = train.filter(pa.array(~np.isin(train.column("user_id").to_numpy(), valid.column("user_id").to_numpy())))
+    # The training rows of users with no validation row and an event in the moved window (their last is in it):
+    # only those are flattened, not the whole training split.
+    ts = train.column("ts").combine_chunks()
+    offsets, values = ts.offsets.to_numpy(), ts.values.to_numpy()
+    last = np.full(len(ts), np.iinfo(np.int64).min)
+    filled = offsets[1:] > offsets[:-1]
+    last[filled] = values[offsets[1:][filled] - 1]
+    alone = train.filter(pa.array((last >= start)
+                                  & ~np.isin(train.column("user_id").to_numpy(), valid.column("user_id").to_numpy())))
     rest = _flat(alone, ("items", "ts", "actions", "utils"))
     users, items, ts, actions, utils = (np.concatenate(parts) for parts in zip(hist, later, rest))
     order = np.lexsort((ts, users))  # stable: equal times keep their order in the row

@@ -75,17 +75,17 @@ class Worker:
         also scored on the requests every retrain shares (shared_valid_<metric>), and its top-k lists come from
         those: retrains' lists are compared request by request."""
         module.eval()
-        figures, top = self.score(self.plan, module, VALID)
+        figures, top = self.score(self.plan, module, VALID, topk=self.shared_plan is None)
         if self.shared_plan is not None:
-            shared, top = self.score(self.shared_plan, module, SHARED)
+            shared, top = self.score(self.shared_plan, module, SHARED, topk=True)
             figures |= shared
         return figures, top
 
-    def score(self, plan: EvalPlan, module, prefix: str) -> tuple[dict, list]:
+    def score(self, plan: EvalPlan, module, prefix: str, topk: bool) -> tuple[dict, list]:
         with torch.no_grad():
             sums, top = evaluate_plan(plan, model_scorer(module, module.item_matrix()), self.run.spec.max_seq_len,
                                       self.rank, self.world, self.cfg.eval.batch_size, self.device,
-                                      topk=self.cfg.eval.topk)
+                                      topk=self.cfg.eval.topk if topk else 0)
         for v in sums.values():
             self.reduce(v)
         return ({prefix + k: v for k, v in plan_metrics(sums, self.cfg.eval.primary).items()},
@@ -216,7 +216,7 @@ def train_func(config: dict) -> None:
     history = progress.history
     start = time.perf_counter() - progress.wall_time_s
     if cfg.train.init_from and not history:
-        start_epoch(worker, engine, gen, progress, popular, flops, config)
+        start_epoch(worker, engine, gen, progress, popular, flops, config, start)
     # A resumed run may be done already.
     end = stop_reason(cfg, history, worker.select, time.perf_counter() - start, worker.reduce)
     for epoch in range(progress.epoch, cfg.train.epochs if end is None else progress.epoch):
@@ -276,11 +276,12 @@ def train_func(config: dict) -> None:
 
 
 def start_epoch(worker: Worker, engine, gen: torch.Generator, progress: Progress, popular: dict, flops: Flops,
-                config: dict) -> None:
+                config: dict, start: float) -> None:
     """A warm-started retrain's epoch 0: its predecessor as loaded, scored on this run's validation requests and
     reported with a checkpoint like any epoch. It is kept when no trained epoch beats it (production keeps serving
     the model it has when a retrain does not improve on it), and train.patience counts from it."""
     valid_metrics, top = worker.validate(engine.module)
+    progress.wall_time_s = time.perf_counter() - start  # its validation: part of the run's time, not epoch 1's pace
     record = epoch_record(worker, progress, torch.zeros(4, dtype=torch.float64), 0.0, 0.0, flops)
     record |= {k: None for k in ("loss", "events_per_s", "model_tflops_per_s", "mfu") if k in record}  # no step yet
     record |= {**popular, "zero_stage": engine.zero_optimization_stage(),
@@ -366,7 +367,8 @@ def stop_reason(cfg: GenrecConfig, history: list[dict], select: str, elapsed_s: 
         return "early stopping"
     if cfg.train.time_budget_s is None:
         return None
-    spent = budget_spent([r["wall_time_s"] for r in history], elapsed_s, cfg.train.time_budget_s)
+    # (a fine-tuning run's epoch 0, its transfer baseline, has no wall time: it trained nothing)
+    spent = budget_spent([r.get("wall_time_s", 0.0) for r in history], elapsed_s, cfg.train.time_budget_s)
     over = torch.tensor([float(spent)], dtype=torch.float64)
     return "time budget" if reduce(over).item() > 0 else None
 
@@ -403,7 +405,8 @@ def run_line(run_name: str, history: list[dict], select: str) -> str:
     best = best_record(history, select)
     kept = "no validation figure" if best is None else f"kept epoch {best['epoch']}: {select} {best[select]:.4f}"
     pop = history[-1].get(POPULARITY + select)
-    return (f"{run_name}: {len(history)} epochs ({history[-1].get('end', 'stopped')}), {kept}"
+    trained = sum(r.get("epoch", 0) > 0 for r in history)  # not an epoch 0 (the weights a run starts from)
+    return (f"{run_name}: {trained} epochs ({history[-1].get('end', 'stopped')}), {kept}"
             + (f" (popularity {pop:.4f})" if best is not None and pop is not None else "")
             + f", {history[-1]['wall_time_s']:.0f} s")
 

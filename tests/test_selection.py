@@ -5,7 +5,7 @@ import math
 from genrec.config import load_config
 from genrec.selection import (best_record, budget_spent, epochs_since_best, rank_trials, selection_key, should_stop,
                               winning_trial)
-from genrec.train import epoch_line
+from genrec.train import epoch_line, stop_reason
 from tuning.sweep import warm_link
 
 
@@ -129,3 +129,12 @@ def test_a_warm_link_trains_the_hours_since_its_predecessor_at_a_scaled_rate():
     cfg = load_config(None, ["train.lr=0.002", "tune.warm_lr_scale=0.25", "tune.warm_replay_h=72"])
     link = warm_link(cfg, ("1m", 64, 3), 24.0, 48.0, "s3://b/ckpt")
     assert (link["new_window_h"], link["lr"]) == (24.0 + 72.0, 0.0005)
+
+
+def test_the_time_budget_reads_a_fine_tuning_runs_epoch_0_which_trained_nothing():
+    """A fine-tuning run's epoch 0 (its transfer baseline) has figures but no wall time: the budget still applies."""
+    cfg = load_config(None, ["train.time_budget_s=100", "train.patience=null"])
+    start = [{"epoch": 0, "valid_ndcg@10": 0.1}]
+    assert stop_reason(cfg, start, "valid_ndcg@10", 5.0, lambda t: t) is None
+    one = start + [{"epoch": 1, "valid_ndcg@10": 0.2, "wall_time_s": 60.0}]
+    assert stop_reason(cfg, one, "valid_ndcg@10", 60.0, lambda t: t) == "time budget"  # a second epoch ends at 120 s

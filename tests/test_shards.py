@@ -337,3 +337,12 @@ def test_a_validation_window_moved_back_reads_each_users_events_before_its_end()
     # Not moved: the shared window's own rows, exactly.
     same = shifted_window_rows(train, valid, 100, 200)
     assert same.to_pydict() == {k: v for k, v in valid.to_pydict().items()}
+
+
+def test_a_moved_window_of_empty_or_sliced_rows():
+    empty = _rows([], [], [])
+    train = _rows([1, 2], [[], [(1, 10)]])
+    assert shifted_window_rows(train, empty, 5, 20).to_pydict()["targets"] == [[1]]
+    assert shifted_window_rows(_rows([], []), empty, 5, 20).num_rows == 0
+    train = _rows([1, 2, 3], [[(1, 1)], [(2, 10), (3, 12)], [(4, 30)]]).slice(1)  # rows that do not start at 0
+    assert shifted_window_rows(train, empty, 11, 20).to_pydict()["targets"] == [[3]]

@@ -121,7 +121,7 @@ def summarize(results, key: str) -> list[dict]:
             continue
         last = epochs[-1]
         row.update(trained_shape(best))
-        row.update({k: float(best[k]) for k in FIGURES if k in best})
+        row.update({k: float(best[k]) for k in FIGURES if best.get(k) is not None})  # a warm start's epoch 0: no loss
         row["backbone_params"] = int(best["backbone_params"])
         flops = last.get("train_flops")  # NaN in a row whose epoch had no count
         row.update(best_epoch=int(best["epoch"]), checkpoint=best.get("checkpoint_path"),
