@@ -236,11 +236,20 @@ def lr_lambda(warmup: int, total: int, offset: int = 0, schedule: str = "constan
     return f
 
 
+def width_scaled_lr(lr: float, base_width: int | None, width: int) -> float:
+    """The learning rate of a backbone `width` wide: lr x base_width / width when it is wider than base_width (Adam's
+    rate for hidden layers falls as 1/width, as in muP: at one rate a wider backbone trains worse, or not at all),
+    else lr; lr at every width when base_width is None."""
+    if base_width is None or width <= base_width:
+        return lr
+    return lr * base_width / width
+
+
 def optimizer_and_schedule(cfg: GenrecConfig, model: torch.nn.Module, total_steps: int, offset: int = 0,
                            fused: bool = False):
     """AdamW over the trainable parameters, weight decay on the weight matrices of linear layers only (never on
     embedding tables, norms or biases: decaying a title's row pulls rarely seen titles toward zero), and its
-    learning-rate schedule (train.lr_schedule, train.warmup_steps)."""
+    learning-rate schedule (train.lr_schedule, train.warmup_steps), from train.lr scaled to the backbone's width."""
     decay, keep = [], []
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
@@ -248,8 +257,8 @@ def optimizer_and_schedule(cfg: GenrecConfig, model: torch.nn.Module, total_step
                 matrix = isinstance(module, torch.nn.Linear) and name == "weight"
                 (decay if matrix or cfg.train.weight_decay_on == "all" else keep).append(p)
     groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": keep, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.train.lr, betas=(0.9, 0.98),
-                                  fused=fused)
+    lr = width_scaled_lr(cfg.train.lr, cfg.train.lr_base_width, model.spec.width)
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.98), fused=fused)
     warmup = min(cfg.train.warmup_steps, max(1, total_steps // 10)) if cfg.train.warmup_steps else 0
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(warmup, total_steps, offset, cfg.train.lr_schedule))

@@ -423,7 +423,11 @@ class TrainConfig(_Section):
     lr: float = Field(
         2e-3, gt=0.0,
         description="AdamW's learning rate. Reached after train.warmup_steps, then shaped by train.lr_schedule; "
-                    "betas (0.9, 0.98).")
+                    "betas (0.9, 0.98). Scaled down for backbones wider than train.lr_base_width.")
+    lr_base_width: int | None = Field(
+        64, ge=1,
+        description="the backbone width train.lr is set for. A wider one trains at train.lr x lr_base_width / width "
+                    "(Adam's rate for hidden layers falls as 1/width, as in muP); null: train.lr at every width.")
     weight_decay: float = Field(
         0.01, ge=0.0,
         description="AdamW's weight decay, on the parameters train.weight_decay_on names.")

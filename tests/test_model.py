@@ -389,3 +389,17 @@ def test_catalogue_age_bias_equals_the_bucket_lookup_and_its_gradient():
     (grad_direct,) = torch.autograd.grad((direct * g).sum(), weights)
     (grad_fast,) = torch.autograd.grad((fast * g).sum(), weights)
     assert torch.allclose(grad_fast, grad_direct, atol=1e-9)
+
+
+def test_the_learning_rate_falls_as_one_over_width_above_the_base_width():
+    from genrec.build import optimizer_and_schedule, width_scaled_lr
+    from genrec.config import load_config
+
+    assert width_scaled_lr(2e-3, 64, 128) == pytest.approx(1e-3) and width_scaled_lr(2e-3, 64, 96) == pytest.approx(
+        2e-3 * 2 / 3)
+    assert width_scaled_lr(2e-3, 64, 64) == width_scaled_lr(2e-3, 64, 32) == width_scaled_lr(2e-3, None, 2048) == 2e-3
+    # The optimizer gets it from the built model's width.
+    model = _tiny()
+    cfg = load_config(None, ["train.lr=0.004", f"train.lr_base_width={model.spec.width // 4}"])
+    optimizer, _ = optimizer_and_schedule(cfg, model, 10)
+    assert all(g["lr"] == pytest.approx(0.001) for g in optimizer.param_groups)
