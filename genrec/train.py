@@ -251,18 +251,9 @@ def train_func(config: dict) -> None:
         metrics = epoch_record(worker, progress, stats, train_time, input_wait, flops) | {
             "lr": scheduler.get_last_lr()[0], **popular, "zero_stage": engine.zero_optimization_stage(),
             "param_share_per_rank": param_share(engine.module), **valid_metrics}
-        history.append(metrics)  # every rank: the selection figures are all-reduced, so they agree on stopping
-        metrics |= selection_scores(history, worker.select)
-        best = best_record(history, worker.select) is metrics
-        if worker.rank == 0:
-            cfg.storage.store().write_json(config["history"], history)  # also when Ray keeps only the best metrics
-            if best:  # the kept model's top-k lists, for the retrain-stability analysis
-                write_topk(cfg.storage.store(), config["topk"], top)
-            # A lone run says every epoch; a sweep's trial draws them in place and says one line at its end.
-            (worker_say if config["each_epoch"] else worker_progress)(epoch_line(metrics, cfg, worker.select, best))
+        close_epoch(worker, engine, gen, progress, metrics, top, config)
         if tracker is not None:
             tracker.log(metrics, step=epoch + 1)
-        report(worker, engine, gen, progress, metrics, config["commit"])
         end = stop_reason(cfg, history, worker.select, time.perf_counter() - start, worker.reduce)
         if end is not None:
             break
@@ -286,13 +277,25 @@ def start_epoch(worker: Worker, engine, gen: torch.Generator, progress: Progress
     record |= {k: None for k in ("loss", "events_per_s", "model_tflops_per_s", "mfu") if k in record}  # no step yet
     record |= {**popular, "zero_stage": engine.zero_optimization_stage(),
                "param_share_per_rank": param_share(engine.module), **valid_metrics}
-    progress.history.append(record)
-    record |= selection_scores(progress.history, worker.select)
+    close_epoch(worker, engine, gen, progress, record, top, config)
+
+
+def close_epoch(worker: Worker, engine, gen: torch.Generator, progress: Progress, metrics: dict, top: list,
+                config: dict) -> None:
+    """An epoch's record into the history (with what Ray is told to keep checkpoints by), the history and, when it is
+    the best so far, its top-k lists to storage, its line, and its checkpoint to Ray Train."""
+    history = progress.history
+    history.append(metrics)  # every rank: the selection figures are all-reduced, so they agree on stopping
+    metrics |= selection_scores(history, worker.select)
+    best = best_record(history, worker.select) is metrics
     if worker.rank == 0:
-        worker.cfg.storage.store().write_json(config["history"], progress.history)
-        write_topk(worker.cfg.storage.store(), config["topk"], top)
-        (worker_say if config["each_epoch"] else worker_progress)(epoch_line(record, worker.cfg, worker.select, True))
-    report(worker, engine, gen, progress, record, config["commit"])
+        store = worker.cfg.storage.store()
+        store.write_json(config["history"], history)  # also when Ray keeps only the best metrics
+        if best:  # the kept model's top-k lists, for the retrain-stability analysis
+            write_topk(store, config["topk"], top)
+        # A lone run says every epoch; a sweep's trial draws them in place and says one line at its end.
+        (worker_say if config["each_epoch"] else worker_progress)(epoch_line(metrics, worker.cfg, worker.select, best))
+    report(worker, engine, gen, progress, metrics, config["commit"])
 
 
 def epoch_record(worker: Worker, progress: Progress, stats: torch.Tensor, train_time: float, input_wait: float,
