@@ -452,6 +452,26 @@ def _jsonable(x):
     return x
 
 
+def cost_line(cost: dict) -> str:
+    """The report's sentence on what one run of the sweep cost (genrec.study.sweep_cost)."""
+    n, warm, bad = cost["trials"], cost.get("warm", 0), cost.get("unfinished", 0)
+    kinds = f" ({n - warm} from scratch, {warm} warm-started)" if warm else ""
+    line = f"**Cost of this run:** {n} trials{kinds}"
+    if bad:
+        line += f", {bad} of them failed or stopped"
+    wall, busy = cost.get("wall_s", math.nan), cost.get("trial_s", math.nan)
+    if math.isfinite(wall) and wall > 0:
+        line += (f"; {wall / 3600:.2f} h from the first trial's start to the last trial's end, the trials running "
+                 f"{busy / 3600:.2f} h in all ({busy / wall:.1f} at a time on average)")
+    train = cost.get("train_s", math.nan)
+    if math.isfinite(train):
+        line += f", {train / 3600:.2f} h of it training"
+    if math.isfinite(cost.get("train_flops", math.nan)):
+        line += f"; {_fmt(cost['train_flops'])} training FLOPs"
+    return line + (" (every epoch run, the patience epochs included; the data step before the trials and the "
+                   "report and serving after them are not counted)")
+
+
 def write_report(analysis: dict, out_dir: str | Path, meta: dict, oracle: dict | None = None,
                  curves: list[dict] | None = None) -> dict[str, Path]:
     """Write report.html, report.md, the PNG plots and analysis.json into out_dir; returns their paths."""
@@ -499,6 +519,8 @@ def write_report(analysis: dict, out_dir: str | Path, meta: dict, oracle: dict |
                 "all share. " if meta.get("moving_validation") else "")
              + "The test split is read once, for the sweep's winner (its manifest), never for a choice made here.",
              f"**Made by:** `{meta.get('command', '')}` on {meta.get('date', '')}"]
+    if analysis.get("cost", {}).get("trials"):
+        intro.append(cost_line(analysis["cost"]))
     if oracle:
         intro.append("**Generator reference:** on synthetic data each task is also scored by the generator's own "
                      "probabilities (same requests and candidates): exact Bayes-optimal ranking for the next event, "

@@ -49,6 +49,7 @@ class Trial:
     folder: str = ""
     select: str = "valid_ndcg@10"  # the history key the run's kept epoch was chosen by
     warm: bool = False  # started from the previous window's retrain (tune.warm_start), not from scratch
+    span: tuple[float, float] | None = None  # Unix seconds: the trial's start and its last report (Tune's clock)
 
     @property
     def final(self) -> dict:
@@ -108,6 +109,7 @@ def load_experiment(path: str | Path) -> Experiment:
         elif (d / "result.json").is_file():  # the metrics Tune received, when the run's own history is gone
             history = [json.loads(line) for line in (d / "result.json").read_text().splitlines() if line.strip()]
         error = (d / "error.txt").read_text().strip() if (d / "error.txt").is_file() else None
+        span = tune_span(d / "result.json")
         status = "ok" if history and not error else "failed"
         want = params.get("epochs") or (params.get("base") or base or {}).get("train", {}).get("epochs")
         search = ((params.get("base") or base or {}).get("tune") or {}).get("search", "grid") != "grid"
@@ -122,10 +124,43 @@ def load_experiment(path: str | Path) -> Experiment:
                             int(params.get("seed", 0)),
                             float(params.get("window_shift_h", 0.0)), status,
                             error or (None if history else "no metrics reported"), history, run.get("run"),
-                            run.get("topk"), d.name, select, bool(params.get("init_from"))))
+                            run.get("topk"), d.name, select, bool(params.get("init_from")), span))
     if base is None:
         raise ConfigError(f"{path}: the trials' params.json hold no 'base' config; not a genrec sweep")
     return Experiment(path, stored_config(base), shards, trials)
+
+
+def tune_span(result_file: Path) -> tuple[float, float] | None:
+    """A trial's start and last report in Unix seconds, from what Tune wrote for it (result.json: each report's
+    `timestamp` and `time_total_s`, the seconds since the trial started); None without a timed report."""
+    if not result_file.is_file():
+        return None
+    rows = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if isinstance(r.get("timestamp"), (int, float))
+            and isinstance(r.get("time_total_s"), (int, float))]
+    if not rows:
+        return None
+    return float(rows[0]["timestamp"] - rows[0]["time_total_s"]), float(rows[-1]["timestamp"])
+
+
+def sweep_cost(trials: list[Trial]) -> dict:
+    """What one run of a sweep cost. `wall_s`: from the first trial's start to the last trial's last report (Tune's
+    clock; the data step before and the report and serving after are not in it). `trial_s`: the trials' run times
+    summed (Ray Train start-up, training, validation, checkpoints: what the concurrent slots were busy with).
+    `train_s`, `train_flops`: every epoch each run trained, the patience epochs after its kept one included. Failed
+    and stopped trials count: their time was spent. nan where no trial has the figure."""
+    spans = [t.span for t in trials if t.span]
+    spent = [t.spent for t in trials]
+
+    def total(key):
+        xs = [r[key] for r in spent if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+        return float(sum(xs)) if xs else math.nan
+
+    return {"trials": len(trials), "warm": sum(t.warm for t in trials),
+            "unfinished": sum(t.status != "ok" for t in trials),
+            "wall_s": max(e for _, e in spans) - min(s for s, _ in spans) if spans else math.nan,
+            "trial_s": float(sum(e - s for s, e in spans)) if spans else math.nan,
+            "train_s": total("wall_time_s"), "train_flops": total("train_flops")}
 
 
 def read_topk(path: str | None, store=None) -> dict:
@@ -373,7 +408,7 @@ def analyse(exp: Experiment, budget_flops: float | None = None, resamples: int |
                                                                            seed),
             "gains": gains(exp, fits), "optimal": optimal(exp, fits, budget_flops),
             "tasks": {k: v.model_dump() for k, v in exp.config.eval.tasks.items()},
-            "requests": task_requests(exp),
+            "requests": task_requests(exp), "cost": sweep_cost(exp.trials),
             "primary": exp.config.eval.primary, "delays": exp.config.eval.delays_h}
 
 

@@ -14,7 +14,8 @@ import pytest
 from genrec.config import ConfigError, load_config
 from genrec.model import backbone_params
 from genrec.presets import PRESETS
-from genrec.study import analyse, load_experiment, make_report
+from genrec.report import cost_line
+from genrec.study import Trial, analyse, load_experiment, make_report, sweep_cost, tune_span
 
 PRESET_LADDER = ["100k", "250k", "500k", "1m", "2m"]
 LAWS = {"B": (0.20, 2e3, 0.5), "A": (0.35, 1e3, 0.6), "C": (0.60, 5e2, 0.5)}  # task -> (P0, N0, a)
@@ -140,6 +141,34 @@ def test_report_pages_and_plots(sweep, tmp_path):
     html = paths["html"].read_text()
     assert html.count("data:image/png;base64,") == 4 and "<table>" in html
     assert json.loads(paths["json"].read_text())["optimal"]["rows"]
+    # no trial folder holds Tune's clock here: the cost line says what it can (trials, training time, FLOPs)
+    assert "**Cost of this run:** 42 trials, 2 of them failed or stopped, " in md and "h from the first" not in md
+
+
+def test_what_a_sweep_cost_comes_from_tunes_clock_and_every_epoch_run(tmp_path):
+    reports = ({"epoch": 1, "timestamp": 1000, "time_total_s": 30.0},
+               {"epoch": 2, "timestamp": 1050, "time_total_s": 80.0})
+    (tmp_path / "result.json").write_text("".join(json.dumps(r) + "\n" for r in reports))
+    assert tune_span(tmp_path / "result.json") == (970.0, 1050.0)  # started 30 s before its first report
+    (tmp_path / "untimed.json").write_text(json.dumps({"epoch": 1}) + "\n")
+    assert tune_span(tmp_path / "untimed.json") is None and tune_span(tmp_path / "missing.json") is None
+
+    def trial(span, history, warm=False, status="ok"):
+        return Trial("100k", 16, 0, 0.0, status, None, history, warm=warm, span=span)
+
+    # the first run kept epoch 1 and trained a patience epoch after it: its cost is its last epoch's (cumulative)
+    trials = [trial((970.0, 1050.0), [{"epoch": 1, "wall_time_s": 20.0, "train_flops": 1e9, "valid_ndcg@10": 0.3},
+                                      {"epoch": 2, "wall_time_s": 45.0, "train_flops": 2e9, "valid_ndcg@10": 0.2}]),
+              trial((1000.0, 1300.0), [{"epoch": 0, "wall_time_s": 100.0, "train_flops": 5e9}], warm=True),
+              trial(None, [], status="failed")]
+    cost = sweep_cost(trials)
+    assert cost == {"trials": 3, "warm": 1, "unfinished": 1, "wall_s": 330.0, "trial_s": 380.0, "train_s": 145.0,
+                    "train_flops": 7e9}
+    line = cost_line(cost)
+    assert line.startswith("**Cost of this run:** 3 trials (2 from scratch, 1 warm-started), 1 of them failed or "
+                           "stopped")
+    assert "0.09 h from the first trial's start" in line and "0.11 h in all (1.2 at a time" in line
+    assert "0.04 h of it training; 7e+09 training FLOPs" in line
 
 
 def test_report_errors_name_the_folder(tmp_path):
