@@ -258,8 +258,12 @@ def answers(analysis: dict) -> list[str]:
         out.append(f"{title} Not answered: it needs two or more backbone sizes.")
         return out
     loss, nxt = gains["loss_gain"], gains["next_gain"]
+    over = gains.get("retrains", 0)
+    basis = ("training windows, read on the validation requests they share"
+             if gains.get("basis") == "training windows" else "seeds")
     head = (f"{title} From {_params(gains['small'])} to {_params(gains['large'])} "
-            f"(max_seq_len {gains['max_seq_len']}), "
+            f"(max_seq_len {gains['max_seq_len']}; " +
+            (f"mean of {over} retrains a size: {basis}), " if over > 1 else "one retrain a size), ") +
             f"pre-training loss {'improves' if loss > 0 else 'gets worse'} by {abs(loss):.1%} and next-event MRR "
             f"(task {gains['primary']}) {'rises' if nxt > 0 else 'falls'} by {abs(nxt):.0%}")
     if not (math.isfinite(nxt) and nxt > 0):
@@ -273,14 +277,16 @@ def answers(analysis: dict) -> list[str]:
         parts = ", ".join(f"{r['task']} {r['gain']:+.0%}" for r in gains["rows"] if math.isfinite(r["gain"]))
         more = retrains_for_gain(nxt, noise, gains.get("retrains", 0))
         out.append(f"{head}; per task: {parts}. Not answered: the next-event gain is within the retrains' noise "
-                   f"(two standard errors over seeds: {noise:.0%}), so the tasks' shares of it are noise too"
+                   f"(two standard errors over the retrains: {noise:.0%}), so the tasks' shares of it are noise too"
                    + (f"; a gain of this size would stand above that noise with about {more} retrains per size "
                       "(tune.seeds)." if more else "."))
         return out
     rows = [r for r in gains["rows"] if math.isfinite(r["gain_vs_next"])]
     parts = ", ".join(f"{r['task']} {r['gain']:+.0%} (x{r['gain_vs_next']:.2f} of next-event, headroom "
                       f"{_fmt(r['headroom_small'])})" for r in rows)
-    text = f"{head}; per task: {parts}."
+    noted = (f", above the retrains' noise ({noise:.0%}, two standard errors)" if math.isfinite(noise) else
+             " (one retrain a size: no noise to hold it against; two or more, tune.seeds, give one)")
+    text = f"{head}{noted}; per task: {parts}."
     h = [(r["headroom_small"], r["gain_vs_next"]) for r in rows if math.isfinite(r["headroom_small"])]
     if len(h) >= 3:
         rho = spearman(*zip(*h))
@@ -386,10 +392,11 @@ def correlation_table(analysis: dict) -> Table:
 
 
 def gains_table(analysis: dict) -> Table:
-    rows = [[r["task"], r["mrr_small"], r["mrr_large"], r["gain"], r["gain_vs_next"], r["gain_vs_loss"], r["p0"],
-             r["headroom_small"], r["relative_headroom_small"]] for r in analysis["gains"].get("rows", [])]
-    return Table(["task", "MRR smallest", "MRR largest", "relative gain", "gain / next-event gain",
-                  "gain / loss gain", "P0", "headroom at smallest", "headroom / P0"], rows)
+    rows = [[r["task"], r["mrr_small"], r["mrr_large"], r["gain"], r.get("noise", math.nan), r.get("beyond_noise"),
+             r["gain_vs_next"], r["gain_vs_loss"], r["p0"], r["headroom_small"], r["relative_headroom_small"]]
+            for r in analysis["gains"].get("rows", [])]
+    return Table(["task", "MRR smallest", "MRR largest", "relative gain", "retrain noise (2 SE)", "gain beyond it",
+                  "gain / next-event gain", "gain / loss gain", "P0", "headroom at smallest", "headroom / P0"], rows)
 
 
 def optimal_table(analysis: dict) -> Table:

@@ -5,6 +5,7 @@ a real Ray Tune sweep.)"""
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -202,9 +203,40 @@ def test_no_gain_ratio_without_a_pre_training_gain():
     a["gains"].update(loss_gain=0.01, next_gain=0.09, next_gain_noise=noise, retrains=2,
                       rows=[dict(r, gain_vs_next=_share(r["gain"], 0.09)) for r in rows])
     text = answers(a)[1]
-    assert "within the retrains' noise (two standard errors over seeds: 26%)" in text and "x35" not in text
+    assert "within the retrains' noise (two standard errors over the retrains: 26%)" in text and "x35" not in text
+    assert "(max_seq_len 64; mean of 2 retrains a size: seeds)" in text
     # ... and says how many retrains per size a gain of this size would need: 2 * (0.257 / 0.09)^2 = 16.3 -> 17.
     assert "about 17 retrains per size" in text
+
+
+def test_one_seed_over_several_windows_still_measures_the_gain_against_retraining_noise():
+    from genrec.report import answers
+    from genrec.study import Experiment, gain_noise, gains
+
+    cfg = load_config(None, ["eval.tasks={B: {targets: next}}", "finetune.task=B"])
+
+    def retrain(params, shift, own, shared):
+        # a shifted retrain keeps its epoch by its own window (valid_), and is compared on the shared requests
+        final = {"backbone_params": params, "loss": 2.0, "valid_mrr_B": own, "valid_ndcg@10": own}
+        if shift:
+            final["shared_valid_mrr_B"] = shared
+        return Trial("x", 64, 0, shift, "ok", None, [final])
+
+    small = [retrain(1e5, 0.0, 0.20, None), retrain(1e5, 24.0, 0.50, 0.19), retrain(1e5, 48.0, 0.50, 0.21)]
+    large = [retrain(1e6, 0.0, 0.25, None), retrain(1e6, 24.0, 0.50, 0.24), retrain(1e6, 48.0, 0.50, 0.26)]
+    g = gains(Experiment(Path("."), cfg, "", small + large), [])
+    assert g["basis"] == "training windows" and g["retrains"] == 3
+    assert g["next_gain"] == pytest.approx(0.25 / 0.20 - 1)  # the shared figures, not the shifted windows' own 0.5
+    assert g["next_gain_noise"] == pytest.approx(gain_noise([0.20, 0.19, 0.21], [0.25, 0.24, 0.26]))
+    assert g["rows"][0]["noise"] == g["next_gain_noise"] and g["rows"][0]["beyond_noise"] is True
+    text = answers({"primary": "B", "stability": {"correlations": {}, "cells": []}, "gains": g})[1]
+    assert "mean of 3 retrains a size: training windows, read on the validation requests they share" in text
+    assert "above the retrains' noise (8%, two standard errors)" in text  # 2 sqrt(1e-4/3 + 1e-4/3) / 0.2 = 0.0816
+    # with two seeds at the fresh window those are the retrains compared, and only they
+    seeds = [retrain(1e5, 0.0, 0.20, None), retrain(1e5, 0.0, 0.22, None), retrain(1e6, 0.0, 0.25, None),
+             retrain(1e6, 0.0, 0.27, None)]
+    g = gains(Experiment(Path("."), cfg, "", seeds + small[1:] + large[1:]), [])
+    assert g["basis"] == "seeds" and g["retrains"] == 2 and g["next_gain"] == pytest.approx(0.26 / 0.21 - 1)
 
 
 def test_a_correlation_the_sweep_cannot_settle_comes_with_the_cells_it_would_need():
