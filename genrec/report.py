@@ -317,6 +317,8 @@ def fit_table(analysis: dict, oracle: dict | None) -> Table:
         n = analysis.get("requests", {}).get(f["task"])
         if n is not None and n < MIN_REQUESTS:
             notes.insert(0, f"only {n} requests: too few to read")
+        if f.get("basis") == "training windows":
+            notes.insert(0, "one seed: every window's retrain, on the shared requests")
         row.append("; ".join(notes))
         rows.append(row)
     return Table(cols, rows)

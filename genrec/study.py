@@ -7,7 +7,9 @@ top-k lists. `analyse(...)` turns the trials into the report's tables with the p
 * every figure is read at the epoch a run keeps (genrec.selection: the highest validation figure of
   `eval.select_metric`), and is a **validation** figure: the test split is read once, for the sweep's winner only
   (its manifest); cost is what a retrain spent up to that epoch;
-* scaling fits use the retrains trained up to the cutoff (window shift 0; every seed is one observation);
+* scaling fits and the gain from the smallest to the largest size use the retrains trained up to the cutoff
+  (window shift 0; every seed is one observation), or, with under two seeds a size, every window's retrains on the
+  validation requests they share (`compared_retrains`);
 * stability uses every retrain of a (preset, max_seq_len) cell: seeds and shifted training windows alike.
 """
 
@@ -209,19 +211,35 @@ def trial_rows(exp: Experiment) -> list[dict]:
     return rows
 
 
-def scaling_fits(exp: Experiment, resamples: int, seed: int) -> list[dict]:
-    """One offset power-law fit per (task, max_seq_len) over the fresh retrains, with its bootstrap intervals, the
-    log-linear fit beside it, and the measured mean and the headroom P0 - P(N) at each size."""
+def compared_retrains(exp: Experiment, seq_len: int) -> tuple[list[Trial], str]:
+    """The retrains from scratch at one max_seq_len that the fits and gains compare across sizes, and on what basis:
+    the fresh ones (trained up to the cutoff), "seeds", when every size has two or more; else every window's,
+    "training windows", read on the validation requests they all share (`shared_figure`): a sweep of one seed over
+    several windows then still has several retrains a size. Older windows may score a little lower, which widens the
+    spread rather than hiding it."""
     fresh = min((t.window_shift_h for t in exp.ok), default=0.0)
+    cell = [t for t in exp.ok if t.max_seq_len == seq_len]
+    at_fresh = [t for t in cell if t.window_shift_h == fresh]
+    per_size = [sum(t.params == n for t in at_fresh) for n in {t.params for t in at_fresh}]
+    if per_size and min(per_size) < 2 and len(cell) > len(at_fresh):
+        return cell, "training windows"
+    return at_fresh, "seeds"
+
+
+def scaling_fits(exp: Experiment, resamples: int, seed: int) -> list[dict]:
+    """One offset power-law fit per (task, max_seq_len) over the retrains `compared_retrains` picks, with its
+    bootstrap intervals, the log-linear fit beside it, and the measured mean and the headroom P0 - P(N) at each
+    size."""
     out = []
     for task in exp.config.eval.tasks:
         for seq_len in sorted({t.max_seq_len for t in exp.ok}):
-            obs = [(t.params, t.final.get(_metric(task))) for t in exp.ok
-                   if t.max_seq_len == seq_len and t.window_shift_h == fresh]
+            trials, basis = compared_retrains(exp, seq_len)
+            obs = [(t.params, shared_figure(t, task)) for t in trials]
             obs = [(n, p) for n, p in obs if p is not None and np.isfinite(p) and np.isfinite(n)]
             n = np.array([o[0] for o in obs])
             p = np.array([o[1] for o in obs])
             row = {"task": task, "max_seq_len": seq_len, "points": len(obs), "sizes": len(set(n.tolist())),
+                   "basis": basis,
                    "fit": None, "loglinear": None, "boot": None, "n": n, "p": p, "per_size": []}
             fit = fit_offset_power_law(n, p, p0_max=1.0) if len(obs) else None
             row["loglinear"] = fit_log_linear(n, p) if len(obs) else None
@@ -320,50 +338,39 @@ def _share(gain: float, reference: float) -> float:
 
 
 def gains(exp: Experiment, fits: list[dict]) -> dict:
-    """Relative gain of the largest over the smallest backbone (the longest max_seq_len, mean over retrains) in
-    pre-training loss, in next-event MRR (the primary task) and in each task's MRR; each task's gain as a share of
-    the next-event gain, beside its headroom at the smallest size.
-
-    The retrains compared are the fresh ones (trained up to the cutoff) when there are two or more a size (seeds);
-    with fewer, every retrain from scratch of the two cells, on any training window, read on the validation requests
-    they all share (`shared_figure`): a sweep of one seed over several windows then still measures how much
-    retraining moves a figure. Older windows may score a little lower, so that noise is if anything too wide."""
+    """Relative gain of the largest over the smallest backbone (the longest max_seq_len, mean over the retrains
+    `compared_retrains` picks) in pre-training loss, in next-event MRR (the primary task) and in each task's MRR,
+    each with the retrains' noise (`gain_noise`); each task's gain as a share of the next-event gain, beside its
+    headroom at the smallest size."""
     fresh = min((t.window_shift_h for t in exp.ok), default=0.0)
-    ok = [t for t in exp.ok if t.window_shift_h == fresh]
-    if not ok:
+    if not exp.ok:
         return {}
-    seq_len = max(t.max_seq_len for t in ok)
-    ok = [t for t in ok if t.max_seq_len == seq_len]
+    seq_len = max(t.max_seq_len for t in exp.ok if t.window_shift_h == fresh)
+    ok, basis = compared_retrains(exp, seq_len)
     sizes = sorted({t.params for t in ok})
     if len(sizes) < 2:
         return {"max_seq_len": seq_len, "rows": [], "note": "needs two or more backbone sizes"}
     small = [t for t in ok if t.params == sizes[0]]
     large = [t for t in ok if t.params == sizes[-1]]
-    basis = "seeds"
-
-    def figure(t: Trial, task: str):
-        return t.final.get(_metric(task))
-
-    if min(len(small), len(large)) < 2:
-        cell = {n: [t for t in exp.ok if t.max_seq_len == seq_len and t.params == n] for n in (sizes[0], sizes[-1])}
-        if min(len(c) for c in cell.values()) >= 2:
-            small, large, basis, figure = cell[sizes[0]], cell[sizes[-1]], "training windows", shared_figure
     primary = exp.config.eval.primary
 
     def mean_of(trials, task):
-        return _mean(figure(t, task) for t in trials)
+        return _mean(shared_figure(t, task) for t in trials)
+
+    def noise_of(task):
+        return gain_noise([shared_figure(t, task) for t in small], [shared_figure(t, task) for t in large])
 
     loss_gain = relative_gain(_mean(t.final.get("loss") for t in small), _mean(t.final.get("loss") for t in large),
                               higher_is_better=False)
     next_gain = relative_gain(mean_of(small, primary), mean_of(large, primary))
-    next_noise = gain_noise([figure(t, primary) for t in small], [figure(t, primary) for t in large])
+    next_noise = noise_of(primary)
     by_task = {(f["task"], f["max_seq_len"]): f for f in fits}
     rows = []
     for task in exp.config.eval.tasks:
         g = relative_gain(mean_of(small, task), mean_of(large, task))
         f = by_task.get((task, seq_len), {}).get("fit")
         head_small = float(f.headroom(sizes[0])) if f else math.nan
-        noise = gain_noise([figure(t, task) for t in small], [figure(t, task) for t in large])
+        noise = noise_of(task)
         rows.append({"task": task, "mrr_small": mean_of(small, task), "mrr_large": mean_of(large, task), "gain": g,
                      "noise": noise, "beyond_noise": bool(g > noise) if math.isfinite(noise) else None,
                      "gain_vs_next": _share(g, next_gain), "gain_vs_loss": _share(g, loss_gain),

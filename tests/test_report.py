@@ -209,9 +209,9 @@ def test_no_gain_ratio_without_a_pre_training_gain():
     assert "about 17 retrains per size" in text
 
 
-def test_one_seed_over_several_windows_still_measures_the_gain_against_retraining_noise():
+def test_one_seed_over_several_windows_still_gives_fits_and_gains_several_retrains_a_size():
     from genrec.report import answers
-    from genrec.study import Experiment, gain_noise, gains
+    from genrec.study import Experiment, gain_noise, gains, scaling_fits
 
     cfg = load_config(None, ["eval.tasks={B: {targets: next}}", "finetune.task=B"])
 
@@ -224,7 +224,11 @@ def test_one_seed_over_several_windows_still_measures_the_gain_against_retrainin
 
     small = [retrain(1e5, 0.0, 0.20, None), retrain(1e5, 24.0, 0.50, 0.19), retrain(1e5, 48.0, 0.50, 0.21)]
     large = [retrain(1e6, 0.0, 0.25, None), retrain(1e6, 24.0, 0.50, 0.24), retrain(1e6, 48.0, 0.50, 0.26)]
-    g = gains(Experiment(Path("."), cfg, "", small + large), [])
+    exp = Experiment(Path("."), cfg, "", small + large)
+    fits = scaling_fits(exp, resamples=20, seed=0)
+    assert [(f["points"], f["basis"]) for f in fits] == [(6, "training windows")]
+    assert sorted(fits[0]["p"].tolist()) == [0.19, 0.20, 0.21, 0.24, 0.25, 0.26]
+    g = gains(exp, fits)
     assert g["basis"] == "training windows" and g["retrains"] == 3
     assert g["next_gain"] == pytest.approx(0.25 / 0.20 - 1)  # the shared figures, not the shifted windows' own 0.5
     assert g["next_gain_noise"] == pytest.approx(gain_noise([0.20, 0.19, 0.21], [0.25, 0.24, 0.26]))
@@ -235,8 +239,10 @@ def test_one_seed_over_several_windows_still_measures_the_gain_against_retrainin
     # with two seeds at the fresh window those are the retrains compared, and only they
     seeds = [retrain(1e5, 0.0, 0.20, None), retrain(1e5, 0.0, 0.22, None), retrain(1e6, 0.0, 0.25, None),
              retrain(1e6, 0.0, 0.27, None)]
-    g = gains(Experiment(Path("."), cfg, "", seeds + small[1:] + large[1:]), [])
+    exp = Experiment(Path("."), cfg, "", seeds + small[1:] + large[1:])
+    g = gains(exp, [])
     assert g["basis"] == "seeds" and g["retrains"] == 2 and g["next_gain"] == pytest.approx(0.26 / 0.21 - 1)
+    assert [(f["points"], f["basis"]) for f in scaling_fits(exp, resamples=20, seed=0)] == [(4, "seeds")]
 
 
 def test_a_correlation_the_sweep_cannot_settle_comes_with_the_cells_it_would_need():
