@@ -263,7 +263,7 @@ def answers(analysis: dict) -> list[str]:
              if gains.get("basis") == "training windows" else "seeds")
     head = (f"{title} From {_params(gains['small'])} to {_params(gains['large'])} "
             f"(max_seq_len {gains['max_seq_len']}; " +
-            (f"mean of {over} retrains a size: {basis}), " if over > 1 else "one retrain a size), ") +
+            (f"mean of at least {over} retrains a size: {basis}), " if over > 1 else "one retrain a size), ") +
             f"pre-training loss {'improves' if loss > 0 else 'gets worse'} by {abs(loss):.1%} and next-event MRR "
             f"(task {gains['primary']}) {'rises' if nxt > 0 else 'falls'} by {abs(nxt):.0%}")
     if not (math.isfinite(nxt) and nxt > 0):
@@ -285,7 +285,7 @@ def answers(analysis: dict) -> list[str]:
     parts = ", ".join(f"{r['task']} {r['gain']:+.0%} (x{r['gain_vs_next']:.2f} of next-event, headroom "
                       f"{_fmt(r['headroom_small'])})" for r in rows)
     noted = (f", above the retrains' noise ({noise:.0%}, two standard errors)" if math.isfinite(noise) else
-             " (one retrain a size: no noise to hold it against; two or more, tune.seeds, give one)")
+             " (no noise to hold it against: it needs two or more retrains a size with the figure; tune.seeds)")
     text = f"{head}{noted}; per task: {parts}."
     h = [(r["headroom_small"], r["gain_vs_next"]) for r in rows if math.isfinite(r["headroom_small"])]
     if len(h) >= 3:
@@ -464,21 +464,20 @@ def _jsonable(x):
 def cost_line(cost: dict) -> str:
     """The report's sentence on what one run of the sweep cost (genrec.study.sweep_cost)."""
     n, warm, bad = cost["trials"], cost.get("warm", 0), cost.get("unfinished", 0)
-    kinds = f" ({n - warm} from scratch, {warm} warm-started)" if warm else ""
-    line = f"**Cost of this run:** {n} trials{kinds}"
-    if bad:
-        line += f", {bad} of them failed or stopped"
+    parts = [f"{n} trials" + (f" ({n - warm} from scratch, {warm} warm-started)" if warm else "")
+             + (f", {bad} of them failed or stopped" if bad else "")]
     wall, busy = cost.get("wall_s", math.nan), cost.get("trial_s", math.nan)
     if math.isfinite(wall) and wall > 0:
-        line += (f"; {wall / 3600:.2f} h from the first trial's start to the last trial's end, the trials running "
-                 f"{busy / 3600:.2f} h in all ({busy / wall:.1f} at a time on average)")
+        parts.append(f"trials running for {wall / 3600:.2f} h of wall time, {busy / 3600:.2f} trial-hours in all "
+                     f"({busy / wall:.1f} at a time on average)")
     train = cost.get("train_s", math.nan)
     if math.isfinite(train):
-        line += f", {train / 3600:.2f} h of it training"
+        parts.append(f"{train / 3600:.2f} h in the training loops (epochs with their validation)")
     if math.isfinite(cost.get("train_flops", math.nan)):
-        line += f"; {_fmt(cost['train_flops'])} training FLOPs"
-    return line + (" (every epoch run, the patience epochs included; the data step before the trials and the "
-                   "report and serving after them are not counted)")
+        parts.append(f"{_fmt(cost['train_flops'])} training FLOPs")
+    return ("**Cost of this run:** " + "; ".join(parts) + " (every epoch run, the patience epochs included; not "
+            "counted: the data step before the trials, the report and serving after them, and any time between a "
+            "stop and `--resume`)")
 
 
 def write_report(analysis: dict, out_dir: str | Path, meta: dict, oracle: dict | None = None,

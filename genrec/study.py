@@ -8,7 +8,7 @@ top-k lists. `analyse(...)` turns the trials into the report's tables with the p
   `eval.select_metric`), and is a **validation** figure: the test split is read once, for the sweep's winner only
   (its manifest); cost is what a retrain spent up to that epoch;
 * scaling fits and the gain from the smallest to the largest size use the retrains trained up to the cutoff
-  (window shift 0; every seed is one observation), or, with under two seeds a size, every window's retrains on the
+  (window shift 0; every seed is one observation), or, in a sweep of one seed, every window's retrains on the
   validation requests they share (`compared_retrains`);
 * stability uses every retrain of a (preset, max_seq_len) cell: seeds and shifted training windows alike.
 """
@@ -51,7 +51,7 @@ class Trial:
     folder: str = ""
     select: str = "valid_ndcg@10"  # the history key the run's kept epoch was chosen by
     warm: bool = False  # started from the previous window's retrain (tune.warm_start), not from scratch
-    span: tuple[float, float] | None = None  # Unix seconds: the trial's start and its last report (Tune's clock)
+    spans: list[tuple[float, float]] = field(default_factory=list)  # Unix seconds: when it ran (tune_spans)
 
     @property
     def final(self) -> dict:
@@ -111,7 +111,7 @@ def load_experiment(path: str | Path) -> Experiment:
         elif (d / "result.json").is_file():  # the metrics Tune received, when the run's own history is gone
             history = [json.loads(line) for line in (d / "result.json").read_text().splitlines() if line.strip()]
         error = (d / "error.txt").read_text().strip() if (d / "error.txt").is_file() else None
-        span = tune_span(d / "result.json")
+        spans = tune_spans(d / "result.json")
         status = "ok" if history and not error else "failed"
         want = params.get("epochs") or (params.get("base") or base or {}).get("train", {}).get("epochs")
         search = ((params.get("base") or base or {}).get("tune") or {}).get("search", "grid") != "grid"
@@ -126,32 +126,56 @@ def load_experiment(path: str | Path) -> Experiment:
                             int(params.get("seed", 0)),
                             float(params.get("window_shift_h", 0.0)), status,
                             error or (None if history else "no metrics reported"), history, run.get("run"),
-                            run.get("topk"), d.name, select, bool(params.get("init_from")), span))
+                            run.get("topk"), d.name, select, bool(params.get("init_from")), spans))
     if base is None:
         raise ConfigError(f"{path}: the trials' params.json hold no 'base' config; not a genrec sweep")
     return Experiment(path, stored_config(base), shards, trials)
 
 
-def tune_span(result_file: Path) -> tuple[float, float] | None:
-    """A trial's start and last report in Unix seconds, from what Tune wrote for it (result.json: each report's
-    `timestamp` and `time_total_s`, the seconds since the trial started); None without a timed report."""
+RESUME_GAP_S = 60.0  # more wall time than run time between two reports: the trial was stopped and resumed there
+
+
+def tune_spans(result_file: Path) -> list[tuple[float, float]]:
+    """When a trial ran, as (start, end) Unix seconds, from what Tune wrote for it (result.json: each report's
+    `timestamp` and `time_total_s`, the seconds it had run). A new period starts where the wall clock moved more than
+    RESUME_GAP_S beyond the run time between two reports (a stop and `--resume`); empty without a timed report."""
     if not result_file.is_file():
-        return None
+        return []
     rows = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
     rows = [r for r in rows if isinstance(r.get("timestamp"), (int, float))
             and isinstance(r.get("time_total_s"), (int, float))]
     if not rows:
-        return None
-    return float(rows[0]["timestamp"] - rows[0]["time_total_s"]), float(rows[-1]["timestamp"])
+        return []
+    spans = [[rows[0]["timestamp"] - rows[0]["time_total_s"], rows[0]["timestamp"]]]
+    for prev, row in zip(rows, rows[1:]):
+        # Tune carries the run time over a restore; a trial rerun from its start counts from 0 again
+        ran = row["time_total_s"] - prev["time_total_s"]
+        ran = ran if ran >= 0 else row["time_total_s"]
+        if row["timestamp"] - prev["timestamp"] > ran + RESUME_GAP_S:
+            spans.append([row["timestamp"] - ran, row["timestamp"]])
+        else:
+            spans[-1][1] = row["timestamp"]
+    return [(float(a), float(b)) for a, b in spans]
+
+
+def covered_s(spans: list[tuple[float, float]]) -> float:
+    """Seconds of the time line covered by at least one (start, end) span."""
+    total, reach = 0.0, -math.inf
+    for start, end in sorted(spans):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
 
 
 def sweep_cost(trials: list[Trial]) -> dict:
-    """What one run of a sweep cost. `wall_s`: from the first trial's start to the last trial's last report (Tune's
-    clock; the data step before and the report and serving after are not in it). `trial_s`: the trials' run times
-    summed (Ray Train start-up, training, validation, checkpoints: what the concurrent slots were busy with).
-    `train_s`, `train_flops`: every epoch each run trained, the patience epochs after its kept one included. Failed
-    and stopped trials count: their time was spent. nan where no trial has the figure."""
-    spans = [t.span for t in trials if t.span]
+    """What one run of a sweep cost. `wall_s`: the wall time during which a trial was running (Tune's clock; the data
+    step before the trials, the report and serving after them, and any time between a stop and `--resume` are not
+    in it). `trial_s`: the trials' run times summed (Ray Train start-up, training, validation, checkpoints: what the
+    concurrent slots were busy with). `train_s`, `train_flops`: every epoch each run trained (with its validation),
+    the patience epochs after its kept one included. Failed and stopped trials count: their time was spent. nan where
+    no trial has the figure."""
+    spans = [s for t in trials for s in t.spans]
     spent = [t.spent for t in trials]
 
     def total(key):
@@ -160,7 +184,7 @@ def sweep_cost(trials: list[Trial]) -> dict:
 
     return {"trials": len(trials), "warm": sum(t.warm for t in trials),
             "unfinished": sum(t.status != "ok" for t in trials),
-            "wall_s": max(e for _, e in spans) - min(s for s, _ in spans) if spans else math.nan,
+            "wall_s": covered_s(spans) if spans else math.nan,
             "trial_s": float(sum(e - s for s, e in spans)) if spans else math.nan,
             "train_s": total("wall_time_s"), "train_flops": total("train_flops")}
 
@@ -213,15 +237,15 @@ def trial_rows(exp: Experiment) -> list[dict]:
 
 def compared_retrains(exp: Experiment, seq_len: int) -> tuple[list[Trial], str]:
     """The retrains from scratch at one max_seq_len that the fits and gains compare across sizes, and on what basis:
-    the fresh ones (trained up to the cutoff), "seeds", when every size has two or more; else every window's,
+    the fresh ones (trained up to the cutoff), "seeds", when the sweep ran two or more seeds; else every window's,
     "training windows", read on the validation requests they all share (`shared_figure`): a sweep of one seed over
     several windows then still has several retrains a size. Older windows may score a little lower, which widens the
     spread rather than hiding it."""
     fresh = min((t.window_shift_h for t in exp.ok), default=0.0)
     cell = [t for t in exp.ok if t.max_seq_len == seq_len]
     at_fresh = [t for t in cell if t.window_shift_h == fresh]
-    per_size = [sum(t.params == n for t in at_fresh) for n in {t.params for t in at_fresh}]
-    if per_size and min(per_size) < 2 and len(cell) > len(at_fresh):
+    # by the sweep's design (its seeds), not by how many fresh retrains happened to finish
+    if len({t.seed for t in exp.ok}) < 2 and len(cell) > len(at_fresh):
         return cell, "training windows"
     return at_fresh, "seeds"
 
@@ -372,7 +396,7 @@ def gains(exp: Experiment, fits: list[dict]) -> dict:
         head_small = float(f.headroom(sizes[0])) if f else math.nan
         noise = noise_of(task)
         rows.append({"task": task, "mrr_small": mean_of(small, task), "mrr_large": mean_of(large, task), "gain": g,
-                     "noise": noise, "beyond_noise": bool(g > noise) if math.isfinite(noise) else None,
+                     "noise": noise, "beyond_noise": bool(g > noise) if math.isfinite(noise + g) else None,
                      "gain_vs_next": _share(g, next_gain), "gain_vs_loss": _share(g, loss_gain),
                      "p0": f.p0 if f else math.nan, "headroom_small": head_small,
                      "relative_headroom_small": head_small / f.p0 if f and f.p0 > 0 else math.nan})

@@ -16,7 +16,7 @@ from genrec.config import ConfigError, load_config
 from genrec.model import backbone_params
 from genrec.presets import PRESETS
 from genrec.report import cost_line
-from genrec.study import Trial, analyse, load_experiment, make_report, sweep_cost, tune_span
+from genrec.study import Trial, analyse, covered_s, load_experiment, make_report, sweep_cost, tune_spans
 
 PRESET_LADDER = ["100k", "250k", "500k", "1m", "2m"]
 LAWS = {"B": (0.20, 2e3, 0.5), "A": (0.35, 1e3, 0.6), "C": (0.60, 5e2, 0.5)}  # task -> (P0, N0, a)
@@ -143,33 +143,39 @@ def test_report_pages_and_plots(sweep, tmp_path):
     assert html.count("data:image/png;base64,") == 4 and "<table>" in html
     assert json.loads(paths["json"].read_text())["optimal"]["rows"]
     # no trial folder holds Tune's clock here: the cost line says what it can (trials, training time, FLOPs)
-    assert "**Cost of this run:** 42 trials, 2 of them failed or stopped, " in md and "h from the first" not in md
+    assert "**Cost of this run:** 42 trials, 2 of them failed or stopped; " in md and "of wall time" not in md
 
 
 def test_what_a_sweep_cost_comes_from_tunes_clock_and_every_epoch_run(tmp_path):
     reports = ({"epoch": 1, "timestamp": 1000, "time_total_s": 30.0},
                {"epoch": 2, "timestamp": 1050, "time_total_s": 80.0})
     (tmp_path / "result.json").write_text("".join(json.dumps(r) + "\n" for r in reports))
-    assert tune_span(tmp_path / "result.json") == (970.0, 1050.0)  # started 30 s before its first report
+    assert tune_spans(tmp_path / "result.json") == [(970.0, 1050.0)]  # started 30 s before its first report
+    # stopped after epoch 2 and resumed an hour later (Tune carries its run time over): two periods, the hour left out
+    resumed = reports + ({"epoch": 3, "timestamp": 4700, "time_total_s": 120.0},
+                         {"epoch": 4, "timestamp": 4740, "time_total_s": 160.0})
+    (tmp_path / "resumed.json").write_text("".join(json.dumps(r) + "\n" for r in resumed))
+    assert tune_spans(tmp_path / "resumed.json") == [(970.0, 1050.0), (4660.0, 4740.0)]
     (tmp_path / "untimed.json").write_text(json.dumps({"epoch": 1}) + "\n")
-    assert tune_span(tmp_path / "untimed.json") is None and tune_span(tmp_path / "missing.json") is None
+    assert tune_spans(tmp_path / "untimed.json") == [] and tune_spans(tmp_path / "missing.json") == []
+    assert covered_s([(0.0, 10.0), (5.0, 20.0), (30.0, 40.0), (32.0, 35.0)]) == 30.0
 
-    def trial(span, history, warm=False, status="ok"):
-        return Trial("100k", 16, 0, 0.0, status, None, history, warm=warm, span=span)
+    def trial(spans, history, warm=False, status="ok"):
+        return Trial("100k", 16, 0, 0.0, status, None, history, warm=warm, spans=spans)
 
     # the first run kept epoch 1 and trained a patience epoch after it: its cost is its last epoch's (cumulative)
-    trials = [trial((970.0, 1050.0), [{"epoch": 1, "wall_time_s": 20.0, "train_flops": 1e9, "valid_ndcg@10": 0.3},
-                                      {"epoch": 2, "wall_time_s": 45.0, "train_flops": 2e9, "valid_ndcg@10": 0.2}]),
-              trial((1000.0, 1300.0), [{"epoch": 0, "wall_time_s": 100.0, "train_flops": 5e9}], warm=True),
-              trial(None, [], status="failed")]
+    trials = [trial([(970.0, 1050.0)], [{"epoch": 1, "wall_time_s": 20.0, "train_flops": 1e9, "valid_ndcg@10": 0.3},
+                                        {"epoch": 2, "wall_time_s": 45.0, "train_flops": 2e9, "valid_ndcg@10": 0.2}]),
+              trial([(1000.0, 1300.0)], [{"epoch": 0, "wall_time_s": 100.0, "train_flops": 5e9}], warm=True),
+              trial([], [], status="failed")]
     cost = sweep_cost(trials)
     assert cost == {"trials": 3, "warm": 1, "unfinished": 1, "wall_s": 330.0, "trial_s": 380.0, "train_s": 145.0,
                     "train_flops": 7e9}
     line = cost_line(cost)
     assert line.startswith("**Cost of this run:** 3 trials (2 from scratch, 1 warm-started), 1 of them failed or "
-                           "stopped")
-    assert "0.09 h from the first trial's start" in line and "0.11 h in all (1.2 at a time" in line
-    assert "0.04 h of it training; 7e+09 training FLOPs" in line
+                           "stopped; trials running for 0.09 h of wall time, 0.11 trial-hours in all (1.2 at a time")
+    assert "; 0.04 h in the training loops (epochs with their validation); 7e+09 training FLOPs (" in line
+    assert sweep_cost(trials[:1] + [trial([(4660.0, 4740.0)], [])])["wall_s"] == 160.0  # the gap between is not
 
 
 def test_report_errors_name_the_folder(tmp_path):
@@ -204,7 +210,7 @@ def test_no_gain_ratio_without_a_pre_training_gain():
                       rows=[dict(r, gain_vs_next=_share(r["gain"], 0.09)) for r in rows])
     text = answers(a)[1]
     assert "within the retrains' noise (two standard errors over the retrains: 26%)" in text and "x35" not in text
-    assert "(max_seq_len 64; mean of 2 retrains a size: seeds)" in text
+    assert "(max_seq_len 64; mean of at least 2 retrains a size: seeds)" in text
     # ... and says how many retrains per size a gain of this size would need: 2 * (0.257 / 0.09)^2 = 16.3 -> 17.
     assert "about 17 retrains per size" in text
 
@@ -215,12 +221,12 @@ def test_one_seed_over_several_windows_still_gives_fits_and_gains_several_retrai
 
     cfg = load_config(None, ["eval.tasks={B: {targets: next}}", "finetune.task=B"])
 
-    def retrain(params, shift, own, shared):
+    def retrain(params, shift, own, shared, seed=0):
         # a shifted retrain keeps its epoch by its own window (valid_), and is compared on the shared requests
         final = {"backbone_params": params, "loss": 2.0, "valid_mrr_B": own, "valid_ndcg@10": own}
         if shift:
             final["shared_valid_mrr_B"] = shared
-        return Trial("x", 64, 0, shift, "ok", None, [final])
+        return Trial("x", 64, seed, shift, "ok", None, [final])
 
     small = [retrain(1e5, 0.0, 0.20, None), retrain(1e5, 24.0, 0.50, 0.19), retrain(1e5, 48.0, 0.50, 0.21)]
     large = [retrain(1e6, 0.0, 0.25, None), retrain(1e6, 24.0, 0.50, 0.24), retrain(1e6, 48.0, 0.50, 0.26)]
@@ -234,15 +240,18 @@ def test_one_seed_over_several_windows_still_gives_fits_and_gains_several_retrai
     assert g["next_gain_noise"] == pytest.approx(gain_noise([0.20, 0.19, 0.21], [0.25, 0.24, 0.26]))
     assert g["rows"][0]["noise"] == g["next_gain_noise"] and g["rows"][0]["beyond_noise"] is True
     text = answers({"primary": "B", "stability": {"correlations": {}, "cells": []}, "gains": g})[1]
-    assert "mean of 3 retrains a size: training windows, read on the validation requests they share" in text
+    assert "mean of at least 3 retrains a size: training windows, read on the validation requests they share" in text
     assert "above the retrains' noise (8%, two standard errors)" in text  # 2 sqrt(1e-4/3 + 1e-4/3) / 0.2 = 0.0816
     # with two seeds at the fresh window those are the retrains compared, and only they
-    seeds = [retrain(1e5, 0.0, 0.20, None), retrain(1e5, 0.0, 0.22, None), retrain(1e6, 0.0, 0.25, None),
-             retrain(1e6, 0.0, 0.27, None)]
+    seeds = [retrain(1e5, 0.0, 0.20, None), retrain(1e5, 0.0, 0.22, None, seed=1), retrain(1e6, 0.0, 0.25, None),
+             retrain(1e6, 0.0, 0.27, None, seed=1)]
     exp = Experiment(Path("."), cfg, "", seeds + small[1:] + large[1:])
     g = gains(exp, [])
     assert g["basis"] == "seeds" and g["retrains"] == 2 and g["next_gain"] == pytest.approx(0.26 / 0.21 - 1)
     assert [(f["points"], f["basis"]) for f in scaling_fits(exp, resamples=20, seed=0)] == [(4, "seeds")]
+    # ... even where one of them did not finish: the basis follows the sweep's seeds, not its failures
+    exp = Experiment(Path("."), cfg, "", seeds[:3] + small[1:] + large[1:])
+    assert gains(exp, [])["basis"] == "seeds" and gains(exp, [])["retrains"] == 1
 
 
 def test_a_correlation_the_sweep_cannot_settle_comes_with_the_cells_it_would_need():
