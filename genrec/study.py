@@ -489,7 +489,9 @@ def oracle_metrics(config: GenrecConfig, shards_root: str) -> dict | None:
     counts = item_counts(shards)
     cold = counts == 0
     cold[0] = False
-    plan = build_plan(shards, config.eval.model_copy(update={"delays_h": []}), cold, split="valid")
+    # the models' own plan, stale delays included: a request whose stalest context would be empty is left out of
+    # theirs, so it is left out here too (only delay 0 is scored)
+    plan = build_plan(shards, config.eval, cold, split="valid")
     vocab = pq.read_table(shards.items_path, columns=["item_id", "index"], filesystem=shards.fs)
     item_id = np.zeros(shards.num_items + 1, np.int64)
     item_id[vocab.column("index").to_numpy()] = vocab.column("item_id").to_numpy()

@@ -285,6 +285,7 @@ def test_report_from_the_sweep(winner, tmp_path):
     assert [c["retrains"] for c in cells] == [2] and all(0 <= c["topk_overlap"] <= 1 for c in cells)
     oracle = analysis["oracle"]  # synthetic data: the generator's own ranking, on the same (validation) requests
     assert set(oracle) == set(cfg.eval.tasks) and oracle["B"]["requests"] > 0
+    assert oracle["B"]["requests"] == analysis["requests"]["B"]  # the very requests the models were scored on
     assert all(0 < o["mrr"] <= 1 for o in oracle.values() if o["requests"])  # a task may have no validation request
     assert oracle["B"]["mrr"] > max(t.valid_mrr for t in manifest.trials if t.status == "ok")
 
