@@ -275,7 +275,7 @@ def answers(analysis: dict) -> list[str]:
     noise = gains.get("next_gain_noise", math.nan)
     if math.isfinite(noise) and nxt <= noise:
         parts = ", ".join(f"{r['task']} {r['gain']:+.0%}" for r in gains["rows"] if math.isfinite(r["gain"]))
-        more = retrains_for_gain(nxt, noise, gains.get("retrains", 0))
+        more = retrains_for_gain(nxt, noise, over)
         out.append(f"{head}; per task: {parts}. Not answered: the next-event gain is within the retrains' noise "
                    f"(two standard errors over the retrains: {noise:.0%}), so the tasks' shares of it are noise too"
                    + (f"; a gain of this size would stand above that noise with about {more} retrains per size "

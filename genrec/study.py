@@ -105,13 +105,12 @@ def load_experiment(path: str | Path) -> Experiment:
         if store is None and base:  # histories and top-k lists live under the sweep's storage (local or a URI)
             store = stored_config(base).storage.store()
         run = json.loads((d / RUN_FILE).read_text()) if (d / RUN_FILE).is_file() else {}
-        history = []
+        reports = tune_reports(d)  # what Tune received: the trial's periods, and its history when the run's is gone
+        history = reports
         if run.get("history") and store is not None and store.is_file(run["history"]):
             history = json.loads(store.read_text(run["history"]))
-        elif (d / "result.json").is_file():  # the metrics Tune received, when the run's own history is gone
-            history = [json.loads(line) for line in (d / "result.json").read_text().splitlines() if line.strip()]
         error = (d / "error.txt").read_text().strip() if (d / "error.txt").is_file() else None
-        spans = tune_spans(d / "result.json")
+        spans = tune_spans(reports)
         status = "ok" if history and not error else "failed"
         want = params.get("epochs") or (params.get("base") or base or {}).get("train", {}).get("epochs")
         search = ((params.get("base") or base or {}).get("tune") or {}).get("search", "grid") != "grid"
@@ -135,14 +134,19 @@ def load_experiment(path: str | Path) -> Experiment:
 RESUME_GAP_S = 60.0  # more wall time than run time between two reports: the trial was stopped and resumed there
 
 
-def tune_spans(result_file: Path) -> list[tuple[float, float]]:
-    """When a trial ran, as (start, end) Unix seconds, from what Tune wrote for it (result.json: each report's
-    `timestamp` and `time_total_s`, the seconds it had run). A new period starts where the wall clock moved more than
-    RESUME_GAP_S beyond the run time between two reports (a stop and `--resume`); empty without a timed report."""
+def tune_reports(trial_dir: Path) -> list[dict]:
+    """Every report Tune received from a trial (its folder's result.json, one JSON object a line); empty without."""
+    result_file = trial_dir / "result.json"
     if not result_file.is_file():
         return []
-    rows = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if isinstance(r.get("timestamp"), (int, float))
+    return [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+
+
+def tune_spans(reports: list[dict]) -> list[tuple[float, float]]:
+    """When a trial ran, as (start, end) Unix seconds, from its Tune reports (`tune_reports`: each report's
+    `timestamp` and `time_total_s`, the seconds it had run). A new period starts where the wall clock moved more than
+    RESUME_GAP_S beyond the run time between two reports (a stop and `--resume`); empty without a timed report."""
+    rows = [r for r in reports if isinstance(r.get("timestamp"), (int, float))
             and isinstance(r.get("time_total_s"), (int, float))]
     if not rows:
         return []
@@ -254,10 +258,10 @@ def scaling_fits(exp: Experiment, resamples: int, seed: int) -> list[dict]:
     """One offset power-law fit per (task, max_seq_len) over the retrains `compared_retrains` picks, with its
     bootstrap intervals, the log-linear fit beside it, and the measured mean and the headroom P0 - P(N) at each
     size."""
+    compared = {seq_len: compared_retrains(exp, seq_len) for seq_len in sorted({t.max_seq_len for t in exp.ok})}
     out = []
     for task in exp.config.eval.tasks:
-        for seq_len in sorted({t.max_seq_len for t in exp.ok}):
-            trials, basis = compared_retrains(exp, seq_len)
+        for seq_len, (trials, basis) in compared.items():
             obs = [(t.params, shared_figure(t, task)) for t in trials]
             obs = [(n, p) for n, p in obs if p is not None and np.isfinite(p) and np.isfinite(n)]
             n = np.array([o[0] for o in obs])

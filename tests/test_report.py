@@ -16,7 +16,8 @@ from genrec.config import ConfigError, load_config
 from genrec.model import backbone_params
 from genrec.presets import PRESETS
 from genrec.report import cost_line
-from genrec.study import Trial, analyse, covered_s, load_experiment, make_report, sweep_cost, tune_spans
+from genrec.study import (Trial, analyse, covered_s, load_experiment, make_report, sweep_cost, tune_reports,
+                          tune_spans)
 
 PRESET_LADDER = ["100k", "250k", "500k", "1m", "2m"]
 LAWS = {"B": (0.20, 2e3, 0.5), "A": (0.35, 1e3, 0.6), "C": (0.60, 5e2, 0.5)}  # task -> (P0, N0, a)
@@ -150,14 +151,13 @@ def test_what_a_sweep_cost_comes_from_tunes_clock_and_every_epoch_run(tmp_path):
     reports = ({"epoch": 1, "timestamp": 1000, "time_total_s": 30.0},
                {"epoch": 2, "timestamp": 1050, "time_total_s": 80.0})
     (tmp_path / "result.json").write_text("".join(json.dumps(r) + "\n" for r in reports))
-    assert tune_spans(tmp_path / "result.json") == [(970.0, 1050.0)]  # started 30 s before its first report
+    assert tune_reports(tmp_path) == list(reports)
+    assert tune_spans(tune_reports(tmp_path)) == [(970.0, 1050.0)]  # started 30 s before its first report
     # stopped after epoch 2 and resumed an hour later (Tune carries its run time over): two periods, the hour left out
     resumed = reports + ({"epoch": 3, "timestamp": 4700, "time_total_s": 120.0},
                          {"epoch": 4, "timestamp": 4740, "time_total_s": 160.0})
-    (tmp_path / "resumed.json").write_text("".join(json.dumps(r) + "\n" for r in resumed))
-    assert tune_spans(tmp_path / "resumed.json") == [(970.0, 1050.0), (4660.0, 4740.0)]
-    (tmp_path / "untimed.json").write_text(json.dumps({"epoch": 1}) + "\n")
-    assert tune_spans(tmp_path / "untimed.json") == [] and tune_spans(tmp_path / "missing.json") == []
+    assert tune_spans(list(resumed)) == [(970.0, 1050.0), (4660.0, 4740.0)]
+    assert tune_spans([{"epoch": 1}]) == [] and tune_reports(tmp_path / "missing") == []
     assert covered_s([(0.0, 10.0), (5.0, 20.0), (30.0, 40.0), (32.0, 35.0)]) == 30.0
 
     def trial(spans, history, warm=False, status="ok"):
