@@ -252,6 +252,8 @@ def answers(analysis: dict) -> list[str]:
                    "(size, max_seq_len) cells with two or more retrains each (tune.seeds, tune.window_shifts_h).")
     if warm := warm_sentence(analysis):
         out.append(warm)
+    if ends := ends_sentence(analysis):
+        out.append(ends)
     gains = analysis["gains"]
     title = "**How much do pre-training gains shrink on tasks with little headroom?**"
     if not gains.get("rows"):
@@ -295,6 +297,37 @@ def answers(analysis: dict) -> list[str]:
                  "the relation is built in).")
     out.append(text)
     return out
+
+
+BUDGET = "time budget"  # how a run ended when train.time_budget_s stopped it (genrec.train.stop_reason)
+
+
+def ends_sentence(analysis: dict) -> str | None:
+    """Whether the sizes were trained to convergence: how each size's retrains from scratch ended, and, where the
+    largest size stopped on its time budget more often than the smallest, that the fits compare sizes at equal
+    training time, not at convergence. None when no run recorded how it ended."""
+    rows = [r for r in analysis.get("ends") or [] if set(r["ends"]) - {"not recorded"}]
+    if not rows:
+        return None
+    order = ("early stopping", BUDGET, "max epochs", "not recorded")
+
+    def counted(ends):
+        return ", ".join(f"{ends[k]} {k}" for k in sorted(ends, key=lambda k: (order.index(k) if k in order else 9, k)))
+
+    parts = "; ".join(f"{r['preset']} ({_params(r['backbone_params'])}): {counted(r['ends'])}" for r in rows)
+    budget = analysis.get("time_budget_s")
+    budget = f" (train.time_budget_s {budget:g} s)" if budget else ""
+    text = f"**Were the sizes trained to convergence?** How each size's retrains from scratch ended: {parts}."
+    small, large = rows[0], rows[-1]
+    share = {r["preset"]: r["ends"].get(BUDGET, 0) / r["retrains"] for r in (small, large)}
+    if len(rows) > 1 and share[large["preset"]] > share[small["preset"]]:
+        text += (f" The largest backbone stopped on its time budget{budget} in {large['ends'].get(BUDGET, 0)} of "
+                 f"{large['retrains']} retrains, the smallest in {small['ends'].get(BUDGET, 0)} of "
+                 f"{small['retrains']}: the fits and gains compare sizes at equal training time, not at convergence, "
+                 "and may understate what size buys (a longer budget, or faster hardware, would tell).")
+    elif not any(r["ends"].get(BUDGET) for r in rows):
+        text += " None stopped on a time budget: the sizes are compared at their validation best."
+    return text
 
 
 def fit_table(analysis: dict, oracle: dict | None) -> Table:
@@ -414,14 +447,14 @@ def trials_table(analysis: dict) -> Table:
     # the figure trials were kept by, which popularity stands beside
     select = next((k for r in analysis["trials"] for k in r if k.startswith("popularity_")),
                   "popularity_").removeprefix("popularity_")
-    cols = (["preset", "backbone", "max_seq_len", "seed", "window shift h", "status", "kept epoch", "loss"]
+    cols = (["preset", "backbone", "max_seq_len", "seed", "window shift h", "status", "ended", "kept epoch", "loss"]
             + ([f"{select} (validation)", "popularity, same requests"] if select else [])
             + [f"validation MRR {t}" for t in tasks] + ["wall s", "events", "train FLOPs"])
     rows = []
     for r in analysis["trials"]:
         rows.append([r["preset"], _params(r["backbone_params"]) if r["backbone_params"] else "", r["max_seq_len"],
                      r["seed"], f"{r['window_shift_h']:g}" + (" (warm)" if r.get("warm") else ""),
-                     r["status"] + (f": {r['error']}" if r.get("error") else ""),
+                     r["status"] + (f": {r['error']}" if r.get("error") else ""), r.get("end") or "",
                      r["epochs"], r["loss"]]
                     + ([r.get(select), r.get("popularity_" + select)] if select else [])
                     + [r.get(f"valid_mrr_{t}") for t in tasks]

@@ -232,11 +232,25 @@ def trial_rows(exp: Experiment) -> list[dict]:
         row |= {_metric(k): f.get(_metric(k)) for k in tasks}
         # The trial's selection figure and popularity's on the same validation requests (the bar beside it).
         row |= {t.select: f.get(t.select), "popularity_" + t.select: f.get("popularity_" + t.select)}
+        row["end"] = t.spent.get("end")  # how the run ended: early stopping, its time budget, or its epochs
         if t.status != "ok":
             row["error"] = (t.error or "").splitlines()[-1][:200] if t.error else ""
         rows.append(row)
     rows.sort(key=lambda r: (r["backbone_params"] or 0, r["max_seq_len"], r["window_shift_h"], r["seed"]))
     return rows
+
+
+def retrain_ends(exp: Experiment) -> list[dict]:
+    """Per backbone size, how its retrains from scratch ended: the `end` of each run's last epoch ("early stopping",
+    "time budget", "max epochs"; "not recorded" for older runs). Where the larger sizes stop on the time budget and
+    the smaller ones by early stopping, the fits compare sizes at equal training time, not at convergence."""
+    sizes: dict[tuple, dict[str, int]] = {}
+    for t in exp.ok:
+        ends = sizes.setdefault((t.params, t.preset), {})
+        end = t.spent.get("end") or "not recorded"
+        ends[end] = ends.get(end, 0) + 1
+    return [{"preset": preset, "backbone_params": n, "retrains": sum(ends.values()), "ends": ends}
+            for (n, preset), ends in sorted(sizes.items(), key=lambda kv: (kv[0][0], kv[0][1]))]
 
 
 def compared_retrains(exp: Experiment, seq_len: int) -> tuple[list[Trial], str]:
@@ -459,6 +473,7 @@ def analyse(exp: Experiment, budget_flops: float | None = None, resamples: int |
             "gains": gains(exp, fits), "optimal": optimal(exp, fits, budget_flops),
             "tasks": {k: v.model_dump() for k, v in exp.config.eval.tasks.items()},
             "requests": task_requests(exp), "cost": sweep_cost(exp.trials),
+            "ends": retrain_ends(exp), "time_budget_s": exp.config.train.time_budget_s,
             "primary": exp.config.eval.primary, "delays": exp.config.eval.delays_h}
 
 

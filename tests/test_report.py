@@ -145,6 +145,8 @@ def test_report_pages_and_plots(sweep, tmp_path):
     assert json.loads(paths["json"].read_text())["optimal"]["rows"]
     # no trial folder holds Tune's clock here: the cost line says what it can (trials, training time, FLOPs)
     assert "**Cost of this run:** 42 trials, 2 of them failed or stopped; " in md and "of wall time" not in md
+    # every hand-made run ended by early stopping (its last epoch says so): nothing flagged
+    assert "**Were the sizes trained to convergence?**" in md and "None stopped on a time budget" in md
 
 
 def test_what_a_sweep_cost_comes_from_tunes_clock_and_every_epoch_run(tmp_path):
@@ -286,3 +288,38 @@ def test_the_generator_reference_scores_the_very_requests_the_models_are_scored_
     assert 0 < scored < undelayed  # a 48-h-stale context is empty for some requests: the models skip them
     oracle = oracle_metrics(cfg, str(tmp_path / "s"))
     assert oracle["B"]["requests"] == scored and 0 < oracle["B"]["mrr"] <= 1
+
+
+def test_the_report_says_when_the_larger_sizes_stopped_on_their_time_budget():
+    """How each size's retrains ended, read from the last epoch's `end`: a largest size cut by the time budget while
+    the smallest early-stopped is flagged (the fits then compare sizes at equal time, not at convergence)."""
+    from genrec.report import ends_sentence, trials_table
+    from genrec.study import Experiment, retrain_ends, trial_rows
+
+    cfg = load_config(None, ["eval.tasks={B: {targets: next}}", "finetune.task=B", "train.time_budget_s=540"])
+
+    def retrain(params, end, warm=False, seed=0):
+        history = [{"epoch": 1, "backbone_params": params, "valid_ndcg@10": 0.2},
+                   {"epoch": 2, "backbone_params": params, "valid_ndcg@10": 0.1, **({"end": end} if end else {})}]
+        return Trial("1m" if params > 5e5 else "100k", 64, seed, 0.0, "ok", None, history, warm=warm)
+
+    trials = [retrain(1e5, "early stopping"), retrain(1e5, "early stopping", seed=1),
+              retrain(1e6, "time budget"), retrain(1e6, "early stopping", seed=1), retrain(1e6, "time budget", seed=2),
+              retrain(1e6, "time budget", warm=True)]  # a warm retrain is not a size's retrain from scratch
+    exp = Experiment(Path("."), cfg, "", trials)
+    ends = retrain_ends(exp)
+    assert ends == [{"preset": "100k", "backbone_params": 1e5, "retrains": 2, "ends": {"early stopping": 2}},
+                    {"preset": "1m", "backbone_params": 1e6, "retrains": 3,
+                     "ends": {"time budget": 2, "early stopping": 1}}]
+    text = ends_sentence({"ends": ends, "time_budget_s": 540.0})
+    assert ("100k (100k): 2 early stopping; 1m (1.00M): 1 early stopping, 2 time budget." in text
+            and "stopped on its time budget (train.time_budget_s 540 s) in 2 of 3 retrains, the smallest in 0 of 2"
+            in text and "not at convergence" in text), text
+    # the same sizes, all early-stopped: said so, and nothing flagged
+    calm = [dict(r, ends={"early stopping": r["retrains"]}) for r in ends]
+    assert "None stopped on a time budget" in ends_sentence({"ends": calm}) and "not at convergence" not in \
+        ends_sentence({"ends": calm})
+    # runs that predate the record say nothing rather than guess
+    assert ends_sentence({"ends": [dict(r, ends={"not recorded": 2}) for r in ends]}) is None
+    table = trials_table({"tasks": {"B": {}}, "trials": trial_rows(exp)}).markdown()
+    assert table.count("| time budget |") == 3 and "| ended |" in table
