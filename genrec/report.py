@@ -303,24 +303,33 @@ BUDGET = "time budget"  # how a run ended when train.time_budget_s stopped it (g
 
 
 def ends_sentence(analysis: dict) -> str | None:
-    """Whether the sizes were trained to convergence: how each size's retrains from scratch ended, and, where the
-    largest size stopped on its time budget more often than the smallest, that the fits compare sizes at equal
-    training time, not at convergence. None when no run recorded how it ended."""
+    """Whether the sizes were trained to convergence: how each size's retrains from scratch ended and how many epochs
+    they trained; where the time budget stopped every retrain, or the largest size more often than the smallest,
+    that the fits compare sizes at equal training time, not at convergence. None when no run recorded how it
+    ended."""
     rows = [r for r in analysis.get("ends") or [] if set(r["ends"]) - {"not recorded"}]
     if not rows:
         return None
     order = ("early stopping", BUDGET, "max epochs", "not recorded")
 
-    def counted(ends):
-        return ", ".join(f"{ends[k]} {k}" for k in sorted(ends, key=lambda k: (order.index(k) if k in order else 9, k)))
+    def counted(r):
+        ends = ", ".join(f"{r['ends'][k]} {k}"
+                         for k in sorted(r["ends"], key=lambda k: (order.index(k) if k in order else 9, k)))
+        epochs = r.get("epochs") or []
+        span = (f"{epochs[0]}" if epochs[0] == epochs[-1] else f"{epochs[0]}-{epochs[-1]}") if epochs else ""
+        return ends + (f" ({span} epochs)" if span else "")
 
-    parts = "; ".join(f"{r['preset']} ({_params(r['backbone_params'])}): {counted(r['ends'])}" for r in rows)
+    parts = "; ".join(f"{r['preset']} ({_params(r['backbone_params'])}): {counted(r)}" for r in rows)
     budget = analysis.get("time_budget_s")
     budget = f" (train.time_budget_s {budget:g} s)" if budget else ""
     text = f"**Were the sizes trained to convergence?** How each size's retrains from scratch ended: {parts}."
     small, large = rows[0], rows[-1]
     share = {r["preset"]: r["ends"].get(BUDGET, 0) / r["retrains"] for r in (small, large)}
-    if len(rows) > 1 and share[large["preset"]] > share[small["preset"]]:
+    if all(r["ends"].get(BUDGET, 0) == r["retrains"] for r in rows):
+        text += (f" Every retrain stopped on its time budget{budget}, the smallest size's too: none converged, and "
+                 "the fits compare sizes at equal training time, where a larger backbone trains fewer epochs; they "
+                 "say what size buys in that time, not what it buys (a longer budget, or faster hardware, would tell).")
+    elif len(rows) > 1 and share[large["preset"]] > share[small["preset"]]:
         text += (f" The largest backbone stopped on its time budget{budget} in {large['ends'].get(BUDGET, 0)} of "
                  f"{large['retrains']} retrains, the smallest in {small['ends'].get(BUDGET, 0)} of "
                  f"{small['retrains']}: the fits and gains compare sizes at equal training time, not at convergence, "

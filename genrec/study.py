@@ -242,14 +242,17 @@ def trial_rows(exp: Experiment) -> list[dict]:
 
 def retrain_ends(exp: Experiment) -> list[dict]:
     """Per backbone size, how its retrains from scratch ended: the `end` of each run's last epoch ("early stopping",
-    "time budget", "max epochs"; "not recorded" for older runs). Where the larger sizes stop on the time budget and
+    "time budget", "max epochs"; "not recorded" for older runs), and how many epochs each trained. Where the larger sizes stop on the time budget and
     the smaller ones by early stopping, the fits compare sizes at equal training time, not at convergence."""
     sizes: dict[tuple, dict[str, int]] = {}
+    epochs: dict[tuple, list[int]] = {}
     for t in exp.ok:
         ends = sizes.setdefault((t.params, t.preset), {})
         end = t.spent.get("end") or "not recorded"
         ends[end] = ends.get(end, 0) + 1
-    return [{"preset": preset, "backbone_params": n, "retrains": sum(ends.values()), "ends": ends}
+        epochs.setdefault((t.params, t.preset), []).append(int(t.spent.get("epoch", 0)))
+    return [{"preset": preset, "backbone_params": n, "retrains": sum(ends.values()), "ends": ends,
+             "epochs": sorted(epochs[(n, preset)])}
             for (n, preset), ends in sorted(sizes.items(), key=lambda kv: (kv[0][0], kv[0][1]))]
 
 

@@ -308,17 +308,23 @@ def test_the_report_says_when_the_larger_sizes_stopped_on_their_time_budget():
               retrain(1e6, "time budget", warm=True)]  # a warm retrain is not a size's retrain from scratch
     exp = Experiment(Path("."), cfg, "", trials)
     ends = retrain_ends(exp)
-    assert ends == [{"preset": "100k", "backbone_params": 1e5, "retrains": 2, "ends": {"early stopping": 2}},
+    assert ends == [{"preset": "100k", "backbone_params": 1e5, "retrains": 2, "ends": {"early stopping": 2},
+                     "epochs": [2, 2]},
                     {"preset": "1m", "backbone_params": 1e6, "retrains": 3,
-                     "ends": {"time budget": 2, "early stopping": 1}}]
+                     "ends": {"time budget": 2, "early stopping": 1}, "epochs": [2, 2, 2]}]
     text = ends_sentence({"ends": ends, "time_budget_s": 540.0})
-    assert ("100k (100k): 2 early stopping; 1m (1.00M): 1 early stopping, 2 time budget." in text
+    assert ("100k (100k): 2 early stopping (2 epochs); 1m (1.00M): 1 early stopping, 2 time budget (2 epochs)." in text
             and "stopped on its time budget (train.time_budget_s 540 s) in 2 of 3 retrains, the smallest in 0 of 2"
             in text and "not at convergence" in text), text
     # the same sizes, all early-stopped: said so, and nothing flagged
     calm = [dict(r, ends={"early stopping": r["retrains"]}) for r in ends]
     assert "None stopped on a time budget" in ends_sentence({"ends": calm}) and "not at convergence" not in \
         ends_sentence({"ends": calm})
+    # every retrain cut by the budget, the smallest's too: none converged (equal shares, yet flagged)
+    cut = [dict(r, ends={"time budget": r["retrains"]}, epochs=[11] if r["preset"] == "100k" else [2, 3]) for r in ends]
+    text = ends_sentence({"ends": cut, "time_budget_s": 540.0})
+    assert "100k (100k): 2 time budget (11 epochs); 1m (1.00M): 3 time budget (2-3 epochs)." in text
+    assert "Every retrain stopped on its time budget (train.time_budget_s 540 s), the smallest size's too" in text
     # runs that predate the record say nothing rather than guess
     assert ends_sentence({"ends": [dict(r, ends={"not recorded": 2}) for r in ends]}) is None
     table = trials_table({"tasks": {"B": {}}, "trials": trial_rows(exp)}).markdown()
