@@ -92,6 +92,22 @@ def _save(fig, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def fit_ylim(fits: list[dict], task: str, oracle: dict | None) -> tuple[float, float]:
+    """A task's y-range: its measured points, fitted P0s and the generator's reference, with a margin. A P0 interval
+    that runs to its bound (1.0 for a flat fit) would otherwise stretch the axis and flatten the points into a line;
+    the fit table gives the whole interval."""
+    ys = [float(v) for f in fits if f["task"] == task for v in f["p"]]
+    ys += [f["fit"].p0 for f in fits if f["task"] == task and f["fit"] is not None]
+    if oracle and task in oracle:
+        ys.append(float(oracle[task]["mrr"]))
+    ys = [y for y in ys if math.isfinite(y)]
+    if not ys:
+        return 0.0, 1.0
+    lo, hi = min(ys), max(ys)
+    pad = max(hi - lo, 0.01) * 0.15
+    return max(lo - pad, 0.0), hi + pad
+
+
 def plot_fits(analysis: dict, path: Path, oracle: dict | None) -> bool:
     tasks = list(analysis["tasks"])
     fits = analysis["fits"]
@@ -123,6 +139,7 @@ def plot_fits(analysis: dict, path: Path, oracle: dict | None) -> bool:
                 ax.plot(grid, f["loglinear"].predict(grid), color=c, lw=0.9, ls=":")
         if oracle and task in oracle:
             ax.axhline(oracle[task]["mrr"], color="black", lw=1.0, ls="-.", label="generator reference")
+        ax.set_ylim(*fit_ylim(fits, task, oracle))
         ax.set_xscale("log")
         ax.set_xlabel("backbone parameters")
         ax.set_ylabel("MRR")

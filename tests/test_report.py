@@ -329,3 +329,18 @@ def test_the_report_says_when_the_larger_sizes_stopped_on_their_time_budget():
     assert ends_sentence({"ends": [dict(r, ends={"not recorded": 2}) for r in ends]}) is None
     table = trials_table({"tasks": {"B": {}}, "trials": trial_rows(exp)}).markdown()
     assert table.count("| time budget |") == 3 and "| ended |" in table
+
+
+def test_the_fit_plot_is_scaled_to_the_points_not_to_an_interval_that_runs_to_its_bound():
+    from genrec.analysis import fit_offset_power_law
+    from genrec.report import fit_ylim
+
+    n = np.array([1e5, 1e5, 1e6, 1e6])
+    p = np.array([0.10, 0.09, 0.07, 0.08])  # falls with size: a flat fit whose P0 interval runs to 1.0
+    fits = [{"task": "B", "n": n, "p": p, "fit": fit_offset_power_law(n, p, p0_max=1.0)},
+            {"task": "C", "n": n, "p": p + 0.4, "fit": None}]
+    lo, hi = fit_ylim(fits, "B", None)
+    assert 0.06 < lo < 0.07 and 0.10 < hi < 0.11  # the points' range (0.07-0.10) and a 15% margin, P0 inside
+    assert fit_ylim(fits, "B", {"B": {"mrr": 0.2}})[1] == pytest.approx(0.2 + 0.13 * 0.15)  # the reference shown
+    assert fit_ylim(fits, "C", None) == pytest.approx((0.47 - 0.0045, 0.50 + 0.0045))
+    assert fit_ylim([], "B", None) == (0.0, 1.0)
