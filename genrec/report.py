@@ -317,17 +317,18 @@ def answers(analysis: dict) -> list[str]:
 
 
 BUDGET = "time budget"  # how a run ended when train.time_budget_s stopped it (genrec.train.stop_reason)
+MAX_EPOCHS = "max epochs"  # ... when it ran all of train.epochs
 
 
 def ends_sentence(analysis: dict) -> str | None:
     """Whether the sizes were trained to convergence: how each size's retrains from scratch ended and how many epochs
     they trained; where the time budget stopped every retrain, or the largest size more often than the smallest,
-    that the fits compare sizes at equal training time, not at convergence. None when no run recorded how it
-    ended."""
+    that the fits compare sizes at equal training time, not at their validation best; and where runs hit
+    train.epochs. None when no run recorded how it ended."""
     rows = [r for r in analysis.get("ends") or [] if set(r["ends"]) - {"not recorded"}]
     if not rows:
         return None
-    order = ("early stopping", BUDGET, "max epochs", "not recorded")
+    order = ("early stopping", BUDGET, MAX_EPOCHS, "not recorded")
 
     def counted(r):
         ends = ", ".join(f"{r['ends'][k]} {k}"
@@ -336,23 +337,34 @@ def ends_sentence(analysis: dict) -> str | None:
         span = (f"{epochs[0]}" if epochs[0] == epochs[-1] else f"{epochs[0]}-{epochs[-1]}") if epochs else ""
         return ends + (f" ({span} epochs)" if span else "")
 
-    parts = "; ".join(f"{r['preset']} ({_params(r['backbone_params'])}): {counted(r)}" for r in rows)
+    def name(r):
+        return f"{r['preset']} ({_params(r['backbone_params'])})"
+
+    parts = "; ".join(f"{name(r)}: {counted(r)}" for r in rows)
     budget = analysis.get("time_budget_s")
     budget = f" (train.time_budget_s {budget:g} s)" if budget else ""
     text = f"**Were the sizes trained to convergence?** How each size's retrains from scratch ended: {parts}."
     small, large = rows[0], rows[-1]
-    share = {r["preset"]: r["ends"].get(BUDGET, 0) / r["retrains"] for r in (small, large)}
+    cut = {id(r): r["ends"].get(BUDGET, 0) / r["retrains"] for r in (small, large)}
+    fewer = (len(rows) > 1 and small.get("epochs") and large.get("epochs")
+             and float(np.median(large["epochs"])) < float(np.median(small["epochs"])))
     if all(r["ends"].get(BUDGET, 0) == r["retrains"] for r in rows):
-        text += (f" Every retrain stopped on its time budget{budget}, the smallest size's too: none converged, and "
-                 "the fits compare sizes at equal training time, where a larger backbone trains fewer epochs; they "
-                 "say what size buys in that time, not what it buys (a longer budget, or faster hardware, would tell).")
-    elif len(rows) > 1 and share[large["preset"]] > share[small["preset"]]:
-        text += (f" The largest backbone stopped on its time budget{budget} in {large['ends'].get(BUDGET, 0)} of "
-                 f"{large['retrains']} retrains, the smallest in {small['ends'].get(BUDGET, 0)} of "
-                 f"{small['retrains']}: the fits and gains compare sizes at equal training time, not at convergence, "
-                 "and may understate what size buys (a longer budget, or faster hardware, would tell).")
-    elif not any(r["ends"].get(BUDGET) for r in rows):
-        text += " None stopped on a time budget: the sizes are compared at their validation best."
+        text += (f" Every retrain stopped on its time budget{budget}, the smallest size's too, none by early "
+                 "stopping: the fits compare sizes at equal training time, not at their validation best"
+                 + (f", and {large['preset']} trained fewer epochs in it than {small['preset']}" if fewer else "")
+                 + "; they say what size buys in that time (a longer budget, or faster hardware, would tell more).")
+    elif len(rows) > 1 and cut[id(large)] > cut[id(small)]:
+        text += (f" {name(large)} stopped on its time budget{budget} in {large['ends'].get(BUDGET, 0)} of "
+                 f"{large['retrains']} retrains, {name(small)} in {small['ends'].get(BUDGET, 0)} of "
+                 f"{small['retrains']}: the fits and gains compare the sizes at equal training time, not at their "
+                 "validation best, and may understate what size buys (a longer budget, or faster hardware, would "
+                 "tell).")
+    capped = sum(r["ends"].get(MAX_EPOCHS, 0) for r in rows)
+    if capped:
+        text += (f" {capped} retrain{'s' if capped > 1 else ''} stopped at train.epochs, still improving or not: "
+                 "raise it so that early stopping ends them.")
+    elif all(set(r["ends"]) == {"early stopping"} for r in rows):
+        text += " Every one stopped by early stopping: the sizes are compared at their validation best."
     return text
 
 

@@ -242,18 +242,23 @@ def trial_rows(exp: Experiment) -> list[dict]:
 
 def retrain_ends(exp: Experiment) -> list[dict]:
     """Per backbone size, how its retrains from scratch ended: the `end` of each run's last epoch ("early stopping",
-    "time budget", "max epochs"; "not recorded" for older runs), and how many epochs each trained. Where the larger sizes stop on the time budget and
-    the smaller ones by early stopping, the fits compare sizes at equal training time, not at convergence."""
+    "time budget", "max epochs"; "not recorded" for older runs), and how many epochs each trained. Where the larger
+    sizes stop on the time budget and the smaller ones by early stopping, the fits compare sizes at equal training
+    time, not at convergence."""
     sizes: dict[tuple, dict[str, int]] = {}
     epochs: dict[tuple, list[int]] = {}
     for t in exp.ok:
-        ends = sizes.setdefault((t.params, t.preset), {})
+        key = (t.params if math.isfinite(t.params) else math.inf, t.preset)  # NaN keys would not merge
+        ends = sizes.setdefault(key, {})
         end = t.spent.get("end") or "not recorded"
         ends[end] = ends.get(end, 0) + 1
-        epochs.setdefault((t.params, t.preset), []).append(int(t.spent.get("epoch", 0)))
+        epochs.setdefault(key, []).append(int(t.spent.get("epoch", 0)))
+    def by_size(kv):  # a size with no recorded parameter count goes last
+        n = kv[0][0]
+        return (not math.isfinite(n), n if math.isfinite(n) else 0.0, kv[0][1])
+
     return [{"preset": preset, "backbone_params": n, "retrains": sum(ends.values()), "ends": ends,
-             "epochs": sorted(epochs[(n, preset)])}
-            for (n, preset), ends in sorted(sizes.items(), key=lambda kv: (kv[0][0], kv[0][1]))]
+             "epochs": sorted(epochs[(n, preset)])} for (n, preset), ends in sorted(sizes.items(), key=by_size)]
 
 
 def compared_retrains(exp: Experiment, seq_len: int) -> tuple[list[Trial], str]:

@@ -6,6 +6,7 @@ a real Ray Tune sweep.)"""
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -146,7 +147,7 @@ def test_report_pages_and_plots(sweep, tmp_path):
     # no trial folder holds Tune's clock here: the cost line says what it can (trials, training time, FLOPs)
     assert "**Cost of this run:** 42 trials, 2 of them failed or stopped; " in md and "of wall time" not in md
     # every hand-made run ended by early stopping (its last epoch says so): nothing flagged
-    assert "**Were the sizes trained to convergence?**" in md and "None stopped on a time budget" in md
+    assert "**Were the sizes trained to convergence?**" in md and "Every one stopped by early stopping" in md
 
 
 def test_what_a_sweep_cost_comes_from_tunes_clock_and_every_epoch_run(tmp_path):
@@ -314,17 +315,21 @@ def test_the_report_says_when_the_larger_sizes_stopped_on_their_time_budget():
                      "ends": {"time budget": 2, "early stopping": 1}, "epochs": [2, 2, 2]}]
     text = ends_sentence({"ends": ends, "time_budget_s": 540.0})
     assert ("100k (100k): 2 early stopping (2 epochs); 1m (1.00M): 1 early stopping, 2 time budget (2 epochs)." in text
-            and "stopped on its time budget (train.time_budget_s 540 s) in 2 of 3 retrains, the smallest in 0 of 2"
-            in text and "not at convergence" in text), text
+            and "1m (1.00M) stopped on its time budget (train.time_budget_s 540 s) in 2 of 3 retrains, 100k (100k) in "
+            "0 of 2" in text and "not at their validation best" in text), text
     # the same sizes, all early-stopped: said so, and nothing flagged
     calm = [dict(r, ends={"early stopping": r["retrains"]}) for r in ends]
-    assert "None stopped on a time budget" in ends_sentence({"ends": calm}) and "not at convergence" not in \
+    assert "Every one stopped by early stopping" in ends_sentence({"ends": calm}) and "equal training time" not in \
         ends_sentence({"ends": calm})
+    # runs that used up train.epochs did not stop at their best either
+    capped = ends_sentence({"ends": [calm[0], dict(ends[1], ends={"max epochs": 3})]})
+    assert "3 retrains stopped at train.epochs" in capped and "Every one stopped by early stopping" not in capped
     # every retrain cut by the budget, the smallest's too: none converged (equal shares, yet flagged)
     cut = [dict(r, ends={"time budget": r["retrains"]}, epochs=[11] if r["preset"] == "100k" else [2, 3]) for r in ends]
     text = ends_sentence({"ends": cut, "time_budget_s": 540.0})
     assert "100k (100k): 2 time budget (11 epochs); 1m (1.00M): 3 time budget (2-3 epochs)." in text
-    assert "Every retrain stopped on its time budget (train.time_budget_s 540 s), the smallest size's too" in text
+    assert ("Every retrain stopped on its time budget (train.time_budget_s 540 s), the smallest size's too, none by "
+            "early stopping" in text and "and 1m trained fewer epochs in it than 100k" in text), text
     # runs that predate the record say nothing rather than guess
     assert ends_sentence({"ends": [dict(r, ends={"not recorded": 2}) for r in ends]}) is None
     table = trials_table({"tasks": {"B": {}}, "trials": trial_rows(exp)}).markdown()
@@ -335,12 +340,15 @@ def test_the_fit_plot_is_scaled_to_the_points_not_to_an_interval_that_runs_to_it
     from genrec.analysis import fit_offset_power_law
     from genrec.report import fit_ylim
 
-    n = np.array([1e5, 1e5, 1e6, 1e6])
-    p = np.array([0.10, 0.09, 0.07, 0.08])  # falls with size: a flat fit whose P0 interval runs to 1.0
-    fits = [{"task": "B", "n": n, "p": p, "fit": fit_offset_power_law(n, p, p0_max=1.0)},
-            {"task": "C", "n": n, "p": p + 0.4, "fit": None}]
+    n = np.array([1e5, 1e5, 3e5, 3e5, 1e6, 1e6])
+    p = np.array([0.10, 0.09, 0.085, 0.08, 0.07, 0.08])  # falls with size: a flat fit (P0 at the points' level)
+    fit = fit_offset_power_law(n, p, p0_max=1.0)
+    assert fit is not None
+    fits = [{"task": "B", "n": n, "p": p, "fit": fit}, {"task": "C", "n": n, "p": p + 0.4, "fit": None}]
     lo, hi = fit_ylim(fits, "B", None)
-    assert 0.06 < lo < 0.07 and 0.10 < hi < 0.11  # the points' range (0.07-0.10) and a 15% margin, P0 inside
+    assert (lo, hi) == pytest.approx((0.07 - 0.0045, 0.10 + 0.0045)) and lo < fit.p0 < hi  # the points, a margin
+    # a fitted P0 above every point is shown too
+    assert fit_ylim([dict(fits[0], fit=SimpleNamespace(p0=0.2))], "B", None)[1] == pytest.approx(0.2 + 0.13 * 0.15)
     assert fit_ylim(fits, "B", {"B": {"mrr": 0.2}})[1] == pytest.approx(0.2 + 0.13 * 0.15)  # the reference shown
-    assert fit_ylim(fits, "C", None) == pytest.approx((0.47 - 0.0045, 0.50 + 0.0045))
+    assert fit_ylim(fits, "C", None) == pytest.approx((0.47 - 0.0045, 0.50 + 0.0045))  # no fit: the points alone
     assert fit_ylim([], "B", None) == (0.0, 1.0)
