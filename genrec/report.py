@@ -29,6 +29,7 @@ import numpy as np
 
 from genrec.analysis import (CostModel, Interval, LogLinearFit, PowerLawFit, pairs_for_clear_interval, retrains_for_gain,
                              spearman)
+from genrec.selection import EARLY_STOPPING, MAX_EPOCHS, TIME_BUDGET
 from genrec.storage import atomic_write_bytes
 
 
@@ -316,10 +317,6 @@ def answers(analysis: dict) -> list[str]:
     return out
 
 
-BUDGET = "time budget"  # how a run ended when train.time_budget_s stopped it (genrec.train.stop_reason)
-MAX_EPOCHS = "max epochs"  # ... when it ran all of train.epochs
-
-
 def ends_sentence(analysis: dict) -> str | None:
     """Whether the sizes were trained to convergence: how each size's retrains from scratch ended and how many epochs
     they trained; where the time budget stopped every retrain, or the largest size more often than the smallest,
@@ -328,7 +325,7 @@ def ends_sentence(analysis: dict) -> str | None:
     rows = [r for r in analysis.get("ends") or [] if set(r["ends"]) - {"not recorded"}]
     if not rows:
         return None
-    order = ("early stopping", BUDGET, MAX_EPOCHS, "not recorded")
+    order = (EARLY_STOPPING, TIME_BUDGET, MAX_EPOCHS, "not recorded")
 
     def counted(r):
         ends = ", ".join(f"{r['ends'][k]} {k}"
@@ -340,30 +337,31 @@ def ends_sentence(analysis: dict) -> str | None:
     def name(r):
         return f"{r['preset']} ({_params(r['backbone_params'])})"
 
+    def cut(r):  # retrains the time budget stopped
+        return r["ends"].get(TIME_BUDGET, 0)
+
     parts = "; ".join(f"{name(r)}: {counted(r)}" for r in rows)
-    budget = analysis.get("time_budget_s")
-    budget = f" (train.time_budget_s {budget:g} s)" if budget else ""
+    seconds = analysis.get("time_budget_s")
+    budget = f" (train.time_budget_s {seconds:g} s)" if seconds else ""
     text = f"**Were the sizes trained to convergence?** How each size's retrains from scratch ended: {parts}."
     small, large = rows[0], rows[-1]
-    cut = {id(r): r["ends"].get(BUDGET, 0) / r["retrains"] for r in (small, large)}
     fewer = (len(rows) > 1 and small.get("epochs") and large.get("epochs")
              and float(np.median(large["epochs"])) < float(np.median(small["epochs"])))
-    if all(r["ends"].get(BUDGET, 0) == r["retrains"] for r in rows):
+    if all(cut(r) == r["retrains"] for r in rows):
         text += (f" Every retrain stopped on its time budget{budget}, the smallest size's too, none by early "
                  "stopping: the fits compare sizes at equal training time, not at their validation best"
                  + (f", and {large['preset']} trained fewer epochs in it than {small['preset']}" if fewer else "")
                  + "; they say what size buys in that time (a longer budget, or faster hardware, would tell more).")
-    elif len(rows) > 1 and cut[id(large)] > cut[id(small)]:
-        text += (f" {name(large)} stopped on its time budget{budget} in {large['ends'].get(BUDGET, 0)} of "
-                 f"{large['retrains']} retrains, {name(small)} in {small['ends'].get(BUDGET, 0)} of "
-                 f"{small['retrains']}: the fits and gains compare the sizes at equal training time, not at their "
-                 "validation best, and may understate what size buys (a longer budget, or faster hardware, would "
-                 "tell).")
+    elif len(rows) > 1 and cut(large) / large["retrains"] > cut(small) / small["retrains"]:
+        text += (f" {name(large)} stopped on its time budget{budget} in {cut(large)} of {large['retrains']} retrains, "
+                 f"{name(small)} in {cut(small)} of {small['retrains']}: the fits and gains compare the sizes at "
+                 "equal training time, not at their validation best, and may understate what size buys (a longer "
+                 "budget, or faster hardware, would tell).")
     capped = sum(r["ends"].get(MAX_EPOCHS, 0) for r in rows)
     if capped:
         text += (f" {capped} retrain{'s' if capped > 1 else ''} stopped at train.epochs, still improving or not: "
                  "raise it so that early stopping ends them.")
-    elif all(set(r["ends"]) == {"early stopping"} for r in rows):
+    elif all(set(r["ends"]) == {EARLY_STOPPING} for r in rows):
         text += " Every one stopped by early stopping: the sizes are compared at their validation best."
     return text
 

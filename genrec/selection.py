@@ -17,6 +17,10 @@ TEST = "test_"  # ... and of a test figure (scored once, for the selected checkp
 # ... and of a shifted retrain's figure on the validation requests every retrain shares (eval.moving_validation):
 # what retrains are compared on, never what one keeps its epochs by
 SHARED = "shared_valid_"
+# How a run ended, the `end` of its last history record (genrec.train.stop_reason), read by the sweep report.
+EARLY_STOPPING = "early stopping"  # train.patience epochs without a better validation figure
+TIME_BUDGET = "time budget"  # train.time_budget_s spent
+MAX_EPOCHS = "max epochs"  # all of train.epochs run
 
 
 def selection_key(metric: str, task: str | None = None) -> str:

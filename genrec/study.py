@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -245,20 +246,13 @@ def retrain_ends(exp: Experiment) -> list[dict]:
     "time budget", "max epochs"; "not recorded" for older runs), and how many epochs each trained. Where the larger
     sizes stop on the time budget and the smaller ones by early stopping, the fits compare sizes at equal training
     time, not at convergence."""
-    sizes: dict[tuple, dict[str, int]] = {}
-    epochs: dict[tuple, list[int]] = {}
-    for t in exp.ok:
-        key = (t.params if math.isfinite(t.params) else math.inf, t.preset)  # NaN keys would not merge
-        ends = sizes.setdefault(key, {})
-        end = t.spent.get("end") or "not recorded"
-        ends[end] = ends.get(end, 0) + 1
-        epochs.setdefault(key, []).append(int(t.spent.get("epoch", 0)))
-    def by_size(kv):  # a size with no recorded parameter count goes last
-        n = kv[0][0]
-        return (not math.isfinite(n), n if math.isfinite(n) else 0.0, kv[0][1])
-
-    return [{"preset": preset, "backbone_params": n, "retrains": sum(ends.values()), "ends": ends,
-             "epochs": sorted(epochs[(n, preset)])} for (n, preset), ends in sorted(sizes.items(), key=by_size)]
+    sizes: dict[tuple, list[Trial]] = {}
+    for t in exp.ok:  # a NaN parameter count would not group: inf does, and sorts last
+        sizes.setdefault((t.params if math.isfinite(t.params) else math.inf, t.preset), []).append(t)
+    return [{"preset": preset, "backbone_params": n, "retrains": len(trials),
+             "ends": dict(Counter(t.spent.get("end") or "not recorded" for t in trials)),
+             "epochs": sorted(int(t.spent.get("epoch", 0)) for t in trials)}
+            for (n, preset), trials in sorted(sizes.items())]
 
 
 def compared_retrains(exp: Experiment, seq_len: int) -> tuple[list[Trial], str]:

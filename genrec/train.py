@@ -35,8 +35,8 @@ from genrec.ingest import check_ingest_room, training_dataset
 from genrec.runs import (TrainingFailed, code_commit, failure_message, history_path, interrupt_message, topk_path,
                          write_topk)
 from genrec.errors import Interrupted
-from genrec.selection import (SCORE, SHARED, VALID, best_record, budget_spent, selection_key, selection_scores,
-                             should_stop)
+from genrec.selection import (EARLY_STOPPING, MAX_EPOCHS, SCORE, SHARED, TIME_BUDGET, VALID, best_record,
+                              budget_spent, selection_key, selection_scores, should_stop)
 from genrec.shards import ShardSet, open_shards
 from genrec.tasks import EvalPlan, build_plan, count_scorer, evaluate_plan, model_scorer, plan_metrics
 
@@ -258,7 +258,7 @@ def train_func(config: dict) -> None:
         if end is not None:
             break
     if worker.rank == 0 and history:  # how the run ended: a finished retrain, even when it stopped before train.epochs
-        history[-1]["end"] = end or "max epochs"
+        history[-1]["end"] = end or MAX_EPOCHS
         cfg.storage.store().write_json(config["history"], history)
         if not config["each_epoch"]:
             worker_say(run_line(config["run_name"], history, worker.select))
@@ -367,13 +367,13 @@ def stop_reason(cfg: GenrecConfig, history: list[dict], select: str, elapsed_s: 
     validation figure), "time budget" (train.time_budget_s spent, or the next epoch would end past it: rank 0's
     clock, shared, so every rank stops at the same epoch), or None to go on."""
     if should_stop(history, select, cfg.train.patience):
-        return "early stopping"
+        return EARLY_STOPPING
     if cfg.train.time_budget_s is None:
         return None
     # (a fine-tuning run's epoch 0, its transfer baseline, has no wall time: it trained nothing)
     spent = budget_spent([r.get("wall_time_s", 0.0) for r in history], elapsed_s, cfg.train.time_budget_s)
     over = torch.tensor([float(spent)], dtype=torch.float64)
-    return "time budget" if reduce(over).item() > 0 else None
+    return TIME_BUDGET if reduce(over).item() > 0 else None
 
 
 def epoch_line(metrics: dict, cfg: GenrecConfig, select: str, best: bool) -> str:
