@@ -27,8 +27,9 @@ from torch.utils.checkpoint import checkpoint
 from genrec.features import (LAUNCH_UNKNOWN, MAX_GENRES, MAX_TOKENS, NUM_AGE_BUCKETS, YEAR_BUCKETS, FeatureVocab,
                              ItemFeatures, catalogue_age_bias, title_age_buckets)
 from genrec.hstu import HSTUBlock, hstu_params
-from genrec.objectives import (NEG_INF, context_titles, full_softmax_loss, logq_correction, merge_duplicate_targets,
-                               mtp_targets, normalise, sampled_softmax_loss, seen_in_context, utility_buckets)
+from genrec.objectives import (NEG_INF, chunked_full_softmax_loss, context_titles, logq_correction,
+                               merge_duplicate_targets, mtp_targets, normalise, sampled_softmax_loss, seen_in_context,
+                               utility_buckets)
 from genrec.presets import HSTU_PRESETS, PRESETS
 from genrec.windows import NUM_ACTIONS, NUM_GAP_BUCKETS
 
@@ -269,14 +270,20 @@ class ItemEncoder(nn.Module):
         """Score bias of titles idx at request times request_ts (broadcast together): float, the broadcast shape."""
         return self.age(title_age_buckets(request_ts, self.f_launch[idx]))[..., 0]
 
-    def catalogue_age_bias(self, request_ts: torch.Tensor) -> torch.Tensor:
-        """age_bias of every title (row 0 included) at request times (P,): (P, catalogue + 1), without bucketing each
-        (request, title) pair (genrec.features.catalogue_age_bias)."""
+    def age_table(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(the age buckets' weights (NUM_AGE_BUCKETS,), launch times sorted, each title's place in that order): what
+        genrec.features.catalogue_age_bias needs to bias every title at once."""
         order = torch.argsort(self.f_launch, stable=True)
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(len(order), device=order.device)
         weights = self.age(torch.arange(NUM_AGE_BUCKETS, device=order.device))[:, 0]
-        return catalogue_age_bias(weights, request_ts, self.f_launch[order], inverse)
+        return weights, self.f_launch[order], inverse
+
+    def catalogue_age_bias(self, request_ts: torch.Tensor) -> torch.Tensor:
+        """age_bias of every title (row 0 included) at request times (P,): (P, catalogue + 1), without bucketing each
+        (request, title) pair (genrec.features.catalogue_age_bias)."""
+        weights, launch_sorted, inverse = self.age_table()
+        return catalogue_age_bias(weights, request_ts, launch_sorted, inverse)
 
     def encode_input(self, idx: torch.Tensor, mask: torch.Tensor | None = None, distinct: bool = False):
         e = self._ids(idx, self.id_in, self.oov_in, mask)
@@ -429,17 +436,22 @@ class GenRec(nn.Module):
         # Position t's request is event t + 1, the event a user arrives with (as evaluation and serving see it).
         request = ts[:, 1:].flatten()[keep][:, None] if self.items.age is not None else None
         if obj.decoding == "full":
-            logits = q @ self.item_matrix(id_mask).t()
-            if request is not None:
-                logits = logits + self.items.catalogue_age_bias(request[:, 0])
             # Only titles with training events compete: one launched after the cutoff must not be trained down
             # (nor the future catalogue leak into training). Padding (row 0) never competes.
-            logits.masked_fill_(~self.items.known, NEG_INF)  # in place: a copy is 2 GB at 10^6 titles x 512
-            if ctx is not None:  # never the row's own targets (a title seen before can come back)
-                own = torch.where(weights > 0, targets, torch.zeros_like(targets))
-                logits.masked_fill_(seen_in_context(ctx, logits.shape[1]).scatter_(1, own, False), NEG_INF)
-            logits[:, 0] = NEG_INF
-            return full_softmax_loss(logits, targets, weights)
+            blocked = ~self.items.known
+            blocked[0] = True
+            own = torch.where(weights > 0, targets, torch.zeros_like(targets))
+            age, launch_sorted, inverse = self.items.age_table() if request is not None else (None, None, None)
+
+            def context_of(a: int, b: int) -> torch.Tensor:  # never the row's own targets (a title can come back)
+                return seen_in_context(ctx[a:b], len(blocked)).scatter_(1, own[a:b], False)
+
+            def age_bias_of(a: int, b: int, w: torch.Tensor) -> torch.Tensor:
+                return catalogue_age_bias(w, request[a:b, 0], launch_sorted, inverse)
+
+            return chunked_full_softmax_loss(q, self.item_matrix(id_mask), targets, weights, blocked,
+                                             context_of if ctx is not None else None, age,
+                                             age_bias_of if request is not None else None)
         pos = (q[:, None, :] * self.items.encode_output(targets, id_mask)).sum(-1)
         if obj.decoding == "in_batch":
             negatives = torch.unique(targets[weights > 0])

@@ -98,6 +98,87 @@ def full_softmax_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torc
     return multilabel_loss(logits.gather(1, targets), weights, torch.logsumexp(logits, dim=-1))
 
 
+# Logits held at once by chunked_full_softmax_loss. On CPU 2^22 floats (16 MiB) ran fastest of 2^20-2^26 at 1.7k-24k
+# titles (benchmarks/full_softmax.py's shape). An accelerator gets 2^26 (256 MiB): a chunk costs a dozen kernel
+# launches there, so fewer, larger chunks (not measured on one yet).
+CHUNK_LOGITS_CPU = 1 << 22
+CHUNK_LOGITS_ACCELERATOR = 1 << 26
+
+
+class _ChunkedFullSoftmax(torch.autograd.Function):
+    """full_softmax_loss of q @ items.T (+ a bias, - blocked titles), one chunk of rows at a time, its gradients
+    computed on the way (as fused linear-cross-entropy kernels do): the (P, n + 1) logits never exist whole, and the
+    softmax's backward is one in-place exp and a scatter instead of autograd's passes over every logit."""
+
+    @staticmethod
+    def forward(ctx, q, items, bias_weights, targets, weights, blocked, row_blocked, row_bias, chunk_rows):
+        rows = q.shape[0]
+        grads = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        g_q = torch.empty_like(q) if grads else None
+        g_items = torch.zeros(items.shape, dtype=torch.float32, device=items.device) if grads else None
+        g_bias = None if bias_weights is None else torch.zeros_like(bias_weights, dtype=torch.float32)
+        total = torch.zeros((), dtype=torch.float32, device=q.device)
+        valid = weights > 0
+        # -inf for blocked titles, added by the matmul itself (addmm) where no per-row bias needs a pass of its own.
+        column_bias = torch.zeros(items.shape[0], dtype=torch.float32, device=q.device).masked_fill_(blocked, NEG_INF)
+        for start in range(0, rows, chunk_rows):
+            stop = min(start + chunk_rows, rows)
+            add = column_bias
+            if row_bias is not None:
+                with torch.enable_grad():
+                    leaf = bias_weights.detach().requires_grad_(grads)
+                    bias = row_bias(start, stop, leaf)
+                add = bias.detach().float() + column_bias
+            if q.dtype == torch.float32:
+                logits = torch.addmm(add, q[start:stop], items.t())
+            else:  # half precision: the bias kept in float32
+                logits = (q[start:stop] @ items.t()).float().add_(add)
+            if row_blocked is not None:
+                logits.masked_fill_(row_blocked(start, stop), NEG_INF)
+            w, t = weights[start:stop].float(), targets[start:stop]
+            pos = logits.gather(1, t)
+            top = logits.amax(-1, keepdim=True)
+            probs = logits.sub_(top).exp_()  # unnormalised: softmax x total
+            total_exp = probs.sum(-1, keepdim=True)
+            logp = pos - top - total_exp.log()
+            total -= (w * torch.where(valid[start:stop], logp, torch.zeros_like(logp))).sum()
+            if not grads:
+                continue
+            # d(mean loss)/d logit = (softmax x sum_j w_j - w at the targets) / P; a blocked title's softmax is 0.
+            probs.mul_(w.sum(-1, keepdim=True) / (rows * total_exp)).scatter_add_(1, t, -w / rows)
+            g = probs.to(q.dtype)
+            torch.mm(g, items, out=g_q[start:stop])
+            g_items.addmm_(probs.t(), q[start:stop].float())
+            if row_bias is not None:
+                g_bias += torch.autograd.grad(bias, leaf, probs.to(bias.dtype))[0]
+        ctx.save_for_backward(g_q, None if g_items is None else g_items.to(items.dtype), g_bias)
+        return total / rows
+
+    @staticmethod
+    def backward(ctx, grad):
+        # The gradients of q, items and bias_weights, found in forward, times the upstream one; the other inputs
+        # (targets, weights, masks, callables, the chunk size) get none.
+        return (*(None if g is None else g * grad.to(g.dtype) for g in ctx.saved_tensors), *(None,) * 6)
+
+
+def chunked_full_softmax_loss(q: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
+                              blocked: torch.Tensor, row_blocked=None, bias_weights: torch.Tensor | None = None,
+                              row_bias=None, chunk_logits: int | None = None) -> torch.Tensor:
+    """full_softmax_loss(q @ items.T + bias, with blocked titles at -inf), the same value and gradients, in chunks of
+    rows (memory O(chunk x titles) instead of O(P x titles)).
+
+    q (P, e) queries; items (n + 1, e) the catalogue's output embeddings; targets/weights (P, k); blocked (n + 1,) bool,
+    titles no row may score (padding, titles without training events); row_blocked(start, stop) -> (rows, n + 1)
+    bool, titles blocked for those rows only (their context); row_bias(start, stop, bias_weights) -> (rows, n + 1),
+    a score bias differentiable in bias_weights (the title-age bias).
+    """
+    if chunk_logits is None:
+        chunk_logits = CHUNK_LOGITS_CPU if q.device.type == "cpu" else CHUNK_LOGITS_ACCELERATOR
+    chunk_rows = max(1, chunk_logits // max(items.shape[0], 1))
+    return _ChunkedFullSoftmax.apply(q, items, bias_weights, targets, weights, blocked, row_blocked, row_bias,
+                                     chunk_rows)
+
+
 def logq_correction(neg_logits: torch.Tensor, log_q: torch.Tensor, num_draws: int) -> torch.Tensor:
     """Negatives' logits minus log(expected draws) = log(num_draws x q): the importance weights that make the sampled
     partition function an estimate of the full one (Bengio & Senecal 2008; Yi et al. 2019 for in-batch negatives).

@@ -3,10 +3,11 @@ import math
 import pytest
 import torch
 
+from genrec.features import LAUNCH_UNKNOWN, NUM_AGE_BUCKETS, catalogue_age_bias
 from genrec.flops import comparison, training_flops_per_token
-from genrec.objectives import (context_titles, draw_id_mask, full_softmax_loss, logq_correction,
-                               merge_duplicate_targets, mtp_targets, normalise, sampled_softmax_loss, seen_in_context,
-                               utility_buckets)
+from genrec.objectives import (chunked_full_softmax_loss, context_titles, draw_id_mask, full_softmax_loss,
+                               logq_correction, merge_duplicate_targets, mtp_targets, normalise,
+                               sampled_softmax_loss, seen_in_context, utility_buckets)
 
 HOUR = 3600.0
 
@@ -71,6 +72,61 @@ def test_full_softmax_multilabel_by_hand():
     lse = math.log(math.e + math.e ** 2 + 1)
     expected = -(0.25 * (1 - lse) + 0.75 * (2 - lse))
     assert full_softmax_loss(logits, targets, weights).item() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("chunk_logits", [1, 7 * 9, 1 << 24])  # a row a chunk, 7 rows, every row at once
+def test_chunked_full_softmax_equals_the_materialised_one_with_its_gradients(chunk_logits):
+    # 10 positions, 8 titles + padding, 2 targets each (one with no weight), the title-age bias, titles blocked for
+    # every row (padding, title 5: no training events) and per row (the context, never the row's own target).
+    g = torch.Generator().manual_seed(0)
+    rows, titles, dim = 10, 9, 4
+    q = torch.randn(rows, dim, generator=g, requires_grad=True)
+    items = torch.randn(titles, dim, generator=g, requires_grad=True)
+    age = torch.randn(NUM_AGE_BUCKETS, generator=g, requires_grad=True)
+    targets = torch.tensor([[1, 2], [3, 0], [4, 6], [7, 8], [2, 1], [8, 0], [6, 4], [1, 3], [2, 7], [3, 6]])
+    weights = torch.tensor([[0.5, 0.5], [1.0, 0.0], [0.2, 0.8], [0.9, 0.1], [0.5, 0.5], [1.0, 0.0], [0.3, 0.7],
+                            [0.6, 0.4], [0.1, 0.9], [0.5, 0.5]])
+    launch = torch.tensor([LAUNCH_UNKNOWN, 0, 3600, 86400, 10 ** 6, 10 ** 7, 200, 5 * 10 ** 6, 50_000])
+    order = torch.argsort(launch, stable=True)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(titles)
+    request = torch.randint(10 ** 5, 10 ** 8, (rows,), generator=g)
+    blocked = torch.zeros(titles, dtype=torch.bool)
+    blocked[[0, 5]] = True
+    seen = torch.rand(rows, titles, generator=g) < 0.3
+    seen.scatter_(1, targets, False)
+
+    def bias(a, b, w):
+        return catalogue_age_bias(w, request[a:b], launch[order], inverse)
+
+    logits = q @ items.t() + bias(0, rows, age)
+    expected = full_softmax_loss(logits.masked_fill(blocked | seen, float("-inf")), targets, weights)
+    expected_grads = torch.autograd.grad(expected, (q, items, age))
+    loss = chunked_full_softmax_loss(q, items, targets, weights, blocked, lambda a, b: seen[a:b], age, bias,
+                                     chunk_logits=chunk_logits)
+    grads = torch.autograd.grad(2.0 * loss, (q, items, age))  # the upstream gradient scales all three
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, 2.0 * want, rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_full_softmax_without_bias_or_context():
+    q = torch.tensor([[1.0, 0.0], [0.0, 2.0]], requires_grad=True)
+    items = torch.tensor([[0.0, 0.0], [1.0, 1.0], [2.0, -1.0]], requires_grad=True)
+    targets, weights = torch.tensor([[1], [2]]), torch.ones(2, 1)
+    blocked = torch.tensor([True, False, False])
+    # Row 0: logits 1, 2 -> -log(e / (e + e^2)); row 1: 2, -2 -> -log(e^-2 / (e^2 + e^-2)).
+    expected = (-(1 - math.log(math.e + math.e ** 2)) - (-2 - math.log(math.e ** 2 + math.e ** -2))) / 2
+    loss = chunked_full_softmax_loss(q, items, targets, weights, blocked, chunk_logits=3)
+    assert loss.item() == pytest.approx(expected)
+    loss.backward()
+    p0 = torch.softmax(torch.tensor([1.0, 2.0]), 0)
+    p1 = torch.softmax(torch.tensor([2.0, -2.0]), 0)
+    # dL/dq_0 = (p0 - onehot(title 1)) @ items[1:] / 2
+    want_q0 = ((p0 - torch.tensor([1.0, 0.0])) @ items[1:].detach()) / 2
+    want_q1 = ((p1 - torch.tensor([0.0, 1.0])) @ items[1:].detach()) / 2
+    torch.testing.assert_close(q.grad, torch.stack([want_q0, want_q1]))
+    assert items.grad[0].abs().sum() == 0  # padding never competes
 
 
 def test_sampled_softmax_masks_accidental_hits():
