@@ -151,7 +151,9 @@ class _ChunkedFullSoftmax(torch.autograd.Function):
             g_items.addmm_(probs.t(), q[start:stop].float())
             if row_bias is not None:
                 g_bias += torch.autograd.grad(bias, leaf, probs.to(bias.dtype))[0]
-        ctx.save_for_backward(g_q, None if g_items is None else g_items.to(items.dtype), g_bias)
+        # Accumulated in float32 (bfloat16 sums over many chunks lose the small ones), returned in the inputs' dtypes.
+        ctx.save_for_backward(g_q, None if g_items is None else g_items.to(items.dtype),
+                              None if g_bias is None else g_bias.to(bias_weights.dtype))
         return total / rows
 
     @staticmethod
