@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     results = {"rows": rows, "rows_per_step": a.rows, "dim": a.dim, "steps": a.steps, "rounds": a.rounds,
                "threads": a.threads}
     print(table(results))
-    write("full-softmax", results, a.out)
+    write("full_softmax", results, a.out)
     return 0
 
 

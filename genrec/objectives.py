@@ -93,14 +93,18 @@ def multilabel_loss(pos_logits: torch.Tensor, weights: torch.Tensor, lse: torch.
 
 
 def full_softmax_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """logits (P, n + 1) over the whole catalogue (column 0, padding, already -inf); targets/weights (P, k)."""
+    """logits (P, n + 1) over the whole catalogue (column 0, padding, already -inf); targets/weights (P, k).
+
+    The definition, on materialised logits: training computes it in chunks (chunked_full_softmax_loss), which the
+    tests and benchmarks/full_softmax.py hold to this."""
     logits = logits.float()
     return multilabel_loss(logits.gather(1, targets), weights, torch.logsumexp(logits, dim=-1))
 
 
-# Logits held at once by chunked_full_softmax_loss. On CPU 2^22 floats (16 MiB) ran fastest of 2^20-2^26 at 1.7k-24k
-# titles (benchmarks/full_softmax.py's shape). An accelerator gets 2^26 (256 MiB): a chunk costs a dozen kernel
-# launches there, so fewer, larger chunks (not measured on one yet).
+# Logits scored at once by chunked_full_softmax_loss. On CPU 2^22 (16 MiB of float32) ran fastest of 2^20-2^26 at
+# 1.7k-24k titles (benchmarks/full_softmax.py's shape). An accelerator gets 2^26: a chunk costs a dozen kernel launches
+# there, so fewer, larger chunks; with the age bias and its backward a chunk holds several temporaries of that size
+# (a few GiB in all). Not measured on one yet.
 CHUNK_LOGITS_CPU = 1 << 22
 CHUNK_LOGITS_ACCELERATOR = 1 << 26
 
@@ -108,59 +112,69 @@ CHUNK_LOGITS_ACCELERATOR = 1 << 26
 class _ChunkedFullSoftmax(torch.autograd.Function):
     """full_softmax_loss of q @ items.T (+ a bias, - blocked titles), one chunk of rows at a time, its gradients
     computed on the way (as fused linear-cross-entropy kernels do): the (P, n + 1) logits never exist whole, and the
-    softmax's backward is one in-place exp and a scatter instead of autograd's passes over every logit."""
+    softmax's backward is one in-place exp and a scatter instead of autograd's passes over every logit.
+
+    Every row must have a title it may score (its weighted targets are known titles): a row with all titles blocked
+    has no softmax, and its NaN would reach every title's gradient."""
 
     @staticmethod
-    def forward(ctx, q, items, bias_weights, targets, weights, blocked, row_blocked, row_bias, chunk_rows):
+    def forward(ctx, q, items, bias_weights, targets, weights, blocked, row_blocked, row_bias, chunk_rows, want):
+        want_q, want_items, want_bias = want  # which gradients the caller's graph needs
         rows = q.shape[0]
-        grads = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-        g_q = torch.empty_like(q) if grads else None
-        g_items = torch.zeros(items.shape, dtype=torch.float32, device=items.device) if grads else None
-        g_bias = None if bias_weights is None else torch.zeros_like(bias_weights, dtype=torch.float32)
-        total = torch.zeros((), dtype=torch.float32, device=q.device)
+        g_q = torch.empty_like(q) if want_q else None
+        # Sums over many chunks, kept in float32 (bfloat16 would lose the small ones).
+        g_items = torch.zeros(items.shape, dtype=torch.float32, device=items.device) if want_items else None
+        g_bias = torch.zeros(bias_weights.shape, dtype=torch.float32, device=q.device) if want_bias else None
+        loss_sum = torch.zeros((), dtype=torch.float32, device=q.device)
         valid = weights > 0
         # -inf for blocked titles, added by the matmul itself (addmm) where no per-row bias needs a pass of its own.
         column_bias = torch.zeros(items.shape[0], dtype=torch.float32, device=q.device).masked_fill_(blocked, NEG_INF)
         for start in range(0, rows, chunk_rows):
             stop = min(start + chunk_rows, rows)
-            add = column_bias
+            q_chunk = q[start:stop]
+            logit_bias = column_bias
             if row_bias is not None:
                 with torch.enable_grad():
-                    leaf = bias_weights.detach().requires_grad_(grads)
+                    leaf = bias_weights.detach().requires_grad_(want_bias)
                     bias = row_bias(start, stop, leaf)
-                add = bias.detach().float() + column_bias
+                logit_bias = bias.detach().float() + column_bias
             if q.dtype == torch.float32:
-                logits = torch.addmm(add, q[start:stop], items.t())
-            else:  # half precision: the bias kept in float32
-                logits = (q[start:stop] @ items.t()).float().add_(add)
+                logits = torch.addmm(logit_bias, q_chunk, items.t())
+            else:  # half precision: the bias and the softmax in float32
+                logits = (q_chunk @ items.t()).float().add_(logit_bias)
             if row_blocked is not None:
                 logits.masked_fill_(row_blocked(start, stop), NEG_INF)
             w, t = weights[start:stop].float(), targets[start:stop]
-            pos = logits.gather(1, t)
+            target_logits = logits.gather(1, t)
             top = logits.amax(-1, keepdim=True)
-            probs = logits.sub_(top).exp_()  # unnormalised: softmax x total
-            total_exp = probs.sum(-1, keepdim=True)
-            logp = pos - top - total_exp.log()
-            total -= (w * torch.where(valid[start:stop], logp, torch.zeros_like(logp))).sum()
-            if not grads:
+            probs = logits.sub_(top).exp_()  # unnormalised: softmax x partition
+            partition = probs.sum(-1, keepdim=True)
+            logp = target_logits - top - partition.log()
+            loss_sum -= (w * torch.where(valid[start:stop], logp, torch.zeros_like(logp))).sum()
+            if not any(want):
                 continue
             # d(mean loss)/d logit = (softmax x sum_j w_j - w at the targets) / P; a blocked title's softmax is 0.
-            probs.mul_(w.sum(-1, keepdim=True) / (rows * total_exp)).scatter_add_(1, t, -w / rows)
+            probs.mul_(w.sum(-1, keepdim=True) / (rows * partition)).scatter_add_(1, t, -w / rows)
             g = probs.to(q.dtype)
-            torch.mm(g, items, out=g_q[start:stop])
-            g_items.addmm_(probs.t(), q[start:stop].float())
-            if row_bias is not None:
+            if want_q:
+                torch.mm(g, items, out=g_q[start:stop])
+            if want_items and q.dtype == torch.float32:
+                g_items.addmm_(g.t(), q_chunk)
+            elif want_items:  # the half-precision matmul, summed in float32
+                g_items += (g.t() @ q_chunk).float()
+            if want_bias:
                 g_bias += torch.autograd.grad(bias, leaf, probs.to(bias.dtype))[0]
-        # Accumulated in float32 (bfloat16 sums over many chunks lose the small ones), returned in the inputs' dtypes.
-        ctx.save_for_backward(g_q, None if g_items is None else g_items.to(items.dtype),
-                              None if g_bias is None else g_bias.to(bias_weights.dtype))
-        return total / rows
+        ctx.save_for_backward(g_q, g_items, g_bias)
+        ctx.dtypes = (q.dtype, items.dtype, None if bias_weights is None else bias_weights.dtype)
+        return loss_sum / rows
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        # The gradients of q, items and bias_weights, found in forward, times the upstream one; the other inputs
-        # (targets, weights, masks, callables, the chunk size) get none.
-        return (*(None if g is None else g * grad.to(g.dtype) for g in ctx.saved_tensors), *(None,) * 6)
+        # The gradients of q, items and bias_weights found in forward, times the upstream one, in the inputs' dtypes;
+        # the other inputs (targets, weights, masks, callables, chunk size, flags) get none.
+        found = tuple(None if g is None else (g * grad).to(dtype) for g, dtype in zip(ctx.saved_tensors, ctx.dtypes))
+        return (*found, None, None, None, None, None, None, None)
 
 
 def chunked_full_softmax_loss(q: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
@@ -177,8 +191,12 @@ def chunked_full_softmax_loss(q: torch.Tensor, items: torch.Tensor, targets: tor
     if chunk_logits is None:
         chunk_logits = CHUNK_LOGITS_CPU if q.device.type == "cpu" else CHUNK_LOGITS_ACCELERATOR
     chunk_rows = max(1, chunk_logits // max(items.shape[0], 1))
+    # The gradients are computed in forward, so only those a backward will ask for (none under torch.no_grad).
+    graph = torch.is_grad_enabled()
+    want = (graph and q.requires_grad, graph and items.requires_grad,
+            graph and row_bias is not None and bias_weights is not None and bias_weights.requires_grad)
     return _ChunkedFullSoftmax.apply(q, items, bias_weights, targets, weights, blocked, row_blocked, row_bias,
-                                     chunk_rows)
+                                     chunk_rows, want)
 
 
 def logq_correction(neg_logits: torch.Tensor, log_q: torch.Tensor, num_draws: int) -> torch.Tensor:

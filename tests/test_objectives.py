@@ -110,6 +110,29 @@ def test_chunked_full_softmax_equals_the_materialised_one_with_its_gradients(chu
         torch.testing.assert_close(got, 2.0 * want, rtol=1e-5, atol=1e-6)
 
 
+def test_chunked_full_softmax_in_bfloat16_and_without_a_graph():
+    # As on a GPU trained in bfloat16: gradients come back in the inputs' dtype, near the float32 ones (bfloat16
+    # logits carry ~3 significant digits). Under no_grad the value is the same and no gradient is asked for.
+    g = torch.Generator().manual_seed(1)
+    q32, items32 = torch.randn(40, 8, generator=g), torch.randn(30, 8, generator=g)
+    targets, weights = torch.randint(1, 30, (40, 1), generator=g), torch.ones(40, 1)
+    blocked = torch.zeros(30, dtype=torch.bool)
+    blocked[0] = True
+    grads = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        q, items = q32.to(dtype).clone().requires_grad_(), items32.to(dtype).clone().requires_grad_()
+        loss = chunked_full_softmax_loss(q, items, targets, weights, blocked, chunk_logits=7 * 30)
+        loss.backward()
+        assert loss.dtype == torch.float32 and q.grad.dtype == dtype and items.grad.dtype == dtype
+        grads[dtype] = (loss.item(), q.grad.float(), items.grad.float())
+        with torch.no_grad():
+            assert chunked_full_softmax_loss(q, items, targets, weights, blocked).item() == pytest.approx(loss.item())
+    (loss32, gq32, gi32), (loss16, gq16, gi16) = grads[torch.float32], grads[torch.bfloat16]
+    assert loss16 == pytest.approx(loss32, rel=1e-2)
+    torch.testing.assert_close(gq16, gq32, rtol=0.05, atol=2e-3)
+    torch.testing.assert_close(gi16, gi32, rtol=0.05, atol=2e-3)
+
+
 def test_chunked_full_softmax_without_bias_or_context():
     q = torch.tensor([[1.0, 0.0], [0.0, 2.0]], requires_grad=True)
     items = torch.tensor([[0.0, 0.0], [1.0, 1.0], [2.0, -1.0]], requires_grad=True)
