@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from genrec.features import (LAUNCH_UNKNOWN, MAX_GENRES, MAX_TOKENS, NUM_AGE_BUCKETS, YEAR_BUCKETS, FeatureVocab,
-                             ItemFeatures, catalogue_age_bias, title_age_buckets)
+                             ItemFeatures, catalogue_age_bias, catalogue_age_bias_grad, title_age_buckets)
 from genrec.hstu import HSTUBlock, hstu_params
 from genrec.objectives import (NEG_INF, chunked_full_softmax_loss, context_titles, logq_correction,
                                merge_duplicate_targets, mtp_targets, normalise, sampled_softmax_loss, seen_in_context,
@@ -449,9 +449,13 @@ class GenRec(nn.Module):
             def age_bias_of(a: int, b: int, w: torch.Tensor) -> torch.Tensor:
                 return catalogue_age_bias(w, request[a:b, 0], launch_sorted, inverse)
 
+            def age_bias_grad_of(a: int, b: int, g: torch.Tensor) -> torch.Tensor:
+                return catalogue_age_bias_grad(g, request[a:b, 0], launch_sorted, inverse)
+
+            aged = request is not None
             return chunked_full_softmax_loss(q, self.item_matrix(id_mask), targets, weights, blocked,
                                              context_of if ctx is not None else None, age,
-                                             age_bias_of if request is not None else None)
+                                             age_bias_of if aged else None, age_bias_grad_of if aged else None)
         pos = (q[:, None, :] * self.items.encode_output(targets, id_mask)).sum(-1)
         if obj.decoding == "in_batch":
             negatives = torch.unique(targets[weights > 0])

@@ -118,7 +118,8 @@ class _ChunkedFullSoftmax(torch.autograd.Function):
     has no softmax, and its NaN would reach every title's gradient."""
 
     @staticmethod
-    def forward(ctx, q, items, bias_weights, targets, weights, blocked, row_blocked, row_bias, chunk_rows, want):
+    def forward(ctx, q, items, bias_weights, targets, weights, blocked, row_blocked, row_bias, row_bias_grad,
+                chunk_rows, want):
         want_q, want_items, want_bias = want  # which gradients the caller's graph needs
         rows = q.shape[0]
         g_q = torch.empty_like(q) if want_q else None
@@ -134,10 +135,7 @@ class _ChunkedFullSoftmax(torch.autograd.Function):
             q_chunk = q[start:stop]
             logit_bias = column_bias
             if row_bias is not None:
-                with torch.enable_grad():
-                    leaf = bias_weights.detach().requires_grad_(want_bias)
-                    bias = row_bias(start, stop, leaf)
-                logit_bias = bias.detach().float() + column_bias
+                logit_bias = row_bias(start, stop, bias_weights).float() + column_bias
             if q.dtype == torch.float32:
                 logits = torch.addmm(logit_bias, q_chunk, items.t())
             else:  # half precision: the bias and the softmax in float32
@@ -163,7 +161,7 @@ class _ChunkedFullSoftmax(torch.autograd.Function):
             elif want_items:  # the half-precision matmul, summed in float32
                 g_items += (g.t() @ q_chunk).float()
             if want_bias:
-                g_bias += torch.autograd.grad(bias, leaf, probs.to(bias.dtype))[0]
+                g_bias += row_bias_grad(start, stop, probs)
         ctx.save_for_backward(g_q, g_items, g_bias)
         ctx.dtypes = (q.dtype, items.dtype, None if bias_weights is None else bias_weights.dtype)
         return loss_sum / rows
@@ -174,29 +172,32 @@ class _ChunkedFullSoftmax(torch.autograd.Function):
         # The gradients of q, items and bias_weights found in forward, times the upstream one, in the inputs' dtypes;
         # the other inputs (targets, weights, masks, callables, chunk size, flags) get none.
         found = tuple(None if g is None else (g * grad).to(dtype) for g, dtype in zip(ctx.saved_tensors, ctx.dtypes))
-        return (*found, None, None, None, None, None, None, None)
+        return (*found, None, None, None, None, None, None, None, None)
 
 
 def chunked_full_softmax_loss(q: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
                               blocked: torch.Tensor, row_blocked=None, bias_weights: torch.Tensor | None = None,
-                              row_bias=None, chunk_logits: int | None = None) -> torch.Tensor:
+                              row_bias=None, row_bias_grad=None, chunk_logits: int | None = None) -> torch.Tensor:
     """full_softmax_loss(q @ items.T + bias, with blocked titles at -inf), the same value and gradients, in chunks of
     rows (memory O(chunk x titles) instead of O(P x titles)).
 
     q (P, e) queries; items (n + 1, e) the catalogue's output embeddings; targets/weights (P, k); blocked (n + 1,) bool,
     titles no row may score (padding, titles without training events); row_blocked(start, stop) -> (rows, n + 1)
     bool, titles blocked for those rows only (their context); row_bias(start, stop, bias_weights) -> (rows, n + 1),
-    a score bias differentiable in bias_weights (the title-age bias).
+    a score bias (the title-age bias), and row_bias_grad(start, stop, g) -> the gradient of sum(g x that bias) in
+    bias_weights, for g (rows, n + 1).
     """
+    if (row_bias is None) != (row_bias_grad is None) or (row_bias is None) != (bias_weights is None):
+        raise ValueError("a row bias needs its weights, its values and its gradient: all three or none")
     if chunk_logits is None:
         chunk_logits = CHUNK_LOGITS_CPU if q.device.type == "cpu" else CHUNK_LOGITS_ACCELERATOR
     chunk_rows = max(1, chunk_logits // max(items.shape[0], 1))
     # The gradients are computed in forward, so only those a backward will ask for (none under torch.no_grad).
     graph = torch.is_grad_enabled()
     want = (graph and q.requires_grad, graph and items.requires_grad,
-            graph and row_bias is not None and bias_weights is not None and bias_weights.requires_grad)
+            graph and bias_weights is not None and bias_weights.requires_grad)
     return _ChunkedFullSoftmax.apply(q, items, bias_weights, targets, weights, blocked, row_blocked, row_bias,
-                                     chunk_rows, want)
+                                     row_bias_grad, chunk_rows, want)
 
 
 def logq_correction(neg_logits: torch.Tensor, log_q: torch.Tensor, num_draws: int) -> torch.Tensor:

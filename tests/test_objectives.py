@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from genrec.features import LAUNCH_UNKNOWN, NUM_AGE_BUCKETS, catalogue_age_bias
+from genrec.features import LAUNCH_UNKNOWN, NUM_AGE_BUCKETS, catalogue_age_bias, catalogue_age_bias_grad
 from genrec.flops import comparison, training_flops_per_token
 from genrec.objectives import (chunked_full_softmax_loss, context_titles, draw_id_mask, full_softmax_loss,
                                logq_correction, merge_duplicate_targets, mtp_targets, normalise,
@@ -102,8 +102,11 @@ def test_chunked_full_softmax_equals_the_materialised_one_with_its_gradients(chu
     logits = q @ items.t() + bias(0, rows, age)
     expected = full_softmax_loss(logits.masked_fill(blocked | seen, float("-inf")), targets, weights)
     expected_grads = torch.autograd.grad(expected, (q, items, age))
+    def bias_grad(a, b, g):
+        return catalogue_age_bias_grad(g, request[a:b], launch[order], inverse)
+
     loss = chunked_full_softmax_loss(q, items, targets, weights, blocked, lambda a, b: seen[a:b], age, bias,
-                                     chunk_logits=chunk_logits)
+                                     bias_grad, chunk_logits=chunk_logits)
     grads = torch.autograd.grad(2.0 * loss, (q, items, age))  # the upstream gradient scales all three
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     for got, want in zip(grads, expected_grads):
