@@ -107,6 +107,13 @@ def title_age_buckets(request_ts: torch.Tensor, launch: torch.Tensor) -> torch.T
     return torch.bucketize(age, AGE_EDGES_S.to(age.device), right=True, out_int32=True)
 
 
+def launched_by_edge(request_ts: torch.Tensor, launch_sorted: torch.Tensor) -> torch.Tensor:
+    """(P, K): how many of the launch-sorted titles launched by request_ts - edge_k, for each request and age edge k
+    (a title is in bucket >= k + 1 exactly when it is among them)."""
+    edges = AGE_EDGES_S.to(request_ts.device)
+    return torch.searchsorted(launch_sorted, request_ts[:, None] - edges[None, :], right=True)
+
+
 def catalogue_age_bias(weights: torch.Tensor, request_ts: torch.Tensor, launch_sorted: torch.Tensor,
                        order_inverse: torch.Tensor) -> torch.Tensor:
     """weights[title_age_buckets(request_ts[:, None], launch[None, :])] for every title at once: (P, titles), equal
@@ -118,8 +125,7 @@ def catalogue_age_bias(weights: torch.Tensor, request_ts: torch.Tensor, launch_s
     (one searchsorted per request and edge). The bias is then weights[0] plus, for each edge the title passed, the
     step weights[k + 1] - weights[k]: the last weight less the steps of the edges it did not pass, a prefix sum over
     the sorted titles. Differentiable in `weights`."""
-    edges = AGE_EDGES_S.to(request_ts.device)
-    counts = torch.searchsorted(launch_sorted, request_ts[:, None] - edges[None, :], right=True)  # (P, K)
+    counts = launched_by_edge(request_ts, launch_sorted)
     steps = (weights[1:] - weights[:-1]).expand(len(request_ts), -1)  # (P, K)
     jumps = torch.zeros(len(request_ts), len(launch_sorted) + 1, dtype=weights.dtype, device=weights.device)
     jumps = jumps.scatter_add(1, counts, steps)
@@ -137,14 +143,13 @@ def catalogue_age_bias_grad(grad: torch.Tensor, request_ts: torch.Tensor, launch
     The bias is weights[0] plus step k (weights[k + 1] - weights[k]) for each sorted title before count(p, k); so
     step k's gradient is the sum over requests of grad over the first count(p, k) sorted titles, a prefix sum read
     at count(p, k), and weights[0]'s is the sum of grad."""
-    edges = AGE_EDGES_S.to(request_ts.device)
-    counts = torch.searchsorted(launch_sorted, request_ts[:, None] - edges[None, :], right=True)  # (P, K)
+    counts = launched_by_edge(request_ts, launch_sorted)
     order = torch.empty_like(order_inverse).scatter_(0, order_inverse, torch.arange(len(order_inverse),
                                                                                      device=order_inverse.device))
     prefix = grad.float().index_select(1, order).cumsum_(1)  # prefix[p, j]: grad summed over sorted titles 0..j
     before = torch.where(counts > 0, prefix.gather(1, (counts - 1).clamp_(min=0)), torch.zeros((), device=grad.device))
     steps = before.sum(0)  # (K,)
-    out = torch.zeros(len(edges) + 1, dtype=torch.float32, device=grad.device)
+    out = torch.zeros(counts.shape[1] + 1, dtype=torch.float32, device=grad.device)
     out[0] = prefix[:, -1].sum()
     out[1:] += steps
     out[:-1] -= steps

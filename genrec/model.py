@@ -440,22 +440,22 @@ class GenRec(nn.Module):
             # (nor the future catalogue leak into training). Padding (row 0) never competes.
             blocked = ~self.items.known
             blocked[0] = True
-            own = torch.where(weights > 0, targets, torch.zeros_like(targets))
-            age, launch_sorted, inverse = self.items.age_table() if request is not None else (None, None, None)
+            context_of = age = age_bias_of = age_bias_grad_of = None
+            if ctx is not None:
+                own = torch.where(weights > 0, targets, torch.zeros_like(targets))
 
-            def context_of(a: int, b: int) -> torch.Tensor:  # never the row's own targets (a title can come back)
-                return seen_in_context(ctx[a:b], len(blocked)).scatter_(1, own[a:b], False)
+                def context_of(a: int, b: int) -> torch.Tensor:  # never the row's own targets (a title can come back)
+                    return seen_in_context(ctx[a:b], len(blocked)).scatter_(1, own[a:b], False)
+            if request is not None:
+                age, launch_sorted, inverse = self.items.age_table()
 
-            def age_bias_of(a: int, b: int, w: torch.Tensor) -> torch.Tensor:
-                return catalogue_age_bias(w, request[a:b, 0], launch_sorted, inverse)
+                def age_bias_of(a: int, b: int, w: torch.Tensor) -> torch.Tensor:
+                    return catalogue_age_bias(w, request[a:b, 0], launch_sorted, inverse)
 
-            def age_bias_grad_of(a: int, b: int, g: torch.Tensor) -> torch.Tensor:
-                return catalogue_age_bias_grad(g, request[a:b, 0], launch_sorted, inverse)
-
-            aged = request is not None
-            return chunked_full_softmax_loss(q, self.item_matrix(id_mask), targets, weights, blocked,
-                                             context_of if ctx is not None else None, age,
-                                             age_bias_of if aged else None, age_bias_grad_of if aged else None)
+                def age_bias_grad_of(a: int, b: int, g: torch.Tensor) -> torch.Tensor:
+                    return catalogue_age_bias_grad(g, request[a:b, 0], launch_sorted, inverse)
+            return chunked_full_softmax_loss(q, self.item_matrix(id_mask), targets, weights, blocked, context_of, age,
+                                             age_bias_of, age_bias_grad_of)
         pos = (q[:, None, :] * self.items.encode_output(targets, id_mask)).sum(-1)
         if obj.decoding == "in_batch":
             negatives = torch.unique(targets[weights > 0])
