@@ -1,0 +1,154 @@
+"""The training loop in a thread, as Ray Train runs it: what glibc's malloc arenas cost it.
+
+    .venv/bin/python benchmarks/loop_thread.py [--synthetic-items 100000] [--decoding sampled] [--epochs 3]
+        [--rounds 3] [--ways main thread thread-1-arena] [--set KEY=VALUE ...] [--out FILE]
+
+genrec's trainer steps in a Ray Train worker, which runs the training function in a thread of its own, not in the
+process's main thread, and glibc gives such a thread a malloc arena of its own. This runs genrec.reference_loop (the
+plain loop of benchmarks/overhead.py: the SASRec shape, 2 threads, the seeded synthetic data) in four ways, each in a
+fresh process (this script re-invoked with --child), alternated round after round since this machine's speed drifts
+within minutes:
+
+* main              - in the process's main thread, glibc's default arenas;
+* main-1-arena      - in the main thread, MALLOC_ARENA_MAX=1;
+* thread            - in a threading.Thread, glibc's default arenas (a new arena for the thread);
+* thread-1-arena    - in a threading.Thread, MALLOC_ARENA_MAX=1 (the thread allocates from the main arena).
+
+Every way runs with the environment genrec's Ray workers start with (genrec.ray_session.WORKER_ENV: PyTorch's huge
+pages), MALLOC_ARENA_MAX set or removed as the way says. Each run reports training
+events/s over epochs 2 on (the reference loop's own timing: no start-up, no evaluation), and its process's minor page
+faults per step, system and user CPU seconds over the whole run (getrusage; the windows' building included). A row
+pools a way's rounds: events over seconds, and the median of each other figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._harness import parser, write  # noqa: E402
+from genrec.config import load_config  # noqa: E402
+from genrec.defaults import resolve as resolve_defaults  # noqa: E402
+from genrec.preparation import prepare_shards  # noqa: E402
+from genrec.ray_session import WORKER_ENV  # noqa: E402
+from genrec.reference_loop import train_reference  # noqa: E402
+
+WAYS = ("main", "main-1-arena", "thread", "thread-1-arena")
+SASREC_SHAPE = ["model.preset=custom", "model.layers=2", "model.width=64", "model.heads=2", "model.max_seq_len=200",
+                "model.projection_ratio=1", "model.semantic=false", "model.title_age=false", "model.id_mask_rate=0",
+                "model.exclude_history=false", "model.dropout=0.2", "train.batch_size=128", "train.lr=0.001",
+                "train.workers=1", "train.torch_threads=2", "eval.primary=B", "finetune.task=B",
+                "eval.tasks={B: {targets: next}}"]
+
+
+def child(way: str, items: int, decoding: str, epochs: int, storage: str, overrides: list[str]) -> dict:
+    """One run of the reference loop, in this process's main thread or in a new thread as `way` says."""
+    cfg = load_config("configs/local.yaml", [
+        "data.source=synthetic", f"data.synthetic.items={items}", "data.synthetic.users=3000",
+        "data.synthetic.events_per_user=50", f"name=loop-thread-synthetic-{items}", "data.split=leave_one_out",
+        f"storage.root={storage}", "tracking.wandb=disabled", f"train.epochs={epochs}", "train.patience=null",
+        "train.time_budget_s=null", f"model.decoding={decoding}", *SASREC_SHAPE, *overrides])
+    shards = prepare_shards(cfg)
+    cfg = resolve_defaults(cfg, shards)
+    done: dict = {}
+
+    def train() -> None:
+        done["history"] = train_reference(cfg, shards, epochs=epochs, threads=cfg.train.torch_threads,
+                                          validate=False).history
+
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    if way.startswith("thread"):
+        thread = threading.Thread(target=train)
+        thread.start()
+        thread.join()
+    else:
+        train()
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    history = done["history"]
+    timed = history[1:] or history
+    steps = sum(r["steps"] for r in history)
+    return {"way": way, "events": sum(r["events"] for r in timed), "train_s": sum(r["train_s"] for r in timed),
+            "events_per_s": sum(r["events"] for r in timed) / sum(r["train_s"] for r in timed),
+            "faults_per_step": (after.ru_minflt - before.ru_minflt) / steps,
+            "system_s": after.ru_stime - before.ru_stime, "user_s": after.ru_utime - before.ru_utime,
+            "involuntary_switches": after.ru_nivcsw - before.ru_nivcsw, "losses": [r["loss"] for r in history],
+            "malloc_arena_max": os.environ.get("MALLOC_ARENA_MAX")}
+
+
+def child_env(way: str) -> dict:
+    env = {**os.environ, **WORKER_ENV}
+    env.pop("MALLOC_ARENA_MAX", None)
+    if way.endswith("1-arena"):
+        env["MALLOC_ARENA_MAX"] = "1"
+    return env
+
+
+def table(results: dict) -> str:
+    rows = results["rows"]
+    base = next((r for r in rows if r["way"] == "main"), rows[0])
+    out = ["| the loop runs in | MALLOC_ARENA_MAX | training events/s | vs main | minor page faults a step "
+           "| system s | user s | each round's events/s |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {'a thread' if r['way'].startswith('thread') else 'the main thread'} | "
+                   f"{'1' if r['way'].endswith('1-arena') else 'unset'} | {r['events_per_s']:,.0f} | "
+                   f"{r['events_per_s'] / base['events_per_s']:.1%} | {r['faults_per_step']:,.0f} | "
+                   f"{r['system_s']:.1f} | {r['user_s']:.1f} | "
+                   f"{', '.join(f'{x:,.0f}' for x in r['rounds_events_per_s'])} |")
+    out.append(f"\n{results['items']:,} titles, {results['decoding']} decoding, the reference loop for "
+               f"{results['epochs']} epochs (events/s over epochs 2-{results['epochs']}), {results['rounds']} "
+               "alternated rounds, each run a fresh process; page faults, system and user seconds: each a median over the "
+               "rounds, of the run's whole process")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    p = parser(__doc__)
+    p.add_argument("--synthetic-items", type=int, default=100_000, help="titles of the seeded synthetic catalogue")
+    p.add_argument("--decoding", default="sampled", choices=["sampled", "full"])
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3, help="alternated rounds of every way")
+    p.add_argument("--ways", nargs="+", default=list(WAYS), choices=WAYS)
+    p.add_argument("--storage", default="benchmarks/work/loop-thread")
+    p.add_argument("--set", dest="overrides", action="append", default=[], help="a config override, KEY=VALUE")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    settings = ["--synthetic-items", str(a.synthetic_items), "--decoding", a.decoding, "--epochs", str(a.epochs),
+                "--storage", a.storage, *(x for o in a.overrides for x in ("--set", o))]
+    if a.child:
+        print(json.dumps(child(a.child, a.synthetic_items, a.decoding, a.epochs, a.storage, a.overrides)))
+        return 0
+    runs: dict[str, list[dict]] = {way: [] for way in a.ways}
+    for r in range(a.rounds):
+        for way in a.ways:
+            done = subprocess.run([sys.executable, __file__, "--child", way, *settings], capture_output=True,
+                                  text=True, env=child_env(way))
+            if done.returncode:
+                raise SystemExit(f"the {way} run failed:\n{done.stderr[-2000:]}")
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            runs[way].append(result)
+            print(f"round {r + 1}/{a.rounds}: {way}: {result['events_per_s']:,.0f} events/s, "
+                  f"{result['faults_per_step']:,.0f} page faults a step", file=sys.stderr)
+    rows = []
+    for way, got in runs.items():
+        rows.append({"way": way, "events_per_s": sum(x["events"] for x in got) / sum(x["train_s"] for x in got),
+                     "rounds_events_per_s": [x["events_per_s"] for x in got],
+                     **{k: statistics.median(x[k] for x in got) for k in ("faults_per_step", "system_s", "user_s")},
+                     "runs": got})
+    results = {"rows": rows, "items": a.synthetic_items, "decoding": a.decoding, "epochs": a.epochs,
+               "rounds": a.rounds}
+    print(table(results))
+    write("loop_thread", results, a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
