@@ -46,6 +46,15 @@ def meta() -> dict:
             "torch": torch.__version__, "ray": ray.__version__}
 
 
+def run_child(cmd: list[str], what: str, env: dict | None = None) -> dict:
+    """Run a benchmark's child process (the benchmark re-invoked with --child) and return the JSON object its last
+    line of output prints; a child that fails stops the benchmark, naming `what` and the end of its stderr."""
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise SystemExit(f"{what} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def write(name: str, results, out: str | None = None, extra: dict | None = None) -> Path:
     """{"meta": ..., "results": ...} to `out`, atomically; returns the path."""
     path = Path(out) if out else RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"

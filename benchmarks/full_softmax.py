@@ -24,7 +24,6 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ set_worker_env()  # before torch allocates: the children inherit it, as Ray's wo
 
 import torch  # noqa: E402
 
-from benchmarks._harness import parser, write  # noqa: E402
+from benchmarks._harness import parser, run_child, write  # noqa: E402
 from genrec.objectives import NEG_INF, chunked_full_softmax_loss, full_softmax_loss  # noqa: E402
 
 WAYS = ("materialised", "chunked")
@@ -113,10 +112,7 @@ def main(argv=None) -> int:
             for way in WAYS:
                 cmd = [sys.executable, __file__, "--child", str(catalogue), way, "--rows", str(a.rows), "--dim",
                        str(a.dim), "--steps", str(a.steps), "--threads", str(a.threads)]
-                done = subprocess.run(cmd, capture_output=True, text=True)
-                if done.returncode:
-                    raise SystemExit(f"the {way} run at {catalogue} titles failed:\n{done.stderr[-2000:]}")
-                result = json.loads(done.stdout.strip().splitlines()[-1])
+                result = run_child(cmd, f"the {way} run at {catalogue} titles")
                 runs.setdefault((catalogue, way), []).append(result)
                 print(f"round {r + 1}/{a.rounds}: {catalogue:,} titles, {way}: {result['step_s']:.3f} s a step",
                       file=sys.stderr)

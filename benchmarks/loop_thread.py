@@ -28,14 +28,13 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._harness import parser, write  # noqa: E402
+from benchmarks._harness import parser, run_child, write  # noqa: E402
 from genrec.config import load_config  # noqa: E402
 from genrec.defaults import resolve as resolve_defaults  # noqa: E402
 from genrec.preparation import prepare_shards  # noqa: E402
@@ -129,11 +128,8 @@ def main(argv=None) -> int:
     runs: dict[str, list[dict]] = {way: [] for way in a.ways}
     for r in range(a.rounds):
         for way in a.ways:
-            done = subprocess.run([sys.executable, __file__, "--child", way, *settings], capture_output=True,
-                                  text=True, env=child_env(way))
-            if done.returncode:
-                raise SystemExit(f"the {way} run failed:\n{done.stderr[-2000:]}")
-            result = json.loads(done.stdout.strip().splitlines()[-1])
+            result = run_child([sys.executable, __file__, "--child", way, *settings], f"the {way} run",
+                               env=child_env(way))
             runs[way].append(result)
             print(f"round {r + 1}/{a.rounds}: {way}: {result['events_per_s']:,.0f} events/s, "
                   f"{result['faults_per_step']:,.0f} page faults a step", file=sys.stderr)
