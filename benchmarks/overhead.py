@@ -16,7 +16,11 @@ leave-one-out shards and windows for the same epochs:
 Both run with genrec.ray_session.WORKER_ENV in their environment (this process sets it before torch is imported,
 as a local Ray's workers get it), so they allocate alike. The figure is training events per second (target events
 over the seconds spent in optimizer steps, input waits included for the full path): epoch 1 is left out of both (start-up, first-touch), so neither evaluation nor start-up
-is counted. The full path's whole wall time (Ray start, shard check, evaluation, checkpoints) is reported beside it.
+is counted. The full path's whole wall time (Ray start, shard check, evaluation, checkpoints) is reported beside it,
+and each path's CPU milliseconds per training event: the CPU time (every thread, user and system) of the process that
+trains (the plain loop's; genrec's worker's) over the same steps. That one leaves out what other processes take from
+the training threads and so moves less with the machine's load than events/s do: a steadier check of a change to
+what the worker itself does.
 `--synthetic-items N` trains on the seeded synthetic generator with N titles instead (3,000 users, 50 events each),
 to show how the step's cost follows the catalogue: only as much as the decoding mode scores. `--rounds N` alternates
 the two N times in the one invocation and pools them, for a ratio that one short run per path cannot hold (the
@@ -64,20 +68,27 @@ def pooled(histories: list[list[dict]]) -> dict:
     seconds = sum(sec for _, sec in rates)
     # The median epoch too: one epoch slowed by something else on the machine moves the pooled figure, not this one.
     epochs = [rate([e])[0] for h in histories for e in (h[1:] or h)]
-    return {"events_per_s": sum(eps * sec for eps, sec in rates) / seconds, "train_s": seconds,
-            "median_epoch_events_per_s": float(statistics.median(epochs))}
+    out = {"events_per_s": sum(eps * sec for eps, sec in rates) / seconds, "train_s": seconds,
+           "median_epoch_events_per_s": float(statistics.median(epochs))}
+    later = [e for h in histories for e in (h[1:] or h)]
+    if all(e.get("cpu_s") is not None for e in later):  # histories from before the CPU time was recorded have none
+        out["cpu_ms_per_event"] = 1e3 * sum(e["cpu_s"] for e in later) / (out["events_per_s"] * seconds)
+    return out
 
 
 def table(results: dict) -> str:
     """The Markdown table of a stored run: each path's training events/s, and its share of the plain loop's."""
     rows = results["rows"]
-    out = ["| path | training events/s | vs the plain loop | last epoch's loss | input wait | whole run |",
-           "|---|---|---|---|---|---|"]
+    cpu = all("cpu_ms_per_event" in r for r in rows)  # a column only for runs that recorded the CPU time
+    out = ["| path | training events/s | vs the plain loop | last epoch's loss | input wait | whole run |"
+           + (" CPU ms per event (the training process) |" if cpu else ""),
+           "|---|---|---|---|---|---|" + ("---|" if cpu else "")]
     for r in rows:
         wait = f"{r['input_wait_share']:.1%}" if "input_wait_share" in r else ""
         wall = f"{r['wall_s']:.0f} s" if "wall_s" in r else ""
         share = r.get("vs_plain", r["events_per_s"] / rows[0]["events_per_s"])
-        out.append(f"| {r['path']} | {r['events_per_s']:,.0f} | {share:.1%} | {r['loss_last']:.4f} | {wait} | {wall} |")
+        out.append(f"| {r['path']} | {r['events_per_s']:,.0f} | {share:.1%} | {r['loss_last']:.4f} | {wait} | {wall} |"
+                   + (f" {r['cpu_ms_per_event']:.3f} |" if cpu else ""))
     model = results.get("config", {}).get("model", {})
     titles = f"{results['titles']:,} titles, " if "titles" in results else ""
     first = f", {rows[1]['path'].split(', ')[-1]}" if len(rows) > 2 else ""

@@ -102,7 +102,8 @@ def train_reference(cfg: GenrecConfig, shards: ShardSet, epochs: int | None = No
                     engine: Literal["torch", "deepspeed"] = "torch", on_step=None) -> ReferenceRun:
     """Train for `epochs` (default train.epochs; early stopping and the time budget as the trainer applies them when
     `validate`). Each record: epoch, loss (mean over the epoch's steps), steps, target events, training seconds
-    (steps only: no evaluation, no start-up), events/s, per-step losses, and the validation figures. `prepare(run)`
+    (steps only: no evaluation, no start-up), events/s, this process's CPU seconds over the steps, per-step losses, and
+    the validation figures. `prepare(run)`
     may change the built model before training; `on_step(model)` is called after every optimizer step
     (benchmarks/weight_average.py keeps its averaged copies with it). Every step is genrec.engine.train_step's, on
     `engine`: "torch" (TorchEngine: no DeepSpeed) or "deepspeed" (the trainer's engine, built by deepspeed_engine)."""
@@ -131,7 +132,7 @@ def train_reference(cfg: GenrecConfig, shards: ShardSet, epochs: int | None = No
     for epoch in range(1, epochs + 1):
         model.train()
         order = order_rng.permutation(n)
-        losses, events, t0 = [], 0, time.perf_counter()
+        losses, events, t0, cpu0 = [], 0, time.perf_counter(), time.process_time()
         for s in range(steps_per_epoch):
             idx = order[s * batch_size:(s + 1) * batch_size]
             batch = {k: torch.from_numpy(windows[k][idx]) for k in WINDOW_COLUMNS}
@@ -143,9 +144,9 @@ def train_reference(cfg: GenrecConfig, shards: ShardSet, epochs: int | None = No
             steps_done += 1
             if max_steps is not None and steps_done >= max_steps:
                 break
-        train_s = time.perf_counter() - t0
+        train_s, cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
         record = {"epoch": epoch, "loss": float(np.mean(losses)), "steps": len(losses), "events": events,
-                  "train_s": train_s, "events_per_s": events / max(train_s, 1e-9), "losses": losses}
+                  "train_s": train_s, "events_per_s": events / max(train_s, 1e-9), "cpu_s": cpu_s, "losses": losses}
         if plan is not None:
             record |= validation_figures(plan, model, cfg)
         record["wall_time_s"] = time.perf_counter() - start

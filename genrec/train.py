@@ -221,7 +221,7 @@ def train_func(config: dict) -> None:
     end = stop_reason(cfg, history, worker.select, time.perf_counter() - start, worker.reduce)
     for epoch in range(progress.epoch, cfg.train.epochs if end is None else progress.epoch):
         engine.train()
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         stats = torch.zeros(4, dtype=torch.float64)  # [sum loss, steps, target events, input tokens]
         batches = iter(data.iter_torch_batches(batch_size=cfg.train.batch_size, drop_last=True,
                                                local_shuffle_buffer_size=cfg.train.shuffle_buffer or None,
@@ -242,13 +242,13 @@ def train_func(config: dict) -> None:
                 shown = time.perf_counter()
                 worker_progress(epoch_progress(epoch + 1, cfg.train.epochs, int(stats[1]), steps_per_epoch,
                                                float(stats[2]) * worker.world, shown - t0, history, worker.select))
-        train_time = time.perf_counter() - t0
+        train_time, cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
         worker.reduce(stats)
         progress.epoch, progress.events_seen = epoch + 1, progress.events_seen + int(stats[2])
         progress.tokens_seen += int(stats[3])
         valid_metrics, top = worker.validate(engine.module)
         progress.wall_time_s = time.perf_counter() - start
-        metrics = epoch_record(worker, progress, stats, train_time, input_wait, flops) | {
+        metrics = epoch_record(worker, progress, stats, train_time, input_wait, flops, cpu_s) | {
             "lr": scheduler.get_last_lr()[0], **popular, "zero_stage": engine.zero_optimization_stage(),
             "param_share_per_rank": param_share(engine.module), **valid_metrics}
         close_epoch(worker, engine, gen, progress, metrics, top, config)
@@ -273,8 +273,8 @@ def start_epoch(worker: Worker, engine, gen: torch.Generator, progress: Progress
     the model it has when a retrain does not improve on it), and train.patience counts from it."""
     valid_metrics, top = worker.validate(engine.module)
     progress.wall_time_s = time.perf_counter() - start  # its validation: part of the run's time, not epoch 1's pace
-    record = epoch_record(worker, progress, torch.zeros(4, dtype=torch.float64), 0.0, 0.0, flops)
-    record |= {k: None for k in ("loss", "events_per_s", "model_tflops_per_s", "mfu") if k in record}  # no step yet
+    record = epoch_record(worker, progress, torch.zeros(4, dtype=torch.float64), 0.0, 0.0, flops, 0.0)
+    record |= {k: None for k in ("loss", "events_per_s", "cpu_s", "model_tflops_per_s", "mfu") if k in record}  # no step yet
     record |= {**popular, "zero_stage": engine.zero_optimization_stage(),
                "param_share_per_rank": param_share(engine.module), **valid_metrics}
     close_epoch(worker, engine, gen, progress, record, top, config)
@@ -299,8 +299,9 @@ def close_epoch(worker: Worker, engine, gen: torch.Generator, progress: Progress
 
 
 def epoch_record(worker: Worker, progress: Progress, stats: torch.Tensor, train_time: float, input_wait: float,
-                 flops: Flops) -> dict:
-    """An epoch's figures of the run itself: loss, speed, input wait, FLOPs and MFU, and what it was run with. FLOPs:
+                 flops: Flops, cpu_s: float) -> dict:
+    """An epoch's figures of the run itself: loss, speed, input wait, CPU time, FLOPs and MFU, and what it was run
+    with. FLOPs:
     the backbone's for every input token, the decoding's for every target (the same events, but in a retrain on its
     new window, whose context is read, not predicted)."""
     cfg, spec = worker.cfg, worker.run.spec
@@ -314,6 +315,9 @@ def epoch_record(worker: Worker, progress: Progress, stats: torch.Tensor, train_
         "epoch_time_s": train_time,
         "input_wait_s": input_wait,
         "input_wait_share": input_wait / max(train_time, 1e-9),
+        # CPU seconds (user and system, every thread) of this rank's worker process over the epoch's steps: what the
+        # step costs the process, apart from the time other processes take from it (benchmarks/overhead.py).
+        "cpu_s": cpu_s,
         "wall_time_s": progress.wall_time_s,
         "events_processed": progress.events_seen,
         "backbone_params": spec.backbone_params,

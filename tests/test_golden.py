@@ -67,6 +67,7 @@ def test_the_first_steps_follow_the_golden_loss_curve(tiny_run, engine, decoding
         monkeypatch.setattr(objectives, "CHUNK_LOGITS_CPU", 3 * 41)
     run = train_reference(cfg, shards, epochs=1, threads=1, validate=False, max_steps=len(golden), engine=engine)
     assert run.history[0]["losses"] == pytest.approx(golden, abs=1e-4)
+    assert 0 < run.history[0]["cpu_s"]  # this process's CPU time over the steps (benchmarks/overhead.py)
 
 
 def test_on_step_sees_the_weights_after_every_step_and_the_average_moves_by_one_minus_decay(tiny_run):

@@ -375,7 +375,8 @@ def test_a_warm_started_retrain_starts_from_its_predecessor_and_trains_only_the_
     assert epoch["train_flops"] > 1.5 * epoch["flops_per_token"] * epoch["events_processed"]
     # Epoch 0 is its predecessor on this run's validation requests, before any step, at no cost; a checkpoint it
     # keeps (the predecessor's weights exactly) when the trained epoch does not beat it on validation.
-    assert (start["epoch"], start["steps"], start["train_flops"], start["loss"]) == (0, 0, 0, None)
+    assert (start["epoch"], start["steps"], start["train_flops"], start["loss"], start["cpu_s"]) == (0, 0, 0, None, None)
+    assert 0 < epoch["cpu_s"] < 64 * epoch["epoch_time_s"]  # the worker process's CPU time over its steps
     assert 0 < start["valid_ndcg@10"] <= 1 and start["valid_requests"] == epoch["valid_requests"]
     kept = best_record(trial.history, trial.select)
     assert trial.final is kept and warm.best_epoch == kept["epoch"]
