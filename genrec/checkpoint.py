@@ -58,6 +58,7 @@ TRAINER_STATE_FORMAT = 1
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints, in its folder
 RESUME_CHECKSUMS = "checksums_rank{rank}.json"  # in RESUME_DIR, one per rank: sizes and sha256s of what it wrote
 RESUME_RNG = "rng_rank{rank}.pt"  # in RESUME_DIR, one per rank: its RNG states (the sampler's, torch's, CUDA's)
+RESUME_AVERAGE = "average_rank{rank}.pt"  # in RESUME_DIR, one per rank, with train.ema_decay: its weight average
 
 
 class CheckpointError(GenrecError, RuntimeError):
@@ -476,13 +477,16 @@ def save_for_serving(engine, spec: ModelSpec, items: pa.Table, out_dir: str, ext
         write_serving_files(out_dir, state, {"spec": spec.to_dict(), **extra}, items)
 
 
-def save_resume_state(engine, out_dir: str, rank: int, gen: torch.Generator, state: dict) -> None:
-    """What a restarted run needs beside the serving files (see RESUME_DIR). Collective: every rank calls it."""
+def save_resume_state(engine, out_dir: str, rank: int, gen: torch.Generator, state: dict, average=None) -> None:
+    """What a restarted run needs beside the serving files (see RESUME_DIR), with this rank's weight average
+    (genrec.averaging.WeightAverage) when the run keeps one. Collective: every rank calls it."""
     engine.save_checkpoint(str(Path(out_dir, RESUME_DIR)), tag=RESUME_TAG)
     rng = {"sampler": gen.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()  # dropout on the GPU draws from it
     torch.save(rng, Path(out_dir, RESUME_DIR, RESUME_RNG.format(rank=rank)))
+    if average is not None:
+        torch.save(average.state_dict(), Path(out_dir, RESUME_DIR, RESUME_AVERAGE.format(rank=rank)))
     # Each rank's folder holds only what this rank wrote (Ray merges the ranks' folders into the checkpoint): its
     # listing lets a resume tell a whole checkpoint from one whose upload was cut short (a full disk).
     resume = Path(out_dir, RESUME_DIR)
@@ -510,6 +514,16 @@ def read_resume_file(path: str | Path, allowed: list | tuple = (), map_location=
         raise CheckpointError(f"{path}: resume state that is not only tensors and the types genrec's checkpoints "
                               f"hold ({why}); refused, not unpickled. Resume from a checkpoint genrec wrote, or "
                               "start a new run") from None
+
+
+def load_resume_average(average, folder: str | Path, rank: int) -> bool:
+    """This rank's saved weight average back into `average` (genrec.averaging.WeightAverage); False when the
+    checkpoint has none (written by a run without train.ema_decay): the average then starts from the loaded weights."""
+    path = Path(folder, RESUME_DIR, RESUME_AVERAGE.format(rank=rank))
+    if not path.is_file():
+        return False
+    average.load_state_dict(read_resume_file(path))
+    return True
 
 
 def load_resume_state(engine, folder: str | Path, rank: int, gen: torch.Generator) -> None:

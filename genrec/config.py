@@ -443,6 +443,12 @@ class TrainConfig(_Section):
         "constant", description="the learning rate after warm-up: constant, or cosine down to 10% at train.epochs.")
     grad_clip: float = Field(
         1.0, gt=0.0, description="gradients are scaled down to at most this global norm (DeepSpeed's clipping).")
+    ema_decay: float | None = Field(
+        None, gt=0.0, lt=1.0,
+        description="keep an exponential moving average of the weights, validated, kept and served in their place. "
+                    "After every optimizer step it moves toward the weights by 1 - decay (less decay over the first "
+                    "steps: genrec.averaging); 0.99 averages about the last hundred steps. Training goes on from the "
+                    "trained weights. null: no average, the trained weights are validated and served.")
     seed: int = Field(
         0,
         description="seed of the initial weights, the window shuffle and the sampled negatives. A cell's retrains "

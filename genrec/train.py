@@ -23,8 +23,9 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from genrec.build import (Run, build_run, model_flops, model_spec, num_negatives, optimizer_and_schedule,
                           torch_threads)
-from genrec.checkpoint import (load_resume_state, local_checkpoint, read_spec, read_trainer_state, read_weights,
-                               resume_point, save_for_serving, save_resume_state, verify_resumable)
+from genrec.averaging import WeightAverage, averaged
+from genrec.checkpoint import (load_resume_average, load_resume_state, local_checkpoint, read_spec, read_trainer_state,
+                               read_weights, resume_point, save_for_serving, save_resume_state, verify_resumable)
 from genrec.config import ConfigError, GenrecConfig, without_secrets
 from genrec.console import eta, progress_bar, worker_progress, worker_say
 from genrec.defaults import resolve as resolve_defaults
@@ -140,7 +141,7 @@ def setup_worker(config: dict) -> Worker:
 
 def restore(worker: Worker, config: dict, steps_per_epoch: int):
     """The one place a run's state is restored: (the DeepSpeed engine, its LR scheduler, the sampler's generator,
-    the Progress to go on from).
+    the Progress to go on from, the weight average or None without train.ema_decay).
 
     A restarted worker group (a worker died, `max_failures` allows a retry) or `--resume` goes on from the last
     reported checkpoint, at the start of the epoch that was interrupted, which is redone in full. What this rank
@@ -177,9 +178,15 @@ def restore(worker: Worker, config: dict, steps_per_epoch: int):
         gen = torch.Generator(device=worker.device).manual_seed(cfg.train.seed * 1000 + worker.rank)
         if same_world:  # weights, optimizer, LR schedule and this rank's RNG states
             load_resume_state(engine, folder, worker.rank, gen)
+        # After the engine: under ZeRO-3 the average holds this rank's partitions, which the engine cuts.
+        average = WeightAverage(engine.module, cfg.train.ema_decay) if cfg.train.ema_decay else None
+        if average is not None and state is not None and not (same_world and load_resume_average(
+                average, folder, worker.rank)) and worker.rank == 0:
+            worker_say("the weight average starts again from the resumed weights (the checkpoint has none for this "
+                       "worker count)")
         if state is not None and worker.rank == 0:
             worker_say(f"resumed from {folder.name} after epoch {progress.epoch} (restart {progress.restarts})")
-    return engine, scheduler, gen, progress
+    return engine, scheduler, gen, progress, average
 
 
 def resume_folder(worker: Worker, config: dict, stack: contextlib.ExitStack) -> tuple[Path | None, dict | None]:
@@ -207,7 +214,7 @@ def train_func(config: dict) -> None:
     cfg, run = worker.cfg, worker.run
     popular = worker.popularity()
     steps_per_epoch = max(1, config["windows"] // worker.world // cfg.train.batch_size)
-    engine, scheduler, gen, progress = restore(worker, config, steps_per_epoch)
+    engine, scheduler, gen, progress, average = restore(worker, config, steps_per_epoch)
     trained = run.trained.to(worker.device)
     n_neg = num_negatives(cfg, len(trained))
     flops = model_flops(cfg, run.spec, worker.shards.num_items, n_neg)
@@ -216,7 +223,7 @@ def train_func(config: dict) -> None:
     history = progress.history
     start = time.perf_counter() - progress.wall_time_s
     if cfg.train.init_from and not history:
-        start_epoch(worker, engine, gen, progress, popular, flops, config, start)
+        start_epoch(worker, engine, gen, progress, popular, flops, config, start, average)
     # A resumed run may be done already.
     end = stop_reason(cfg, history, worker.select, time.perf_counter() - start, worker.reduce)
     for epoch in range(progress.epoch, cfg.train.epochs if end is None else progress.epoch):
@@ -236,6 +243,8 @@ def train_func(config: dict) -> None:
             if batch is None:
                 break
             loss, events, tokens = train_step(engine, batch, trained, n_neg, run.mask_rate, gen)
+            if average is not None:
+                average.update()
             # loss.item() waits for the step, so the next batch's wait is measured from the step's real end.
             stats += torch.tensor([loss.item(), 1.0, events, tokens], dtype=torch.float64)
             if worker.rank == 0 and time.perf_counter() - shown >= PROGRESS_EVERY_S:
@@ -246,12 +255,13 @@ def train_func(config: dict) -> None:
         worker.reduce(stats)
         progress.epoch, progress.events_seen = epoch + 1, progress.events_seen + int(stats[2])
         progress.tokens_seen += int(stats[3])
-        valid_metrics, top = worker.validate(engine.module)
+        with averaged(average):  # the average is what is validated, kept and served
+            valid_metrics, top = worker.validate(engine.module)
         progress.wall_time_s = time.perf_counter() - start
         metrics = epoch_record(worker, progress, stats, train_time, input_wait, flops, cpu_s) | {
             "lr": scheduler.get_last_lr()[0], **popular, "zero_stage": engine.zero_optimization_stage(),
             "param_share_per_rank": param_share(engine.module), **valid_metrics}
-        close_epoch(worker, engine, gen, progress, metrics, top, config)
+        close_epoch(worker, engine, gen, progress, metrics, top, config, average)
         if tracker is not None:
             tracker.log(metrics, step=epoch + 1)
         end = stop_reason(cfg, history, worker.select, time.perf_counter() - start, worker.reduce)
@@ -267,7 +277,7 @@ def train_func(config: dict) -> None:
 
 
 def start_epoch(worker: Worker, engine, gen: torch.Generator, progress: Progress, popular: dict, flops: Flops,
-                config: dict, start: float) -> None:
+                config: dict, start: float, average: WeightAverage | None) -> None:
     """A warm-started retrain's epoch 0: its predecessor as loaded, scored on this run's validation requests and
     reported with a checkpoint like any epoch. It is kept when no trained epoch beats it (production keeps serving
     the model it has when a retrain does not improve on it), and train.patience counts from it."""
@@ -277,11 +287,11 @@ def start_epoch(worker: Worker, engine, gen: torch.Generator, progress: Progress
     record |= {k: None for k in ("loss", "events_per_s", "cpu_s", "model_tflops_per_s", "mfu") if k in record}  # no step yet
     record |= {**popular, "zero_stage": engine.zero_optimization_stage(),
                "param_share_per_rank": param_share(engine.module), **valid_metrics}
-    close_epoch(worker, engine, gen, progress, record, top, config)
+    close_epoch(worker, engine, gen, progress, record, top, config, average)
 
 
 def close_epoch(worker: Worker, engine, gen: torch.Generator, progress: Progress, metrics: dict, top: list,
-                config: dict) -> None:
+                config: dict, average: WeightAverage | None) -> None:
     """An epoch's record into the history (with what Ray is told to keep checkpoints by), the history and, when it is
     the best so far, its top-k lists to storage, its line, and its checkpoint to Ray Train."""
     history = progress.history
@@ -295,7 +305,7 @@ def close_epoch(worker: Worker, engine, gen: torch.Generator, progress: Progress
             write_topk(store, config["topk"], top)
         # A lone run says every epoch; a sweep's trial draws them in place and says one line at its end.
         (worker_say if config["each_epoch"] else worker_progress)(epoch_line(metrics, worker.cfg, worker.select, best))
-    report(worker, engine, gen, progress, metrics, config["commit"])
+    report(worker, engine, gen, progress, metrics, config["commit"], average)
 
 
 def epoch_record(worker: Worker, progress: Progress, stats: torch.Tensor, train_time: float, input_wait: float,
@@ -337,20 +347,22 @@ def epoch_record(worker: Worker, progress: Progress, stats: torch.Tensor, train_
     }
 
 
-def report(worker: Worker, engine, gen: torch.Generator, progress: Progress, metrics: dict, commit: str) -> None:
+def report(worker: Worker, engine, gen: torch.Generator, progress: Progress, metrics: dict, commit: str,
+           average: WeightAverage | None) -> None:
     """The epoch's checkpoint (serving weights and resume state) and figures to Ray Train. Every rank reports its
     folder (its ZeRO partition); Ray merges them into one checkpoint, and keeps the best ones by the validation
     figure (and always the latest, to resume from). The serving files keep what made them: the data and split, the
     run's config (no secrets: fit strips them) and the code's commit, for `genrec export`'s model card."""
     with tempfile.TemporaryDirectory() as tmp:
-        save_for_serving(engine, worker.run.spec, worker.run.items, tmp, {
-            "metrics": metrics, "preset": worker.cfg.model.preset, "dataset": worker.shards.manifest["dataset"],
-            "split": worker.shards.manifest["counts"].get("split"), "commit": commit,
-            "config": worker.cfg.model_dump(mode="json")}, worker.rank)
+        with averaged(average):  # the served weights are the validated ones; training resumes from its own
+            save_for_serving(engine, worker.run.spec, worker.run.items, tmp, {
+                "metrics": metrics, "preset": worker.cfg.model.preset, "dataset": worker.shards.manifest["dataset"],
+                "split": worker.shards.manifest["counts"].get("split"), "commit": commit,
+                "config": worker.cfg.model_dump(mode="json")}, worker.rank)
         save_resume_state(engine, tmp, worker.rank, gen, {
             "epoch": progress.epoch, "events_processed": progress.events_seen, "tokens_processed": progress.tokens_seen,
             "wall_time_s": progress.wall_time_s,
-            "world": worker.world, "restarts": progress.restarts, "history": progress.history})
+            "world": worker.world, "restarts": progress.restarts, "history": progress.history}, average)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 

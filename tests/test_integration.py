@@ -226,17 +226,20 @@ def test_ctrl_c_of_a_training_run_names_its_checkpoint_and_how_to_go_on(winner):
     """`genrec train` under Ctrl-C: Ray Train's own SIGINT handler aborts the run and then exits the process (status
     1, nothing said). genrec.train.fit sees the signal on a wakeup fd and raises Interrupted instead (the CLI prints it
     and exits 130), naming the last whole checkpoint and `--resume`; the SIGINT handler found is put back and the
-    run's placement groups are freed."""
+    run's placement groups are freed. The run keeps a weight average (train.ema_decay): its checkpoint serves the
+    average, and its resume state holds it. Checked to fail: with the serving files saved outside the averaged block,
+    the weights served are not the average's."""
 
     from ray.util import placement_group_table
 
+    from genrec.averaging import WeightAverage
     from genrec.errors import Interrupted
     from genrec.preparation import prepare_shards
     from genrec.train import fit
-    from genrec.checkpoint import last_resumable
+    from genrec.checkpoint import last_resumable, load_resume_average
 
     cfg = winner[0].model_copy(deep=True)
-    cfg.train.epochs, cfg.train.window_shift_h = 500, 0.0
+    cfg.train.epochs, cfg.train.window_shift_h, cfg.train.ema_decay = 500, 0.0, 0.9
     shards = prepare_shards(cfg, echo=lambda *_: None)
     store = cfg.storage.store()
     found = signal.getsignal(signal.SIGINT)
@@ -246,6 +249,12 @@ def test_ctrl_c_of_a_training_run_names_its_checkpoint_and_how_to_go_on(winner):
                                               ".*\\(epoch \\d+\\); go on with .* --resume ctrl-c"):
             fit(cfg, shards, "ctrl-c")
     assert signal.getsignal(signal.SIGINT) == found
+    folder, state, _ = last_resumable(store, store.path("runs", "ctrl-c"), hashes=False)
+    served = load(cfg, folder).model
+    average = WeightAverage(served, 0.9)
+    assert load_resume_average(average, store.fetch(folder), rank=0)
+    assert average.updates == sum(h["steps"] for h in state["history"]) > 0
+    assert all(torch.equal(p, a) for p, a in zip(served.parameters(), average.average))
     deadline = time.time() + 60
     while any(g["state"] != "REMOVED" for g in placement_group_table().values()) and time.time() < deadline:
         time.sleep(0.2)
