@@ -1,5 +1,6 @@
-"""genrec.averaging: the weight average train.ema_decay keeps, on hand-computed cases (no Ray); its place in the
-trainer is tests/test_integration.py::test_a_run_with_a_weight_average_validates_keeps_and_resumes_it."""
+"""genrec.averaging: the weight average train.ema_decay keeps, on hand-computed cases and on a ZeRO-3 engine (no
+Ray); in the trainer: tests/test_integration.py::test_ctrl_c_of_a_training_run_names_its_checkpoint_and_how_to_go_on
+(its run keeps an average)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,13 @@ import pytest
 import torch
 
 from genrec.averaging import WeightAverage, averaged, decay_at
+from genrec.build import build_run, optimizer_and_schedule
 from genrec.checkpoint import RESUME_AVERAGE, RESUME_DIR, load_resume_average
+from genrec.config import load_config
+from genrec.data.synthetic import generate
+from genrec.defaults import resolve
+from genrec.reference_loop import deepspeed_engine
+from genrec.shards import write_shards
 
 
 def test_the_decay_is_smaller_over_the_first_updates():
@@ -70,3 +77,33 @@ def test_a_saved_average_loads_back_weights_only_and_a_missing_one_is_said(tmp_p
         WeightAverage(torch.nn.Linear(3, 1, bias=False), 0.99).load_state_dict(average.state_dict())
     with pytest.raises(ValueError, match="between 0 and 1"):
         WeightAverage(layer, 1.0)
+
+
+def test_under_zero3_the_average_holds_this_ranks_partitions_and_the_gathered_weights_are_it(tmp_path):
+    """On the trainer's DeepSpeed engine at ZeRO-3 (built in this process as one rank on CPU, as the golden test
+    builds ZeRO-0's), the average keeps each parameter's partition (`ds_tensor`: the module's own tensors are empty
+    placeholders), and a forward pass inside the block gathers the average's weights."""
+    ds = generate(users=40, items=30, events_per_user=12, days=20, genres=3, seed=2)
+    shards = write_shards(ds, tmp_path / "s", None, split="leave_one_out")
+    cfg = load_config(None, ["model.preset=custom", "model.layers=1", "model.width=16", "model.heads=2",
+                             "model.max_seq_len=8", "model.decoding=sampled", "model.num_negatives=8",
+                             "train.batch_size=8", "train.zero_stage=3"])
+    run = build_run(resolve(cfg, shards, echo=lambda *_: None), shards)
+    optimizer, schedule = optimizer_and_schedule(cfg, run.model, 10)
+    engine = deepspeed_engine(cfg, run.model, optimizer, schedule)
+    import deepspeed  # here, not above: deepspeed_engine sets DS_ACCELERATOR before DeepSpeed is first imported
+
+    params = list(engine.module.parameters())
+    average = WeightAverage(engine.module, 0.9)
+    assert engine.zero_optimization_partition_weights() and all(p.numel() == 0 for p in params)
+    assert [a.numel() for a in average.average] == [p.ds_tensor.numel() for p in params] and average.average[0].numel()
+
+    def gathered() -> list[torch.Tensor]:
+        with deepspeed.zero.GatheredParameters(params):
+            return [p.detach().clone() for p in params]
+
+    trained = gathered()
+    average.average = [a + 1.0 for a in average.average]
+    with averaged(average):
+        assert all(torch.allclose(g, t + 1.0) for g, t in zip(gathered(), trained))
+    assert all(torch.equal(g, t) for g, t in zip(gathered(), trained))
