@@ -448,7 +448,8 @@ class TrainConfig(_Section):
         description="keep an exponential moving average of the weights, validated, kept and served in their place. "
                     "After every optimizer step it moves toward the weights by 1 - decay (less decay over the first "
                     "steps: genrec.averaging); 0.99 averages about the last hundred steps. Training goes on from the "
-                    "trained weights. null: no average, the trained weights are validated and served.")
+                    "trained weights (a resume on another worker count: from the average). ZeRO stages 0-2 only. "
+                    "null: no average, the trained weights are validated and served.")
     seed: int = Field(
         0,
         description="seed of the initial weights, the window shuffle and the sampled negatives. A cell's retrains "

@@ -23,7 +23,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from genrec.build import (Run, build_run, model_flops, model_spec, num_negatives, optimizer_and_schedule,
                           torch_threads)
-from genrec.averaging import WeightAverage, averaged
+from genrec.averaging import WeightAverage, averaged, refuse_partitioned
 from genrec.checkpoint import (load_resume_average, load_resume_state, local_checkpoint, read_spec, read_trainer_state,
                                read_weights, resume_point, save_for_serving, save_resume_state, verify_resumable)
 from genrec.config import ConfigError, GenrecConfig, without_secrets
@@ -178,7 +178,7 @@ def restore(worker: Worker, config: dict, steps_per_epoch: int):
         gen = torch.Generator(device=worker.device).manual_seed(cfg.train.seed * 1000 + worker.rank)
         if same_world:  # weights, optimizer, LR schedule and this rank's RNG states
             load_resume_state(engine, folder, worker.rank, gen)
-        # After the engine: under ZeRO-3 the average holds this rank's partitions, which the engine cuts.
+        # After the engine and whatever the run loads: the average starts from the weights training starts from.
         average = WeightAverage(engine.module, cfg.train.ema_decay) if cfg.train.ema_decay else None
         if average is not None and state is not None and not (same_world and load_resume_average(
                 average, folder, worker.rank)) and worker.rank == 0:
@@ -479,6 +479,7 @@ def fit(cfg: GenrecConfig, shards: ShardSet, run_name: str, callbacks=None, rese
     cfg = without_secrets(cfg)  # the serve token reaches no worker, checkpoint or wandb run
     cfg = resolve_defaults(cfg, shards)  # "auto" values from the data (genrec.defaults); a no-op when resolved
     check_ingest_room(cfg, reserved_cpus)
+    refuse_partitioned(cfg)
     if cfg.train.init_from:  # said here, before any worker starts: a checkpoint of another catalogue or model
         if finetune is not None:
             raise ConfigError("train.init_from and fine-tuning's finetune.checkpoint both name the checkpoint a run "
