@@ -24,17 +24,24 @@ what the worker itself does.
 `--synthetic-items N` trains on the seeded synthetic generator with N titles instead (3,000 users, 50 events each),
 to show how the step's cost follows the catalogue: only as much as the decoding mode scores. `--rounds N` alternates
 the two N times in the one invocation and pools them, for a ratio that one short run per path cannot hold (the
-machine's speed drifts between runs).
+machine's speed drifts between runs). `--plain-in-worker` adds a third path to each round: the plain loop itself
+inside a one-worker Ray Train run (Ray's worker process, its training thread and Ray's processes around it, but the
+windows in memory, no Ray Data and no DeepSpeed), which tells what the place the loop runs in costs from what genrec's
+own loop costs.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import ray
+import ray.train
+from ray.train.torch import TorchConfig, TorchTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -51,7 +58,37 @@ from genrec.reference_loop import train_reference  # noqa: E402
 from genrec.preparation import prepare_shards  # noqa: E402
 from genrec.engine import zero_stage  # noqa: E402
 from genrec.runs import read_history  # noqa: E402
+from genrec.shards import open_shards  # noqa: E402
 from genrec.train import fit  # noqa: E402
+
+
+IN_WORKER = "plain loop inside a Ray Train worker (no Ray Data, no DeepSpeed)"
+
+
+def plain_in_worker(config: dict) -> None:
+    """The plain loop inside a Ray Train worker: genrec.reference_loop as Ray Train runs a training function (in a
+    thread of a Ray worker process, Ray's processes beside it, a one-rank gloo group), with its windows in memory,
+    no Ray Data and no DeepSpeed. Its history goes to config["out"]."""
+    cfg = config["cfg"]
+    shards = open_shards(config["shards"], cfg.storage.store())
+    history = train_reference(cfg, shards, epochs=config["epochs"], threads=config["threads"], validate=False).history
+    Path(config["out"]).write_text(json.dumps(history))
+
+
+def run_plain_in_worker(cfg, shards, epochs: int, threads: int) -> list[dict]:
+    """plain_in_worker's history, run as one worker of a TorchTrainer with the full path's CPUs."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "history.json"
+        store = cfg.storage.store()
+        TorchTrainer(plain_in_worker,
+                     train_loop_config={"cfg": cfg, "shards": str(shards.root), "epochs": epochs, "threads": threads,
+                                        "out": str(out)},
+                     torch_config=TorchConfig(backend="gloo"),
+                     scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={
+                         "CPU": cfg.train.cpus_per_worker}),
+                     run_config=ray.train.RunConfig(name=f"overhead-plain-in-worker-{time.strftime('%Y%m%d-%H%M%S')}",
+                                                    storage_path=store.path("runs"))).fit()
+        return json.loads(out.read_text())
 
 
 def rate(history: list[dict]) -> tuple[float, float]:
@@ -99,6 +136,9 @@ def table(results: dict) -> str:
         each = ", ".join(f"{r['ratio']:.1%}" for r in results["rounds"])
         out[-1] += (f"; {len(results['rounds'])} alternated rounds (plain, genrec, plain, ...), pooled; each round: "
                     f"{each}")
+        if all("in_worker_ratio" in r for r in results["rounds"]):
+            out[-1] += "; the plain loop inside a Ray Train worker, each round: " + ", ".join(
+                f"{r['in_worker_ratio']:.1%}" for r in results["rounds"])
         if "median_epoch_events_per_s" in rows[1]:
             median = rows[1]["median_epoch_events_per_s"] / rows[0]["median_epoch_events_per_s"]
             out[-1] += f"; median epoch against median epoch: {median:.1%}"
@@ -120,6 +160,10 @@ def main(argv=None) -> int:
                    help="alternate the plain loop and the full path this many times (plain, genrec, plain, genrec, "
                         "...; Ray stopped during each plain loop); events/s pooled over the rounds, each round's "
                         "ratio beside it")
+    p.add_argument("--plain-in-worker", action="store_true",
+                   help="also run the plain loop inside a one-worker Ray Train run (after the full path in each "
+                        "round): Ray's worker, thread and processes around it, but no Ray Data and no DeepSpeed; it "
+                        "tells the cost of where the loop runs from the cost of what genrec's loop does")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     args = p.parse_args(argv)
     if (args.data is None) == (args.synthetic_items is None):
@@ -152,13 +196,16 @@ def main(argv=None) -> int:
             fit(run_cfg, shards, name)
             wall = time.perf_counter() - t0
             done[label] = (read_history(run_cfg, name), wall, run_cfg)
+        if args.plain_in_worker:
+            print(f"{tag}plain loop inside a Ray Train worker: {args.threads} threads ...", flush=True)
+            done[IN_WORKER] = run_plain_in_worker(cfg, shards, args.epochs, args.threads)
         # Ray's own processes (raylet, dashboard, controllers) are the full path's cost, not the plain loop's: each
         # round's plain loop runs with Ray stopped, as the first one does.
         ray.shutdown()
         rounds.append(done)
     rows = [{"path": "plain loop (one process)", **pooled([r["plain"] for r in rounds]),
              "loss_last": rounds[-1]["plain"][-1]["loss"]}]
-    for label in [k for k in rounds[0] if k != "plain"]:
+    for label in [k for k in rounds[0] if k not in ("plain", IN_WORKER)]:
         fulls = [r[label][0] for r in rounds]
         later = [h for full in fulls for h in (full[1:] or full)]
         run_cfg = rounds[0][label][2]
@@ -166,13 +213,18 @@ def main(argv=None) -> int:
                      **pooled(fulls), "loss_last": fulls[-1][-1]["loss"],
                      "wall_s": sum(r[label][1] for r in rounds) / len(rounds),
                      "input_wait_share": sum(h["input_wait_s"] for h in later) / sum(h["epoch_time_s"] for h in later)})
+    if args.plain_in_worker:
+        rows.append({"path": IN_WORKER, **pooled([r[IN_WORKER] for r in rounds]),
+                     "loss_last": rounds[-1][IN_WORKER][-1]["loss"]})
     for r in rows:
         r["vs_plain"] = r["events_per_s"] / rows[0]["events_per_s"]
     # Every run's history: "plain", "zero0" for the first round, "plain1", "zero0-1", ... for the later ones.
     histories = {}
     for k, done in enumerate(rounds):
         histories[f"plain{k}" if k else "plain"] = done["plain"]
-        for full, _, run_cfg in (v for key, v in done.items() if key != "plain"):
+        if IN_WORKER in done:
+            histories[f"in-worker{k}" if k else "in-worker"] = done[IN_WORKER]
+        for full, _, run_cfg in (v for key, v in done.items() if key not in ("plain", IN_WORKER)):
             histories[f"zero{zero_stage(run_cfg)}-{k}" if k else f"zero{zero_stage(run_cfg)}"] = full
     # "ratio" and "full_history" are the first full-path run's (the config's own stage unless --zero-stages).
     first = rows[1]["path"]
@@ -185,6 +237,9 @@ def main(argv=None) -> int:
         per_round = [(rate(r["plain"])[0], rate(r[first][0])[0]) for r in rounds]
         results["rounds"] = [{"plain_events_per_s": plain, "events_per_s": full, "ratio": full / plain}
                              for plain, full in per_round]
+        for r, got in zip(results["rounds"], rounds):
+            if IN_WORKER in got:
+                r["in_worker_ratio"] = rate(got[IN_WORKER])[0] / r["plain_events_per_s"]
     print(table(results))
     write("overhead", results, args.out)
     return 0
