@@ -1,24 +1,31 @@
-"""The training loop in a thread, as Ray Train runs it: what glibc's malloc arenas cost it.
+"""Where the training loop runs: the main thread, a thread, a Ray actor or a Ray Train worker, and what glibc's malloc
+arenas and OpenMP's wait policy cost it there.
 
     .venv/bin/python benchmarks/loop_thread.py [--synthetic-items 100000] [--decoding sampled] [--epochs 3]
-        [--rounds 3] [--ways main thread thread-1-arena] [--set KEY=VALUE ...] [--out FILE]
+        [--rounds 3] [--ways main thread thread-1-arena ...] [--set KEY=VALUE ...] [--out FILE]
 
 genrec's trainer steps in a Ray Train worker, which runs the training function in a thread of its own, not in the
-process's main thread, and glibc gives such a thread a malloc arena of its own. This runs genrec.reference_loop (the
-plain loop of benchmarks/overhead.py: the SASRec shape, 2 threads, the seeded synthetic data) in four ways, each in a
-fresh process (this script re-invoked with --child), alternated round after round since this machine's speed drifts
-within minutes:
+process's main thread, and glibc gives such a thread a malloc arena of its own; beside it on the same cores run Ray's
+own processes. This runs genrec.reference_loop (the plain loop of benchmarks/overhead.py: the SASRec shape, 2
+threads, the seeded synthetic data) in these ways, each in a fresh process (this script re-invoked with --child),
+alternated round after round since this machine's speed drifts within minutes:
 
 * main              - in the process's main thread, glibc's default arenas;
 * main-1-arena      - in the main thread, MALLOC_ARENA_MAX=1;
+* main-passive      - in the main thread, OMP_WAIT_POLICY=PASSIVE (OpenMP's threads sleep at once when idle);
 * thread            - in a threading.Thread, glibc's default arenas (a new arena for the thread);
-* thread-1-arena    - in a threading.Thread, MALLOC_ARENA_MAX=1 (the thread allocates from the main arena).
+* thread-1-arena    - in a threading.Thread, MALLOC_ARENA_MAX=1 (the thread allocates from the main arena);
+* actor             - in a Ray actor's main thread, on a local Ray the child starts (Ray's processes beside it);
+* train-worker      - in a one-worker Ray Train run's training thread on a local Ray, as genrec's trainer steps;
+* train-worker-1-arena, train-worker-passive - the same with MALLOC_ARENA_MAX=1, or OMP_WAIT_POLICY=PASSIVE, in
+  every process of that Ray.
 
-Every way runs with the environment genrec's Ray workers start with (genrec.ray_session.WORKER_ENV: PyTorch's huge
-pages), MALLOC_ARENA_MAX set or removed as the way says. Each run reports training
-events/s over epochs 2 on (the reference loop's own timing: no start-up, no evaluation), and its process's minor page
-faults per step, system and user CPU seconds over the whole run (getrusage; the windows' building included). A row
-pools a way's rounds: events over seconds, and the median of each other figure.
+Every way runs with the environment genrec's Ray workers start with (genrec.ray_session.WORKER_ENV), then
+MALLOC_ARENA_MAX and OMP_WAIT_POLICY set or removed as the way says. Each run reports training events/s over epochs 2
+on (the reference loop's own timing: no start-up, no evaluation), the CPU milliseconds per training event of the
+process that trains over the same steps, and that process's minor page faults per step, system and user CPU seconds
+over the whole run (getrusage; the windows' building included). A row pools a way's rounds: events over seconds, and
+the median of each other figure.
 """
 
 from __future__ import annotations
@@ -32,16 +39,23 @@ import sys
 import threading
 from pathlib import Path
 
+import ray
+import ray.train
+from ray.train.torch import TorchConfig, TorchTrainer
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._harness import parser, run_child, write  # noqa: E402
 from genrec.config import load_config  # noqa: E402
 from genrec.defaults import resolve as resolve_defaults  # noqa: E402
 from genrec.preparation import prepare_shards  # noqa: E402
-from genrec.ray_session import WORKER_ENV  # noqa: E402
+from genrec.ray_session import WORKER_ENV, init_ray  # noqa: E402
 from genrec.reference_loop import train_reference  # noqa: E402
+from genrec.shards import open_shards  # noqa: E402
 
-WAYS = ("main", "main-1-arena", "thread", "thread-1-arena")
+WAYS = ("main", "main-1-arena", "main-passive", "thread", "thread-1-arena", "actor", "train-worker",
+        "train-worker-1-arena", "train-worker-passive")
+PLACES = {"main": "the main thread", "thread": "a thread", "actor": "a Ray actor", "train-worker": "a Ray Train worker"}
 SASREC_SHAPE = ["model.preset=custom", "model.layers=2", "model.width=64", "model.heads=2", "model.max_seq_len=200",
                 "model.projection_ratio=1", "model.semantic=false", "model.title_age=false", "model.id_mask_rate=0",
                 "model.exclude_history=false", "model.dropout=0.2", "train.batch_size=128", "train.lr=0.001",
@@ -49,8 +63,35 @@ SASREC_SHAPE = ["model.preset=custom", "model.layers=2", "model.width=64", "mode
                 "eval.tasks={B: {targets: next}}"]
 
 
+def place(way: str) -> str:
+    """Where a way runs the loop (a key of PLACES)."""
+    return next(p for p in sorted(PLACES, key=len, reverse=True) if way == p or way.startswith(p + "-"))
+
+
+def train_measured(cfg, shards_root: str, epochs: int) -> dict:
+    """The reference loop in the calling thread, with this process's getrusage around it."""
+    shards = open_shards(shards_root, cfg.storage.store())
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    history = train_reference(cfg, shards, epochs=epochs, threads=cfg.train.torch_threads, validate=False).history
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return {"history": history, "minflt": after.ru_minflt - before.ru_minflt,
+            "system_s": after.ru_stime - before.ru_stime, "user_s": after.ru_utime - before.ru_utime,
+            "involuntary_switches": after.ru_nivcsw - before.ru_nivcsw}
+
+
+@ray.remote
+class LoopActor:
+    def run(self, cfg, shards_root: str, epochs: int) -> dict:
+        return train_measured(cfg, shards_root, epochs)
+
+
+def in_train_worker(config: dict) -> None:
+    """A one-worker Ray Train run's training function: the measured loop, its result to config["out"]."""
+    Path(config["out"]).write_text(json.dumps(train_measured(config["cfg"], config["shards"], config["epochs"])))
+
+
 def child(way: str, items: int, decoding: str, epochs: int, storage: str, overrides: list[str]) -> dict:
-    """One run of the reference loop, in this process's main thread or in a new thread as `way` says."""
+    """One run of the reference loop, in the place `way` says."""
     cfg = load_config("configs/local.yaml", [
         "data.source=synthetic", f"data.synthetic.items={items}", "data.synthetic.users=3000",
         "data.synthetic.events_per_user=50", f"name=loop-thread-synthetic-{items}", "data.split=leave_one_out",
@@ -58,54 +99,77 @@ def child(way: str, items: int, decoding: str, epochs: int, storage: str, overri
         "train.time_budget_s=null", f"model.decoding={decoding}", *SASREC_SHAPE, *overrides])
     shards = prepare_shards(cfg)
     cfg = resolve_defaults(cfg, shards)
-    done: dict = {}
-
-    def train() -> None:
-        done["history"] = train_reference(cfg, shards, epochs=epochs, threads=cfg.train.torch_threads,
-                                          validate=False).history
-
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    if way.startswith("thread"):
-        thread = threading.Thread(target=train)
-        thread.start()
-        thread.join()
+    where = place(way)
+    if where in ("main", "thread"):
+        done: dict = {}
+        if where == "thread":
+            thread = threading.Thread(target=lambda: done.update(train_measured(cfg, str(shards.root), epochs)))
+            thread.start()
+            thread.join()
+        else:
+            done = train_measured(cfg, str(shards.root), epochs)
     else:
-        train()
-    after = resource.getrusage(resource.RUSAGE_SELF)
+        init_ray(cfg)  # a local Ray: its processes get this process's environment, the way's settings with it
+        resources = {"CPU": cfg.train.cpus_per_worker}
+        if where == "actor":
+            done = ray.get(LoopActor.options(num_cpus=cfg.train.cpus_per_worker).remote().run.remote(
+                cfg, str(shards.root), epochs))
+        else:
+            out = Path(storage) / f"loop-thread-{os.getpid()}.json"
+            TorchTrainer(in_train_worker, train_loop_config={"cfg": cfg, "shards": str(shards.root),
+                                                             "epochs": epochs, "out": str(out.resolve())},
+                         torch_config=TorchConfig(backend="gloo"),
+                         scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker=resources),
+                         run_config=ray.train.RunConfig(name=f"loop-thread-{os.getpid()}",
+                                                        storage_path=str(Path(storage, "runs").resolve()))).fit()
+            done = json.loads(out.read_text())
+            out.unlink()
+        ray.shutdown()
     history = done["history"]
     timed = history[1:] or history
     steps = sum(r["steps"] for r in history)
-    return {"way": way, "events": sum(r["events"] for r in timed), "train_s": sum(r["train_s"] for r in timed),
-            "events_per_s": sum(r["events"] for r in timed) / sum(r["train_s"] for r in timed),
-            "faults_per_step": (after.ru_minflt - before.ru_minflt) / steps,
-            "system_s": after.ru_stime - before.ru_stime, "user_s": after.ru_utime - before.ru_utime,
-            "involuntary_switches": after.ru_nivcsw - before.ru_nivcsw, "losses": [r["loss"] for r in history],
-            "malloc_arena_max": os.environ.get("MALLOC_ARENA_MAX")}
+    events = sum(r["events"] for r in timed)
+    return {"way": way, "events": events, "train_s": sum(r["train_s"] for r in timed),
+            "events_per_s": events / sum(r["train_s"] for r in timed),
+            "cpu_ms_per_event": 1e3 * sum(r["cpu_s"] for r in timed) / events,
+            "faults_per_step": done["minflt"] / steps, "system_s": done["system_s"], "user_s": done["user_s"],
+            "involuntary_switches": done["involuntary_switches"], "losses": [r["loss"] for r in history],
+            "malloc_arena_max": os.environ.get("MALLOC_ARENA_MAX"),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
 
 
 def child_env(way: str) -> dict:
     env = {**os.environ, **WORKER_ENV}
     env.pop("MALLOC_ARENA_MAX", None)
+    env.pop("OMP_WAIT_POLICY", None)
     if way.endswith("1-arena"):
         env["MALLOC_ARENA_MAX"] = "1"
+    if way.endswith("passive"):
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
     return env
 
 
 def table(results: dict) -> str:
     rows = results["rows"]
     base = next((r for r in rows if r["way"] == "main"), rows[0])
-    out = ["| the loop runs in | MALLOC_ARENA_MAX | training events/s | vs main | minor page faults a step "
-           "| system s | user s | each round's events/s |", "|---|---|---|---|---|---|---|---|"]
+    cpu = all("cpu_ms_per_event" in r for r in rows)  # runs from before it was recorded have none
+    wait = any(r["way"].endswith("passive") for r in rows)
+    out = ["| the loop runs in | MALLOC_ARENA_MAX |" + (" OMP_WAIT_POLICY |" if wait else "")
+           + " training events/s | vs main |" + (" CPU ms per event |" if cpu else "")
+           + " minor page faults a step | system s | user s | each round's events/s |",
+           "|---|---|" + ("---|" if wait else "") + "---|---|" + ("---|" if cpu else "") + "---|---|---|---|"]
     for r in rows:
-        out.append(f"| {'a thread' if r['way'].startswith('thread') else 'the main thread'} | "
-                   f"{'1' if r['way'].endswith('1-arena') else 'unset'} | {r['events_per_s']:,.0f} | "
-                   f"{r['events_per_s'] / base['events_per_s']:.1%} | {r['faults_per_step']:,.0f} | "
-                   f"{r['system_s']:.1f} | {r['user_s']:.1f} | "
+        out.append(f"| {PLACES[place(r['way'])]} | {'1' if r['way'].endswith('1-arena') else 'unset'} | "
+                   + (f"{'PASSIVE' if r['way'].endswith('passive') else 'unset'} | " if wait else "")
+                   + f"{r['events_per_s']:,.0f} | {r['events_per_s'] / base['events_per_s']:.1%} | "
+                   + (f"{r['cpu_ms_per_event']:.3f} | " if cpu else "")
+                   + f"{r['faults_per_step']:,.0f} | {r['system_s']:.1f} | {r['user_s']:.1f} | "
                    f"{', '.join(f'{x:,.0f}' for x in r['rounds_events_per_s'])} |")
     out.append(f"\n{results['items']:,} titles, {results['decoding']} decoding, the reference loop for "
                f"{results['epochs']} epochs (events/s over epochs 2-{results['epochs']}), {results['rounds']} "
-               "alternated rounds, each run a fresh process; page faults, system and user seconds: each a median over the "
-               "rounds, of the run's whole process")
+               "alternated rounds, each run a fresh process; page faults, system and user seconds: each a median over "
+               "the rounds, of the process that trains"
+               + ("; CPU ms per event: that process's CPU over the timed steps, pooled over the rounds" if cpu else ""))
     return "\n".join(out)
 
 
@@ -132,12 +196,15 @@ def main(argv=None) -> int:
                                env=child_env(way))
             runs[way].append(result)
             print(f"round {r + 1}/{a.rounds}: {way}: {result['events_per_s']:,.0f} events/s, "
-                  f"{result['faults_per_step']:,.0f} page faults a step", file=sys.stderr)
+                  f"{result['cpu_ms_per_event']:.3f} CPU ms per event, {result['faults_per_step']:,.0f} page faults a "
+                  "step", file=sys.stderr)
     rows = []
     for way, got in runs.items():
         rows.append({"way": way, "events_per_s": sum(x["events"] for x in got) / sum(x["train_s"] for x in got),
                      "rounds_events_per_s": [x["events_per_s"] for x in got],
                      **{k: statistics.median(x[k] for x in got) for k in ("faults_per_step", "system_s", "user_s")},
+                     "cpu_ms_per_event": sum(x["cpu_ms_per_event"] * x["events"] for x in got) / sum(
+                         x["events"] for x in got),
                      "runs": got})
     results = {"rows": rows, "items": a.synthetic_items, "decoding": a.decoding, "epochs": a.epochs,
                "rounds": a.rounds}

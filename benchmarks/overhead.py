@@ -14,7 +14,9 @@ leave-one-out shards and windows for the same epochs:
   differ and must be measured there).
 
 Both run with genrec.ray_session.WORKER_ENV in their environment (this process sets it before torch is imported,
-as a local Ray's workers get it), so they allocate alike. The figure is training events per second (target events
+as a local Ray's workers get it), so they allocate alike (PyTorch's huge pages), but for OpenMP's wait policy: the
+plain loop keeps OpenMP's default, as a plain loop has it (passive waiting slows it; benchmarks/loop_thread.py's
+main-passive way), while genrec's Ray processes wait passively, as genrec starts them. The figure is training events per second (target events
 over the seconds spent in optimizer steps, input waits included for the full path): epoch 1 is left out of both (start-up, first-touch), so neither evaluation nor start-up
 is counted. The full path's whole wall time (Ray start, shard check, evaluation, checkpoints) is reported beside it,
 and each path's CPU milliseconds per training event: the CPU time (every thread, user and system) of the process that
@@ -33,6 +35,7 @@ own loop costs.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -48,8 +51,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from genrec.ray_session import init_ray, set_worker_env  # noqa: E402
 
 # The plain loop runs in this process: it gets the environment genrec's workers get (PyTorch's huge-page setting
-# among it), before anything imports torch, so that both paths allocate alike.
-set_worker_env()
+# among it), before anything imports torch, so that both paths allocate alike; not OpenMP's passive wait policy, which
+# init_ray sets for Ray's processes only after this process's OpenMP has read its environment (on importing torch).
+set_worker_env(skip=("OMP_WAIT_POLICY",))
+PLAIN_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")  # the plain loop's (None: OpenMP's default)
 
 from benchmarks._harness import parser, write  # noqa: E402
 from genrec.config import load_config, without_secrets  # noqa: E402
@@ -230,6 +235,7 @@ def main(argv=None) -> int:
     first = rows[1]["path"]
     results = {"rows": rows, "ratio": rows[1]["vs_plain"], "epochs": args.epochs, "threads_plain": args.threads,
                "titles": shards.num_items, "decoding": cfg.model.decoding,
+               "omp_wait_policy": {"plain": PLAIN_OMP_WAIT_POLICY, "genrec": os.environ.get("OMP_WAIT_POLICY")},
                "config": without_secrets(cfg).model_dump(mode="json"),
                "plain_history": rounds[0]["plain"], "full_history": rounds[0][first][0],
                "histories": histories}

@@ -21,14 +21,22 @@ WORKER_ENV = {
     # faster on CPU (BENCHMARKS.md). Read once per process, at its first allocation, so it must be in the
     # environment a worker starts with. The kernel's THP mode "never" makes it a no-op; GPU memory is not touched.
     "THP_MEM_ALLOC_ENABLE": "1",
+    # OpenMP's idle threads sleep at once instead of spinning (GNU OpenMP's default spins at every barrier between a
+    # step's operations). A training worker shares its cores with Ray's own processes, whose every wake-up then
+    # preempted a compute thread while its spinning peer held the other core: on 2 cores the worker spent a quarter
+    # more CPU per training event without it, and trained no faster (BENCHMARKS.md). Read when a process loads OpenMP
+    # (with torch); a serving replica's single torch thread has no idle peer to spin.
+    "OMP_WAIT_POLICY": "PASSIVE",
 }
 
 
-def set_worker_env() -> None:
-    """WORKER_ENV into this process's environment, a variable already set kept: the processes a local Ray starts
-    from here inherit it, and so does PyTorch in this process if it has not allocated yet."""
+def set_worker_env(skip: tuple[str, ...] = ()) -> None:
+    """WORKER_ENV into this process's environment, a variable already set kept (and those in `skip` left out): the
+    processes a local Ray starts from here inherit it, and so do PyTorch and OpenMP in this process if they have not
+    read it yet."""
     for key, value in WORKER_ENV.items():
-        os.environ.setdefault(key, value)
+        if key not in skip:
+            os.environ.setdefault(key, value)
 
 
 def init_ray(cfg: GenrecConfig | None = None, num_cpus: int | None = None) -> None:

@@ -178,6 +178,17 @@ def test_a_ray_worker_places_large_cpu_tensors_in_huge_pages(ray_local):
     assert huge_kb >= 32 * 1024
 
 
+@ray.remote
+def openmp_wait_policy() -> str | None:
+    return os.environ.get("OMP_WAIT_POLICY")
+
+
+def test_ray_workers_start_with_openmps_passive_wait_policy(ray_local):
+    """genrec.ray_session.WORKER_ENV's OMP_WAIT_POLICY reaches the session's Ray workers, in whose environment OpenMP
+    reads it when torch loads it (its effect on training is measured in benchmarks/overhead.py and loop_thread.py)."""
+    assert ray.get(openmp_wait_policy.remote()) == "PASSIVE"
+
+
 def test_ctrl_c_of_a_tune_run_is_noticed_and_frees_what_it_held(ray_local, tmp_path):
     """tuning.sweep.fit_noting_interrupt, which `genrec sweep` uses to write no winner after Ctrl-C (Tune returns
     normally then, its stopped trials marked TERMINATED like finished ones): SIGINT to this process (what Ctrl-C sends)
