@@ -17,8 +17,8 @@ alternated round after round since this machine's speed drifts within minutes:
 * thread-1-arena    - in a threading.Thread, MALLOC_ARENA_MAX=1 (the thread allocates from the main arena);
 * actor             - in a Ray actor's main thread, on a local Ray the child starts (Ray's processes beside it);
 * train-worker      - in a one-worker Ray Train run's training thread on a local Ray, as genrec's trainer steps;
-* train-worker-1-arena, train-worker-passive - the same with MALLOC_ARENA_MAX=1, or OMP_WAIT_POLICY=PASSIVE, in
-  every process of that Ray.
+* train-worker-1-arena, train-worker-passive, train-worker-1-arena-passive - the same with MALLOC_ARENA_MAX=1,
+  OMP_WAIT_POLICY=PASSIVE or both, in every process of that Ray.
 
 Every way runs with the environment genrec's Ray workers start with (genrec.ray_session.WORKER_ENV), then
 MALLOC_ARENA_MAX and OMP_WAIT_POLICY set or removed as the way says. Each run reports training events/s over epochs 2
@@ -54,7 +54,7 @@ from genrec.reference_loop import train_reference  # noqa: E402
 from genrec.shards import open_shards  # noqa: E402
 
 WAYS = ("main", "main-1-arena", "main-passive", "thread", "thread-1-arena", "actor", "train-worker",
-        "train-worker-1-arena", "train-worker-passive")
+        "train-worker-1-arena", "train-worker-passive", "train-worker-1-arena-passive")
 PLACES = {"main": "the main thread", "thread": "a thread", "actor": "a Ray actor", "train-worker": "a Ray Train worker"}
 SASREC_SHAPE = ["model.preset=custom", "model.layers=2", "model.width=64", "model.heads=2", "model.max_seq_len=200",
                 "model.projection_ratio=1", "model.semantic=false", "model.title_age=false", "model.id_mask_rate=0",
@@ -142,7 +142,7 @@ def child_env(way: str) -> dict:
     env = {**os.environ, **WORKER_ENV}
     env.pop("MALLOC_ARENA_MAX", None)
     env.pop("OMP_WAIT_POLICY", None)
-    if way.endswith("1-arena"):
+    if "-1-arena" in way:
         env["MALLOC_ARENA_MAX"] = "1"
     if way.endswith("passive"):
         env["OMP_WAIT_POLICY"] = "PASSIVE"
@@ -159,7 +159,7 @@ def table(results: dict) -> str:
            + " minor page faults a step | system s | user s | each round's events/s |",
            "|---|---|" + ("---|" if wait else "") + "---|---|" + ("---|" if cpu else "") + "---|---|---|---|"]
     for r in rows:
-        out.append(f"| {PLACES[place(r['way'])]} | {'1' if r['way'].endswith('1-arena') else 'unset'} | "
+        out.append(f"| {PLACES[place(r['way'])]} | {'1' if '-1-arena' in r['way'] else 'unset'} | "
                    + (f"{'PASSIVE' if r['way'].endswith('passive') else 'unset'} | " if wait else "")
                    + f"{r['events_per_s']:,.0f} | {r['events_per_s'] / base['events_per_s']:.1%} | "
                    + (f"{r['cpu_ms_per_event']:.3f} | " if cpu else "")
