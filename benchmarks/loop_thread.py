@@ -75,6 +75,9 @@ def train_measured(cfg, shards_root: str, epochs: int) -> dict:
     history = train_reference(cfg, shards, epochs=epochs, threads=cfg.train.torch_threads, validate=False).history
     after = resource.getrusage(resource.RUSAGE_SELF)
     return {"history": history, "minflt": after.ru_minflt - before.ru_minflt,
+            # the settings the training process itself started with (a Ray worker's, in the Ray ways)
+            "malloc_arena_max": os.environ.get("MALLOC_ARENA_MAX"),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "system_s": after.ru_stime - before.ru_stime, "user_s": after.ru_utime - before.ru_utime,
             "involuntary_switches": after.ru_nivcsw - before.ru_nivcsw}
 
@@ -109,7 +112,9 @@ def child(way: str, items: int, decoding: str, epochs: int, storage: str, overri
         else:
             done = train_measured(cfg, str(shards.root), epochs)
     else:
-        init_ray(cfg)  # a local Ray: its processes get this process's environment, the way's settings with it
+        # A local Ray: its processes get this process's environment, the way's settings with it (init_ray adds
+        # WORKER_ENV's passive wait policy only to the ways that ask for it).
+        init_ray(cfg, skip_env=() if way.endswith("passive") else ("OMP_WAIT_POLICY",))
         resources = {"CPU": cfg.train.cpus_per_worker}
         if where == "actor":
             done = ray.get(LoopActor.options(num_cpus=cfg.train.cpus_per_worker).remote().run.remote(
@@ -134,8 +139,7 @@ def child(way: str, items: int, decoding: str, epochs: int, storage: str, overri
             "cpu_ms_per_event": 1e3 * sum(r["cpu_s"] for r in timed) / events,
             "faults_per_step": done["minflt"] / steps, "system_s": done["system_s"], "user_s": done["user_s"],
             "involuntary_switches": done["involuntary_switches"], "losses": [r["loss"] for r in history],
-            "malloc_arena_max": os.environ.get("MALLOC_ARENA_MAX"),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+            "malloc_arena_max": done["malloc_arena_max"], "omp_wait_policy": done["omp_wait_policy"]}
 
 
 def child_env(way: str) -> dict:
@@ -153,14 +157,20 @@ def table(results: dict) -> str:
     rows = results["rows"]
     base = next((r for r in rows if r["way"] == "main"), rows[0])
     cpu = all("cpu_ms_per_event" in r for r in rows)  # runs from before it was recorded have none
-    wait = any(r["way"].endswith("passive") for r in rows)
+
+    def setting(r: dict, key: str) -> str:
+        """A row's setting as its runs' training processes recorded it (one value, or every value seen)."""
+        seen = sorted({x.get(key) or "unset" for x in r["runs"]})
+        return "/".join(seen)
+
+    wait = any("omp_wait_policy" in x for r in rows for x in r["runs"])  # runs from before it was recorded have none
     out = ["| the loop runs in | MALLOC_ARENA_MAX |" + (" OMP_WAIT_POLICY |" if wait else "")
            + " training events/s | vs main |" + (" CPU ms per event |" if cpu else "")
            + " minor page faults a step | system s | user s | each round's events/s |",
            "|---|---|" + ("---|" if wait else "") + "---|---|" + ("---|" if cpu else "") + "---|---|---|---|"]
     for r in rows:
-        out.append(f"| {PLACES[place(r['way'])]} | {'1' if '-1-arena' in r['way'] else 'unset'} | "
-                   + (f"{'PASSIVE' if r['way'].endswith('passive') else 'unset'} | " if wait else "")
+        out.append(f"| {PLACES[place(r['way'])]} | {setting(r, 'malloc_arena_max')} | "
+                   + (f"{setting(r, 'omp_wait_policy')} | " if wait else "")
                    + f"{r['events_per_s']:,.0f} | {r['events_per_s'] / base['events_per_s']:.1%} | "
                    + (f"{r['cpu_ms_per_event']:.3f} | " if cpu else "")
                    + f"{r['faults_per_step']:,.0f} | {r['system_s']:.1f} | {r['user_s']:.1f} | "

@@ -13,23 +13,23 @@ leave-one-out shards and windows for the same epochs:
   show what each stage costs the model on these cores (on CPU the workers talk over gloo; on GPUs, NCCL, the ratios
   differ and must be measured there).
 
-Both run with genrec.ray_session.WORKER_ENV in their environment (this process sets it before torch is imported,
-as a local Ray's workers get it), so they allocate alike (PyTorch's huge pages), but for OpenMP's wait policy: the
+Both run with genrec.ray_session.WORKER_ENV in their environment (this process sets it before torch is imported, as
+a local Ray's workers get it), so they allocate alike (PyTorch's huge pages), but for OpenMP's wait policy: the
 plain loop keeps OpenMP's default, as a plain loop has it (passive waiting slows it; benchmarks/loop_thread.py's
-main-passive way), while genrec's Ray processes wait passively, as genrec starts them. The figure is training events per second (target events
-over the seconds spent in optimizer steps, input waits included for the full path): epoch 1 is left out of both (start-up, first-touch), so neither evaluation nor start-up
-is counted. The full path's whole wall time (Ray start, shard check, evaluation, checkpoints) is reported beside it,
-and each path's CPU milliseconds per training event: the CPU time (every thread, user and system) of the process that
-trains (the plain loop's; genrec's worker's) over the same steps. That one leaves out what other processes take from
-the training threads and so moves less with the machine's load than events/s do: a steadier check of a change to
-what the worker itself does.
+main-passive way), while genrec's Ray processes wait passively, as genrec starts them. The figure is training events
+per second (target events over the seconds spent in optimizer steps, input waits included for the full path): epoch
+1 is left out of both (start-up, first-touch), so neither evaluation nor start-up is counted. The full path's whole
+wall time (Ray start, shard check, evaluation, checkpoints) is reported beside it, and each path's CPU milliseconds
+per training event: the CPU time (every thread, user and system) of the process that trains (the plain loop's;
+genrec's worker's) over the same steps. That one leaves out what other processes take from the training threads and
+so moves less with the machine's load than events/s do: a steadier check of a change to what the worker itself does.
 `--synthetic-items N` trains on the seeded synthetic generator with N titles instead (3,000 users, 50 events each),
 to show how the step's cost follows the catalogue: only as much as the decoding mode scores. `--rounds N` alternates
 the two N times in the one invocation and pools them, for a ratio that one short run per path cannot hold (the
 machine's speed drifts between runs). `--plain-in-worker` adds a third path to each round: the plain loop itself
 inside a one-worker Ray Train run (Ray's worker process, its training thread and Ray's processes around it, but the
 windows in memory, no Ray Data and no DeepSpeed), which tells what the place the loop runs in costs from what genrec's
-own loop costs.
+own loop costs. It always runs after genrec's path, in the same Ray session: it is not alternated with it.
 """
 
 from __future__ import annotations
@@ -43,8 +43,6 @@ import time
 from pathlib import Path
 
 import ray
-import ray.train
-from ray.train.torch import TorchConfig, TorchTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -52,9 +50,13 @@ from genrec.ray_session import init_ray, set_worker_env  # noqa: E402
 
 # The plain loop runs in this process: it gets the environment genrec's workers get (PyTorch's huge-page setting
 # among it), before anything imports torch, so that both paths allocate alike; not OpenMP's passive wait policy, which
-# init_ray sets for Ray's processes only after this process's OpenMP has read its environment (on importing torch).
+# init_ray sets for Ray's processes only after this process's OpenMP has read its environment (on importing torch,
+# below).
 set_worker_env(skip=("OMP_WAIT_POLICY",))
 PLAIN_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")  # the plain loop's (None: OpenMP's default)
+
+import ray.train  # noqa: E402 (imports torch)
+from ray.train.torch import TorchConfig, TorchTrainer  # noqa: E402
 
 from benchmarks._harness import parser, write  # noqa: E402
 from genrec.config import load_config, without_secrets  # noqa: E402
@@ -223,7 +225,8 @@ def main(argv=None) -> int:
                      "loss_last": rounds[-1][IN_WORKER][-1]["loss"]})
     for r in rows:
         r["vs_plain"] = r["events_per_s"] / rows[0]["events_per_s"]
-    # Every run's history: "plain", "zero0" for the first round, "plain1", "zero0-1", ... for the later ones.
+    # Every run's history: "plain", "zero0" (and "in-worker") for the first round, "plain1", "zero0-1" ("in-worker1"),
+    # ... for the later ones.
     histories = {}
     for k, done in enumerate(rounds):
         histories[f"plain{k}" if k else "plain"] = done["plain"]

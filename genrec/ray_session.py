@@ -23,9 +23,9 @@ WORKER_ENV = {
     "THP_MEM_ALLOC_ENABLE": "1",
     # OpenMP's idle threads sleep at once instead of spinning (GNU OpenMP's default spins at every barrier between a
     # step's operations). A training worker shares its cores with Ray's own processes, whose every wake-up then
-    # preempted a compute thread while its spinning peer held the other core: on 2 cores the worker spent a quarter
-    # more CPU per training event without it, and trained no faster (BENCHMARKS.md). Read when a process loads OpenMP
-    # (with torch); a serving replica's single torch thread has no idle peer to spin.
+    # preempted a compute thread while its spinning peer held the other core, and the worker spent more CPU per
+    # training event than it does with this set, for no more events/s (BENCHMARKS.md). Read when a process loads
+    # OpenMP (with torch); a serving replica's single torch thread has no idle peer to spin.
     "OMP_WAIT_POLICY": "PASSIVE",
 }
 
@@ -39,7 +39,7 @@ def set_worker_env(skip: tuple[str, ...] = ()) -> None:
             os.environ.setdefault(key, value)
 
 
-def init_ray(cfg: GenrecConfig | None = None, num_cpus: int | None = None) -> None:
+def init_ray(cfg: GenrecConfig | None = None, num_cpus: int | None = None, skip_env: tuple[str, ...] = ()) -> None:
     """Join the cluster named by RAY_ADDRESS (as under `ray job submit`), or start an embedded local Ray.
 
     Local Ray is given 127.0.0.1 as its node address and its dashboard binds there. The dashboard runs (Ray's default;
@@ -47,13 +47,14 @@ def init_ray(cfg: GenrecConfig | None = None, num_cpus: int | None = None) -> No
     API whether a run's controller is still alive: without it the cleaner cannot free a dead run's placement group
     and logs a warning every second of training. Ray 2.60's own gRPC servers (GCS, raylet, workers) still listen on
     every interface, with or without the dashboard (seen with `ss -ltnp`; docs/reliability.md): on a shared host,
-    firewall them.
+    firewall them. `skip_env`: WORKER_ENV's variables a local Ray's processes are not given (a benchmark's
+    comparison of one of them).
     """
     import ray
 
     if ray.is_initialized():
         return
-    set_worker_env()  # before a local Ray starts: its processes inherit this environment
+    set_worker_env(skip_env)  # before a local Ray starts: its processes inherit this environment
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
     else:
