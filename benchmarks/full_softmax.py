@@ -32,9 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from genrec.ray_session import set_worker_env  # noqa: E402
 
-# Before torch allocates: the children inherit it, as Ray's workers do; OpenMP's wait policy left at its default, as
-# the stored runs of this benchmark had it (it measures the loss's own cost, not a worker's place).
-set_worker_env(skip=("OMP_WAIT_POLICY",))
+set_worker_env()  # before torch allocates: the children inherit it, as Ray's workers do
 
 import torch  # noqa: E402
 

@@ -112,9 +112,7 @@ def child(way: str, items: int, decoding: str, epochs: int, storage: str, overri
         else:
             done = train_measured(cfg, str(shards.root), epochs)
     else:
-        # A local Ray: its processes get this process's environment, the way's settings with it (init_ray adds
-        # WORKER_ENV's passive wait policy only to the ways that ask for it).
-        init_ray(cfg, skip_env=() if way.endswith("passive") else ("OMP_WAIT_POLICY",))
+        init_ray(cfg)  # a local Ray: its processes get this process's environment, the way's settings with it
         resources = {"CPU": cfg.train.cpus_per_worker}
         if where == "actor":
             done = ray.get(LoopActor.options(num_cpus=cfg.train.cpus_per_worker).remote().run.remote(

@@ -14,9 +14,8 @@ leave-one-out shards and windows for the same epochs:
   differ and must be measured there).
 
 Both run with genrec.ray_session.WORKER_ENV in their environment (this process sets it before torch is imported, as
-a local Ray's workers get it), so they allocate alike (PyTorch's huge pages), but for OpenMP's wait policy: the
-plain loop keeps OpenMP's default, as a plain loop has it (passive waiting slows it; benchmarks/loop_thread.py's
-main-passive way), while genrec's Ray processes wait passively, as genrec starts them. The figure is training events
+a local Ray's workers get it), so they allocate alike (PyTorch's huge pages); the JSON records each path's OpenMP wait
+policy (OMP_WAIT_POLICY, unset: OpenMP's default). The figure is training events
 per second (target events over the seconds spent in optimizer steps, input waits included for the full path): epoch
 1 is left out of both (start-up, first-touch), so neither evaluation nor start-up is counted. The full path's whole
 wall time (Ray start, shard check, evaluation, checkpoints) is reported beside it, and each path's CPU milliseconds
@@ -49,11 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from genrec.ray_session import init_ray, set_worker_env  # noqa: E402
 
 # The plain loop runs in this process: it gets the environment genrec's workers get (PyTorch's huge-page setting
-# among it), before anything imports torch, so that both paths allocate alike; not OpenMP's passive wait policy, which
-# init_ray sets for Ray's processes only after this process's OpenMP has read its environment (on importing torch,
-# below).
-set_worker_env(skip=("OMP_WAIT_POLICY",))
-PLAIN_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")  # the plain loop's (None: OpenMP's default)
+# among it), before anything imports torch (below), so that both paths allocate alike.
+set_worker_env()
+PLAIN_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")  # read by this process's OpenMP when torch loads it
 
 import ray.train  # noqa: E402 (imports torch)
 from ray.train.torch import TorchConfig, TorchTrainer  # noqa: E402

@@ -21,25 +21,17 @@ WORKER_ENV = {
     # faster on CPU (BENCHMARKS.md). Read once per process, at its first allocation, so it must be in the
     # environment a worker starts with. The kernel's THP mode "never" makes it a no-op; GPU memory is not touched.
     "THP_MEM_ALLOC_ENABLE": "1",
-    # OpenMP's idle threads sleep at once instead of spinning (GNU OpenMP's default spins at every barrier between a
-    # step's operations). A training worker shares its cores with Ray's own processes, whose every wake-up then
-    # preempted a compute thread while its spinning peer held the other core, and the worker spent more CPU per
-    # training event than it does with this set, for no more events/s (BENCHMARKS.md). Read when a process loads
-    # OpenMP (with torch); a serving replica's single torch thread has no idle peer to spin.
-    "OMP_WAIT_POLICY": "PASSIVE",
 }
 
 
-def set_worker_env(skip: tuple[str, ...] = ()) -> None:
-    """WORKER_ENV into this process's environment, a variable already set kept (and those in `skip` left out): the
-    processes a local Ray starts from here inherit it, and so do PyTorch and OpenMP in this process if they have not
-    read it yet."""
+def set_worker_env() -> None:
+    """WORKER_ENV into this process's environment, a variable already set kept: the processes a local Ray starts
+    from here inherit it, and so does PyTorch in this process if it has not allocated yet."""
     for key, value in WORKER_ENV.items():
-        if key not in skip:
-            os.environ.setdefault(key, value)
+        os.environ.setdefault(key, value)
 
 
-def init_ray(cfg: GenrecConfig | None = None, num_cpus: int | None = None, skip_env: tuple[str, ...] = ()) -> None:
+def init_ray(cfg: GenrecConfig | None = None, num_cpus: int | None = None) -> None:
     """Join the cluster named by RAY_ADDRESS (as under `ray job submit`), or start an embedded local Ray.
 
     Local Ray is given 127.0.0.1 as its node address and its dashboard binds there. The dashboard runs (Ray's default;
@@ -47,14 +39,13 @@ def init_ray(cfg: GenrecConfig | None = None, num_cpus: int | None = None, skip_
     API whether a run's controller is still alive: without it the cleaner cannot free a dead run's placement group
     and logs a warning every second of training. Ray 2.60's own gRPC servers (GCS, raylet, workers) still listen on
     every interface, with or without the dashboard (seen with `ss -ltnp`; docs/reliability.md): on a shared host,
-    firewall them. `skip_env`: WORKER_ENV's variables a local Ray's processes are not given (a benchmark's
-    comparison of one of them).
+    firewall them.
     """
     import ray
 
     if ray.is_initialized():
         return
-    set_worker_env(skip_env)  # before a local Ray starts: its processes inherit this environment
+    set_worker_env()  # before a local Ray starts: its processes inherit this environment
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
     else:

@@ -29,7 +29,6 @@ import torch
 from genrec.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS, LEGACY_WEIGHTS, load_checkpoint,
                                local_checkpoint)
 from genrec.cli import post_json, sample_history
-from genrec.ray_session import WORKER_ENV
 from genrec.winner import WINNER_SCHEMA_VERSION, read_winner, write_winner_manifest
 from tests.conftest import s3_uri, tiny_config
 
@@ -177,19 +176,6 @@ def test_a_ray_worker_places_large_cpu_tensors_in_huge_pages(ray_local):
     env, huge_kb = ray.get(huge_pages_of_a_new_tensor.remote())
     assert env == "1"
     assert huge_kb >= 32 * 1024
-
-
-@ray.remote
-def openmp_wait_policy() -> str | None:
-    return os.environ.get("OMP_WAIT_POLICY")
-
-
-def test_ray_workers_start_with_openmps_passive_wait_policy(ray_local):
-    """genrec.ray_session.WORKER_ENV's OMP_WAIT_POLICY (passive, unless this environment set it already) reaches the
-    session's Ray workers, in whose environment OpenMP reads it when torch loads it (its effect on training is measured
-    in benchmarks/overhead.py and loop_thread.py)."""
-    assert WORKER_ENV["OMP_WAIT_POLICY"] == "PASSIVE"
-    assert ray.get(openmp_wait_policy.remote()) == os.environ["OMP_WAIT_POLICY"]
 
 
 def test_ctrl_c_of_a_tune_run_is_noticed_and_frees_what_it_held(ray_local, tmp_path):
