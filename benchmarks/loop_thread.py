@@ -40,12 +40,11 @@ import threading
 from pathlib import Path
 
 import ray
-import ray.train
-from ray.train.torch import TorchConfig, TorchTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._harness import parser, run_child, write  # noqa: E402
+from benchmarks.overhead import in_train_worker  # noqa: E402
 from genrec.config import load_config  # noqa: E402
 from genrec.defaults import resolve as resolve_defaults  # noqa: E402
 from genrec.preparation import prepare_shards  # noqa: E402
@@ -88,11 +87,6 @@ class LoopActor:
         return train_measured(cfg, shards_root, epochs)
 
 
-def in_train_worker(config: dict) -> None:
-    """A one-worker Ray Train run's training function: the measured loop, its result to config["out"]."""
-    Path(config["out"]).write_text(json.dumps(train_measured(config["cfg"], config["shards"], config["epochs"])))
-
-
 def child(way: str, items: int, decoding: str, epochs: int, storage: str, overrides: list[str]) -> dict:
     """One run of the reference loop, in the place `way` says."""
     cfg = load_config("configs/local.yaml", [
@@ -113,20 +107,12 @@ def child(way: str, items: int, decoding: str, epochs: int, storage: str, overri
             done = train_measured(cfg, str(shards.root), epochs)
     else:
         init_ray(cfg)  # a local Ray: its processes get this process's environment, the way's settings with it
-        resources = {"CPU": cfg.train.cpus_per_worker}
         if where == "actor":
             done = ray.get(LoopActor.options(num_cpus=cfg.train.cpus_per_worker).remote().run.remote(
                 cfg, str(shards.root), epochs))
         else:
-            out = Path(storage) / f"loop-thread-{os.getpid()}.json"
-            TorchTrainer(in_train_worker, train_loop_config={"cfg": cfg, "shards": str(shards.root),
-                                                             "epochs": epochs, "out": str(out.resolve())},
-                         torch_config=TorchConfig(backend="gloo"),
-                         scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker=resources),
-                         run_config=ray.train.RunConfig(name=f"loop-thread-{os.getpid()}",
-                                                        storage_path=str(Path(storage, "runs").resolve()))).fit()
-            done = json.loads(out.read_text())
-            out.unlink()
+            done = in_train_worker(train_measured, cfg.train.cpus_per_worker, str(Path(storage, "runs").resolve()),
+                                   cfg=cfg, shards_root=str(shards.root), epochs=epochs)
         ray.shutdown()
     history = done["history"]
     timed = history[1:] or history

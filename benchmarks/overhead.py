@@ -69,30 +69,30 @@ from genrec.train import fit  # noqa: E402
 IN_WORKER = "plain loop inside a Ray Train worker (no Ray Data, no DeepSpeed)"
 
 
-def plain_in_worker(config: dict) -> None:
-    """The plain loop inside a Ray Train worker: genrec.reference_loop as Ray Train runs a training function (in a
-    thread of a Ray worker process, Ray's processes beside it, a one-rank gloo group), with its windows in memory,
-    no Ray Data and no DeepSpeed. Its history goes to config["out"]."""
-    cfg = config["cfg"]
-    shards = open_shards(config["shards"], cfg.storage.store())
-    history = train_reference(cfg, shards, epochs=config["epochs"], threads=config["threads"], validate=False).history
-    Path(config["out"]).write_text(json.dumps(history))
+def plain_in_worker(cfg, shards_root: str, epochs: int, threads: int) -> list[dict]:
+    """The plain loop's history, trained where it is called: genrec.reference_loop with its windows in memory, no Ray
+    Data and no DeepSpeed (in_train_worker runs it as Ray Train runs a training function)."""
+    shards = open_shards(shards_root, cfg.storage.store())
+    return train_reference(cfg, shards, epochs=epochs, threads=threads, validate=False).history
 
 
-def run_plain_in_worker(cfg, shards, epochs: int, threads: int) -> list[dict]:
-    """plain_in_worker's history, run as one worker of a TorchTrainer with the full path's CPUs."""
+def in_train_worker(fn, cpus: float, storage: str, **kwargs):
+    """fn(**kwargs)'s result (JSON-able), fn run as the training function of a one-worker Ray Train run with `cpus`
+    CPUs on the Ray this process joined: in a thread of a Ray worker process, Ray's processes beside it, a one-rank
+    gloo group, where genrec's trainer runs its loop. The run's record goes under `storage`."""
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "history.json"
-        store = cfg.storage.store()
-        TorchTrainer(plain_in_worker,
-                     train_loop_config={"cfg": cfg, "shards": str(shards.root), "epochs": epochs, "threads": threads,
-                                        "out": str(out)},
+        out = Path(tmp) / "result.json"
+        TorchTrainer(write_result, train_loop_config={"fn": fn, "kwargs": kwargs, "out": str(out)},
                      torch_config=TorchConfig(backend="gloo"),
-                     scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={
-                         "CPU": cfg.train.cpus_per_worker}),
-                     run_config=ray.train.RunConfig(name=f"overhead-plain-in-worker-{time.strftime('%Y%m%d-%H%M%S')}",
-                                                    storage_path=store.path("runs"))).fit()
+                     scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": cpus}),
+                     run_config=ray.train.RunConfig(name=f"in-worker-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+                                                    storage_path=storage)).fit()
         return json.loads(out.read_text())
+
+
+def write_result(config: dict) -> None:
+    """in_train_worker's training function: the function's result to the file the caller reads."""
+    Path(config["out"]).write_text(json.dumps(config["fn"](**config["kwargs"])))
 
 
 def rate(history: list[dict]) -> tuple[float, float]:
@@ -202,7 +202,9 @@ def main(argv=None) -> int:
             done[label] = (read_history(run_cfg, name), wall, run_cfg)
         if args.plain_in_worker:
             print(f"{tag}plain loop inside a Ray Train worker: {args.threads} threads ...", flush=True)
-            done[IN_WORKER] = run_plain_in_worker(cfg, shards, args.epochs, args.threads)
+            done[IN_WORKER] = in_train_worker(plain_in_worker, cfg.train.cpus_per_worker,
+                                              cfg.storage.store().path("runs"), cfg=cfg, shards_root=str(shards.root),
+                                              epochs=args.epochs, threads=args.threads)
         # Ray's own processes (raylet, dashboard, controllers) are the full path's cost, not the plain loop's: each
         # round's plain loop runs with Ray stopped, as the first one does.
         ray.shutdown()
