@@ -18,7 +18,13 @@ alternated round after round since this machine's speed drifts within minutes:
 * actor             - in a Ray actor's main thread, on a local Ray the child starts (Ray's processes beside it);
 * train-worker      - in a one-worker Ray Train run's training thread on a local Ray, as genrec's trainer steps;
 * train-worker-1-arena, train-worker-passive, train-worker-1-arena-passive - the same with MALLOC_ARENA_MAX=1,
-  OMP_WAIT_POLICY=PASSIVE or both, in every process of that Ray.
+  OMP_WAIT_POLICY=PASSIVE or both, in every process of that Ray;
+* train-worker-nice0 - in the Ray Train worker, Ray told not to lower its workers' priority (RAY_worker_niceness=0;
+  by default Ray runs every worker process 15 nice levels below its own daemons);
+* main-beside-ray   - in the main thread, while a one-worker Ray Train run on a local Ray idles beside it (its
+  controller, helper actors, worker, raylet, GCS and dashboard awake as they are while genrec trains);
+* main-beside-ray-nice15 - the same, the training process lowered 15 nice levels below Ray's daemons first, as Ray
+  lowers its workers.
 
 Every way runs with the environment genrec's Ray workers start with (genrec.ray_session.WORKER_ENV), then
 MALLOC_ARENA_MAX and OMP_WAIT_POLICY set or removed as the way says. Each run reports training events/s over epochs 2
@@ -34,9 +40,12 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import sys
+import tempfile
 import threading
+import time
 from pathlib import Path
 
 import ray
@@ -53,8 +62,12 @@ from genrec.reference_loop import train_reference  # noqa: E402
 from genrec.shards import open_shards  # noqa: E402
 
 WAYS = ("main", "main-1-arena", "main-passive", "thread", "thread-1-arena", "actor", "train-worker",
-        "train-worker-1-arena", "train-worker-passive", "train-worker-1-arena-passive")
-PLACES = {"main": "the main thread", "thread": "a thread", "actor": "a Ray actor", "train-worker": "a Ray Train worker"}
+        "train-worker-1-arena", "train-worker-passive", "train-worker-1-arena-passive", "train-worker-nice0",
+        "main-beside-ray", "main-beside-ray-nice15")
+PLACES = {"main": "the main thread", "thread": "a thread", "actor": "a Ray actor", "train-worker": "a Ray Train worker",
+          "main-beside-ray": "the main thread, a Ray Train run idle beside it"}
+# How far Ray lowers its worker processes' priority below its daemons' by default (its worker_niceness setting).
+RAY_WORKER_NICENESS = 15
 SASREC_SHAPE = ["model.preset=custom", "model.layers=2", "model.width=64", "model.heads=2", "model.max_seq_len=200",
                 "model.projection_ratio=1", "model.semantic=false", "model.title_age=false", "model.id_mask_rate=0",
                 "model.exclude_history=false", "model.dropout=0.2", "train.batch_size=128", "train.lr=0.001",
@@ -77,8 +90,52 @@ def train_measured(cfg, shards_root: str, epochs: int) -> dict:
             # the settings the training process itself started with (a Ray worker's, in the Ray ways)
             "malloc_arena_max": os.environ.get("MALLOC_ARENA_MAX"),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "nice": os.getpriority(os.PRIO_PROCESS, 0),  # Linux: the calling (training) thread's
             "system_s": after.ru_stime - before.ru_stime, "user_s": after.ru_utime - before.ru_utime,
             "involuntary_switches": after.ru_nivcsw - before.ru_nivcsw}
+
+
+def idle_until(started: str, stop: str) -> dict:
+    """A training function that does nothing until the file `stop` exists, having created `started`."""
+    Path(started).touch()
+    while not Path(stop).exists():
+        time.sleep(0.5)
+    return {}
+
+
+def lower_priority(levels: int) -> None:
+    """Every thread of this process `levels` nice levels lower (on Linux nice is per thread; threads made later
+    inherit their maker's)."""
+    for tid in os.listdir("/proc/self/task"):
+        os.setpriority(os.PRIO_PROCESS, int(tid), os.getpriority(os.PRIO_PROCESS, int(tid)) + levels)
+
+
+def beside_idle_train_run(cfg, storage: str, run):
+    """run()'s result, called while a one-worker Ray Train run idles on the Ray this process joined."""
+    flags = Path(tempfile.mkdtemp(prefix="loop-thread-"))
+    started, stop = flags / "started", flags / "stop"
+    failed: list[BaseException] = []
+
+    def idle_run():
+        try:
+            in_train_worker(idle_until, cfg.train.cpus_per_worker, storage, started=str(started), stop=str(stop))
+        except BaseException as e:  # noqa: BLE001 (reported below, in the main thread)
+            failed.append(e)
+
+    beside = threading.Thread(target=idle_run)
+    beside.start()
+    try:
+        deadline = time.monotonic() + 300
+        while not started.exists():
+            if failed or not beside.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the idle Ray Train run did not start: {failed or 'no word in 300 s'}")
+            time.sleep(0.2)
+        time.sleep(5)  # its controller and helper actors settle
+        return run()
+    finally:
+        stop.touch()
+        beside.join()
+        shutil.rmtree(flags, ignore_errors=True)
 
 
 @ray.remote
@@ -97,7 +154,19 @@ def child(way: str, items: int, decoding: str, epochs: int, storage: str, overri
     shards = prepare_shards(cfg)
     cfg = resolve_defaults(cfg, shards)
     where = place(way)
-    if where in ("main", "thread"):
+    daemons_nice = os.getpriority(os.PRIO_PROCESS, 0)  # this process starts Ray's daemons: they run at its nice
+    runs_path = str(Path(storage, "runs").resolve())
+    if where == "main-beside-ray":
+        init_ray(cfg)
+
+        def run() -> dict:
+            if way.endswith("-nice15"):
+                lower_priority(RAY_WORKER_NICENESS)
+            return train_measured(cfg, str(shards.root), epochs)
+
+        done = beside_idle_train_run(cfg, runs_path, run)
+        ray.shutdown()
+    elif where in ("main", "thread"):
         done: dict = {}
         if where == "thread":
             thread = threading.Thread(target=lambda: done.update(train_measured(cfg, str(shards.root), epochs)))
@@ -111,8 +180,7 @@ def child(way: str, items: int, decoding: str, epochs: int, storage: str, overri
             done = ray.get(LoopActor.options(num_cpus=cfg.train.cpus_per_worker).remote().run.remote(
                 cfg, str(shards.root), epochs))
         else:
-            done = in_train_worker(train_measured, cfg.train.cpus_per_worker, str(Path(storage, "runs").resolve()),
-                                   cfg=cfg, shards_root=str(shards.root), epochs=epochs)
+            done = in_train_worker(train_measured, cfg.train.cpus_per_worker, runs_path, cfg=cfg, shards_root=str(shards.root), epochs=epochs)
         ray.shutdown()
     history = done["history"]
     timed = history[1:] or history
@@ -123,7 +191,8 @@ def child(way: str, items: int, decoding: str, epochs: int, storage: str, overri
             "cpu_ms_per_event": 1e3 * sum(r["cpu_s"] for r in timed) / events,
             "faults_per_step": done["minflt"] / steps, "system_s": done["system_s"], "user_s": done["user_s"],
             "involuntary_switches": done["involuntary_switches"], "losses": [r["loss"] for r in history],
-            "malloc_arena_max": done["malloc_arena_max"], "omp_wait_policy": done["omp_wait_policy"]}
+            "malloc_arena_max": done["malloc_arena_max"], "omp_wait_policy": done["omp_wait_policy"],
+            "nice_vs_ray": done["nice"] - daemons_nice}
 
 
 def child_env(way: str) -> dict:
@@ -134,6 +203,9 @@ def child_env(way: str) -> dict:
         env["MALLOC_ARENA_MAX"] = "1"
     if way.endswith("passive"):
         env["OMP_WAIT_POLICY"] = "PASSIVE"
+    env.pop("RAY_worker_niceness", None)
+    if way.endswith("-nice0"):
+        env["RAY_worker_niceness"] = "0"
     return env
 
 
@@ -144,17 +216,22 @@ def table(results: dict) -> str:
 
     def setting(r: dict, key: str) -> str:
         """A row's setting as its runs' training processes recorded it (one value, or every value seen)."""
-        seen = sorted({x.get(key) or "unset" for x in r["runs"]})
+        seen = sorted({"unset" if x.get(key) is None else str(x[key]) for x in r["runs"]})
         return "/".join(seen)
 
-    wait = any("omp_wait_policy" in x for r in rows for x in r["runs"])  # runs from before it was recorded have none
+    # runs from before these were recorded have none
+    wait = any("omp_wait_policy" in x for r in rows for x in r["runs"])
+    nice = any("nice_vs_ray" in x for r in rows for x in r["runs"])
     out = ["| the loop runs in | MALLOC_ARENA_MAX |" + (" OMP_WAIT_POLICY |" if wait else "")
+           + (" nice levels below Ray's daemons |" if nice else "")
            + " training events/s | vs main |" + (" CPU ms per event |" if cpu else "")
            + " minor page faults a step | system s | user s | each round's events/s |",
-           "|---|---|" + ("---|" if wait else "") + "---|---|" + ("---|" if cpu else "") + "---|---|---|---|"]
+           "|---|---|" + ("---|" if wait else "") + ("---|" if nice else "") + "---|---|" + ("---|" if cpu else "")
+           + "---|---|---|---|"]
     for r in rows:
         out.append(f"| {PLACES[place(r['way'])]} | {setting(r, 'malloc_arena_max')} | "
                    + (f"{setting(r, 'omp_wait_policy')} | " if wait else "")
+                   + (f"{setting(r, 'nice_vs_ray')} | " if nice else "")
                    + f"{r['events_per_s']:,.0f} | {r['events_per_s'] / base['events_per_s']:.1%} | "
                    + (f"{r['cpu_ms_per_event']:.3f} | " if cpu else "")
                    + f"{r['faults_per_step']:,.0f} | {r['system_s']:.1f} | {r['user_s']:.1f} | "
