@@ -19,8 +19,9 @@ alternated round after round since this machine's speed drifts within minutes:
 * train-worker      - in a one-worker Ray Train run's training thread on a local Ray, as genrec's trainer steps;
 * train-worker-1-arena, train-worker-passive, train-worker-1-arena-passive - the same with MALLOC_ARENA_MAX=1,
   OMP_WAIT_POLICY=PASSIVE or both, in every process of that Ray;
-* train-worker-nice0 - in the Ray Train worker, Ray told not to lower its workers' priority (RAY_worker_niceness=0;
-  by default Ray runs every worker process 15 nice levels below its own daemons);
+* train-worker-nice0 - in the Ray Train worker, Ray told not to lower its workers' priority (RAY_worker_niceness=0,
+  as genrec's local Ray has it; Ray's default, which the other Ray ways keep, runs every worker process 15 nice
+  levels below its own daemons);
 * main-beside-ray   - in the main thread, while a one-worker Ray Train run on a local Ray idles beside it (its
   controller, helper actors, worker, raylet, GCS and dashboard awake as they are while genrec trains);
 * main-beside-ray-nice15 - the same, the training process lowered 15 nice levels below Ray's daemons first, as Ray
@@ -180,7 +181,8 @@ def child(way: str, items: int, decoding: str, epochs: int, storage: str, overri
             done = ray.get(LoopActor.options(num_cpus=cfg.train.cpus_per_worker).remote().run.remote(
                 cfg, str(shards.root), epochs))
         else:
-            done = in_train_worker(train_measured, cfg.train.cpus_per_worker, runs_path, cfg=cfg, shards_root=str(shards.root), epochs=epochs)
+            done = in_train_worker(train_measured, cfg.train.cpus_per_worker, runs_path, cfg=cfg,
+                                   shards_root=str(shards.root), epochs=epochs)
         ray.shutdown()
     history = done["history"]
     timed = history[1:] or history
@@ -203,9 +205,9 @@ def child_env(way: str) -> dict:
         env["MALLOC_ARENA_MAX"] = "1"
     if way.endswith("passive"):
         env["OMP_WAIT_POLICY"] = "PASSIVE"
-    env.pop("RAY_worker_niceness", None)
-    if way.endswith("-nice0"):
-        env["RAY_worker_niceness"] = "0"
+    # Ray's own default (15) unless the way says 0, which genrec's local Ray has (genrec.ray_session.LOCAL_SYSTEM_CONFIG;
+    # a RAY_ variable set keeps its value there)
+    env["RAY_worker_niceness"] = "0" if way.endswith("-nice0") else "15"
     return env
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 
 from genrec.config import GenrecConfig
 
@@ -24,6 +25,20 @@ WORKER_ENV = {
 }
 
 
+# Ray's system settings for a local Ray that genrec starts itself, where its training workers share this machine's
+# cores with Ray's own daemons (raylet, GCS, dashboard) and the idle actors of a Ray Train run. Ray runs its worker
+# processes 15 nice levels below its daemons by default (its worker_niceness); every wake-up of a daemon then preempts
+# the training step's threads, and a CPU step trains slower (BENCHMARKS.md, "Ray's worker priority"). At 0 the
+# workers run at the daemons' own level. A cluster's nodes keep Ray's default: its `ray start` decides.
+LOCAL_SYSTEM_CONFIG = {"worker_niceness": 0}
+
+
+def local_system_config(environ: Mapping[str, str]) -> dict:
+    """LOCAL_SYSTEM_CONFIG less the settings `environ` gives as Ray's variables (RAY_<name>): one a user set wins,
+    as Ray's own system config would otherwise override it."""
+    return {key: value for key, value in LOCAL_SYSTEM_CONFIG.items() if f"RAY_{key}" not in environ}
+
+
 def set_worker_env() -> None:
     """WORKER_ENV into this process's environment, a variable already set kept: the processes a local Ray starts
     from here inherit it, and so does PyTorch in this process if it has not allocated yet."""
@@ -34,10 +49,10 @@ def set_worker_env() -> None:
 def init_ray(cfg: GenrecConfig | None = None, num_cpus: int | None = None) -> None:
     """Join the cluster named by RAY_ADDRESS (as under `ray job submit`), or start an embedded local Ray.
 
-    Local Ray is given 127.0.0.1 as its node address and its dashboard binds there. The dashboard runs (Ray's default;
-    one that fails to start is a warning, not an error) because Ray Train's placement-group cleaner asks its State
-    API whether a run's controller is still alive: without it the cleaner cannot free a dead run's placement group
-    and logs a warning every second of training. Ray 2.60's own gRPC servers (GCS, raylet, workers) still listen on
+    Local Ray is given 127.0.0.1 as its node address, local_system_config, and its dashboard binds there. The
+    dashboard runs (Ray's default; one that fails to start is a warning, not an error) because Ray Train's
+    placement-group cleaner asks its State API whether a run's controller is still alive: without it the cleaner
+    cannot free a dead run's placement group and logs a warning every second of training. Ray 2.60's own gRPC servers (GCS, raylet, workers) still listen on
     every interface, with or without the dashboard (seen with `ss -ltnp`; docs/reliability.md): on a shared host,
     firewall them.
     """
@@ -52,4 +67,5 @@ def init_ray(cfg: GenrecConfig | None = None, num_cpus: int | None = None) -> No
         # address="local": always a fresh embedded Ray. Without it ray.init() joins any cluster a `ray start` left
         # on this machine (and refuses num_cpus there); RAY_ADDRESS is how a command is pointed at a cluster.
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=None, dashboard_host="127.0.0.1",
-                 configure_logging=True, logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
+                 _system_config=local_system_config(os.environ), configure_logging=True, logging_level=logging.WARNING,
+                 _node_ip_address="127.0.0.1")

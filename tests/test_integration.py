@@ -178,6 +178,17 @@ def test_a_ray_worker_places_large_cpu_tensors_in_huge_pages(ray_local):
     assert huge_kb >= 32 * 1024
 
 
+@ray.remote
+def nice_level() -> int:
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def test_a_local_rays_workers_run_at_its_daemons_priority(ray_local):
+    """genrec.ray_session.local_system_config reaches a local Ray: its worker processes run at the nice level of the
+    process that started it (and of its daemons), not the 15 levels below that Ray gives them by default."""
+    assert ray.get(nice_level.remote()) == os.getpriority(os.PRIO_PROCESS, 0)
+
+
 def test_ctrl_c_of_a_tune_run_is_noticed_and_frees_what_it_held(ray_local, tmp_path):
     """tuning.sweep.fit_noting_interrupt, which `genrec sweep` uses to write no winner after Ctrl-C (Tune returns
     normally then, its stopped trials marked TERMINATED like finished ones): SIGINT to this process (what Ctrl-C sends)
