@@ -16,19 +16,22 @@ alternated round after round since this machine's speed drifts within minutes:
 * thread            - in a threading.Thread, glibc's default arenas (a new arena for the thread);
 * thread-1-arena    - in a threading.Thread, MALLOC_ARENA_MAX=1 (the thread allocates from the main arena);
 * actor             - in a Ray actor's main thread, on a local Ray the child starts (Ray's processes beside it);
-* train-worker      - in a one-worker Ray Train run's training thread on a local Ray, as genrec's trainer steps;
+* train-worker      - in a one-worker Ray Train run's training thread on a local Ray, as genrec's trainer steps (at
+  Ray's default worker priority: genrec's own local Ray is train-worker-nice0);
 * train-worker-1-arena, train-worker-passive, train-worker-1-arena-passive - the same with MALLOC_ARENA_MAX=1,
   OMP_WAIT_POLICY=PASSIVE or both, in every process of that Ray;
 * train-worker-nice0 - in the Ray Train worker, Ray told not to lower its workers' priority (RAY_worker_niceness=0,
   as genrec's local Ray has it; Ray's default, which the other Ray ways keep, runs every worker process 15 nice
   levels below its own daemons);
 * main-beside-ray   - in the main thread, while a one-worker Ray Train run on a local Ray idles beside it (its
-  controller, helper actors, worker, raylet, GCS and dashboard awake as they are while genrec trains);
+  controller, helper actors, worker, raylet, GCS and dashboard awake as they are while genrec trains; its actors and
+  worker at Ray's default priority, 15 levels below the daemons and this loop);
 * main-beside-ray-nice15 - the same, the training process lowered 15 nice levels below Ray's daemons first, as Ray
   lowers its workers.
 
 Every way runs with the environment genrec's Ray workers start with (genrec.ray_session.WORKER_ENV), then
-MALLOC_ARENA_MAX and OMP_WAIT_POLICY set or removed as the way says. Each run reports training events/s over epochs 2
+MALLOC_ARENA_MAX and OMP_WAIT_POLICY set or removed and RAY_worker_niceness set (0 or Ray's default, 15) as the way
+says. Each run reports training events/s over epochs 2
 on (the reference loop's own timing: no start-up, no evaluation), the CPU milliseconds per training event of the
 process that trains over the same steps, and that process's minor page faults per step, system and user CPU seconds
 over the whole run (getrusage; the windows' building included). A row pools a way's rounds: events over seconds, and
@@ -68,7 +71,7 @@ WAYS = ("main", "main-1-arena", "main-passive", "thread", "thread-1-arena", "act
 PLACES = {"main": "the main thread", "thread": "a thread", "actor": "a Ray actor", "train-worker": "a Ray Train worker",
           "main-beside-ray": "the main thread, a Ray Train run idle beside it"}
 # How far Ray lowers its worker processes' priority below its daemons' by default (its worker_niceness setting).
-RAY_WORKER_NICENESS = 15
+RAY_DEFAULT_WORKER_NICENESS = 15
 SASREC_SHAPE = ["model.preset=custom", "model.layers=2", "model.width=64", "model.heads=2", "model.max_seq_len=200",
                 "model.projection_ratio=1", "model.semantic=false", "model.title_age=false", "model.id_mask_rate=0",
                 "model.exclude_history=false", "model.dropout=0.2", "train.batch_size=128", "train.lr=0.001",
@@ -107,8 +110,11 @@ def idle_until(started: str, stop: str) -> dict:
 def lower_priority(levels: int) -> None:
     """Every thread of this process `levels` nice levels lower (on Linux nice is per thread; threads made later
     inherit their maker's)."""
-    for tid in os.listdir("/proc/self/task"):
-        os.setpriority(os.PRIO_PROCESS, int(tid), os.getpriority(os.PRIO_PROCESS, int(tid)) + levels)
+    for tid in map(int, os.listdir("/proc/self/task")):
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + levels)
+        except ProcessLookupError:  # the thread ended since the listing
+            pass
 
 
 def beside_idle_train_run(cfg, storage: str, run):
@@ -120,10 +126,11 @@ def beside_idle_train_run(cfg, storage: str, run):
     def idle_run():
         try:
             in_train_worker(idle_until, cfg.train.cpus_per_worker, storage, started=str(started), stop=str(stop))
-        except BaseException as e:  # noqa: BLE001 (reported below, in the main thread)
+        except BaseException as e:  # noqa: BLE001 (raised in the main thread, before and after run())
             failed.append(e)
 
-    beside = threading.Thread(target=idle_run)
+    # a daemon thread: should the run hang, this process still ends (after ray.shutdown())
+    beside = threading.Thread(target=idle_run, daemon=True)
     beside.start()
     try:
         deadline = time.monotonic() + 300
@@ -132,10 +139,13 @@ def beside_idle_train_run(cfg, storage: str, run):
                 raise RuntimeError(f"the idle Ray Train run did not start: {failed or 'no word in 300 s'}")
             time.sleep(0.2)
         time.sleep(5)  # its controller and helper actors settle
-        return run()
+        result = run()
+        if failed or not beside.is_alive():  # then nothing idled beside the loop for part of its run
+            raise RuntimeError(f"the idle Ray Train run ended while the loop trained: {failed or 'it returned'}")
+        return result
     finally:
         stop.touch()
-        beside.join()
+        beside.join(timeout=120)  # it sees `stop` within a second
         shutil.rmtree(flags, ignore_errors=True)
 
 
@@ -162,7 +172,7 @@ def child(way: str, items: int, decoding: str, epochs: int, storage: str, overri
 
         def run() -> dict:
             if way.endswith("-nice15"):
-                lower_priority(RAY_WORKER_NICENESS)
+                lower_priority(RAY_DEFAULT_WORKER_NICENESS)
             return train_measured(cfg, str(shards.root), epochs)
 
         done = beside_idle_train_run(cfg, runs_path, run)
@@ -194,7 +204,7 @@ def child(way: str, items: int, decoding: str, epochs: int, storage: str, overri
             "faults_per_step": done["minflt"] / steps, "system_s": done["system_s"], "user_s": done["user_s"],
             "involuntary_switches": done["involuntary_switches"], "losses": [r["loss"] for r in history],
             "malloc_arena_max": done["malloc_arena_max"], "omp_wait_policy": done["omp_wait_policy"],
-            "nice_vs_ray": done["nice"] - daemons_nice}
+            "nice_vs_ray": None if where in ("main", "thread") else done["nice"] - daemons_nice}
 
 
 def child_env(way: str) -> dict:
@@ -205,9 +215,9 @@ def child_env(way: str) -> dict:
         env["MALLOC_ARENA_MAX"] = "1"
     if way.endswith("passive"):
         env["OMP_WAIT_POLICY"] = "PASSIVE"
-    # Ray's own default (15) unless the way says 0, which genrec's local Ray has (genrec.ray_session.LOCAL_SYSTEM_CONFIG;
-    # a RAY_ variable set keeps its value there)
-    env["RAY_worker_niceness"] = "0" if way.endswith("-nice0") else "15"
+    # Ray's own default unless the way says 0, which genrec's local Ray has (genrec.ray_session.LOCAL_SYSTEM_CONFIG; a
+    # RAY_ variable set keeps its value there)
+    env["RAY_worker_niceness"] = "0" if way.endswith("-nice0") else str(RAY_DEFAULT_WORKER_NICENESS)
     return env
 
 
@@ -216,9 +226,9 @@ def table(results: dict) -> str:
     base = next((r for r in rows if r["way"] == "main"), rows[0])
     cpu = all("cpu_ms_per_event" in r for r in rows)  # runs from before it was recorded have none
 
-    def setting(r: dict, key: str) -> str:
+    def setting(r: dict, key: str, none: str = "unset") -> str:
         """A row's setting as its runs' training processes recorded it (one value, or every value seen)."""
-        seen = sorted({"unset" if x.get(key) is None else str(x[key]) for x in r["runs"]})
+        seen = sorted({none if x.get(key) is None else str(x[key]) for x in r["runs"]})
         return "/".join(seen)
 
     # runs from before these were recorded have none
@@ -233,7 +243,7 @@ def table(results: dict) -> str:
     for r in rows:
         out.append(f"| {PLACES[place(r['way'])]} | {setting(r, 'malloc_arena_max')} | "
                    + (f"{setting(r, 'omp_wait_policy')} | " if wait else "")
-                   + (f"{setting(r, 'nice_vs_ray')} | " if nice else "")
+                   + (f"{setting(r, 'nice_vs_ray', 'no Ray')} | " if nice else "")
                    + f"{r['events_per_s']:,.0f} | {r['events_per_s'] / base['events_per_s']:.1%} | "
                    + (f"{r['cpu_ms_per_event']:.3f} | " if cpu else "")
                    + f"{r['faults_per_step']:,.0f} | {r['system_s']:.1f} | {r['user_s']:.1f} | "

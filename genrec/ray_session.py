@@ -39,6 +39,12 @@ def local_system_config(environ: Mapping[str, str]) -> dict:
     return {key: value for key, value in LOCAL_SYSTEM_CONFIG.items() if f"RAY_{key}" not in environ}
 
 
+def local_ray_options(environ: Mapping[str, str]) -> dict:
+    """ray.init's options for a fresh embedded local Ray (init_ray's, and the test suite's shared Ray's)."""
+    return {"address": "local", "include_dashboard": None, "dashboard_host": "127.0.0.1",
+            "_node_ip_address": "127.0.0.1", "_system_config": local_system_config(environ)}
+
+
 def set_worker_env() -> None:
     """WORKER_ENV into this process's environment, a variable already set kept: the processes a local Ray starts
     from here inherit it, and so does PyTorch in this process if it has not allocated yet."""
@@ -49,12 +55,12 @@ def set_worker_env() -> None:
 def init_ray(cfg: GenrecConfig | None = None, num_cpus: int | None = None) -> None:
     """Join the cluster named by RAY_ADDRESS (as under `ray job submit`), or start an embedded local Ray.
 
-    Local Ray is given 127.0.0.1 as its node address, local_system_config, and its dashboard binds there. The
-    dashboard runs (Ray's default; one that fails to start is a warning, not an error) because Ray Train's
-    placement-group cleaner asks its State API whether a run's controller is still alive: without it the cleaner
-    cannot free a dead run's placement group and logs a warning every second of training. Ray 2.60's own gRPC servers (GCS, raylet, workers) still listen on
-    every interface, with or without the dashboard (seen with `ss -ltnp`; docs/reliability.md): on a shared host,
-    firewall them.
+    A local Ray starts with local_ray_options: 127.0.0.1 as its node address, where its dashboard binds too, and
+    local_system_config. The dashboard runs (Ray's default; one that fails to start is a warning, not an error)
+    because Ray Train's placement-group cleaner asks its State API whether a run's controller is still alive: without
+    it the cleaner cannot free a dead run's placement group and logs a warning every second of training. Ray 2.60's
+    own gRPC servers (GCS, raylet, workers) still listen on every interface, with or without the dashboard (seen with
+    `ss -ltnp`; docs/reliability.md): on a shared host, firewall them.
     """
     import ray
 
@@ -66,6 +72,5 @@ def init_ray(cfg: GenrecConfig | None = None, num_cpus: int | None = None) -> No
     else:
         # address="local": always a fresh embedded Ray. Without it ray.init() joins any cluster a `ray start` left
         # on this machine (and refuses num_cpus there); RAY_ADDRESS is how a command is pointed at a cluster.
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=None, dashboard_host="127.0.0.1",
-                 _system_config=local_system_config(os.environ), configure_logging=True, logging_level=logging.WARNING,
-                 _node_ip_address="127.0.0.1")
+        ray.init(**local_ray_options(os.environ), num_cpus=num_cpus, configure_logging=True,
+                 logging_level=logging.WARNING)
