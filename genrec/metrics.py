@@ -47,16 +47,28 @@ def rank_sums(ranks: torch.Tensor, k: int = 10) -> torch.Tensor:
                         (hit / torch.log2(r + 1.0)).sum(), (hit / r).sum()])
 
 
-def relevant_ranks(scores: torch.Tensor, relevant: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+# Up to this many relevant titles a row, relevant_ranks counts the scores above each one (two passes over the row per
+# title); with more, one sort of the row costs less (benchmarks/rank_count.py).
+COUNT_RANKS_UP_TO = 4
+
+
+def relevant_ranks(scores: torch.Tensor, relevant: torch.Tensor, valid: torch.Tensor,
+                   count_up_to: int = COUNT_RANKS_UP_TO) -> torch.Tensor:
     """scores (B, V) (excluded candidates -inf), relevant (B, R) column indices, valid (B, R) -> 1-based ranks
-    (B, R) as float64, +inf where not valid. One sort per row, so R relevant titles cost no (B, R, V) tensor.
+    (B, R) as float64, +inf where not valid. No (B, R, V) tensor: each relevant title's scores above are counted in
+    turn, or, with more than `count_up_to` relevant titles, one sort per row is searched (the same ranks either way).
 
     Ties take the mean of the ranks they span (a target tied with 3 others at the top ranks 2.5): counting only
     strictly higher scores would reward a model for scoring everything alike (low-precision scores tie often)."""
-    negated = torch.sort(-scores.float(), dim=1).values.contiguous()  # ascending; -score < -s  <=>  score > s
-    s = (-scores.float().gather(1, relevant.long())).contiguous()
-    greater = torch.searchsorted(negated, s, side="left")  # scores strictly above
-    at_least = torch.searchsorted(negated, s, side="right")  # scores at or above, itself included
+    scores = scores.float()
+    targets = scores.gather(1, relevant.long())
+    if relevant.shape[1] <= count_up_to:
+        greater = torch.stack([(scores > t).sum(1) for t in targets.split(1, dim=1)], 1)  # scores strictly above
+        at_least = torch.stack([(scores >= t).sum(1) for t in targets.split(1, dim=1)], 1)  # itself included
+    else:
+        negated = torch.sort(-scores, dim=1).values.contiguous()  # ascending; -score < -s  <=>  score > s
+        greater = torch.searchsorted(negated, (-targets).contiguous(), side="left")
+        at_least = torch.searchsorted(negated, (-targets).contiguous(), side="right")
     ranks = greater.double() + (at_least - greater + 1).double() / 2
     return ranks.masked_fill(~valid.bool(), math.inf)
 

@@ -50,6 +50,25 @@ def test_relevant_ranks_match_single_target_ranks_and_handle_several():
     # Everything tied: the middle of the catalogue, not the top.
     flat = relevant_ranks(torch.zeros(1, 9), torch.tensor([[4]]), torch.tensor([[True]]))
     assert flat.item() == 5.0
+    # Counted (the default for few relevant titles) and sorted, the same ranks.
+    assert relevant_ranks(scores, rel, valid, count_up_to=0).tolist() == ranks.tolist()
+    assert relevant_ranks(torch.zeros(1, 9), torch.tensor([[4]]), torch.tensor([[True]]), count_up_to=0).item() == 5.0
+
+
+def test_counted_and_sorted_ranks_agree_with_ties_and_excluded_titles():
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 20, (16, 300), generator=gen).float() / 20  # many ties
+    scores[:, 0] = float("-inf")
+    scores[:5, 7] = float("-inf")  # an excluded title among the relevant ones: below every candidate
+    rel = torch.randint(1, 300, (16, 6), generator=gen)
+    rel[:5, 0] = 7
+    valid = torch.rand(16, 6, generator=gen) > 0.3
+    counted = relevant_ranks(scores, rel, valid, count_up_to=6)
+    assert torch.equal(counted, relevant_ranks(scores, rel, valid, count_up_to=0))
+    # by hand for one row: 1 + the scores strictly above, plus half the other titles tied with it
+    s, t = scores[3], scores[3, rel[3, 1]]
+    expected = float((s > t).sum()) + (float((s == t).sum()) + 1) / 2
+    assert counted[3, 1].item() == (expected if valid[3, 1] else math.inf)
 
 
 def test_multi_relevant_sums_by_hand():
