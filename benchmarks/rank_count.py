@@ -5,9 +5,9 @@
 
 Validation ranks every title for each request: a (rows, titles) score matrix and R relevant titles a row (one for the
 next event, more for a long-horizon task). Counting takes two passes over a row per relevant title; a sort takes one
-row sort (O(V log V)) and two binary searches. This times both on random scores (a few tied) in this process, with
-the threads torch has here, and checks they give the same ranks. The cut-over (genrec.metrics.COUNT_RANKS_UP_TO) is
-the largest R at which counting is still faster.
+row sort (O(V log V)) and two binary searches. This times both on random scores (rounded to 1/1000, so titles tie) in
+this process, with the threads torch has here, and checks they give the same ranks. The cut-over
+(genrec.metrics.COUNT_RANKS_UP_TO) is the largest R at which counting is still faster.
 """
 
 from __future__ import annotations

@@ -61,8 +61,12 @@ def relevant_ranks(scores: torch.Tensor, relevant: torch.Tensor, valid: torch.Te
     Ties take the mean of the ranks they span (a target tied with 3 others at the top ranks 2.5): counting only
     strictly higher scores would reward a model for scoring everything alike (low-precision scores tie often)."""
     scores = scores.float()
+    if relevant.shape[1] == 0:
+        return torch.empty(relevant.shape, dtype=torch.float64, device=scores.device)
     targets = scores.gather(1, relevant.long())
-    if relevant.shape[1] <= count_up_to:
+    # A NaN score (a diverged model) compares false both ways, so counting would rank a NaN target first; the sort
+    # puts NaNs last, as ranks always had them.
+    if relevant.shape[1] <= count_up_to and not scores.isnan().any():
         greater = torch.stack([(scores > t).sum(1) for t in targets.split(1, dim=1)], 1)  # scores strictly above
         at_least = torch.stack([(scores >= t).sum(1) for t in targets.split(1, dim=1)], 1)  # itself included
     else:

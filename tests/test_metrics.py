@@ -63,12 +63,18 @@ def test_counted_and_sorted_ranks_agree_with_ties_and_excluded_titles():
     rel = torch.randint(1, 300, (16, 6), generator=gen)
     rel[:5, 0] = 7
     valid = torch.rand(16, 6, generator=gen) > 0.3
+    valid[3, 1] = True
     counted = relevant_ranks(scores, rel, valid, count_up_to=6)
     assert torch.equal(counted, relevant_ranks(scores, rel, valid, count_up_to=0))
-    # by hand for one row: 1 + the scores strictly above, plus half the other titles tied with it
+    # by hand for one row: the scores strictly above, plus the middle of the titles tied with it (itself included)
     s, t = scores[3], scores[3, rel[3, 1]]
-    expected = float((s > t).sum()) + (float((s == t).sum()) + 1) / 2
-    assert counted[3, 1].item() == (expected if valid[3, 1] else math.inf)
+    above, tied = int((s > t).sum()), int((s == t).sum())
+    assert tied > 1 and counted[3, 1].item() == above + (tied + 1) / 2
+    # a diverged model's NaN scores rank last, as the sort has them, not first
+    nan = torch.full((1, 5), float("nan"))
+    assert relevant_ranks(nan, torch.tensor([[2]]), torch.tensor([[True]])).item() == 5.5
+    # no relevant titles: no ranks
+    assert relevant_ranks(scores, rel[:, :0], valid[:, :0]).shape == (16, 0)
 
 
 def test_multi_relevant_sums_by_hand():
