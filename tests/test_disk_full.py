@@ -13,7 +13,9 @@ that JSONDecodeError (in a run where the record was emptied).
 
 The resume runs on 2 workers where the run had 1: going on with another worker count (from the consolidated
 weights, DeepSpeed's optimizer partitions being tied to the world size) is checked here, beside the disk-full
-resume, rather than in a run of its own (each Ray Train run costs the suite ~30 s of start-up).
+resume, rather than in a run of its own (each Ray Train run costs the suite ~30 s of start-up). Since that reads only
+the weights, it goes on from epoch 2 where the full disk cut only epoch 2's DeepSpeed state (seen once in a fresh
+clone's run; the test failed then, expecting epoch 1): it trains on to a third epoch either way.
 """
 
 import json
@@ -70,25 +72,37 @@ def test_a_disk_full_during_a_checkpoint_loses_nothing_and_the_run_goes_on(ray_l
     # write does not always land after the space ran out). The resume below takes the matching path.
     record = run / "checkpoint_manager_snapshot.json"
     emptied = record.is_file() and record.stat().st_size == 0
+    # The resume below is on another worker count, which reads only the consolidated weights: where the full disk cut
+    # only epoch 2's DeepSpeed state (where its upload ran out varies from run to run), epoch 2 is where it goes on.
+    start = first
+    if emptied:
+        try:
+            verify_resumable(str(later[0]), read_trainer_state(str(later[0])), ranks=[])
+            start = later[0]
+        except CheckpointError:
+            pass
+    started = read_trainer_state(str(start))  # read now: after the resume, that folder may be gone
 
     # Room again (as after deleting old runs). Never by accident: the run's name alone is refused, naming --resume.
-    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    subprocess.run(["mount", "-o", "remount,size=96m", str(small_disk)], check=True)
     assert main(["--name", "full", *flags, "--set", "train.epochs=2"]) == 2
     assert "pass --resume full to continue it" in capsys.readouterr().err
-    # --resume goes on from epoch 1 and finishes, on 2 workers instead of 1: DeepSpeed's optimizer state does not
+    # --resume goes on (to a third epoch) and finishes, on 2 workers instead of 1: DeepSpeed's optimizer state does not
     # load into another world size, so from the consolidated weights with a fresh optimizer.
-    assert main(["--resume", "full", *flags, "--set", "train.epochs=2", "--set", "train.workers=2"]) == 0
+    assert main(["--resume", "full", *flags, "--set", "train.epochs=3", "--set", "train.workers=2"]) == 0
     out = capsys.readouterr().out
-    if emptied:  # set aside (kept), and the run went on from the newest whole checkpoint
+    if emptied:  # set aside (kept), and the run went on from the newest checkpoint whose weights are whole
         assert len(list(run.glob("checkpoint_manager_snapshot.json.unusable-*"))) == 1
-        assert "is not readable JSON (0 bytes" in out and f"going on from {first.name} (epoch 1)" in out, out
+        assert "is not readable JSON (0 bytes" in out, out
+        assert f"going on from {start.name} (epoch {started['epoch']})" in out, out
     else:  # Ray Train restored the run from its own record, which names epoch 1's checkpoint
         assert "going on from" not in out, out
     history = json.loads((run / "history.json").read_text())
-    assert [h["epoch"] for h in history] == [1, 2]
-    assert history[0] == read_trainer_state(str(first))["history"][0]  # epoch 1 kept as it was, not redone
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    # the epochs before the resume kept as the checkpoint it went on from has them, not redone
+    assert history[:started["epoch"]] == started["history"][:started["epoch"]], (start, history, started["history"])
     last = checkpoints()[-1]
     state = read_trainer_state(str(last))
-    assert last not in (first, *later) and state["epoch"] == 2 and state["world"] == 2 and state["restarts"] == 1
-    assert history[1]["restarts"] == 1 and history[1]["loss"] < history[0]["loss"], history  # the weights went on
+    assert last not in (first, *later) and state["epoch"] == 3 and state["world"] == 2 and state["restarts"] == 1
+    assert history[-1]["restarts"] == 1 and history[-1]["loss"] < history[0]["loss"], history  # the weights went on
     load_checkpoint(last)
