@@ -67,12 +67,14 @@ def relevant_ranks(scores: torch.Tensor, relevant: torch.Tensor, valid: torch.Te
     # A NaN score (a diverged model) compares false both ways, so counting would rank a NaN target first; the sort
     # puts NaNs last, as ranks always had them.
     if relevant.shape[1] <= count_up_to and not scores.isnan().any():
-        greater = torch.stack([(scores > t).sum(1) for t in targets.split(1, dim=1)], 1)  # scores strictly above
-        at_least = torch.stack([(scores >= t).sum(1) for t in targets.split(1, dim=1)], 1)  # itself included
+        columns = targets.split(1, dim=1)
+        greater = torch.stack([(scores > t).sum(1) for t in columns], 1)  # scores strictly above
+        at_least = torch.stack([(scores >= t).sum(1) for t in columns], 1)  # itself included
     else:
         negated = torch.sort(-scores, dim=1).values.contiguous()  # ascending; -score < -s  <=>  score > s
-        greater = torch.searchsorted(negated, (-targets).contiguous(), side="left")
-        at_least = torch.searchsorted(negated, (-targets).contiguous(), side="right")
+        negated_targets = (-targets).contiguous()
+        greater = torch.searchsorted(negated, negated_targets, side="left")
+        at_least = torch.searchsorted(negated, negated_targets, side="right")
     ranks = greater.double() + (at_least - greater + 1).double() / 2
     return ranks.masked_fill(~valid.bool(), math.inf)
 
