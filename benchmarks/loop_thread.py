@@ -28,6 +28,13 @@ alternated round after round since this machine's speed drifts within minutes:
   worker at Ray's default priority, 15 levels below the daemons and this loop);
 * main-beside-ray-nice15 - the same, the training process lowered 15 nice levels below Ray's daemons first, as Ray
   lowers its workers.
+* train-worker-nice0-batch - train-worker-nice0 with every process of that Ray under Linux's SCHED_BATCH policy (set on
+  the thread that starts Ray; fork and exec pass it on, so the training worker runs under it too): a waking thread
+  then waits for the scheduler's tick instead of preempting the running one;
+* train-worker-nice0-lean - train-worker-nice0 on a Ray started without its dashboard (ray.init's
+  include_dashboard=False: its head and its eight module processes; the agent still runs) and Ray Train's preemption
+  watcher off (RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0): two fewer kinds of process waking beside the loop;
+* train-worker-nice0-lean-batch - both.
 
 Every way runs with the environment genrec's Ray workers start with (genrec.ray_session.WORKER_ENV), then
 MALLOC_ARENA_MAX and OMP_WAIT_POLICY set or removed and RAY_worker_niceness set (0 or Ray's default, 15) as the way
@@ -61,13 +68,16 @@ from benchmarks.overhead import in_train_worker  # noqa: E402
 from genrec.config import load_config  # noqa: E402
 from genrec.defaults import resolve as resolve_defaults  # noqa: E402
 from genrec.preparation import prepare_shards  # noqa: E402
-from genrec.ray_session import WORKER_ENV, init_ray  # noqa: E402
+from genrec.ray_session import WORKER_ENV, init_ray, local_ray_options  # noqa: E402
 from genrec.reference_loop import train_reference  # noqa: E402
 from genrec.shards import open_shards  # noqa: E402
 
 WAYS = ("main", "main-1-arena", "main-passive", "thread", "thread-1-arena", "actor", "train-worker",
         "train-worker-1-arena", "train-worker-passive", "train-worker-1-arena-passive", "train-worker-nice0",
-        "main-beside-ray", "main-beside-ray-nice15")
+        "main-beside-ray", "main-beside-ray-nice15", "train-worker-nice0-batch", "train-worker-nice0-lean",
+        "train-worker-nice0-lean-batch")
+# The scheduling policies a training thread can report (os.sched_getscheduler).
+POLICIES = {os.SCHED_OTHER: "normal", os.SCHED_BATCH: "batch"}
 PLACES = {"main": "the main thread", "thread": "a thread", "actor": "a Ray actor", "train-worker": "a Ray Train worker",
           "main-beside-ray": "the main thread, a Ray Train run idle beside it"}
 # How far Ray lowers its worker processes' priority below its daemons' by default (its worker_niceness setting).
@@ -95,6 +105,7 @@ def train_measured(cfg, shards_root: str, epochs: int) -> dict:
             "malloc_arena_max": os.environ.get("MALLOC_ARENA_MAX"),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "nice": os.getpriority(os.PRIO_PROCESS, 0),  # Linux: the calling (training) thread's
+            "sched_policy": POLICIES.get(os.sched_getscheduler(0), str(os.sched_getscheduler(0))),
             "system_s": after.ru_stime - before.ru_stime, "user_s": after.ru_utime - before.ru_utime,
             "involuntary_switches": after.ru_nivcsw - before.ru_nivcsw}
 
@@ -186,7 +197,12 @@ def child(way: str, items: int, decoding: str, epochs: int, storage: str, overri
         else:
             done = train_measured(cfg, str(shards.root), epochs)
     else:
-        init_ray(cfg)  # a local Ray: its processes get this process's environment, the way's settings with it
+        if way.endswith("-batch"):  # this thread starts Ray's processes: they inherit its policy
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+        if "-lean" in way:  # as init_ray starts a local Ray, less its dashboard
+            ray.init(**{**local_ray_options(os.environ), "include_dashboard": False})
+        else:
+            init_ray(cfg)  # a local Ray: its processes get this process's environment, the way's settings with it
         if where == "actor":
             done = ray.get(LoopActor.options(num_cpus=cfg.train.cpus_per_worker).remote().run.remote(
                 cfg, str(shards.root), epochs))
@@ -204,7 +220,9 @@ def child(way: str, items: int, decoding: str, epochs: int, storage: str, overri
             "faults_per_step": done["minflt"] / steps, "system_s": done["system_s"], "user_s": done["user_s"],
             "involuntary_switches": done["involuntary_switches"], "losses": [r["loss"] for r in history],
             "malloc_arena_max": done["malloc_arena_max"], "omp_wait_policy": done["omp_wait_policy"],
-            "nice_vs_ray": None if where in ("main", "thread") else done["nice"] - daemons_nice}
+            "nice_vs_ray": None if where in ("main", "thread") else done["nice"] - daemons_nice,
+            "sched_policy": done["sched_policy"],
+            "ray_lean": None if where in ("main", "thread") else "-lean" in way}
 
 
 def child_env(way: str) -> dict:
@@ -217,7 +235,10 @@ def child_env(way: str) -> dict:
         env["OMP_WAIT_POLICY"] = "PASSIVE"
     # Ray's own default unless the way says 0, which genrec's local Ray has (genrec.ray_session.LOCAL_SYSTEM_CONFIG; a
     # RAY_ variable set keeps its value there)
-    env["RAY_worker_niceness"] = "0" if way.endswith("-nice0") else str(RAY_DEFAULT_WORKER_NICENESS)
+    env["RAY_worker_niceness"] = "0" if "-nice0" in way else str(RAY_DEFAULT_WORKER_NICENESS)
+    env.pop("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", None)
+    if "-lean" in way:
+        env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
     return env
 
 
@@ -234,16 +255,24 @@ def table(results: dict) -> str:
     # runs from before these were recorded have none
     wait = any("omp_wait_policy" in x for r in rows for x in r["runs"])
     nice = any("nice_vs_ray" in x for r in rows for x in r["runs"])
+    policy = any("sched_policy" in x for r in rows for x in r["runs"])
+    lean = any("ray_lean" in x for r in rows for x in r["runs"])
+    lean_cell = {"True": "off", "False": "on", "no Ray": "no Ray"}
     out = ["| the loop runs in | MALLOC_ARENA_MAX |" + (" OMP_WAIT_POLICY |" if wait else "")
            + (" nice levels below Ray's daemons |" if nice else "")
+           + (" scheduling policy |" if policy else "") + (" Ray's dashboard and preemption watcher |" if lean else "")
            + " training events/s | vs main |" + (" CPU ms per event |" if cpu else "")
            + " minor page faults a step | system s | user s | each round's events/s |",
-           "|---|---|" + ("---|" if wait else "") + ("---|" if nice else "") + "---|---|" + ("---|" if cpu else "")
+           "|---|---|" + ("---|" if wait else "") + ("---|" if nice else "") + ("---|" if policy else "")
+           + ("---|" if lean else "") + "---|---|" + ("---|" if cpu else "")
            + "---|---|---|---|"]
     for r in rows:
         out.append(f"| {PLACES[place(r['way'])]} | {setting(r, 'malloc_arena_max')} | "
                    + (f"{setting(r, 'omp_wait_policy')} | " if wait else "")
                    + (f"{setting(r, 'nice_vs_ray', 'no Ray')} | " if nice else "")
+                   + (f"{setting(r, 'sched_policy')} | " if policy else "")
+                   + ("/".join(lean_cell.get(x, x) for x in setting(r, 'ray_lean', 'no Ray').split('/')) + " | "
+                      if lean else "")
                    + f"{r['events_per_s']:,.0f} | {r['events_per_s'] / base['events_per_s']:.1%} | "
                    + (f"{r['cpu_ms_per_event']:.3f} | " if cpu else "")
                    + f"{r['faults_per_step']:,.0f} | {r['system_s']:.1f} | {r['user_s']:.1f} | "
