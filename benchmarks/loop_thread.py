@@ -32,8 +32,9 @@ alternated round after round since this machine's speed drifts within minutes:
   the thread that starts Ray; fork and exec pass it on, so the training worker runs under it too): a waking thread
   then waits for the scheduler's tick instead of preempting the running one;
 * train-worker-nice0-lean - train-worker-nice0 on a Ray started without its dashboard (ray.init's
-  include_dashboard=False: its head and its eight module processes; the agent still runs) and Ray Train's preemption
-  watcher off (RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0): two fewer kinds of process waking beside the loop;
+  include_dashboard=False: no module processes, the head left with one module, the agent as before; Ray Train's
+  placement-group cleaner then cannot ask the State API, so this is a measurement, not a setting) and with Ray
+  Train's preemption watcher off (RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0): fewer processes waking beside the loop;
 * train-worker-nice0-lean-batch - both.
 
 Every way runs with the environment genrec's Ray workers start with (genrec.ray_session.WORKER_ENV), then
