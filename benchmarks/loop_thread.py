@@ -33,8 +33,9 @@ alternated round after round since this machine's speed drifts within minutes:
   then waits for the scheduler's tick instead of preempting the running one;
 * train-worker-nice0-lean - train-worker-nice0 on a Ray started without its dashboard (ray.init's
   include_dashboard=False: no module processes, the head left with one module, the agent as before; Ray Train's
-  placement-group cleaner then cannot ask the State API, so this is a measurement, not a setting) and with Ray
-  Train's preemption watcher off (RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0): fewer processes waking beside the loop;
+  placement-group cleaner then cannot ask the State API, so this is a measurement, not a setting): fewer processes
+  waking beside the loop. Ray Train's preemption watcher is off in every Ray way, as on every local Ray genrec
+  starts (genrec.ray_session.LOCAL_TRAIN_ENV); until that default, it was off only in the lean ways;
 * train-worker-nice0-lean-batch - both.
 
 Every way runs with the environment genrec's Ray workers start with (genrec.ray_session.WORKER_ENV), then
@@ -69,7 +70,7 @@ from benchmarks.overhead import in_train_worker  # noqa: E402
 from genrec.config import load_config  # noqa: E402
 from genrec.defaults import resolve as resolve_defaults  # noqa: E402
 from genrec.preparation import prepare_shards  # noqa: E402
-from genrec.ray_session import WORKER_ENV, init_ray, local_ray_options  # noqa: E402
+from genrec.ray_session import WORKER_ENV, init_ray, local_ray_options, set_local_env  # noqa: E402
 from genrec.reference_loop import train_reference  # noqa: E402
 from genrec.shards import open_shards  # noqa: E402
 
@@ -201,6 +202,7 @@ def child(way: str, items: int, decoding: str, epochs: int, storage: str, overri
         if way.endswith("-batch"):  # this thread starts Ray's processes: they inherit its policy
             os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
         if "-lean" in way:  # as init_ray starts a local Ray, less its dashboard
+            set_local_env()
             ray.init(**{**local_ray_options(os.environ), "include_dashboard": False})
         else:
             init_ray(cfg)  # a local Ray: its processes get this process's environment, the way's settings with it
@@ -237,9 +239,6 @@ def child_env(way: str) -> dict:
     # Ray's own default unless the way says 0, which genrec's local Ray has (genrec.ray_session.LOCAL_SYSTEM_CONFIG; a
     # RAY_ variable set keeps its value there)
     env["RAY_worker_niceness"] = "0" if "-nice0" in way else str(RAY_DEFAULT_WORKER_NICENESS)
-    env.pop("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", None)
-    if "-lean" in way:
-        env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
     return env
 
 
@@ -261,7 +260,7 @@ def table(results: dict) -> str:
     lean_cell = {"True": "off", "False": "on", "no Ray": "no Ray"}
     out = ["| the loop runs in | MALLOC_ARENA_MAX |" + (" OMP_WAIT_POLICY |" if wait else "")
            + (" nice levels below Ray's daemons |" if nice else "")
-           + (" scheduling policy |" if policy else "") + (" Ray's dashboard and preemption watcher |" if lean else "")
+           + (" scheduling policy |" if policy else "") + (" Ray's dashboard |" if lean else "")
            + " training events/s | vs main |" + (" CPU ms per event |" if cpu else "")
            + " minor page faults a step | system s | user s | each round's events/s |",
            "|---|---|" + ("---|" if wait else "") + ("---|" if nice else "") + ("---|" if policy else "")

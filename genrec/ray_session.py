@@ -33,6 +33,27 @@ WORKER_ENV = {
 LOCAL_SYSTEM_CONFIG = {"worker_niceness": 0}
 
 
+# Ray Train's settings for a local Ray, put in this process's environment before Ray starts (its processes inherit it,
+# and Ray Train passes its own variables from the process that starts a run to the run's controller), unless the user
+# set them. Its preemption watcher, an actor per run that asks Ray every 5 s whether a node is being drained, has
+# nothing to watch on the one node of a Ray that genrec started here; its process would still wake ~100 times a
+# second beside the training worker (Ray's task loop), one of about ten idle actors of a run (BENCHMARKS.md, "Ray's
+# dashboard and SCHED_BATCH beside the worker").
+LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
+def local_train_env(environ: Mapping[str, str]) -> dict:
+    """LOCAL_TRAIN_ENV less the variables `environ` already sets: a user's own value wins."""
+    return {key: value for key, value in LOCAL_TRAIN_ENV.items() if key not in environ}
+
+
+def set_local_env() -> None:
+    """This process's environment for a local Ray it is about to start: WORKER_ENV and LOCAL_TRAIN_ENV (init_ray's,
+    and the test suite's shared Ray's)."""
+    set_worker_env()
+    os.environ.update(local_train_env(os.environ))
+
+
 def local_system_config(environ: Mapping[str, str]) -> dict:
     """LOCAL_SYSTEM_CONFIG less the settings `environ` gives as Ray's variables (RAY_<name>): one a user set wins,
     as Ray's own system config would otherwise override it."""
@@ -56,8 +77,9 @@ def init_ray(cfg: GenrecConfig | None = None, num_cpus: int | None = None) -> No
     """Join the cluster named by RAY_ADDRESS (as under `ray job submit`), or start an embedded local Ray.
 
     A local Ray starts with local_ray_options: 127.0.0.1 as its node address, where its dashboard binds too, and
-    local_system_config. The dashboard runs (Ray's default; one that fails to start is a warning, not an error)
-    because Ray Train's placement-group cleaner asks its State API whether a run's controller is still alive: without
+    local_system_config; and with this process's environment set by set_local_env first (WORKER_ENV,
+    LOCAL_TRAIN_ENV), which its processes inherit. The dashboard runs (Ray's default; one that fails to start is a
+    warning, not an error) because Ray Train's placement-group cleaner asks its State API whether a run's controller is still alive: without
     it the cleaner cannot free a dead run's placement group and logs a warning every second of training. Ray 2.60's
     own gRPC servers (GCS, raylet, workers) still listen on every interface, with or without the dashboard (seen with
     `ss -ltnp`; docs/reliability.md): on a shared host, firewall them.
@@ -66,10 +88,11 @@ def init_ray(cfg: GenrecConfig | None = None, num_cpus: int | None = None) -> No
 
     if ray.is_initialized():
         return
-    set_worker_env()  # before a local Ray starts: its processes inherit this environment
     if os.environ.get("RAY_ADDRESS"):
+        set_worker_env()  # the driver's own (the cluster's processes get WORKER_ENV from the runtime environment)
         ray.init(log_to_driver=True)
     else:
+        set_local_env()  # before a local Ray starts: its processes inherit this environment
         # address="local": always a fresh embedded Ray. Without it ray.init() joins any cluster a `ray start` left
         # on this machine (and refuses num_cpus there); RAY_ADDRESS is how a command is pointed at a cluster.
         ray.init(**local_ray_options(os.environ), num_cpus=num_cpus, configure_logging=True,

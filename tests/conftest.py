@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from genrec.config import load_config
-from genrec.ray_session import local_ray_options, set_worker_env
+from genrec.ray_session import local_ray_options, set_local_env
 
 
 # Credentials for the tests' own S3 server (s3_root), set before any Ray starts so its workers inherit them; they also
@@ -33,7 +33,7 @@ def ray_local():
     stopped run's controller is dead, and without it leaves the run's group held (seen in the Ctrl-C sweep test)."""
     import ray
 
-    set_worker_env()  # the environment init_ray gives a local Ray's processes
+    set_local_env()  # the environment init_ray gives a local Ray's processes
     # Replicas' metrics reach the node's Prometheus endpoint every second instead of every 10 (the metrics test).
     os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
     ray.init(**local_ray_options(os.environ), num_cpus=2, log_to_driver=False)

@@ -190,6 +190,19 @@ def test_a_local_rays_workers_run_at_its_daemons_priority(ray_local):
     assert ray.get(nice_level.remote()) == os.getpriority(os.PRIO_PROCESS, 0)
 
 
+def test_the_sweeps_training_runs_had_no_preemption_watcher(winner):
+    """genrec.ray_session.LOCAL_TRAIN_ENV reaches Ray Train on a local Ray (init_ray's, and this suite's): the sweep's
+    training runs started their controllers and no preemption watcher (checked to fail without it: one watcher per
+    run)."""
+    from ray.util.state import list_actors
+
+    def started(class_name: str) -> list:
+        return list_actors(filters=[("class_name", "=", class_name)], limit=1000, raise_on_missing_output=False)
+
+    assert started("TrainController")  # the query sees the runs' actors, dead ones included
+    assert started("PreemptionWatcher") == []
+
+
 def test_ctrl_c_of_a_tune_run_is_noticed_and_frees_what_it_held(ray_local, tmp_path):
     """tuning.sweep.fit_noting_interrupt, which `genrec sweep` uses to write no winner after Ctrl-C (Tune returns
     normally then, its stopped trials marked TERMINATED like finished ones): SIGINT to this process (what Ctrl-C sends)
