@@ -27,7 +27,7 @@ alternated round after round since this machine's speed drifts within minutes:
   controller, helper actors, worker, raylet, GCS and dashboard awake as they are while genrec trains; its actors and
   worker at Ray's default priority, 15 levels below the daemons and this loop);
 * main-beside-ray-nice15 - the same, the training process lowered 15 nice levels below Ray's daemons first, as Ray
-  lowers its workers.
+  lowers its workers;
 * train-worker-nice0-batch - train-worker-nice0 with every process of that Ray under Linux's SCHED_BATCH policy (set on
   the thread that starts Ray; fork and exec pass it on, so the training worker runs under it too): a waking thread
   then waits for the scheduler's tick instead of preempting the running one;
@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import resource
 import shutil
@@ -78,8 +79,9 @@ WAYS = ("main", "main-1-arena", "main-passive", "thread", "thread-1-arena", "act
         "train-worker-1-arena", "train-worker-passive", "train-worker-1-arena-passive", "train-worker-nice0",
         "main-beside-ray", "main-beside-ray-nice15", "train-worker-nice0-batch", "train-worker-nice0-lean",
         "train-worker-nice0-lean-batch")
-# The scheduling policies a training thread can report (os.sched_getscheduler).
-POLICIES = {os.SCHED_OTHER: "normal", os.SCHED_BATCH: "batch"}
+# The scheduling policies a training thread can report (os.sched_getscheduler: Linux only).
+POLICIES = {getattr(os, "SCHED_OTHER", None): "normal", getattr(os, "SCHED_BATCH", None): "batch"}
+PREEMPTION_WATCHER_VAR = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 PLACES = {"main": "the main thread", "thread": "a thread", "actor": "a Ray actor", "train-worker": "a Ray Train worker",
           "main-beside-ray": "the main thread, a Ray Train run idle beside it"}
 # How far Ray lowers its worker processes' priority below its daemons' by default (its worker_niceness setting).
@@ -107,7 +109,8 @@ def train_measured(cfg, shards_root: str, epochs: int) -> dict:
             "malloc_arena_max": os.environ.get("MALLOC_ARENA_MAX"),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "nice": os.getpriority(os.PRIO_PROCESS, 0),  # Linux: the calling (training) thread's
-            "sched_policy": POLICIES.get(os.sched_getscheduler(0), str(os.sched_getscheduler(0))),
+            "sched_policy": (POLICIES.get(os.sched_getscheduler(0), str(os.sched_getscheduler(0)))
+                             if hasattr(os, "sched_getscheduler") else None),
             "system_s": after.ru_stime - before.ru_stime, "user_s": after.ru_utime - before.ru_utime,
             "involuntary_switches": after.ru_nivcsw - before.ru_nivcsw}
 
@@ -203,7 +206,8 @@ def child(way: str, items: int, decoding: str, epochs: int, storage: str, overri
             os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
         if "-lean" in way:  # as init_ray starts a local Ray, less its dashboard
             set_local_env()
-            ray.init(**{**local_ray_options(os.environ), "include_dashboard": False})
+            ray.init(**{**local_ray_options(os.environ), "include_dashboard": False}, configure_logging=True,
+                     logging_level=logging.WARNING)
         else:
             init_ray(cfg)  # a local Ray: its processes get this process's environment, the way's settings with it
         if where == "actor":
@@ -225,7 +229,10 @@ def child(way: str, items: int, decoding: str, epochs: int, storage: str, overri
             "malloc_arena_max": done["malloc_arena_max"], "omp_wait_policy": done["omp_wait_policy"],
             "nice_vs_ray": None if where in ("main", "thread") else done["nice"] - daemons_nice,
             "sched_policy": done["sched_policy"],
-            "ray_lean": None if where in ("main", "thread") else "-lean" in way}
+            "ray_lean": None if where in ("main", "thread") else "-lean" in way,
+            # Ray Train's watcher, as the run's controller read it (this process started the run)
+            "preemption_watcher": None if where in ("main", "thread") else (
+                "off" if os.environ.get(PREEMPTION_WATCHER_VAR) == "0" else "on")}
 
 
 def child_env(way: str) -> dict:
@@ -257,14 +264,18 @@ def table(results: dict) -> str:
     nice = any("nice_vs_ray" in x for r in rows for x in r["runs"])
     policy = any("sched_policy" in x for r in rows for x in r["runs"])
     lean = any("ray_lean" in x for r in rows for x in r["runs"])
+    # runs before the watcher was recorded apart took it away with the dashboard in the lean ways only
+    watcher = any("preemption_watcher" in x for r in rows for x in r["runs"])
     lean_cell = {"True": "off", "False": "on", "no Ray": "no Ray"}
     out = ["| the loop runs in | MALLOC_ARENA_MAX |" + (" OMP_WAIT_POLICY |" if wait else "")
            + (" nice levels below Ray's daemons |" if nice else "")
-           + (" scheduling policy |" if policy else "") + (" Ray's dashboard |" if lean else "")
+           + (" scheduling policy |" if policy else "") + (" Ray's dashboard |" if lean and watcher else "")
+           + (" Ray's dashboard and preemption watcher |" if lean and not watcher else "")
+           + (" Ray Train's preemption watcher |" if watcher else "")
            + " training events/s | vs main |" + (" CPU ms per event |" if cpu else "")
            + " minor page faults a step | system s | user s | each round's events/s |",
            "|---|---|" + ("---|" if wait else "") + ("---|" if nice else "") + ("---|" if policy else "")
-           + ("---|" if lean else "") + "---|---|" + ("---|" if cpu else "")
+           + ("---|" if lean else "") + ("---|" if watcher else "") + "---|---|" + ("---|" if cpu else "")
            + "---|---|---|---|"]
     for r in rows:
         out.append(f"| {PLACES[place(r['way'])]} | {setting(r, 'malloc_arena_max')} | "
@@ -273,6 +284,7 @@ def table(results: dict) -> str:
                    + (f"{setting(r, 'sched_policy')} | " if policy else "")
                    + ("/".join(lean_cell.get(x, x) for x in setting(r, 'ray_lean', 'no Ray').split('/')) + " | "
                       if lean else "")
+                   + (f"{setting(r, 'preemption_watcher', 'no Ray')} | " if watcher else "")
                    + f"{r['events_per_s']:,.0f} | {r['events_per_s'] / base['events_per_s']:.1%} | "
                    + (f"{r['cpu_ms_per_event']:.3f} | " if cpu else "")
                    + f"{r['faults_per_step']:,.0f} | {r['system_s']:.1f} | {r['user_s']:.1f} | "

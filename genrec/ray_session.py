@@ -36,9 +36,9 @@ LOCAL_SYSTEM_CONFIG = {"worker_niceness": 0}
 # Ray Train's settings for a local Ray, put in this process's environment before Ray starts (its processes inherit it,
 # and Ray Train passes its own variables from the process that starts a run to the run's controller), unless the user
 # set them. Its preemption watcher, an actor per run that asks Ray every 5 s whether a node is being drained, has
-# nothing to watch on the one node of a Ray that genrec started here; its process would still wake ~100 times a
-# second beside the training worker (Ray's task loop), one of about ten idle actors of a run (BENCHMARKS.md, "Ray's
-# dashboard and SCHED_BATCH beside the worker").
+# nothing to watch on the one node of a Ray that genrec started here; its process would still wake beside the
+# training worker, one of about ten idle actors of a run (BENCHMARKS.md, "Ray's dashboard and SCHED_BATCH beside the
+# worker").
 LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
@@ -79,10 +79,10 @@ def init_ray(cfg: GenrecConfig | None = None, num_cpus: int | None = None) -> No
     A local Ray starts with local_ray_options: 127.0.0.1 as its node address, where its dashboard binds too, and
     local_system_config; and with this process's environment set by set_local_env first (WORKER_ENV,
     LOCAL_TRAIN_ENV), which its processes inherit. The dashboard runs (Ray's default; one that fails to start is a
-    warning, not an error) because Ray Train's placement-group cleaner asks its State API whether a run's controller is still alive: without
-    it the cleaner cannot free a dead run's placement group and logs a warning every second of training. Ray 2.60's
-    own gRPC servers (GCS, raylet, workers) still listen on every interface, with or without the dashboard (seen with
-    `ss -ltnp`; docs/reliability.md): on a shared host, firewall them.
+    warning, not an error) because Ray Train's placement-group cleaner asks its State API whether a run's controller
+    is still alive: without it the cleaner cannot free a dead run's placement group and logs a warning every second
+    of training. Ray 2.60's own gRPC servers (GCS, raylet, workers) still listen on every interface, with or without
+    the dashboard (seen with `ss -ltnp`; docs/reliability.md): on a shared host, firewall them.
     """
     import ray
 

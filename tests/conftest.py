@@ -33,7 +33,8 @@ def ray_local():
     stopped run's controller is dead, and without it leaves the run's group held (seen in the Ctrl-C sweep test)."""
     import ray
 
-    set_local_env()  # the environment init_ray gives a local Ray's processes
+    # the environment init_ray gives a local Ray's processes (Ray heads the suite starts with `ray start` inherit it)
+    set_local_env()
     # Replicas' metrics reach the node's Prometheus endpoint every second instead of every 10 (the metrics test).
     os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
     ray.init(**local_ray_options(os.environ), num_cpus=2, log_to_driver=False)
