@@ -67,13 +67,11 @@ import ray
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._harness import parser, run_child, write  # noqa: E402
-from benchmarks.overhead import in_train_worker  # noqa: E402
+from benchmarks.overhead import in_train_worker, plain_in_worker  # noqa: E402
 from genrec.config import load_config  # noqa: E402
 from genrec.defaults import resolve as resolve_defaults  # noqa: E402
 from genrec.preparation import prepare_shards  # noqa: E402
 from genrec.ray_session import WORKER_ENV, init_ray, local_ray_options, set_local_env  # noqa: E402
-from genrec.reference_loop import train_reference  # noqa: E402
-from genrec.shards import open_shards  # noqa: E402
 
 WAYS = ("main", "main-1-arena", "main-passive", "thread", "thread-1-arena", "actor", "train-worker",
         "train-worker-1-arena", "train-worker-passive", "train-worker-1-arena-passive", "train-worker-nice0",
@@ -100,9 +98,8 @@ def place(way: str) -> str:
 
 def train_measured(cfg, shards_root: str, epochs: int) -> dict:
     """The reference loop in the calling thread, with this process's getrusage around it."""
-    shards = open_shards(shards_root, cfg.storage.store())
     before = resource.getrusage(resource.RUSAGE_SELF)
-    history = train_reference(cfg, shards, epochs=epochs, threads=cfg.train.torch_threads, validate=False).history
+    history = plain_in_worker(cfg, shards_root, epochs, cfg.train.torch_threads)
     after = resource.getrusage(resource.RUSAGE_SELF)
     return {"history": history, "minflt": after.ru_minflt - before.ru_minflt,
             # the settings the training process itself started with (a Ray worker's, in the Ray ways)
