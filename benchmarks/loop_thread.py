@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import resource
 import shutil
@@ -71,7 +70,7 @@ from benchmarks.overhead import in_train_worker, plain_in_worker  # noqa: E402
 from genrec.config import load_config  # noqa: E402
 from genrec.defaults import resolve as resolve_defaults  # noqa: E402
 from genrec.preparation import prepare_shards  # noqa: E402
-from genrec.ray_session import WORKER_ENV, init_ray, local_ray_options, set_local_env  # noqa: E402
+from genrec.ray_session import PREEMPTION_WATCHER_VAR, WORKER_ENV, init_ray, start_local_ray  # noqa: E402
 
 WAYS = ("main", "main-1-arena", "main-passive", "thread", "thread-1-arena", "actor", "train-worker",
         "train-worker-1-arena", "train-worker-passive", "train-worker-1-arena-passive", "train-worker-nice0",
@@ -79,7 +78,6 @@ WAYS = ("main", "main-1-arena", "main-passive", "thread", "thread-1-arena", "act
         "train-worker-nice0-lean-batch")
 # The scheduling policies a training thread can report (os.sched_getscheduler: Linux only).
 POLICIES = {getattr(os, "SCHED_OTHER", None): "normal", getattr(os, "SCHED_BATCH", None): "batch"}
-PREEMPTION_WATCHER_VAR = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 PLACES = {"main": "the main thread", "thread": "a thread", "actor": "a Ray actor", "train-worker": "a Ray Train worker",
           "main-beside-ray": "the main thread, a Ray Train run idle beside it"}
 # How far Ray lowers its worker processes' priority below its daemons' by default (its worker_niceness setting).
@@ -101,13 +99,13 @@ def train_measured(cfg, shards_root: str, epochs: int) -> dict:
     before = resource.getrusage(resource.RUSAGE_SELF)
     history = plain_in_worker(cfg, shards_root, epochs, cfg.train.torch_threads)
     after = resource.getrusage(resource.RUSAGE_SELF)
+    policy = os.sched_getscheduler(0) if hasattr(os, "sched_getscheduler") else None
     return {"history": history, "minflt": after.ru_minflt - before.ru_minflt,
             # the settings the training process itself started with (a Ray worker's, in the Ray ways)
             "malloc_arena_max": os.environ.get("MALLOC_ARENA_MAX"),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "nice": os.getpriority(os.PRIO_PROCESS, 0),  # Linux: the calling (training) thread's
-            "sched_policy": (POLICIES.get(os.sched_getscheduler(0), str(os.sched_getscheduler(0)))
-                             if hasattr(os, "sched_getscheduler") else None),
+            "sched_policy": None if policy is None else POLICIES.get(policy, str(policy)),
             "system_s": after.ru_stime - before.ru_stime, "user_s": after.ru_utime - before.ru_utime,
             "involuntary_switches": after.ru_nivcsw - before.ru_nivcsw}
 
@@ -201,10 +199,8 @@ def child(way: str, items: int, decoding: str, epochs: int, storage: str, overri
     else:
         if way.endswith("-batch"):  # this thread starts Ray's processes: they inherit its policy
             os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
-        if "-lean" in way:  # as init_ray starts a local Ray, less its dashboard
-            set_local_env()
-            ray.init(**{**local_ray_options(os.environ), "include_dashboard": False}, configure_logging=True,
-                     logging_level=logging.WARNING)
+        if "-lean" in way:
+            start_local_ray(include_dashboard=False)  # as init_ray starts a local Ray, less its dashboard
         else:
             init_ray(cfg)  # a local Ray: its processes get this process's environment, the way's settings with it
         if where == "actor":

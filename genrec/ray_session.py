@@ -39,7 +39,8 @@ LOCAL_SYSTEM_CONFIG = {"worker_niceness": 0}
 # nothing to watch on the one node of a Ray that genrec started here; its process would still wake beside the
 # training worker, one of about ten idle actors of a run (BENCHMARKS.md, "Ray's dashboard and SCHED_BATCH beside the
 # worker").
-LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+PREEMPTION_WATCHER_VAR = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+LOCAL_TRAIN_ENV = {PREEMPTION_WATCHER_VAR: "0"}
 
 
 def local_train_env(environ: Mapping[str, str]) -> dict:
@@ -92,8 +93,16 @@ def init_ray(cfg: GenrecConfig | None = None, num_cpus: int | None = None) -> No
         set_worker_env()  # the driver's own (the cluster's processes get WORKER_ENV from the runtime environment)
         ray.init(log_to_driver=True)
     else:
-        set_local_env()  # before a local Ray starts: its processes inherit this environment
-        # address="local": always a fresh embedded Ray. Without it ray.init() joins any cluster a `ray start` left
-        # on this machine (and refuses num_cpus there); RAY_ADDRESS is how a command is pointed at a cluster.
-        ray.init(**local_ray_options(os.environ), num_cpus=num_cpus, configure_logging=True,
-                 logging_level=logging.WARNING)
+        start_local_ray(num_cpus=num_cpus)
+
+
+def start_local_ray(**options) -> None:
+    """A fresh embedded local Ray as init_ray starts one (set_local_env, then local_ray_options), `options` given to
+    ray.init on top (num_cpus; a benchmark's include_dashboard=False)."""
+    import ray
+
+    set_local_env()  # before a local Ray starts: its processes inherit this environment
+    # address="local": always a fresh embedded Ray. Without it ray.init() joins any cluster a `ray start` left on this
+    # machine (and refuses num_cpus there); RAY_ADDRESS is how a command is pointed at a cluster.
+    ray.init(**{**local_ray_options(os.environ), "configure_logging": True, "logging_level": logging.WARNING,
+                **options})
