@@ -36,7 +36,11 @@ alternated round after round since this machine's speed drifts within minutes:
   placement-group cleaner then cannot ask the State API, so this is a measurement, not a setting): fewer processes
   waking beside the loop. Ray Train's preemption watcher is off in every Ray way, as on every local Ray genrec
   starts (genrec.ray_session.LOCAL_TRAIN_ENV); until that default, it was off only in the lean ways;
-* train-worker-nice0-lean-batch - both.
+* train-worker-nice0-lean-batch - both;
+* train-worker-nice0-busy-helpers - train-worker-nice0 with Ray's idle helper processes (the run's controller and
+  helper actors, the dashboard, the agents) left at their normal priority (GENREC_IDLE_HELPERS=0). Every other Ray
+  way runs them under SCHED_IDLE, as every local Ray genrec starts does (genrec.ray_helpers); runs from before that
+  default, the JSONs without the "Ray's helpers" column, had them at normal priority.
 
 Every way runs with the environment genrec's Ray workers start with (genrec.ray_session.WORKER_ENV), then
 MALLOC_ARENA_MAX and OMP_WAIT_POLICY set or removed and RAY_worker_niceness set (0 or Ray's default, 15) as the way
@@ -70,12 +74,13 @@ from benchmarks.overhead import in_train_worker, plain_in_worker  # noqa: E402
 from genrec.config import load_config  # noqa: E402
 from genrec.defaults import resolve as resolve_defaults  # noqa: E402
 from genrec.preparation import prepare_shards  # noqa: E402
+from genrec.ray_helpers import IDLE_HELPERS_VAR, helpers_go_idle  # noqa: E402
 from genrec.ray_session import PREEMPTION_WATCHER_VAR, WORKER_ENV, init_ray, start_local_ray  # noqa: E402
 
 WAYS = ("main", "main-1-arena", "main-passive", "thread", "thread-1-arena", "actor", "train-worker",
         "train-worker-1-arena", "train-worker-passive", "train-worker-1-arena-passive", "train-worker-nice0",
         "main-beside-ray", "main-beside-ray-nice15", "train-worker-nice0-batch", "train-worker-nice0-lean",
-        "train-worker-nice0-lean-batch")
+        "train-worker-nice0-lean-batch", "train-worker-nice0-busy-helpers")
 # The scheduling policies a training thread can report (os.sched_getscheduler: Linux only).
 POLICIES = {getattr(os, "SCHED_OTHER", None): "normal", getattr(os, "SCHED_BATCH", None): "batch"}
 PLACES = {"main": "the main thread", "thread": "a thread", "actor": "a Ray actor", "train-worker": "a Ray Train worker",
@@ -225,7 +230,10 @@ def child(way: str, items: int, decoding: str, epochs: int, storage: str, overri
             "ray_lean": None if where in ("main", "thread") else "-lean" in way,
             # Ray Train's watcher, as the run's controller read it (this process started the run)
             "preemption_watcher": None if where in ("main", "thread") else (
-                "off" if os.environ.get(PREEMPTION_WATCHER_VAR) == "0" else "on")}
+                "off" if os.environ.get(PREEMPTION_WATCHER_VAR) == "0" else "on"),
+            # Ray's idle helpers: under SCHED_IDLE where the Ray this process started watched them
+            "ray_helpers": None if where in ("main", "thread") else (
+                "SCHED_IDLE" if helpers_go_idle(os.environ) else "normal")}
 
 
 def child_env(way: str) -> dict:
@@ -239,6 +247,9 @@ def child_env(way: str) -> dict:
     # Ray's own default unless the way says 0, which genrec's local Ray has (genrec.ray_session.LOCAL_SYSTEM_CONFIG; a
     # RAY_ variable set keeps its value there)
     env["RAY_worker_niceness"] = "0" if "-nice0" in way else str(RAY_DEFAULT_WORKER_NICENESS)
+    env.pop(IDLE_HELPERS_VAR, None)
+    if way.endswith("-busy-helpers"):
+        env[IDLE_HELPERS_VAR] = "0"
     return env
 
 
@@ -259,16 +270,18 @@ def table(results: dict) -> str:
     lean = any("ray_lean" in x for r in rows for x in r["runs"])
     # runs before the watcher was recorded apart took it away with the dashboard in the lean ways only
     watcher = any("preemption_watcher" in x for r in rows for x in r["runs"])
+    helpers = any("ray_helpers" in x for r in rows for x in r["runs"])
     lean_cell = {"True": "off", "False": "on", "no Ray": "no Ray"}
     out = ["| the loop runs in | MALLOC_ARENA_MAX |" + (" OMP_WAIT_POLICY |" if wait else "")
            + (" nice levels below Ray's daemons |" if nice else "")
            + (" scheduling policy |" if policy else "") + (" Ray's dashboard |" if lean and watcher else "")
            + (" Ray's dashboard and preemption watcher |" if lean and not watcher else "")
-           + (" Ray Train's preemption watcher |" if watcher else "")
+           + (" Ray Train's preemption watcher |" if watcher else "") + (" Ray's helpers |" if helpers else "")
            + " training events/s | vs main |" + (" CPU ms per event |" if cpu else "")
            + " minor page faults a step | system s | user s | each round's events/s |",
            "|---|---|" + ("---|" if wait else "") + ("---|" if nice else "") + ("---|" if policy else "")
-           + ("---|" if lean else "") + ("---|" if watcher else "") + "---|---|" + ("---|" if cpu else "")
+           + ("---|" if lean else "") + ("---|" if watcher else "") + ("---|" if helpers else "") + "---|---|"
+           + ("---|" if cpu else "")
            + "---|---|---|---|"]
     for r in rows:
         out.append(f"| {PLACES[place(r['way'])]} | {setting(r, 'malloc_arena_max')} | "
@@ -278,6 +291,7 @@ def table(results: dict) -> str:
                    + ("/".join(lean_cell.get(x, x) for x in setting(r, 'ray_lean', 'no Ray').split('/')) + " | "
                       if lean else "")
                    + (f"{setting(r, 'preemption_watcher', 'no Ray')} | " if watcher else "")
+                   + (f"{setting(r, 'ray_helpers', 'no Ray')} | " if helpers else "")
                    + f"{r['events_per_s']:,.0f} | {r['events_per_s'] / base['events_per_s']:.1%} | "
                    + (f"{r['cpu_ms_per_event']:.3f} | " if cpu else "")
                    + f"{r['faults_per_step']:,.0f} | {r['system_s']:.1f} | {r['user_s']:.1f} | "

@@ -45,6 +45,7 @@ import ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from genrec.ray_helpers import helpers_go_idle  # noqa: E402
 from genrec.ray_session import init_ray, set_worker_env  # noqa: E402
 
 # The plain loop runs in this process: it gets the environment genrec's workers get (PyTorch's huge-page setting
@@ -146,6 +147,8 @@ def table(results: dict) -> str:
         if "median_epoch_events_per_s" in rows[1]:
             median = rows[1]["median_epoch_events_per_s"] / rows[0]["median_epoch_events_per_s"]
             out[-1] += f"; median epoch against median epoch: {median:.1%}"
+    if "ray_helpers" in results:  # recorded since they run under SCHED_IDLE by default
+        out[-1] += f"; Ray's idle helper processes: {results['ray_helpers']}"
     return "\n".join(out)
 
 
@@ -238,6 +241,8 @@ def main(argv=None) -> int:
     results = {"rows": rows, "ratio": rows[1]["vs_plain"], "epochs": args.epochs, "threads_plain": args.threads,
                "titles": shards.num_items, "decoding": cfg.model.decoding,
                "omp_wait_policy": {"plain": PLAIN_OMP_WAIT_POLICY, "genrec": os.environ.get("OMP_WAIT_POLICY")},
+               # Ray's idle helper processes beside genrec's worker (genrec.ray_helpers)
+               "ray_helpers": "SCHED_IDLE" if helpers_go_idle(os.environ) else "normal",
                "config": without_secrets(cfg).model_dump(mode="json"),
                "plain_history": rounds[0]["plain"], "full_history": rounds[0][first][0],
                "histories": histories}

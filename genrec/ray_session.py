@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 
 from genrec.config import GenrecConfig
+from genrec.ray_helpers import watch_helpers
 
 # The environment every Ray process of a genrec session gets (set before a local Ray starts, in the runtime
 # environment of a remote cluster's jobs); a variable already set is left as it is.
@@ -79,7 +80,8 @@ def init_ray(cfg: GenrecConfig | None = None, num_cpus: int | None = None) -> No
 
     A local Ray starts with local_ray_options: 127.0.0.1 as its node address, where its dashboard binds too, and
     local_system_config; and with this process's environment set by set_local_env first (WORKER_ENV,
-    LOCAL_TRAIN_ENV), which its processes inherit. The dashboard runs (Ray's default; one that fails to start is a
+    LOCAL_TRAIN_ENV), which its processes inherit; its idle helper processes then run under SCHED_IDLE
+    (start_local_ray). The dashboard runs (Ray's default; one that fails to start is a
     warning, not an error) because Ray Train's placement-group cleaner asks its State API whether a run's controller
     is still alive: without it the cleaner cannot free a dead run's placement group and logs a warning every second
     of training. Ray 2.60's own gRPC servers (GCS, raylet, workers) still listen on every interface, with or without
@@ -98,7 +100,10 @@ def init_ray(cfg: GenrecConfig | None = None, num_cpus: int | None = None) -> No
 
 def start_local_ray(**options) -> None:
     """A fresh embedded local Ray as init_ray starts one (set_local_env, then local_ray_options), `options` given to
-    ray.init on top (num_cpus; a benchmark's include_dashboard=False)."""
+    ray.init on top (num_cpus; a benchmark's include_dashboard=False); then its idle helper processes (a run's
+    controller and helper actors, the dashboard, the agents) run under SCHED_IDLE, so that they take a CPU training
+    step's idle moments instead of its cores (genrec.ray_helpers; GENREC_IDLE_HELPERS=0 leaves them as Ray starts
+    them)."""
     import ray
 
     set_local_env()  # before a local Ray starts: its processes inherit this environment
@@ -106,3 +111,4 @@ def start_local_ray(**options) -> None:
     # machine (and refuses num_cpus there); RAY_ADDRESS is how a command is pointed at a cluster.
     ray.init(**{**local_ray_options(os.environ), "configure_logging": True, "logging_level": logging.WARNING,
                 **options})
+    watch_helpers()

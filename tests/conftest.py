@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from genrec.config import load_config
+from genrec.ray_helpers import watch_helpers
 from genrec.ray_session import local_ray_options, set_local_env
 
 
@@ -38,6 +39,7 @@ def ray_local():
     # Replicas' metrics reach the node's Prometheus endpoint every second instead of every 10 (the metrics test).
     os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
     ray.init(**local_ray_options(os.environ), num_cpus=2, log_to_driver=False)
+    watch_helpers()  # its helpers under SCHED_IDLE, as init_ray's local branch puts a local Ray's
     yield
     from ray import serve
 

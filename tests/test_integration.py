@@ -29,6 +29,7 @@ import torch
 from genrec.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS, LEGACY_WEIGHTS, load_checkpoint,
                                local_checkpoint)
 from genrec.cli import post_json, sample_history
+from genrec.ray_helpers import HELPER_ACTORS, actor_class, watch_helpers
 from genrec.winner import WINNER_SCHEMA_VERSION, read_winner, write_winner_manifest
 from tests.conftest import s3_uri, tiny_config
 
@@ -202,6 +203,24 @@ def test_the_sweeps_training_runs_had_no_preemption_watcher(winner):
 
     assert started("TrainController")  # the query sees the runs' actors, dead ones included
     assert started(PreemptionWatcher.__name__) == []
+
+
+def test_the_sweeps_idle_helpers_ran_under_sched_idle(winner):
+    """genrec.ray_helpers' watch, started after this suite's Ray as init_ray's local branch starts it, found the
+    sweep's runs' controllers and helper actors and Ray's dashboard by the names Ray gives them (a rename in Ray fails
+    here) and put them under SCHED_IDLE, and no training worker; the dashboard, alive since, is idle still."""
+    watch = watch_helpers()
+    if watch is None:
+        pytest.skip("SCHED_IDLE is Linux's")
+    classes = {actor_class(argv) for argv in watch.demoted.values()}
+    # every actor named, the preemption watcher aside (off on a local Ray: LOCAL_TRAIN_ENV)
+    assert classes - {None} == HELPER_ACTORS - {"PreemptionWatcher"}
+    assert "RayTrainWorker" not in classes and "IDLE" not in classes
+    dashboard = [pid for pid, argv in watch.demoted.items()
+                 if any(arg.endswith("ray/dashboard/dashboard.py") for arg in argv)]
+    assert len(dashboard) == 1
+    threads = os.listdir(f"/proc/{dashboard[0]}/task")
+    assert threads and all(os.sched_getscheduler(int(tid)) == os.SCHED_IDLE for tid in threads)
 
 
 def test_ctrl_c_of_a_tune_run_is_noticed_and_frees_what_it_held(ray_local, tmp_path):
