@@ -75,7 +75,10 @@ def helper_pids(processes: Mapping[int, tuple[int, Sequence[str]]], root: int) -
 
 def process_tree(root: int, proc: Path = Path("/proc")) -> dict[int, tuple[int, tuple[str, ...]]]:
     """pid -> (parent pid, arguments) for `root`'s descendants, read from /proc (each thread's `children` file); a
-    process that ends while it is read is left out."""
+    process that ends while it is read is left out. OSError where this kernel has no `children` files (built without
+    CONFIG_PROC_CHILDREN): the tree could not be read, which is not the same as an empty one."""
+    if not (proc / str(root) / "task" / str(root) / "children").exists():
+        raise OSError(f"{proc}/{root}/task/{root}/children is missing (a kernel without CONFIG_PROC_CHILDREN)")
     tree: dict[int, tuple[int, tuple[str, ...]]] = {}
     frontier = [root]
     while frontier:

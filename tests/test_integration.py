@@ -216,8 +216,8 @@ def test_the_sweeps_idle_helpers_ran_under_sched_idle(winner):
     # every actor named, the preemption watcher aside (off on a local Ray: LOCAL_TRAIN_ENV)
     assert classes - {None} == HELPER_ACTORS - {"PreemptionWatcher"}
     assert "RayTrainWorker" not in classes and "IDLE" not in classes
-    dashboard = [pid for pid, argv in watch.demoted.items()
-                 if any(arg.endswith("ray/dashboard/dashboard.py") for arg in argv)]
+    script = str(Path(ray.__file__).parent / "dashboard" / "dashboard.py")
+    dashboard = [pid for pid, argv in watch.demoted.items() if script in argv]
     assert len(dashboard) == 1
     threads = os.listdir(f"/proc/{dashboard[0]}/task")
     assert threads and all(os.sched_getscheduler(int(tid)) == os.SCHED_IDLE for tid in threads)
