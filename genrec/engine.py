@@ -106,6 +106,17 @@ def weights_only_checkpoint_engine(engine):
     return engine
 
 
+def reduces_nothing(engine) -> bool:
+    """Whether DeepSpeed's gradient all-reduce after backward is a no-op for this engine: ZeRO-0 in fp32 on a one-rank
+    world (one worker). There it still flattens every gradient into one buffer, all-reduces it over the one rank,
+    scales it by 1 and copies it back, a pass over all the gradients each step that grows with the catalogue's
+    embedding tables (BENCHMARKS.md, "DeepSpeed's all-reduce on one rank"). The reference loop's plain-torch engine
+    has no all-reduce to skip. Stage 1 keeps it (its optimizer takes its gradients from that reduction), and so do
+    bf16 and fp16, whose optimizers this was not measured with."""
+    return (getattr(engine, "dp_world_size", None) == 1 and engine.zero_optimization_stage() == 0
+            and not engine.bfloat16_enabled() and not engine.fp16_enabled())
+
+
 def train_step(engine, batch: dict, trained: torch.Tensor, n_neg: int | None, mask_rate: float,
                gen: torch.Generator) -> tuple[torch.Tensor, float]:
     """One optimizer step on a batch of windows (the trainer's, genrec.reference_loop's and benchmarks/gpu_scale.py's;
@@ -119,7 +130,11 @@ def train_step(engine, batch: dict, trained: torch.Tensor, n_neg: int | None, ma
         torch.randint(0, len(trained), (n_neg,), device=device, generator=gen)]
     id_mask = draw_id_mask(engine.module.spec.num_items + 1, mask_rate, gen, device)
     loss = engine(items, actions, gaps, batch["utils"].float(), ts, negatives, id_mask)
-    engine.backward(loss)
+    if reduces_nothing(engine):
+        with engine.no_sync():  # DeepSpeed's own switch for a backward without its gradient all-reduce
+            engine.backward(loss)
+    else:
+        engine.backward(loss)
     engine.step()
     tokens = items[:, 1:] > 0
     if (since := engine.module.objective.targets_from) is None:

@@ -27,7 +27,10 @@ from benchmarks.weight_average import ema_update
 from genrec import objectives
 from genrec.config import load_config
 from genrec.data.synthetic import generate
-from genrec.reference_loop import train_reference
+from genrec.defaults import resolve as resolve_defaults
+from genrec.build import build_run, optimizer_and_schedule
+from genrec.engine import reduces_nothing
+from genrec.reference_loop import TorchEngine, deepspeed_engine, train_reference
 from genrec.shards import write_shards
 
 GOLDEN = [1.402672, 1.651094, 1.181164, 2.057785, 1.958846, 2.244751, 1.910745, 1.571838]
@@ -88,3 +91,20 @@ def test_on_step_sees_the_weights_after_every_step_and_the_average_moves_by_one_
             model.weight.fill_(w)
             ema_update(average, model, 0.75)
             assert average.weight.item() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("stage, skips", [(0, True), (1, False)])
+def test_one_rank_zero0_fp32_steps_without_deepspeeds_all_reduce(tiny_run, stage, skips):
+    """genrec.engine.reduces_nothing on the trainer's own engine built as one rank (as the golden curve above steps
+    it): ZeRO-0 in fp32 skips the all-reduce (the curve above is unchanged by the skip), ZeRO-1 keeps it (its
+    optimizer reads its gradients from it), as does the plain-torch engine, which has none."""
+    if deepspeed_elsewhere():
+        pytest.skip(f"DeepSpeed was imported on {deepspeed_elsewhere()} in this process")
+    cfg, shards = tiny_run
+    cfg = resolve_defaults(load_config(None, TINY + [f"train.zero_stage={stage}"]), shards)
+    run = build_run(cfg, shards)
+    optimizer, schedule = optimizer_and_schedule(cfg, run.model, 10)
+    engine = deepspeed_engine(cfg, run.model, optimizer, schedule)
+    assert engine.zero_optimization_stage() == stage and engine.dp_world_size == 1
+    assert reduces_nothing(engine) is skips
+    assert not reduces_nothing(TorchEngine(run.model, optimizer, schedule, cfg.train.grad_clip))
