@@ -74,7 +74,7 @@ from benchmarks.overhead import in_train_worker, plain_in_worker  # noqa: E402
 from genrec.config import load_config  # noqa: E402
 from genrec.defaults import resolve as resolve_defaults  # noqa: E402
 from genrec.preparation import prepare_shards  # noqa: E402
-from genrec.ray_helpers import IDLE_HELPERS_VAR, helpers_go_idle  # noqa: E402
+from genrec.ray_helpers import IDLE_HELPERS_VAR, helpers_state  # noqa: E402
 from genrec.ray_session import PREEMPTION_WATCHER_VAR, WORKER_ENV, init_ray, start_local_ray  # noqa: E402
 
 WAYS = ("main", "main-1-arena", "main-passive", "thread", "thread-1-arena", "actor", "train-worker",
@@ -232,8 +232,7 @@ def child(way: str, items: int, decoding: str, epochs: int, storage: str, overri
             "preemption_watcher": None if where in ("main", "thread") else (
                 "off" if os.environ.get(PREEMPTION_WATCHER_VAR) == "0" else "on"),
             # Ray's idle helpers: under SCHED_IDLE where the Ray this process started watched them
-            "ray_helpers": None if where in ("main", "thread") else (
-                "SCHED_IDLE" if helpers_go_idle(os.environ) else "normal")}
+            "ray_helpers": None if where in ("main", "thread") else helpers_state()}
 
 
 def child_env(way: str) -> dict:

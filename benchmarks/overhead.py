@@ -45,7 +45,7 @@ import ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from genrec.ray_helpers import helpers_go_idle  # noqa: E402
+from genrec.ray_helpers import helpers_state  # noqa: E402
 from genrec.ray_session import init_ray, set_worker_env  # noqa: E402
 
 # The plain loop runs in this process: it gets the environment genrec's workers get (PyTorch's huge-page setting
@@ -242,7 +242,7 @@ def main(argv=None) -> int:
                "titles": shards.num_items, "decoding": cfg.model.decoding,
                "omp_wait_policy": {"plain": PLAIN_OMP_WAIT_POLICY, "genrec": os.environ.get("OMP_WAIT_POLICY")},
                # Ray's idle helper processes beside genrec's worker (genrec.ray_helpers)
-               "ray_helpers": "SCHED_IDLE" if helpers_go_idle(os.environ) else "normal",
+               "ray_helpers": helpers_state(),
                "config": without_secrets(cfg).model_dump(mode="json"),
                "plain_history": rounds[0]["plain"], "full_history": rounds[0][first][0],
                "histories": histories}

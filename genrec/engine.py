@@ -112,7 +112,9 @@ def reduces_nothing(engine) -> bool:
     scales it by 1 and copies it back, a pass over all the gradients each step that grows with the catalogue's
     embedding tables (BENCHMARKS.md, "DeepSpeed's all-reduce on one rank"). The reference loop's plain-torch engine
     has no all-reduce to skip. Stage 1 keeps it (its optimizer takes its gradients from that reduction), and so do
-    bf16 and fp16, whose optimizers this was not measured with."""
+    bf16 and fp16, whose optimizers this was not measured with. One more thing the reduction did: it gave a parameter
+    without a gradient a zero one, which AdamW then stepped (decaying it); without it such a parameter is skipped, as
+    the plain-torch engine skips it."""
     return (getattr(engine, "dp_world_size", None) == 1 and engine.zero_optimization_stage() == 0
             and not engine.bfloat16_enabled() and not engine.fp16_enabled())
 

@@ -1,19 +1,21 @@
 """A local Ray's idle helper processes yield the CPU to training (Linux's SCHED_IDLE).
 
-A Ray Train run on a Ray that genrec started on this machine brings about a dozen processes that mostly wait: the
-run's controller, placement-group cleaner and synchronisation actor, Ray Data's coordinators and stats actor, and
-Ray's dashboard (a head, a process per module), its agents, log monitor and autoscaler monitor. Each wakes tens to
-hundreds of times a second, and on a small machine, waking, preempts a CPU training step's threads (BENCHMARKS.md,
-"Ray's idle helpers under SCHED_IDLE"). A thread under SCHED_IDLE runs only on a core no normal thread wants and never
-preempts one; the helpers then take the training step's idle moments instead of its cores.
+A Ray Train run on a Ray that genrec started on this machine brings processes that mostly wait: the run's
+controller, placement-group cleaner and synchronisation actor, Ray Data's coordinators and stats actor, and Ray's
+dashboard (a head, a process per module), its agents, log monitor and autoscaler monitor. Each wakes often, and on a
+small machine, waking, preempts a CPU training step's threads (BENCHMARKS.md, "Ray's idle helpers under
+SCHED_IDLE"). A thread under SCHED_IDLE runs only on a core no normal thread wants and never preempts one; the helpers
+then take the training step's idle moments instead of its cores.
 
-`helper_pids` picks them out of the process tree under the process that started Ray, by what they are (a pure
-function of the tree); `demote` puts every thread of each under SCHED_IDLE; `watch_helpers` does so every couple of
-seconds for as long as this process lives, since every run starts new ones. Left as they are: the training workers,
-Ray's core daemons (GCS, raylet), its pooled idle workers (Ray may make one the next training worker or Serve replica,
-and an unprivileged process cannot leave SCHED_IDLE again), Tune's trial processes (they cut a run's windows), Serve's
-processes, Ray Data's tasks and whatever else is not named here, and this process. Only processes of a Ray started
-from this process (a cluster's nodes are not its descendants). Linux only: elsewhere watch_helpers does nothing.
+`helper_pids` picks them out of the process tree under the process that started Ray, by what they are and by the Ray
+session they belong to (a pure function of the tree); `demote` puts every thread of each under SCHED_IDLE;
+`watch_helpers` does so every couple of seconds for as long as this process lives, since every run starts new ones. Left
+as they are: the training workers, Ray's core daemons (GCS, raylet), its pooled idle workers (Ray may make one the next
+training worker or Serve replica, and an unprivileged process cannot leave SCHED_IDLE again), Tune's trial processes
+(they cut a run's windows), Serve's processes, Ray Data's tasks and whatever else is not named here, and this process.
+Only processes of the Ray session this process started: another Ray under it (a `ray start --block` head) and a
+cluster's nodes are left alone. The synchronisation actor sits on a multi-worker run's checkpoint barrier; a worker
+waiting there leaves its core idle, where the actor then runs. Linux only: elsewhere watch_helpers does nothing.
 """
 
 from __future__ import annotations
@@ -56,14 +58,18 @@ def is_helper(argv: Sequence[str]) -> bool:
     return any(argument.endswith(HELPER_SCRIPTS) for argument in argv[1:4])
 
 
-def helper_pids(processes: Mapping[int, tuple[int, Sequence[str]]], root: int) -> set[int]:
-    """The helpers among `root`'s descendants. `processes` maps pid -> (parent pid, arguments); a helper is a process
-    is_helper names, or one under such a process; `root` itself never is."""
+def helper_pids(processes: Mapping[int, tuple], root: int, session_dir: str) -> set[int]:
+    """The helpers of the Ray whose session folder is `session_dir`, among `root`'s descendants. `processes` maps
+    pid -> (parent pid, arguments, ...) as process_tree reads it. The processes that Ray started from `root` name
+    that folder in their arguments (GCS, raylet, dashboard, monitors); a helper is one of them, or a process under
+    them, that is_helper names, or a process under such a helper. Another Ray started from `root` (a `ray start
+    --block` head a test runs) has another session folder and is left out; so is `root` itself."""
     children: dict[int, list[int]] = {}
-    for pid, (parent, _) in processes.items():
-        children.setdefault(parent, []).append(pid)
+    for pid, process in processes.items():
+        children.setdefault(process[0], []).append(pid)
     helpers: set[int] = set()
-    frontier = [(pid, False) for pid in children.get(root, [])]
+    frontier = [(pid, False) for pid in children.get(root, [])
+                if any(session_dir in argument for argument in processes[pid][1])]
     while frontier:
         pid, under_helper = frontier.pop()
         helper = under_helper or is_helper(processes[pid][1])
@@ -73,13 +79,15 @@ def helper_pids(processes: Mapping[int, tuple[int, Sequence[str]]], root: int) -
     return helpers
 
 
-def process_tree(root: int, proc: Path = Path("/proc")) -> dict[int, tuple[int, tuple[str, ...]]]:
-    """pid -> (parent pid, arguments) for `root`'s descendants, read from /proc (each thread's `children` file); a
-    process that ends while it is read is left out. OSError where this kernel has no `children` files (built without
-    CONFIG_PROC_CHILDREN): the tree could not be read, which is not the same as an empty one."""
+def process_tree(root: int, proc: Path = Path("/proc")) -> dict[int, tuple[int, tuple[str, ...], int]]:
+    """pid -> (parent pid, arguments, start_time) for `root`'s descendants, read from /proc (each thread's `children`
+    file); a process that ends while it is read is left out. The start time is read before the arguments: should the
+    pid pass to another process in between, demote's check against it leaves that one alone. OSError where this
+    kernel has no `children` files (built without CONFIG_PROC_CHILDREN): the tree could not be read, which is not the
+    same as an empty one."""
     if not (proc / str(root) / "task" / str(root) / "children").exists():
         raise OSError(f"{proc}/{root}/task/{root}/children is missing (a kernel without CONFIG_PROC_CHILDREN)")
-    tree: dict[int, tuple[int, tuple[str, ...]]] = {}
+    tree: dict[int, tuple[int, tuple[str, ...], int]] = {}
     frontier = [root]
     while frontier:
         parent = frontier.pop()
@@ -89,19 +97,36 @@ def process_tree(root: int, proc: Path = Path("/proc")) -> dict[int, tuple[int, 
         except OSError:  # it ended
             continue
         for pid in kids:
+            started = start_time(pid, proc)
             try:
                 # NUL-separated; a process title Ray set is padded with NULs
                 raw = (proc / str(pid) / "cmdline").read_bytes()
             except OSError:
                 continue
-            tree[pid] = (parent, tuple(a.decode(errors="replace") for a in raw.split(b"\0") if a))
+            if started is None:
+                continue
+            tree[pid] = (parent, tuple(a.decode(errors="replace") for a in raw.split(b"\0") if a), started)
             frontier.append(pid)
     return tree
 
 
-def demote(pid: int, proc: Path = Path("/proc")) -> int:
+def start_time(pid: int, proc: Path = Path("/proc")) -> int | None:
+    """When process `pid` started (clock ticks after boot, /proc/<pid>/stat's 22nd field), None once it has ended: with
+    its pid, it names one process, since an ended process's pid can be given to a new one."""
+    try:
+        stat = (proc / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2:].split()[19])
+
+
+def demote(pid: int, started: int | None = None, proc: Path = Path("/proc")) -> int:
     """Every thread of process `pid` under SCHED_IDLE (threads it starts later inherit it); how many threads changed.
-    A process or thread that ended meanwhile is skipped."""
+    With `started` (its start_time when it was picked out), a process with another start time is another process that
+    got the pid since, and is left alone. A process or thread that ended meanwhile is skipped; PermissionError where
+    the kernel refuses (the caller says so)."""
+    if started is not None and start_time(pid, proc) != started:
+        return 0
     changed = 0
     try:
         threads = [int(tid) for tid in os.listdir(proc / str(pid) / "task")]
@@ -118,30 +143,51 @@ def demote(pid: int, proc: Path = Path("/proc")) -> int:
 
 
 class HelperWatch:
-    """Demotes the helpers under `root` every `interval_s` seconds in a daemon thread; `demoted` maps each pid it
-    demoted to its arguments (the integration test reads it)."""
+    """Demotes the helpers of the Ray with session folder `session_dir` under `root` every `interval_s` seconds, in a
+    daemon thread. `demoted` maps each pid it demoted to its arguments, `refused` each pid the kernel would not demote
+    to the error (each said once, as a warning); `failed` is why the watch stopped (it cannot read the process tree),
+    else None. Read them through a copy: the thread adds to them."""
 
-    def __init__(self, root: int, interval_s: float = CHECK_INTERVAL_S):
-        self.root, self.interval_s = root, interval_s
+    def __init__(self, root: int, session_dir: str, interval_s: float = CHECK_INTERVAL_S):
+        self.root, self.session_dir, self.interval_s = root, session_dir, interval_s
         self.demoted: dict[int, tuple[str, ...]] = {}
-        self.checked = threading.Event()  # set after each check
+        self.refused: dict[int, str] = {}
+        self.failed: str | None = None
         self._thread = threading.Thread(target=self._run, name="genrec-idle-helpers", daemon=True)
         self._thread.start()
 
     def check(self) -> None:
         tree = process_tree(self.root)
-        for pid in helper_pids(tree, self.root):
-            if demote(pid) and pid not in self.demoted:
+        for pid in helper_pids(tree, self.root, self.session_dir):
+            if pid in self.refused:
+                continue
+            try:
+                changed = demote(pid, tree[pid][2])
+            except PermissionError as e:
+                self.refused[pid] = str(e)
+                logger.warning("genrec could not put Ray's helper process %d (%s) under SCHED_IDLE: %s; it keeps its "
+                               "priority", pid, " ".join(tree[pid][1])[:80], e)
+                continue
+            if changed and pid not in self.demoted:
                 self.demoted[pid] = tree[pid][1]
                 logger.debug("SCHED_IDLE: %d %s", pid, " ".join(tree[pid][1]))
-        self.checked.set()
+
+    def state(self) -> str:
+        """What the watch did, for a benchmark's record: "SCHED_IDLE" when it demoted helpers, runs and was refused
+        none; otherwise what went wrong."""
+        if self.failed is not None:
+            return f"failed: {self.failed}"
+        if self.refused:
+            return f"SCHED_IDLE, {len(self.refused)} refused"
+        return "SCHED_IDLE" if self.demoted else "none found"
 
     def _run(self) -> None:
         while True:  # a daemon thread: it ends with this process
             try:
                 self.check()
-            except OSError as e:  # /proc unreadable: say so once and stop, training goes on at normal priority
-                logger.warning("genrec could not lower Ray's helper processes to SCHED_IDLE (%s); set %s=0 to not "
+            except OSError as e:  # the tree unreadable: said once; training goes on at Ray's priorities
+                self.failed = str(e)
+                logger.warning("genrec could not put Ray's helper processes under SCHED_IDLE (%s); set %s=0 to not "
                                "try", e, IDLE_HELPERS_VAR)
                 return
             time.sleep(self.interval_s)
@@ -155,12 +201,27 @@ def helpers_go_idle(environ: Mapping[str, str]) -> bool:
     return environ.get(IDLE_HELPERS_VAR) != "0" and hasattr(os, "SCHED_IDLE")
 
 
-def watch_helpers(environ: Mapping[str, str] = os.environ) -> HelperWatch | None:
-    """Start (once per process) the watch over the helpers of the Ray this process starts, where helpers_go_idle
-    says; the watch, or None."""
+def watch_helpers(session_dir: str, environ: Mapping[str, str] = os.environ) -> HelperWatch | None:
+    """Watch the helpers of the Ray this process just started (its session folder: ray.init's
+    address_info["session_dir"]), where helpers_go_idle says: one watch per process, moved to the newest Ray. The
+    watch, or None."""
     global _watch
     if not helpers_go_idle(environ):
         return None
     if _watch is None:
-        _watch = HelperWatch(os.getpid())
+        _watch = HelperWatch(os.getpid(), session_dir)
+    _watch.session_dir = session_dir
     return _watch
+
+
+def helper_watch() -> HelperWatch | None:
+    """This process's watch, None before watch_helpers started one."""
+    return _watch
+
+
+def helpers_state(environ: Mapping[str, str] = os.environ) -> str:
+    """What became of this process's Ray's helpers, for a benchmark's record: "normal" where the watch does not run
+    (GENREC_IDLE_HELPERS=0, not Linux), else its HelperWatch.state()."""
+    if not helpers_go_idle(environ) or _watch is None:
+        return "normal"
+    return _watch.state()

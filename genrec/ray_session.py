@@ -109,6 +109,6 @@ def start_local_ray(**options) -> None:
     set_local_env()  # before a local Ray starts: its processes inherit this environment
     # address="local": always a fresh embedded Ray. Without it ray.init() joins any cluster a `ray start` left on this
     # machine (and refuses num_cpus there); RAY_ADDRESS is how a command is pointed at a cluster.
-    ray.init(**{**local_ray_options(os.environ), "configure_logging": True, "logging_level": logging.WARNING,
-                **options})
-    watch_helpers()
+    context = ray.init(**{**local_ray_options(os.environ), "configure_logging": True,
+                           "logging_level": logging.WARNING, **options})
+    watch_helpers(context.address_info["session_dir"])

@@ -38,8 +38,9 @@ def ray_local():
     set_local_env()
     # Replicas' metrics reach the node's Prometheus endpoint every second instead of every 10 (the metrics test).
     os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
-    ray.init(**local_ray_options(os.environ), num_cpus=2, log_to_driver=False)
-    watch_helpers()  # its helpers under SCHED_IDLE, as init_ray's local branch puts a local Ray's
+    context = ray.init(**local_ray_options(os.environ), num_cpus=2, log_to_driver=False)
+    # its helpers under SCHED_IDLE, as init_ray's local branch puts a local Ray's
+    watch_helpers(context.address_info["session_dir"])
     yield
     from ray import serve
 

@@ -25,12 +25,12 @@ import torch
 
 from benchmarks.weight_average import ema_update
 from genrec import objectives
+from genrec.build import all_windows, build_run, num_negatives, optimizer_and_schedule
 from genrec.config import load_config
 from genrec.data.synthetic import generate
 from genrec.defaults import resolve as resolve_defaults
-from genrec.build import build_run, optimizer_and_schedule
-from genrec.engine import reduces_nothing
-from genrec.reference_loop import TorchEngine, deepspeed_engine, train_reference
+from genrec.engine import reduces_nothing, train_step
+from genrec.reference_loop import WINDOW_COLUMNS, TorchEngine, deepspeed_engine, train_reference
 from genrec.shards import write_shards
 
 GOLDEN = [1.402672, 1.651094, 1.181164, 2.057785, 1.958846, 2.244751, 1.910745, 1.571838]
@@ -108,3 +108,12 @@ def test_one_rank_zero0_fp32_steps_without_deepspeeds_all_reduce(tiny_run, stage
     assert engine.zero_optimization_stage() == stage and engine.dp_world_size == 1
     assert reduces_nothing(engine) is skips
     assert not reduces_nothing(TorchEngine(run.model, optimizer, schedule, cfg.train.grad_clip))
+    # and train_step takes it, or not: DeepSpeed's own method counted as it runs
+    calls = []
+    reduce = engine.allreduce_gradients
+    engine.allreduce_gradients = lambda *a, **k: (calls.append(1), reduce(*a, **k))[1]
+    windows = all_windows(shards, cfg.model.max_seq_len, run.window, run.targets_from)
+    batch = {k: torch.from_numpy(windows[k][:cfg.train.batch_size]) for k in WINDOW_COLUMNS}
+    gen = torch.Generator().manual_seed(0)
+    train_step(engine, batch, run.trained, num_negatives(cfg, len(run.trained)), run.mask_rate, gen)
+    assert len(calls) == (0 if skips else 1)

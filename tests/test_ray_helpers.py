@@ -1,12 +1,13 @@
 import os
+import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
-from genrec.ray_helpers import (actor_class, demote, helper_pids, helpers_go_idle, is_helper, process_tree,
-                                watch_helpers)
+from genrec.ray_helpers import (actor_class, demote, helper_pids, helpers_go_idle, helpers_state, is_helper,
+                                process_tree, start_time, watch_helpers)
 
 linux_only = pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
 
@@ -19,17 +20,18 @@ def test_actor_class_is_read_from_rays_process_title():
     assert actor_class(()) is None
 
 
-def test_helpers_are_the_named_actors_and_services_and_what_runs_under_them():
+def test_helpers_are_the_named_actors_and_services_of_this_session_and_what_runs_under_them():
     venv = "/home/a user/.venv/lib/python3.11/site-packages/"  # a space in the path: arguments are not split on it
+    session, other = "/tmp/ray/session_2026-12-07_1", "/tmp/ray/session_2026-12-07_2"
     processes = {
         10: (1, ("python", "-m", "genrec", "train")),  # the driver that started Ray (root)
-        11: (10, (venv + "ray/core/src/ray/gcs/gcs_server", "--log_dir=x")),
-        12: (10, (venv + "ray/core/src/ray/raylet/raylet", "--raylet_socket_name=x")),
-        13: (10, ("python", venv + "ray/dashboard/dashboard.py", "--host=127.0.0.1")),
+        11: (10, (venv + "ray/core/src/ray/gcs/gcs_server", f"--log_dir={session}/logs")),
+        12: (10, (venv + "ray/core/src/ray/raylet/raylet", f"--raylet_socket_name={session}/sockets/raylet")),
+        13: (10, ("python", venv + "ray/dashboard/dashboard.py", "--host=127.0.0.1", f"--session-dir={session}")),
         14: (13, ("python", "-B", "-c", "from multiprocessing.forkserver import main")),  # under the dashboard
         15: (14, ("ray-dashboard-StateHead-0 (python -B -c ...)",)),
-        16: (10, ("python", "-u", venv + "ray/_private/log_monitor.py", "--session-dir=x")),
-        17: (10, ("python", "-u", venv + "ray/autoscaler/_private/monitor.py", "--logs-dir=x")),
+        16: (10, ("python", "-u", venv + "ray/_private/log_monitor.py", f"--session-dir={session}")),
+        17: (10, ("python", "-u", venv + "ray/autoscaler/_private/monitor.py", f"--logs-dir={session}/logs")),
         20: (12, ("ray::TrainController.run",)),
         21: (12, ("ray::PlacementGroupCleaner",)),
         22: (12, ("ray::SynchronizationActor",)),
@@ -44,53 +46,70 @@ def test_helpers_are_the_named_actors_and_services_and_what_runs_under_them():
         32: (12, ("ray::ImplicitFunc.train",)),  # a Tune trial: cuts its run's windows
         33: (12, ("ray::ServeReplica:app:Recommender",)),
         34: (12, ("ray::ReadParquet->MapBatches(windows)",)),  # a Ray Data task in a pooled worker
-        40: (1, ("ray::TrainController.run",)),  # another session's: not under root
-        41: (1, ("python", venv + "ray/dashboard/dashboard.py")),
+        35: (10, ("ray::TrainController.run",)),  # not under a process of this session
+        # another Ray under the same root (a test's `ray start --head --block`): another session folder
+        50: (10, ("ray", "start", "--head", "--block", "--temp-dir=/tmp/other")),
+        51: (50, (venv + "ray/core/src/ray/raylet/raylet", f"--raylet_socket_name={other}/sockets/raylet")),
+        52: (51, ("ray::TrainController.run",)),
+        53: (50, ("python", venv + "ray/dashboard/dashboard.py", f"--session-dir={other}")),
+        40: (1, ("ray::TrainController.run",)),  # another process tree's
+        41: (1, ("python", venv + "ray/dashboard/dashboard.py", f"--session-dir={session}")),
     }
-    assert helper_pids(processes, root=10) == {13, 14, 15, 16, 17, 20, 21, 22, 23, 24, 25, 26, 27, 28}
-    assert helper_pids(processes, root=12) == {20, 21, 22, 23, 24, 25, 26, 27, 28}
-    assert helper_pids(processes, root=99) == set()
+    assert helper_pids(processes, 10, session) == {13, 14, 15, 16, 17, 20, 21, 22, 23, 24, 25, 26, 27, 28}
+    assert helper_pids(processes, 10, other) == set()  # its processes are not the root's children
+    assert helper_pids(processes, 50, other) == {52, 53}
+    assert helper_pids(processes, 99, session) == set()
     assert not is_helper(("python", "-c", "print('ray/dashboard/dashboard.py')", "x", "ray/dashboard/dashboard.py"))
 
 
 @linux_only
-def test_demote_puts_every_thread_of_a_named_helper_under_sched_idle_and_leaves_the_rest():
-    """Real processes under this one, named as Ray names its own: a helper actor, a training worker, a shell running
-    as if it were Ray's dashboard with a child of its own (a helper by descent), and a process named nothing."""
-    started = [subprocess.Popen(["ray::TrainController.run", "60"], executable="/bin/sleep"),
-               subprocess.Popen(["ray::RayTrainWorker", "60"], executable="/bin/sleep"),
-               subprocess.Popen(["sh", "-c", "sleep 60; :", "/venv/ray/dashboard/dashboard.py"]),
-               subprocess.Popen(["sleep", "60"])]
+def test_demote_puts_every_thread_of_a_named_helper_under_sched_idle_and_leaves_the_rest(tmp_path):
+    """Real processes under this one, named as Ray names its own: a shell standing for this session's raylet with a
+    helper actor and a training worker under it, one running as if it were the session's dashboard with a child of its
+    own (a helper by descent), another session's dashboard, and a process named nothing."""
+    session, other = str(tmp_path / "session_1"), str(tmp_path / "session_2")
+    actors = "(exec -a ray::TrainController.run sleep 60) & (exec -a ray::RayTrainWorker sleep 60) & wait"
+    commands = [["bash", "-c", actors, "raylet", f"--session_dir={session}"],
+                ["sh", "-c", "sleep 60; :", "/venv/ray/dashboard/dashboard.py", f"--session-dir={session}"],
+                ["sh", "-c", "sleep 60; :", "/venv/ray/dashboard/dashboard.py", f"--session-dir={other}"],
+                ["sleep", "60"]]
+    started = [subprocess.Popen(command, start_new_session=True) for command in commands]
     try:
-        controller, worker, dashboard, plain = (p.pid for p in started)
+        raylet, dashboard, elsewhere, plain = (p.pid for p in started)
         deadline = time.monotonic() + 10
-        while True:  # until the shell has started its sleep
-            # only these processes and theirs: this process may have started a Ray too (the suite's)
-            tree = {pid: (parent, argv) for pid, (parent, argv) in process_tree(os.getpid()).items()
-                    if pid in (controller, worker, dashboard, plain) or parent == dashboard}
-            below = [pid for pid, (parent, _) in tree.items() if parent == dashboard]
-            if below or time.monotonic() > deadline:
+        while True:  # until the shells have started their children, and the subshells have become what they run
+            tree = process_tree(os.getpid())
+            below = {pid: argv for pid, (parent, argv, _) in tree.items() if parent in (raylet, dashboard)}
+            titles = {argv[0] if argv else "" for argv in below.values()}
+            if {"ray::TrainController.run", "ray::RayTrainWorker", "sleep"} <= titles and len(below) == 3:
                 break
+            assert time.monotonic() < deadline, f"the test's processes did not start: {below}"
             time.sleep(0.05)
-        assert tree[controller] == (os.getpid(), ("ray::TrainController.run", "60"))
-        helpers = helper_pids(tree, os.getpid())
-        assert helpers == {controller, dashboard, *below} and len(below) == 1
-        for pid in helpers:  # (the suite's own watch may have got to some of them first)
-            demote(pid)
+        controller = next(pid for pid, argv in below.items() if argv[0] == "ray::TrainController.run")
+        worker = next(pid for pid, argv in below.items() if argv[0] == "ray::RayTrainWorker")
+        under_dashboard = next(pid for pid in below if tree[pid][0] == dashboard)
+        assert tree[controller][:2] == (raylet, ("ray::TrainController.run", "60"))
+        helpers = helper_pids(tree, os.getpid(), session)
+        assert helpers == {controller, dashboard, under_dashboard}
+        for pid in helpers:
+            assert demote(pid, tree[pid][2]) >= 1
             assert demote(pid) == 0  # already idle: nothing changed
             assert os.sched_getscheduler(pid) == os.SCHED_IDLE
-        assert os.sched_getscheduler(worker) == os.sched_getscheduler(os.getpid()) != os.SCHED_IDLE
-        assert demote(plain) == 1  # its one thread
+        for pid in (raylet, worker, elsewhere, os.getpid()):
+            assert os.sched_getscheduler(pid) != os.SCHED_IDLE
+        assert demote(plain, start_time(plain) + 1) == 0  # another start time: another process with that pid
+        assert demote(plain, start_time(plain)) == 1  # its one thread
     finally:
-        for p in started:
-            p.kill()
+        for p in started:  # each in a session of its own: its group goes, its children with it
+            os.killpg(p.pid, signal.SIGKILL)
             p.wait()
-    assert demote(controller) == 0  # ended: skipped
+    assert demote(dashboard) == 0 and start_time(dashboard) is None  # ended: skipped
 
 
 def test_the_watch_is_not_started_where_the_user_turned_it_off():
     assert not helpers_go_idle({"GENREC_IDLE_HELPERS": "0"})
-    assert watch_helpers({"GENREC_IDLE_HELPERS": "0"}) is None
+    assert watch_helpers("/tmp/ray/session_x", {"GENREC_IDLE_HELPERS": "0"}) is None
+    assert helpers_state({"GENREC_IDLE_HELPERS": "0"}) == "normal"
     assert helpers_go_idle({"GENREC_IDLE_HELPERS": "1"}) == helpers_go_idle({}) == hasattr(os, "SCHED_IDLE")
 
 
@@ -98,6 +117,9 @@ def test_process_tree_reads_every_threads_children_and_nul_separated_arguments(t
     def process(pid: int, cmdline: bytes, children: dict[int, str]):
         (tmp_path / str(pid)).mkdir()
         (tmp_path / str(pid) / "cmdline").write_bytes(cmdline)
+        # /proc/<pid>/stat: the name in parentheses may hold spaces; the 22nd field is the start time
+        fields = ["S", "1", *["0"] * 17, str(1000 + pid)]
+        (tmp_path / str(pid) / "stat").write_text(f"{pid} (a name) " + " ".join(fields) + " 0 0\n")
         for tid, kids in children.items():
             (tmp_path / str(pid) / "task" / str(tid)).mkdir(parents=True)
             (tmp_path / str(pid) / "task" / str(tid) / "children").write_text(kids)
@@ -107,10 +129,11 @@ def test_process_tree_reads_every_threads_children_and_nul_separated_arguments(t
     process(12, b"python\0-u\0/a b/ray/_private/log_monitor.py\0", {12: "20"})
     process(20, b"sleep\x0060\0", {20: ""})
     assert process_tree(10, proc=tmp_path) == {
-        11: (10, ("ray::TrainController.run",)),
-        12: (10, ("python", "-u", "/a b/ray/_private/log_monitor.py")),
-        20: (12, ("sleep", "60")),
+        11: (10, ("ray::TrainController.run",), 1011),
+        12: (10, ("python", "-u", "/a b/ray/_private/log_monitor.py"), 1012),
+        20: (12, ("sleep", "60"), 1020),
     }
+    assert start_time(11, proc=tmp_path) == 1011 and start_time(99, proc=tmp_path) is None
     (tmp_path / "30" / "task" / "30").mkdir(parents=True)  # a kernel without CONFIG_PROC_CHILDREN
     with pytest.raises(OSError, match="CONFIG_PROC_CHILDREN"):
         process_tree(30, proc=tmp_path)
