@@ -153,13 +153,17 @@ class HelperWatch:
         self.demoted: dict[int, tuple[str, ...]] = {}
         self.refused: dict[int, str] = {}
         self.failed: str | None = None
+        # (pid, start time) of helpers found with every thread idle already: threads they start inherit it, so they
+        # are not listed again every check
+        self._settled: set[tuple[int, int]] = set()
         self._thread = threading.Thread(target=self._run, name="genrec-idle-helpers", daemon=True)
         self._thread.start()
 
     def check(self) -> None:
         tree = process_tree(self.root)
+        self._settled &= {(pid, process[2]) for pid, process in tree.items()}  # those that ended go
         for pid in helper_pids(tree, self.root, self.session_dir):
-            if pid in self.refused:
+            if pid in self.refused or (pid, tree[pid][2]) in self._settled:
                 continue
             try:
                 changed = demote(pid, tree[pid][2])
@@ -168,7 +172,9 @@ class HelperWatch:
                 logger.warning("genrec could not put Ray's helper process %d (%s) under SCHED_IDLE: %s; it keeps its "
                                "priority", pid, " ".join(tree[pid][1])[:80], e)
                 continue
-            if changed and pid not in self.demoted:
+            if not changed:  # every thread already idle, any started since the last check included
+                self._settled.add((pid, tree[pid][2]))
+            elif pid not in self.demoted:
                 self.demoted[pid] = tree[pid][1]
                 logger.debug("SCHED_IDLE: %d %s", pid, " ".join(tree[pid][1]))
 

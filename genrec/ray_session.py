@@ -81,11 +81,11 @@ def init_ray(cfg: GenrecConfig | None = None, num_cpus: int | None = None) -> No
     A local Ray starts with local_ray_options: 127.0.0.1 as its node address, where its dashboard binds too, and
     local_system_config; and with this process's environment set by set_local_env first (WORKER_ENV,
     LOCAL_TRAIN_ENV), which its processes inherit; its idle helper processes then run under SCHED_IDLE
-    (start_local_ray). The dashboard runs (Ray's default; one that fails to start is a
-    warning, not an error) because Ray Train's placement-group cleaner asks its State API whether a run's controller
-    is still alive: without it the cleaner cannot free a dead run's placement group and logs a warning every second
-    of training. Ray 2.60's own gRPC servers (GCS, raylet, workers) still listen on every interface, with or without
-    the dashboard (seen with `ss -ltnp`; docs/reliability.md): on a shared host, firewall them.
+    (start_local_ray). The dashboard runs (Ray's default; one that fails to start is a warning, not an error) because
+    Ray Train's placement-group cleaner asks its State API whether a run's controller is still alive: without it the
+    cleaner cannot free a dead run's placement group and logs a warning every second of training. Ray 2.60's own gRPC
+    servers (GCS, raylet, workers) still listen on every interface, with or without the dashboard (seen with `ss
+    -ltnp`; docs/reliability.md): on a shared host, firewall them.
     """
     import ray
 
