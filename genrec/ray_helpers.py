@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -79,12 +79,29 @@ def helper_pids(processes: Mapping[int, tuple], root: int, session_dir: str) -> 
     return helpers
 
 
-def process_tree(root: int, proc: Path = Path("/proc")) -> dict[int, tuple[int, tuple[str, ...], int]]:
+def walk_below(pid: int, process: tuple, root: int, session_dir: str, settled: set[tuple[int, int]]) -> bool:
+    """Whether the watch reads the children of `process` (parent pid, arguments, start time), found under `root`: not
+    for a child of `root` that does not name the session folder (another Ray's, or not Ray's: helper_pids starts only
+    from those that name it), nor for a Ray worker that is no helper (a training worker, a pooled one, a trial: Ray's
+    processes are started by the raylet, not by a worker, so none under it is a helper), nor for a helper in `settled`
+    (pid, start time: every thread of it already idle, so whatever it starts inherits SCHED_IDLE). The walk skips the
+    threads of those processes (the training worker has dozens), which is most of what a check reads."""
+    parent, argv, started = process[:3]
+    if parent == root and not any(session_dir in argument for argument in argv):
+        return False
+    if actor_class(argv) is not None and not is_helper(argv):
+        return False
+    return (pid, started) not in settled
+
+
+def process_tree(root: int, proc: Path = Path("/proc"),
+                 descend: Callable[[int, tuple], bool] | None = None) -> dict[int, tuple[int, tuple[str, ...], int]]:
     """pid -> (parent pid, arguments, start_time) for `root`'s descendants, read from /proc (each thread's `children`
-    file); a process that ends while it is read is left out. The start time is read before the arguments: should the
-    pid pass to another process in between, demote's check against it leaves that one alone. OSError where this
-    kernel has no `children` files (built without CONFIG_PROC_CHILDREN): the tree could not be read, which is not the
-    same as an empty one."""
+    file); a process that ends while it is read is left out. With `descend`, the children of a process are read only
+    where descend(pid, (parent pid, arguments, start_time)) is true (`root`'s always): the processes below the others
+    are left out. The start time is read before the arguments: should the pid pass to another process in between,
+    demote's check against it leaves that one alone. OSError where this kernel has no `children` files (built without
+    CONFIG_PROC_CHILDREN): the tree could not be read, which is not the same as an empty one."""
     if not (proc / str(root) / "task" / str(root) / "children").exists():
         raise OSError(f"{proc}/{root}/task/{root}/children is missing (a kernel without CONFIG_PROC_CHILDREN)")
     tree: dict[int, tuple[int, tuple[str, ...], int]] = {}
@@ -106,7 +123,8 @@ def process_tree(root: int, proc: Path = Path("/proc")) -> dict[int, tuple[int, 
             if started is None:
                 continue
             tree[pid] = (parent, tuple(a.decode(errors="replace") for a in raw.split(b"\0") if a), started)
-            frontier.append(pid)
+            if descend is None or descend(pid, tree[pid]):
+                frontier.append(pid)
     return tree
 
 
@@ -160,8 +178,9 @@ class HelperWatch:
         self._thread.start()
 
     def check(self) -> None:
-        tree = process_tree(self.root)
-        self._settled &= {(pid, process[2]) for pid, process in tree.items()}  # those that ended go
+        tree = process_tree(self.root, descend=self.descend)
+        # those that ended go (a settled helper is in the tree: only what is under it is left out)
+        self._settled &= {(pid, process[2]) for pid, process in tree.items()}
         for pid in helper_pids(tree, self.root, self.session_dir):
             if pid in self.refused or (pid, tree[pid][2]) in self._settled:
                 continue
@@ -177,6 +196,10 @@ class HelperWatch:
             elif pid not in self.demoted:
                 self.demoted[pid] = tree[pid][1]
                 logger.debug("SCHED_IDLE: %d %s", pid, " ".join(tree[pid][1]))
+
+    def descend(self, pid: int, process: tuple) -> bool:
+        """Whether check reads this process's children (walk_below, with the helpers settled so far)."""
+        return walk_below(pid, process, self.root, self.session_dir, self._settled)
 
     def state(self) -> str:
         """What the watch did, for a benchmark's record: "SCHED_IDLE" when it demoted helpers, runs and was refused

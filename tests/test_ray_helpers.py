@@ -7,7 +7,7 @@ import time
 import pytest
 
 from genrec.ray_helpers import (actor_class, demote, helper_pids, helpers_go_idle, helpers_state, is_helper,
-                                process_tree, start_time, watch_helpers)
+                                process_tree, start_time, walk_below, watch_helpers)
 
 linux_only = pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
 
@@ -60,6 +60,23 @@ def test_helpers_are_the_named_actors_and_services_of_this_session_and_what_runs
     assert helper_pids(processes, 50, other) == {52, 53}
     assert helper_pids(processes, 99, session) == set()
     assert not is_helper(("python", "-c", "print('ray/dashboard/dashboard.py')", "x", "ray/dashboard/dashboard.py"))
+
+
+def test_the_watch_walks_below_this_sessions_daemons_and_unsettled_helpers_only():
+    session = "/tmp/ray/session_2026-12-07_1"
+    raylet = (10, ("raylet", f"--raylet_socket_name={session}/sockets/raylet"), 500)
+    dashboard = (10, ("python", "ray/dashboard/dashboard.py", f"--session-dir={session}"), 501)
+    assert walk_below(12, raylet, 10, session, set())  # Ray starts its workers from the raylet
+    assert walk_below(13, dashboard, 10, session, set())  # its module processes: helpers by descent
+    assert not walk_below(13, dashboard, 10, session, {(13, 501)})  # settled: what it starts inherits SCHED_IDLE
+    assert walk_below(13, dashboard, 10, session, {(13, 999)})  # a settled process that had the pid before
+    assert walk_below(20, (12, ("ray::TrainController.run",), 600), 10, session, set())
+    assert not walk_below(20, (12, ("ray::TrainController.run",), 600), 10, session, {(20, 600)})
+    for worker in ("ray::RayTrainWorker", "ray::IDLE", "ray::ImplicitFunc.train", "ray::ReadParquet"):
+        assert not walk_below(30, (12, (worker,), 700), 10, session, set())  # no helper starts under a worker
+    assert not walk_below(50, (10, ("ray", "start", "--head", "--block"), 800), 10, session, set())  # another Ray
+    # the session folder is asked of root's children only: below them, a process that is no Ray worker is walked
+    assert walk_below(51, (12, ("python", "-m", "a_tool"), 801), 10, session, set())
 
 
 @linux_only
@@ -134,6 +151,11 @@ def test_process_tree_reads_every_threads_children_and_nul_separated_arguments(t
         20: (12, ("sleep", "60"), 1020),
     }
     assert start_time(11, proc=tmp_path) == 1011 and start_time(99, proc=tmp_path) is None
+    # not below the log monitor: its children are neither read nor listed
+    assert process_tree(10, proc=tmp_path, descend=lambda pid, process: pid != 12) == {
+        11: (10, ("ray::TrainController.run",), 1011),
+        12: (10, ("python", "-u", "/a b/ray/_private/log_monitor.py"), 1012),
+    }
     (tmp_path / "30" / "task" / "30").mkdir(parents=True)  # a kernel without CONFIG_PROC_CHILDREN
     with pytest.raises(OSError, match="CONFIG_PROC_CHILDREN"):
         process_tree(30, proc=tmp_path)
