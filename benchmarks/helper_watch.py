@@ -7,7 +7,7 @@ The watch checks every CHECK_INTERVAL_S seconds, in a thread of the process that
 `genrec train`, a sweep, the test suite), at normal priority: what it takes, it takes from a CPU training step's cores.
 This starts genrec's local Ray (genrec.ray_session.start_local_ray, which starts the watch) and a one-worker Ray Train
 run whose training function has made torch's threads and then waits, so that the tree holds what it holds while a run
-trains (the run's actors, its worker with torch's threads, Ray Data's coordinators are not started: no dataset). Once
+trains: the run's actors and its worker with torch's threads (not Ray Data's coordinators: the run has no dataset). Once
 the watch has demoted the run's controller, it times, alternated `--calls` times each, in this thread's CPU time:
 
 * the whole walk, `process_tree(root)`: every thread's `children` file under the driver (what every check read before);
@@ -62,6 +62,7 @@ def all_idle(pid: int) -> bool:
 
 
 def thread_ms(fn, calls: int) -> list[float]:
+    """The CPU milliseconds of this thread that each of `calls` calls of fn() takes."""
     out = []
     for _ in range(calls):
         t = time.thread_time()
@@ -115,6 +116,7 @@ def main(argv=None) -> int:
     print(table(results))
     write("helper_watch", results, args.out)
     ray.shutdown()
+    sys.stdout.flush()  # os._exit does not flush: the table would be lost where stdout is a pipe
     os._exit(0)  # the run's thread waits in Ray Train; nothing of it is kept
 
 

@@ -39,7 +39,7 @@ HELPER_ACTORS = frozenset({
 # processes and their forkserver) is a helper too.
 HELPER_SCRIPTS = ("ray/dashboard/dashboard.py", "ray/_private/log_monitor.py", "ray/autoscaler/_private/monitor.py")
 
-CHECK_INTERVAL_S = 2.0  # a new run's helpers wait at most this long; each check reads a few dozen /proc files
+CHECK_INTERVAL_S = 2.0  # a new run's helpers wait at most this long; a check reads about a hundred /proc files
 IDLE_HELPERS_VAR = "GENREC_IDLE_HELPERS"  # "0" keeps a local Ray's helpers at their normal priority
 
 
@@ -160,6 +160,31 @@ def demote(pid: int, started: int | None = None, proc: Path = Path("/proc")) -> 
     return changed
 
 
+def settled_helpers(tree: Mapping[int, tuple], changed: Mapping[int, int],
+                    settled: set[tuple[int, int]]) -> set[tuple[int, int]]:
+    """The helpers that settle in this check: (pid, start time) of each that demote found wholly idle already
+    (`changed`: pid -> threads demote changed in this check) and whose every child in `tree` has settled, before or in
+    this check (deepest first). The walk no longer reads below a settled helper (walk_below), so a helper settles only
+    once everything under it has: a child it forked while the check ran, found at normal priority in the next check,
+    keeps it unsettled until that child is idle too, and whatever the child forked meanwhile is still found. A refused
+    child never settles, and neither does its parent."""
+    kids: dict[int, list[int]] = {}
+    for pid, process in tree.items():
+        kids.setdefault(process[0], []).append(pid)
+
+    def depth(pid: int) -> int:
+        d = 0
+        while pid in tree:
+            pid, d = tree[pid][0], d + 1
+        return d
+
+    out = set(settled)
+    for pid in sorted((pid for pid, n in changed.items() if n == 0), key=depth, reverse=True):
+        if all((kid, tree[kid][2]) in out for kid in kids.get(pid, [])):
+            out.add((pid, tree[pid][2]))
+    return out - settled
+
+
 class HelperWatch:
     """Demotes the helpers of the Ray with session folder `session_dir` under `root` every `interval_s` seconds, in a
     daemon thread. `demoted` maps each pid it demoted to its arguments, `refused` each pid the kernel would not demote
@@ -171,8 +196,9 @@ class HelperWatch:
         self.demoted: dict[int, tuple[str, ...]] = {}
         self.refused: dict[int, str] = {}
         self.failed: str | None = None
-        # (pid, start time) of helpers found with every thread idle already: threads they start inherit it, so they
-        # are not listed again every check
+        # (pid, start time) of helpers found with every thread idle already, and everything under them too
+        # (settled_helpers): threads and processes they start inherit it, so they are neither demoted nor walked below
+        # again
         self._settled: set[tuple[int, int]] = set()
         self._thread = threading.Thread(target=self._run, name="genrec-idle-helpers", daemon=True)
         self._thread.start()
@@ -181,21 +207,21 @@ class HelperWatch:
         tree = process_tree(self.root, descend=self.descend)
         # those that ended go (a settled helper is in the tree: only what is under it is left out)
         self._settled &= {(pid, process[2]) for pid, process in tree.items()}
+        changed: dict[int, int] = {}
         for pid in helper_pids(tree, self.root, self.session_dir):
             if pid in self.refused or (pid, tree[pid][2]) in self._settled:
                 continue
             try:
-                changed = demote(pid, tree[pid][2])
+                changed[pid] = demote(pid, tree[pid][2])
             except PermissionError as e:
                 self.refused[pid] = str(e)
                 logger.warning("genrec could not put Ray's helper process %d (%s) under SCHED_IDLE: %s; it keeps its "
                                "priority", pid, " ".join(tree[pid][1])[:80], e)
                 continue
-            if not changed:  # every thread already idle, any started since the last check included
-                self._settled.add((pid, tree[pid][2]))
-            elif pid not in self.demoted:
+            if changed[pid] and pid not in self.demoted:
                 self.demoted[pid] = tree[pid][1]
                 logger.debug("SCHED_IDLE: %d %s", pid, " ".join(tree[pid][1]))
+        self._settled |= settled_helpers(tree, changed, self._settled)
 
     def descend(self, pid: int, process: tuple) -> bool:
         """Whether check reads this process's children (walk_below, with the helpers settled so far)."""

@@ -7,7 +7,8 @@ import time
 import pytest
 
 from genrec.ray_helpers import (actor_class, demote, helper_pids, helpers_go_idle, helpers_state, is_helper,
-                                process_tree, start_time, walk_below, watch_helpers)
+                                process_tree, settled_helpers, start_time, walk_below,
+                                watch_helpers)
 
 linux_only = pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
 
@@ -130,6 +131,21 @@ def test_the_watch_is_not_started_where_the_user_turned_it_off():
     assert helpers_go_idle({"GENREC_IDLE_HELPERS": "1"}) == helpers_go_idle({}) == hasattr(os, "SCHED_IDLE")
 
 
+def test_a_helper_settles_only_once_everything_under_it_has():
+    # the dashboard (13), its forkserver (14) and a module process the forkserver started (15), then a lone actor (20)
+    tree = {13: (10, ("dashboard.py",), 501), 14: (13, ("forkserver",), 502), 15: (14, ("StateHead",), 503),
+            20: (12, ("ray::TrainController.run",), 600)}
+    # the module process was demoted in this check (started while the last one ran): nothing above it settles yet
+    assert settled_helpers(tree, {13: 0, 14: 0, 15: 2, 20: 0}, set()) == {(20, 600)}
+    # the next check finds it idle: all three settle, deepest first
+    assert settled_helpers(tree, {13: 0, 14: 0, 15: 0}, {(20, 600)}) == {(13, 501), (14, 502), (15, 503)}
+    # refused (not in `changed`): it never settles, and neither does what is above it
+    assert settled_helpers(tree, {13: 0, 14: 0}, set()) == set()
+    # settled before, under helpers that settle now; a settled entry of a pid's earlier process does not count
+    assert settled_helpers(tree, {13: 0, 14: 0}, {(15, 503)}) == {(13, 501), (14, 502)}
+    assert settled_helpers(tree, {13: 0, 14: 0}, {(15, 999)}) == set()
+
+
 def test_process_tree_reads_every_threads_children_and_nul_separated_arguments(tmp_path):
     def process(pid: int, cmdline: bytes, children: dict[int, str]):
         (tmp_path / str(pid)).mkdir()
@@ -151,7 +167,7 @@ def test_process_tree_reads_every_threads_children_and_nul_separated_arguments(t
         20: (12, ("sleep", "60"), 1020),
     }
     assert start_time(11, proc=tmp_path) == 1011 and start_time(99, proc=tmp_path) is None
-    # not below the log monitor: its children are neither read nor listed
+    # not below the log monitor: its children are not listed
     assert process_tree(10, proc=tmp_path, descend=lambda pid, process: pid != 12) == {
         11: (10, ("ray::TrainController.run",), 1011),
         12: (10, ("python", "-u", "/a b/ray/_private/log_monitor.py"), 1012),
