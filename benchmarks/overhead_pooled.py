@@ -1,0 +1,100 @@
+"""benchmarks/overhead.py's stored invocations of one setting, pooled: every alternated round's ratio of genrec's path
+to the plain loop, their mean and a 95% interval, so that a reader can tell whether the path is at 90% of the plain
+loop or only happened to be in one invocation.
+
+    .venv/bin/python benchmarks/overhead_pooled.py --group "24k full" A.json B.json --group "100k sampled" C.json ...
+
+Nothing is trained here: each `--group NAME FILE...` names stored results of benchmarks/overhead.py run with
+`--rounds` (the same command at the same settings, at different times). One round is a plain-loop run and the
+genrec run right after it; its ratio is their events/s over epochs 2.. (overhead.py's per-round figure). Rounds on this
+kind of VM move by ±10 points as the machine's speed drifts between the two halves of a round, so one invocation's three
+rounds cannot place a setting on either side of 90%; the rounds of several invocations can, to the width of their
+interval. The interval is Student's t over the rounds' ratios (rounds taken as independent draws: each pairs its own
+plain run with its own genrec run), beside the pooled figure overhead.py reports (all events over all seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._harness import parser, write  # noqa: E402
+
+BAR = 0.90  # issue #21, item 5: the path at 90% of the plain loop's training events/s
+
+
+def mean_interval(ratios: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of `ratios` and its Student's t interval at `level` (two or more values)."""
+    mean = statistics.fmean(ratios)
+    half = stats.t.ppf(0.5 + level / 2, len(ratios) - 1) * statistics.stdev(ratios) / len(ratios) ** 0.5
+    return mean, mean - half, mean + half
+
+
+def pool_group(name: str, files: list[str]) -> dict:
+    """One setting's rounds from its stored overhead.py results."""
+    rounds, pooled_plain, pooled_genrec, invocations = [], [0.0, 0.0], [0.0, 0.0], []
+    for f in files:
+        doc = json.loads(Path(f).read_text())
+        results = doc["results"]
+        if "rounds" not in results:
+            raise SystemExit(f"{f}: no per-round figures (benchmarks/overhead.py ran without --rounds 2 or more)")
+        rounds += [r["ratio"] for r in results["rounds"]]
+        invocations.append({"file": f, "ratio": results["ratio"], "date": doc["meta"]["date"],
+                            "commit": doc["meta"]["commit"], "titles": results.get("titles"),
+                            "decoding": results.get("decoding")})
+        for row, acc in zip(results["rows"][:2], (pooled_plain, pooled_genrec)):
+            acc[0] += row["events_per_s"] * row["train_s"]
+            acc[1] += row["train_s"]
+    mean, low, high = mean_interval(rounds)
+    return {"name": name, "rounds": rounds, "mean": mean, "low": low, "high": high,
+            "pooled": (pooled_genrec[0] / pooled_genrec[1]) / (pooled_plain[0] / pooled_plain[1]),
+            "invocations": invocations}
+
+
+def verdict(group: dict) -> str:
+    if group["low"] >= BAR:
+        return "at or above 90%"
+    if group["high"] < BAR:
+        return "below 90%"
+    return "cannot tell"
+
+
+def main(argv=None) -> int:
+    p = parser(__doc__)
+    p.add_argument("--group", nargs="+", action="append", required=True, metavar=("NAME", "FILE"),
+                   help="a setting's name, then its stored overhead.py results (each run with --rounds)")
+    args = p.parse_args(argv)
+    groups = []
+    for name, *files in args.group:
+        if not files:
+            p.error(f"--group {name}: name at least one results file")
+        groups.append(pool_group(name, files))
+    results = {"groups": groups, "bar": BAR, "level": 0.95}
+    print(table(results))
+    write("overhead_pooled", results, args.out)
+    return 0
+
+
+def table(results: dict) -> str:
+    """The Markdown table of a stored pooling: each setting's rounds, their mean and interval, and what they say."""
+    out = ["| setting | invocations | rounds | each round | mean of the rounds | 95% interval | all events over all seconds "
+           "| against 90% |", "|---|---|---|---|---|---|---|---|"]
+    for g in results["groups"]:
+        each = ", ".join(f"{r:.1%}" for r in g["rounds"])
+        out.append(f"| {g['name']} | {len(g['invocations'])} | {len(g['rounds'])} | {each} | {g['mean']:.1%} | "
+                   f"{g['low']:.1%}-{g['high']:.1%} | {g['pooled']:.1%} | {verdict(g)} |")
+    files = "; ".join(f"{g['name']}: " + ", ".join(f"{Path(i['file']).name} ({i['date']}, {i['commit']})"
+                                                  for i in g["invocations"]) for g in results["groups"])
+    out.append(f"\ngenrec's path / the plain loop per alternated round (benchmarks/overhead.py); Student's t interval "
+               f"over the rounds; from {files}")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
