@@ -14,14 +14,15 @@ def test_the_interval_is_students_t_over_the_rounds():
     assert (low, high) == pytest.approx((0.9 - 0.24842, 0.9 + 0.24842), abs=1e-4)
 
 
-def result(tmp_path, name: str, rounds: list[tuple[float, float]], seconds: float = 10.0):
-    """A stored overhead.py result with these (plain, genrec) events/s per round, each path `seconds` a round."""
+def result(tmp_path, name: str, rounds: list[tuple[float, float]], plain_s: float, genrec_s: float):
+    """A stored overhead.py result with these (plain, genrec) events/s per round, each path's seconds over its rounds
+    `plain_s` and `genrec_s`."""
     plain = sum(p for p, _ in rounds) / len(rounds)
     genrec = sum(g for _, g in rounds) / len(rounds)
     doc = {"meta": {"date": "2026-12-07 18:00 UTC", "commit": "abc1234"},
            "results": {"ratio": genrec / plain, "titles": 100, "decoding": "full",
-                       "rows": [{"events_per_s": plain, "train_s": seconds * len(rounds)},
-                                {"events_per_s": genrec, "train_s": seconds * len(rounds)}],
+                       "rows": [{"events_per_s": plain, "train_s": plain_s},
+                                {"events_per_s": genrec, "train_s": genrec_s}],
                        "rounds": [{"plain_events_per_s": p, "events_per_s": g, "ratio": g / p} for p, g in rounds]}}
     path = tmp_path / name
     path.write_text(json.dumps(doc))
@@ -29,16 +30,21 @@ def result(tmp_path, name: str, rounds: list[tuple[float, float]], seconds: floa
 
 
 def test_rounds_of_several_invocations_are_pooled_and_judged_against_the_bar(tmp_path):
-    a = result(tmp_path, "a.json", [(100, 80), (100, 90)])
-    b = result(tmp_path, "b.json", [(200, 170)])
+    a = result(tmp_path, "a.json", [(100, 80), (100, 90)], plain_s=20, genrec_s=30)
+    b = result(tmp_path, "b.json", [(200, 150)], plain_s=10, genrec_s=10)
     group = pool_group("setting", [a, b])
-    assert group["rounds"] == pytest.approx([0.8, 0.9, 0.85])
-    assert group["mean"] == pytest.approx(0.85)
-    # all events over all seconds: (80 + 90 + 170) * 10 over (100 + 100 + 200) * 10
-    assert group["pooled"] == pytest.approx(340 / 400)
+    assert group["rounds"] == pytest.approx([0.8, 0.9, 0.75])
+    assert group["mean"] == pytest.approx(0.8166667)
+    # all events over all seconds: genrec (85 * 30 + 150 * 10) / 40 over plain (100 * 20 + 200 * 10) / 30
+    assert group["pooled"] == pytest.approx((4050 / 40) / (4000 / 30))
+    # the invocations as units: 0.85 and 0.75, mean 0.8, sd 0.0707, t(1, 0.975) = 12.706: half width 0.6353
+    assert (group["invocations_low"], group["invocations_high"]) == pytest.approx((0.8 - 0.6353, 0.8 + 0.6353),
+                                                                                 abs=1e-3)
     assert verdict(group) == "cannot tell"  # 3 rounds: the interval is wide
     assert verdict({"low": 0.91, "high": 0.99}) == "at or above 90%"
     assert verdict({"low": 0.80, "high": 0.89}) == "below 90%"
+    # the rounds' interval below the bar, the invocations' reaching above it: the wider one decides
+    assert verdict({"low": 0.80, "high": 0.89, "invocations_low": 0.70, "invocations_high": 0.95}) == "cannot tell"
     single = tmp_path / "single.json"
     doc = json.loads((tmp_path / "a.json").read_text())
     del doc["results"]["rounds"]
