@@ -58,18 +58,28 @@ def is_helper(argv: Sequence[str]) -> bool:
     return any(argument.endswith(HELPER_SCRIPTS) for argument in argv[1:4])
 
 
+def children_by_parent(processes: Mapping[int, tuple]) -> dict[int, list[int]]:
+    """parent pid -> its children's pids, from pid -> (parent pid, ...) as process_tree reads it."""
+    children: dict[int, list[int]] = {}
+    for pid, process in processes.items():
+        children.setdefault(process[0], []).append(pid)
+    return children
+
+
+def names_session(argv: Sequence[str], session_dir: str) -> bool:
+    """Whether a process's arguments name the Ray session folder: Ray's own processes started from `root` do."""
+    return any(session_dir in argument for argument in argv)
+
+
 def helper_pids(processes: Mapping[int, tuple], root: int, session_dir: str) -> set[int]:
     """The helpers of the Ray whose session folder is `session_dir`, among `root`'s descendants. `processes` maps
     pid -> (parent pid, arguments, ...) as process_tree reads it. The processes that Ray started from `root` name
     that folder in their arguments (GCS, raylet, dashboard, monitors); a helper is one of them, or a process under
     them, that is_helper names, or a process under such a helper. Another Ray started from `root` (a `ray start
     --block` head a test runs) has another session folder and is left out; so is `root` itself."""
-    children: dict[int, list[int]] = {}
-    for pid, process in processes.items():
-        children.setdefault(process[0], []).append(pid)
+    children = children_by_parent(processes)
     helpers: set[int] = set()
-    frontier = [(pid, False) for pid in children.get(root, [])
-                if any(session_dir in argument for argument in processes[pid][1])]
+    frontier = [(pid, False) for pid in children.get(root, []) if names_session(processes[pid][1], session_dir)]
     while frontier:
         pid, under_helper = frontier.pop()
         helper = under_helper or is_helper(processes[pid][1])
@@ -87,7 +97,7 @@ def walk_below(pid: int, process: tuple, root: int, session_dir: str, settled: s
     (pid, start time: every thread of it already idle, so whatever it starts inherits SCHED_IDLE). The walk skips the
     threads of those processes (the training worker has dozens), which is most of what a check reads."""
     parent, argv, started = process[:3]
-    if parent == root and not any(session_dir in argument for argument in argv):
+    if parent == root and not names_session(argv, session_dir):
         return False
     if actor_class(argv) is not None and not is_helper(argv):
         return False
@@ -115,12 +125,12 @@ def process_tree(root: int, proc: Path = Path("/proc"),
             continue
         for pid in kids:
             started = start_time(pid, proc)
+            if started is None:  # it ended
+                continue
             try:
                 # NUL-separated; a process title Ray set is padded with NULs
                 raw = (proc / str(pid) / "cmdline").read_bytes()
             except OSError:
-                continue
-            if started is None:
                 continue
             tree[pid] = (parent, tuple(a.decode(errors="replace") for a in raw.split(b"\0") if a), started)
             if descend is None or descend(pid, tree[pid]):
@@ -168,9 +178,7 @@ def settled_helpers(tree: Mapping[int, tuple], changed: Mapping[int, int],
     once everything under it has: a child it forked while the check ran, found at normal priority in the next check,
     keeps it unsettled until that child is idle too, and whatever the child forked meanwhile is still found. A refused
     child never settles, and neither does its parent."""
-    kids: dict[int, list[int]] = {}
-    for pid, process in tree.items():
-        kids.setdefault(process[0], []).append(pid)
+    kids = children_by_parent(tree)
 
     def depth(pid: int) -> int:
         d = 0
