@@ -21,6 +21,7 @@ import ray.train
 import torch
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from genrec.allocator import keep_freed_memory
 from genrec.build import (Run, build_run, model_flops, model_spec, num_negatives, optimizer_and_schedule,
                           torch_threads)
 from genrec.averaging import WeightAverage, averaged, refuse_partitioned
@@ -61,6 +62,7 @@ class Worker:
     select: str  # the validation figure that chooses epochs and stops early
     finetune: FinetuneSpec | None  # the pre-trained checkpoint this run continues, if any
     peak_tflops: float | None  # the device's dense bf16 peak, for MFU (None on CPU or an unknown GPU)
+    malloc: str  # what genrec.allocator.keep_freed_memory did in this process
 
     def reduce(self, t: torch.Tensor) -> torch.Tensor:
         """Sum over ranks (NCCL needs the tensor on the GPU)."""
@@ -127,6 +129,8 @@ def setup_worker(config: dict) -> Worker:
     cfg: GenrecConfig = config["cfg"]  # the typed config itself (it pickles): validated once, by the driver
     finetune = config.get("finetune")
     torch.set_num_threads(torch_threads(cfg, ctx.get_local_world_size()))
+    # Ray Train steps in a thread of its own, whose malloc arena glibc would hand back to the kernel within each step.
+    malloc = keep_freed_memory()
     shards = open_shards(config["shards"], cfg.storage.store())
     run = build_run(cfg, shards, finetune.task if finetune else None)
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
@@ -136,7 +140,7 @@ def setup_worker(config: dict) -> Worker:
     return Worker(cfg, ctx.get_world_rank(), ctx.get_world_size(), device, shards, run,
                   build_plan(shards, cfg.eval, run.cold, split="valid", shift_h=shift_h),
                   build_plan(shards, cfg.eval, run.cold, split="valid") if shift_h else None,
-                  selection_key(cfg.eval.select_metric, finetune.task if finetune else None), finetune, peak)
+                  selection_key(cfg.eval.select_metric, finetune.task if finetune else None), finetune, peak, malloc)
 
 
 def restore(worker: Worker, config: dict, steps_per_epoch: int):
@@ -340,6 +344,7 @@ def epoch_record(worker: Worker, progress: Progress, stats: torch.Tensor, train_
         # Against the devices' dense bf16 peak (one device per worker); absent on CPU or an unknown GPU.
         **({"mfu": mfu(tflops_per_s, worker.peak_tflops, worker.world)} if worker.peak_tflops else {}),
         "id_mask_rate": worker.run.mask_rate,
+        "malloc": worker.malloc,
         "seed": cfg.train.seed,
         "window_shift_h": cfg.train.window_shift_h,
         "warm_start": cfg.train.init_from is not None,
