@@ -41,6 +41,9 @@ alternated round after round since this machine's speed drifts within minutes:
   helper actors, the dashboard, the agents) left at their normal priority (GENREC_IDLE_HELPERS=0). Every other Ray
   way runs them under SCHED_IDLE, as every local Ray genrec starts does (genrec.ray_helpers); runs from before that
   default, the JSONs without the "Ray's helpers" column, had them at normal priority.
+* main-kept, thread-kept, train-worker-nice0-kept - main, thread and train-worker-nice0 with glibc's malloc told
+  first, in the training process, to keep what a step frees (genrec.allocator.keep_freed_memory, which genrec's
+  trainer calls in its workers); every other way leaves glibc's defaults (the "freed memory" column).
 
 Every way runs with the environment genrec's Ray workers start with (genrec.ray_session.WORKER_ENV), then
 MALLOC_ARENA_MAX and OMP_WAIT_POLICY set or removed and RAY_worker_niceness set (0 or Ray's default, 15) as the way
@@ -71,6 +74,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._harness import parser, run_child, write  # noqa: E402
 from benchmarks.overhead import in_train_worker, plain_in_worker  # noqa: E402
+from genrec.allocator import OFF, keep_freed_memory  # noqa: E402
 from genrec.config import load_config  # noqa: E402
 from genrec.defaults import resolve as resolve_defaults  # noqa: E402
 from genrec.preparation import prepare_shards  # noqa: E402
@@ -80,7 +84,8 @@ from genrec.ray_session import PREEMPTION_WATCHER_VAR, WORKER_ENV, init_ray, sta
 WAYS = ("main", "main-1-arena", "main-passive", "thread", "thread-1-arena", "actor", "train-worker",
         "train-worker-1-arena", "train-worker-passive", "train-worker-1-arena-passive", "train-worker-nice0",
         "main-beside-ray", "main-beside-ray-nice15", "train-worker-nice0-batch", "train-worker-nice0-lean",
-        "train-worker-nice0-lean-batch", "train-worker-nice0-busy-helpers")
+        "train-worker-nice0-lean-batch", "train-worker-nice0-busy-helpers", "main-kept", "thread-kept",
+        "train-worker-nice0-kept")
 # The scheduling policies a training thread can report (os.sched_getscheduler: Linux only).
 POLICIES = {getattr(os, "SCHED_OTHER", None): "normal", getattr(os, "SCHED_BATCH", None): "batch"}
 PLACES = {"main": "the main thread", "thread": "a thread", "actor": "a Ray actor", "train-worker": "a Ray Train worker",
@@ -99,8 +104,10 @@ def place(way: str) -> str:
     return next(p for p in sorted(PLACES, key=len, reverse=True) if way == p or way.startswith(p + "-"))
 
 
-def train_measured(cfg, shards_root: str, epochs: int) -> dict:
-    """The reference loop in the calling thread, with this process's getrusage around it."""
+def train_measured(cfg, shards_root: str, epochs: int, keep: bool = False) -> dict:
+    """The reference loop in the calling thread, with this process's getrusage around it; with `keep`, glibc told
+    first to keep what a step frees, as genrec's trainer does (genrec.allocator)."""
+    malloc = keep_freed_memory() if keep else OFF
     before = resource.getrusage(resource.RUSAGE_SELF)
     history = plain_in_worker(cfg, shards_root, epochs, cfg.train.torch_threads)
     after = resource.getrusage(resource.RUSAGE_SELF)
@@ -108,6 +115,7 @@ def train_measured(cfg, shards_root: str, epochs: int) -> dict:
     return {"history": history, "minflt": after.ru_minflt - before.ru_minflt,
             # the settings the training process itself started with (a Ray worker's, in the Ray ways)
             "malloc_arena_max": os.environ.get("MALLOC_ARENA_MAX"),
+            "malloc": malloc,
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "nice": os.getpriority(os.PRIO_PROCESS, 0),  # Linux: the calling (training) thread's
             "sched_policy": None if policy is None else POLICIES.get(policy, str(policy)),
@@ -181,6 +189,7 @@ def child(way: str, items: int, decoding: str, epochs: int, storage: str, overri
     shards = prepare_shards(cfg)
     cfg = resolve_defaults(cfg, shards)
     where = place(way)
+    keep = way.endswith("-kept")
     daemons_nice = os.getpriority(os.PRIO_PROCESS, 0)  # this process starts Ray's daemons: they run at its nice
     runs_path = str(Path(storage, "runs").resolve())
     if where == "main-beside-ray":
@@ -196,11 +205,11 @@ def child(way: str, items: int, decoding: str, epochs: int, storage: str, overri
     elif where in ("main", "thread"):
         done: dict = {}
         if where == "thread":
-            thread = threading.Thread(target=lambda: done.update(train_measured(cfg, str(shards.root), epochs)))
+            thread = threading.Thread(target=lambda: done.update(train_measured(cfg, str(shards.root), epochs, keep)))
             thread.start()
             thread.join()
         else:
-            done = train_measured(cfg, str(shards.root), epochs)
+            done = train_measured(cfg, str(shards.root), epochs, keep)
     else:
         if way.endswith("-batch"):  # this thread starts Ray's processes: they inherit its policy
             os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
@@ -212,7 +221,7 @@ def child(way: str, items: int, decoding: str, epochs: int, storage: str, overri
             done = ray.get(LoopActor.options(num_cpus=cfg.train.cpus_per_worker).remote().run.remote(
                 cfg, str(shards.root), epochs))
         else:
-            done = in_train_worker(train_measured, cfg.train.cpus_per_worker, runs_path, cfg=cfg,
+            done = in_train_worker(train_measured, cfg.train.cpus_per_worker, runs_path, cfg=cfg, keep=keep,
                                    shards_root=str(shards.root), epochs=epochs)
         ray.shutdown()
     history = done["history"]
@@ -225,6 +234,7 @@ def child(way: str, items: int, decoding: str, epochs: int, storage: str, overri
             "faults_per_step": done["minflt"] / steps, "system_s": done["system_s"], "user_s": done["user_s"],
             "involuntary_switches": done["involuntary_switches"], "losses": [r["loss"] for r in history],
             "malloc_arena_max": done["malloc_arena_max"], "omp_wait_policy": done["omp_wait_policy"],
+            "malloc": done["malloc"],
             "nice_vs_ray": None if where in ("main", "thread") else done["nice"] - daemons_nice,
             "sched_policy": done["sched_policy"],
             "ray_lean": None if where in ("main", "thread") else "-lean" in way,
@@ -270,20 +280,23 @@ def table(results: dict) -> str:
     # runs before the watcher was recorded apart took it away with the dashboard in the lean ways only
     watcher = any("preemption_watcher" in x for r in rows for x in r["runs"])
     helpers = any("ray_helpers" in x for r in rows for x in r["runs"])
+    kept = any("malloc" in x for r in rows for x in r["runs"])
     lean_cell = {"True": "off", "False": "on", "no Ray": "no Ray"}
-    out = ["| the loop runs in | MALLOC_ARENA_MAX |" + (" OMP_WAIT_POLICY |" if wait else "")
+    out = ["| the loop runs in | MALLOC_ARENA_MAX |" + (" freed memory |" if kept else "")
+           + (" OMP_WAIT_POLICY |" if wait else "")
            + (" nice levels below Ray's daemons |" if nice else "")
            + (" scheduling policy |" if policy else "") + (" Ray's dashboard |" if lean and watcher else "")
            + (" Ray's dashboard and preemption watcher |" if lean and not watcher else "")
            + (" Ray Train's preemption watcher |" if watcher else "") + (" Ray's helpers |" if helpers else "")
            + " training events/s | vs main |" + (" CPU ms per event |" if cpu else "")
            + " minor page faults a step | system s | user s | each round's events/s |",
-           "|---|---|" + ("---|" if wait else "") + ("---|" if nice else "") + ("---|" if policy else "")
+           "|---|---|" + ("---|" if kept else "") + ("---|" if wait else "") + ("---|" if nice else "") + ("---|" if policy else "")
            + ("---|" if lean else "") + ("---|" if watcher else "") + ("---|" if helpers else "") + "---|---|"
            + ("---|" if cpu else "")
            + "---|---|---|---|"]
     for r in rows:
         out.append(f"| {PLACES[place(r['way'])]} | {setting(r, 'malloc_arena_max')} | "
+                   + (f"{setting(r, 'malloc', OFF)} | " if kept else "")
                    + (f"{setting(r, 'omp_wait_policy')} | " if wait else "")
                    + (f"{setting(r, 'nice_vs_ray', 'no Ray')} | " if nice else "")
                    + (f"{setting(r, 'sched_policy')} | " if policy else "")

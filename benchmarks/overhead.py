@@ -13,15 +13,19 @@ leave-one-out shards and windows for the same epochs:
   show what each stage costs the model on these cores (on CPU the workers talk over gloo; on GPUs, NCCL, the ratios
   differ and must be measured there).
 
-Both run with genrec.ray_session.WORKER_ENV in their environment (this process sets it before torch is imported, as
-a local Ray's workers get it), so they allocate alike (PyTorch's huge pages); the JSON records each path's OpenMP wait
-policy (OMP_WAIT_POLICY, unset: OpenMP's default). The figure is training events
-per second (target events over the seconds spent in optimizer steps, input waits included for the full path): epoch
-1 is left out of both (start-up, first-touch), so neither evaluation nor start-up is counted. The full path's whole
-wall time (Ray start, shard check, evaluation, checkpoints) is reported beside it, and each path's CPU milliseconds
-per training event: the CPU time (every thread, user and system) of the process that trains (the plain loop's;
-genrec's worker's) over the same steps. That one leaves out what other processes take from the training threads and
-so moves less with the machine's load than events/s do: a steadier check of a change to what the worker itself does.
+Both run with genrec.ray_session.WORKER_ENV in their environment (this process sets it before torch is imported, as a
+local Ray's workers get it), so they allocate alike (PyTorch's huge pages); the JSON records each path's OpenMP wait
+policy (OMP_WAIT_POLICY, unset: OpenMP's default). genrec's worker tells glibc's malloc to keep what a step frees
+(genrec.allocator: Ray Train steps in a thread, whose arena glibc would unmap and trim within every step); the plain
+loop steps in its main thread with glibc's defaults, as a plain PyTorch script does. Each genrec epoch records which
+(GENREC_KEEP_FREED_MEMORY=0 in this process's environment leaves glibc's defaults in the worker too, for an A/B). The
+figure is training events per second (target events over the seconds spent in optimizer steps, input waits included
+for the full path): epoch 1 is left out of both (start-up, first-touch), so neither evaluation nor start-up is
+counted. The full path's whole wall time (Ray start, shard check, evaluation, checkpoints) is reported beside it, and
+each path's CPU milliseconds per training event: the CPU time (every thread, user and system) of the process that
+trains (the plain loop's; genrec's worker's) over the same steps. That one leaves out what other processes take from
+the training threads and so moves less with the machine's load than events/s do: a steadier check of a change to what
+the worker itself does.
 `--synthetic-items N` trains on the seeded synthetic generator with N titles instead (3,000 users, 50 events each),
 to show how the step's cost follows the catalogue: only as much as the decoding mode scores. `--rounds N` alternates
 the two N times in the one invocation and pools them, for a ratio that one short run per path cannot hold (the
@@ -149,6 +153,11 @@ def table(results: dict) -> str:
             out[-1] += f"; median epoch against median epoch: {median:.1%}"
     if "ray_helpers" in results:  # recorded since they run under SCHED_IDLE by default
         out[-1] += f"; Ray's idle helper processes: {results['ray_helpers']}"
+    # recorded in genrec's epochs since its worker sets glibc's malloc (genrec.allocator)
+    malloc = sorted({h["malloc"] for key, runs in results.get("histories", {}).items() if key.startswith("zero")
+                     for h in runs if "malloc" in h})
+    if malloc:
+        out[-1] += f"; glibc's malloc in genrec's worker: {'/'.join(malloc)}"
     return "\n".join(out)
 
 
