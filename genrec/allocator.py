@@ -3,17 +3,19 @@
 A Ray Train worker runs the training function in a thread of its own, not in the process's main thread, and glibc's
 malloc gives such a thread an arena of its own, built from 64 MiB heaps. With glibc's defaults a heap that comes free
 is unmapped and a free top is trimmed (MADV_DONTNEED) within the step, so the next step's activations, gradients and
-optimizer temporaries are faulted in again, page by page (twice the main thread's page faults and system time at
-100,000 titles: BENCHMARKS.md). Three mallopt settings stop that for the whole process: allocations up to
-MMAP_THRESHOLD come from the arenas instead of mappings of their own, up to TRIM_THRESHOLD of free top is kept, and
-every heap grows with TOP_PAD to spare, which also keeps a heap that comes free from being unmapped. Setting any one
-of them turns off glibc's own sliding mmap threshold, so the three go together. The price: the process keeps the
-memory of its largest step resident instead of handing back what a step frees, which in a training process is the
-memory the next step takes again.
+optimizer temporaries are faulted in again, page by page (BENCHMARKS.md, "The training thread's freed memory, kept").
+Three mallopt settings stop that for the whole process: allocations up to MMAP_THRESHOLD come from the arenas instead
+of mappings of their own, up to TRIM_THRESHOLD of free top is kept, and every heap grows with TOP_PAD to spare, which
+also keeps a heap that comes free from being unmapped. Setting any one of them turns off glibc's own sliding mmap
+threshold, so the three go together. The price: the process keeps the memory of its largest step resident instead of
+handing back what a step frees, which in a training process is the memory the next step takes again, and each of its
+thread arenas (Ray's threads' too) grows 64 MiB at a time.
 
-MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, MALLOC_TOP_PAD_ or glibc.malloc tunables (GLIBC_TUNABLES) in the
-environment are a user's own choice: then nothing is set here. GENREC_KEEP_FREED_MEMORY=0 leaves glibc's defaults too
-(a local Ray's workers inherit the variable from the process that starts it).
+MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, MALLOC_TOP_PAD_, the same three as glibc.malloc tunables
+(GLIBC_TUNABLES), or an allocator preloaded in glibc's place (LD_PRELOAD naming a malloc, such as tcmalloc or jemalloc,
+whose mallopt may accept the settings and ignore them) are a user's own choice: then nothing is set here.
+GENREC_KEEP_FREED_MEMORY=0 leaves glibc's defaults too (a local Ray's workers inherit the variable from the process
+that starts it; on a cluster, set it in the job's runtime environment).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ TRIM_THRESHOLD = 1 << 30
 TOP_PAD = 64 << 20  # a whole heap: one that comes free is kept
 SETTINGS = ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_TOP_PAD, TOP_PAD))
 ENV_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+TUNABLES = ("glibc.malloc.mmap_threshold", "glibc.malloc.trim_threshold", "glibc.malloc.top_pad")
 KEEP_VAR = "GENREC_KEEP_FREED_MEMORY"  # "0": glibc's defaults
 
 # what keep_freed_memory did (a training run records it with every epoch)
@@ -40,8 +43,10 @@ NOT_GLIBC = "not glibc"
 
 
 def user_setting(environ: Mapping[str, str]) -> bool:
-    """Whether `environ` sets glibc's malloc thresholds itself."""
-    return any(key in environ for key in ENV_SETTINGS) or "glibc.malloc." in environ.get("GLIBC_TUNABLES", "")
+    """Whether `environ` sets these thresholds of glibc's malloc itself, or preloads another malloc."""
+    tunables = environ.get("GLIBC_TUNABLES", "")
+    return (any(key in environ for key in ENV_SETTINGS) or any(name + "=" in tunables for name in TUNABLES)
+            or "malloc" in environ.get("LD_PRELOAD", ""))
 
 
 def keep_freed_memory(environ: Mapping[str, str] = os.environ) -> str:

@@ -12,12 +12,15 @@ from genrec.allocator import KEPT, NOT_GLIBC, OFF, USER, keep_freed_memory, user
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 # In a fresh process: a thread allocates and touches blocks summing past one 64 MiB heap, frees them, six times over,
-# and counts the minor page faults of each round (the first round faults its pages in either way).
+# and counts the minor page faults of each round (the first round faults its pages in either way). Transparent huge
+# pages are off for the process (PR_SET_THP_DISABLE), so a page fault is a 4 KiB page on a kernel whose THP mode is
+# "always" too.
 STEPS = """
 import ctypes, json, resource, sys, threading
 from genrec.allocator import keep_freed_memory
-state = keep_freed_memory({} if sys.argv[1] == "keep" else {"GENREC_KEEP_FREED_MEMORY": "0"})
 libc = ctypes.CDLL(None)
+assert libc.prctl(41, 1, 0, 0, 0) == 0  # PR_SET_THP_DISABLE
+state = keep_freed_memory({} if sys.argv[1] == "keep" else {"GENREC_KEEP_FREED_MEMORY": "0"})
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
 sizes = [24 << 20, 24 << 20, 6 << 20, 24 << 20, 3 << 20, 12 << 20]
@@ -58,6 +61,8 @@ def test_a_threads_freed_memory_is_kept_for_the_next_step():
 
 def test_a_users_own_malloc_settings_win():
     assert user_setting({"MALLOC_TOP_PAD_": "0"}) and user_setting({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1"})
-    assert not user_setting({"GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX2", "MALLOC_ARENA_MAX": "2"})
+    assert user_setting({"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"})
+    assert not user_setting({"GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX2:glibc.malloc.arena_max=2",
+                             "MALLOC_ARENA_MAX": "2", "LD_PRELOAD": "libfoo.so"})
     assert keep_freed_memory({"MALLOC_MMAP_THRESHOLD_": "131072"}) in (USER, NOT_GLIBC)
     assert keep_freed_memory({"GENREC_KEEP_FREED_MEMORY": "0"}) in (OFF, NOT_GLIBC)
