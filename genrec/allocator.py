@@ -42,6 +42,11 @@ OFF = "glibc's defaults"
 NOT_GLIBC = "not glibc"
 
 
+def on_glibc() -> bool:
+    """Whether this process runs on Linux with glibc's malloc (the one these settings are for)."""
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 def user_setting(environ: Mapping[str, str]) -> bool:
     """Whether `environ` sets these thresholds of glibc's malloc itself, or preloads another malloc."""
     tunables = environ.get("GLIBC_TUNABLES", "")
@@ -52,7 +57,7 @@ def user_setting(environ: Mapping[str, str]) -> bool:
 def keep_freed_memory(environ: Mapping[str, str] = os.environ) -> str:
     """Set SETTINGS in this process (KEPT); USER where `environ` sets them itself, OFF where KEEP_VAR is "0",
     NOT_GLIBC off glibc. A setting glibc refuses raises: a silent default would lose the step's speed unseen."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not on_glibc():
         return NOT_GLIBC
     if user_setting(environ):
         return USER

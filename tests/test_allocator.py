@@ -1,15 +1,13 @@
 """genrec.allocator: glibc told to keep what a step frees, in a thread's arena as a Ray Train worker steps."""
 
 import json
-import platform
 import subprocess
 import sys
 
 import pytest
 
-from genrec.allocator import KEPT, NOT_GLIBC, OFF, USER, keep_freed_memory, user_setting
+from genrec.allocator import KEPT, NOT_GLIBC, OFF, USER, keep_freed_memory, on_glibc, user_setting
 
-GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 # In a fresh process: a thread allocates and touches blocks summing past one 64 MiB heap, frees them, six times over,
 # and counts the minor page faults of each round (the first round faults its pages in either way). Transparent huge
@@ -48,7 +46,7 @@ def rounds(mode: str) -> dict:
     return json.loads(done.stdout)
 
 
-@pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
+@pytest.mark.skipif(not on_glibc(), reason="glibc's malloc only")
 def test_a_threads_freed_memory_is_kept_for_the_next_step():
     kept, default = rounds("keep"), rounds("default")
     assert kept["state"] == KEPT and default["state"] == OFF

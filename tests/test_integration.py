@@ -11,7 +11,6 @@ the suite's 10-minute budget. Run the other with `GENREC_TEST_STORAGE=s3 .venv/b
 import contextlib
 import json
 import os
-import platform
 import re
 import signal
 import threading
@@ -27,7 +26,7 @@ import ray
 import safetensors.torch
 import torch
 
-from genrec.allocator import KEPT, NOT_GLIBC
+from genrec.allocator import KEPT, NOT_GLIBC, on_glibc
 from genrec.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_SPEC, CHECKPOINT_WEIGHTS, LEGACY_WEIGHTS, load_checkpoint,
                                local_checkpoint)
 from genrec.cli import post_json, sample_history
@@ -245,8 +244,7 @@ def test_the_sweeps_training_workers_kept_what_their_steps_free(winner):
     store = cfg.storage.store()
     folder = store.fetch(store.locate(manifest.experiment), fresh=True) if store.remote else manifest.experiment
     epochs = [h for t in load_experiment(folder).trials for h in t.history]
-    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
-    assert epochs and {h["malloc"] for h in epochs} == {KEPT if glibc else NOT_GLIBC}
+    assert epochs and {h["malloc"] for h in epochs} == {KEPT if on_glibc() else NOT_GLIBC}
 
 
 def test_ctrl_c_of_a_tune_run_is_noticed_and_frees_what_it_held(ray_local, tmp_path):
