@@ -39,6 +39,21 @@ def mean_interval(ratios: list[float], level: float = 0.95) -> tuple[float, floa
     return mean, mean - half, mean + half
 
 
+def units_needed(ratios: list[float], bar: float = BAR, level: float = 0.95, most: int = 1000) -> int | None:
+    """How many units (rounds, or invocations) at the mean and sample spread of `ratios` before the two-sided Student's
+    t interval at `level` clears `bar` on the side the mean is on: the smallest n >= 2 with |mean - bar| >=
+    t(n - 1) sd / sqrt(n). None when the mean is on the bar, or more than `most` would be needed; 2 when the ratios do
+    not spread at all. A planning figure: the next units' spread may differ."""
+    mean, sd = statistics.fmean(ratios), statistics.stdev(ratios)
+    gap = abs(mean - bar)
+    if gap == 0:
+        return None
+    for n in range(2, most + 1):
+        if gap >= stats.t.ppf(0.5 + level / 2, n - 1) * sd / n ** 0.5:
+            return n
+    return None
+
+
 def pool_group(name: str, files: list[str]) -> dict:
     """One setting's rounds from its stored overhead.py results."""
     rounds, pooled_plain, pooled_genrec, invocations = [], [0.0, 0.0], [0.0, 0.0], []
@@ -96,18 +111,25 @@ def main(argv=None) -> int:
 def table(results: dict) -> str:
     """The Markdown table of a stored pooling: each setting's rounds, their mean and interval, and what they say."""
     out = ["| setting | invocations | rounds | each round | mean of the rounds | 95% interval over the rounds | each "
-           "invocation | 95% interval over the invocations | all events over all seconds | against 90% |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "invocation | 95% interval over the invocations | invocations its interval needs | all events over all seconds | "
+           "against 90% |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for g in results["groups"]:
         each = ", ".join(f"{r:.1%}" for r in g["rounds"])
         invocations = ", ".join(f"{i['ratio']:.1%}" for i in g["invocations"])
         between = (f"{g['invocations_low']:.1%}-{g['invocations_high']:.1%}" if "invocations_low" in g else "")
+        # For the reader who asks how much more running it takes, from the stored invocations' mean and spread.
+        needed = units_needed([i["ratio"] for i in g["invocations"]]) if len(g["invocations"]) > 1 else ""
+        needed = "more than 1,000" if needed is None else f"{needed:,}"
         out.append(f"| {g['name']} | {len(g['invocations'])} | {len(g['rounds'])} | {each} | {g['mean']:.1%} | "
-                   f"{g['low']:.1%}-{g['high']:.1%} | {invocations} | {between} | {g['pooled']:.1%} | {verdict(g)} |")
+                   f"{g['low']:.1%}-{g['high']:.1%} | {invocations} | {between} | {needed} | {g['pooled']:.1%} | "
+                   f"{verdict(g)} |")
     files = "; ".join(f"{g['name']}: " + ", ".join(f"{Path(i['file']).name} ({i['date']}, {i['commit']})"
                                                   for i in g["invocations"]) for g in results["groups"])
     out.append(f"\ngenrec's path / the plain loop per alternated round and per invocation (benchmarks/overhead.py); "
-               f"Student's t intervals; the verdict on the wider of the two; from {files}")
+               f"Student's t intervals; the verdict on the wider of the two; invocations its interval needs: how many "
+               f"invocations at the same mean and spread before the interval over them clears 90% on the side its mean "
+               f"is on (a planning figure); from {files}")
     return "\n".join(out)
 
 

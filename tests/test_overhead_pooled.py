@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks.overhead_pooled import mean_interval, pool_group, verdict
+from benchmarks.overhead_pooled import mean_interval, pool_group, table, units_needed, verdict
 
 
 def test_the_interval_is_students_t_over_the_rounds():
@@ -12,6 +12,16 @@ def test_the_interval_is_students_t_over_the_rounds():
     mean, low, high = mean_interval([0.8, 0.9, 1.0])
     assert mean == pytest.approx(0.9)
     assert (low, high) == pytest.approx((0.9 - 0.24842, 0.9 + 0.24842), abs=1e-4)
+
+
+def test_units_needed_for_the_interval_to_clear_the_bar_by_hand():
+    # mean 1.0, sample sd 0.1, 0.1 above the bar: t(5, 0.975) 0.1 / sqrt(6) = 2.5706 * 0.04082 = 0.1049 > 0.1,
+    # t(6, 0.975) 0.1 / sqrt(7) = 2.4469 * 0.03780 = 0.0925 <= 0.1: seven
+    assert units_needed([0.9, 1.0, 1.1], bar=0.9) == 7
+    assert units_needed([0.7, 0.8, 0.9], bar=0.9) == 7  # as far below: as many to show it below
+    assert units_needed([0.95, 0.95], bar=0.9) == 2  # no spread
+    assert units_needed([0.8, 0.9, 1.0], bar=0.9) is None  # on the bar: no number would do
+    assert units_needed([0.5, 1.41], bar=0.9, most=50) is None  # mean 0.955, sd 0.643: more than 50
 
 
 def result(tmp_path, name: str, rounds: list[tuple[float, float]], plain_s: float, genrec_s: float):
@@ -40,6 +50,9 @@ def test_rounds_of_several_invocations_are_pooled_and_judged_against_the_bar(tmp
     # the invocations as units: 0.85 and 0.75, mean 0.8, sd 0.0707, t(1, 0.975) = 12.706: half width 0.6353
     assert (group["invocations_low"], group["invocations_high"]) == pytest.approx((0.8 - 0.6353, 0.8 + 0.6353),
                                                                                  abs=1e-3)
+    # the invocations 0.1 below the bar at sd 0.0707: t(3) 0.0707 / 2 = 0.1125 > 0.1, t(4) 0.0707 / sqrt(5) = 0.0878
+    # <= 0.1: five invocations like these would place it below
+    assert "| 85.0%, 75.0% | 16.5%-143.5% | 5 | " in table({"groups": [group]})
     assert verdict(group) == "cannot tell"  # 3 rounds: the interval is wide
     assert verdict({"low": 0.91, "high": 0.99}) == "at or above 90%"
     assert verdict({"low": 0.80, "high": 0.89}) == "below 90%"
