@@ -29,10 +29,11 @@ the worker itself does.
 `--synthetic-items N` trains on the seeded synthetic generator with N titles instead (3,000 users, 50 events each),
 to show how the step's cost follows the catalogue: only as much as the decoding mode scores. `--rounds N` alternates
 the two N times in the one invocation and pools them, for a ratio that one short run per path cannot hold (the
-machine's speed drifts between runs). `--plain-in-worker` adds a third path to each round: the plain loop itself
-inside a one-worker Ray Train run (Ray's worker process, its training thread and Ray's processes around it, but the
-windows in memory, no Ray Data and no DeepSpeed), which tells what the place the loop runs in costs from what genrec's
-own loop costs. It always runs after genrec's path, in the same Ray session: it is not alternated with it.
+machine's speed drifts between runs); the rounds take turns at which path goes first, so that a drift over the
+invocation does not tilt every round's ratio the same way. `--plain-in-worker` adds a third path to each round: the
+plain loop itself inside a one-worker Ray Train run (Ray's worker process, its training thread and Ray's processes
+around it, but the windows in memory, no Ray Data and no DeepSpeed), which tells what the place the loop runs in costs
+from what genrec's own loop costs. It always runs after genrec's path, in the same Ray session: it is not alternated with it.
 """
 
 from __future__ import annotations
@@ -143,8 +144,10 @@ def table(results: dict) -> str:
                f"epochs 2-{results['epochs']}, training time only)")
     if results.get("rounds"):
         each = ", ".join(f"{r['ratio']:.1%}" for r in results["rounds"])
-        out[-1] += (f"; {len(results['rounds'])} alternated rounds (plain, genrec, plain, ...), pooled; each round: "
-                    f"{each}")
+        # rounds recorded which path went first since they take turns; before, the plain loop always did
+        turns = any(r.get("first") == "genrec" for r in results["rounds"])
+        order = "plain, genrec; genrec, plain; ..." if turns else "plain, genrec, plain, ..."
+        out[-1] += f"; {len(results['rounds'])} alternated rounds ({order}), pooled; each round: {each}"
         if all("in_worker_ratio" in r for r in results["rounds"]):
             out[-1] += "; the plain loop inside a Ray Train worker, each round: " + ", ".join(
                 f"{r['in_worker_ratio']:.1%}" for r in results["rounds"])
@@ -173,9 +176,11 @@ def main(argv=None) -> int:
     p.add_argument("--zero-stages", type=int, nargs="+", default=None, choices=[0, 1, 2, 3], metavar="STAGE",
                    help="run the full path once per DeepSpeed ZeRO stage (default: once, at train.zero_stage)")
     p.add_argument("--rounds", type=int, default=1,
-                   help="alternate the plain loop and the full path this many times (plain, genrec, plain, genrec, "
-                        "...; Ray stopped during each plain loop); events/s pooled over the rounds, each round's "
-                        "ratio beside it")
+                   help="alternate the plain loop and the full path this many times (see --order; Ray stopped "
+                        "during each plain loop); events/s pooled over the rounds, each round's ratio beside it")
+    p.add_argument("--order", choices=["turns", "plain-first"], default="turns",
+                   help="with --rounds: the rounds take turns at which path goes first (turns: plain then genrec, "
+                        "genrec then plain, ...), or the plain loop always goes first (plain-first, as before)")
     p.add_argument("--plain-in-worker", action="store_true",
                    help="also run the plain loop inside a one-worker Ray Train run (after the full path in each "
                         "round): Ray's worker, thread and processes around it, but no Ray Data and no DeepSpeed; it "
@@ -197,9 +202,14 @@ def main(argv=None) -> int:
     rounds = []  # per round: {"plain": history, full-path label: (history, wall seconds, config)}
     for k in range(args.rounds):
         tag = f"round {k + 1}/{args.rounds}: " if args.rounds > 1 else ""
-        print(f"{tag}plain loop: {args.epochs} epochs, {args.threads} threads ...", flush=True)
-        plain = train_reference(cfg, shards, epochs=args.epochs, threads=args.threads, validate=False).history
-        done = {"plain": plain}
+        # Rounds take turns at going first (plain then genrec, genrec then plain, ...): the machine's speed drifts
+        # over minutes, and a fixed order would give every round's ratio the same tilt.
+        plain_first = k % 2 == 0 or args.order == "plain-first"
+        done = {"first": "plain" if plain_first else "genrec"}
+        if plain_first:
+            print(f"{tag}plain loop: {args.epochs} epochs, {args.threads} threads ...", flush=True)
+            done["plain"] = train_reference(cfg, shards, epochs=args.epochs, threads=args.threads,
+                                            validate=False).history
         init_ray(cfg)
         for stage in args.zero_stages or [None]:
             staged = [*base, f"train.zero_stage={stage}"]
@@ -220,10 +230,14 @@ def main(argv=None) -> int:
         # Ray's own processes (raylet, dashboard, controllers) are the full path's cost, not the plain loop's: each
         # round's plain loop runs with Ray stopped, as the first one does.
         ray.shutdown()
+        if not plain_first:
+            print(f"{tag}plain loop: {args.epochs} epochs, {args.threads} threads ...", flush=True)
+            done["plain"] = train_reference(cfg, shards, epochs=args.epochs, threads=args.threads,
+                                            validate=False).history
         rounds.append(done)
     rows = [{"path": "plain loop (one process)", **pooled([r["plain"] for r in rounds]),
              "loss_last": rounds[-1]["plain"][-1]["loss"]}]
-    for label in [k for k in rounds[0] if k not in ("plain", IN_WORKER)]:
+    for label in [k for k in rounds[0] if k not in ("first", "plain", IN_WORKER)]:
         fulls = [r[label][0] for r in rounds]
         later = [h for full in fulls for h in (full[1:] or full)]
         run_cfg = rounds[0][label][2]
@@ -243,7 +257,7 @@ def main(argv=None) -> int:
         histories[f"plain{k}" if k else "plain"] = done["plain"]
         if IN_WORKER in done:
             histories[f"in-worker{k}" if k else "in-worker"] = done[IN_WORKER]
-        for full, _, run_cfg in (v for key, v in done.items() if key not in ("plain", IN_WORKER)):
+        for full, _, run_cfg in (v for key, v in done.items() if key not in ("first", "plain", IN_WORKER)):
             histories[f"zero{zero_stage(run_cfg)}-{k}" if k else f"zero{zero_stage(run_cfg)}"] = full
     # "ratio" and "full_history" are the first full-path run's (the config's own stage unless --zero-stages).
     first = rows[1]["path"]
@@ -257,8 +271,8 @@ def main(argv=None) -> int:
                "histories": histories}
     if args.rounds > 1:
         per_round = [(rate(r["plain"])[0], rate(r[first][0])[0]) for r in rounds]
-        results["rounds"] = [{"plain_events_per_s": plain, "events_per_s": full, "ratio": full / plain}
-                             for plain, full in per_round]
+        results["rounds"] = [{"plain_events_per_s": plain, "events_per_s": full, "ratio": full / plain,
+                              "first": r["first"]} for (plain, full), r in zip(per_round, rounds)]
         for r, got in zip(results["rounds"], rounds):
             if IN_WORKER in got:
                 r["in_worker_ratio"] = rate(got[IN_WORKER])[0] / r["plain_events_per_s"]

@@ -111,8 +111,8 @@ def main(argv=None) -> int:
 def table(results: dict) -> str:
     """The Markdown table of a stored pooling: each setting's rounds, their mean and interval, and what they say."""
     out = ["| setting | invocations | rounds | each round | mean of the rounds | 95% interval over the rounds | each "
-           "invocation | 95% interval over the invocations | invocations its interval needs | all events over all seconds | "
-           "against 90% |",
+           "invocation | 95% interval over the invocations | invocations its interval needs | all events over all "
+           "seconds | against 90% |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for g in results["groups"]:
         each = ", ".join(f"{r:.1%}" for r in g["rounds"])
