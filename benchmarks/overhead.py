@@ -30,10 +30,11 @@ the worker itself does.
 to show how the step's cost follows the catalogue: only as much as the decoding mode scores. `--rounds N` alternates
 the two N times in the one invocation and pools them, for a ratio that one short run per path cannot hold (the
 machine's speed drifts between runs); the rounds take turns at which path goes first, so that a drift over the
-invocation does not tilt every round's ratio the same way. `--plain-in-worker` adds a third path to each round: the
-plain loop itself inside a one-worker Ray Train run (Ray's worker process, its training thread and Ray's processes
-around it, but the windows in memory, no Ray Data and no DeepSpeed), which tells what the place the loop runs in costs
-from what genrec's own loop costs. It always runs after genrec's path, in the same Ray session: it is not alternated with it.
+invocation does not tilt every round's ratio the same way (an even N balances the two orders; an odd one leaves one
+more round with the plain loop first). `--plain-in-worker` adds a third path to each round: the plain loop itself
+inside a one-worker Ray Train run (Ray's worker process, its training thread and Ray's processes around it, but the
+windows in memory, no Ray Data and no DeepSpeed), which tells what the place the loop runs in costs from what
+genrec's own loop costs. It always runs after genrec's path, in the same Ray session: it is not alternated with it.
 """
 
 from __future__ import annotations
@@ -180,7 +181,8 @@ def main(argv=None) -> int:
                         "during each plain loop); events/s pooled over the rounds, each round's ratio beside it")
     p.add_argument("--order", choices=["turns", "plain-first"], default="turns",
                    help="with --rounds: the rounds take turns at which path goes first (turns: plain then genrec, "
-                        "genrec then plain, ...), or the plain loop always goes first (plain-first, as before)")
+                        "genrec then plain, ...), or the plain loop always goes first (plain-first: the order of "
+                        "every result stored before 268b782)")
     p.add_argument("--plain-in-worker", action="store_true",
                    help="also run the plain loop inside a one-worker Ray Train run (after the full path in each "
                         "round): Ray's worker, thread and processes around it, but no Ray Data and no DeepSpeed; it "
@@ -199,7 +201,8 @@ def main(argv=None) -> int:
     cfg = load_config(args.config, base)
     shards = prepare_shards(cfg)
     cfg = resolve_defaults(cfg, shards)
-    rounds = []  # per round: {"plain": history, full-path label: (history, wall seconds, config)}
+    # per round: {"first": "plain" or "genrec", "plain": history, full-path label: (history, wall seconds, config)}
+    rounds = []
     for k in range(args.rounds):
         tag = f"round {k + 1}/{args.rounds}: " if args.rounds > 1 else ""
         # Rounds take turns at going first (plain then genrec, genrec then plain, ...): the machine's speed drifts
@@ -260,17 +263,17 @@ def main(argv=None) -> int:
         for full, _, run_cfg in (v for key, v in done.items() if key not in ("first", "plain", IN_WORKER)):
             histories[f"zero{zero_stage(run_cfg)}-{k}" if k else f"zero{zero_stage(run_cfg)}"] = full
     # "ratio" and "full_history" are the first full-path run's (the config's own stage unless --zero-stages).
-    first = rows[1]["path"]
+    first_label = rows[1]["path"]
     results = {"rows": rows, "ratio": rows[1]["vs_plain"], "epochs": args.epochs, "threads_plain": args.threads,
                "titles": shards.num_items, "decoding": cfg.model.decoding,
                "omp_wait_policy": {"plain": PLAIN_OMP_WAIT_POLICY, "genrec": os.environ.get("OMP_WAIT_POLICY")},
                # Ray's idle helper processes beside genrec's worker (genrec.ray_helpers)
                "ray_helpers": helpers_state(),
                "config": without_secrets(cfg).model_dump(mode="json"),
-               "plain_history": rounds[0]["plain"], "full_history": rounds[0][first][0],
+               "plain_history": rounds[0]["plain"], "full_history": rounds[0][first_label][0],
                "histories": histories}
     if args.rounds > 1:
-        per_round = [(rate(r["plain"])[0], rate(r[first][0])[0]) for r in rounds]
+        per_round = [(rate(r["plain"])[0], rate(r[first_label][0])[0]) for r in rounds]
         results["rounds"] = [{"plain_events_per_s": plain, "events_per_s": full, "ratio": full / plain,
                               "first": r["first"]} for (plain, full), r in zip(per_round, rounds)]
         for r, got in zip(results["rounds"], rounds):

@@ -5,15 +5,15 @@ loop or only happened to be in one invocation.
     .venv/bin/python benchmarks/overhead_pooled.py --group "24k full" A.json B.json --group "100k sampled" C.json ...
 
 Nothing is trained here: each `--group NAME FILE...` names stored results of benchmarks/overhead.py run with
-`--rounds` (the same command at the same settings, at different times). One round is a plain-loop run and the
-genrec run right after it; its ratio is their events/s over epochs 2.. (overhead.py's per-round figure). Rounds on this
-kind of VM move by ±10 points as the machine's speed drifts between the two halves of a round, so one invocation's three
-rounds cannot place a setting on either side of 90%; the rounds of several invocations can, to the width of their
-interval. The interval is Student's t over the rounds' ratios (rounds taken as independent draws: each pairs its own
-plain run with its own genrec run), and over the invocations' own ratios, where there are two or more: rounds of one
-invocation share its minutes of the VM, and invocations on other days may run on another VM, so the rounds are not
-independent across invocations and the verdict takes the wider interval. Beside them, the pooled figure overhead.py
-reports (all events over all seconds).
+`--rounds` (the same command at the same settings, at different times). One round is a plain-loop run and a genrec
+run next to it (since 268b782 the rounds take turns at which goes first); its ratio is their events/s over epochs
+2.. (overhead.py's per-round figure). Rounds on this kind of VM move by ±10 points as the machine's speed drifts
+between the two halves of a round, so one invocation's three rounds cannot place a setting on either side of 90%;
+the rounds of several invocations can, to the width of their interval. The interval is Student's t over the rounds'
+ratios (rounds taken as independent draws: each pairs its own plain run with its own genrec run), and over the
+invocations' own ratios, where there are two or more: rounds of one invocation share its minutes of the VM, and
+invocations on other days may run on another VM, so the rounds are not independent across invocations and the
+verdict takes the wider interval. Beside them, the pooled figure overhead.py reports (all events over all seconds).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._harness import parser, write  # noqa: E402
 
 BAR = 0.90  # issue #21, item 5: the path at 90% of the plain loop's training events/s
+MOST_UNITS = 1000  # units_needed looks no further
 
 
 def mean_interval(ratios: list[float], level: float = 0.95) -> tuple[float, float, float]:
@@ -39,19 +41,22 @@ def mean_interval(ratios: list[float], level: float = 0.95) -> tuple[float, floa
     return mean, mean - half, mean + half
 
 
-def units_needed(ratios: list[float], bar: float = BAR, level: float = 0.95, most: int = 1000) -> int | None:
-    """How many units (rounds, or invocations) at the mean and sample spread of `ratios` before the two-sided Student's
-    t interval at `level` clears `bar` on the side the mean is on: the smallest n >= 2 with |mean - bar| >=
-    t(n - 1) sd / sqrt(n). None when the mean is on the bar, or more than `most` would be needed; 2 when the ratios do
-    not spread at all. A planning figure: the next units' spread may differ."""
+def units_needed(ratios: list[float], bar: float = BAR, level: float = 0.95, power: float = 0.8,
+                 most: int = MOST_UNITS) -> int | None:
+    """How many units (invocations) in all, at the mean and sample spread of `ratios` (two or more), before the
+    two-sided Student's t interval at `level` clears `bar` on the side the mean is on with probability `power`, were
+    that mean and spread the truth: the smallest n >= 2 with |mean - bar| >= (t(level) + t(power)) sd / sqrt(n), t with
+    n - 1 degrees of freedom (the usual sample-size rule; power 0.5 is the n at which the interval would just touch the
+    bar). None when the mean is on the bar or more than `most` would be needed; 2 when the ratios do not spread. A
+    planning figure: a spread from a few units is itself uncertain."""
     mean, sd = statistics.fmean(ratios), statistics.stdev(ratios)
     gap = abs(mean - bar)
     if gap == 0:
         return None
-    for n in range(2, most + 1):
-        if gap >= stats.t.ppf(0.5 + level / 2, n - 1) * sd / n ** 0.5:
-            return n
-    return None
+    n = np.arange(2, most + 1)
+    margin = (stats.t.ppf(0.5 + level / 2, n - 1) + stats.t.ppf(power, n - 1)) * sd / np.sqrt(n)
+    enough = np.flatnonzero(gap >= margin)
+    return int(n[enough[0]]) if enough.size else None
 
 
 def pool_group(name: str, files: list[str]) -> dict:
@@ -111,25 +116,28 @@ def main(argv=None) -> int:
 def table(results: dict) -> str:
     """The Markdown table of a stored pooling: each setting's rounds, their mean and interval, and what they say."""
     out = ["| setting | invocations | rounds | each round | mean of the rounds | 95% interval over the rounds | each "
-           "invocation | 95% interval over the invocations | invocations its interval needs | all events over all "
-           "seconds | against 90% |",
+           "invocation | 95% interval over the invocations | invocations in all for it to clear 90% | all events "
+           "over all seconds | against 90% |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for g in results["groups"]:
         each = ", ".join(f"{r:.1%}" for r in g["rounds"])
         invocations = ", ".join(f"{i['ratio']:.1%}" for i in g["invocations"])
         between = (f"{g['invocations_low']:.1%}-{g['invocations_high']:.1%}" if "invocations_low" in g else "")
         # For the reader who asks how much more running it takes, from the stored invocations' mean and spread.
-        needed = units_needed([i["ratio"] for i in g["invocations"]]) if len(g["invocations"]) > 1 else ""
-        needed = "more than 1,000" if needed is None else f"{needed:,}"
+        needed = ""
+        if len(g["invocations"]) > 1:
+            n = units_needed([i["ratio"] for i in g["invocations"]])
+            needed = f"more than {MOST_UNITS:,}" if n is None else f"{n:,}"
         out.append(f"| {g['name']} | {len(g['invocations'])} | {len(g['rounds'])} | {each} | {g['mean']:.1%} | "
                    f"{g['low']:.1%}-{g['high']:.1%} | {invocations} | {between} | {needed} | {g['pooled']:.1%} | "
                    f"{verdict(g)} |")
     files = "; ".join(f"{g['name']}: " + ", ".join(f"{Path(i['file']).name} ({i['date']}, {i['commit']})"
                                                   for i in g["invocations"]) for g in results["groups"])
     out.append(f"\ngenrec's path / the plain loop per alternated round and per invocation (benchmarks/overhead.py); "
-               f"Student's t intervals; the verdict on the wider of the two; invocations its interval needs: how many "
-               f"invocations at the same mean and spread before the interval over them clears 90% on the side its mean "
-               f"is on (a planning figure); from {files}")
+               f"Student's t intervals; the verdict on the wider of the two; invocations in all for it to clear 90%: "
+               f"how many invocations in all, were their mean and spread these, for an 80% chance that the interval "
+               f"over them clears 90% on the side its mean is on (a planning figure: the spread of a few invocations "
+               f"is itself uncertain, and the interval over the rounds must clear it too); from {files}")
     return "\n".join(out)
 
 

@@ -15,13 +15,16 @@ def test_the_interval_is_students_t_over_the_rounds():
 
 
 def test_units_needed_for_the_interval_to_clear_the_bar_by_hand():
-    # mean 1.0, sample sd 0.1, 0.1 above the bar: t(5, 0.975) 0.1 / sqrt(6) = 2.5706 * 0.04082 = 0.1049 > 0.1,
-    # t(6, 0.975) 0.1 / sqrt(7) = 2.4469 * 0.03780 = 0.0925 <= 0.1: seven
-    assert units_needed([0.9, 1.0, 1.1], bar=0.9) == 7
-    assert units_needed([0.7, 0.8, 0.9], bar=0.9) == 7  # as far below: as many to show it below
+    # mean 1.0, sample sd 0.1, 0.1 above the bar; at an even chance (power 0.5, t = 0): t(5, 0.975) 0.1 / sqrt(6) =
+    # 2.5706 * 0.04082 = 0.1049 > 0.1, t(6, 0.975) 0.1 / sqrt(7) = 2.4469 * 0.03780 = 0.0925 <= 0.1: seven
+    assert units_needed([0.9, 1.0, 1.1], bar=0.9, power=0.5) == 7
+    # at 80%: (t(8, 0.975) + t(8, 0.8)) 0.1 / 3 = (2.3060 + 0.8889) / 30 = 0.1065 > 0.1,
+    # (t(9, 0.975) + t(9, 0.8)) 0.1 / sqrt(10) = (2.2622 + 0.8834) * 0.03162 = 0.0995 <= 0.1: ten
+    assert units_needed([0.9, 1.0, 1.1], bar=0.9) == 10
+    assert units_needed([0.7, 0.8, 0.9], bar=0.9) == 10  # as far below: as many to show it below
     assert units_needed([0.95, 0.95], bar=0.9) == 2  # no spread
     assert units_needed([0.8, 0.9, 1.0], bar=0.9) is None  # on the bar: no number would do
-    assert units_needed([0.5, 1.41], bar=0.9, most=50) is None  # mean 0.955, sd 0.643: more than 50
+    assert units_needed([0.5, 1.41], bar=0.9, most=50) is None  # mean 0.955, sd 0.643: hundreds
 
 
 def result(tmp_path, name: str, rounds: list[tuple[float, float]], plain_s: float, genrec_s: float):
@@ -50,9 +53,12 @@ def test_rounds_of_several_invocations_are_pooled_and_judged_against_the_bar(tmp
     # the invocations as units: 0.85 and 0.75, mean 0.8, sd 0.0707, t(1, 0.975) = 12.706: half width 0.6353
     assert (group["invocations_low"], group["invocations_high"]) == pytest.approx((0.8 - 0.6353, 0.8 + 0.6353),
                                                                                  abs=1e-3)
-    # the invocations 0.1 below the bar at sd 0.0707: t(3) 0.0707 / 2 = 0.1125 > 0.1, t(4) 0.0707 / sqrt(5) = 0.0878
-    # <= 0.1: five invocations like these would place it below
-    assert "| 85.0%, 75.0% | 16.5%-143.5% | 5 | " in table({"groups": [group]})
+    # the invocations 0.1 below the bar at sd 0.0707: (t(5, 0.975) + t(5, 0.8)) 0.0707 / sqrt(6) = (2.5706 + 0.9195)
+    # * 0.02887 = 0.1008 > 0.1, (t(6, 0.975) + t(6, 0.8)) 0.0707 / sqrt(7) = (2.4469 + 0.9057) * 0.02673 = 0.0896:
+    # seven invocations like these would place it below, four in five times
+    assert "| 85.0%, 75.0% | 16.5%-143.5% | 7 | " in table({"groups": [group]})
+    one = pool_group("one invocation", [a])  # no interval over invocations, nothing to plan from
+    assert "| 85.0% |  |  | " in table({"groups": [one]})
     assert verdict(group) == "cannot tell"  # 3 rounds: the interval is wide
     assert verdict({"low": 0.91, "high": 0.99}) == "at or above 90%"
     assert verdict({"low": 0.80, "high": 0.89}) == "below 90%"
