@@ -68,7 +68,8 @@ def pool_group(name: str, files: list[str]) -> dict:
         if "rounds" not in results:
             raise SystemExit(f"{f}: no per-round figures (benchmarks/overhead.py ran without --rounds 2 or more)")
         rounds += [r["ratio"] for r in results["rounds"]]
-        invocations.append({"file": f, "ratio": results["ratio"], "date": doc["meta"]["date"],
+        invocations.append({"file": f, "ratio": results["ratio"], "rounds": len(results["rounds"]),
+                            "date": doc["meta"]["date"],
                             "commit": doc["meta"]["commit"], "titles": results.get("titles"),
                             "decoding": results.get("decoding")})
         for row, acc in zip(results["rows"][:2], (pooled_plain, pooled_genrec)):
@@ -82,6 +83,16 @@ def pool_group(name: str, files: list[str]) -> dict:
         # Rounds of one invocation share its minutes of the VM (and a later one may run on another VM), so they are
         # not independent draws across invocations: the invocations' own ratios, as the units, give the wider interval.
         _, group["invocations_low"], group["invocations_high"] = mean_interval([i["ratio"] for i in invocations])
+        if len(rounds) > len(invocations):
+            # Do the rounds of one invocation sit closer together than rounds of different ones? A one-way ANOVA of
+            # the rounds by invocation: a small p says the invocation matters (and the interval over invocations is
+            # the one to read); a large one finds no sign of it (with a few invocations, a weak test).
+            by_invocation, at = [], 0
+            for i in invocations:
+                by_invocation.append(rounds[at:at + i["rounds"]])
+                at += i["rounds"]
+            test = stats.f_oneway(*by_invocation)
+            group["between_invocations"] = {"f": float(test.statistic), "p": float(test.pvalue)}
     return group
 
 
@@ -116,9 +127,9 @@ def main(argv=None) -> int:
 def table(results: dict) -> str:
     """The Markdown table of a stored pooling: each setting's rounds, their mean and interval, and what they say."""
     out = ["| setting | invocations | rounds | each round | mean of the rounds | 95% interval over the rounds | each "
-           "invocation | 95% interval over the invocations | invocations in all for it to clear 90% | all events "
-           "over all seconds | against 90% |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "invocation | 95% interval over the invocations | rounds by invocation, ANOVA p | invocations in all for "
+           "it to clear 90% | all events over all seconds | against 90% |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for g in results["groups"]:
         each = ", ".join(f"{r:.1%}" for r in g["rounds"])
         invocations = ", ".join(f"{i['ratio']:.1%}" for i in g["invocations"])
@@ -128,16 +139,19 @@ def table(results: dict) -> str:
         if len(g["invocations"]) > 1:
             n = units_needed([i["ratio"] for i in g["invocations"]])
             needed = f"more than {MOST_UNITS:,}" if n is None else f"{n:,}"
+        anova = f"{g['between_invocations']['p']:.2f}" if "between_invocations" in g else ""
         out.append(f"| {g['name']} | {len(g['invocations'])} | {len(g['rounds'])} | {each} | {g['mean']:.1%} | "
-                   f"{g['low']:.1%}-{g['high']:.1%} | {invocations} | {between} | {needed} | {g['pooled']:.1%} | "
-                   f"{verdict(g)} |")
+                   f"{g['low']:.1%}-{g['high']:.1%} | {invocations} | {between} | {anova} | {needed} | "
+                   f"{g['pooled']:.1%} | {verdict(g)} |")
     files = "; ".join(f"{g['name']}: " + ", ".join(f"{Path(i['file']).name} ({i['date']}, {i['commit']})"
                                                   for i in g["invocations"]) for g in results["groups"])
     out.append(f"\ngenrec's path / the plain loop per alternated round and per invocation (benchmarks/overhead.py); "
-               f"Student's t intervals; the verdict on the wider of the two; invocations in all for it to clear 90%: "
-               f"how many invocations in all, were their mean and spread these, for an 80% chance that the interval "
-               f"over them clears 90% on the side its mean is on (a planning figure: the spread of a few invocations "
-               f"is itself uncertain, and the interval over the rounds must clear it too); from {files}")
+               f"Student's t intervals; the verdict on the wider of the two; ANOVA p: a one-way ANOVA of the rounds "
+               f"grouped by invocation (small: rounds of one invocation sit together, read the interval over the "
+               f"invocations; large: no sign of it, a weak test over few invocations); invocations in all for it to "
+               f"clear 90%: how many invocations in all, were their mean and spread these, for an 80% chance that "
+               f"the interval over them clears 90% on the side its mean is on (a planning figure: the spread of a few "
+               f"invocations is itself uncertain, and the interval over the rounds must clear it too); from {files}")
     return "\n".join(out)
 
 

@@ -56,9 +56,14 @@ def test_rounds_of_several_invocations_are_pooled_and_judged_against_the_bar(tmp
     # the invocations 0.1 below the bar at sd 0.0707: (t(5, 0.975) + t(5, 0.8)) 0.0707 / sqrt(6) = (2.5706 + 0.9195)
     # * 0.02887 = 0.1008 > 0.1, (t(6, 0.975) + t(6, 0.8)) 0.0707 / sqrt(7) = (2.4469 + 0.9057) * 0.02673 = 0.0896:
     # seven invocations like these would place it below, four in five times
-    assert "| 85.0%, 75.0% | 16.5%-143.5% | 7 | " in table({"groups": [group]})
+    # rounds by invocation, [0.8, 0.9] and [0.75]: means 0.85 and 0.75 about 0.81667, SSB = 2 * 0.03333^2 + 0.06667^2
+    # = 0.006667 on 1 df, SSW = 2 * 0.05^2 = 0.005 on 1 df: F = 1.3333; F(1, 1) is t(1)^2, so p = P(|t(1)| > 1.1547)
+    # = 1 - 2 atan(1.1547) / pi = 0.4544
+    assert group["between_invocations"]["f"] == pytest.approx(4 / 3)
+    assert group["between_invocations"]["p"] == pytest.approx(0.4544, abs=1e-4)
+    assert "| 85.0%, 75.0% | 16.5%-143.5% | 0.45 | 7 | " in table({"groups": [group]})
     one = pool_group("one invocation", [a])  # no interval over invocations, nothing to plan from
-    assert "| 85.0% |  |  | " in table({"groups": [one]})
+    assert "| 85.0% |  |  |  | " in table({"groups": [one]})
     assert verdict(group) == "cannot tell"  # 3 rounds: the interval is wide
     assert verdict({"low": 0.91, "high": 0.99}) == "at or above 90%"
     assert verdict({"low": 0.80, "high": 0.89}) == "below 90%"
