@@ -59,15 +59,47 @@ def units_needed(ratios: list[float], bar: float = BAR, level: float = 0.95, pow
     return int(n[enough[0]]) if enough.size else None
 
 
+def busy(history: list[dict]) -> tuple[float, float, float]:
+    """(events, seconds, CPU seconds of the training process) over epochs 2.. of one path's history in a stored
+    overhead.py result, as overhead.py counts them."""
+    later = history[1:] or history
+    events = sum(e["events"] if "events" in e else e["events_per_s"] * e["epoch_time_s"] for e in later)
+    return events, sum(e.get("train_s", e.get("epoch_time_s")) for e in later), sum(e["cpu_s"] for e in later)
+
+
+def round_parts(results: dict, where: str) -> list[tuple[float, float]] | None:
+    """Each round's ratio in two factors, (cores, cost): events/s = cores kept busy / CPU seconds per event, so
+    genrec / plain = (genrec's busy cores / the plain loop's) x (the plain loop's CPU per event / genrec's). The first
+    is what the processes and waits around genrec's training process take from it; the second, the work per event,
+    moves with the machine's speed between the two halves of a round. None for results without CPU times."""
+    if "histories" not in results:
+        return None
+    stage = results["rows"][1].get("zero_stage")
+    parts = []
+    for k, r in enumerate(results["rounds"]):
+        plain = results["histories"]["plain" + (str(k) if k else "")]
+        genrec = results["histories"].get(f"zero{stage}" + (f"-{k}" if k else ""))
+        if genrec is None or any(e.get("cpu_s") is None for e in plain + genrec):
+            return None
+        (pe, ps, pc), (ge, gs, gc) = busy(plain), busy(genrec)
+        cores, cost = (gc / gs) / (pc / ps), (pc / pe) / (gc / ge)
+        if abs(cores * cost - r["ratio"]) > 1e-6 * r["ratio"]:  # the factors must multiply back to the round's ratio
+            raise SystemExit(f"{where}: round {k + 1}'s histories give {cores * cost:.4f}, its ratio {r['ratio']:.4f}")
+        parts.append((cores, cost))
+    return parts
+
+
 def pool_group(name: str, files: list[str]) -> dict:
     """One setting's rounds from its stored overhead.py results."""
-    rounds, pooled_plain, pooled_genrec, invocations = [], [0.0, 0.0], [0.0, 0.0], []
+    rounds, pooled_plain, pooled_genrec, invocations, parts = [], [0.0, 0.0], [0.0, 0.0], [], []
     for f in files:
         doc = json.loads(Path(f).read_text())
         results = doc["results"]
         if "rounds" not in results:
             raise SystemExit(f"{f}: no per-round figures (benchmarks/overhead.py ran without --rounds 2 or more)")
         rounds += [r["ratio"] for r in results["rounds"]]
+        split = round_parts(results, f) if parts is not None else None
+        parts = None if split is None else parts + split
         invocations.append({"file": f, "ratio": results["ratio"], "rounds": len(results["rounds"]),
                             "date": doc["meta"]["date"],
                             "commit": doc["meta"]["commit"], "titles": results.get("titles"),
@@ -79,6 +111,10 @@ def pool_group(name: str, files: list[str]) -> dict:
     group = {"name": name, "rounds": rounds, "mean": mean, "low": low, "high": high,
              "pooled": (pooled_genrec[0] / pooled_genrec[1]) / (pooled_plain[0] / pooled_plain[1]),
              "invocations": invocations}
+    if parts is not None:
+        for key, values in zip(("cores", "cost"), zip(*parts)):
+            mean, low, high = mean_interval(list(values))
+            group[key] = {"rounds": list(values), "mean": mean, "low": low, "high": high}
     if len(invocations) > 1:
         # Rounds of one invocation share its minutes of the VM (and a later one may run on another VM), so they are
         # not independent draws across invocations: the invocations' own ratios, as the units, give the wider interval.
@@ -152,6 +188,17 @@ def table(results: dict) -> str:
                f"clear 90%: how many invocations in all, were their mean and spread these, for an 80% chance that "
                f"the interval over them clears 90% on the side its mean is on (a planning figure: the spread of a few "
                f"invocations is itself uncertain, and the interval over the rounds must clear it too); from {files}")
+    split = [g for g in results["groups"] if "cores" in g]
+    if split:
+        out += ["\nEach round's ratio in two factors, genrec / plain = (cores its training process kept busy, genrec's "
+                "over the plain loop's) x (CPU per training event, the plain loop's over genrec's):\n",
+                "| setting | rounds | busy cores, genrec / plain: mean | its 95% interval over the rounds | CPU per "
+                "event, plain / genrec: mean | its 95% interval over the rounds |",
+                "|---|---|---|---|---|---|"]
+        for g in split:
+            cores, cost = g["cores"], g["cost"]
+            out.append(f"| {g['name']} | {len(cores['rounds'])} | {cores['mean']:.1%} | {cores['low']:.1%}-"
+                       f"{cores['high']:.1%} | {cost['mean']:.1%} | {cost['low']:.1%}-{cost['high']:.1%} |")
     return "\n".join(out)
 
 

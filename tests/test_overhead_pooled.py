@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks.overhead_pooled import mean_interval, pool_group, table, units_needed, verdict
+from benchmarks.overhead_pooled import mean_interval, pool_group, round_parts, table, units_needed, verdict
 
 
 def test_the_interval_is_students_t_over_the_rounds():
@@ -75,3 +75,19 @@ def test_rounds_of_several_invocations_are_pooled_and_judged_against_the_bar(tmp
     single.write_text(json.dumps(doc))
     with pytest.raises(SystemExit, match="without --rounds"):
         pool_group("setting", [str(single)])
+
+
+def test_a_rounds_ratio_splits_into_busy_cores_and_cpu_per_event_by_hand(tmp_path):
+    # epoch 1 left out; epoch 2: the plain loop 1,000 events in 10 s on 18 CPU s (1.8 cores, 0.018 CPU s an event),
+    # genrec 90 events/s for 10 s on 15 CPU s (1.5 cores, 15 / 900 = 0.016667): 90% = (1.5 / 1.8) x (0.018 / 0.016667)
+    plain = [{"events": 1, "train_s": 1, "cpu_s": 9}, {"events": 1000, "train_s": 10, "cpu_s": 18}]
+    genrec = [{"events_per_s": 1, "epoch_time_s": 1, "cpu_s": 9}, {"events_per_s": 90, "epoch_time_s": 10, "cpu_s": 15}]
+    results = {"rows": [{}, {"zero_stage": 0}], "rounds": [{"ratio": 0.9}],
+               "histories": {"plain": plain, "zero0": genrec}}
+    [(cores, cost)] = round_parts(results, "r.json")
+    assert (cores, cost) == pytest.approx((1.5 / 1.8, 1.08))
+    results["rounds"][0]["ratio"] = 0.8  # histories that do not give the round's ratio: refused, named
+    with pytest.raises(SystemExit, match="r.json: round 1"):
+        round_parts(results, "r.json")
+    del genrec[1]["cpu_s"]  # stored before the CPU time was recorded
+    assert round_parts(results, "r.json") is None
