@@ -14,6 +14,11 @@ ratios (rounds taken as independent draws: each pairs its own plain run with its
 invocations' own ratios, where there are two or more: rounds of one invocation share its minutes of the VM, and
 invocations on other days may run on another VM, so the rounds are not independent across invocations and the
 verdict takes the wider interval. Beside them, the pooled figure overhead.py reports (all events over all seconds).
+A one-way ANOVA of the rounds grouped by invocation says whether an invocation's rounds sit together (then the
+interval over the invocations is the one to read). A second table splits each round's ratio in two factors from the
+stored CPU times: the cores each path's training process kept busy (what the processes and waits around genrec's
+worker take from it) and the CPU each spent per training event (the work, which moves with the machine's speed
+between the two halves of a round).
 """
 
 from __future__ import annotations
@@ -78,8 +83,11 @@ def round_parts(results: dict, where: str) -> list[tuple[float, float]] | None:
     parts = []
     for k, r in enumerate(results["rounds"]):
         plain = results["histories"]["plain" + (str(k) if k else "")]
-        genrec = results["histories"].get(f"zero{stage}" + (f"-{k}" if k else ""))
-        if genrec is None or any(e.get("cpu_s") is None for e in plain + genrec):
+        key = f"zero{stage}" + (f"-{k}" if k else "")
+        if key not in results["histories"]:
+            raise SystemExit(f"{where}: round {k + 1} has no history {key!r} of genrec's path")
+        genrec = results["histories"][key]
+        if any(e.get("cpu_s") is None for e in (plain[1:] or plain) + (genrec[1:] or genrec)):
             return None
         (pe, ps, pc), (ge, gs, gc) = busy(plain), busy(genrec)
         cores, cost = (gc / gs) / (pc / ps), (pc / pe) / (gc / ge)
@@ -113,8 +121,8 @@ def pool_group(name: str, files: list[str]) -> dict:
              "invocations": invocations}
     if parts is not None:
         for key, values in zip(("cores", "cost"), zip(*parts)):
-            mean, low, high = mean_interval(list(values))
-            group[key] = {"rounds": list(values), "mean": mean, "low": low, "high": high}
+            m, lo, hi = mean_interval(list(values))
+            group[key] = {"rounds": list(values), "mean": m, "low": lo, "high": hi}
     if len(invocations) > 1:
         # Rounds of one invocation share its minutes of the VM (and a later one may run on another VM), so they are
         # not independent draws across invocations: the invocations' own ratios, as the units, give the wider interval.
@@ -175,7 +183,8 @@ def table(results: dict) -> str:
         if len(g["invocations"]) > 1:
             n = units_needed([i["ratio"] for i in g["invocations"]])
             needed = f"more than {MOST_UNITS:,}" if n is None else f"{n:,}"
-        anova = f"{g['between_invocations']['p']:.2f}" if "between_invocations" in g else ""
+        anova = ("" if len(g["invocations"]) < 2 else "not stored" if "between_invocations" not in g
+                 else "<0.01" if g["between_invocations"]["p"] < 0.01 else f"{g['between_invocations']['p']:.2f}")
         out.append(f"| {g['name']} | {len(g['invocations'])} | {len(g['rounds'])} | {each} | {g['mean']:.1%} | "
                    f"{g['low']:.1%}-{g['high']:.1%} | {invocations} | {between} | {anova} | {needed} | "
                    f"{g['pooled']:.1%} | {verdict(g)} |")
@@ -190,8 +199,10 @@ def table(results: dict) -> str:
                f"invocations is itself uncertain, and the interval over the rounds must clear it too); from {files}")
     split = [g for g in results["groups"] if "cores" in g]
     if split:
-        out += ["\nEach round's ratio in two factors, genrec / plain = (cores its training process kept busy, genrec's "
-                "over the plain loop's) x (CPU per training event, the plain loop's over genrec's):\n",
+        out += ["\nEach round's ratio in two factors, genrec / plain = (the cores each path's training process kept "
+                "busy, genrec's over the plain loop's) x (CPU per training event, the plain loop's over genrec's); "
+                "means and Student's t intervals over the rounds (the factors' means need not multiply to the "
+                "rounds' mean):\n",
                 "| setting | rounds | busy cores, genrec / plain: mean | its 95% interval over the rounds | CPU per "
                 "event, plain / genrec: mean | its 95% interval over the rounds |",
                 "|---|---|---|---|---|---|"]

@@ -91,3 +91,31 @@ def test_a_rounds_ratio_splits_into_busy_cores_and_cpu_per_event_by_hand(tmp_pat
         round_parts(results, "r.json")
     del genrec[1]["cpu_s"]  # stored before the CPU time was recorded
     assert round_parts(results, "r.json") is None
+
+
+def test_the_pooled_factors_follow_each_rounds_histories(tmp_path):
+    def epochs(events: float, seconds: float, cpu: float, plain: bool) -> list[dict]:
+        last = ({"events": events, "train_s": seconds} if plain else
+                {"events_per_s": events / seconds, "epoch_time_s": seconds})
+        return [{"events": 1, "train_s": 1, "events_per_s": 1, "epoch_time_s": 1, "cpu_s": 1}, {**last, "cpu_s": cpu}]
+    # round 1: plain 1,000 events in 10 s on 18 CPU s, genrec 900 in 10 s on 15: cores 1.5 / 1.8, cost 0.018 / 0.01667
+    # round 2: plain 1,000 in 10 s on 16 CPU s, genrec 1,100 in 10 s on 16: cores 1, cost 0.016 / 0.014545 = 1.1
+    histories = {"plain": epochs(1000, 10, 18, True), "zero0": epochs(900, 10, 15, False),
+                 "plain1": epochs(1000, 10, 16, True), "zero0-1": epochs(1100, 10, 16, False)}
+    doc = {"meta": {"date": "2026-12-08 00:00 UTC", "commit": "abc1234"},
+           "results": {"ratio": 1.0, "rows": [{"events_per_s": 100, "train_s": 20},
+                                              {"events_per_s": 100, "train_s": 20, "zero_stage": 0}],
+                       "rounds": [{"ratio": 0.9}, {"ratio": 1.1}], "histories": histories}}
+    path = tmp_path / "split.json"
+    path.write_text(json.dumps(doc))
+    group = pool_group("setting", [str(path)])
+    assert group["cores"]["rounds"] == pytest.approx([1.5 / 1.8, 1.0])
+    assert group["cost"]["rounds"] == pytest.approx([1.08, 1.1])
+    # means 0.91667 and 1.09; the cores' interval: sd 0.11785, t(1, 0.975) 12.706: half width 1.0588 (to 197.55%)
+    assert "| setting | 2 | 91.7% | -14.2%-197.6% | 109.0% |" in table({"groups": [group]})
+    without = result(tmp_path, "old.json", [(100, 90)], plain_s=10, genrec_s=10)  # no histories: no factors
+    assert "cores" not in pool_group("setting", [str(path), without])
+    del histories["zero0-1"]
+    path.write_text(json.dumps(doc))
+    with pytest.raises(SystemExit, match="round 2 has no history 'zero0-1'"):
+        pool_group("setting", [str(path)])
