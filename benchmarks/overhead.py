@@ -203,6 +203,11 @@ def main(argv=None) -> int:
     cfg = resolve_defaults(cfg, shards)
     # per round: {"first": "plain" or "genrec", "plain": history, full-path label: (history, wall seconds, config)}
     rounds = []
+
+    def plain_loop(tag: str) -> list[dict]:
+        print(f"{tag}plain loop: {args.epochs} epochs, {args.threads} threads ...", flush=True)
+        return train_reference(cfg, shards, epochs=args.epochs, threads=args.threads, validate=False).history
+
     for k in range(args.rounds):
         tag = f"round {k + 1}/{args.rounds}: " if args.rounds > 1 else ""
         # Rounds take turns at going first (plain then genrec, genrec then plain, ...): the machine's speed drifts
@@ -210,9 +215,7 @@ def main(argv=None) -> int:
         plain_first = k % 2 == 0 or args.order == "plain-first"
         done = {"first": "plain" if plain_first else "genrec"}
         if plain_first:
-            print(f"{tag}plain loop: {args.epochs} epochs, {args.threads} threads ...", flush=True)
-            done["plain"] = train_reference(cfg, shards, epochs=args.epochs, threads=args.threads,
-                                            validate=False).history
+            done["plain"] = plain_loop(tag)
         init_ray(cfg)
         for stage in args.zero_stages or [None]:
             staged = [*base, f"train.zero_stage={stage}"]
@@ -234,9 +237,7 @@ def main(argv=None) -> int:
         # round's plain loop runs with Ray stopped, as the first one does.
         ray.shutdown()
         if not plain_first:
-            print(f"{tag}plain loop: {args.epochs} epochs, {args.threads} threads ...", flush=True)
-            done["plain"] = train_reference(cfg, shards, epochs=args.epochs, threads=args.threads,
-                                            validate=False).history
+            done["plain"] = plain_loop(tag)
         rounds.append(done)
     rows = [{"path": "plain loop (one process)", **pooled([r["plain"] for r in rounds]),
              "loss_last": rounds[-1]["plain"][-1]["loss"]}]
